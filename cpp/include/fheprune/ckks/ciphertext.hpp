@@ -1,0 +1,77 @@
+// Plaintexts and ciphertexts: RNS polynomials in NTT form at a level, with their scale.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <vector>
+
+#include "fheprune/ckks/context.hpp"
+
+namespace fheprune::ckks {
+
+// Identifies the secret key a ciphertext or evaluation key belongs to (random, not derived
+// from the key), so that mixing two clients' objects fails with a clear error.
+using KeyId = std::array<unsigned char, 16>;
+
+// A polynomial encoded at `level` (chain primes 0..level), evaluation (NTT) form.
+class Plaintext {
+ public:
+  Plaintext() = default;
+  Plaintext(const Context& ctx, std::size_t level, double scale);
+
+  std::size_t level() const { return level_; }
+  std::size_t primes() const { return level_ + 1; }
+  std::size_t poly_degree() const { return n_; }
+  double scale() const { return scale_; }
+  void set_scale(double scale) { scale_ = scale; }
+  const Fingerprint& params() const { return params_; }
+
+  u64* prime(std::size_t i) { return data_.data() + i * n_; }
+  const u64* prime(std::size_t i) const { return data_.data() + i * n_; }
+  std::vector<u64>& data() { return data_; }
+  const std::vector<u64>& data() const { return data_; }
+
+ private:
+  friend class Serializer;
+  std::vector<u64> data_;
+  std::size_t n_ = 0;
+  std::size_t level_ = 0;
+  double scale_ = 1.0;
+  Fingerprint params_{};
+};
+
+// (c_0, ..., c_{size-1}) decrypting to sum_k c_k s^k; size 2, or 3 after multiply().
+class Ciphertext {
+ public:
+  Ciphertext() = default;
+  Ciphertext(const Context& ctx, std::size_t size, std::size_t level, double scale,
+             const KeyId& key_id);
+
+  std::size_t size() const { return size_; }
+  std::size_t level() const { return level_; }
+  std::size_t primes() const { return level_ + 1; }
+  std::size_t poly_degree() const { return n_; }
+  double scale() const { return scale_; }
+  void set_scale(double scale) { scale_ = scale; }
+  const Fingerprint& params() const { return params_; }
+  const KeyId& key_id() const { return key_id_; }
+
+  u64* poly(std::size_t k, std::size_t i) { return data_.data() + (k * (level_ + 1) + i) * n_; }
+  const u64* poly(std::size_t k, std::size_t i) const {
+    return data_.data() + (k * (level_ + 1) + i) * n_;
+  }
+  std::vector<u64>& data() { return data_; }
+  const std::vector<u64>& data() const { return data_; }
+
+ private:
+  friend class Serializer;
+  std::vector<u64> data_;
+  std::size_t n_ = 0;
+  std::size_t size_ = 0;
+  std::size_t level_ = 0;
+  double scale_ = 1.0;
+  Fingerprint params_{};
+  KeyId key_id_{};
+};
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,79 @@
+// Homomorphic operations on ciphertexts. Every operation checks its operands (parameters, keys,
+// levels, scales) and throws a typed error naming the problem and the fix.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fheprune/ckks/keys.hpp"
+
+namespace fheprune::ckks {
+
+// A ciphertext component decomposed into key-switching digits, each raised to all primes of
+// its level plus the special primes, in NTT form. Computing it is most of a key switch; many
+// rotations of the same ciphertext share one (hoisting).
+struct Decomposition {
+  std::size_t level = 0;
+  std::size_t digits = 0;
+  std::size_t extended = 0;  // level + 1 + special primes
+  std::vector<u64> data;     // [digit][extended prime][n]
+};
+
+class Evaluator {
+ public:
+  explicit Evaluator(ContextPtr ctx);
+
+  Ciphertext add(const Ciphertext& a, const Ciphertext& b) const;
+  void add_inplace(Ciphertext& a, const Ciphertext& b) const;
+  Ciphertext sub(const Ciphertext& a, const Ciphertext& b) const;
+  void sub_inplace(Ciphertext& a, const Ciphertext& b) const;
+  Ciphertext negate(const Ciphertext& a) const;
+
+  // Plaintexts may sit at a higher level than the ciphertext (their extra primes are ignored).
+  Ciphertext add_plain(const Ciphertext& a, const Plaintext& p) const;
+  void add_plain_inplace(Ciphertext& a, const Plaintext& p) const;
+  Ciphertext sub_plain(const Ciphertext& a, const Plaintext& p) const;
+  Ciphertext multiply_plain(const Ciphertext& a, const Plaintext& p) const;
+  void multiply_plain_inplace(Ciphertext& a, const Plaintext& p) const;
+
+  // Size-3 product; relinearize before rotating or multiplying again.
+  Ciphertext multiply(const Ciphertext& a, const Ciphertext& b) const;
+  Ciphertext square(const Ciphertext& a) const;
+  Ciphertext relinearize(const Ciphertext& a, const RelinKey& rk) const;
+  void relinearize_inplace(Ciphertext& a, const RelinKey& rk) const;
+  Ciphertext multiply_relin(const Ciphertext& a, const Ciphertext& b, const RelinKey& rk) const;
+
+  // Divide by the last prime: scale / q_l, one level down.
+  Ciphertext rescale(const Ciphertext& a) const;
+  // Drop primes down to `level` without changing the scale.
+  Ciphertext mod_switch_to(const Ciphertext& a, std::size_t level) const;
+  Plaintext mod_switch_to(const Plaintext& p, std::size_t level) const;
+
+  // Left rotation of the slot vector by `step` (negative: right).
+  Ciphertext rotate(const Ciphertext& a, long step, const GaloisKeys& gk) const;
+  // Many rotations of one ciphertext sharing one decomposition.
+  std::vector<Ciphertext> rotate_hoisted(const Ciphertext& a, const std::vector<long>& steps,
+                                         const GaloisKeys& gk) const;
+  Ciphertext conjugate(const Ciphertext& a, const GaloisKeys& gk) const;
+
+  // Building blocks for custom hoisting.
+  Decomposition decompose(const Ciphertext& a, std::size_t component) const;
+  // Applies the automorphism `g` (1 = identity) and the key switch to a decomposed c1:
+  // returns (sigma(c0) + ks_0, ks_1).
+  Ciphertext apply_galois(const Ciphertext& a, const Decomposition& c1, std::uint64_t g,
+                          const GaloisKeys& gk) const;
+
+ private:
+  void check_operand(const Ciphertext& a) const;
+  void check_pair(const Ciphertext& a, const Ciphertext& b, bool same_scale) const;
+  void check_plain(const Ciphertext& a, const Plaintext& p, bool same_scale) const;
+  const KeySwitchKey& galois_key(const Ciphertext& a, std::uint64_t g, long step,
+                                 const GaloisKeys& gk) const;
+  // out_k += keyswitch(digits permuted by perm) for k = 0, 1, over the ciphertext's primes.
+  void key_switch_accumulate(const Decomposition& dec, const std::vector<std::uint32_t>* perm,
+                             const KeySwitchKey& key, Ciphertext& out) const;
+
+  ContextPtr ctx_;
+};
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,36 @@
+// Generates a fresh secret key and the public and evaluation keys derived from it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fheprune/ckks/keys.hpp"
+#include "fheprune/ckks/random.hpp"
+
+namespace fheprune::ckks {
+
+class KeyGenerator {
+ public:
+  // A fresh ternary secret from the OS CSPRNG.
+  explicit KeyGenerator(ContextPtr ctx);
+  // Derive further keys for an existing secret (e.g. one loaded on the client).
+  KeyGenerator(ContextPtr ctx, const SecretKey& secret);
+
+  const SecretKey& secret_key() const { return secret_; }
+  PublicKey create_public_key();
+  RelinKey create_relin_key();
+  // Keys for exactly these rotation steps (left rotations; negative = right) and, if asked,
+  // conjugation. Duplicates and steps equivalent mod slots are merged; step 0 is ignored.
+  GaloisKeys create_galois_keys(const std::vector<long>& steps, bool conjugation = false);
+  EvaluationKeys create_evaluation_keys(const std::vector<long>& steps, bool conjugation = false);
+
+ private:
+  // Key switching from s' (given per prime in NTT form, key_size primes) to s.
+  KeySwitchKey make_switch_key(const std::vector<u64>& source);
+
+  ContextPtr ctx_;
+  SecretKey secret_;
+  SecureRandom rng_;
+};
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,50 @@
+// Negacyclic number-theoretic transform over Z_q[X]/(X^n + 1).
+//
+// Forward: Cooley-Tukey butterflies, natural-order input, bit-reversed output; inverse:
+// Gentleman-Sande, bit-reversed input, natural output, with n^-1 folded into the last layer.
+// Butterflies are Harvey's lazy ones (values kept in [0, 4q)), which is why primes stay below
+// 2^61. Output index k holds the evaluation at psi^(2*bitrev(k)+1).
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "fheprune/ckks/modarith.hpp"
+
+namespace fheprune::ckks {
+
+class NttTables {
+ public:
+  NttTables(std::size_t n, const Modulus& q);
+
+  std::size_t size() const { return n_; }
+  const Modulus& modulus() const { return q_; }
+  u64 root() const { return psi_; }
+
+  void forward(u64* values) const;
+  void inverse(u64* values) const;
+
+ private:
+  std::size_t n_;
+  int log_n_;
+  Modulus q_;
+  u64 psi_;
+  std::vector<u64> roots_;        // psi^bitrev(k)
+  std::vector<u64> roots_shoup_;
+  std::vector<u64> inv_roots_;    // psi^-bitrev(k), in the order the inverse visits them
+  std::vector<u64> inv_roots_shoup_;
+  MultiplyOperand inv_n_;
+  MultiplyOperand inv_n_root_;    // n^-1 * (last inverse twiddle)
+};
+
+// Reverse the lowest `bits` bits of x.
+inline std::size_t reverse_bits(std::size_t x, int bits) {
+  std::size_t r = 0;
+  for (int i = 0; i < bits; ++i) {
+    r = (r << 1) | (x & 1);
+    x >>= 1;
+  }
+  return r;
+}
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,43 @@
+// Randomness for keys and encryption: a ChaCha20 stream (libsodium) keyed from OS entropy.
+//
+// Every sampler draws from this generator; nothing uses rand() or a non-cryptographic PRNG.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "fheprune/ckks/modarith.hpp"
+
+namespace fheprune::ckks {
+
+class SecureRandom {
+ public:
+  // Keyed from the operating system's CSPRNG (libsodium's randombytes).
+  SecureRandom();
+  ~SecureRandom();
+  SecureRandom(const SecureRandom&) = delete;
+  SecureRandom& operator=(const SecureRandom&) = delete;
+
+  void fill(unsigned char* out, std::size_t size);
+  u64 next_u64();
+
+  // Uniform in [0, q) by rejection sampling (no modulo bias).
+  void uniform_mod(const Modulus& q, u64* out, std::size_t n);
+  // Uniform in {-1, 0, 1}.
+  void ternary(std::int8_t* out, std::size_t n);
+  // Discrete Gaussian with sigma = kErrorSigma, tails cut at 6 sigma, by cumulative table.
+  void gaussian(std::int64_t* out, std::size_t n);
+
+  static constexpr double kErrorSigma = 3.19;
+
+ private:
+  void refill();
+  std::array<unsigned char, 32> key_{};
+  std::uint64_t nonce_ = 0;
+  std::vector<unsigned char> buffer_;
+  std::size_t used_ = 0;
+};
+
+}  // namespace fheprune::ckks

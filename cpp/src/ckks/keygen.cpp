@@ -1,0 +1,162 @@
+#include "fheprune/ckks/keygen.hpp"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <set>
+#include <string>
+
+#include "fheprune/ckks/errors.hpp"
+
+namespace fheprune::ckks {
+
+SecretKey::~SecretKey() {
+  if (!data_.empty()) sodium_memzero(data_.data(), data_.size() * sizeof(u64));
+}
+
+std::vector<std::uint64_t> GaloisKeys::elements() const {
+  std::vector<std::uint64_t> out;
+  for (const auto& [g, _] : keys_) out.push_back(g);
+  return out;
+}
+
+std::size_t GaloisKeys::byte_size() const {
+  std::size_t total = 0;
+  for (const auto& [_, k] : keys_) total += k.byte_size();
+  return total;
+}
+
+KeyGenerator::KeyGenerator(ContextPtr ctx) : ctx_(std::move(ctx)) {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t primes = ctx_->key_size();
+  secret_.n_ = n;
+  secret_.params_ = ctx_->fingerprint();
+  rng_.fill(secret_.id_.data(), secret_.id_.size());
+  std::vector<std::int8_t> s(n);
+  rng_.ternary(s.data(), n);
+  secret_.data_.resize(primes * n);
+  ctx_->pool().parallel_for(primes, [&](std::size_t i) {
+    const Modulus& q = ctx_->modulus(i);
+    u64* out = secret_.data_.data() + i * n;
+    for (std::size_t k = 0; k < n; ++k) out[k] = s[k] < 0 ? q.value() - 1 : static_cast<u64>(s[k]);
+    ctx_->ntt(i).forward(out);
+  });
+  sodium_memzero(s.data(), s.size());
+}
+
+KeyGenerator::KeyGenerator(ContextPtr ctx, const SecretKey& secret)
+    : ctx_(std::move(ctx)), secret_(secret) {
+  if (secret_.params() != ctx_->fingerprint()) {
+    throw MismatchError("secret key was made under different parameters");
+  }
+}
+
+PublicKey KeyGenerator::create_public_key() {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t level = ctx_->max_level();
+  PublicKey pk;
+  pk.data_ = Ciphertext(*ctx_, 2, level, 1.0, secret_.id());
+  std::vector<std::int64_t> e(n);
+  rng_.gaussian(e.data(), n);
+  for (std::size_t i = 0; i <= level; ++i) {
+    const Modulus& q = ctx_->modulus(i);
+    u64* b = pk.data_.poly(0, i);
+    u64* a = pk.data_.poly(1, i);
+    rng_.uniform_mod(q, a, n);
+    for (std::size_t k = 0; k < n; ++k) b[k] = e[k] < 0 ? q.value() - static_cast<u64>(-e[k])
+                                                        : static_cast<u64>(e[k]);
+    ctx_->ntt(i).forward(b);
+    const u64* s = secret_.prime(i);
+    for (std::size_t k = 0; k < n; ++k) b[k] = q.sub(b[k], q.mul(a[k], s[k]));
+  }
+  return pk;
+}
+
+KeySwitchKey KeyGenerator::make_switch_key(const std::vector<u64>& source) {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t primes = ctx_->key_size();
+  const std::size_t chain = ctx_->chain_size();
+  const std::size_t alpha = ctx_->digit_size();
+  KeySwitchKey key;
+  key.n_ = n;
+  key.key_primes_ = primes;
+  key.digits_ = ctx_->digit_count(ctx_->max_level());
+  key.data_.assign(key.digits_ * 2 * primes * n, 0);
+  std::vector<std::int64_t> e(n);
+  for (std::size_t d = 0; d < key.digits_; ++d) {
+    rng_.gaussian(e.data(), n);
+    for (std::size_t i = 0; i < primes; ++i) {
+      const Modulus& q = ctx_->modulus(i);
+      u64* b = key.data_.data() + ((d * 2 + 0) * primes + i) * n;
+      u64* a = key.data_.data() + ((d * 2 + 1) * primes + i) * n;
+      rng_.uniform_mod(q, a, n);
+      for (std::size_t k = 0; k < n; ++k) b[k] = e[k] < 0 ? q.value() - static_cast<u64>(-e[k])
+                                                          : static_cast<u64>(e[k]);
+      ctx_->ntt(i).forward(b);
+      const u64* s = secret_.prime(i);
+      for (std::size_t k = 0; k < n; ++k) b[k] = q.sub(b[k], q.mul(a[k], s[k]));
+      // The gadget: P * s' on the digit's own primes (P * g_d = P mod q_i there, 0 elsewhere).
+      if (i < chain && i / alpha == d) {
+        u64 p_mod = 1;
+        for (std::size_t sp = chain; sp < primes; ++sp) {
+          p_mod = q.mul(p_mod, q.reduce(ctx_->modulus(sp).value()));
+        }
+        const u64* src = source.data() + i * n;
+        for (std::size_t k = 0; k < n; ++k) b[k] = q.add(b[k], q.mul(p_mod, src[k]));
+      }
+    }
+  }
+  sodium_memzero(e.data(), e.size() * sizeof(std::int64_t));
+  return key;
+}
+
+RelinKey KeyGenerator::create_relin_key() {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t primes = ctx_->key_size();
+  std::vector<u64> s2(primes * n);
+  for (std::size_t i = 0; i < primes; ++i) {
+    const Modulus& q = ctx_->modulus(i);
+    const u64* s = secret_.prime(i);
+    for (std::size_t k = 0; k < n; ++k) s2[i * n + k] = q.mul(s[k], s[k]);
+  }
+  RelinKey rk;
+  rk.key_ = make_switch_key(s2);
+  rk.id_ = secret_.id();
+  rk.params_ = ctx_->fingerprint();
+  sodium_memzero(s2.data(), s2.size() * sizeof(u64));
+  return rk;
+}
+
+GaloisKeys KeyGenerator::create_galois_keys(const std::vector<long>& steps, bool conjugation) {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t primes = ctx_->key_size();
+  std::set<std::uint64_t> elements;
+  for (long step : steps) {
+    const std::uint64_t g = ctx_->galois_element(step);
+    if (g != 1) elements.insert(g);
+  }
+  if (conjugation) elements.insert(ctx_->conjugation_element());
+  GaloisKeys gk;
+  gk.id_ = secret_.id();
+  gk.params_ = ctx_->fingerprint();
+  std::vector<u64> rotated(primes * n);
+  for (std::uint64_t g : elements) {
+    const auto perm = ctx_->galois_permutation(g);
+    for (std::size_t i = 0; i < primes; ++i) {
+      const u64* s = secret_.prime(i);
+      u64* out = rotated.data() + i * n;
+      for (std::size_t k = 0; k < n; ++k) out[k] = s[(*perm)[k]];
+    }
+    gk.keys_.emplace(g, make_switch_key(rotated));
+  }
+  sodium_memzero(rotated.data(), rotated.size() * sizeof(u64));
+  return gk;
+}
+
+EvaluationKeys KeyGenerator::create_evaluation_keys(const std::vector<long>& steps,
+                                                    bool conjugation) {
+  return EvaluationKeys{create_public_key(), create_relin_key(),
+                        create_galois_keys(steps, conjugation)};
+}
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,243 @@
+// Key switching with hybrid decomposition: relinearization, rotations, conjugation.
+//
+// A component c (under s') is split into digits of `alpha` chain primes, each digit raised to
+// the other primes of its level and to the special primes P (ModUp), multiplied by the key and
+// summed, then divided by P (ModDown). Rotations of one ciphertext share the ModUp: in NTT
+// form an automorphism only permutes slots, so each extra rotation costs the inner product,
+// the ModDown and one permutation.
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "fheprune/ckks/errors.hpp"
+#include "fheprune/ckks/evaluator.hpp"
+
+namespace fheprune::ckks {
+
+namespace {
+
+// Products of two residues below 2^60 summed in 128 bits stay below q * 2^64 for 16 terms.
+constexpr std::size_t kLazyTerms = 16;
+
+}  // namespace
+
+Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) const {
+  check_operand(a);
+  if (component >= a.size()) throw FheError("ciphertext has no such component");
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t l = a.level();
+  const std::size_t alpha = ctx_->digit_size();
+  const LevelData& ld = ctx_->level_data(l);
+  Decomposition dec;
+  dec.level = l;
+  dec.digits = ctx_->digit_count(l);
+  dec.extended = l + 1 + ctx_->special_size();
+  dec.data.resize(dec.digits * dec.extended * n);
+
+  // Coefficient form of the component, one prime at a time.
+  std::vector<u64> coef(a.primes() * n);
+  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
+    std::memcpy(coef.data() + i * n, a.poly(component, i), n * sizeof(u64));
+    ctx_->ntt(i).inverse(coef.data() + i * n);
+  });
+
+  // Extended-prime slot e of a key-prime index: chain primes keep theirs, special primes follow.
+  auto slot_of = [&](std::size_t key_index) {
+    return key_index < ctx_->chain_size() ? key_index : l + 1 + (key_index - ctx_->chain_size());
+  };
+  // One task per (digit, extended prime): either copy the digit's own NTT residue or convert
+  // and transform.
+  ctx_->pool().parallel_for(dec.digits * dec.extended, [&](std::size_t task) {
+    const std::size_t d = task / dec.extended;
+    const std::size_t e = task % dec.extended;
+    const std::size_t begin = d * alpha;
+    const std::size_t end = std::min(begin + alpha, l + 1);
+    u64* out = dec.data.data() + (d * dec.extended + e) * n;
+    if (e >= begin && e < end) {
+      std::memcpy(out, a.poly(component, e), n * sizeof(u64));
+      return;
+    }
+    const std::vector<std::size_t>& targets = ld.mod_up_targets[d];
+    std::size_t t = 0;
+    while (slot_of(targets[t]) != e) ++t;
+    std::vector<const u64*> sources(end - begin);
+    for (std::size_t j = begin; j < end; ++j) sources[j - begin] = coef.data() + j * n;
+    ld.mod_up[d].convert_to(sources.data(), out, t, n);
+    ctx_->ntt(targets[t]).forward(out);
+  });
+  return dec;
+}
+
+void Evaluator::key_switch_accumulate(const Decomposition& dec,
+                                      const std::vector<std::uint32_t>* perm,
+                                      const KeySwitchKey& key, Ciphertext& out) const {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t l = dec.level;
+  const std::size_t chain = ctx_->chain_size();
+  const std::size_t specials = ctx_->special_size();
+  const LevelData& ld = ctx_->level_data(l);
+  auto key_index = [&](std::size_t e) { return e <= l ? e : chain + (e - (l + 1)); };
+
+  // Inner products <digits, key> at every extended prime, reduced to [0, q).
+  std::vector<u64> prod(2 * dec.extended * n);
+  ctx_->pool().parallel_for(dec.extended, [&](std::size_t e) {
+    const Modulus& q = ctx_->modulus(key_index(e));
+    const std::size_t ki = key_index(e);
+    u64* r0 = prod.data() + (0 * dec.extended + e) * n;
+    u64* r1 = prod.data() + (1 * dec.extended + e) * n;
+    std::vector<u128> acc0(n, 0), acc1(n, 0);
+    for (std::size_t d = 0; d < dec.digits; ++d) {
+      const u64* x = dec.data.data() + (d * dec.extended + e) * n;
+      const u64* kb = key.b(d, ki);
+      const u64* ka = key.a(d, ki);
+      if (perm) {
+        const std::uint32_t* p = perm->data();
+        for (std::size_t j = 0; j < n; ++j) {
+          const u64 v = x[p[j]];
+          acc0[j] += static_cast<u128>(v) * kb[j];
+          acc1[j] += static_cast<u128>(v) * ka[j];
+        }
+      } else {
+        for (std::size_t j = 0; j < n; ++j) {
+          acc0[j] += static_cast<u128>(x[j]) * kb[j];
+          acc1[j] += static_cast<u128>(x[j]) * ka[j];
+        }
+      }
+      if ((d + 1) % kLazyTerms == 0 && d + 1 < dec.digits) {
+        for (std::size_t j = 0; j < n; ++j) {
+          acc0[j] = q.reduce128(acc0[j]);
+          acc1[j] = q.reduce128(acc1[j]);
+        }
+      }
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+      r0[j] = q.reduce128(acc0[j]);
+      r1[j] = q.reduce128(acc1[j]);
+    }
+  });
+
+  // ModDown: bring the special-prime part to coefficient form...
+  ctx_->pool().parallel_for(2 * specials, [&](std::size_t task) {
+    const std::size_t k = task / specials;
+    const std::size_t s = task % specials;
+    ctx_->ntt(chain + s).inverse(prod.data() + (k * dec.extended + l + 1 + s) * n);
+  });
+  // ...then out_k += (r_k - BaseConv_P->q_i(r_k)) * P^-1 at each chain prime.
+  ctx_->pool().parallel_for(2 * (l + 1), [&](std::size_t task) {
+    const std::size_t k = task / (l + 1);
+    const std::size_t i = task % (l + 1);
+    const Modulus& q = ctx_->modulus(i);
+    std::vector<const u64*> sources(specials);
+    for (std::size_t s = 0; s < specials; ++s) {
+      sources[s] = prod.data() + (k * dec.extended + l + 1 + s) * n;
+    }
+    std::vector<u64> t(n);
+    ld.mod_down.convert_to(sources.data(), t.data(), i, n);
+    ctx_->ntt(i).forward(t.data());
+    const u64* r = prod.data() + (k * dec.extended + i) * n;
+    u64* o = out.poly(k, i);
+    const MultiplyOperand& inv = ld.inv_special_mod[i];
+    const u64 qv = q.value();
+    for (std::size_t j = 0; j < n; ++j) {
+      o[j] = q.add(o[j], mul_shoup(r[j] + qv - t[j], inv.value, inv.shoup, qv));
+    }
+  });
+}
+
+void Evaluator::relinearize_inplace(Ciphertext& a, const RelinKey& rk) const {
+  check_operand(a);
+  if (a.size() != 3) {
+    throw FheError("relinearize takes a size-3 ciphertext; got size " + std::to_string(a.size()));
+  }
+  if (rk.params() != ctx_->fingerprint()) {
+    throw MismatchError("relinearization key was made under different parameters");
+  }
+  if (rk.id() != a.key_id()) {
+    throw MismatchError("relinearization key belongs to a different secret key than the ciphertext");
+  }
+  const Decomposition dec = decompose(a, 2);
+  Ciphertext out(*ctx_, 2, a.level(), a.scale(), a.key_id());
+  std::copy(a.poly(0, 0), a.poly(0, 0) + 2 * a.primes() * ctx_->poly_degree(), out.poly(0, 0));
+  key_switch_accumulate(dec, nullptr, rk.key(), out);
+  a = std::move(out);
+}
+
+Ciphertext Evaluator::relinearize(const Ciphertext& a, const RelinKey& rk) const {
+  Ciphertext out = a;
+  relinearize_inplace(out, rk);
+  return out;
+}
+
+const KeySwitchKey& Evaluator::galois_key(const Ciphertext& a, std::uint64_t g, long step,
+                                          const GaloisKeys& gk) const {
+  if (gk.params() != ctx_->fingerprint()) {
+    throw MismatchError("Galois keys were made under different parameters");
+  }
+  if (gk.id() != a.key_id()) {
+    throw MismatchError("Galois keys belong to a different secret key than the ciphertext");
+  }
+  if (!gk.has(g)) {
+    const std::string what = g == ctx_->conjugation_element()
+                                 ? std::string("conjugation")
+                                 : "rotation step " + std::to_string(step);
+    throw MissingKeyError("no Galois key for " + what + " (Galois element " + std::to_string(g) +
+                          "); generate Galois keys that include it");
+  }
+  return gk.key(g);
+}
+
+Ciphertext Evaluator::apply_galois(const Ciphertext& a, const Decomposition& c1, std::uint64_t g,
+                                   const GaloisKeys& gk) const {
+  const KeySwitchKey& key = galois_key(a, g, 0, gk);
+  const std::size_t n = ctx_->poly_degree();
+  const auto perm = ctx_->galois_permutation(g);
+  Ciphertext out(*ctx_, 2, a.level(), a.scale(), a.key_id());
+  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const u64* c0 = a.poly(0, i);
+    u64* o = out.poly(0, i);
+    const std::uint32_t* p = perm->data();
+    for (std::size_t j = 0; j < n; ++j) o[j] = c0[p[j]];
+  });
+  key_switch_accumulate(c1, perm.get(), key, out);
+  return out;
+}
+
+Ciphertext Evaluator::rotate(const Ciphertext& a, long step, const GaloisKeys& gk) const {
+  return rotate_hoisted(a, {step}, gk).front();
+}
+
+std::vector<Ciphertext> Evaluator::rotate_hoisted(const Ciphertext& a,
+                                                  const std::vector<long>& steps,
+                                                  const GaloisKeys& gk) const {
+  check_operand(a);
+  if (a.size() != 2) throw FheError("rotate takes a size-2 ciphertext; relinearize first");
+  // Check every key before doing any work, so a missing one fails fast.
+  std::vector<std::uint64_t> elements;
+  for (long step : steps) {
+    const std::uint64_t g = ctx_->galois_element(step);
+    if (g != 1) galois_key(a, g, step, gk);
+    elements.push_back(g);
+  }
+  std::vector<Ciphertext> out;
+  out.reserve(steps.size());
+  std::optional<Decomposition> dec;
+  for (std::uint64_t g : elements) {
+    if (g == 1) {
+      out.push_back(a);
+      continue;
+    }
+    if (!dec) dec = decompose(a, 1);
+    out.push_back(apply_galois(a, *dec, g, gk));
+  }
+  return out;
+}
+
+Ciphertext Evaluator::conjugate(const Ciphertext& a, const GaloisKeys& gk) const {
+  check_operand(a);
+  if (a.size() != 2) throw FheError("conjugate takes a size-2 ciphertext; relinearize first");
+  const std::uint64_t g = ctx_->conjugation_element();
+  galois_key(a, g, 0, gk);
+  return apply_galois(a, decompose(a, 1), g, gk);
+}
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,126 @@
+#include "fheprune/ckks/random.hpp"
+
+#include <sodium.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "fheprune/ckks/errors.hpp"
+
+namespace fheprune::ckks {
+
+namespace {
+
+constexpr std::size_t kBufferBytes = 1 << 14;
+constexpr int kTailCut = 19;  // ceil(6 * sigma)
+
+// cdf[k] = P(|x| < k+1) * 2^63 for the magnitude of a discrete Gaussian, k = 0..kTailCut.
+struct GaussianTable {
+  std::array<u64, kTailCut + 1> cdf{};
+  GaussianTable() {
+    const double s = SecureRandom::kErrorSigma;
+    std::array<long double, kTailCut + 1> weight{};
+    long double total = 0;
+    for (int k = 0; k <= kTailCut; ++k) {
+      const long double rho = std::exp(-static_cast<long double>(k) * k / (2.0L * s * s));
+      weight[k] = k == 0 ? rho : 2 * rho;  // +k and -k
+      total += weight[k];
+    }
+    long double acc = 0;
+    for (int k = 0; k <= kTailCut; ++k) {
+      acc += weight[k] / total;
+      cdf[k] = static_cast<u64>(std::min(acc, 1.0L) * 9223372036854775808.0L);
+    }
+    cdf[kTailCut] = u64{1} << 63;
+  }
+};
+
+const GaussianTable& gaussian_table() {
+  static const GaussianTable table;
+  return table;
+}
+
+}  // namespace
+
+SecureRandom::SecureRandom() : buffer_(kBufferBytes) {
+  if (sodium_init() < 0) throw FheError("libsodium failed to initialise");
+  randombytes_buf(key_.data(), key_.size());
+  used_ = buffer_.size();
+}
+
+SecureRandom::~SecureRandom() {
+  sodium_memzero(key_.data(), key_.size());
+  sodium_memzero(buffer_.data(), buffer_.size());
+}
+
+void SecureRandom::refill() {
+  unsigned char nonce[crypto_stream_chacha20_NONCEBYTES];
+  static_assert(crypto_stream_chacha20_NONCEBYTES == 8);
+  std::uint64_t v = nonce_++;
+  for (int b = 0; b < 8; ++b) nonce[b] = static_cast<unsigned char>(v >> (8 * b));
+  crypto_stream_chacha20(buffer_.data(), buffer_.size(), nonce, key_.data());
+  used_ = 0;
+}
+
+void SecureRandom::fill(unsigned char* out, std::size_t size) {
+  while (size > 0) {
+    if (used_ == buffer_.size()) refill();
+    const std::size_t take = std::min(size, buffer_.size() - used_);
+    std::memcpy(out, buffer_.data() + used_, take);
+    sodium_memzero(buffer_.data() + used_, take);
+    used_ += take;
+    out += take;
+    size -= take;
+  }
+}
+
+u64 SecureRandom::next_u64() {
+  unsigned char bytes[8];
+  fill(bytes, 8);
+  u64 v = 0;
+  std::memcpy(&v, bytes, 8);
+  return v;
+}
+
+void SecureRandom::uniform_mod(const Modulus& q, u64* out, std::size_t n) {
+  const u64 qv = q.value();
+  const u64 mask = (u64{1} << q.bits()) - 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    u64 v;
+    do {
+      v = next_u64() & mask;
+    } while (v >= qv);
+    out[i] = v;
+  }
+}
+
+void SecureRandom::ternary(std::int8_t* out, std::size_t n) {
+  std::size_t i = 0;
+  unsigned char bytes[64];
+  while (i < n) {
+    fill(bytes, sizeof bytes);
+    for (unsigned char b : bytes) {
+      if (b >= 255) continue;  // 255 = 3 * 85: reject to keep {0,1,2} exactly uniform
+      if (i == n) break;
+      out[i++] = static_cast<std::int8_t>(static_cast<int>(b % 3) - 1);
+    }
+  }
+}
+
+void SecureRandom::gaussian(std::int64_t* out, std::size_t n) {
+  const auto& cdf = gaussian_table().cdf;
+  for (std::size_t i = 0; i < n; ++i) {
+    const u64 r = next_u64();
+    const u64 u = r >> 1;          // 63 uniform bits
+    const u64 sign = r & 1;
+    // Scan the whole table (no early exit) so timing does not depend on the sample.
+    std::int64_t magnitude = 0;
+    for (int k = 0; k < kTailCut; ++k) magnitude += static_cast<std::int64_t>(u >= cdf[k]);
+    // Magnitude 0 must not be doubled by the sign: map -0 to 0.
+    const std::int64_t neg = -static_cast<std::int64_t>(sign);
+    out[i] = (magnitude ^ neg) - neg;
+  }
+}
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,80 @@
+#include "fheprune/ckks/thread_pool.hpp"
+
+namespace fheprune::ckks {
+
+ThreadPool::ThreadPool(std::size_t threads) {
+  const std::size_t extra = threads > 1 ? threads - 1 : 0;
+  workers_.reserve(extra);
+  for (std::size_t i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& w : workers_) w.join();
+}
+
+void ThreadPool::drain() {
+  for (;;) {
+    const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= count_.load()) return;
+    try {
+      (*body_.load())(i);
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+}
+
+void ThreadPool::worker_loop() {
+  std::size_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+    }
+    drain();
+    {
+      std::lock_guard lock(mutex_);
+      ++finished_;
+    }
+    done_.notify_one();
+  }
+}
+
+void ThreadPool::parallel_for(std::size_t count, const std::function<void(std::size_t)>& body) {
+  if (count == 0) return;
+  if (workers_.empty() || count == 1) {
+    for (std::size_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+  std::lock_guard call_lock(call_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    body_.store(&body);
+    count_.store(count);
+    next_.store(0, std::memory_order_relaxed);
+    error_ = nullptr;
+    finished_ = 0;
+    ++generation_;
+  }
+  wake_.notify_all();
+  drain();
+  std::exception_ptr error;
+  {
+    std::unique_lock lock(mutex_);
+    // Every worker checks in for every generation, so none can still be inside drain() when
+    // the next call resets the counters.
+    done_.wait(lock, [&] { return finished_ == workers_.size(); });
+    error = error_;
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,223 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "test_util.hpp"
+
+namespace fheprune::ckks {
+namespace {
+
+using testing::Fixture;
+using testing::max_abs_diff;
+using testing::random_reals;
+
+constexpr double kTol = 1e-6;  // at scale 2^40, errors are ~1e-9 .. 1e-7
+
+std::vector<double> rotate_left(const std::vector<double>& v, long step) {
+  const long n = static_cast<long>(v.size());
+  std::vector<double> out(v.size());
+  for (long i = 0; i < n; ++i) out[i] = v[((i + step) % n + n) % n];
+  return out;
+}
+
+class EvaluatorTest : public ::testing::Test {
+ protected:
+  Fixture f{testing::small_params()};
+  std::vector<double> x = random_reals(f.ctx->slots(), 11);
+  std::vector<double> y = random_reals(f.ctx->slots(), 12);
+};
+
+TEST_F(EvaluatorTest, PublicAndSymmetricEncryptionDecrypt) {
+  EXPECT_LT(max_abs_diff(f.decrypt(f.encrypt(x)), x), kTol);
+  Encryptor sym(f.ctx, f.keygen.secret_key());
+  const auto ct = sym.encrypt(f.encoder.encode(x));
+  EXPECT_LT(max_abs_diff(f.encoder.decode(f.decryptor.decrypt(ct)), x), kTol);
+}
+
+TEST_F(EvaluatorTest, FreshEncryptionsDiffer) {
+  const auto a = f.encrypt(x);
+  const auto b = f.encrypt(x);
+  EXPECT_NE(a.data(), b.data());
+}
+
+TEST_F(EvaluatorTest, AdditiveOperations) {
+  const auto cx = f.encrypt(x);
+  const auto cy = f.encrypt(y);
+  const auto py = f.encoder.encode(y);
+  std::vector<double> sum(x.size()), diff(x.size()), neg(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    sum[i] = x[i] + y[i];
+    diff[i] = x[i] - y[i];
+    neg[i] = -x[i];
+  }
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.add(cx, cy)), sum), kTol);
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.sub(cx, cy)), diff), kTol);
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.negate(cx)), neg), kTol);
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.add_plain(cx, py)), sum), kTol);
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.sub_plain(cx, py)), diff), kTol);
+}
+
+TEST_F(EvaluatorTest, MultiplyPlainThenRescale) {
+  const auto prod = f.evaluator.rescale(f.evaluator.multiply_plain(f.encrypt(x), f.encoder.encode(y)));
+  std::vector<double> want(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = x[i] * y[i];
+  EXPECT_EQ(prod.level(), f.ctx->max_level() - 1);
+  EXPECT_LT(max_abs_diff(f.decrypt(prod), want), kTol);
+}
+
+TEST_F(EvaluatorTest, MultiplyRelinearizeRescale) {
+  const auto cx = f.encrypt(x);
+  const auto cy = f.encrypt(y);
+  const auto size3 = f.evaluator.multiply(cx, cy);
+  EXPECT_EQ(size3.size(), 3u);
+  std::vector<double> want(x.size()), want_sq(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    want[i] = x[i] * y[i];
+    want_sq[i] = x[i] * x[i];
+  }
+  // Size-3 ciphertexts decrypt directly too.
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.rescale(size3)), want), kTol);
+  const auto relin = f.evaluator.rescale(f.evaluator.relinearize(size3, f.rk));
+  EXPECT_EQ(relin.size(), 2u);
+  EXPECT_LT(max_abs_diff(f.decrypt(relin), want), kTol);
+  const auto sq = f.evaluator.rescale(f.evaluator.relinearize(f.evaluator.square(cx), f.rk));
+  EXPECT_LT(max_abs_diff(f.decrypt(sq), want_sq), kTol);
+}
+
+TEST_F(EvaluatorTest, MultiplicationChainThroughAllLevels) {
+  // x^(2^L) with values near 1 so the result stays O(1); one square per level.
+  std::vector<double> v = random_reals(f.ctx->slots(), 13, 0.2);
+  for (auto& a : v) a += 1.0;
+  auto ct = f.encrypt(v);
+  std::vector<double> want = v;
+  while (ct.level() > 0) {
+    ct = f.evaluator.rescale(f.evaluator.multiply_relin(ct, ct, f.rk));
+    for (auto& a : want) a *= a;
+  }
+  EXPECT_EQ(ct.level(), 0u);
+  EXPECT_LT(max_abs_diff(f.decrypt(ct), want), 1e-4);
+  EXPECT_THROW(f.evaluator.rescale(ct), LevelError);
+}
+
+TEST_F(EvaluatorTest, RotationsForManyStepsAndHoistingMatches) {
+  std::vector<long> steps = {1, 2, 3, 7, 16, 100, -1, -5, 511, 1023};
+  GaloisKeys gk = f.keygen.create_galois_keys(steps);
+  const auto ct = f.encrypt(x);
+  const auto hoisted = f.evaluator.rotate_hoisted(ct, steps, gk);
+  ASSERT_EQ(hoisted.size(), steps.size());
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    const auto single = f.evaluator.rotate(ct, steps[i], gk);
+    EXPECT_LT(max_abs_diff(f.decrypt(single), rotate_left(x, steps[i])), kTol) << steps[i];
+    // Hoisting changes the order of work, not the arithmetic: bit-identical results.
+    EXPECT_EQ(single.data(), hoisted[i].data()) << steps[i];
+  }
+  // Step 0 needs no key and returns the input.
+  EXPECT_EQ(f.evaluator.rotate(ct, 0, gk).data(), ct.data());
+}
+
+TEST_F(EvaluatorTest, RotationAfterRescaleAtLowerLevel) {
+  GaloisKeys gk = f.keygen.create_galois_keys({3});
+  auto ct = f.evaluator.rescale(f.evaluator.multiply_plain(f.encrypt(x), f.encoder.encode_constant(2.0)));
+  ct = f.evaluator.rescale(f.evaluator.multiply_plain(ct, f.encoder.encode_constant(0.5, std::nullopt, ct.level())));
+  EXPECT_EQ(ct.level(), f.ctx->max_level() - 2);
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.rotate(ct, 3, gk)), rotate_left(x, 3)), kTol);
+}
+
+TEST_F(EvaluatorTest, Conjugation) {
+  GaloisKeys gk = f.keygen.create_galois_keys({}, /*conjugation=*/true);
+  std::vector<std::complex<double>> v(f.ctx->slots());
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = {x[i], y[i]};
+  const auto out = f.encoder.decode_complex(
+      f.decryptor.decrypt(f.evaluator.conjugate(f.encryptor.encrypt(f.encoder.encode(v)), gk)));
+  for (std::size_t i = 0; i < v.size(); ++i) ASSERT_LT(std::abs(out[i] - std::conj(v[i])), kTol);
+}
+
+TEST_F(EvaluatorTest, MissingRotationKeyNamesTheStep) {
+  GaloisKeys gk = f.keygen.create_galois_keys({1});
+  const auto ct = f.encrypt(x);
+  try {
+    f.evaluator.rotate(ct, 5, gk);
+    FAIL() << "expected MissingKeyError";
+  } catch (const MissingKeyError& e) {
+    EXPECT_NE(std::string(e.what()).find("rotation step 5"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(f.evaluator.conjugate(ct, gk), MissingKeyError);
+}
+
+TEST_F(EvaluatorTest, LevelAndScaleMismatchesAreTypedErrors) {
+  const auto a = f.encrypt(x);
+  const auto low = f.evaluator.mod_switch_to(a, 1);
+  EXPECT_THROW(f.evaluator.add(a, low), LevelError);
+  EXPECT_THROW(f.evaluator.multiply(a, low), LevelError);
+  // Aligning levels by mod switching makes the addition valid.
+  const auto aligned = f.evaluator.add(f.evaluator.mod_switch_to(a, 1), low);
+  std::vector<double> twice(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) twice[i] = 2 * x[i];
+  EXPECT_LT(max_abs_diff(f.decrypt(aligned), twice), kTol);
+
+  const auto scaled = f.encryptor.encrypt(f.encoder.encode(x, std::ldexp(1.0, 35)));
+  EXPECT_THROW(f.evaluator.add(a, scaled), ScaleError);
+  EXPECT_THROW(f.evaluator.add_plain(a, f.encoder.encode(x, std::ldexp(1.0, 30))), ScaleError);
+  EXPECT_THROW(f.evaluator.multiply_plain(a, f.encoder.encode(x, std::nullopt, 1)), LevelError);
+  EXPECT_THROW(f.evaluator.mod_switch_to(low, 2), LevelError);
+  // A product whose scale overflows the remaining modulus.
+  auto at0 = f.evaluator.mod_switch_to(a, 0);
+  EXPECT_THROW(f.evaluator.multiply(at0, at0), ScaleError);
+  EXPECT_THROW(f.evaluator.rotate(f.evaluator.multiply(a, a), 1, f.keygen.create_galois_keys({1})),
+               FheError);
+}
+
+TEST(EvaluatorKeys, ObjectsFromAnotherClientAreRejected) {
+  Fixture alice(testing::small_params());
+  Fixture bob(testing::small_params());
+  const auto v = random_reals(16, 1);
+  const auto ca = alice.encrypt(v);
+  const auto cb = bob.encrypt(v);
+  EXPECT_THROW(alice.evaluator.add(ca, cb), MismatchError);
+  EXPECT_THROW(alice.evaluator.relinearize(alice.evaluator.multiply(ca, ca), bob.rk), MismatchError);
+  EXPECT_THROW(alice.evaluator.rotate(ca, 1, bob.keygen.create_galois_keys({1})), MismatchError);
+  EXPECT_THROW(alice.decryptor.decrypt(cb), MismatchError);
+
+  Fixture other(testing::small_params({50, 40, 40}));
+  EXPECT_THROW(other.evaluator.negate(ca), MismatchError);
+  EXPECT_THROW(other.encoder.decode(alice.decryptor.decrypt(ca)), MismatchError);
+}
+
+TEST(EvaluatorThreads, ResultsAreIdenticalForAnyThreadCount) {
+  Fixture f(testing::small_params({50, 40, 40, 40, 40}, {50}, 4096), 1);
+  const auto x = random_reals(f.ctx->slots(), 21);
+  GaloisKeys gk = f.keygen.create_galois_keys({1, 2, 3, 4});
+  const auto ct = f.encrypt(x);
+  auto run = [&] {
+    auto m = f.evaluator.rescale(f.evaluator.multiply_relin(ct, ct, f.rk));
+    auto r = f.evaluator.rotate_hoisted(m, {1, 2, 3, 4}, gk);
+    auto s = f.evaluator.add(r[0], r[3]);
+    return s.data();
+  };
+  const auto one = run();
+  f.ctx->set_threads(2);
+  const auto two = run();
+  f.ctx->set_threads(3);
+  const auto three = run();
+  EXPECT_EQ(one, two);
+  EXPECT_EQ(one, three);
+}
+
+TEST(EvaluatorHybrid, TwoSpecialPrimesPerDigit) {
+  // alpha = 2: digits of two chain primes, ModUp by real base conversion.
+  Fixture f(testing::small_params({50, 40, 40, 40, 40}, {50, 50}, 2048));
+  const auto x = random_reals(f.ctx->slots(), 31);
+  GaloisKeys gk = f.keygen.create_galois_keys({1, 7});
+  auto ct = f.encrypt(x);
+  std::vector<double> want = x;
+  for (int round = 0; round < 3; ++round) {
+    ct = f.evaluator.rescale(f.evaluator.multiply_relin(ct, ct, f.rk));
+    for (auto& a : want) a *= a;
+    ct = f.evaluator.rotate(ct, 7, gk);
+    want = rotate_left(want, 7);
+  }
+  EXPECT_LT(max_abs_diff(f.decrypt(ct), want), 1e-5);
+}
+
+}  // namespace
+}  // namespace fheprune::ckks

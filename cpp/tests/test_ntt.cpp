@@ -1,0 +1,87 @@
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "fheprune/ckks/ntt.hpp"
+#include "fheprune/ckks/primes.hpp"
+
+namespace fheprune::ckks {
+namespace {
+
+// Schoolbook product in Z_q[X]/(X^n + 1).
+std::vector<u64> negacyclic_naive(const std::vector<u64>& a, const std::vector<u64>& b,
+                                  const Modulus& q) {
+  const std::size_t n = a.size();
+  std::vector<u64> c(n, 0);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t j = 0; j < n; ++j) {
+      const u64 p = q.mul(a[i], b[j]);
+      const std::size_t k = i + j;
+      if (k < n) {
+        c[k] = q.add(c[k], p);
+      } else {
+        c[k - n] = q.sub(c[k - n], p);
+      }
+    }
+  }
+  return c;
+}
+
+class NttTest : public ::testing::TestWithParam<std::tuple<std::size_t, int>> {};
+
+TEST_P(NttTest, PointwiseProductIsNegacyclicConvolution) {
+  const auto [n, bits] = GetParam();
+  const Modulus q(generate_ntt_primes(n, {bits}).front());
+  NttTables ntt(n, q);
+  std::mt19937_64 gen(n * 131 + static_cast<std::size_t>(bits));
+  std::vector<u64> a(n), b(n);
+  for (auto& v : a) v = gen() % q.value();
+  for (auto& v : b) v = gen() % q.value();
+  const auto expected = negacyclic_naive(a, b, q);
+  ntt.forward(a.data());
+  ntt.forward(b.data());
+  for (std::size_t i = 0; i < n; ++i) a[i] = q.mul(a[i], b[i]);
+  ntt.inverse(a.data());
+  EXPECT_EQ(a, expected);
+}
+
+TEST_P(NttTest, InverseUndoesForwardAndOutputsAreReduced) {
+  const auto [n, bits] = GetParam();
+  const Modulus q(generate_ntt_primes(n, {bits}).front());
+  NttTables ntt(n, q);
+  std::mt19937_64 gen(n + static_cast<std::size_t>(bits));
+  std::vector<u64> a(n);
+  for (auto& v : a) v = gen() % q.value();
+  a[0] = q.value() - 1;  // extreme values exercise the lazy bounds
+  a[n - 1] = q.value() - 1;
+  auto b = a;
+  ntt.forward(b.data());
+  for (u64 v : b) ASSERT_LT(v, q.value());
+  ntt.inverse(b.data());
+  EXPECT_EQ(a, b);
+}
+
+TEST_P(NttTest, SlotKEvaluatesAtOddPowerOfPsi) {
+  const auto [n, bits] = GetParam();
+  const Modulus q(generate_ntt_primes(n, {bits}).front());
+  NttTables ntt(n, q);
+  std::vector<u64> a(n);
+  std::mt19937_64 gen(5);
+  for (auto& v : a) v = gen() % q.value();
+  auto b = a;
+  ntt.forward(b.data());
+  const int log_n = std::countr_zero(n);
+  for (std::size_t k : {std::size_t{0}, std::size_t{1}, n / 3, n - 1}) {
+    const u64 x = q.pow(ntt.root(), 2 * reverse_bits(k, log_n) + 1);
+    u64 value = 0;
+    for (std::size_t i = n; i-- > 0;) value = q.add(q.mul(value, x), a[i]);
+    EXPECT_EQ(b[k], value) << "slot " << k;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, NttTest,
+                         ::testing::Combine(::testing::Values(8, 64, 256, 1024),
+                                            ::testing::Values(30, 50, 60)));
+
+}  // namespace
+}  // namespace fheprune::ckks

@@ -1,0 +1,73 @@
+#include <gtest/gtest.h>
+
+#include "test_util.hpp"
+
+namespace fheprune::ckks {
+namespace {
+
+Parameters secure(std::size_t n, std::vector<int> chain, std::vector<int> special) {
+  Parameters p;
+  p.poly_degree = n;
+  p.chain_bits = std::move(chain);
+  p.special_bits = std::move(special);
+  return p;
+}
+
+TEST(Parameters, AcceptsStandardSecureSets) {
+  EXPECT_NO_THROW(secure(8192, {60, 40, 40}, {60}).validate());              // 200 <= 218
+  EXPECT_NO_THROW(secure(16384, {60, 40, 40, 40, 40, 40, 40, 40}, {60}).validate());
+  EXPECT_NO_THROW(secure(4096, {36, 36}, {37}).validate());                 // 109
+}
+
+TEST(Parameters, RefusesModuliAboveTheSecurityBound) {
+  EXPECT_THROW(secure(8192, {60, 40, 40, 40}, {60}).validate(), InsecureParametersError);
+  EXPECT_THROW(secure(4096, {40, 40}, {40}).validate(), InsecureParametersError);
+  try {
+    secure(8192, {60, 40, 40, 40}, {60}).validate();
+    FAIL();
+  } catch (const InsecureParametersError& e) {
+    EXPECT_NE(std::string(e.what()).find("218"), std::string::npos) << e.what();
+  }
+  // The explicitly named testing switch lifts the bound, and nothing else does.
+  auto p = secure(8192, {60, 40, 40, 40}, {60});
+  p.security = SecurityLevel::kNoneInsecureTestingOnly;
+  EXPECT_NO_THROW(p.validate());
+}
+
+TEST(Parameters, RejectsMalformedSets) {
+  EXPECT_THROW(secure(3000, {40}, {40}).validate(), ParameterError);
+  EXPECT_THROW(secure(2048, {40}, {40}).validate(), ParameterError);  // below 2^12 needs opt-in
+  EXPECT_THROW(secure(131072, {40}, {40}).validate(), ParameterError);
+  EXPECT_THROW(secure(8192, {}, {60}).validate(), ParameterError);
+  EXPECT_THROW(secure(8192, {60, 40}, {}).validate(), ParameterError);
+  EXPECT_THROW(secure(8192, {61, 40}, {60}).validate(), ParameterError);
+  EXPECT_THROW(secure(8192, {60, 40}, {50}).validate(), ParameterError);  // digit > P
+  auto p = secure(8192, {60, 40}, {60});
+  p.scale_bits = 5;
+  EXPECT_THROW(p.validate(), ParameterError);
+}
+
+TEST(Context, FingerprintIdentifiesParameters) {
+  auto a = make_context(testing::small_params());
+  auto b = make_context(testing::small_params());
+  auto c = make_context(testing::small_params({50, 40, 40}));
+  EXPECT_EQ(a->fingerprint(), b->fingerprint());
+  EXPECT_NE(a->fingerprint(), c->fingerprint());
+  EXPECT_EQ(a->max_level(), 3u);
+  EXPECT_EQ(a->slots(), 1024u);
+}
+
+TEST(Context, GaloisElementsArePowersOfFive) {
+  auto ctx = make_context(testing::small_params());
+  const std::uint64_t two_n = 2 * ctx->poly_degree();
+  EXPECT_EQ(ctx->galois_element(0), 1u);
+  EXPECT_EQ(ctx->galois_element(1), 5u);
+  EXPECT_EQ(ctx->galois_element(2), 25u);
+  // Right rotation by 1 = left rotation by slots - 1.
+  EXPECT_EQ(ctx->galois_element(-1), ctx->galois_element(static_cast<long>(ctx->slots()) - 1));
+  EXPECT_EQ(ctx->galois_element(1) * ctx->galois_element(-1) % two_n, 1u);
+  EXPECT_THROW(ctx->galois_permutation(4), ParameterError);
+}
+
+}  // namespace
+}  // namespace fheprune::ckks

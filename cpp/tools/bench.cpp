@@ -1,0 +1,63 @@
+// Quick per-operation timings of the engine from C++ alone (no Python):
+//   fheprune_bench [log2 N] [threads]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+
+#include "fheprune/ckks/ckks.hpp"
+
+using namespace fheprune::ckks;
+
+static double time_ms(const std::function<void()>& f, int reps) {
+  f();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) f();
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::milli>(t1 - t0).count() / reps;
+}
+
+int main(int argc, char** argv) {
+  const int log_n = argc > 1 ? std::atoi(argv[1]) : 13;
+  const std::size_t threads = argc > 2 ? static_cast<std::size_t>(std::atoi(argv[2])) : 1;
+  Parameters p;
+  p.poly_degree = std::size_t{1} << log_n;
+  if (log_n == 13) {
+    p.chain_bits = {60, 40, 40};
+  } else {
+    p.chain_bits = {60, 40, 40, 40, 40, 40, 40, 40};
+  }
+  p.special_bits = {60};
+  auto ctx = make_context(p, threads);
+  KeyGenerator kg(ctx);
+  auto pk = kg.create_public_key();
+  auto rk = kg.create_relin_key();
+  std::vector<long> steps;
+  for (long s = 1; s <= 16; ++s) steps.push_back(s);
+  auto gk = kg.create_galois_keys(steps);
+  Encoder enc(ctx);
+  Encryptor encryptor(ctx, pk);
+  Evaluator ev(ctx);
+  std::vector<double> v(ctx->slots());
+  std::mt19937_64 gen(1);  // test data only, not key material
+  std::uniform_real_distribution<double> dist(-1, 1);
+  for (auto& x : v) x = dist(gen);
+  auto pt = enc.encode(v);
+  auto ct = encryptor.encrypt(pt);
+  auto ct2 = encryptor.encrypt(pt);
+  const int reps = log_n == 13 ? 50 : 10;
+  std::printf("N=2^%d threads=%zu %s\n", log_n, threads, p.describe().c_str());
+  std::printf("encode          %8.3f ms\n", time_ms([&] { (void)enc.encode(v); }, reps));
+  std::printf("encrypt         %8.3f ms\n", time_ms([&] { (void)encryptor.encrypt(pt); }, reps));
+  std::printf("add             %8.3f ms\n", time_ms([&] { (void)ev.add(ct, ct2); }, reps));
+  std::printf("multiply_plain  %8.3f ms\n", time_ms([&] { (void)ev.multiply_plain(ct, pt); }, reps));
+  std::printf("multiply_relin  %8.3f ms\n",
+              time_ms([&] { (void)ev.multiply_relin(ct, ct2, rk); }, reps));
+  auto prod = ev.multiply_plain(ct, pt);
+  std::printf("rescale         %8.3f ms\n", time_ms([&] { (void)ev.rescale(prod); }, reps));
+  std::printf("rotate          %8.3f ms\n", time_ms([&] { (void)ev.rotate(ct, 1, gk); }, reps));
+  std::printf("hoisted16       %8.3f ms\n",
+              time_ms([&] { (void)ev.rotate_hoisted(ct, steps, gk); }, reps / 5 + 1));
+  return 0;
+}
