@@ -1,0 +1,294 @@
+// The one binding module: the CKKS engine for Python, numpy arrays in and out.
+//
+// Heavy operations release the GIL, so Python threads can run encrypted work in parallel.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/complex.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <complex>
+#include <cstring>
+
+#include "fheprune/ckks/ckks.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using namespace fheprune::ckks;
+
+namespace {
+
+using RealArray = nb::ndarray<nb::numpy, const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using ComplexArray =
+    nb::ndarray<nb::numpy, const std::complex<double>, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using release_gil = nb::call_guard<nb::gil_scoped_release>;
+
+// Hands a std::vector's buffer to numpy without copying.
+template <typename T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> to_numpy(std::vector<T>&& v) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+}
+
+nb::bytes to_bytes(const Bytes& b) { return nb::bytes(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+std::span<const std::uint8_t> as_span(const nb::bytes& b) {
+  return {reinterpret_cast<const std::uint8_t*>(b.c_str()), b.size()};
+}
+
+template <typename A>
+nb::bytes id_bytes(const A& id) { return nb::bytes(reinterpret_cast<const char*>(id.data()), id.size()); }
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "fheprune CKKS engine (C++ core)";
+  m.attr("__version__") = FHEPRUNE_VERSION;
+
+  // Errors: one Python class per C++ class, all under FheError (a ValueError: bad input).
+  auto fhe_error = nb::exception<FheError>(m, "FheError", PyExc_ValueError);
+  auto parameter_error = nb::exception<ParameterError>(m, "ParameterError", fhe_error.ptr());
+  nb::exception<InsecureParametersError>(m, "InsecureParametersError", parameter_error.ptr());
+  nb::exception<LevelError>(m, "LevelError", fhe_error.ptr());
+  nb::exception<ScaleError>(m, "ScaleError", fhe_error.ptr());
+  nb::exception<MissingKeyError>(m, "MissingKeyError", fhe_error.ptr());
+  nb::exception<MismatchError>(m, "MismatchError", fhe_error.ptr());
+  nb::exception<EncodingError>(m, "EncodingError", fhe_error.ptr());
+  nb::exception<SerializationError>(m, "SerializationError", fhe_error.ptr());
+  // Exception translators run in registration order from the most recent, so the subclasses
+  // registered above are matched before their bases.
+
+  nb::class_<Parameters>(m, "Parameters")
+      .def(
+          "__init__",
+          [](Parameters* p, std::size_t poly_degree, std::vector<int> chain_bits,
+             std::vector<int> special_bits, int scale_bits, bool insecure_for_testing) {
+            new (p) Parameters();
+            p->poly_degree = poly_degree;
+            p->chain_bits = std::move(chain_bits);
+            p->special_bits = std::move(special_bits);
+            p->scale_bits = scale_bits;
+            p->security = insecure_for_testing ? SecurityLevel::kNoneInsecureTestingOnly
+                                               : SecurityLevel::kClassical128;
+            p->validate();
+          },
+          "poly_degree"_a, "chain_bits"_a, "special_bits"_a, "scale_bits"_a = 40,
+          "insecure_for_testing"_a = false,
+          "CKKS parameters. Refuses (InsecureParametersError) a modulus above the 128-bit bound "
+          "unless insecure_for_testing=True, which is for unit tests only.")
+      .def_ro("poly_degree", &Parameters::poly_degree)
+      .def_ro("chain_bits", &Parameters::chain_bits)
+      .def_ro("special_bits", &Parameters::special_bits)
+      .def_ro("scale_bits", &Parameters::scale_bits)
+      .def_prop_ro("insecure_for_testing",
+                   [](const Parameters& p) {
+                     return p.security == SecurityLevel::kNoneInsecureTestingOnly;
+                   })
+      .def_prop_ro("total_bits", &Parameters::total_bits)
+      .def("__repr__", [](const Parameters& p) { return "Parameters(" + p.describe() + ")"; })
+      .def("to_bytes", [](const Parameters& p) { return to_bytes(Serializer::save(p)); })
+      .def_static("from_bytes",
+                  [](const nb::bytes& b) { return Serializer::load_parameters(as_span(b)); });
+
+  m.def("max_modulus_bits_128", &max_modulus_bits_128, "poly_degree"_a);
+
+  nb::class_<Context>(m, "Context")
+      .def(
+          "__init__",
+          [](Context* c, const Parameters& p, std::size_t threads) { new (c) Context(p, threads); },
+          "parameters"_a, "threads"_a = 1)
+      .def_prop_ro("parameters", &Context::parameters)
+      .def_prop_ro("poly_degree", &Context::poly_degree)
+      .def_prop_ro("slots", &Context::slots)
+      .def_prop_ro("max_level", &Context::max_level)
+      .def_prop_ro("default_scale", &Context::default_scale)
+      .def_prop_ro("threads", &Context::threads)
+      .def("set_threads", &Context::set_threads, "threads"_a)
+      .def_prop_ro("primes",
+                   [](const Context& c) {
+                     std::vector<std::uint64_t> out;
+                     for (const auto& q : c.moduli()) out.push_back(q.value());
+                     return out;
+                   })
+      .def_prop_ro("fingerprint", [](const Context& c) { return id_bytes(c.fingerprint()); })
+      .def("galois_element", &Context::galois_element, "step"_a);
+
+  nb::class_<Plaintext>(m, "Plaintext")
+      .def_prop_ro("level", &Plaintext::level)
+      .def_prop_rw("scale", &Plaintext::scale, &Plaintext::set_scale)
+      .def_prop_ro("byte_size", [](const Plaintext& p) { return p.data().size() * 8; });
+
+  nb::class_<Ciphertext>(m, "Ciphertext")
+      .def_prop_ro("size", &Ciphertext::size)
+      .def_prop_ro("level", &Ciphertext::level)
+      .def_prop_rw("scale", &Ciphertext::scale, &Ciphertext::set_scale)
+      .def_prop_ro("key_id", [](const Ciphertext& c) { return id_bytes(c.key_id()); })
+      .def_prop_ro("byte_size", [](const Ciphertext& c) { return c.data().size() * 8; })
+      .def("copy", [](const Ciphertext& c) { return Ciphertext(c); });
+
+  nb::class_<SecretKey>(m, "SecretKey")
+      .def_prop_ro("key_id", [](const SecretKey& k) { return id_bytes(k.id()); })
+      .def("__repr__", [](const SecretKey&) { return std::string("<SecretKey (client only)>"); });
+  nb::class_<PublicKey>(m, "PublicKey")
+      .def_prop_ro("key_id", [](const PublicKey& k) { return id_bytes(k.id()); });
+  nb::class_<RelinKey>(m, "RelinKey")
+      .def_prop_ro("key_id", [](const RelinKey& k) { return id_bytes(k.id()); })
+      .def_prop_ro("byte_size", [](const RelinKey& k) { return k.key().byte_size(); });
+  nb::class_<GaloisKeys>(m, "GaloisKeys")
+      .def_prop_ro("key_id", [](const GaloisKeys& k) { return id_bytes(k.id()); })
+      .def_prop_ro("elements", &GaloisKeys::elements)
+      .def_prop_ro("byte_size", &GaloisKeys::byte_size)
+      .def("has", &GaloisKeys::has, "galois_element"_a);
+  nb::class_<EvaluationKeys>(m, "EvaluationKeys")
+      .def_rw("public_key", &EvaluationKeys::public_key)
+      .def_rw("relin_key", &EvaluationKeys::relin_key)
+      .def_rw("galois_keys", &EvaluationKeys::galois_keys);
+
+  nb::class_<KeyGenerator>(m, "KeyGenerator")
+      .def(
+          "__init__",
+          [](KeyGenerator* k, std::shared_ptr<Context> ctx) { new (k) KeyGenerator(ctx); },
+          "context"_a, release_gil())
+      .def(
+          "__init__",
+          [](KeyGenerator* k, std::shared_ptr<Context> ctx, const SecretKey& sk) {
+            new (k) KeyGenerator(ctx, sk);
+          },
+          "context"_a, "secret_key"_a)
+      .def_prop_ro("secret_key", &KeyGenerator::secret_key)
+      .def("create_public_key", &KeyGenerator::create_public_key, release_gil())
+      .def("create_relin_key", &KeyGenerator::create_relin_key, release_gil())
+      .def("create_galois_keys", &KeyGenerator::create_galois_keys, "steps"_a,
+           "conjugation"_a = false, release_gil())
+      .def("create_evaluation_keys", &KeyGenerator::create_evaluation_keys, "steps"_a,
+           "conjugation"_a = false, release_gil());
+
+  nb::class_<Encoder>(m, "Encoder")
+      .def(
+          "__init__", [](Encoder* e, std::shared_ptr<Context> ctx) { new (e) Encoder(ctx); },
+          "context"_a)
+      .def_prop_ro("slots", &Encoder::slots)
+      .def(
+          "encode",
+          [](const Encoder& e, RealArray values, std::optional<double> scale,
+             std::optional<std::size_t> level) {
+            std::vector<double> v(values.data(), values.data() + values.shape(0));
+            nb::gil_scoped_release release;
+            return e.encode(v, scale, level);
+          },
+          "values"_a, "scale"_a = nb::none(), "level"_a = nb::none())
+      .def(
+          "encode",
+          [](const Encoder& e, ComplexArray values, std::optional<double> scale,
+             std::optional<std::size_t> level) {
+            std::vector<std::complex<double>> v(values.data(), values.data() + values.shape(0));
+            nb::gil_scoped_release release;
+            return e.encode(v, scale, level);
+          },
+          "values"_a, "scale"_a = nb::none(), "level"_a = nb::none())
+      .def("encode_constant", &Encoder::encode_constant, "value"_a, "scale"_a = nb::none(),
+           "level"_a = nb::none())
+      .def("decode",
+           [](const Encoder& e, const Plaintext& pt) {
+             std::vector<double> out;
+             {
+               nb::gil_scoped_release release;
+               out = e.decode(pt);
+             }
+             return to_numpy(std::move(out));
+           })
+      .def("decode_complex", [](const Encoder& e, const Plaintext& pt) {
+        std::vector<std::complex<double>> out;
+        {
+          nb::gil_scoped_release release;
+          out = e.decode_complex(pt);
+        }
+        return to_numpy(std::move(out));
+      });
+
+  nb::class_<Encryptor>(m, "Encryptor")
+      .def(
+          "__init__",
+          [](Encryptor* e, std::shared_ptr<Context> ctx, const PublicKey& pk) {
+            new (e) Encryptor(ctx, pk);
+          },
+          "context"_a, "public_key"_a)
+      .def(
+          "__init__",
+          [](Encryptor* e, std::shared_ptr<Context> ctx, const SecretKey& sk) {
+            new (e) Encryptor(ctx, sk);
+          },
+          "context"_a, "secret_key"_a)
+      .def("encrypt", &Encryptor::encrypt, "plaintext"_a, release_gil());
+
+  nb::class_<Decryptor>(m, "Decryptor")
+      .def(
+          "__init__",
+          [](Decryptor* d, std::shared_ptr<Context> ctx, const SecretKey& sk) {
+            new (d) Decryptor(ctx, sk);
+          },
+          "context"_a, "secret_key"_a)
+      .def("decrypt", &Decryptor::decrypt, "ciphertext"_a, release_gil());
+
+  using E = Evaluator;
+  nb::class_<Evaluator>(m, "Evaluator")
+      .def(
+          "__init__", [](Evaluator* e, std::shared_ptr<Context> ctx) { new (e) Evaluator(ctx); },
+          "context"_a)
+      .def("add", &E::add, release_gil())
+      .def("add_inplace", &E::add_inplace, release_gil())
+      .def("sub", &E::sub, release_gil())
+      .def("negate", &E::negate, release_gil())
+      .def("add_plain", &E::add_plain, release_gil())
+      .def("sub_plain", &E::sub_plain, release_gil())
+      .def("multiply_plain", &E::multiply_plain, release_gil())
+      .def("multiply", &E::multiply, release_gil())
+      .def("square", &E::square, release_gil())
+      .def("relinearize", &E::relinearize, release_gil())
+      .def("multiply_relin", &E::multiply_relin, release_gil())
+      .def("rescale", &E::rescale, release_gil())
+      .def("mod_switch_to", nb::overload_cast<const Ciphertext&, std::size_t>(&E::mod_switch_to, nb::const_),
+           release_gil())
+      .def("mod_switch_to", nb::overload_cast<const Plaintext&, std::size_t>(&E::mod_switch_to, nb::const_),
+           release_gil())
+      .def("rotate", &E::rotate, "ciphertext"_a, "step"_a, "galois_keys"_a, release_gil())
+      .def("rotate_hoisted", &E::rotate_hoisted, "ciphertext"_a, "steps"_a, "galois_keys"_a,
+           release_gil())
+      .def("conjugate", &E::conjugate, release_gil());
+
+  // Serialization: bytes in and out; the secret key only through its own named functions.
+  m.def("save", [](const Context& c, const Ciphertext& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save", [](const Context& c, const Plaintext& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save", [](const Context& c, const PublicKey& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save", [](const Context& c, const RelinKey& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save", [](const Context& c, const GaloisKeys& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save", [](const Context& c, const EvaluationKeys& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save_secret_key", [](const Context& c, const SecretKey& x) {
+    return to_bytes(Serializer::save_secret_key(c, x));
+  });
+  m.def("load_ciphertext", [](const Context& c, const nb::bytes& b) { return Serializer::load_ciphertext(c, as_span(b)); });
+  m.def("load_plaintext", [](const Context& c, const nb::bytes& b) { return Serializer::load_plaintext(c, as_span(b)); });
+  m.def("load_public_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_public_key(c, as_span(b)); });
+  m.def("load_relin_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_relin_key(c, as_span(b)); });
+  m.def("load_galois_keys", [](const Context& c, const nb::bytes& b) { return Serializer::load_galois_keys(c, as_span(b)); });
+  m.def("load_evaluation_keys", [](const Context& c, const nb::bytes& b) {
+    return Serializer::load_evaluation_keys(c, as_span(b));
+  });
+  m.def("load_secret_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_secret_key(c, as_span(b)); });
+  m.def("peek_kind", [](const nb::bytes& b) {
+    switch (Serializer::peek_kind(as_span(b))) {
+      case ObjectKind::kParameters: return std::string("parameters");
+      case ObjectKind::kPlaintext: return std::string("plaintext");
+      case ObjectKind::kCiphertext: return std::string("ciphertext");
+      case ObjectKind::kPublicKey: return std::string("public_key");
+      case ObjectKind::kRelinKey: return std::string("relin_key");
+      case ObjectKind::kGaloisKeys: return std::string("galois_keys");
+      case ObjectKind::kEvaluationKeys: return std::string("evaluation_keys");
+      case ObjectKind::kSecretKey: return std::string("secret_key");
+    }
+    return std::string("unknown");
+  });
+}
