@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from seal_ref import SealCKKS, SealParams, tenseal_version
+
+from fheprune.reference.seal import SealCKKS, SealParams, tenseal_version
 
 LOG = logging.getLogger("engine_vs_seal")
 
@@ -289,7 +290,7 @@ class OursBackend(Backend):
 
 
 class SealBackend(Backend):
-    """SEAL through :class:`seal_ref.SealCKKS` (non-inplace ``op(in..., out)`` forms)."""
+    """SEAL through :class:`fheprune.reference.seal.SealCKKS` (non-inplace ``op(...)`` forms)."""
 
     name = "seal"
     thread_counts = (1,)

@@ -147,7 +147,17 @@ GaloisKeys KeyGenerator::create_galois_keys(const std::vector<long>& steps, bool
       u64* out = rotated.data() + i * n;
       for (std::size_t k = 0; k < n; ++k) out[k] = s[(*perm)[k]];
     }
-    gk.keys_.emplace(g, make_switch_key(rotated));
+    KeySwitchKey key = make_switch_key(rotated);
+    // Stored pre-permuted by the inverse automorphism (K'[perm[j]] = K[j]), so a rotation's
+    // inner product runs over contiguous digits and only its two outputs are permuted.
+    std::vector<u64> scratch(n);
+    const std::size_t polys = key.digits_ * 2 * primes;
+    for (std::size_t poly = 0; poly < polys; ++poly) {
+      u64* data = key.data_.data() + poly * n;
+      for (std::size_t j = 0; j < n; ++j) scratch[(*perm)[j]] = data[j];
+      std::copy(scratch.begin(), scratch.end(), data);
+    }
+    gk.keys_.emplace(g, std::move(key));
   }
   sodium_memzero(rotated.data(), rotated.size() * sizeof(u64));
   return gk;

@@ -11,15 +11,9 @@
 
 #include "fheprune/ckks/errors.hpp"
 #include "fheprune/ckks/evaluator.hpp"
+#include "kernels.hpp"
 
 namespace fheprune::ckks {
-
-namespace {
-
-// Products of two residues below 2^60 summed in 128 bits stay below q * 2^64 for 16 terms.
-constexpr std::size_t kLazyTerms = 16;
-
-}  // namespace
 
 Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) const {
   check_operand(a);
@@ -81,39 +75,16 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
   // Inner products <digits, key> at every extended prime, reduced to [0, q).
   std::vector<u64> prod(2 * dec.extended * n);
   ctx_->pool().parallel_for(dec.extended, [&](std::size_t e) {
-    const Modulus& q = ctx_->modulus(key_index(e));
     const std::size_t ki = key_index(e);
-    u64* r0 = prod.data() + (0 * dec.extended + e) * n;
-    u64* r1 = prod.data() + (1 * dec.extended + e) * n;
-    std::vector<u128> acc0(n, 0), acc1(n, 0);
+    std::vector<const u64*> x(dec.digits), b(dec.digits), a(dec.digits);
     for (std::size_t d = 0; d < dec.digits; ++d) {
-      const u64* x = dec.data.data() + (d * dec.extended + e) * n;
-      const u64* kb = key.b(d, ki);
-      const u64* ka = key.a(d, ki);
-      if (perm) {
-        const std::uint32_t* p = perm->data();
-        for (std::size_t j = 0; j < n; ++j) {
-          const u64 v = x[p[j]];
-          acc0[j] += static_cast<u128>(v) * kb[j];
-          acc1[j] += static_cast<u128>(v) * ka[j];
-        }
-      } else {
-        for (std::size_t j = 0; j < n; ++j) {
-          acc0[j] += static_cast<u128>(x[j]) * kb[j];
-          acc1[j] += static_cast<u128>(x[j]) * ka[j];
-        }
-      }
-      if ((d + 1) % kLazyTerms == 0 && d + 1 < dec.digits) {
-        for (std::size_t j = 0; j < n; ++j) {
-          acc0[j] = q.reduce128(acc0[j]);
-          acc1[j] = q.reduce128(acc1[j]);
-        }
-      }
+      x[d] = dec.data.data() + (d * dec.extended + e) * n;
+      b[d] = key.b(d, ki);
+      a[d] = key.a(d, ki);
     }
-    for (std::size_t j = 0; j < n; ++j) {
-      r0[j] = q.reduce128(acc0[j]);
-      r1[j] = q.reduce128(acc1[j]);
-    }
+    kernels::inner_product(x.data(), b.data(), a.data(), dec.digits, n, ctx_->modulus(ki),
+                           prod.data() + (0 * dec.extended + e) * n,
+                           prod.data() + (1 * dec.extended + e) * n);
   });
 
   // ModDown: bring the special-prime part to coefficient form...
@@ -122,7 +93,8 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
     const std::size_t s = task % specials;
     ctx_->ntt(chain + s).inverse(prod.data() + (k * dec.extended + l + 1 + s) * n);
   });
-  // ...then out_k += (r_k - BaseConv_P->q_i(r_k)) * P^-1 at each chain prime.
+  // ...then out_k += (r_k - BaseConv_P->q_i(r_k)) * P^-1 at each chain prime, read through the
+  // automorphism's permutation when there is one (the key was stored pre-permuted).
   ctx_->pool().parallel_for(2 * (l + 1), [&](std::size_t task) {
     const std::size_t k = task / (l + 1);
     const std::size_t i = task % (l + 1);
@@ -138,8 +110,16 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
     u64* o = out.poly(k, i);
     const MultiplyOperand& inv = ld.inv_special_mod[i];
     const u64 qv = q.value();
-    for (std::size_t j = 0; j < n; ++j) {
-      o[j] = q.add(o[j], mul_shoup(r[j] + qv - t[j], inv.value, inv.shoup, qv));
+    if (perm) {
+      const std::uint32_t* p = perm->data();
+      for (std::size_t j = 0; j < n; ++j) {
+        const std::uint32_t pj = p[j];
+        o[j] = q.add(o[j], mul_shoup(r[pj] + qv - t[pj], inv.value, inv.shoup, qv));
+      }
+    } else {
+      for (std::size_t j = 0; j < n; ++j) {
+        o[j] = q.add(o[j], mul_shoup(r[j] + qv - t[j], inv.value, inv.shoup, qv));
+      }
     }
   });
 }

@@ -23,6 +23,8 @@ class NttTables {
 
   void forward(u64* values) const;
   void inverse(u64* values) const;
+  // Whether this table runs the AVX-512 IFMA kernels (primes below 2^50 on CPUs that have it).
+  bool vectorized() const { return vectorized_; }
 
  private:
   std::size_t n_;
@@ -33,8 +35,18 @@ class NttTables {
   std::vector<u64> roots_shoup_;
   std::vector<u64> inv_roots_;    // psi^-bitrev(k), in the order the inverse visits them
   std::vector<u64> inv_roots_shoup_;
+  // Shoup constants for 52-bit IFMA arithmetic: floor(w * 2^52 / q).
+  std::vector<u64> roots_shoup52_;
+  std::vector<u64> inv_roots_shoup52_;
+  bool vectorized_ = false;
   MultiplyOperand inv_n_;
   MultiplyOperand inv_n_root_;    // n^-1 * (last inverse twiddle)
+
+  void forward_scalar_layers(u64* a, std::size_t m, std::size_t t) const;
+  void inverse_scalar_layers(u64* a, std::size_t& m, std::size_t& t, std::size_t& idx,
+                             std::size_t stop_t) const;
+  void forward_ifma(u64* a) const;
+  void inverse_ifma(u64* a) const;
 };
 
 // Reverse the lowest `bits` bits of x.

@@ -1,8 +1,9 @@
-"""Reusable reference adapter over Microsoft SEAL's CKKS, via ``tenseal.sealapi``.
+"""Reference adapter over Microsoft SEAL's CKKS, via ``tenseal.sealapi``.
 
 The PyPI wheel ``tenseal`` ships ``tenseal.sealapi``, a pybind11 mirror of the SEAL C++ API. Its
 surface is close to C++ (output arguments, parms_id arrays, no defaults), so this module wraps it in
-a small numpy-friendly class, :class:`SealCKKS`, that benchmarks and cross-checks can share.
+a small numpy-friendly class, :class:`SealCKKS`, that the benchmarks, the demo and cross-checks
+share. Importing this module needs ``tenseal`` (the ``seal`` extra: ``pip install tenseal``).
 
 Things worth knowing about ``sealapi`` (all handled here):
 
@@ -46,8 +47,8 @@ try:
     import tenseal.sealapi as sealapi
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "seal_ref needs the 'tenseal' wheel (pip install 'tenseal>=0.3.14'), whose "
-        "tenseal.sealapi module exposes Microsoft SEAL"
+        "fheprune.reference.seal needs the 'tenseal' wheel, whose tenseal.sealapi module "
+        "exposes Microsoft SEAL: pip install tenseal (or pip install 'fheprune[seal]')"
     ) from exc
 
 __all__ = [
@@ -195,6 +196,15 @@ class SealCKKS:
     def level(self, obj: Ciphertext | Plaintext) -> int:
         """Data level (SEAL ``chain_index``) of a ciphertext or plaintext."""
         return int(self.context.get_context_data(obj.parms_id()).chain_index())
+
+    def rescale_prime(self, level: int) -> int:
+        """The prime that :meth:`rescale` divides by at data level ``level`` (its last prime).
+
+        Encoding a multiplier at this scale leaves the product at exactly the input's scale
+        after the rescale, so later plaintexts can be prepared ahead of time.
+        """
+        data = self.context.get_context_data(self.parms_id(level))
+        return int(data.parms().coeff_modulus()[-1].value())
 
     @staticmethod
     def scale_of(obj: Ciphertext | Plaintext) -> float:

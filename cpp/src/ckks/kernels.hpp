@@ -1,0 +1,18 @@
+// Hot loops of key switching, with an AVX-512 IFMA version for primes below 2^50 and a
+// portable scalar version. Internal to the engine.
+#pragma once
+
+#include <cstddef>
+
+#include "fheprune/ckks/modarith.hpp"
+
+namespace fheprune::ckks::kernels {
+
+// Whether the CPU runs the IFMA kernels (checked once).
+bool ifma_available();
+
+// r0 = sum_d x[d] * b[d], r1 = sum_d x[d] * a[d] (element-wise, mod q), for n coefficients.
+void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
+                   std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
+
+}  // namespace fheprune::ckks::kernels
