@@ -47,7 +47,9 @@ int run(const fs::path& dir) {
   ckks::Evaluator evaluator(shared);
 
   std::vector<double> values(ctx.slots());
-  for (std::size_t i = 0; i < values.size(); ++i) values[i] = std::sin(0.1 * static_cast<double>(i));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    values[i] = std::sin(0.1 * static_cast<double>(i));
+  }
   const double scale = std::ldexp(1.0, 25);
   const ckks::Plaintext pt = encoder.encode(values, scale);
   const ckks::Plaintext pt0 = encoder.encode(values, scale, 0);

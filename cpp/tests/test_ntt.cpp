@@ -79,6 +79,26 @@ TEST_P(NttTest, SlotKEvaluatesAtOddPowerOfPsi) {
   }
 }
 
+TEST_P(NttTest, VectorAndScalarKernelsAgree) {
+  const auto [n, bits] = GetParam();
+  const Modulus q(generate_ntt_primes(n, {bits}).front());
+  NttTables::enable_vector_kernels(false);
+  NttTables scalar(n, q);
+  NttTables::enable_vector_kernels(true);
+  NttTables fast(n, q);
+  EXPECT_EQ(scalar.kernel(), NttTables::Kernel::kScalar);
+  std::mt19937_64 gen(n * 7 + static_cast<std::size_t>(bits));
+  std::vector<u64> a(n);
+  for (auto& v : a) v = gen() % q.value();
+  auto b = a;
+  scalar.forward(a.data());
+  fast.forward(b.data());
+  ASSERT_EQ(a, b);
+  scalar.inverse(a.data());
+  fast.inverse(b.data());
+  ASSERT_EQ(a, b);
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, NttTest,
                          ::testing::Combine(::testing::Values(8, 64, 256, 1024),
                                             ::testing::Values(30, 50, 60)));

@@ -2,6 +2,10 @@
 
 #include <sodium.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <bit>
 #include <cmath>
 #include <algorithm>
@@ -67,6 +71,19 @@ void BaseConverter::convert_to(const u64* const* in, u64* out, std::size_t t,
 
 namespace {
 
+// Polynomial buffers are large (0.1-10 MB) and short-lived. glibc serves blocks above 128 KB
+// with fresh mmaps, so every operation would pay page faults to zero them again; keeping them
+// in the heap lets freed buffers be reused. Process-wide, set once.
+void tune_allocator() {
+#if defined(__GLIBC__)
+  static std::once_flag once;
+  std::call_once(once, [] {
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+  });
+#endif
+}
+
 std::vector<Modulus> chain_prefix(const std::vector<Modulus>& all, std::size_t count) {
   return {all.begin(), all.begin() + static_cast<std::ptrdiff_t>(count)};
 }
@@ -75,6 +92,7 @@ std::vector<Modulus> chain_prefix(const std::vector<Modulus>& all, std::size_t c
 
 Context::Context(const Parameters& params, std::size_t threads) : params_(params) {
   params_.validate();
+  tune_allocator();
   if (sodium_init() < 0) throw FheError("libsodium failed to initialise");
   n_ = params_.poly_degree;
   log_n_ = std::countr_zero(n_);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "fheprune/ckks/errors.hpp"
+#include "kernels.hpp"
 
 namespace fheprune::ckks {
 
@@ -245,18 +246,25 @@ Ciphertext Evaluator::rescale(const Ciphertext& a) const {
     const u64* tail = tails.data() + k * n;
     std::vector<u64> t(n);
     const u64 last_mod_q = ld.last_mod[i];
-    for (std::size_t j = 0; j < n; ++j) {
-      const u64 r = tail[j];
-      t[j] = r > half ? q.sub(q.reduce(r), last_mod_q) : q.reduce(r);
+    const u64 qv = q.value();
+    // Residue of the centred tail r (or r - q_l above half) modulo q_i; a branch-free form
+    // when q_l < 2 q_i, so the loop vectorizes.
+    if (last_q < 2 * qv) {
+      for (std::size_t j = 0; j < n; ++j) {
+        const u64 r = tail[j];
+        u64 v = r >= qv ? r - qv : r;
+        const u64 shifted = v >= last_mod_q ? v - last_mod_q : v + qv - last_mod_q;
+        t[j] = r > half ? shifted : v;
+      }
+    } else {
+      for (std::size_t j = 0; j < n; ++j) {
+        const u64 r = tail[j];
+        t[j] = r > half ? q.sub(q.reduce(r), last_mod_q) : q.reduce(r);
+      }
     }
     ctx_->ntt(i).forward(t.data());
-    const u64* c = a.poly(k, i);
-    u64* o = out.poly(k, i);
-    const MultiplyOperand& inv = ld.inv_last_mod[i];
-    const u64 qv = q.value();
-    for (std::size_t j = 0; j < n; ++j) {
-      o[j] = mul_shoup(q.sub(c[j], t[j]), inv.value, inv.shoup, qv);
-    }
+    kernels::sub_scale(a.poly(k, i), t.data(), ld.inv_last_mod[i], qv, out.poly(k, i), n,
+                       /*accumulate=*/false);
   });
   return out;
 }

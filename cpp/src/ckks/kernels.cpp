@@ -1,17 +1,17 @@
 #include "kernels.hpp"
 
-#include <immintrin.h>
-
 #include <algorithm>
+
+#include "simd.hpp"
 
 namespace fheprune::ckks::kernels {
 
-namespace {
+namespace scalar {
 
 // Products of two residues below 2^60 summed in 128 bits stay below q * 2^64 for 16 terms.
 constexpr std::size_t kLazyTerms = 16;
 
-void inner_product_scalar(const u64* const* x, const u64* const* b, const u64* const* a,
+void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                           std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
   // Blocks of coefficients keep the 128-bit accumulators in L1 while the digits stream through.
   constexpr std::size_t kBlock = 256;
@@ -43,23 +43,45 @@ void inner_product_scalar(const u64* const* x, const u64* const* b, const u64* c
   }
 }
 
-}  // namespace
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-
-bool ifma_available() {
-  static const bool available = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512ifma");
-  }();
-  return available;
+void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
+                      std::size_t n, bool accumulate) {
+  for (std::size_t j = 0; j < n; ++j) {
+    const u64 v = mul_shoup(c[j] + q - t[j], w.value, w.shoup, q);
+    if (accumulate) {
+      const u64 s = out[j] + v;
+      out[j] = s >= q ? s - q : s;
+    } else {
+      out[j] = v;
+    }
+  }
 }
+
+}  // namespace scalar
+
+#if defined(FHEPRUNE_HAVE_AVX512_PATH)
+
+bool ifma_available() { return simd::avx512_available(); }  // F + DQ + IFMA
 
 namespace {
 
+FHEPRUNE_AVX512 void sub_scale_avx512(const u64* c, const u64* t, const MultiplyOperand& w,
+                                      u64 q, u64* out, std::size_t n, bool accumulate) {
+  const simd::Lanes64 mul(q);
+  const __m512i vq = simd::set1(q);
+  const __m512i vw = simd::set1(w.value);
+  const __m512i vws = simd::set1(w.shoup);
+  for (std::size_t j = 0; j < n; j += 8) {
+    const __m512i diff = _mm512_sub_epi64(_mm512_add_epi64(_mm512_loadu_si512(c + j), vq),
+                                          _mm512_loadu_si512(t + j));
+    __m512i v = simd::reduce_once(mul.mul(diff, vw, vws), vq);
+    if (accumulate) v = simd::reduce_once(_mm512_add_epi64(v, _mm512_loadu_si512(out + j)), vq);
+    _mm512_storeu_si512(out + j, v);
+  }
+}
+
 // Residues below 2^50: each 100-bit product splits into its low and high 52 bits, summed in
 // separate 64-bit lanes (no carries to track for up to 2^12 digits).
-__attribute__((target("avx512f,avx512ifma"))) void inner_product_ifma(
+FHEPRUNE_AVX512 void inner_product_ifma(
     const u64* const* x, const u64* const* b, const u64* const* a, std::size_t digits,
     std::size_t n, const Modulus& q, u64* r0, u64* r1) {
   alignas(64) u64 lo0[8], hi0[8], lo1[8], hi1[8];
@@ -95,7 +117,16 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
   if (ifma_available() && q.value() < (u64{1} << 50) && n % 8 == 0 && digits < (1u << 12)) {
     inner_product_ifma(x, b, a, digits, n, q, r0, r1);
   } else {
-    inner_product_scalar(x, b, a, digits, n, q, r0, r1);
+    scalar::inner_product(x, b, a, digits, n, q, r0, r1);
+  }
+}
+
+void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
+               std::size_t n, bool accumulate) {
+  if (ifma_available() && n % 8 == 0) {
+    sub_scale_avx512(c, t, w, q, out, n, accumulate);
+  } else {
+    scalar::sub_scale(c, t, w, q, out, n, accumulate);
   }
 }
 
@@ -105,7 +136,12 @@ bool ifma_available() { return false; }
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
-  inner_product_scalar(x, b, a, digits, n, q, r0, r1);
+  scalar::inner_product(x, b, a, digits, n, q, r0, r1);
+}
+
+void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
+               std::size_t n, bool accumulate) {
+  scalar::sub_scale(c, t, w, q, out, n, accumulate);
 }
 
 #endif

@@ -15,4 +15,16 @@ bool ifma_available();
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
 
+// out = (c - t) * w mod q, or out += that when accumulating; c, t in [0, q).
+void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
+               std::size_t n, bool accumulate);
+
+// The portable versions, always available (the dispatchers above fall back to them).
+namespace scalar {
+void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
+                   std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
+void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
+               std::size_t n, bool accumulate);
+}  // namespace scalar
+
 }  // namespace fheprune::ckks::kernels

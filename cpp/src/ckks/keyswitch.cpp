@@ -110,15 +110,13 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
     u64* o = out.poly(k, i);
     const MultiplyOperand& inv = ld.inv_special_mod[i];
     const u64 qv = q.value();
-    if (perm) {
+    if (!perm) {
+      kernels::sub_scale(r, t.data(), inv, qv, o, n, /*accumulate=*/true);
+    } else {
       const std::uint32_t* p = perm->data();
       for (std::size_t j = 0; j < n; ++j) {
         const std::uint32_t pj = p[j];
         o[j] = q.add(o[j], mul_shoup(r[pj] + qv - t[pj], inv.value, inv.shoup, qv));
-      }
-    } else {
-      for (std::size_t j = 0; j < n; ++j) {
-        o[j] = q.add(o[j], mul_shoup(r[j] + qv - t[j], inv.value, inv.shoup, qv));
       }
     }
   });
@@ -198,16 +196,20 @@ std::vector<Ciphertext> Evaluator::rotate_hoisted(const Ciphertext& a,
     if (g != 1) galois_key(a, g, step, gk);
     elements.push_back(g);
   }
-  std::vector<Ciphertext> out;
-  out.reserve(steps.size());
-  std::optional<Decomposition> dec;
-  for (std::uint64_t g : elements) {
-    if (g == 1) {
-      out.push_back(a);
-      continue;
-    }
-    if (!dec) dec = decompose(a, 1);
-    out.push_back(apply_galois(a, *dec, g, gk));
+  // One decomposition for all steps; then the rotations are independent, so with several
+  // threads each takes whole rotations (better balanced than splitting every rotation).
+  bool needs_switch = false;
+  for (std::uint64_t g : elements) needs_switch |= g != 1;
+  const std::optional<Decomposition> dec =
+      needs_switch ? std::optional<Decomposition>(decompose(a, 1)) : std::nullopt;
+  std::vector<Ciphertext> out(elements.size());
+  auto one = [&](std::size_t i) {
+    out[i] = elements[i] == 1 ? a : apply_galois(a, *dec, elements[i], gk);
+  };
+  if (elements.size() >= ctx_->threads()) {
+    ctx_->pool().parallel_for(elements.size(), one);
+  } else {
+    for (std::size_t i = 0; i < elements.size(); ++i) one(i);
   }
   return out;
 }

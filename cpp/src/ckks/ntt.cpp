@@ -1,7 +1,6 @@
 #include "fheprune/ckks/ntt.hpp"
 
-#include <immintrin.h>
-
+#include <atomic>
 #include <bit>
 
 #include "fheprune/ckks/errors.hpp"
@@ -11,17 +10,7 @@ namespace fheprune::ckks {
 
 namespace {
 
-// IFMA multiplies 52-bit operands; lazy values stay below 4q, so q must stay below 2^50.
-constexpr u64 kIfmaPrimeBound = u64{1} << 50;
-
-bool cpu_has_ifma() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512ifma");
-#else
-  return false;
-#endif
-}
+std::atomic<bool> g_vector_kernels{true};
 
 u64 shoup52(u64 w, u64 q) { return static_cast<u64>((static_cast<u128>(w) << 52) / q); }
 
@@ -66,8 +55,12 @@ NttTables::NttTables(std::size_t n, const Modulus& q) : n_(n), q_(q) {
   inv_n_ = MultiplyOperand(n_inv, q);
   inv_n_root_ = MultiplyOperand(q.mul(n_inv, inv_roots_[n - 2]), q);
 
-  vectorized_ = qv < kIfmaPrimeBound && n >= 16 && cpu_has_ifma();
-  if (vectorized_) {
+  // Vector kernels: IFMA (52-bit lanes) when 4q < 2^52, otherwise 64-bit lanes; both need
+  // n >= 64 so that the narrow layers' 8-wide twiddle loads stay inside the tables.
+  if (n >= 64 && g_vector_kernels.load() && avx512_ntt_available()) {
+    kernel_ = qv < kIfmaPrimeBound ? Kernel::kIfma52 : Kernel::kAvx512;
+  }
+  if (kernel_ == Kernel::kIfma52) {
     roots_shoup52_.resize(n);
     inv_roots_shoup52_.resize(n);
     for (std::size_t k = 0; k < n; ++k) {
@@ -105,9 +98,27 @@ void NttTables::forward_scalar_layers(u64* a, std::size_t m, std::size_t t) cons
   }
 }
 
+void NttTables::enable_vector_kernels(bool enabled) { g_vector_kernels.store(enabled); }
+
+NttVectorView NttTables::vector_view() const {
+  const bool ifma = kernel_ == Kernel::kIfma52;
+  const u64 qv = q_.value();
+  return NttVectorView{qv,
+                       n_,
+                       ifma,
+                       roots_.data(),
+                       ifma ? roots_shoup52_.data() : roots_shoup_.data(),
+                       inv_roots_.data(),
+                       ifma ? inv_roots_shoup52_.data() : inv_roots_shoup_.data(),
+                       inv_n_.value,
+                       ifma ? shoup52(inv_n_.value, qv) : inv_n_.shoup,
+                       inv_n_root_.value,
+                       ifma ? shoup52(inv_n_root_.value, qv) : inv_n_root_.shoup};
+}
+
 void NttTables::forward(u64* a) const {
-  if (vectorized_) {
-    forward_ifma(a);
+  if (kernel_ != Kernel::kScalar) {
+    forward_avx512(vector_view(), a);
   } else {
     forward_scalar_layers(a, 1, n_ >> 1);
   }
@@ -139,8 +150,8 @@ void NttTables::inverse_scalar_layers(u64* a, std::size_t& m, std::size_t& t, st
 }
 
 void NttTables::inverse(u64* a) const {
-  if (vectorized_) {
-    inverse_ifma(a);
+  if (kernel_ != Kernel::kScalar) {
+    inverse_avx512(vector_view(), a);
     return;
   }
   const u64 q = q_.value();
@@ -158,109 +169,5 @@ void NttTables::inverse(u64* a) const {
     a[j + half] = mul_shoup(u - v + two_q, inv_n_root_.value, inv_n_root_.shoup, q);
   }
 }
-
-// ---- AVX-512 IFMA kernels: eight 52-bit butterflies per instruction stream. ----
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FHEPRUNE_IFMA __attribute__((target("avx512f,avx512ifma")))
-// GCC 12 reports a false 'maybe uninitialized' inside _mm512_min_epu64's own header.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-namespace {
-
-// w * y mod q in [0, 2q) for y < 2^52 (Shoup with beta = 2^52).
-FHEPRUNE_IFMA inline __m512i mul_shoup52(__m512i y, __m512i w, __m512i w52, __m512i neg_q,
-                                          __m512i mask52) {
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i quot = _mm512_madd52hi_epu64(zero, y, w52);
-  __m512i r = _mm512_madd52lo_epu64(zero, y, w);
-  r = _mm512_madd52lo_epu64(r, quot, neg_q);  // + low52(-quot * q)
-  return _mm512_and_si512(r, mask52);
-}
-
-// x >= bound ? x - bound : x, for x < 2 * bound.
-FHEPRUNE_IFMA inline __m512i reduce_once(__m512i x, __m512i bound) {
-  return _mm512_min_epu64(x, _mm512_sub_epi64(x, bound));
-}
-
-}  // namespace
-
-FHEPRUNE_IFMA void NttTables::forward_ifma(u64* a) const {
-  const u64 q = q_.value();
-  const __m512i two_q = _mm512_set1_epi64(static_cast<long long>(2 * q));
-  const __m512i neg_q = _mm512_set1_epi64(static_cast<long long>((u64{1} << 52) - q));
-  const __m512i mask52 = _mm512_set1_epi64(static_cast<long long>((u64{1} << 52) - 1));
-  std::size_t m = 1;
-  std::size_t t = n_ >> 1;
-  for (; t >= 8; m <<= 1, t >>= 1) {
-    for (std::size_t i = 0; i < m; ++i) {
-      const __m512i w = _mm512_set1_epi64(static_cast<long long>(roots_[m + i]));
-      const __m512i w52 = _mm512_set1_epi64(static_cast<long long>(roots_shoup52_[m + i]));
-      u64* x = a + 2 * i * t;
-      u64* y = x + t;
-      for (std::size_t j = 0; j < t; j += 8) {
-        __m512i vx = _mm512_loadu_si512(x + j);
-        const __m512i vy = _mm512_loadu_si512(y + j);
-        vx = reduce_once(vx, two_q);
-        const __m512i v = mul_shoup52(vy, w, w52, neg_q, mask52);
-        _mm512_storeu_si512(x + j, _mm512_add_epi64(vx, v));
-        _mm512_storeu_si512(y + j, _mm512_add_epi64(_mm512_sub_epi64(vx, v), two_q));
-      }
-    }
-  }
-  // The last three layers (t = 4, 2, 1) and the final reduction, scalar.
-  forward_scalar_layers(a, m, t);
-}
-
-FHEPRUNE_IFMA void NttTables::inverse_ifma(u64* a) const {
-  const u64 q = q_.value();
-  const __m512i vq = _mm512_set1_epi64(static_cast<long long>(q));
-  const __m512i two_q = _mm512_set1_epi64(static_cast<long long>(2 * q));
-  const __m512i neg_q = _mm512_set1_epi64(static_cast<long long>((u64{1} << 52) - q));
-  const __m512i mask52 = _mm512_set1_epi64(static_cast<long long>((u64{1} << 52) - 1));
-  std::size_t m = n_ >> 1;
-  std::size_t t = 1;
-  std::size_t idx = 0;
-  inverse_scalar_layers(a, m, t, idx, 8);  // t = 1, 2, 4
-  for (; m > 1; m >>= 1, t <<= 1) {
-    for (std::size_t i = 0; i < m; ++i) {
-      const __m512i w = _mm512_set1_epi64(static_cast<long long>(inv_roots_[idx]));
-      const __m512i w52 = _mm512_set1_epi64(static_cast<long long>(inv_roots_shoup52_[idx]));
-      ++idx;
-      u64* x = a + 2 * i * t;
-      u64* y = x + t;
-      for (std::size_t j = 0; j < t; j += 8) {
-        const __m512i vx = _mm512_loadu_si512(x + j);
-        const __m512i vy = _mm512_loadu_si512(y + j);
-        _mm512_storeu_si512(x + j, reduce_once(_mm512_add_epi64(vx, vy), two_q));
-        const __m512i diff = _mm512_add_epi64(_mm512_sub_epi64(vx, vy), two_q);
-        _mm512_storeu_si512(y + j, mul_shoup52(diff, w, w52, neg_q, mask52));
-      }
-    }
-  }
-  // Last layer with n^-1 folded in, fully reduced.
-  const __m512i n_inv = _mm512_set1_epi64(static_cast<long long>(inv_n_.value));
-  const __m512i n_inv52 = _mm512_set1_epi64(static_cast<long long>(shoup52(inv_n_.value, q)));
-  const __m512i n_root = _mm512_set1_epi64(static_cast<long long>(inv_n_root_.value));
-  const __m512i n_root52 =
-      _mm512_set1_epi64(static_cast<long long>(shoup52(inv_n_root_.value, q)));
-  const std::size_t half = n_ >> 1;
-  for (std::size_t j = 0; j < half; j += 8) {
-    const __m512i vx = _mm512_loadu_si512(a + j);
-    const __m512i vy = _mm512_loadu_si512(a + j + half);
-    const __m512i sum = _mm512_add_epi64(vx, vy);
-    const __m512i diff = _mm512_add_epi64(_mm512_sub_epi64(vx, vy), two_q);
-    _mm512_storeu_si512(a + j, reduce_once(mul_shoup52(sum, n_inv, n_inv52, neg_q, mask52), vq));
-    _mm512_storeu_si512(a + j + half,
-                        reduce_once(mul_shoup52(diff, n_root, n_root52, neg_q, mask52), vq));
-  }
-}
-
-#else
-void NttTables::forward_ifma(u64* a) const { forward_scalar_layers(a, 1, n_ >> 1); }
-void NttTables::inverse_ifma(u64* a) const {
-  std::size_t m = n_ >> 1, t = 1, idx = 0;
-  inverse_scalar_layers(a, m, t, idx, n_);
-}
-#endif
 
 }  // namespace fheprune::ckks

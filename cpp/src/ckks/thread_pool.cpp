@@ -2,6 +2,18 @@
 
 namespace fheprune::ckks {
 
+namespace {
+// Set while this thread runs a pool task: nested parallel_for calls then run inline, so an
+// outer loop (e.g. over rotations) can use the pool while inner loops stay serial.
+thread_local bool t_inside_task = false;
+
+struct TaskScope {
+  bool previous;
+  TaskScope() : previous(t_inside_task) { t_inside_task = true; }
+  ~TaskScope() { t_inside_task = previous; }
+};
+}  // namespace
+
 ThreadPool::ThreadPool(std::size_t threads) {
   const std::size_t extra = threads > 1 ? threads - 1 : 0;
   workers_.reserve(extra);
@@ -18,6 +30,7 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::drain() {
+  TaskScope scope;
   for (;;) {
     const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= count_.load()) return;
@@ -50,7 +63,7 @@ void ThreadPool::worker_loop() {
 
 void ThreadPool::parallel_for(std::size_t count, const std::function<void(std::size_t)>& body) {
   if (count == 0) return;
-  if (workers_.empty() || count == 1) {
+  if (workers_.empty() || count == 1 || t_inside_task) {
     for (std::size_t i = 0; i < count; ++i) body(i);
     return;
   }

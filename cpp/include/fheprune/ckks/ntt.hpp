@@ -13,6 +13,25 @@
 
 namespace fheprune::ckks {
 
+// What the AVX-512 kernels need of a table (see ntt_avx512.cpp).
+struct NttVectorView {
+  u64 q;
+  std::size_t n;
+  bool ifma;  // 52-bit IFMA arithmetic (shoup constants are floor(w 2^52 / q)), else 64-bit
+  const u64* roots;
+  const u64* roots_shoup;
+  const u64* inv_roots;
+  const u64* inv_roots_shoup;
+  u64 inv_n, inv_n_shoup, inv_n_root, inv_n_root_shoup;
+};
+
+// IFMA multiplies 52-bit operands; lazy values stay below 4q, so q must stay below 2^50.
+inline constexpr u64 kIfmaPrimeBound = u64{1} << 50;
+
+bool avx512_ntt_available();
+void forward_avx512(const NttVectorView& v, u64* a);
+void inverse_avx512(const NttVectorView& v, u64* a);
+
 class NttTables {
  public:
   NttTables(std::size_t n, const Modulus& q);
@@ -23,8 +42,11 @@ class NttTables {
 
   void forward(u64* values) const;
   void inverse(u64* values) const;
-  // Whether this table runs the AVX-512 IFMA kernels (primes below 2^50 on CPUs that have it).
-  bool vectorized() const { return vectorized_; }
+  // Which kernel runs: AVX-512 (IFMA for primes below 2^50) where the CPU has it, else scalar.
+  enum class Kernel { kScalar, kIfma52, kAvx512 };
+  Kernel kernel() const { return kernel_; }
+  // Tables built while this is false use the scalar kernel (for tests and comparisons).
+  static void enable_vector_kernels(bool enabled);
 
  private:
   std::size_t n_;
@@ -38,15 +60,14 @@ class NttTables {
   // Shoup constants for 52-bit IFMA arithmetic: floor(w * 2^52 / q).
   std::vector<u64> roots_shoup52_;
   std::vector<u64> inv_roots_shoup52_;
-  bool vectorized_ = false;
+  Kernel kernel_ = Kernel::kScalar;
   MultiplyOperand inv_n_;
   MultiplyOperand inv_n_root_;    // n^-1 * (last inverse twiddle)
 
   void forward_scalar_layers(u64* a, std::size_t m, std::size_t t) const;
   void inverse_scalar_layers(u64* a, std::size_t& m, std::size_t& t, std::size_t& idx,
                              std::size_t stop_t) const;
-  void forward_ifma(u64* a) const;
-  void inverse_ifma(u64* a) const;
+  NttVectorView vector_view() const;
 };
 
 // Reverse the lowest `bits` bits of x.

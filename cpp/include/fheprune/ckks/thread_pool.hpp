@@ -24,7 +24,8 @@ class ThreadPool {
   std::size_t threads() const { return workers_.size() + 1; }
 
   // Runs body(i) for every i in [0, count), spread over the pool; returns when all are done.
-  // Exceptions thrown by body are rethrown here (the first one).
+  // Exceptions thrown by body are rethrown here (the first one). Called from inside a task,
+  // it runs serially on the calling thread.
   void parallel_for(std::size_t count, const std::function<void(std::size_t)>& body);
 
  private:
