@@ -12,7 +12,9 @@
 
 #define FHEPRUNE_AVX512 __attribute__((target("avx512f,avx512dq,avx512ifma")))
 // GCC 12 reports a false 'maybe uninitialized' inside _mm512_min_epu64's own header.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace fheprune::ckks::simd {
 
