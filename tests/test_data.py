@@ -405,6 +405,8 @@ def test_search_failure_explains_how_to_fix(
 ) -> None:
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     monkeypatch.setattr(paths_module, "_search_roots", lambda: [tmp_path])
+    # Only tmp_path itself: a shared/data beside the temp directory must not satisfy the search.
+    monkeypatch.setattr(paths_module, "_ancestors", lambda start: iter([start]))
     with pytest.raises(DatasetNotFoundError) as info:
         resolve_data_dir(None, expected=["mnist/train-images-idx3-ubyte.gz"])
     message = str(info.value)

@@ -44,6 +44,9 @@ nb::bytes id_bytes(const A& id) { return nb::bytes(reinterpret_cast<const char*>
 
 }  // namespace
 
+// Pruning kernels (co-permutation clustering) live in pruning.cpp.
+void bind_pruning(nb::module_& m);
+
 NB_MODULE(_core, m) {
   m.doc() = "fheprune CKKS engine (C++ core)";
   m.attr("__version__") = FHEPRUNE_VERSION;
@@ -278,6 +281,8 @@ NB_MODULE(_core, m) {
     return Serializer::load_evaluation_keys(c, as_span(b));
   });
   m.def("load_secret_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_secret_key(c, as_span(b)); });
+  bind_pruning(m);
+
   m.def("peek_kind", [](const nb::bytes& b) {
     switch (Serializer::peek_kind(as_span(b))) {
       case ObjectKind::kParameters: return std::string("parameters");
