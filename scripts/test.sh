@@ -3,7 +3,7 @@
 # of every deserializer, and the linters. FUZZ_SECONDS=0 skips fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "tenseal>=0.3.14" "pytest>=7" "hypothesis>=6.80" "ruff>=0.4" "mypy>=1.8" scipy
+bash scripts/setup.sh "tenseal>=0.3.14" "pytest>=7" "hypothesis>=6.80" "ruff>=0.4" "mypy>=1.8" scipy "torch==2.13.0" matplotlib
 # shellcheck disable=SC1091
 source .venv/bin/activate
 

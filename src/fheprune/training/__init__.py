@@ -1,0 +1,77 @@
+"""Training and retraining of the zoo models: configs, data loaders, a resumable trainer,
+metrics and the degradation rule, and cached model files (needs torch)."""
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_model,
+    load_weights,
+    safe_load,
+    save_model,
+)
+from .config import OptimizerName, SchedulerName, TrainConfig, default_config
+from .data import (
+    DataSpec,
+    EpochShuffleSampler,
+    Loaders,
+    TensorPairs,
+    data_spec,
+    load_loaders,
+    make_loaders,
+    make_tensors,
+    set_loader_epoch,
+)
+from .metrics import (
+    DEFAULT_BUDGET,
+    degradation,
+    evaluate,
+    higher_is_better,
+    metric_is_better,
+    within_budget,
+)
+from .trainer import (
+    CHECKPOINT_NAME,
+    EpochRecord,
+    TrainingDivergedError,
+    TrainResult,
+    apply_masks,
+    check_masks,
+    seed_everything,
+    train,
+)
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DEFAULT_BUDGET",
+    "CheckpointError",
+    "DataSpec",
+    "EpochRecord",
+    "EpochShuffleSampler",
+    "Loaders",
+    "OptimizerName",
+    "SchedulerName",
+    "TensorPairs",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "apply_masks",
+    "atomic_save",
+    "check_masks",
+    "data_spec",
+    "default_config",
+    "degradation",
+    "evaluate",
+    "higher_is_better",
+    "load_loaders",
+    "load_model",
+    "load_weights",
+    "make_loaders",
+    "make_tensors",
+    "metric_is_better",
+    "safe_load",
+    "save_model",
+    "seed_everything",
+    "set_loader_epoch",
+    "train",
+    "within_budget",
+]
