@@ -3,6 +3,8 @@
 Commands:
 
 * ``demo``: encrypted MNIST inference with our engine, compared with SEAL (see fheprune.demo).
+* ``prune``: prune a model with a named HE-PEx scheme and tile shape within an accuracy (or
+  loss) budget; saves the pruned model, its masks and permutations (fheprune.pruning.serialize).
 
 Exit status: 0 on success, 2 for a usage or data problem (bad argument, missing or corrupt
 dataset), 3 when the compiled engine cannot be imported.
@@ -15,6 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fheprune.data import DATA_ENV_VAR, DataError
 
@@ -63,6 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     demo.add_argument("--log-level", default="INFO", choices=_LOG_LEVELS)
+
+    prune = sub.add_parser(
+        "prune",
+        help="prune a model with an HE-PEx scheme within a degradation budget",
+        description=(
+            "Train (or load the cached) model, run the scheme for increasing pruning "
+            "fractions, keep the highest tile sparsity whose degradation stays within the "
+            "budget, and save it (weights, masks, permutations; a code-free .npz)."
+        ),
+    )
+    prune.add_argument("--model", default="mlp", help="mlp, cnn, ae-compressor, ae-denoiser, lenet")
+    prune.add_argument("--dataset", default="mnist", help="mnist, cifar10 or svhn")
+    prune.add_argument("--scheme", default="P4E", help="P2, P2T, P3, P3E, P4 or P4E")
+    prune.add_argument("--tile", default="16x16", help="tile shape t1xt2 (default 16x16)")
+    prune.add_argument(
+        "--budget", type=float, default=2.5, help="max degradation in percent (default 2.5)"
+    )
+    prune.add_argument("--scope", default="local", choices=("local", "global"))
+    prune.add_argument("--criterion", default="l1", choices=("l1", "random"))
+    prune.add_argument("--target", default="weight", choices=("weight", "neuron"))
+    prune.add_argument("--reduction", default="avg", choices=("avg", "max", "min"))
+    prune.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99],
+        help="pruning fractions to try (increasing)",
+    )
+    prune.add_argument("--train-epochs", type=_positive, default=None)
+    prune.add_argument("--retrain-epochs", type=_positive, default=2)
+    prune.add_argument("--limit", type=_positive, default=None, help="training samples")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--data-dir", default=None)
+    prune.add_argument("--work-dir", type=Path, default=Path("results/prune"))
+    prune.add_argument("--out", type=Path, required=True, help="pruned model file (.npz)")
+    prune.add_argument("--log-level", default="INFO", choices=_LOG_LEVELS)
     return parser
 
 
@@ -88,6 +127,81 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_prune(args: argparse.Namespace) -> int:
+    from fheprune.experiments.hepex import (  # lazy: torch is only needed here
+        Experiment,
+        SchemeSpec,
+        SweepConfig,
+        prune_within_budget,
+    )
+    from fheprune.layouts import TileShape
+    from fheprune.pruning import save_pruned_model
+
+    try:
+        tile = TileShape.parse(args.tile)
+    except ValueError as exc:
+        LOG.error("bad --tile %r: %s", args.tile, exc)
+        return EXIT_DATA
+    if tile.t1 != tile.t2:
+        LOG.error("--tile: the sweep uses square tiles (t1 = t2); got %s", args.tile)
+        return EXIT_DATA
+    spec = SchemeSpec(args.scheme.upper(), args.scope, args.criterion, args.target, args.reduction)
+    config = SweepConfig(
+        models=[args.model],
+        tiles=[tile.t1],
+        dataset=args.dataset,
+        train_epochs=args.train_epochs,
+        retrain_epochs=args.retrain_epochs,
+        limit=args.limit,
+        budget=args.budget / 100,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        out_dir=args.work_dir,
+    )
+    try:
+        experiment = Experiment(config)
+        best = prune_within_budget(experiment, args.model, spec, tile.t1, args.fractions)
+    except DataError as exc:
+        LOG.error("%s", exc)
+        return EXIT_DATA
+    except ValueError as exc:  # unknown model / scheme / dataset names
+        LOG.error("%s", exc)
+        return EXIT_DATA
+    if best is None:
+        LOG.error(
+            "no pruning fraction in %s stays within %.2f%% degradation", args.fractions, args.budget
+        )
+        return 1
+    model, result, row = best
+    save_pruned_model(
+        args.out,
+        model,
+        result.masks,
+        model_name=args.model,
+        model_kwargs=dict(getattr(model, "arch", {})),
+        tile_shape=tile,
+        scheme=spec.label,
+        config={"fraction": row["fraction"], **config.to_dict()},
+        metrics={k: row[k] for k in ("metric", "baseline_metric", "degradation")},
+        permutations=_permutation_arrays(result.permutation),
+    )
+    print(
+        f"{args.model} {spec.label} {tile.t1}x{tile.t2}: fraction {row['fraction']:.2f}, "
+        f"tile sparsity {100 * row['tile_sparsity']:.1f}%, weight sparsity "
+        f"{100 * row['weight_sparsity']:.1f}%, metric {row['metric']:.4f} "
+        f"(baseline {row['baseline_metric']:.4f}, degradation {row['degradation']:+.4f}) "
+        f"-> {args.out}"
+    )
+    return 0
+
+
+def _permutation_arrays(info: object) -> dict[str, Any] | None:
+    """Named index arrays from a permutation result (None when the scheme did not permute)."""
+    from fheprune.pruning.permute import PermutationResult
+
+    return info.as_arrays() if isinstance(info, PermutationResult) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
     logging.basicConfig(
@@ -97,4 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "demo":
         return _run_demo(args)
+    if args.command == "prune":
+        return _run_prune(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects the rest

@@ -8,8 +8,8 @@
 - :mod:`.schemes`: P2, P2T, P3, P3E, P4, P4E as step pipelines, :func:`run_scheme`;
 - :mod:`.serialize`: versioned, code-free save/load of pruned models.
 
-The permutation (P3's Permute) lives in :mod:`.permute` and reaches the schemes through the
-injected :class:`PermuteFn`.
+- :mod:`.permute`: P3's Permute (co-permutation of neuron sets, C++ clustering kernel),
+  injected into the schemes as :class:`PermuteFn` (:func:`permute_fn`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .base import (
 from .expand import expand_masks
 from .magnitude import MagnitudePruning
 from .pack import DEFAULT_PACK_THRESHOLD, PackPruning, tile_zero_fractions
+from .permute import PermutationResult, copermute_network, permute_fn
 from .schemes import (
     SCHEME_NAMES,
     Expand,
@@ -78,6 +79,7 @@ __all__ = [
     "Masks",
     "ModelBuilder",
     "PackPruning",
+    "PermutationResult",
     "Permute",
     "PermuteFn",
     "PrunableModel",
@@ -103,11 +105,13 @@ __all__ = [
     "build_scheme",
     "check_no_unprune",
     "complete_masks",
+    "copermute_network",
     "expand_masks",
     "full_masks",
     "load_pruned_model",
     "masked_weights",
     "masks_from_weights",
+    "permute_fn",
     "read_metadata",
     "run_scheme",
     "save_pruned_model",

@@ -1,0 +1,618 @@
+"""HE-PEx's sparsity experiment: every scheme x pruning fraction x tile shape, per model.
+
+For each model a baseline is trained once (cached), then each (scheme, fraction, tile) point
+starts from a copy of it, runs the scheme (prune / permute / expand / pack / retrain) and is
+evaluated on the test set. The best point per (model, scheme, tile) is the one with the
+highest tile sparsity whose degradation stays within the budget (2.5%: accuracy points for
+classifiers, relative loss increase for autoencoders), as in HE-PEx Fig. 9.
+
+Points are appended to ``points.jsonl`` as they finish, so an interrupted sweep resumes where
+it stopped; the summary is rewritten atomically at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fheprune.layouts import TileShape
+from fheprune.models import build_model
+from fheprune.pruning import PruneConfig, build_scheme, run_scheme
+from fheprune.pruning.pack import tile_zero_fractions
+from fheprune.pruning.schemes import PermuteFn, SchemeResult
+from fheprune.training import (
+    Loaders,
+    TrainConfig,
+    default_config,
+    degradation,
+    evaluate,
+    load_loaders,
+    load_model,
+    save_model,
+    train,
+)
+
+log = logging.getLogger(__name__)
+
+#: HE-PEx's reported best tile sparsity within 2.5% degradation (MNIST, Fig. 9), and its
+#: average gain over P2T (Hunter adapted).
+PAPER_TILE_SPARSITY = {"mlp": 0.95, "cnn": 0.61, "ae-compressor": 0.41, "ae-denoiser": 0.47}
+PAPER_GAIN_OVER_P2T = 1.70
+
+
+@dataclass(frozen=True)
+class SchemeSpec:
+    """One scheme with its first-prune configuration (HE-PEx's {scope/criterion/target})."""
+
+    scheme: str
+    scope: str = "local"
+    criterion: str = "l1"
+    target: str = "weight"
+    reduction: str = "avg"
+    conv_pack_threshold: float | None = None  # HE-PEx's best: P3E on conv (no pack prune there)
+
+    @property
+    def label(self) -> str:
+        if self.scheme == "P2T":
+            base = f"P2T {self.scope}/T-{self.reduction}"
+        else:
+            base = f"{self.scheme} {self.scope}/{self.criterion}/{self.target}"
+        return base + (" conv-no-pack" if self.conv_pack_threshold is not None else "")
+
+    def prune_config(self, fraction: float, seed: int) -> PruneConfig:
+        return PruneConfig.from_mapping(
+            {
+                "fraction": fraction,
+                "scope": self.scope,
+                "criterion": self.criterion,
+                "target": self.target,
+                "reduction": self.reduction,
+                "seed": seed,
+            }
+        )
+
+
+#: The configurations Table 1 lists, one per scheme family member.
+DEFAULT_SCHEMES: tuple[SchemeSpec, ...] = (
+    SchemeSpec("P2", "local", "l1", "weight"),
+    SchemeSpec("P2", "global", "l1", "weight"),
+    SchemeSpec("P2", "local", "random", "weight"),
+    SchemeSpec("P2", "local", "l1", "neuron"),
+    SchemeSpec("P2T", "local", reduction="avg"),
+    SchemeSpec("P2T", "local", reduction="max"),
+    SchemeSpec("P2T", "local", reduction="min"),
+    SchemeSpec("P2T", "global", reduction="avg"),
+    SchemeSpec("P3", "local", "l1", "weight"),
+    SchemeSpec("P3E", "local", "l1", "weight"),
+    SchemeSpec("P4", "local", "l1", "weight"),
+    SchemeSpec("P4E", "local", "l1", "weight"),
+    SchemeSpec("P4E", "local", "l1", "weight", conv_pack_threshold=1.0),
+)
+
+# 0.50 .. 0.95 in 5% steps, then the high end where tile sparsity really moves.
+DEFAULT_FRACTIONS: tuple[float, ...] = (
+    *(round(0.5 + 0.05 * i, 2) for i in range(10)),
+    0.97,
+    0.98,
+    0.99,
+)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    models: Sequence[str] = ("mlp", "cnn", "ae-compressor", "ae-denoiser")
+    tiles: Sequence[int] = (8, 16, 32, 64)
+    fractions: Sequence[float] = DEFAULT_FRACTIONS
+    schemes: Sequence[SchemeSpec] = DEFAULT_SCHEMES
+    dataset: str = "mnist"
+    train_epochs: int | None = None  # None: Table 2's schedule (default_config)
+    retrain_epochs: int = 2
+    limit: int | None = None  # training samples (None: all)
+    test_limit: int | None = None
+    budget: float = 0.025
+    seed: int = 0
+    data_dir: str | None = None
+    out_dir: Path = Path("results/hepex")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        d["schemes"] = [s.label for s in self.schemes]
+        return d
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_permute_fn() -> PermuteFn | None:
+    """The co-permutation step, if the permutation module is available."""
+    try:
+        from fheprune.pruning import permute
+    except ImportError:  # pragma: no cover - permute ships with the package
+        return None
+    fn: PermuteFn = permute.permute_fn
+    return fn
+
+
+class Experiment:
+    """Trains (or loads) baselines and runs sweep points for one configuration."""
+
+    def __init__(self, config: SweepConfig, permute_fn: PermuteFn | None = None) -> None:
+        self.config = config
+        self.permute_fn = permute_fn if permute_fn is not None else default_permute_fn()
+        self._loaders: dict[str, Loaders] = {}
+        self._baselines: dict[str, tuple[nn.Module, float]] = {}
+
+    def train_config(self, model_name: str) -> TrainConfig:
+        cfg = default_config(model_name, self.config.dataset).replace(seed=self.config.seed)
+        if self.config.train_epochs is not None:
+            cfg = cfg.replace(epochs=self.config.train_epochs)
+        return cfg
+
+    def loaders(self, model_name: str) -> Loaders:
+        if model_name not in self._loaders:
+            self._loaders[model_name] = load_loaders(
+                model_name,
+                self.config.dataset,
+                self.train_config(model_name),
+                data_dir=self.config.data_dir,
+                limit=self.config.limit,
+                test_limit=self.config.test_limit,
+            )
+        return self._loaders[model_name]
+
+    def task(self, model_name: str) -> str:
+        return str(self.loaders(model_name).spec.task)
+
+    def baseline(self, model_name: str) -> tuple[nn.Module, float]:
+        """The trained, unpruned model and its test metric (cached on disk)."""
+        if model_name in self._baselines:
+            return self._baselines[model_name]
+        cfg = self.train_config(model_name)
+        tag = f"{self.config.dataset}-{model_name}-e{cfg.epochs}-s{cfg.seed}-l{self.config.limit}"
+        path = self.config.out_dir / "baselines" / f"{tag}.pt"
+        loaders = self.loaders(model_name)
+        if path.exists():
+            model, _ = load_model(path)
+            log.info("%s: loaded baseline %s", model_name, path)
+        else:
+            model = build_model(model_name, self.config.dataset, seed=self.config.seed)
+            log.info("%s: training baseline (%d epochs)", model_name, cfg.epochs)
+            train(
+                model,
+                loaders,
+                cfg,
+                checkpoint_dir=self.config.out_dir / "baselines" / f"{tag}.ckpt",
+                progress=True,
+            )
+            save_model(model, path, metadata={"config": cfg.to_dict()})
+        assert loaders.test is not None
+        metric = evaluate(model, loaders.test, loaders.spec.task)
+        log.info("%s: baseline test metric %.4f", model_name, metric)
+        self._baselines[model_name] = (model, metric)
+        return model, metric
+
+    def run_point(
+        self, model_name: str, spec: SchemeSpec, tile: int, fraction: float
+    ) -> dict[str, Any]:
+        """One sweep point: copy the baseline, run the scheme, evaluate; a JSON row."""
+        return self.prune_point(model_name, spec, tile, fraction)[2]
+
+    def prune_point(
+        self, model_name: str, spec: SchemeSpec, tile: int, fraction: float
+    ) -> tuple[nn.Module, SchemeResult, dict[str, Any]]:
+        """Copy the baseline, run the scheme at this fraction, evaluate it."""
+        base_model, base_metric = self.baseline(model_name)
+        loaders = self.loaders(model_name)
+        task = loaders.spec.task
+        model = copy.deepcopy(base_model)
+        shape = TileShape(tile, tile)
+        retrain_cfg = self.train_config(model_name).replace(epochs=self.config.retrain_epochs)
+
+        def retrain(m: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+            train(m, loaders, retrain_cfg, masks=masks, progress=False)
+
+        pack_threshold: float | dict[str, float] = 0.938
+        pack_scope = "global"
+        if spec.conv_pack_threshold is not None:
+            pack_scope = "local"
+            pack_threshold = {
+                name: (spec.conv_pack_threshold if isinstance(mod, nn.Conv2d) else 0.938)
+                for name, mod in model.named_modules()
+                if isinstance(mod, (nn.Conv2d, nn.Linear))
+            }
+        kwargs: dict[str, Any] = {}
+        if spec.scheme in ("P4", "P4E"):
+            kwargs = {"pack_threshold": pack_threshold, "pack_scope": pack_scope}
+            if self.permute_fn is None:
+                kwargs["permute"] = False
+        scheme = build_scheme(spec.scheme, **kwargs)
+        started = time.perf_counter()
+        result = run_scheme(
+            scheme,
+            model,
+            shape,
+            prune_config=spec.prune_config(fraction, self.config.seed),
+            retrain_fn=retrain,
+            permute_fn=self.permute_fn,
+        )
+        assert loaders.test is not None
+        metric = evaluate(model, loaders.test, task)
+        row = {
+            "model": model_name,
+            "scheme": spec.scheme,
+            "config": spec.label,
+            "tile": [tile, tile],
+            "fraction": fraction,
+            "tile_sparsity": result.tile_stats.sparsity,
+            "tile_sparsity_after_first_prune": _first_prune_tiles(result),
+            "weight_sparsity": result.weight_sparsity.sparsity,
+            "metric": metric,
+            "baseline_metric": base_metric,
+            "degradation": degradation(base_metric, metric, task),
+            "task": task,
+            "seconds": time.perf_counter() - started,
+        }
+        return model, result, row
+
+
+def prune_within_budget(
+    experiment: Experiment,
+    model_name: str,
+    spec: SchemeSpec,
+    tile: int,
+    fractions: Sequence[float],
+) -> tuple[nn.Module, SchemeResult, dict[str, Any]] | None:
+    """The highest-tile-sparsity point within the budget over ``fractions`` (None if none is).
+
+    Fractions are tried in increasing order and the search stops after two consecutive points
+    over budget: degradation grows with the fraction, so later ones will not qualify either.
+    """
+    best: tuple[nn.Module, SchemeResult, dict[str, Any]] | None = None
+    misses = 0
+    for fraction in sorted(fractions):
+        point = experiment.prune_point(model_name, spec, tile, fraction)
+        row = point[2]
+        log.info(
+            "fraction %.3f: tile sparsity %.1f%%, degradation %+.4f",
+            fraction,
+            100 * row["tile_sparsity"],
+            row["degradation"],
+        )
+        if row["degradation"] <= experiment.config.budget:
+            misses = 0
+            if best is None or row["tile_sparsity"] > best[2]["tile_sparsity"]:
+                best = point
+        else:
+            misses += 1
+            if misses >= 2:
+                break
+    return best
+
+
+def _first_prune_tiles(result: SchemeResult) -> float | None:
+    """Tile sparsity right after the first prune (before permute/pack/expand)."""
+    return next((r.tiles_after.sparsity for r in result.log if r.kind == "prune"), None)
+
+
+def point_key(row: dict[str, Any]) -> str:
+    return f"{row['model']}|{row['config']}|{row['tile'][0]}|{row['fraction']:.4f}"
+
+
+def read_points(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    log.warning("skipping a torn line in %s (an interrupted write)", path)
+    return rows
+
+
+def sweep(
+    experiment: Experiment,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every point not yet in ``points.jsonl``; returns all rows."""
+    cfg = experiment.config
+    points_path = cfg.out_dir / "points.jsonl"
+    rows = read_points(points_path)
+    done = {point_key(r) for r in rows}
+    todo = [
+        (m, s, t, f)
+        for m in cfg.models
+        for t in cfg.tiles
+        for s in cfg.schemes
+        for f in cfg.fractions
+        if not (s.conv_pack_threshold is not None and m not in ("cnn", "lenet"))
+    ]
+    todo = [p for p in todo if f"{p[0]}|{p[1].label}|{p[2]}|{p[3]:.4f}" not in done]
+    log.info("%d points done, %d to run", len(done), len(todo))
+    iterator: Iterable[Any] = progress(todo) if progress else todo
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    for model_name, spec, tile, fraction in iterator:
+        row = experiment.run_point(model_name, spec, tile, fraction)
+        rows.append(row)
+        with points_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.info(
+            "%s %s %dx%d f=%.2f: tiles %.1f%%, metric %.4f (degradation %+.4f)",
+            model_name,
+            spec.label,
+            tile,
+            tile,
+            fraction,
+            100 * row["tile_sparsity"],
+            row["metric"],
+            row["degradation"],
+        )
+    return rows
+
+
+def best_within_budget(rows: Sequence[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """Per (model, config, tile): the row with the highest tile sparsity within the budget."""
+    best: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for row in rows:
+        if row["degradation"] > budget:
+            continue
+        key = (row["model"], row["config"], row["tile"][0])
+        if key not in best or row["tile_sparsity"] > best[key]["tile_sparsity"]:
+            best[key] = row
+    return sorted(best.values(), key=lambda r: (r["model"], r["tile"][0], r["config"]))
+
+
+def summarize(best: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per (model, tile): best HE-PEx scheme vs best P2T, and the ratio."""
+    out: dict[str, Any] = {}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in best:
+        groups.setdefault((row["model"], row["tile"][0]), []).append(row)
+    for (model, tile), rows in sorted(groups.items()):
+        hepex = [r for r in rows if r["scheme"] in ("P3", "P3E", "P4", "P4E")]
+        p2t = [r for r in rows if r["scheme"] == "P2T"]
+        top = max(hepex, key=lambda r: r["tile_sparsity"], default=None)
+        top_p2t = max(p2t, key=lambda r: r["tile_sparsity"], default=None)
+        ratio = None
+        if top and top_p2t and top_p2t["tile_sparsity"] > 0:
+            ratio = top["tile_sparsity"] / top_p2t["tile_sparsity"]
+        out[f"{model}@{tile}x{tile}"] = {
+            "best_hepex": top and {k: top[k] for k in ("config", "tile_sparsity", "degradation")},
+            "best_p2t": top_p2t
+            and {k: top_p2t[k] for k in ("config", "tile_sparsity", "degradation")},
+            "hepex_over_p2t": ratio,
+            "paper_tile_sparsity": PAPER_TILE_SPARSITY.get(model),
+        }
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown_table(best: Sequence[dict[str, Any]], summary: dict[str, Any], budget: float) -> str:
+    lines = [
+        f"# HE-PEx tile sparsity within {100 * budget:.1f}% degradation",
+        "",
+        "| model | tile | best HE-PEx scheme | tile sparsity | degradation "
+        "| best P2T | P2T tile sparsity | HE-PEx / P2T | paper (HE-PEx) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, s in summary.items():
+        model, tile = key.split("@")
+        h, p = s["best_hepex"] or {}, s["best_p2t"] or {}
+        ratio = s["hepex_over_p2t"]
+        lines.append(
+            " | ".join(
+                [
+                    f"| {model}",
+                    tile,
+                    h.get("config", "-"),
+                    _pct(h.get("tile_sparsity")),
+                    f"{h['degradation']:+.4f}" if h else "-",
+                    p.get("config", "-"),
+                    _pct(p.get("tile_sparsity")),
+                    f"{ratio:.2f}x" if ratio else "-",
+                    _pct(s["paper_tile_sparsity"]) + " |",
+                ]
+            )
+        )
+    ratios = [s["hepex_over_p2t"] for s in summary.values() if s["hepex_over_p2t"]]
+    if ratios:
+        lines += [
+            "",
+            f"Average best-HE-PEx / best-P2T tile sparsity: {sum(ratios) / len(ratios):.2f}x "
+            f"(paper: +70%, i.e. {PAPER_GAIN_OVER_P2T:.2f}x).",
+        ]
+    lines += ["", "Best point within budget per scheme configuration:", ""]
+    lines += ["| model | tile | scheme | fraction | tile sparsity | weight sparsity | metric |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for r in best:
+        lines.append(
+            f"| {r['model']} | {r['tile'][0]} | {r['config']} | {r['fraction']:.2f} | "
+            f"{_pct(r['tile_sparsity'])} | {_pct(r['weight_sparsity'])} | {r['metric']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def zero_fraction_histograms(
+    experiment: Experiment, model_name: str, tile: int, fraction: float
+) -> dict[str, list[float]]:
+    """Per-tile zero fractions after the first prune, before and after the permutation."""
+    if experiment.permute_fn is None:
+        return {}
+    model = copy.deepcopy(experiment.baseline(model_name)[0])
+    shape = TileShape(tile, tile)
+    scheme = build_scheme("P3")
+    captured: dict[str, list[float]] = {}
+
+    def capture(label: str, masks: Mapping[str, torch.Tensor]) -> None:
+        values: list[float] = []
+        for mask in masks.values():
+            values += tile_zero_fractions(mask, shape).flatten().tolist()
+        captured[label] = values
+
+    def permute(
+        m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileShape
+    ) -> tuple[Mapping[str, torch.Tensor], Any]:
+        capture("before", masks)
+        assert experiment.permute_fn is not None
+        new_masks, info = experiment.permute_fn(m, masks, s)
+        capture("after", new_masks)
+        return new_masks, info
+
+    run_scheme(
+        scheme,
+        model,
+        shape,
+        prune_config=SchemeSpec("P3").prune_config(fraction, experiment.config.seed),
+        retrain_fn=lambda m, masks: None,
+        permute_fn=permute,
+    )
+    return captured
+
+
+def plot(
+    rows: Sequence[dict[str, Any]],
+    histograms: dict[str, dict[str, list[float]]],
+    out_dir: Path,
+) -> list[Path]:
+    """Metric vs tile sparsity per scheme (HE-PEx Fig. 7) and zero-fraction histograms (Fig. 10)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    written: list[Path] = []
+    for model in sorted({r["model"] for r in rows}):
+        tiles = sorted({r["tile"][0] for r in rows if r["model"] == model})
+        fig, axes = plt.subplots(1, len(tiles), figsize=(4.5 * len(tiles), 4), squeeze=False)
+        for ax, tile in zip(axes[0], tiles, strict=True):
+            for config in sorted({r["config"] for r in rows if r["model"] == model}):
+                pts = sorted(
+                    (r["tile_sparsity"], r["metric"])
+                    for r in rows
+                    if r["model"] == model and r["tile"][0] == tile and r["config"] == config
+                )
+                if pts:
+                    ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], ".-", label=config)
+            ax.set_title(f"{model}, {tile}x{tile} tiles")
+            ax.set_xlabel("tile sparsity (% zero tiles)")
+            task = next(r["task"] for r in rows if r["model"] == model)
+            ax.set_ylabel("test accuracy" if task == "classification" else "test MSE")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        path = out_dir / f"metric_vs_tiles_{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    for key, hist in histograms.items():
+        if not hist:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        bins = [i / 20 for i in range(21)]
+        ax.hist(hist["before"], bins=bins, alpha=0.6, label="before permutation")
+        ax.hist(hist["after"], bins=bins, alpha=0.6, label="after permutation")
+        ax.set_xlabel("zero fraction of a tile")
+        ax.set_ylabel("tiles")
+        ax.set_title(f"{key}: tile zero fractions (P3 prune)")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"zero_fraction_hist_{key}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+@dataclass
+class SweepReport:
+    rows: list[dict[str, Any]]
+    best: list[dict[str, Any]]
+    summary: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    permute_fn: PermuteFn | None = None,
+    histogram_fraction: float = 0.9,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> SweepReport:
+    """The whole experiment: sweep, select, report (JSON, Markdown, plots) into out_dir."""
+    experiment = Experiment(config, permute_fn)
+    rows = sweep(experiment, progress)
+    rows = [r for r in rows if r["model"] in config.models and r["tile"][0] in config.tiles]
+    best = best_within_budget(rows, config.budget)
+    summary = summarize(best)
+    out = config.out_dir
+    result = {
+        "results": best,
+        "all_points": rows,
+        "summary": summary,
+        "paper": {"tile_sparsity": PAPER_TILE_SPARSITY, "gain_over_p2t": PAPER_GAIN_OVER_P2T},
+        "config": config.to_dict(),
+        "machine": machine_info(),
+        "seed": config.seed,
+    }
+    files = [out / "hepex_sparsity.json", out / "hepex_sparsity.md"]
+    write_json_atomic(files[0], result)
+    files[1].write_text(markdown_table(best, summary, config.budget), encoding="utf-8")
+    histograms = {
+        f"{m}-{t}x{t}": zero_fraction_histograms(experiment, m, t, histogram_fraction)
+        for m in config.models
+        for t in config.tiles[:1]
+    }
+    files += plot(rows, histograms, out)
+    return SweepReport(rows, best, summary, files)
