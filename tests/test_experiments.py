@@ -1,0 +1,145 @@
+"""The HE-PEx sweep machinery and the ``fheprune prune`` command, on tiny real MNIST runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fheprune.data import DatasetNotFoundError, resolve_data_dir  # noqa: E402
+from fheprune.experiments.hepex import (  # noqa: E402
+    SchemeSpec,
+    SweepConfig,
+    best_within_budget,
+    read_points,
+    run_sweep,
+    summarize,
+)
+
+
+def _mnist_available() -> bool:
+    try:
+        resolve_data_dir(None, expected=["mnist/train-images-idx3-ubyte.gz"])
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
+needs_mnist = pytest.mark.skipif(not _mnist_available(), reason="MNIST data directory not found")
+
+
+def _row(config: str, scheme: str, tiles: float, degradation: float) -> dict[str, object]:
+    return {
+        "model": "mlp",
+        "scheme": scheme,
+        "config": config,
+        "tile": [16, 16],
+        "fraction": 0.9,
+        "tile_sparsity": tiles,
+        "weight_sparsity": 0.9,
+        "metric": 0.9,
+        "baseline_metric": 0.92,
+        "degradation": degradation,
+        "task": "classification",
+    }
+
+
+def test_best_within_budget_picks_sparsest_point_inside_the_budget() -> None:
+    rows = [
+        _row("P4E a", "P4E", 0.60, 0.010),
+        _row("P4E a", "P4E", 0.90, 0.030),  # sparser but over budget
+        _row("P4E a", "P4E", 0.70, 0.025),  # exactly on the budget counts
+        _row("P2T b", "P2T", 0.40, 0.000),
+    ]
+    best = best_within_budget(rows, 0.025)
+    assert [(r["config"], r["tile_sparsity"]) for r in best] == [("P2T b", 0.40), ("P4E a", 0.70)]
+    summary = summarize(best)["mlp@16x16"]
+    assert summary["best_hepex"]["tile_sparsity"] == 0.70
+    assert summary["hepex_over_p2t"] == pytest.approx(0.70 / 0.40)
+
+
+@needs_mnist
+def test_sweep_writes_reports_and_resumes(tmp_path: Path) -> None:
+    config = SweepConfig(
+        models=["mlp"],
+        tiles=[16],
+        fractions=[0.5, 0.9],
+        schemes=[SchemeSpec("P2"), SchemeSpec("P2T"), SchemeSpec("P3E"), SchemeSpec("P4E")],
+        train_epochs=1,
+        retrain_epochs=1,
+        limit=1000,
+        test_limit=500,
+        out_dir=tmp_path,
+    )
+    report = run_sweep(config)
+    assert len(report.rows) == 8
+    data = json.loads((tmp_path / "hepex_sparsity.json").read_text())
+    assert data["seed"] == 0 and "machine" in data and data["config"]["tiles"] == [16]
+    for row in data["all_points"]:
+        assert 0.0 <= row["tile_sparsity"] <= 1.0
+        assert row["baseline_metric"] == data["all_points"][0]["baseline_metric"]
+        # P2T prunes whole tiles: at fraction f (local) at least ~f of the tiles are zero.
+        if row["scheme"] == "P2T":
+            assert row["tile_sparsity"] >= row["fraction"] - 0.05
+    # Permutation can only raise tile sparsity over the first prune.
+    for row in data["all_points"]:
+        if row["scheme"] in ("P3E", "P4E"):
+            assert row["tile_sparsity"] >= row["tile_sparsity_after_first_prune"]
+    assert "HE-PEx tile sparsity" in (tmp_path / "hepex_sparsity.md").read_text()
+    # A second run finds every point done and recomputes nothing.
+    again = run_sweep(config)
+    assert len(read_points(tmp_path / "points.jsonl")) == 8
+    assert len(again.rows) == 8
+
+
+@needs_mnist
+def test_prune_command_saves_a_loadable_model(tmp_path: Path) -> None:
+    from fheprune.cli import main
+    from fheprune.layouts import TileShape, tile_sparsity
+    from fheprune.models import build_model
+    from fheprune.pruning import load_pruned_model
+
+    out = tmp_path / "mlp.npz"
+    status = main(
+        [
+            "prune",
+            "--model",
+            "mlp",
+            "--scheme",
+            "P4E",
+            "--tile",
+            "16x16",
+            "--budget",
+            "100",  # any degradation: this checks the plumbing, not the quality
+            "--fractions",
+            "0.9",
+            "--train-epochs",
+            "1",
+            "--retrain-epochs",
+            "1",
+            "--limit",
+            "1000",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    loaded = load_pruned_model(out, build_model)
+    stats = tile_sparsity(loaded.masks, TileShape(16, 16))
+    assert stats.sparsity > 0.1  # permutation + pack prune leave whole zero tiles
+    for name, mask in loaded.masks.items():
+        weight = loaded.model.get_submodule(name).weight
+        assert torch.all(weight[~mask] == 0)
+    assert set(loaded.permutations) >= {"input", "output"}
+
+
+def test_prune_command_rejects_bad_tile(tmp_path: Path) -> None:
+    from fheprune.cli import main
+
+    assert main(["prune", "--tile", "16", "--out", str(tmp_path / "x.npz")]) == 2
+    assert main(["prune", "--tile", "8x16", "--out", str(tmp_path / "x.npz")]) == 2
