@@ -19,13 +19,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import json
 import os
-import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from fheprune.reporting import machine_info, write_json_atomic
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -55,15 +52,6 @@ def nonzero_tiles(mask: BoolArray, t1: int, t2: int) -> int:
     return int(padded.reshape(padded.shape[0] // t1, t1, -1, t2).any(axis=(1, 3)).sum())
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model"):
-                return value.strip()
-    return platform.processor() or "unknown"
-
-
 def pin_one_core() -> int | None:
     """Pin this process to one core (Linux); returns the core, or None where unsupported."""
     getaff = getattr(os, "sched_getaffinity", None)
@@ -73,35 +61,6 @@ def pin_one_core() -> int | None:
     core = min(getaff(0))
     setaff(0, {core})
     return int(core)
-
-
-def machine_info(core: int | None, version: str) -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "pinned_core": core,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "fheprune": version,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run_case(args: argparse.Namespace, structured: bool) -> dict[str, Any]:
@@ -165,7 +124,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from fheprune import __version__
 
     core = pin_one_core()
     main_case = run_case(args, structured=False)
@@ -183,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeats": args.repeats,
             "kernel": "fheprune._core.copermute_matrix (rows then columns per round)",
         },
-        "machine": machine_info(core, __version__),
+        "machine": machine_info(pinned_core=core),
         "seconds": main_case["seconds"],
         "tile_sparsity_before": main_case["tile_sparsity_before"],
         "tile_sparsity_after": main_case["tile_sparsity_after"],

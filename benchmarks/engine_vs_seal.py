@@ -21,17 +21,12 @@ import abc
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import gc
 import importlib
-import json
 import logging
 import math
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -41,7 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fheprune.reference.seal import SealCKKS, SealParams, tenseal_version
+from fheprune.reference.seal import SealCKKS, SealParams
+from fheprune.reporting import machine_info, write_json_atomic
 
 LOG = logging.getLogger("engine_vs_seal")
 
@@ -613,48 +609,6 @@ def run_crosscheck(backends: Sequence[Backend], seed: int, results: dict[str, An
     return ok
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model"):
-                return value.strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info(ours_version: str | None) -> dict[str, Any]:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(affinity(0)) if affinity is not None else os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "tenseal": tenseal_version(),
-        "fheprune": ours_version,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -757,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hoisted_steps": list(HOIST_STEPS),
             "statistic": "median seconds per call",
         },
-        "machine": machine_info(engine_version()),
+        "machine": machine_info(engine_version=engine_version()),
         "seed": args.seed,
         "ops": {},
         "sanity": {},

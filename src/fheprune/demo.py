@@ -15,14 +15,9 @@ from their own secure generators (not seedable by design); ``seed`` is recorded 
 from __future__ import annotations
 
 import abc
-import contextlib
 import importlib
-import json
 import logging
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-import fheprune
 from fheprune.data import load_mnist, to_float
+from fheprune.reporting import machine_info, write_json_atomic
 
 if TYPE_CHECKING:
     from fheprune import ckks as ckks_t
@@ -313,46 +308,6 @@ def _run_encrypted(
 
 
 # --------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model"):
-                return value.strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(affinity(0)) if affinity is not None else os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "fheprune": fheprune.__version__,
-    }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temporary file in the same folder, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "-"

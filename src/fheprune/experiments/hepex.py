@@ -17,8 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from fheprune.models import build_model
 from fheprune.pruning import PruneConfig, build_scheme, run_scheme
 from fheprune.pruning.pack import tile_zero_fractions
 from fheprune.pruning.schemes import PermuteFn, SchemeResult
+from fheprune.reporting import machine_info, write_json_atomic
 from fheprune.training import (
     Loaders,
     TrainConfig,
@@ -132,37 +131,6 @@ class SweepConfig:
         d["out_dir"] = str(self.out_dir)
         d["schemes"] = [s.label for s in self.schemes]
         return d
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def default_permute_fn() -> PermuteFn | None:
@@ -603,11 +571,11 @@ def run_sweep(
         "summary": summary,
         "paper": {"tile_sparsity": PAPER_TILE_SPARSITY, "gain_over_p2t": PAPER_GAIN_OVER_P2T},
         "config": config.to_dict(),
-        "machine": machine_info(),
+        "machine": machine_info(torch_threads=torch.get_num_threads()),
         "seed": config.seed,
     }
     files = [out / "hepex_sparsity.json", out / "hepex_sparsity.md"]
-    write_json_atomic(files[0], result)
+    write_json_atomic(files[0], result, sort_keys=True)
     files[1].write_text(markdown_table(best, summary, config.budget), encoding="utf-8")
     histograms = {
         f"{m}-{t}x{t}": zero_fraction_histograms(experiment, m, t, histogram_fraction)

@@ -1,0 +1,74 @@
+"""What every report shares: the machine it ran on, and JSON written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["cpu_model", "machine_info", "write_json_atomic"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform reports."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model"):
+                return value.strip()
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """Platform, CPU, cores, interpreter and library versions, a UTC timestamp; plus ``extra``."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(affinity(0)) if affinity is not None else os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "fheprune": _version("fheprune"),
+        "torch": _version("torch"),
+        "tenseal": _version("tenseal"),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    info.update(extra)
+    return info
+
+
+def write_json_atomic(path: Path, data: Any, *, sort_keys: bool = False) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename, so a reader (or an
+    interrupted run) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=sort_keys, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
