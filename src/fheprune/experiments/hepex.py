@@ -40,6 +40,7 @@ from fheprune.training import (
     evaluate,
     load_loaders,
     load_model,
+    permute_loaders,
     save_model,
     train,
 )
@@ -96,8 +97,10 @@ DEFAULT_SCHEMES: tuple[SchemeSpec, ...] = (
     SchemeSpec("P2T", "global", reduction="avg"),
     SchemeSpec("P3", "local", "l1", "weight"),
     SchemeSpec("P3E", "local", "l1", "weight"),
+    SchemeSpec("P3E", "global", "l1", "weight"),
     SchemeSpec("P4", "local", "l1", "weight"),
     SchemeSpec("P4E", "local", "l1", "weight"),
+    SchemeSpec("P4E", "global", "l1", "weight"),
     SchemeSpec("P4E", "local", "l1", "weight", conv_pack_threshold=1.0),
 )
 
@@ -217,9 +220,28 @@ class Experiment:
         model = copy.deepcopy(base_model)
         shape = TileShape(tile, tile)
         retrain_cfg = self.train_config(model_name).replace(epochs=self.config.retrain_epochs)
+        # After a co-permutation the model expects permuted inputs and yields permuted outputs
+        # (the client applies input_perm / output_perm in the clear); retraining and evaluation
+        # must see the data the same way.
+        current = {"loaders": loaders}
 
         def retrain(m: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-            train(m, loaders, retrain_cfg, masks=masks, progress=False)
+            train(m, current["loaders"], retrain_cfg, masks=masks, progress=False)
+
+        permute = None
+        if self.permute_fn is not None:
+            inner = self.permute_fn
+
+            def permute(
+                m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileShape
+            ) -> tuple[Mapping[str, torch.Tensor], Any]:
+                new_masks, info = inner(m, masks, s)
+                current["loaders"] = permute_loaders(
+                    current["loaders"],
+                    getattr(info, "input_perm", None),
+                    getattr(info, "output_perm", None),
+                )
+                return new_masks, info
 
         pack_threshold: float | dict[str, float] = 0.938
         pack_scope = "global"
@@ -233,7 +255,7 @@ class Experiment:
         kwargs: dict[str, Any] = {}
         if spec.scheme in ("P4", "P4E"):
             kwargs = {"pack_threshold": pack_threshold, "pack_scope": pack_scope}
-            if self.permute_fn is None:
+            if permute is None:
                 kwargs["permute"] = False
         scheme = build_scheme(spec.scheme, **kwargs)
         started = time.perf_counter()
@@ -243,10 +265,11 @@ class Experiment:
             shape,
             prune_config=spec.prune_config(fraction, self.config.seed),
             retrain_fn=retrain,
-            permute_fn=self.permute_fn,
+            permute_fn=permute,
         )
-        assert loaders.test is not None
-        metric = evaluate(model, loaders.test, task)
+        test_loader = current["loaders"].test
+        assert test_loader is not None
+        metric = evaluate(model, test_loader, task)
         row = {
             "model": model_name,
             "scheme": spec.scheme,

@@ -19,6 +19,7 @@ from .data import (
     load_loaders,
     make_loaders,
     make_tensors,
+    permute_loaders,
     set_loader_epoch,
 )
 from .metrics import (
@@ -68,6 +69,7 @@ __all__ = [
     "make_loaders",
     "make_tensors",
     "metric_is_better",
+    "permute_loaders",
     "safe_load",
     "save_model",
     "seed_everything",

@@ -39,6 +39,7 @@ __all__ = [
     "load_loaders",
     "make_loaders",
     "make_tensors",
+    "permute_loaders",
     "set_loader_epoch",
 ]
 
@@ -171,6 +172,52 @@ def _batches(
     # batch_size=None + a BatchSampler as sampler: the dataset gets whole index lists.
     return DataLoader(
         data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None
+    )
+
+
+def permute_loaders(
+    loaders: Loaders, input_perm: np.ndarray | None, output_perm: np.ndarray | None
+) -> Loaders:
+    """The loaders a co-permuted model needs: what the client does in the clear.
+
+    A co-permuted model satisfies ``permuted(x[:, input_perm]) == model(x)[:, output_perm]``
+    (dimension 1 is the feature, or for unflattened images the channel). So inputs are gathered
+    with ``input_perm``, reconstruction targets with ``output_perm``, and class labels are
+    mapped to their new output positions (``argsort(output_perm)[label]``).
+    """
+
+    def index(perm: np.ndarray | None) -> torch.Tensor | None:
+        return None if perm is None else torch.as_tensor(np.asarray(perm), dtype=torch.long)
+
+    in_idx, out_idx = index(input_perm), index(output_perm)
+    classify = loaders.spec.task == "classification"
+
+    def convert(
+        loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
+    ) -> DataLoader[tuple[torch.Tensor, torch.Tensor]] | None:
+        if loader is None:
+            return None
+        data = loader.dataset
+        if not isinstance(data, TensorPairs):
+            raise TypeError("permute_loaders needs loaders built by make_loaders")
+        inputs, targets = data.inputs, data.targets
+        if in_idx is not None:
+            inputs = inputs.index_select(1, in_idx)
+        if out_idx is not None:
+            # Class c is now output argsort(out_idx)[c]; pixels move like the outputs.
+            targets = torch.argsort(out_idx)[targets] if classify else targets[:, out_idx]
+        batch_sampler = loader.sampler
+        assert isinstance(batch_sampler, BatchSampler)
+        return DataLoader(TensorPairs(inputs, targets), sampler=batch_sampler, batch_size=None)
+
+    train_loader = convert(loaders.train)
+    assert train_loader is not None
+    return Loaders(
+        train=train_loader,
+        val=convert(loaders.val),
+        test=convert(loaders.test),
+        spec=loaders.spec,
+        input_shape=loaders.input_shape,
     )
 
 
