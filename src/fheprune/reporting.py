@@ -7,12 +7,13 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fheprune.fileio import atomic_write
 
 __all__ = ["cpu_model", "machine_info", "write_json_atomic"]
 
@@ -55,20 +56,6 @@ def machine_info(**extra: Any) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any, *, sort_keys: bool = False) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename, so a reader (or an
-    interrupted run) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=sort_keys, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -18,12 +18,10 @@ mismatch. Files are written to a temporary sibling and renamed into place (atomi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from fheprune.fileio import atomic_write
 from fheprune.layouts import TileShape, layer_module, layer_weights, prunable_layer_names
 
 from .base import complete_masks
@@ -204,24 +203,7 @@ def save_pruned_model(
         raise ValueError(f"metadata is not storable as JSON: {exc}") from exc
     arrays[_META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, allow_pickle=False, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where directories can sync
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(target, lambda handle: np.savez_compressed(handle, allow_pickle=False, **arrays))
     log.info("saved pruned model %r (%d arrays) to %s", model_name, len(arrays) - 1, target)
     return target
 

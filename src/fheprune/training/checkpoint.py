@@ -8,9 +8,7 @@ containers are accepted, no pickled code runs.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fileio import atomic_write
 from ..models import zoo
 
 __all__ = [
@@ -45,20 +44,7 @@ class CheckpointError(ValueError):
 
 def atomic_save(obj: object, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` ``obj`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return target
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def safe_load(path: str | os.PathLike[str]) -> Any:
