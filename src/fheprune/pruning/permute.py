@@ -57,7 +57,6 @@ convolutions (``groups > 1``) keep their channel order.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -66,6 +65,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
+
+from fheprune.layouts import TileShape, zero_tile_mask
 
 from . import copermute_ref
 
@@ -197,26 +198,13 @@ def kernel_backend(backend: Backend = "auto") -> tuple[str, _Kernel]:
 
 
 # ------------------------------------------------------------------------------------------
-# Tiles (private helpers; the shared definition lives in fheprune.layouts.tiles)
-
-
-def _matrices(mask: BoolArray) -> BoolArray:
-    """A 2-D weight as one matrix; a conv weight [Co, Ci, kh, kw] as kh*kw matrices [Co, Ci]."""
-    if mask.ndim == 2:
-        return mask[None]
-    co, ci, kh, kw = mask.shape
-    return mask.transpose(2, 3, 0, 1).reshape(kh * kw, co, ci)
+# Tiles (the one definition: fheprune.layouts.tiles)
 
 
 def _tile_counts(mask: BoolArray, t1: int, t2: int) -> tuple[int, int]:
     """(non-zero tiles, all tiles) of one layer's mask."""
-    mats = _matrices(mask)
-    p, rows, cols = mats.shape
-    nr, nc = math.ceil(rows / t1), math.ceil(cols / t2)
-    padded = np.zeros((p, nr * t1, nc * t2), dtype=bool)
-    padded[:, :rows, :cols] = mats
-    nonzero = int(padded.reshape(p, nr, t1, nc, t2).any(axis=(2, 4)).sum())
-    return nonzero, p * nr * nc
+    zero = zero_tile_mask(torch.from_numpy(np.ascontiguousarray(mask)), TileShape(t1, t2))
+    return int(zero.numel() - int(zero.sum())), int(zero.numel())
 
 
 # ------------------------------------------------------------------------------------------
