@@ -60,8 +60,6 @@ void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64*
 
 #if defined(FHEPRUNE_HAVE_AVX512_PATH)
 
-bool ifma_available() { return simd::avx512_available(); }  // F + DQ + IFMA
-
 namespace {
 
 FHEPRUNE_AVX512 void sub_scale_avx512(const u64* c, const u64* t, const MultiplyOperand& w,
@@ -114,7 +112,7 @@ FHEPRUNE_AVX512 void inner_product_ifma(
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
-  if (ifma_available() && q.value() < (u64{1} << 50) && n % 8 == 0 && digits < (1u << 12)) {
+  if (simd::avx512_available() && q.value() < (u64{1} << 50) && n % 8 == 0 && digits < (1u << 12)) {
     inner_product_ifma(x, b, a, digits, n, q, r0, r1);
   } else {
     scalar::inner_product(x, b, a, digits, n, q, r0, r1);
@@ -123,7 +121,7 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
 
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate) {
-  if (ifma_available() && n % 8 == 0) {
+  if (simd::avx512_available() && n % 8 == 0) {
     sub_scale_avx512(c, t, w, q, out, n, accumulate);
   } else {
     scalar::sub_scale(c, t, w, q, out, n, accumulate);
@@ -131,8 +129,6 @@ void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64*
 }
 
 #else
-
-bool ifma_available() { return false; }
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {

@@ -8,9 +8,6 @@
 
 namespace fheprune::ckks::kernels {
 
-// Whether the CPU runs the IFMA kernels (checked once).
-bool ifma_available();
-
 // r0 = sum_d x[d] * b[d], r1 = sum_d x[d] * a[d] (element-wise, mod q), for n coefficients.
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);

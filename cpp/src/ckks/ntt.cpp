@@ -68,13 +68,15 @@ NttTables::NttTables(std::size_t n, const Modulus& q) : n_(n), q_(q) {
       inv_roots_shoup52_[k] = shoup52(inv_roots_[k], qv);
     }
   }
+  inv_n_shoup52_ = shoup52(inv_n_.value, qv);
+  inv_n_root_shoup52_ = shoup52(inv_n_root_.value, qv);
 }
 
-// Radix-2 Cooley-Tukey layers from (m, t) down to t = 1, then full reduction.
-void NttTables::forward_scalar_layers(u64* a, std::size_t m, std::size_t t) const {
+// Radix-2 Cooley-Tukey layers, then full reduction.
+void NttTables::forward_scalar(u64* a) const {
   const u64 q = q_.value();
   const u64 two_q = 2 * q;
-  for (; t >= 1; m <<= 1, t >>= 1) {
+  for (std::size_t m = 1, t = n_ >> 1; t >= 1; m <<= 1, t >>= 1) {
     for (std::size_t i = 0; i < m; ++i) {
       const u64 w = roots_[m + i];
       const u64 ws = roots_shoup_[m + i];
@@ -111,25 +113,25 @@ NttVectorView NttTables::vector_view() const {
                        inv_roots_.data(),
                        ifma ? inv_roots_shoup52_.data() : inv_roots_shoup_.data(),
                        inv_n_.value,
-                       ifma ? shoup52(inv_n_.value, qv) : inv_n_.shoup,
+                       ifma ? inv_n_shoup52_ : inv_n_.shoup,
                        inv_n_root_.value,
-                       ifma ? shoup52(inv_n_root_.value, qv) : inv_n_root_.shoup};
+                       ifma ? inv_n_root_shoup52_ : inv_n_root_.shoup};
 }
 
 void NttTables::forward(u64* a) const {
   if (kernel_ != Kernel::kScalar) {
     forward_avx512(vector_view(), a);
   } else {
-    forward_scalar_layers(a, 1, n_ >> 1);
+    forward_scalar(a);
   }
 }
 
-// Gentleman-Sande layers while t < stop_t (all but the last when stop_t = n/2).
-void NttTables::inverse_scalar_layers(u64* a, std::size_t& m, std::size_t& t, std::size_t& idx,
-                                      std::size_t stop_t) const {
+// Gentleman-Sande layers, the last one with n^-1 folded in.
+void NttTables::inverse_scalar(u64* a) const {
   const u64 q = q_.value();
   const u64 two_q = 2 * q;
-  for (; m > 1 && t < stop_t; m >>= 1, t <<= 1) {
+  std::size_t idx = 0;
+  for (std::size_t m = n_ >> 1, t = 1; m > 1; m >>= 1, t <<= 1) {
     for (std::size_t i = 0; i < m; ++i) {
       const u64 w = inv_roots_[idx];
       const u64 ws = inv_roots_shoup_[idx];
@@ -147,19 +149,6 @@ void NttTables::inverse_scalar_layers(u64* a, std::size_t& m, std::size_t& t, st
       }
     }
   }
-}
-
-void NttTables::inverse(u64* a) const {
-  if (kernel_ != Kernel::kScalar) {
-    inverse_avx512(vector_view(), a);
-    return;
-  }
-  const u64 q = q_.value();
-  const u64 two_q = 2 * q;
-  std::size_t m = n_ >> 1;
-  std::size_t t = 1;
-  std::size_t idx = 0;
-  inverse_scalar_layers(a, m, t, idx, n_);
   // Last layer (m = 1, t = n/2), with the n^-1 scaling folded in.
   const std::size_t half = n_ >> 1;
   for (std::size_t j = 0; j < half; ++j) {
@@ -167,6 +156,14 @@ void NttTables::inverse(u64* a) const {
     const u64 v = a[j + half];
     a[j] = mul_shoup(u + v, inv_n_.value, inv_n_.shoup, q);
     a[j + half] = mul_shoup(u - v + two_q, inv_n_root_.value, inv_n_root_.shoup, q);
+  }
+}
+
+void NttTables::inverse(u64* a) const {
+  if (kernel_ != Kernel::kScalar) {
+    inverse_avx512(vector_view(), a);
+  } else {
+    inverse_scalar(a);
   }
 }
 

@@ -29,7 +29,7 @@ from torch import nn
 from fheprune.layouts import TileShape
 from fheprune.models import build_model
 from fheprune.pruning import PruneConfig, build_scheme, run_scheme
-from fheprune.pruning.pack import tile_zero_fractions
+from fheprune.pruning.pack import DEFAULT_PACK_THRESHOLD, tile_zero_fractions
 from fheprune.pruning.schemes import PermuteFn, SchemeResult
 from fheprune.reporting import machine_info, write_json_atomic
 from fheprune.training import (
@@ -243,12 +243,16 @@ class Experiment:
                 )
                 return new_masks, info
 
-        pack_threshold: float | dict[str, float] = 0.938
+        pack_threshold: float | dict[str, float] = DEFAULT_PACK_THRESHOLD
         pack_scope = "global"
         if spec.conv_pack_threshold is not None:
             pack_scope = "local"
             pack_threshold = {
-                name: (spec.conv_pack_threshold if isinstance(mod, nn.Conv2d) else 0.938)
+                name: (
+                    spec.conv_pack_threshold
+                    if isinstance(mod, nn.Conv2d)
+                    else DEFAULT_PACK_THRESHOLD
+                )
                 for name, mod in model.named_modules()
                 if isinstance(mod, (nn.Conv2d, nn.Linear))
             }

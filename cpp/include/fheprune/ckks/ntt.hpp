@@ -60,13 +60,14 @@ class NttTables {
   // Shoup constants for 52-bit IFMA arithmetic: floor(w * 2^52 / q).
   std::vector<u64> roots_shoup52_;
   std::vector<u64> inv_roots_shoup52_;
+  u64 inv_n_shoup52_ = 0;
+  u64 inv_n_root_shoup52_ = 0;
   Kernel kernel_ = Kernel::kScalar;
   MultiplyOperand inv_n_;
   MultiplyOperand inv_n_root_;    // n^-1 * (last inverse twiddle)
 
-  void forward_scalar_layers(u64* a, std::size_t m, std::size_t t) const;
-  void inverse_scalar_layers(u64* a, std::size_t& m, std::size_t& t, std::size_t& idx,
-                             std::size_t stop_t) const;
+  void forward_scalar(u64* a) const;
+  void inverse_scalar(u64* a) const;
   NttVectorView vector_view() const;
 };
 
