@@ -293,6 +293,7 @@ NB_MODULE(_core, m) {
       case ObjectKind::kGaloisKeys: return std::string("galois_keys");
       case ObjectKind::kEvaluationKeys: return std::string("evaluation_keys");
       case ObjectKind::kSecretKey: return std::string("secret_key");
+      case ObjectKind::kProgram: return std::string("program");
     }
     return std::string("unknown");
   });

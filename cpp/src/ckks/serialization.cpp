@@ -8,6 +8,7 @@
 #include <string>
 
 #include "fheprune/ckks/errors.hpp"
+#include "fheprune/ckks/wire.hpp"
 
 namespace fheprune::ckks {
 
@@ -33,69 +34,13 @@ const char* kind_name(ObjectKind k) {
     case ObjectKind::kGaloisKeys: return "Galois keys";
     case ObjectKind::kEvaluationKeys: return "evaluation keys";
     case ObjectKind::kSecretKey: return "secret key";
+    case ObjectKind::kProgram: return "program";
   }
   return "unknown object";
 }
 
 }  // namespace
 
-namespace detail {
-
-class Writer {
- public:
-  void u16(std::uint16_t v) { raw(&v, 2); }
-  void u64(std::uint64_t v) { raw(&v, 8); }
-  void f64(double v) { raw(&v, 8); }
-  void bytes(const void* p, std::size_t n) { raw(p, n); }
-  void words(const std::vector<std::uint64_t>& v) { raw(v.data(), v.size() * 8); }
-  Bytes& buffer() { return out_; }
-
- private:
-  void raw(const void* p, std::size_t n) {
-    const auto* b = static_cast<const std::uint8_t*>(p);
-    out_.insert(out_.end(), b, b + n);
-  }
-  Bytes out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const std::uint8_t> data) : data_(data) {}
-  std::uint16_t u16() { return read<std::uint16_t>(); }
-  std::uint64_t u64() { return read<std::uint64_t>(); }
-  double f64() { return read<double>(); }
-  void bytes(void* out, std::size_t n) {
-    need(n);
-    std::memcpy(out, data_.data() + pos_, n);
-    pos_ += n;
-  }
-  void words(std::uint64_t* out, std::size_t count) { bytes(out, count * 8); }
-  std::size_t remaining() const { return data_.size() - pos_; }
-  void expect_end() const {
-    if (pos_ != data_.size()) {
-      throw SerializationError("corrupted data: " + std::to_string(data_.size() - pos_) +
-                               " unexpected trailing bytes in the payload");
-    }
-  }
-
- private:
-  template <typename T>
-  T read() {
-    T v;
-    bytes(&v, sizeof v);
-    return v;
-  }
-  void need(std::size_t n) const {
-    if (n > data_.size() - pos_) {
-      throw SerializationError("truncated data: needed " + std::to_string(n) + " more bytes, " +
-                               std::to_string(data_.size() - pos_) + " left");
-    }
-  }
-  std::span<const std::uint8_t> data_;
-  std::size_t pos_ = 0;
-};
-
-}  // namespace detail
 
 namespace {
 
@@ -138,7 +83,7 @@ Opened open(std::span<const std::uint8_t> bytes) {
                              "; this build reads version " + std::to_string(kFormatVersion));
   }
   const std::uint16_t kind = r.u16();
-  if (kind < 1 || kind > 8) {
+  if (kind < 1 || kind > 9) {
     throw SerializationError("corrupted data: unknown object kind " + std::to_string(kind));
   }
   Opened o{static_cast<ObjectKind>(kind), {}, {}};
@@ -466,5 +411,16 @@ SecretKey Serializer::load_secret_key(const Context& ctx, std::span<const std::u
 }
 
 ObjectKind Serializer::peek_kind(std::span<const std::uint8_t> bytes) { return open(bytes).kind; }
+
+Bytes Serializer::seal_envelope(ObjectKind kind, const Fingerprint& fp, const Bytes& payload) {
+  return seal(kind, fp, payload);
+}
+
+std::span<const std::uint8_t> Serializer::open_envelope(std::span<const std::uint8_t> bytes,
+                                                        ObjectKind want, Fingerprint* fp) {
+  Opened o = open_expect(nullptr, bytes, want);
+  if (fp) *fp = o.fingerprint;
+  return o.payload;
+}
 
 }  // namespace fheprune::ckks

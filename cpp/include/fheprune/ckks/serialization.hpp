@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fheprune/ckks/keys.hpp"
+#include "fheprune/ckks/wire.hpp"
 
 namespace fheprune::ckks {
 
@@ -27,6 +28,7 @@ enum class ObjectKind : std::uint16_t {
   kGaloisKeys = 6,
   kEvaluationKeys = 7,
   kSecretKey = 8,
+  kProgram = 9,  // a compiled runtime program (fheprune/runtime/program.hpp)
 };
 
 inline constexpr std::uint16_t kFormatVersion = 1;
@@ -36,7 +38,6 @@ class Reader;
 class Writer;
 }  // namespace detail
 
-using Bytes = std::vector<std::uint8_t>;
 
 class Serializer {
  public:
@@ -65,6 +66,13 @@ class Serializer {
   // Reads just the header: which kind of object the bytes hold (validates magic, version and
   // checksum).
   static ObjectKind peek_kind(std::span<const std::uint8_t> bytes);
+
+  // The envelope (magic, version, kind, fingerprint, length, checksum) around another module's
+  // payload, so every fheprune file is checked the same way. `open_envelope` validates the
+  // header and checksum, that the kind is `want`, and returns the payload and fingerprint.
+  static Bytes seal_envelope(ObjectKind kind, const Fingerprint& fp, const Bytes& payload);
+  static std::span<const std::uint8_t> open_envelope(std::span<const std::uint8_t> bytes,
+                                                     ObjectKind want, Fingerprint* fp);
 
  private:
   static void write(detail::Writer& w, const Ciphertext& ct);

@@ -1,0 +1,181 @@
+// The two backends a program runs on. Both expose the same handful of operations, so the
+// executor's kernels (executor.hpp) are written once and run unchanged on either:
+//
+//  * EngineBackend: the CKKS engine, on ciphertexts, with the server's evaluation keys;
+//  * SlotBackend: a cleartext slot simulator. It holds plain slot vectors but tracks level and
+//    scale exactly like the engine (same primes), and refuses what the engine would refuse
+//    (a rescale with no level left, a rotation without its key, mismatched levels), so a
+//    program that runs here runs encrypted, with the same operation counts.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fheprune/ckks/context.hpp"
+#include "fheprune/ckks/encoder.hpp"
+#include "fheprune/ckks/encryptor.hpp"
+#include "fheprune/ckks/errors.hpp"
+#include "fheprune/ckks/evaluator.hpp"
+#include "fheprune/ckks/keys.hpp"
+
+namespace fheprune::runtime {
+
+class EngineBackend {
+ public:
+  using Ct = ckks::Ciphertext;
+  using Pt = ckks::Plaintext;
+
+  // `keys` must outlive the backend.
+  EngineBackend(ckks::ContextPtr ctx, const ckks::EvaluationKeys& keys)
+      : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_), keys_(keys),
+        encryptor_(ctx_, keys.public_key) {}
+
+  const ckks::Context& context() const { return *ctx_; }
+  std::size_t top_level() const { return ctx_->max_level(); }
+  double default_scale() const { return ctx_->default_scale(); }
+  double prime(std::size_t level) const {
+    return static_cast<double>(ctx_->modulus(level).value());
+  }
+
+  Pt encode(const std::vector<double>& v, std::size_t level, double scale) const {
+    return encoder_.encode(v, scale, level);
+  }
+  // A fresh public-key encryption of a plaintext (constant outputs of pruned-away units).
+  Ct encrypt(const Pt& p) { return encryptor_.encrypt(p); }
+  Ct mul_plain(const Ct& a, const Pt& p) const { return evaluator_.multiply_plain(a, p); }
+  void add_inplace(Ct& a, const Ct& b) const { evaluator_.add_inplace(a, b); }
+  void add_plain_inplace(Ct& a, const Pt& p) const { evaluator_.add_plain_inplace(a, p); }
+  Ct rescale(const Ct& a) const { return evaluator_.rescale(a); }
+  Ct rotate(const Ct& a, long step) const {
+    return evaluator_.rotate(a, step, keys_.galois_keys);
+  }
+  std::vector<Ct> rotate_hoisted(const Ct& a, const std::vector<long>& steps) const {
+    return evaluator_.rotate_hoisted(a, steps, keys_.galois_keys);
+  }
+  Ct square(const Ct& a) const { return evaluator_.multiply_relin(a, a, keys_.relin_key); }
+  std::size_t level(const Ct& a) const { return a.level(); }
+  double scale(const Ct& a) const { return a.scale(); }
+  static std::size_t bytes(const Pt& p) { return p.data().size() * sizeof(ckks::u64); }
+  static std::size_t bytes(const Ct& c) { return c.data().size() * sizeof(ckks::u64); }
+
+ private:
+  ckks::ContextPtr ctx_;
+  ckks::Encoder encoder_;
+  ckks::Evaluator evaluator_;
+  const ckks::EvaluationKeys& keys_;
+  ckks::Encryptor encryptor_;
+};
+
+class SlotBackend {
+ public:
+  struct Value {
+    std::vector<double> slots;
+    std::size_t level = 0;
+    double scale = 1.0;
+  };
+  using Ct = Value;
+  using Pt = Value;
+
+  // `rotation_keys`: the steps a server would hold keys for; rotating by another step fails
+  // like the engine does.
+  SlotBackend(ckks::ContextPtr ctx, std::vector<long> rotation_keys)
+      : ctx_(std::move(ctx)) {
+    for (long s : rotation_keys) keys_.insert(normalize(s));
+  }
+
+  const ckks::Context& context() const { return *ctx_; }
+  std::size_t top_level() const { return ctx_->max_level(); }
+  double default_scale() const { return ctx_->default_scale(); }
+  double prime(std::size_t level) const {
+    return static_cast<double>(ctx_->modulus(level).value());
+  }
+
+  Pt encode(const std::vector<double>& v, std::size_t level, double scale) const {
+    if (v.size() > ctx_->slots()) throw ckks::EncodingError("too many values for the slots");
+    Value out{v, level, scale};
+    out.slots.resize(ctx_->slots(), 0.0);
+    return out;
+  }
+  Ct encrypt(const Pt& p) const { return p; }
+  Ct mul_plain(const Ct& a, const Pt& p) const {
+    if (p.level < a.level) {
+      throw ckks::LevelError("plaintext at level " + std::to_string(p.level) +
+                             " is below the ciphertext's level " + std::to_string(a.level));
+    }
+    Value out = a;
+    for (std::size_t i = 0; i < out.slots.size(); ++i) out.slots[i] *= p.slots[i];
+    out.scale = a.scale * p.scale;
+    return out;
+  }
+  void add_inplace(Ct& a, const Ct& b) const {
+    check_same(a, b, "add");
+    for (std::size_t i = 0; i < a.slots.size(); ++i) a.slots[i] += b.slots[i];
+  }
+  void add_plain_inplace(Ct& a, const Pt& p) const {
+    if (p.level < a.level || !same_scale(a.scale, p.scale)) {
+      throw ckks::ScaleError("add_plain: plaintext level/scale does not match the ciphertext");
+    }
+    for (std::size_t i = 0; i < a.slots.size(); ++i) a.slots[i] += p.slots[i];
+  }
+  Ct rescale(const Ct& a) const {
+    if (a.level == 0) {
+      throw ckks::LevelError("cannot rescale a ciphertext at level 0: the program needs more "
+                             "levels than the parameters give");
+    }
+    Value out = a;
+    out.scale = a.scale / prime(a.level);
+    out.level = a.level - 1;
+    return out;
+  }
+  Ct rotate(const Ct& a, long step) const {
+    const long s = normalize(step);
+    if (s != 0 && keys_.count(s) == 0) {
+      throw ckks::MissingKeyError("no Galois key for rotation step " + std::to_string(step));
+    }
+    Value out = a;
+    const std::size_t n = a.slots.size();
+    for (std::size_t i = 0; i < n; ++i) out.slots[i] = a.slots[(i + static_cast<std::size_t>(s)) % n];
+    return out;
+  }
+  std::vector<Ct> rotate_hoisted(const Ct& a, const std::vector<long>& steps) const {
+    std::vector<Ct> out;
+    out.reserve(steps.size());
+    for (long s : steps) out.push_back(rotate(a, s));
+    return out;
+  }
+  Ct square(const Ct& a) const {
+    Value out = a;
+    for (double& v : out.slots) v *= v;
+    out.scale = a.scale * a.scale;
+    return out;
+  }
+  std::size_t level(const Ct& a) const { return a.level; }
+  double scale(const Ct& a) const { return a.scale; }
+  // What the engine object would occupy (N words per prime per component).
+  std::size_t bytes(const Pt& p) const { return (p.level + 1) * ctx_->poly_degree() * 8; }
+
+ private:
+  long normalize(long step) const {
+    const long n = static_cast<long>(ctx_->slots());
+    return ((step % n) + n) % n;
+  }
+  static bool same_scale(double a, double b) { return std::abs(a - b) <= 1e-9 * std::max(a, b); }
+  void check_same(const Ct& a, const Ct& b, const char* op) const {
+    if (a.level != b.level) {
+      throw ckks::LevelError(std::string(op) + ": operands at levels " + std::to_string(a.level) +
+                             " and " + std::to_string(b.level));
+    }
+    if (!same_scale(a.scale, b.scale)) {
+      throw ckks::ScaleError(std::string(op) + ": operand scales differ");
+    }
+  }
+
+  ckks::ContextPtr ctx_;
+  std::set<long> keys_;
+};
+
+}  // namespace fheprune::runtime

@@ -1,0 +1,33 @@
+// The cost model: what the executor will do, counted from the program alone (no backend), and
+// the lower bounds it is measured against (DESIGN.md, "lower bounds"). Tests hold these counts
+// equal to the ones the executor records; latency and memory predictions multiply them by
+// per-operation timings measured on the machine (fheprune.runtime.cost in Python).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "fheprune/runtime/executor.hpp"
+#include "fheprune/runtime/program.hpp"
+
+namespace fheprune::runtime {
+
+struct LayerCost {
+  std::string name;
+  std::string kind;             // "tile", "diagonal", "square"
+  std::size_t level = 0;        // level of the layer's input ciphertexts
+  OpCounts ops;                 // per group of samples
+  std::size_t units = 0;        // non-zero units kept (tiles or diagonals)
+  std::size_t total_units = 0;  // all units of the dense layer
+  double rotation_lower_bound = 0.0;
+  std::size_t mul_plain_lower_bound = 0;
+  std::size_t plaintexts = 0;   // plaintexts the server stores for this layer
+  std::size_t plaintext_bytes = 0;
+};
+
+// Counts per group of samples (tile: t_batch samples; diagonal: one sample), for inputs at
+// `input_level` (the top level of the parameters the program runs under).
+std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_level);
+
+}  // namespace fheprune::runtime

@@ -1,0 +1,351 @@
+// Runs a Program on a backend (EngineBackend: ciphertexts; SlotBackend: the cleartext slot
+// simulator). The kernels below are the only place the layouts turn into operations, and they
+// skip every unit the program does not hold: a zero weight tile costs nothing, an output tile
+// with no live unit costs no rotation, a diagonal outside the set costs nothing.
+//
+// Level schedule: inputs arrive at the backend's top level with the default scale Delta.
+// Weight plaintexts at level l are encoded at scale q_l, so product + rescale keeps the scale;
+// every plaintext is encoded once, when the executor is built (the server's set-up), at the
+// exact level and scale it will meet.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fheprune/runtime/backends.hpp"
+#include "fheprune/runtime/program.hpp"
+
+namespace fheprune::runtime {
+
+struct OpCounts {
+  std::uint64_t mul_plain = 0;
+  std::uint64_t add = 0;        // ciphertext + ciphertext
+  std::uint64_t add_plain = 0;
+  std::uint64_t rotate = 0;     // every rotated ciphertext (hoisted ones included)
+  std::uint64_t rescale = 0;
+  std::uint64_t multiply = 0;   // ciphertext x ciphertext
+  std::uint64_t relinearize = 0;
+  std::uint64_t encrypt = 0;    // constants of pruned-away outputs, encrypted by the server
+
+  OpCounts& operator+=(const OpCounts& o) {
+    mul_plain += o.mul_plain;
+    add += o.add;
+    add_plain += o.add_plain;
+    rotate += o.rotate;
+    rescale += o.rescale;
+    multiply += o.multiply;
+    relinearize += o.relinearize;
+    encrypt += o.encrypt;
+    return *this;
+  }
+  OpCounts scaled(std::uint64_t k) const {
+    OpCounts o = *this;
+    o.mul_plain *= k, o.add *= k, o.add_plain *= k, o.rotate *= k, o.rescale *= k;
+    o.multiply *= k, o.relinearize *= k, o.encrypt *= k;
+    return o;
+  }
+  bool operator==(const OpCounts&) const = default;
+};
+
+struct LayerStats {
+  std::string name;
+  OpCounts ops;
+  double seconds = 0.0;
+};
+
+struct RunStats {
+  std::vector<LayerStats> layers;
+  std::size_t peak_ciphertexts = 0;       // ciphertexts the executor held at once
+  std::size_t peak_ciphertext_bytes = 0;  // their size at the levels they were held
+  OpCounts total() const {
+    OpCounts t;
+    for (const auto& l : layers) t += l.ops;
+    return t;
+  }
+};
+
+std::string layer_name(const Layer& layer);
+
+template <class Backend>
+class Executor {
+ public:
+  using Ct = typename Backend::Ct;
+  using Pt = typename Backend::Pt;
+
+  Executor(const Program& program, Backend& backend) : program_(program), backend_(backend) {
+    prepare();
+  }
+
+  std::size_t plaintext_bytes() const { return plaintext_bytes_; }
+  std::size_t plaintext_count() const { return plaintext_count_; }
+  std::size_t input_level() const { return input_level_; }
+
+  // `inputs`: input_ciphertexts() per group of samples, group after group, all at the top level
+  // with the default scale. Returns output_ciphertexts() per group; nullopt = known zero.
+  std::vector<std::optional<Ct>> run(const std::vector<Ct>& inputs, RunStats* stats = nullptr) {
+    const std::size_t per_group = program_.input_ciphertexts();
+    if (inputs.empty() || inputs.size() % per_group != 0) {
+      throw CompileError("the program takes " + std::to_string(per_group) +
+                         " input ciphertexts per group of samples, got " +
+                         std::to_string(inputs.size()));
+    }
+    for (const Ct& c : inputs) {
+      if (backend_.level(c) != input_level_) {
+        throw ckks::LevelError("input ciphertext at level " + std::to_string(backend_.level(c)) +
+                               ", the program expects inputs at level " +
+                               std::to_string(input_level_) + " (encrypt at the top level)");
+      }
+    }
+    RunStats local;
+    RunStats& st = stats ? *stats : local;
+    st = RunStats{};
+    for (const Layer& l : program_.layers()) st.layers.push_back({layer_name(l), {}, 0.0});
+    std::vector<std::optional<Ct>> outputs;
+    for (std::size_t g = 0; g < inputs.size() / per_group; ++g) {
+      std::vector<std::optional<Ct>> x(inputs.begin() + static_cast<long>(g * per_group),
+                                       inputs.begin() + static_cast<long>((g + 1) * per_group));
+      for (std::size_t i = 0; i < program_.layers().size(); ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        x = run_layer(i, std::move(x), st, st.layers[i].ops);
+        st.layers[i].seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+      for (auto& c : x) outputs.push_back(std::move(c));
+    }
+    return outputs;
+  }
+
+ private:
+  struct Prepared {
+    std::vector<Pt> units;                 // aligned with the layer's units
+    std::vector<std::optional<Pt>> bias;   // tile: per out tile; diagonal: one
+    std::optional<Pt> mask;                // tile rebuild
+  };
+
+  void prepare() {
+    const std::size_t need = program_.levels();
+    const std::size_t top = backend_.top_level();
+    if (need > top) {
+      throw ckks::LevelError("the program needs " + std::to_string(need) +
+                             " levels but the parameters give " + std::to_string(top) +
+                             " (chain of " + std::to_string(top + 1) +
+                             " primes); add primes or choose a larger ring degree");
+    }
+    input_level_ = top;
+    std::size_t level = top;
+    double scale = backend_.default_scale();
+    const std::size_t slots = program_.slots();
+    for (const Layer& layer : program_.layers()) {
+      Prepared p;
+      if (const auto* t = std::get_if<TileLinear>(&layer)) {
+        if (t->rebuild_input) {
+          std::vector<double> mask(slots, 0.0);
+          const TileShape3& s = program_.tile_shape();
+          for (std::size_t i = 0; i < s.outer; ++i) {
+            for (std::size_t k = 0; k < s.batch; ++k) mask[i * s.inner * s.batch + k] = 1.0;
+          }
+          p.mask = encode(mask, level, backend_.prime(level));
+          scale = scale * backend_.prime(level) / backend_.prime(level);
+          --level;
+        }
+        const double q = backend_.prime(level);
+        for (const TileUnit& u : t->units) p.units.push_back(encode(u.values, level, q));
+        scale = scale * q / q;
+        --level;
+        for (std::size_t ot = 0; ot < t->bias_nonzero.size(); ++ot) {
+          p.bias.push_back(t->bias_nonzero[ot] ? std::optional<Pt>(encode(t->bias[ot], level, scale))
+                                               : std::nullopt);
+        }
+      } else if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
+        const double q = backend_.prime(level);
+        for (const DiagonalUnit& u : d->units) p.units.push_back(encode(u.values, level, q));
+        scale = scale * q / q;
+        --level;
+        if (!d->bias.empty()) p.bias.push_back(encode(d->bias, level, scale));
+      } else {
+        scale = scale * scale / backend_.prime(level);
+        --level;
+      }
+      prepared_.push_back(std::move(p));
+    }
+  }
+
+  Pt encode(const std::vector<double>& v, std::size_t level, double scale) {
+    Pt p = backend_.encode(v, level, scale);
+    plaintext_bytes_ += backend_.bytes(p);
+    ++plaintext_count_;
+    return p;
+  }
+
+  void note_held(RunStats& st, std::size_t count, std::size_t level) const {
+    if (count > st.peak_ciphertexts) {
+      st.peak_ciphertexts = count;
+      st.peak_ciphertext_bytes = count * 2 * (level + 1) * program_.parameters().poly_degree * 8;
+    }
+  }
+
+  static std::size_t live(const std::vector<std::optional<Ct>>& v) {
+    std::size_t n = 0;
+    for (const auto& c : v) n += c.has_value();
+    return n;
+  }
+
+  // Sum over `extent` slots spaced `stride` apart, by log2(extent) rotate-and-adds. A negative
+  // stride replicates instead (after a mask).
+  void rotate_and_add(Ct& c, std::size_t extent, long stride, OpCounts& ops) {
+    for (std::size_t m = 1; m < extent; m <<= 1) {
+      Ct r = backend_.rotate(c, stride * static_cast<long>(m));
+      backend_.add_inplace(c, r);
+      ++ops.rotate;
+      ++ops.add;
+    }
+  }
+
+  std::vector<std::optional<Ct>> run_layer(std::size_t index, std::vector<std::optional<Ct>> x,
+                                           RunStats& st, OpCounts& ops) {
+    const Layer& layer = program_.layers()[index];
+    Prepared& prep = prepared_[index];
+    if (const auto* t = std::get_if<TileLinear>(&layer)) return run_tile(*t, prep, std::move(x), st, ops);
+    if (const auto* d = std::get_if<DiagonalLinear>(&layer)) return run_diagonal(*d, prep, std::move(x), st, ops);
+    for (auto& c : x) {
+      if (!c) continue;
+      Ct sq = backend_.square(*c);
+      ++ops.multiply;
+      ++ops.relinearize;
+      c = backend_.rescale(sq);
+      ++ops.rescale;
+    }
+    return x;
+  }
+
+  std::vector<std::optional<Ct>> run_tile(const TileLinear& t, Prepared& prep,
+                                          std::vector<std::optional<Ct>> x, RunStats& st,
+                                          OpCounts& ops) {
+    const TileShape3& s = program_.tile_shape();
+    if (t.rebuild_input) {
+      for (auto& c : x) {
+        if (!c) continue;
+        c = backend_.rescale(backend_.mul_plain(*c, *prep.mask));
+        ++ops.mul_plain;
+        ++ops.rescale;
+        rotate_and_add(*c, s.inner, -static_cast<long>(s.batch), ops);
+      }
+    }
+    const bool outer = t.sum == SumDim::kOuter;
+    const std::size_t extent = outer ? s.outer : s.inner;
+    const long stride = static_cast<long>(outer ? s.inner * s.batch : s.batch);
+    const std::size_t held_in = live(x);
+    std::vector<std::optional<Ct>> y(t.out_tiles);
+    std::size_t u = 0, held_out = 0;
+    for (std::size_t ot = 0; ot < t.out_tiles; ++ot) {
+      std::optional<Ct> acc;
+      for (; u < t.units.size() && t.units[u].out_tile == ot; ++u) {
+        const auto& in = x[t.units[u].in_tile];
+        if (!in) continue;
+        Ct prod = backend_.mul_plain(*in, prep.units[u]);
+        ++ops.mul_plain;
+        if (acc) {
+          backend_.add_inplace(*acc, prod);
+          ++ops.add;
+        } else {
+          acc = std::move(prod);
+        }
+        note_held(st, held_in + held_out + 2, backend_.level(*acc));
+      }
+      if (acc) {
+        acc = backend_.rescale(*acc);
+        ++ops.rescale;
+        rotate_and_add(*acc, extent, stride, ops);
+        if (prep.bias[ot]) {
+          backend_.add_plain_inplace(*acc, *prep.bias[ot]);
+          ++ops.add_plain;
+        }
+      } else if (prep.bias[ot]) {
+        acc = backend_.encrypt(*prep.bias[ot]);
+        ++ops.encrypt;
+      }
+      held_out += acc.has_value();
+      y[ot] = std::move(acc);
+    }
+    return y;
+  }
+
+  std::vector<std::optional<Ct>> run_diagonal(const DiagonalLinear& d, Prepared& prep,
+                                              std::vector<std::optional<Ct>> x, RunStats& st,
+                                              OpCounts& ops) {
+    std::vector<std::optional<Ct>> y(1);
+    if (!x[0] || d.units.empty()) {  // zero input or no diagonal: only the bias remains
+      if (!prep.bias.empty()) {
+        y[0] = backend_.encrypt(*prep.bias[0]);
+        ++ops.encrypt;
+      }
+      return y;
+    }
+    const std::size_t n1 = d.baby;
+    // Baby steps: one hoisted batch of rotations of the input.
+    std::vector<long> steps;
+    for (const DiagonalUnit& u : d.units) {
+      const long b = static_cast<long>(u.index % n1);
+      if (b != 0 && std::find(steps.begin(), steps.end(), b) == steps.end()) steps.push_back(b);
+    }
+    std::sort(steps.begin(), steps.end());
+    std::map<long, Ct> baby;
+    if (!steps.empty()) {
+      std::vector<Ct> rotated = backend_.rotate_hoisted(*x[0], steps);
+      ops.rotate += steps.size();
+      for (std::size_t i = 0; i < steps.size(); ++i) baby.emplace(steps[i], std::move(rotated[i]));
+    }
+    note_held(st, baby.size() + 3, backend_.level(*x[0]));
+    std::optional<Ct> total;
+    std::size_t u = 0;
+    while (u < d.units.size()) {
+      const std::size_t giant = d.units[u].index / n1;
+      std::optional<Ct> acc;
+      for (; u < d.units.size() && d.units[u].index / n1 == giant; ++u) {
+        const long b = static_cast<long>(d.units[u].index % n1);
+        const Ct& src = b == 0 ? *x[0] : baby.at(b);
+        Ct prod = backend_.mul_plain(src, prep.units[u]);
+        ++ops.mul_plain;
+        if (acc) {
+          backend_.add_inplace(*acc, prod);
+          ++ops.add;
+        } else {
+          acc = std::move(prod);
+        }
+      }
+      Ct block = backend_.rescale(*acc);
+      ++ops.rescale;
+      if (giant != 0) {
+        block = backend_.rotate(block, static_cast<long>(giant * n1));
+        ++ops.rotate;
+      }
+      if (total) {
+        backend_.add_inplace(*total, block);
+        ++ops.add;
+      } else {
+        total = std::move(block);
+      }
+    }
+    if (d.n_out < d.n_in) rotate_and_add(*total, d.n_in / d.n_out, static_cast<long>(d.n_out), ops);
+    if (!prep.bias.empty()) {
+      backend_.add_plain_inplace(*total, *prep.bias[0]);
+      ++ops.add_plain;
+    }
+    y[0] = std::move(total);
+    return y;
+  }
+
+  const Program& program_;
+  Backend& backend_;
+  std::vector<Prepared> prepared_;
+  std::size_t plaintext_bytes_ = 0;
+  std::size_t plaintext_count_ = 0;
+  std::size_t input_level_ = 0;
+};
+
+}  // namespace fheprune::runtime

@@ -1,0 +1,158 @@
+// A compiled program: the packed, pruned form of a network that the executor runs.
+//
+// A program is a chain of layers over one of two layouts. Each linear layer keeps only its
+// non-zero *units* (a weight tile, or a generalized diagonal); the executor never touches the
+// others, and the cost model counts exactly what the executor will do (runtime/cost.hpp).
+//
+// Tile layout (HE-PEx / HElayers tile tensors with a batch dimension). A ciphertext holds one
+// tile of shape [t_outer, t_inner, t_batch], t_outer * t_inner * t_batch = slots; slot
+// (i, j, k) sits at index (i * t_inner + j) * t_batch + k. A linear layer sums over one tile
+// dimension by rotate-and-add:
+//   * kOuter: input features along i (replicated along j), outputs along j, replicated along i
+//     afterwards (the sum over the outermost dimension is a full cyclic sum);
+//   * kInner: input features along j (replicated along i), outputs along i, valid at j = 0
+//     only (other j hold partial sums).
+// Orientations alternate so one layer's output is the next layer's input; after a kInner
+// layer the next layer first *rebuilds* its input (mask j = 0, one level, then replicate along
+// j by rotate-and-add). Samples of a batch sit along k: every sample costs the same work.
+//
+// Diagonal layout (single sample; Halevi-Shoup with baby-step giant-step, hybrid rectangular
+// method). A vector of n features (n a power of two) is replicated with period n across all
+// slots. A layer n_in -> n_out (both powers of two after padding) keeps the non-zero
+// generalized diagonals d_k, k < min(n_in, n_out), d_k[r] = W[r mod n_out, (r + k) mod n_in],
+// and computes y = sum_k d_k * rot(x, k) in baby steps (hoisted) and giant steps; for
+// n_out < n_in a final log2(n_in / n_out) rotate-and-adds fold the result to period n_out.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "fheprune/ckks/errors.hpp"
+#include "fheprune/ckks/parameters.hpp"
+#include "fheprune/ckks/wire.hpp"
+
+namespace fheprune::runtime {
+
+// A network the compiler cannot lower (unsupported layer, shapes that do not fit the slots, a
+// non-power-of-two tile...). The message names the problem and what would work.
+class CompileError : public ckks::FheError {
+ public:
+  using ckks::FheError::FheError;
+};
+
+enum class Layout : std::uint16_t { kTile = 1, kDiagonal = 2 };
+enum class SumDim : std::uint16_t { kOuter = 0, kInner = 1 };
+
+struct TileShape3 {
+  std::size_t outer = 0, inner = 0, batch = 0;
+  std::size_t slots() const { return outer * inner * batch; }
+};
+
+// One non-zero weight tile: `values` is the full slot vector of its plaintext.
+struct TileUnit {
+  std::uint32_t out_tile = 0;
+  std::uint32_t in_tile = 0;
+  std::vector<double> values;
+};
+
+struct TileLinear {
+  std::string name;
+  std::size_t in_features = 0, out_features = 0;
+  std::size_t in_tiles = 0, out_tiles = 0;
+  SumDim sum = SumDim::kOuter;
+  bool rebuild_input = false;        // mask + replicate the inputs first (after a kInner layer)
+  std::vector<TileUnit> units;       // sorted by (out_tile, in_tile); zero tiles absent
+  std::vector<std::vector<double>> bias;  // per out tile, a slot vector; empty: no bias
+  std::vector<std::uint8_t> bias_nonzero;  // per out tile
+  std::vector<double> weight, bias_source;  // the dense source [out][in] and [out] (files)
+};
+
+struct DiagonalUnit {
+  std::uint32_t index = 0;       // k
+  std::vector<double> values;    // d_k, already rotated right by its giant step
+};
+
+struct DiagonalLinear {
+  std::string name;
+  std::size_t in_features = 0, out_features = 0;  // real sizes
+  std::size_t n_in = 0, n_out = 0;                // padded powers of two
+  std::size_t baby = 1;                           // n1: k = baby * giant + b
+  std::vector<DiagonalUnit> units;                // non-zero diagonals, sorted by k
+  std::vector<double> bias;                       // slot vector (period n_out); empty: none
+  std::vector<double> weight, bias_source;        // the dense source [out][in] and [out]
+};
+
+// x -> x^2 on every live ciphertext (the compiler folds a*x^2 + b*x + c's constants into the
+// neighbouring linear layers).
+struct Square {
+  std::string name;
+};
+
+using Layer = std::variant<TileLinear, DiagonalLinear, Square>;
+
+class Program {
+ public:
+  Program() = default;
+  // A tile-layout program; t_outer * t_inner * t_batch must equal the slots of `params`.
+  static Program tile(const ckks::Parameters& params, TileShape3 shape, std::size_t in_features);
+  // A diagonal-layout program for one sample per ciphertext.
+  static Program diagonal(const ckks::Parameters& params, std::size_t in_features);
+
+  // Append layers in forward order. `weight` is row-major [out][in], `bias` has `out` entries
+  // (empty: none). Zero tiles / diagonals are dropped here.
+  void add_linear(const std::string& name, std::size_t out_features, std::size_t in_features,
+                  std::span<const double> weight, std::span<const double> bias);
+  void add_square(const std::string& name);
+
+  Layout layout() const { return layout_; }
+  const ckks::Parameters& parameters() const { return params_; }
+  std::size_t slots() const { return params_.poly_degree / 2; }
+  const TileShape3& tile_shape() const { return tile_; }
+  const std::vector<Layer>& layers() const { return layers_; }
+  std::size_t in_features() const { return in_features_; }
+  std::size_t out_features() const;
+  // Samples per group of input ciphertexts: t_batch (tile) or 1 (diagonal).
+  std::size_t samples_per_group() const;
+  // Input / output ciphertexts per group of samples.
+  std::size_t input_ciphertexts() const;
+  std::size_t output_ciphertexts() const;
+
+  // Multiplicative depth: the ciphertext level the inputs must be encrypted at.
+  std::size_t levels() const;
+  // Every rotation step the executor performs, sorted: the exact Galois key set.
+  std::vector<long> rotation_steps() const;
+  // Which input tiles of layer `i` can be non-zero (tile layout; all true for the first).
+  std::vector<std::uint8_t> live_inputs(std::size_t layer) const;
+
+  // Client side: samples [count][in_features] (row-major) -> slot vectors, group by group
+  // (input_ciphertexts() per group); and back: slot vectors -> [count][out_features].
+  std::vector<std::vector<double>> pack_inputs(std::span<const double> samples,
+                                               std::size_t count) const;
+  std::vector<double> unpack_outputs(const std::vector<std::vector<double>>& slots,
+                                     std::size_t count) const;
+
+  ckks::Bytes save() const;
+  static Program load(std::span<const std::uint8_t> bytes);
+
+ private:
+  void add_tile_linear(const std::string& name, std::size_t out, std::size_t in,
+                       std::span<const double> w, std::span<const double> b);
+  void add_diagonal_linear(const std::string& name, std::size_t out, std::size_t in,
+                           std::span<const double> w, std::span<const double> b);
+  std::size_t current_features() const;
+
+  Layout layout_ = Layout::kTile;
+  ckks::Parameters params_;
+  TileShape3 tile_;
+  std::size_t in_features_ = 0;
+  std::vector<Layer> layers_;
+};
+
+// The output orientation of tile layer `index` (which tile dim holds its outputs).
+inline bool outputs_on_outer(const TileLinear& l) { return l.sum == SumDim::kInner; }
+
+}  // namespace fheprune::runtime

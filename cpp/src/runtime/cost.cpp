@@ -1,0 +1,117 @@
+#include "fheprune/runtime/cost.hpp"
+
+#include <bit>
+#include <cmath>
+#include <set>
+
+namespace fheprune::runtime {
+
+namespace {
+
+std::size_t log2_floor(std::size_t v) { return v ? std::bit_width(v) - 1 : 0; }
+
+}  // namespace
+
+std::string layer_name(const Layer& layer) {
+  return std::visit([](const auto& l) { return l.name; }, layer);
+}
+
+std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_level) {
+  std::vector<LayerCost> out;
+  const std::size_t n = program.parameters().poly_degree;
+  const TileShape3& s = program.tile_shape();
+  if (program.levels() > input_level) {
+    throw ckks::LevelError("the program needs " + std::to_string(program.levels()) +
+                           " levels but the inputs start at level " + std::to_string(input_level));
+  }
+  std::size_t level = input_level;
+  for (std::size_t i = 0; i < program.layers().size(); ++i) {
+    const Layer& layer = program.layers()[i];
+    LayerCost c;
+    c.name = layer_name(layer);
+    c.level = level;
+    const std::vector<std::uint8_t> live_in = program.live_inputs(i);
+    if (const auto* t = std::get_if<TileLinear>(&layer)) {
+      c.kind = "tile";
+      std::size_t live = 0;
+      for (auto v : live_in) live += v;
+      if (t->rebuild_input) {
+        // Mask (one plaintext, one level) then replicate along j.
+        c.ops.mul_plain += live;
+        c.ops.rescale += live;
+        c.ops.rotate += live * log2_floor(s.inner);
+        c.ops.add += live * log2_floor(s.inner);
+        c.rotation_lower_bound += static_cast<double>(live * log2_floor(s.inner));
+        c.plaintexts += 1;
+        c.plaintext_bytes += (level + 1) * n * 8;
+        --level;
+      }
+      const std::size_t extent = t->sum == SumDim::kOuter ? s.outer : s.inner;
+      std::vector<std::size_t> per_out(t->out_tiles, 0);
+      for (const TileUnit& u : t->units) per_out[u.out_tile] += live_in[u.in_tile];
+      for (std::size_t ot = 0; ot < t->out_tiles; ++ot) {
+        const std::size_t k = per_out[ot];
+        if (k > 0) {
+          c.ops.mul_plain += k;
+          c.ops.add += k - 1 + log2_floor(extent);
+          c.ops.rescale += 1;
+          c.ops.rotate += log2_floor(extent);
+          c.ops.add_plain += t->bias_nonzero[ot];
+          // Summing `extent` slots needs at least log2(extent) rotations.
+          c.rotation_lower_bound += static_cast<double>(log2_floor(extent));
+          c.mul_plain_lower_bound += k;
+        } else if (t->bias_nonzero[ot]) {
+          c.ops.encrypt += 1;
+        }
+      }
+      c.units = t->units.size();
+      c.total_units = t->in_tiles * t->out_tiles;
+      std::size_t bias_count = 0;
+      for (auto b : t->bias_nonzero) bias_count += b;
+      c.plaintexts += t->units.size() + bias_count;
+      c.plaintext_bytes += t->units.size() * (level + 1) * n * 8 + bias_count * level * n * 8;
+      --level;
+    } else if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
+      c.kind = "diagonal";
+      c.units = d->units.size();
+      c.total_units = std::min(d->n_in, d->n_out);
+      const std::size_t nd = d->units.size();
+      if (live_in[0] && nd > 0) {
+        std::set<std::size_t> baby, giant;
+        for (const DiagonalUnit& u : d->units) {
+          if (u.index % d->baby) baby.insert(u.index % d->baby);
+          giant.insert(u.index / d->baby);
+        }
+        const std::size_t giant_rot = giant.size() - giant.count(0);
+        const std::size_t hybrid = d->n_out < d->n_in ? log2_floor(d->n_in / d->n_out) : 0;
+        c.ops.mul_plain = nd;
+        c.ops.rotate = baby.size() + giant_rot + hybrid;
+        c.ops.rescale = giant.size();
+        // Sums inside each giant block, then across blocks, then the hybrid fold.
+        c.ops.add = (nd - giant.size()) + (giant.size() - 1) + hybrid;
+        c.ops.add_plain = d->bias.empty() ? 0 : 1;
+        c.rotation_lower_bound =
+            std::max(0.0, 2.0 * std::sqrt(static_cast<double>(nd)) - 2.0) + static_cast<double>(hybrid);
+        c.mul_plain_lower_bound = nd;
+      } else if (!d->bias.empty()) {
+        c.ops.encrypt = 1;
+      }
+      const std::size_t bias_count = d->bias.empty() ? 0 : 1;
+      c.plaintexts = nd + bias_count;
+      c.plaintext_bytes = nd * (level + 1) * n * 8 + bias_count * level * n * 8;
+      --level;
+    } else {
+      c.kind = "square";
+      std::size_t live = 0;
+      for (auto v : live_in) live += v;
+      c.ops.multiply = live;
+      c.ops.relinearize = live;
+      c.ops.rescale = live;
+      --level;
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace fheprune::runtime

@@ -1,0 +1,566 @@
+#include "fheprune/runtime/program.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <set>
+#include <string>
+
+#include "fheprune/ckks/serialization.hpp"
+
+namespace fheprune::runtime {
+
+namespace {
+
+using ckks::Bytes;
+
+std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
+std::size_t log2_exact(std::size_t v) { return static_cast<std::size_t>(std::countr_zero(v)); }
+bool pow2(std::size_t v) { return v != 0 && std::has_single_bit(v); }
+
+std::size_t slots_of(const ckks::Parameters& params) {
+  params.validate();
+  return params.poly_degree / 2;
+}
+
+void check_values(std::span<const double> v, const std::string& what) {
+  for (double x : v) {
+    if (!std::isfinite(x)) throw CompileError(what + " holds a NaN or infinite value");
+  }
+}
+
+std::size_t layer_levels(const Layer& layer) {
+  if (const auto* t = std::get_if<TileLinear>(&layer)) return t->rebuild_input ? 2 : 1;
+  return 1;
+}
+
+const TileLinear* last_tile_linear(const std::vector<Layer>& layers) {
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    if (const auto* t = std::get_if<TileLinear>(&*it)) return t;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Program Program::tile(const ckks::Parameters& params, TileShape3 shape, std::size_t in_features) {
+  const std::size_t slots = slots_of(params);
+  if (!pow2(shape.outer) || !pow2(shape.inner) || !pow2(shape.batch)) {
+    throw CompileError("tile dimensions must be powers of two (rotate-and-add halves them), got [" +
+                       std::to_string(shape.outer) + ", " + std::to_string(shape.inner) + ", " +
+                       std::to_string(shape.batch) + "]");
+  }
+  if (shape.slots() != slots) {
+    throw CompileError("a tile [" + std::to_string(shape.outer) + ", " +
+                       std::to_string(shape.inner) + ", " + std::to_string(shape.batch) +
+                       "] holds " + std::to_string(shape.slots()) + " values but a ciphertext has " +
+                       std::to_string(slots) + " slots (N/2); choose t_batch = slots / (t1 * t2)");
+  }
+  if (in_features == 0) throw CompileError("a program needs at least one input feature");
+  Program p;
+  p.layout_ = Layout::kTile;
+  p.params_ = params;
+  p.tile_ = shape;
+  p.in_features_ = in_features;
+  return p;
+}
+
+Program Program::diagonal(const ckks::Parameters& params, std::size_t in_features) {
+  const std::size_t slots = slots_of(params);
+  if (in_features == 0) throw CompileError("a program needs at least one input feature");
+  if (std::bit_ceil(in_features) > slots) {
+    throw CompileError(std::to_string(in_features) + " input features do not fit " +
+                       std::to_string(slots) + " slots (the diagonal layout pads to " +
+                       std::to_string(std::bit_ceil(in_features)) +
+                       "); use a larger ring degree or the tile layout");
+  }
+  Program p;
+  p.layout_ = Layout::kDiagonal;
+  p.params_ = params;
+  p.in_features_ = in_features;
+  return p;
+}
+
+std::size_t Program::current_features() const {
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    if (const auto* t = std::get_if<TileLinear>(&*it)) return t->out_features;
+    if (const auto* d = std::get_if<DiagonalLinear>(&*it)) return d->out_features;
+  }
+  return in_features_;
+}
+
+std::size_t Program::out_features() const { return current_features(); }
+
+void Program::add_linear(const std::string& name, std::size_t out, std::size_t in,
+                         std::span<const double> w, std::span<const double> b) {
+  if (in != current_features()) {
+    throw CompileError("layer '" + name + "' takes " + std::to_string(in) +
+                       " inputs but the previous layer produces " +
+                       std::to_string(current_features()));
+  }
+  if (out == 0) throw CompileError("layer '" + name + "' has no outputs");
+  if (w.size() != out * in) {
+    throw CompileError("layer '" + name + "': weight has " + std::to_string(w.size()) +
+                       " values, expected out*in = " + std::to_string(out * in));
+  }
+  if (!b.empty() && b.size() != out) {
+    throw CompileError("layer '" + name + "': bias has " + std::to_string(b.size()) +
+                       " values, expected " + std::to_string(out));
+  }
+  check_values(w, "layer '" + name + "' weight");
+  check_values(b, "layer '" + name + "' bias");
+  if (layout_ == Layout::kTile) {
+    add_tile_linear(name, out, in, w, b);
+  } else {
+    add_diagonal_linear(name, out, in, w, b);
+  }
+}
+
+void Program::add_square(const std::string& name) { layers_.push_back(Square{name}); }
+
+void Program::add_tile_linear(const std::string& name, std::size_t out, std::size_t in,
+                              std::span<const double> w, std::span<const double> b) {
+  TileLinear l;
+  l.name = name;
+  l.in_features = in;
+  l.out_features = out;
+  const TileLinear* prev = last_tile_linear(layers_);
+  // Alternate orientations; the first layer sums over the outer dimension (the client packs
+  // its features along i, replicated along j).
+  l.sum = (prev == nullptr || prev->sum == SumDim::kInner) ? SumDim::kOuter : SumDim::kInner;
+  l.rebuild_input = prev != nullptr && prev->sum == SumDim::kInner;
+  const bool outer = l.sum == SumDim::kOuter;
+  const std::size_t t_in = outer ? tile_.outer : tile_.inner;
+  const std::size_t t_out = outer ? tile_.inner : tile_.outer;
+  l.in_tiles = ceil_div(in, t_in);
+  l.out_tiles = ceil_div(out, t_out);
+  const std::size_t to = tile_.outer, ti = tile_.inner, tb = tile_.batch;
+  const std::size_t slots = tile_.slots();
+
+  for (std::size_t ot = 0; ot < l.out_tiles; ++ot) {
+    for (std::size_t it = 0; it < l.in_tiles; ++it) {
+      bool nonzero = false;
+      for (std::size_t r = ot * t_out; r < std::min(out, (ot + 1) * t_out) && !nonzero; ++r) {
+        for (std::size_t c = it * t_in; c < std::min(in, (it + 1) * t_in); ++c) {
+          if (w[r * in + c] != 0.0) {
+            nonzero = true;
+            break;
+          }
+        }
+      }
+      if (!nonzero) continue;
+      TileUnit u;
+      u.out_tile = static_cast<std::uint32_t>(ot);
+      u.in_tile = static_cast<std::uint32_t>(it);
+      u.values.assign(slots, 0.0);
+      for (std::size_t i = 0; i < to; ++i) {
+        for (std::size_t j = 0; j < ti; ++j) {
+          // Output row along the output dimension, input column along the summed one.
+          const std::size_t r = ot * t_out + (outer ? j : i);
+          const std::size_t c = it * t_in + (outer ? i : j);
+          const double v = (r < out && c < in) ? w[r * in + c] : 0.0;
+          if (v == 0.0) continue;
+          double* dst = u.values.data() + (i * ti + j) * tb;
+          std::fill(dst, dst + tb, v);
+        }
+      }
+      l.units.push_back(std::move(u));
+    }
+  }
+  l.bias_nonzero.assign(l.out_tiles, 0);
+  if (!b.empty()) {
+    l.bias.assign(l.out_tiles, {});
+    for (std::size_t ot = 0; ot < l.out_tiles; ++ot) {
+      std::vector<double>& v = l.bias[ot];
+      v.assign(slots, 0.0);
+      for (std::size_t i = 0; i < to; ++i) {
+        for (std::size_t j = 0; j < ti; ++j) {
+          const std::size_t r = ot * t_out + (outer ? j : i);
+          const double x = r < out ? b[r] : 0.0;
+          if (x != 0.0) l.bias_nonzero[ot] = 1;
+          double* dst = v.data() + (i * ti + j) * tb;
+          std::fill(dst, dst + tb, x);
+        }
+      }
+    }
+  }
+  l.weight.assign(w.begin(), w.end());
+  l.bias_source.assign(b.begin(), b.end());
+  layers_.push_back(std::move(l));
+}
+
+void Program::add_diagonal_linear(const std::string& name, std::size_t out, std::size_t in,
+                                  std::span<const double> w, std::span<const double> b) {
+  const std::size_t slots = this->slots();
+  DiagonalLinear l;
+  l.name = name;
+  l.in_features = in;
+  l.out_features = out;
+  l.n_in = std::bit_ceil(in);
+  l.n_out = std::bit_ceil(out);
+  if (std::max(l.n_in, l.n_out) > slots) {
+    throw CompileError("layer '" + name + "' (" + std::to_string(in) + " -> " +
+                       std::to_string(out) + ", padded to " + std::to_string(l.n_in) + " -> " +
+                       std::to_string(l.n_out) + ") does not fit " + std::to_string(slots) +
+                       " slots; use a larger ring degree or the tile layout");
+  }
+  const std::size_t k_count = std::min(l.n_in, l.n_out);
+  // Which generalized diagonals have a non-zero entry.
+  std::vector<std::size_t> present;
+  const std::size_t span_len = std::max(l.n_in, l.n_out);
+  for (std::size_t k = 0; k < k_count; ++k) {
+    for (std::size_t r = 0; r < span_len; ++r) {
+      const std::size_t row = r % l.n_out, col = (r + k) % l.n_in;
+      if (row < out && col < in && w[row * in + col] != 0.0) {
+        present.push_back(k);
+        break;
+      }
+    }
+  }
+  // Baby-step size for this set of diagonals: fewest rotations (ties: the smaller n1).
+  std::size_t best = 1, best_cost = std::numeric_limits<std::size_t>::max();
+  for (std::size_t n1 = 1; n1 <= std::max<std::size_t>(k_count, 1); ++n1) {
+    std::set<std::size_t> baby, giant;
+    for (std::size_t k : present) {
+      if (k % n1) baby.insert(k % n1);
+      if (k / n1) giant.insert(k / n1);
+    }
+    const std::size_t cost = baby.size() + giant.size();
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = n1;
+    }
+  }
+  l.baby = best;
+  for (std::size_t k : present) {
+    DiagonalUnit u;
+    u.index = static_cast<std::uint32_t>(k);
+    u.values.assign(slots, 0.0);
+    const std::size_t shift = (k / best) * best;  // rotate right by the giant step
+    for (std::size_t r = 0; r < slots; ++r) {
+      const std::size_t row = r % l.n_out, col = (r + k) % l.n_in;
+      const double v = (row < out && col < in) ? w[row * in + col] : 0.0;
+      u.values[(r + shift) % slots] = v;
+    }
+    l.units.push_back(std::move(u));
+  }
+  if (!b.empty() && std::any_of(b.begin(), b.end(), [](double x) { return x != 0.0; })) {
+    l.bias.assign(slots, 0.0);
+    for (std::size_t r = 0; r < slots; ++r) {
+      const std::size_t row = r % l.n_out;
+      l.bias[r] = row < out ? b[row] : 0.0;
+    }
+  }
+  l.weight.assign(w.begin(), w.end());
+  l.bias_source.assign(b.begin(), b.end());
+  layers_.push_back(std::move(l));
+}
+
+std::size_t Program::samples_per_group() const {
+  return layout_ == Layout::kTile ? tile_.batch : 1;
+}
+
+std::size_t Program::input_ciphertexts() const {
+  return layout_ == Layout::kTile ? ceil_div(in_features_, tile_.outer) : 1;
+}
+
+std::size_t Program::output_ciphertexts() const {
+  if (layout_ == Layout::kDiagonal) return 1;
+  const TileLinear* last = last_tile_linear(layers_);
+  return last ? last->out_tiles : input_ciphertexts();
+}
+
+std::size_t Program::levels() const {
+  std::size_t total = 0;
+  for (const Layer& l : layers_) total += layer_levels(l);
+  return total;
+}
+
+std::vector<long> Program::rotation_steps() const {
+  std::set<long> steps;
+  const auto add_halvings = [&](std::size_t extent, std::size_t stride, long sign) {
+    for (std::size_t m = 0; m < log2_exact(extent); ++m) {
+      steps.insert(sign * static_cast<long>(stride << m));
+    }
+  };
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (const auto* t = std::get_if<TileLinear>(&layers_[i])) {
+      const auto live_in = live_inputs(i);
+      if (t->rebuild_input && std::count(live_in.begin(), live_in.end(), 1) > 0) {
+        add_halvings(tile_.inner, tile_.batch, -1);
+      }
+      bool any_out = false;
+      for (const TileUnit& u : t->units) any_out = any_out || live_in[u.in_tile];
+      if (any_out) {
+        if (t->sum == SumDim::kOuter) {
+          add_halvings(tile_.outer, tile_.inner * tile_.batch, 1);
+        } else {
+          add_halvings(tile_.inner, tile_.batch, 1);
+        }
+      }
+    } else if (const auto* d = std::get_if<DiagonalLinear>(&layers_[i])) {
+      for (const DiagonalUnit& u : d->units) {
+        if (u.index % d->baby) steps.insert(static_cast<long>(u.index % d->baby));
+        if (u.index / d->baby) steps.insert(static_cast<long>((u.index / d->baby) * d->baby));
+      }
+      if (!d->units.empty() && d->n_out < d->n_in) add_halvings(d->n_in / d->n_out, d->n_out, 1);
+    }
+  }
+  return {steps.begin(), steps.end()};
+}
+
+std::vector<std::uint8_t> Program::live_inputs(std::size_t layer) const {
+  if (layer >= layers_.size()) throw CompileError("layer index out of range");
+  if (layout_ == Layout::kDiagonal) {
+    // One ciphertext; it is zero after a layer with no diagonal and no bias.
+    bool live = true;
+    for (std::size_t i = 0; i < layer; ++i) {
+      if (const auto* d = std::get_if<DiagonalLinear>(&layers_[i])) {
+        live = (live && !d->units.empty()) || !d->bias.empty();
+      }
+    }
+    return {static_cast<std::uint8_t>(live)};
+  }
+  // Walk forward: a tile output is live when any of its units reads a live input, or its bias
+  // is non-zero (then the executor encrypts the constant).
+  std::vector<std::uint8_t> live(input_ciphertexts(), 1);
+  for (std::size_t i = 0; i < layer; ++i) {
+    const auto* t = std::get_if<TileLinear>(&layers_[i]);
+    if (!t) continue;
+    std::vector<std::uint8_t> next(t->out_tiles, 0);
+    for (const TileUnit& u : t->units) {
+      if (live[u.in_tile]) next[u.out_tile] = 1;
+    }
+    for (std::size_t ot = 0; ot < t->out_tiles; ++ot) {
+      if (t->bias_nonzero[ot]) next[ot] = 1;
+    }
+    live = std::move(next);
+  }
+  return live;
+}
+
+std::vector<std::vector<double>> Program::pack_inputs(std::span<const double> samples,
+                                                      std::size_t count) const {
+  if (samples.size() != count * in_features_) {
+    throw CompileError("inputs hold " + std::to_string(samples.size()) + " values, expected " +
+                       std::to_string(count) + " samples x " + std::to_string(in_features_) +
+                       " features");
+  }
+  check_values(samples, "the inputs");
+  const std::size_t slots = this->slots();
+  std::vector<std::vector<double>> out;
+  if (layout_ == Layout::kDiagonal) {
+    const std::size_t period = std::bit_ceil(in_features_);
+    for (std::size_t s = 0; s < count; ++s) {
+      std::vector<double> v(slots, 0.0);
+      for (std::size_t r = 0; r < slots; ++r) {
+        const std::size_t f = r % period;
+        if (f < in_features_) v[r] = samples[s * in_features_ + f];
+      }
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+  const std::size_t to = tile_.outer, ti = tile_.inner, tb = tile_.batch;
+  const std::size_t groups = ceil_div(count, tb);
+  for (std::size_t g = 0; g < groups; ++g) {
+    for (std::size_t it = 0; it < input_ciphertexts(); ++it) {
+      std::vector<double> v(slots, 0.0);
+      for (std::size_t i = 0; i < to; ++i) {
+        const std::size_t f = it * to + i;
+        if (f >= in_features_) break;
+        for (std::size_t k = 0; k < tb && g * tb + k < count; ++k) {
+          const double x = samples[(g * tb + k) * in_features_ + f];
+          for (std::size_t j = 0; j < ti; ++j) v[(i * ti + j) * tb + k] = x;
+        }
+      }
+      out.push_back(std::move(v));
+    }
+  }
+  return out;
+}
+
+std::vector<double> Program::unpack_outputs(const std::vector<std::vector<double>>& slots,
+                                            std::size_t count) const {
+  const std::size_t nout = out_features();
+  const std::size_t per_group = output_ciphertexts();
+  const std::size_t groups = ceil_div(count, samples_per_group());
+  if (slots.size() != groups * per_group) {
+    throw CompileError("got " + std::to_string(slots.size()) + " output slot vectors, expected " +
+                       std::to_string(groups * per_group) + " for " + std::to_string(count) +
+                       " samples");
+  }
+  for (const auto& v : slots) {
+    if (v.size() != this->slots()) {
+      throw CompileError("an output slot vector has " + std::to_string(v.size()) +
+                         " values, expected " + std::to_string(this->slots()));
+    }
+  }
+  std::vector<double> y(count * nout, 0.0);
+  if (layout_ == Layout::kDiagonal) {
+    for (std::size_t s = 0; s < count; ++s) {
+      for (std::size_t o = 0; o < nout; ++o) y[s * nout + o] = slots[s][o];
+    }
+    return y;
+  }
+  const std::size_t ti = tile_.inner, tb = tile_.batch;
+  const TileLinear* last = last_tile_linear(layers_);
+  const bool on_outer = last == nullptr || outputs_on_outer(*last);
+  const std::size_t t_out = on_outer ? tile_.outer : tile_.inner;
+  for (std::size_t g = 0; g < groups; ++g) {
+    for (std::size_t ot = 0; ot < per_group; ++ot) {
+      const std::vector<double>& v = slots[g * per_group + ot];
+      for (std::size_t e = 0; e < t_out; ++e) {
+        const std::size_t o = ot * t_out + e;
+        if (o >= nout) break;
+        // Outputs along i sit at j = 0; outputs along j are replicated over i (read i = 0).
+        const std::size_t base = on_outer ? e * ti * tb : e * tb;
+        for (std::size_t k = 0; k < tb && g * tb + k < count; ++k) {
+          y[(g * tb + k) * nout + o] = v[base + k];
+        }
+      }
+    }
+  }
+  return y;
+}
+
+// ---- Files: the layout and every layer's dense source; loading recompiles them, so a loaded
+// program satisfies every invariant the builder enforces. ----
+
+namespace {
+
+constexpr std::uint64_t kMaxLayers = 4096;
+constexpr std::uint64_t kMaxName = 256;
+constexpr std::uint64_t kMaxValues = std::uint64_t{1} << 28;
+
+void write_string(ckks::detail::Writer& w, const std::string& s) {
+  w.u64(s.size());
+  w.bytes(s.data(), s.size());
+}
+
+std::string read_string(ckks::detail::Reader& r) {
+  const std::uint64_t n = r.u64();
+  if (n > kMaxName) throw ckks::SerializationError("corrupted program: layer name too long");
+  std::string s(n, '\0');
+  r.bytes(s.data(), n);
+  return s;
+}
+
+std::vector<double> read_values(ckks::detail::Reader& r, std::uint64_t expected, const char* what) {
+  const std::uint64_t n = r.u64();
+  if (n > kMaxValues || (n != expected && !(n == 0 && std::string(what) == "bias"))) {
+    throw ckks::SerializationError(std::string("corrupted program: ") + what + " holds " +
+                                   std::to_string(n) + " values, expected " +
+                                   std::to_string(expected));
+  }
+  if (r.remaining() < n * 8) throw ckks::SerializationError("truncated program data");
+  std::vector<double> v(n);
+  r.f64s(v.data(), n);
+  return v;
+}
+
+std::uint64_t read_bounded(ckks::detail::Reader& r, std::uint64_t lo, std::uint64_t hi, const char* what) {
+  const std::uint64_t v = r.u64();
+  if (v < lo || v > hi) {
+    throw ckks::SerializationError(std::string("corrupted program: ") + what + " = " +
+                                   std::to_string(v) + " is outside [" + std::to_string(lo) +
+                                   ", " + std::to_string(hi) + "]");
+  }
+  return v;
+}
+
+}  // namespace
+
+Bytes Program::save() const {
+  ckks::detail::Writer w;
+  const Bytes params = ckks::Serializer::save(params_);
+  w.u64(params.size());
+  w.bytes(params.data(), params.size());
+  w.u16(static_cast<std::uint16_t>(layout_));
+  w.u64(tile_.outer);
+  w.u64(tile_.inner);
+  w.u64(tile_.batch);
+  w.u64(in_features_);
+  w.u64(layers_.size());
+  for (const Layer& layer : layers_) {
+    if (const auto* sq = std::get_if<Square>(&layer)) {
+      w.u16(3);
+      write_string(w, sq->name);
+      continue;
+    }
+    const bool tile = std::holds_alternative<TileLinear>(layer);
+    const auto& name = tile ? std::get<TileLinear>(layer).name : std::get<DiagonalLinear>(layer).name;
+    const auto& weight =
+        tile ? std::get<TileLinear>(layer).weight : std::get<DiagonalLinear>(layer).weight;
+    const auto& bias = tile ? std::get<TileLinear>(layer).bias_source
+                            : std::get<DiagonalLinear>(layer).bias_source;
+    const std::size_t out =
+        tile ? std::get<TileLinear>(layer).out_features : std::get<DiagonalLinear>(layer).out_features;
+    w.u16(1);
+    write_string(w, name);
+    w.u64(out);
+    w.u64(weight.size());
+    w.f64s(weight);
+    w.u64(bias.size());
+    w.f64s(bias);
+  }
+  return ckks::Serializer::seal_envelope(ckks::ObjectKind::kProgram, ckks::Fingerprint{},
+                                         w.buffer());
+}
+
+Program Program::load(std::span<const std::uint8_t> bytes) {
+  const auto payload =
+      ckks::Serializer::open_envelope(bytes, ckks::ObjectKind::kProgram, nullptr);
+  ckks::detail::Reader r(payload);
+  const std::uint64_t params_len = read_bounded(r, 1, 1 << 16, "parameter block length");
+  if (r.remaining() < params_len) throw ckks::SerializationError("truncated program data");
+  Bytes params_bytes(params_len);
+  r.bytes(params_bytes.data(), params_len);
+  const ckks::Parameters params = ckks::Serializer::load_parameters(params_bytes);
+  const std::uint16_t layout = r.u16();
+  const std::size_t slots = params.poly_degree / 2;
+  TileShape3 shape;
+  shape.outer = read_bounded(r, 0, slots, "tile outer");
+  shape.inner = read_bounded(r, 0, slots, "tile inner");
+  shape.batch = read_bounded(r, 0, slots, "tile batch");
+  const std::uint64_t in_features = read_bounded(r, 1, kMaxValues, "input features");
+  try {
+    Program p;
+    if (layout == static_cast<std::uint16_t>(Layout::kTile)) {
+      p = Program::tile(params, shape, in_features);
+    } else if (layout == static_cast<std::uint16_t>(Layout::kDiagonal)) {
+      p = Program::diagonal(params, in_features);
+    } else {
+      throw ckks::SerializationError("corrupted program: unknown layout " +
+                                     std::to_string(layout));
+    }
+    const std::uint64_t layers = read_bounded(r, 0, kMaxLayers, "layer count");
+    for (std::uint64_t i = 0; i < layers; ++i) {
+      const std::uint16_t kind = r.u16();
+      const std::string name = read_string(r);
+      if (kind == 3) {
+        p.add_square(name);
+        continue;
+      }
+      if (kind != 1) {
+        throw ckks::SerializationError("corrupted program: unknown layer kind " +
+                                       std::to_string(kind));
+      }
+      const std::size_t in = p.current_features();
+      const std::uint64_t out = read_bounded(r, 1, kMaxValues / std::max<std::size_t>(in, 1),
+                                             "output features");
+      const std::vector<double> weight = read_values(r, out * in, "weight");
+      const std::vector<double> bias = read_values(r, out, "bias");
+      p.add_linear(name, out, in, weight, bias);
+    }
+    r.expect_end();
+    return p;
+  } catch (const CompileError& e) {
+    throw ckks::SerializationError(std::string("corrupted program: ") + e.what());
+  } catch (const ckks::ParameterError& e) {
+    throw ckks::SerializationError(std::string("corrupted program: ") + e.what());
+  }
+}
+
+}  // namespace fheprune::runtime
