@@ -46,6 +46,8 @@ nb::bytes id_bytes(const A& id) { return nb::bytes(reinterpret_cast<const char*>
 
 // Pruning kernels (co-permutation clustering) live in pruning.cpp.
 void bind_pruning(nb::module_& m);
+// Programs, executors and the cost model live in runtime.cpp.
+void bind_runtime(nb::module_& m);
 
 NB_MODULE(_core, m) {
   m.doc() = "fheprune CKKS engine (C++ core)";
@@ -282,6 +284,7 @@ NB_MODULE(_core, m) {
   });
   m.def("load_secret_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_secret_key(c, as_span(b)); });
   bind_pruning(m);
+  bind_runtime(m);
 
   m.def("peek_kind", [](const nb::bytes& b) {
     switch (Serializer::peek_kind(as_span(b))) {

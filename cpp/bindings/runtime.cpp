@@ -1,0 +1,264 @@
+// Bindings of the runtime: programs, the engine executor and the slot simulator, the cost model.
+// Arrays in and out are numpy float64; runs release the GIL.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "fheprune/ckks/ckks.hpp"
+#include "fheprune/runtime/cost.hpp"
+#include "fheprune/runtime/executor.hpp"
+#include "fheprune/runtime/program.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+namespace ck = fheprune::ckks;
+namespace rt = fheprune::runtime;
+
+namespace {
+
+using Matrix = nb::ndarray<nb::numpy, const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Vector = nb::ndarray<nb::numpy, const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutMatrix = nb::ndarray<nb::numpy, double, nb::ndim<2>>;
+using release_gil = nb::call_guard<nb::gil_scoped_release>;
+
+OutMatrix to_matrix(std::vector<double>&& v, std::size_t rows, std::size_t cols) {
+  auto* heap = new std::vector<double>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
+  return OutMatrix(heap->data(), {rows, cols}, owner);
+}
+
+OutMatrix rows_to_matrix(const std::vector<std::vector<double>>& rows, std::size_t cols) {
+  std::vector<double> flat;
+  flat.reserve(rows.size() * cols);
+  for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  return to_matrix(std::move(flat), rows.size(), cols);
+}
+
+std::vector<std::vector<double>> matrix_rows(const Matrix& m) {
+  std::vector<std::vector<double>> rows(m.shape(0));
+  for (std::size_t i = 0; i < m.shape(0); ++i) {
+    rows[i].assign(m.data() + i * m.shape(1), m.data() + (i + 1) * m.shape(1));
+  }
+  return rows;
+}
+
+nb::dict ops_dict(const rt::OpCounts& o) {
+  nb::dict d;
+  d["mul_plain"] = o.mul_plain;
+  d["add"] = o.add;
+  d["add_plain"] = o.add_plain;
+  d["rotate"] = o.rotate;
+  d["rescale"] = o.rescale;
+  d["multiply"] = o.multiply;
+  d["relinearize"] = o.relinearize;
+  d["encrypt"] = o.encrypt;
+  return d;
+}
+
+nb::dict stats_dict(const rt::RunStats& s) {
+  nb::list layers;
+  for (const auto& l : s.layers) {
+    nb::dict d;
+    d["name"] = l.name;
+    d["ops"] = ops_dict(l.ops);
+    d["seconds"] = l.seconds;
+    layers.append(d);
+  }
+  nb::dict out;
+  out["layers"] = layers;
+  out["ops"] = ops_dict(s.total());
+  out["peak_ciphertexts"] = s.peak_ciphertexts;
+  out["peak_ciphertext_bytes"] = s.peak_ciphertext_bytes;
+  return out;
+}
+
+// Owns what the executor refers to: the program copy, the backend (which refers to the keys;
+// the Python object keeps the keys alive).
+struct EngineRun {
+  rt::Program program;
+  rt::EngineBackend backend;
+  rt::Executor<rt::EngineBackend> exec;
+  EngineRun(rt::Program p, ck::ContextPtr ctx, const ck::EvaluationKeys& keys)
+      : program(std::move(p)), backend(std::move(ctx), keys), exec(program, backend) {}
+};
+
+struct SimRun {
+  rt::Program program;
+  rt::SlotBackend backend;
+  rt::Executor<rt::SlotBackend> exec;
+  SimRun(rt::Program p, ck::ContextPtr ctx, std::vector<long> keys)
+      : program(std::move(p)), backend(std::move(ctx), std::move(keys)), exec(program, backend) {}
+};
+
+std::string layout_name(rt::Layout l) { return l == rt::Layout::kTile ? "tile" : "diagonal"; }
+
+}  // namespace
+
+void bind_runtime(nb::module_& m) {
+  nb::exception<rt::CompileError>(m, "CompileError", m.attr("FheError").ptr());
+
+  nb::class_<rt::Program>(m, "Program",
+                          "A compiled network: only its non-zero units, in a tile or diagonal "
+                          "layout (see fheprune/runtime/program.hpp).")
+      .def_static(
+          "tile",
+          [](const ck::Parameters& p, std::size_t outer, std::size_t inner, std::size_t batch,
+             std::size_t in_features) {
+            return rt::Program::tile(p, {outer, inner, batch}, in_features);
+          },
+          "parameters"_a, "t_outer"_a, "t_inner"_a, "t_batch"_a, "in_features"_a)
+      .def_static("diagonal", &rt::Program::diagonal, "parameters"_a, "in_features"_a)
+      .def(
+          "add_linear",
+          [](rt::Program& p, const std::string& name, const Matrix& w, std::optional<Vector> b) {
+            std::span<const double> bias;
+            if (b) bias = {b->data(), b->shape(0)};
+            p.add_linear(name, w.shape(0), w.shape(1), {w.data(), w.shape(0) * w.shape(1)}, bias);
+          },
+          "name"_a, "weight"_a, "bias"_a = nb::none())
+      .def("add_square", &rt::Program::add_square, "name"_a)
+      .def_prop_ro("layout", [](const rt::Program& p) { return layout_name(p.layout()); })
+      .def_prop_ro("parameters", &rt::Program::parameters)
+      .def_prop_ro("slots", &rt::Program::slots)
+      .def_prop_ro("tile_shape",
+                   [](const rt::Program& p) {
+                     const auto& s = p.tile_shape();
+                     return std::make_tuple(s.outer, s.inner, s.batch);
+                   })
+      .def_prop_ro("in_features", &rt::Program::in_features)
+      .def_prop_ro("out_features", &rt::Program::out_features)
+      .def_prop_ro("samples_per_group", &rt::Program::samples_per_group)
+      .def_prop_ro("input_ciphertexts", &rt::Program::input_ciphertexts)
+      .def_prop_ro("output_ciphertexts", &rt::Program::output_ciphertexts)
+      .def_prop_ro("levels", &rt::Program::levels)
+      .def("rotation_steps", &rt::Program::rotation_steps)
+      .def(
+          "pack_inputs",
+          [](const rt::Program& p, const Matrix& x) {
+            if (x.shape(1) != p.in_features()) {
+              throw rt::CompileError("inputs have " + std::to_string(x.shape(1)) +
+                                     " features, the program takes " +
+                                     std::to_string(p.in_features()));
+            }
+            auto rows = p.pack_inputs({x.data(), x.shape(0) * x.shape(1)}, x.shape(0));
+            return rows_to_matrix(rows, p.slots());
+          },
+          "samples"_a, "Samples [count, in_features] -> slot vectors [ciphertexts, slots].")
+      .def(
+          "unpack_outputs",
+          [](const rt::Program& p, const Matrix& slots, std::size_t count) {
+            auto y = p.unpack_outputs(matrix_rows(slots), count);
+            return to_matrix(std::move(y), count, p.out_features());
+          },
+          "slots"_a, "count"_a)
+      .def("save", [](const rt::Program& p) {
+        const auto b = p.save();
+        return nb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+      })
+      .def_static("load",
+                  [](const nb::bytes& b) {
+                    return rt::Program::load(
+                        {reinterpret_cast<const std::uint8_t*>(b.c_str()), b.size()});
+                  })
+      .def(
+          "cost",
+          [](const rt::Program& p, std::optional<std::size_t> input_level) {
+            const std::size_t level = input_level.value_or(p.parameters().chain_bits.size() - 1);
+            nb::list out;
+            for (const auto& c : rt::estimate_cost(p, level)) {
+              nb::dict d;
+              d["name"] = c.name;
+              d["kind"] = c.kind;
+              d["level"] = c.level;
+              d["ops"] = ops_dict(c.ops);
+              d["units"] = c.units;
+              d["total_units"] = c.total_units;
+              d["rotation_lower_bound"] = c.rotation_lower_bound;
+              d["mul_plain_lower_bound"] = c.mul_plain_lower_bound;
+              d["plaintexts"] = c.plaintexts;
+              d["plaintext_bytes"] = c.plaintext_bytes;
+              out.append(d);
+            }
+            return out;
+          },
+          "input_level"_a = nb::none(),
+          "Per layer and per group of samples: the operations the executor will perform, the "
+          "lower bounds, and the plaintexts it stores.");
+
+  nb::class_<EngineRun>(m, "EngineExecutor",
+                        "Runs a program on ciphertexts with the server's evaluation keys. "
+                        "Encodes every plaintext once, here.")
+      .def(
+          "__init__",
+          [](EngineRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
+             const ck::EvaluationKeys& keys) {
+            if (p.parameters().poly_degree != ctx->poly_degree() ||
+                p.parameters().chain_bits != ctx->parameters().chain_bits ||
+                p.parameters().special_bits != ctx->parameters().special_bits) {
+              throw ck::MismatchError("the program was compiled for " + p.parameters().describe() +
+                                      " but the context has " + ctx->parameters().describe());
+            }
+            if (keys.galois_keys.params() != ctx->fingerprint()) {
+              throw ck::MismatchError("the evaluation keys were made under different parameters "
+                                      "than this context");
+            }
+            new (r) EngineRun(p, std::move(ctx), keys);
+          },
+          "program"_a, "context"_a, "evaluation_keys"_a, nb::keep_alive<1, 4>(), release_gil())
+      .def_prop_ro("plaintext_bytes", [](const EngineRun& r) { return r.exec.plaintext_bytes(); })
+      .def_prop_ro("plaintext_count", [](const EngineRun& r) { return r.exec.plaintext_count(); })
+      .def(
+          "run",
+          [](EngineRun& r, const std::vector<ck::Ciphertext>& inputs) {
+            rt::RunStats stats;
+            std::vector<std::optional<ck::Ciphertext>> out;
+            {
+              nb::gil_scoped_release release;
+              out = r.exec.run(inputs, &stats);
+            }
+            return std::make_tuple(std::move(out), stats_dict(stats));
+          },
+          "inputs"_a,
+          "Returns (outputs, stats): output ciphertexts (None = known zero) and the counts, "
+          "per-layer times and peak ciphertexts of this run.");
+
+  nb::class_<SimRun>(m, "SimulatedExecutor",
+                     "Runs the very same program on plain slot vectors (same units, rotations, "
+                     "levels and scales as the engine).")
+      .def(
+          "__init__",
+          [](SimRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
+             std::optional<std::vector<long>> rotation_keys) {
+            new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()));
+          },
+          "program"_a, "context"_a, "rotation_keys"_a = nb::none())
+      .def_prop_ro("plaintext_bytes", [](const SimRun& r) { return r.exec.plaintext_bytes(); })
+      .def(
+          "run",
+          [](SimRun& r, const Matrix& inputs) {
+            std::vector<rt::SlotBackend::Ct> in;
+            for (auto& row : matrix_rows(inputs)) {
+              in.push_back(r.backend.encode(row, r.backend.top_level(), r.backend.default_scale()));
+            }
+            rt::RunStats stats;
+            std::vector<std::vector<double>> rows;
+            {
+              nb::gil_scoped_release release;
+              for (auto& c : r.exec.run(in, &stats)) {
+                rows.push_back(c ? c->slots : std::vector<double>(r.program.slots(), 0.0));
+              }
+            }
+            return std::make_tuple(rows_to_matrix(rows, r.program.slots()), stats_dict(stats));
+          },
+          "inputs"_a, "Slot vectors [ciphertexts, slots] -> (slot vectors, stats).");
+}

@@ -1,0 +1,33 @@
+"""The encrypted runtime: compile pruned models into packed CKKS programs, run, measure.
+
+* :func:`compile_model` (compiler.py): torch model -> folded chain -> parameters -> Program;
+* :class:`Client` / :class:`Server` (roles.py): keys, encryption and files on one side,
+  ciphertext-only computation on the other;
+* :mod:`fheprune.runtime.cost`: counts, lower bounds and calibrated latency predictions.
+
+The C++ core (``fheprune._core``) holds the Program, the executor and the slot simulator.
+"""
+
+from fheprune._core import CompileError, EngineExecutor, Program, SimulatedExecutor
+
+from .compiler import CompiledModel, compile_model, fold_activations, lower_model
+from .params import ParameterChoice, choose_parameters, max_levels
+from .roles import Client, ClientSpec, Server, SpecError
+
+__all__ = [
+    "Client",
+    "ClientSpec",
+    "CompileError",
+    "CompiledModel",
+    "EngineExecutor",
+    "ParameterChoice",
+    "Program",
+    "Server",
+    "SimulatedExecutor",
+    "SpecError",
+    "choose_parameters",
+    "compile_model",
+    "fold_activations",
+    "lower_model",
+    "max_levels",
+]

@@ -1,0 +1,318 @@
+"""Compile a (pruned, permuted) PyTorch model into a packed CKKS program.
+
+The pipeline reads like the method:
+
+1. **lower**: walk the model in forward order into a chain of dense linear layers and
+   polynomial activations (anything else is a ``CompileError`` naming the layer and the
+   supported list);
+2. **fold**: make every activation a bare square by moving its constants into the
+   neighbouring linear layers: ``a*x^2 + b*x + c = a*(x + b/2a)^2 + (c - b^2/4a)``, so the
+   shift joins the previous bias and ``a`` and the constant join the next layer; an affine
+   activation (``a = 0``) disappears into the next layer entirely. One level per activation;
+3. **choose parameters** (dry run): the program's depth and slot needs pick the smallest
+   secure ring (:mod:`fheprune.runtime.params`), reported before any key exists;
+4. **pack**: the C++ ``Program`` cuts every weight into the layout's units (tiles, or
+   diagonals) and keeps only the non-zero ones; its rotation steps are the exact Galois key set.
+
+The client-side permutations from HE-PEx's co-permutation travel with the compiled model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fheprune import _core
+from fheprune.models.activations import PolyActivation
+
+from .params import ParameterChoice, choose_parameters
+
+__all__ = [
+    "CompileError",
+    "CompiledModel",
+    "LayoutName",
+    "LinearStep",
+    "SquareStep",
+    "SUPPORTED_LAYERS",
+    "compile_model",
+    "fold_activations",
+    "lower_model",
+]
+
+log = logging.getLogger(__name__)
+
+CompileError = _core.CompileError
+LayoutName = Literal["tile", "diagonal"]
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+SUPPORTED_LAYERS = (
+    "nn.Linear",
+    "nn.Flatten (before the first linear layer)",
+    "nn.Identity",
+    "polynomial activations (Square, TanhPoly2, TrainablePoly: a*x^2 + b*x + c)",
+)
+
+
+@dataclass
+class LinearStep:
+    name: str
+    weight: FloatArray  # [out, in]
+    bias: FloatArray  # [out]
+
+
+@dataclass
+class SquareStep:
+    name: str
+
+
+@dataclass
+class _PolyStep:
+    name: str
+    a: float
+    b: float
+    c: float
+
+
+Step = LinearStep | SquareStep
+
+
+def _unsupported(name: str, module: nn.Module) -> CompileError:
+    return CompileError(
+        f"layer '{name}' ({type(module).__name__}) is not supported by the packed runtime; "
+        f"supported: {', '.join(SUPPORTED_LAYERS)}"
+    )
+
+
+def lower_model(model: nn.Module) -> list[LinearStep | _PolyStep]:
+    """The model's forward chain as dense linear layers and polynomial activations."""
+    steps: list[LinearStep | _PolyStep] = []
+    children = list(model.named_children()) if isinstance(model, nn.Sequential) else []
+    if not children:
+        raise CompileError(
+            f"the compiler takes an nn.Sequential chain of layers, got {type(model).__name__}"
+        )
+    for name, module in children:
+        if isinstance(module, nn.Linear):
+            w = module.weight.detach().to(torch.float64).cpu().numpy()
+            b = (
+                module.bias.detach().to(torch.float64).cpu().numpy()
+                if module.bias is not None
+                else np.zeros(w.shape[0])
+            )
+            steps.append(LinearStep(name, np.ascontiguousarray(w), np.ascontiguousarray(b)))
+        elif isinstance(module, PolyActivation):
+            a, b, c = module.coefficients()
+            steps.append(_PolyStep(name, float(a), float(b), float(c)))
+        elif isinstance(module, nn.Identity):
+            continue
+        elif isinstance(module, nn.Flatten):
+            if any(isinstance(s, LinearStep) for s in steps):
+                raise _unsupported(name, module)
+        else:
+            raise _unsupported(name, module)
+    if not any(isinstance(s, LinearStep) for s in steps):
+        raise CompileError("the model has no linear layer to compile")
+    return steps
+
+
+def fold_activations(steps: Sequence[LinearStep | _PolyStep]) -> list[Step]:
+    """Fold each activation's constants into its neighbours; activations become bare squares."""
+    out: list[Step] = []
+    pending: tuple[float, float] | None = None  # (scale, constant) for the next linear layer
+    for step in steps:
+        if isinstance(step, LinearStep):
+            w, b = step.weight.copy(), step.bias.copy()
+            if pending is not None:
+                scale, const = pending
+                b = b + const * w.sum(axis=1)
+                w = w * scale
+                pending = None
+            out.append(LinearStep(step.name, w, b))
+            continue
+        if pending is not None:
+            raise CompileError(
+                f"activation '{step.name}' follows another activation; put a linear layer between"
+            )
+        prev = out[-1] if out else None
+        if step.a == 0.0:
+            # Affine: x -> b*x + c, nothing to evaluate under encryption.
+            pending = (step.b, step.c)
+            continue
+        if not isinstance(prev, LinearStep):
+            raise CompileError(
+                f"activation '{step.name}' has no linear layer before it to absorb its shift"
+            )
+        prev.bias = prev.bias + step.b / (2.0 * step.a)
+        out.append(SquareStep(step.name))
+        pending = (step.a, step.c - step.b * step.b / (4.0 * step.a))
+    if pending is not None:
+        scale, const = pending
+        last = out[-1]
+        if isinstance(last, SquareStep):
+            if (scale, const) != (1.0, 0.0):
+                raise CompileError(
+                    "the model ends with a polynomial activation other than x^2; its constants "
+                    "need a linear layer after it"
+                )
+        else:
+            last.weight = last.weight * scale
+            last.bias = last.bias * scale + const
+    return out
+
+
+@dataclass
+class CompiledModel:
+    """A program plus everything the client needs around it."""
+
+    program: Any  # fheprune._core.Program
+    choice: ParameterChoice
+    layout: LayoutName
+    tile: tuple[int, int] | None
+    input_perm: IntArray | None = None
+    output_perm: IntArray | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def parameters(self) -> Any:
+        return self.program.parameters
+
+    def permute_inputs(self, x: FloatArray) -> FloatArray:
+        """Client side: the permuted model's inputs (``x[:, input_perm]``)."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        return x if self.input_perm is None else np.ascontiguousarray(x[:, self.input_perm])
+
+    def unpermute_outputs(self, y: FloatArray) -> FloatArray:
+        """Client side: the original model's outputs from the permuted model's."""
+        if self.output_perm is None:
+            return y
+        return np.ascontiguousarray(y[:, np.argsort(self.output_perm)])
+
+    def plaintext_forward(self, x: FloatArray) -> FloatArray:
+        """The folded chain in float64 numpy (what the encrypted program computes)."""
+        h = self.permute_inputs(x)
+        for step in self.steps:
+            h = h @ step.weight.T + step.bias if isinstance(step, LinearStep) else h * h
+        return self.unpermute_outputs(h)
+
+
+def _build_program(
+    steps: Sequence[Step],
+    params: Any,
+    layout: LayoutName,
+    tile: tuple[int, int] | None,
+    in_features: int,
+) -> Any:
+    if layout == "tile":
+        assert tile is not None
+        t1, t2 = tile
+        slots = params.poly_degree // 2
+        if slots % (t1 * t2):
+            raise CompileError(
+                f"a {t1}x{t2} tile does not divide {slots} slots; use power-of-two tile sides "
+                f"with t1*t2 <= {slots}"
+            )
+        program = _core.Program.tile(params, t2, t1, slots // (t1 * t2), in_features)
+    else:
+        program = _core.Program.diagonal(params, in_features)
+    for step in steps:
+        if isinstance(step, LinearStep):
+            program.add_linear(step.name, step.weight, step.bias)
+        else:
+            program.add_square(step.name)
+    return program
+
+
+def _levels(steps: Sequence[Step], layout: LayoutName) -> int:
+    levels, linear_seen = 0, 0
+    for step in steps:
+        if isinstance(step, SquareStep):
+            levels += 1
+            continue
+        levels += 1
+        # Tile layout: every second linear layer after the first two rebuilds its input.
+        if layout == "tile" and linear_seen >= 2 and linear_seen % 2 == 0:
+            levels += 1
+        linear_seen += 1
+    return levels
+
+
+def compile_model(
+    model: nn.Module,
+    *,
+    layout: LayoutName = "tile",
+    tile: tuple[int, int] | None = (16, 16),
+    parameters: Any | None = None,
+    input_perm: Sequence[int] | IntArray | None = None,
+    output_perm: Sequence[int] | IntArray | None = None,
+    scale_bits: int | None = None,
+    poly_degree: int | None = None,
+) -> CompiledModel:
+    """Compile ``model`` for ``layout``.
+
+    ``tile`` = (t1, t2): weight tiles of t1 output rows x t2 input columns (the pruning's
+    :class:`~fheprune.layouts.TileShape`); the ciphertext tile is [t2, t1, slots / (t1*t2)]
+    so the first layer's tiles are exactly the pruning's. ``parameters`` = None chooses them
+    automatically (the dry-run report is logged and kept in ``choice.message``).
+    """
+    if layout not in ("tile", "diagonal"):
+        raise CompileError(f"unknown layout {layout!r}; choose 'tile' or 'diagonal'")
+    if layout == "tile":
+        if tile is None or len(tile) != 2:
+            raise CompileError("the tile layout needs tile=(t1, t2)")
+        t1, t2 = int(tile[0]), int(tile[1])
+        if t1 < 1 or t2 < 1 or t1 & (t1 - 1) or t2 & (t2 - 1):
+            raise CompileError(f"tile sides must be powers of two, got {t1}x{t2}")
+        tile = (t1, t2)
+    steps = fold_activations(lower_model(model))
+    first = next(s for s in steps if isinstance(s, LinearStep))
+    in_features = int(first.weight.shape[1])
+    levels = _levels(steps, layout)
+    if layout == "tile":
+        assert tile is not None
+        min_slots = tile[0] * tile[1]
+    else:
+        widths = [in_features] + [int(s.weight.shape[0]) for s in steps if isinstance(s, LinearStep)]
+        min_slots = max(1 << (w - 1).bit_length() for w in widths)
+    if parameters is None:
+        choice = choose_parameters(
+            levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
+        )
+    else:
+        have = len(parameters.chain_bits) - 1
+        if have < levels:
+            raise _core.LevelError(
+                f"the model needs {levels} levels; the given parameters give {have} "
+                f"(chain of {len(parameters.chain_bits)} primes). Pass parameters=None to "
+                "choose them automatically"
+            )
+        choice = ParameterChoice(parameters, levels, f"needs {levels} levels; using {parameters}")
+    log.info("dry run: %s", choice.message)
+    program = _build_program(steps, choice.parameters, layout, tile, in_features)
+    if program.levels != levels:  # the C++ schedule is the truth; keep the two in step
+        raise AssertionError(f"level schedule mismatch: {program.levels} != {levels}")
+
+    def perm(p: Sequence[int] | IntArray | None, n: int, what: str) -> IntArray | None:
+        if p is None:
+            return None
+        arr = np.asarray(p, dtype=np.int64)
+        if arr.shape != (n,) or not np.array_equal(np.sort(arr), np.arange(n)):
+            raise CompileError(f"{what} must be a permutation of 0..{n - 1}")
+        return arr
+
+    return CompiledModel(
+        program=program,
+        choice=choice,
+        layout=layout,
+        tile=tile if layout == "tile" else None,
+        input_perm=perm(input_perm, in_features, "input_perm"),
+        output_perm=perm(output_perm, int(program.out_features), "output_perm"),
+        steps=list(steps),
+    )

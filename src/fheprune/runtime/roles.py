@@ -1,0 +1,254 @@
+"""The two roles of encrypted inference, and the files they exchange.
+
+* :class:`Client` holds the secret key. It makes the evaluation keys for exactly the rotations
+  the program uses, permutes + packs + encodes + encrypts inputs, and decrypts + decodes +
+  un-permutes outputs. It needs only the program's *shape* (a :class:`ClientSpec`: parameters,
+  layout, layer sizes, permutations), never the server's weights.
+* :class:`Server` loads the program file and the evaluation-key bundle and computes on
+  ciphertexts only. It never sees a secret key: the bundle format cannot hold one.
+
+Files (all in the engine's checked envelope, see ``docs/runtime.md``): ``program.bin``,
+``client.json``, ``evaluation_keys.bin``, ``inputs/*.ct``, ``outputs/*.ct``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fheprune import _core
+from fheprune.fileio import atomic_write
+
+from .compiler import CompiledModel, LinearStep
+
+__all__ = ["Client", "ClientSpec", "Server", "SpecError"]
+
+log = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
+SPEC_FORMAT = "fheprune.client-spec"
+SPEC_VERSION = 1
+
+
+class SpecError(ValueError):
+    """A client spec file that is unreadable, of another version, or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What the client must know about a program: its shape, not its weights."""
+
+    parameters: Any  # _core.Parameters
+    layout: str
+    tile_shape: tuple[int, int, int]
+    in_features: int
+    layers: tuple[tuple[str, int] | tuple[str, int, int], ...]  # ("square", 0) | ("linear", out, in)
+    rotation_steps: tuple[int, ...]
+    input_perm: tuple[int, ...] | None
+    output_perm: tuple[int, ...] | None
+
+    @classmethod
+    def from_compiled(cls, compiled: CompiledModel) -> ClientSpec:
+        layers: list[tuple[str, int] | tuple[str, int, int]] = []
+        for step in compiled.steps:
+            if isinstance(step, LinearStep):
+                layers.append(("linear", int(step.weight.shape[0]), int(step.weight.shape[1])))
+            else:
+                layers.append(("square", 0))
+        p = compiled.program
+        return cls(
+            parameters=p.parameters,
+            layout=p.layout,
+            tile_shape=tuple(int(v) for v in p.tile_shape),  # type: ignore[arg-type]
+            in_features=int(p.in_features),
+            layers=tuple(layers),
+            rotation_steps=tuple(int(s) for s in p.rotation_steps()),
+            input_perm=None if compiled.input_perm is None else tuple(int(v) for v in compiled.input_perm),
+            output_perm=None
+            if compiled.output_perm is None
+            else tuple(int(v) for v in compiled.output_perm),
+        )
+
+    def shape_program(self) -> Any:
+        """A weightless program of the same shape: packs inputs and unpacks outputs."""
+        if self.layout == "tile":
+            to, ti, tb = self.tile_shape
+            program = _core.Program.tile(self.parameters, to, ti, tb, self.in_features)
+        else:
+            program = _core.Program.diagonal(self.parameters, self.in_features)
+        for i, layer in enumerate(self.layers):
+            if layer[0] == "square":
+                program.add_square(f"act{i}")
+            else:
+                _, out, inp = layer  # type: ignore[misc]
+                program.add_linear(f"fc{i}", np.zeros((out, inp)), np.ones(out))
+        return program
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": SPEC_FORMAT,
+                "version": SPEC_VERSION,
+                "parameters": self.parameters.to_bytes().hex(),
+                "layout": self.layout,
+                "tile_shape": list(self.tile_shape),
+                "in_features": self.in_features,
+                "layers": [list(layer) for layer in self.layers],
+                "rotation_steps": list(self.rotation_steps),
+                "input_perm": None if self.input_perm is None else list(self.input_perm),
+                "output_perm": None if self.output_perm is None else list(self.output_perm),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ClientSpec:
+        try:
+            d = json.loads(text)
+            if d.get("format") != SPEC_FORMAT or d.get("version") != SPEC_VERSION:
+                raise SpecError(
+                    f"not a {SPEC_FORMAT} v{SPEC_VERSION} file (format={d.get('format')!r}, "
+                    f"version={d.get('version')!r})"
+                )
+            params = _core.Parameters.from_bytes(bytes.fromhex(d["parameters"]))
+            layers: list[tuple[str, int] | tuple[str, int, int]] = []
+            for layer in d["layers"]:
+                if layer[0] == "square" and len(layer) == 2:
+                    layers.append(("square", 0))
+                elif layer[0] == "linear" and len(layer) == 3:
+                    layers.append(("linear", int(layer[1]), int(layer[2])))
+                else:
+                    raise SpecError(f"bad layer entry {layer!r}")
+            spec = cls(
+                parameters=params,
+                layout=str(d["layout"]),
+                tile_shape=tuple(int(v) for v in d["tile_shape"]),  # type: ignore[arg-type]
+                in_features=int(d["in_features"]),
+                layers=tuple(layers),
+                rotation_steps=tuple(int(s) for s in d["rotation_steps"]),
+                input_perm=None if d["input_perm"] is None else tuple(int(v) for v in d["input_perm"]),
+                output_perm=None
+                if d["output_perm"] is None
+                else tuple(int(v) for v in d["output_perm"]),
+            )
+        except SpecError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise SpecError(f"corrupt client spec: {exc}") from exc
+        spec.shape_program()  # validates the shape against the parameters
+        return spec
+
+
+class Client:
+    """The data owner: keys, encryption, decryption. The secret key stays here."""
+
+    def __init__(self, spec: ClientSpec, *, threads: int = 1) -> None:
+        self.spec = spec
+        self.context = _core.Context(spec.parameters, threads)
+        self._keygen = _core.KeyGenerator(self.context)
+        self._program = spec.shape_program()
+        self._encoder = _core.Encoder(self.context)
+        self._encryptor = _core.Encryptor(self.context, self._keygen.secret_key)
+        self._decryptor = _core.Decryptor(self.context, self._keygen.secret_key)
+
+    def evaluation_keys(self) -> Any:
+        """The server bundle: public, relinearization and exactly the program's Galois keys."""
+        return self._keygen.create_evaluation_keys(list(self.spec.rotation_steps))
+
+    def evaluation_keys_bytes(self) -> bytes:
+        data: bytes = _core.save(self.context, self.evaluation_keys())
+        return data
+
+    def encrypt(self, samples: FloatArray) -> list[Any]:
+        """Samples [count, features] -> input ciphertexts, group by group."""
+        x = np.ascontiguousarray(samples, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.spec.in_features:
+            raise _core.CompileError(
+                f"inputs must be [count, {self.spec.in_features}], got {list(x.shape)}"
+            )
+        if self.spec.input_perm is not None:
+            x = np.ascontiguousarray(x[:, list(self.spec.input_perm)])
+        slots = self._program.pack_inputs(x)
+        return [self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots]
+
+    def decrypt(self, outputs: Sequence[Any | None], count: int) -> FloatArray:
+        """Output ciphertexts (None = known zero) -> outputs [count, out_features]."""
+        rows = [
+            np.zeros(self.context.slots)
+            if c is None
+            else np.asarray(self._encoder.decode(self._decryptor.decrypt(c)))
+            for c in outputs
+        ]
+        y: FloatArray = self._program.unpack_outputs(np.ascontiguousarray(np.stack(rows)), count)
+        if self.spec.output_perm is not None:
+            y = np.ascontiguousarray(y[:, np.argsort(np.asarray(self.spec.output_perm))])
+        return y
+
+    def save_ciphertexts(self, cts: Sequence[Any | None], folder: str | os.PathLike[str]) -> list[Path]:
+        return _save_cts(self.context, cts, Path(folder))
+
+    def load_ciphertexts(self, folder: str | os.PathLike[str]) -> list[Any | None]:
+        return _load_cts(self.context, Path(folder))
+
+
+class Server:
+    """The model owner's compute: a program and evaluation keys, ciphertexts in and out."""
+
+    def __init__(self, program_bytes: bytes, evaluation_keys_bytes: bytes, *, threads: int = 1):
+        self.program = _core.Program.load(program_bytes)
+        self.context = _core.Context(self.program.parameters, threads)
+        if _core.peek_kind(evaluation_keys_bytes) != "evaluation_keys":
+            raise _core.SerializationError(
+                "the server takes an evaluation-key bundle (public, relinearization and Galois "
+                f"keys), got {_core.peek_kind(evaluation_keys_bytes)} data"
+            )
+        # MismatchError here if the keys were made for other parameters.
+        self.keys = _core.load_evaluation_keys(self.context, evaluation_keys_bytes)
+        self.executor = _core.EngineExecutor(self.program, self.context, self.keys)
+        self.last_stats: dict[str, Any] = {}
+
+    @classmethod
+    def from_files(
+        cls, program: str | os.PathLike[str], keys: str | os.PathLike[str], *, threads: int = 1
+    ) -> Server:
+        return cls(Path(program).read_bytes(), Path(keys).read_bytes(), threads=threads)
+
+    def run(self, inputs: Sequence[Any]) -> list[Any | None]:
+        outputs, stats = self.executor.run(list(inputs))
+        self.last_stats = stats
+        return list(outputs)
+
+    def run_folder(self, inputs: str | os.PathLike[str], outputs: str | os.PathLike[str]) -> None:
+        cts = _load_cts(self.context, Path(inputs))
+        if any(c is None for c in cts):
+            raise _core.SerializationError("an input ciphertext file is missing")
+        _save_cts(self.context, self.run([c for c in cts if c is not None]), Path(outputs))
+
+
+def _save_cts(context: Any, cts: Sequence[Any | None], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, c in enumerate(cts):
+        path = folder / f"{i:06d}.ct"
+        data = b"" if c is None else bytes(_core.save(context, c))
+        atomic_write(path, lambda f, data=data: f.write(data))
+        paths.append(path)
+    return paths
+
+
+def _load_cts(context: Any, folder: Path) -> list[Any | None]:
+    paths = sorted(folder.glob("*.ct"))
+    if not paths:
+        raise FileNotFoundError(f"no .ct files in {folder}")
+    out: list[Any | None] = []
+    for path in paths:
+        data = path.read_bytes()
+        out.append(None if not data else _core.load_ciphertext(context, data))
+    return out
