@@ -34,6 +34,30 @@ TEST_F(EvaluatorTest, PublicAndSymmetricEncryptionDecrypt) {
   EXPECT_LT(max_abs_diff(f.encoder.decode(f.decryptor.decrypt(ct)), x), kTol);
 }
 
+TEST_F(EvaluatorTest, MultiplyPlainSumEqualsSumOfProducts) {
+  std::vector<Ciphertext> cts;
+  std::vector<Plaintext> pts;
+  std::vector<double> expect(x.size(), 0.0);
+  for (std::uint64_t t = 0; t < 5; ++t) {
+    const auto a = random_reals(x.size(), 40 + t), b = random_reals(x.size(), 50 + t);
+    cts.push_back(f.encrypt(a));
+    pts.push_back(f.encoder.encode(b));
+    for (std::size_t i = 0; i < x.size(); ++i) expect[i] += a[i] * b[i];
+  }
+  std::vector<const Ciphertext*> cp;
+  std::vector<const Plaintext*> pp;
+  for (std::size_t t = 0; t < cts.size(); ++t) cp.push_back(&cts[t]), pp.push_back(&pts[t]);
+  const Ciphertext sum = f.evaluator.multiply_plain_sum(cp, pp);
+  Ciphertext ref = f.evaluator.multiply_plain(cts[0], pts[0]);
+  for (std::size_t t = 1; t < cts.size(); ++t) {
+    f.evaluator.add_inplace(ref, f.evaluator.multiply_plain(cts[t], pts[t]));
+  }
+  EXPECT_EQ(sum.data(), ref.data());  // exact: both reduce mod q
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.rescale(sum)), expect), 1e-5);
+  pp.pop_back();
+  EXPECT_THROW(f.evaluator.multiply_plain_sum(cp, pp), FheError);
+}
+
 TEST_F(EvaluatorTest, FreshEncryptionsDiffer) {
   const auto a = f.encrypt(x);
   const auto b = f.encrypt(x);

@@ -159,6 +159,41 @@ void Evaluator::multiply_plain_inplace(Ciphertext& a, const Plaintext& p) const 
   a.set_scale(a.scale() * p.scale());
 }
 
+Ciphertext Evaluator::multiply_plain_sum(const std::vector<const Ciphertext*>& cts,
+                                         const std::vector<const Plaintext*>& pts) const {
+  if (cts.empty() || cts.size() != pts.size()) {
+    throw FheError("multiply_plain_sum takes as many plaintexts as ciphertexts (at least one), got " +
+                   std::to_string(cts.size()) + " and " + std::to_string(pts.size()));
+  }
+  const Ciphertext& first = *cts[0];
+  for (std::size_t i = 0; i < cts.size(); ++i) {
+    check_plain(*cts[i], *pts[i], false);
+    if (i) {
+      check_pair(first, *cts[i], true);
+      if (!scales_match(pts[0]->scale(), pts[i]->scale())) {
+        throw ScaleError("multiply_plain_sum: plaintext scales differ; encode them at one scale");
+      }
+    }
+    if (cts[i]->size() != 2) {
+      throw FheError("multiply_plain_sum takes size-2 ciphertexts; relinearize first");
+    }
+  }
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t terms = cts.size();
+  Ciphertext out(*ctx_, 2, first.level(), first.scale() * pts[0]->scale(), first.key_id());
+  ctx_->pool().parallel_for(first.primes(), [&](std::size_t i) {
+    std::vector<const u64*> x(terms), c0(terms), c1(terms);
+    for (std::size_t t = 0; t < terms; ++t) {
+      x[t] = pts[t]->prime(i);
+      c0[t] = cts[t]->poly(0, i);
+      c1[t] = cts[t]->poly(1, i);
+    }
+    kernels::inner_product(x.data(), c0.data(), c1.data(), terms, n, ctx_->modulus(i),
+                           out.poly(0, i), out.poly(1, i));
+  });
+  return out;
+}
+
 Ciphertext Evaluator::multiply_plain(const Ciphertext& a, const Plaintext& p) const {
   Ciphertext out = a;
   multiply_plain_inplace(out, p);

@@ -35,6 +35,10 @@ class Evaluator {
   Ciphertext sub_plain(const Ciphertext& a, const Plaintext& p) const;
   Ciphertext multiply_plain(const Ciphertext& a, const Plaintext& p) const;
   void multiply_plain_inplace(Ciphertext& a, const Plaintext& p) const;
+  // sum_i cts[i] * pts[i] in one pass with lazy reduction (no temporaries): the inner loop of
+  // every packed linear layer. Ciphertexts share level and scale; plaintexts share scale.
+  Ciphertext multiply_plain_sum(const std::vector<const Ciphertext*>& cts,
+                                const std::vector<const Plaintext*>& pts) const;
 
   // Size-3 product; relinearize before rotating or multiplying again.
   Ciphertext multiply(const Ciphertext& a, const Ciphertext& b) const;

@@ -47,6 +47,9 @@ class EngineBackend {
   // A fresh public-key encryption of a plaintext (constant outputs of pruned-away units).
   Ct encrypt(const Pt& p) { return encryptor_.encrypt(p); }
   Ct mul_plain(const Ct& a, const Pt& p) const { return evaluator_.multiply_plain(a, p); }
+  Ct mul_plain_sum(const std::vector<const Ct*>& a, const std::vector<const Pt*>& p) const {
+    return evaluator_.multiply_plain_sum(a, p);
+  }
   void add_inplace(Ct& a, const Ct& b) const { evaluator_.add_inplace(a, b); }
   void add_plain_inplace(Ct& a, const Pt& p) const { evaluator_.add_plain_inplace(a, p); }
   Ct rescale(const Ct& a) const { return evaluator_.rescale(a); }
@@ -109,6 +112,11 @@ class SlotBackend {
     Value out = a;
     for (std::size_t i = 0; i < out.slots.size(); ++i) out.slots[i] *= p.slots[i];
     out.scale = a.scale * p.scale;
+    return out;
+  }
+  Ct mul_plain_sum(const std::vector<const Ct*>& a, const std::vector<const Pt*>& p) const {
+    Value out = mul_plain(*a.at(0), *p.at(0));
+    for (std::size_t t = 1; t < a.size(); ++t) add_inplace(out, mul_plain(*a[t], *p[t]));
     return out;
   }
   void add_inplace(Ct& a, const Ct& b) const {

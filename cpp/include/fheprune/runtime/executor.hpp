@@ -244,18 +244,20 @@ class Executor {
     std::size_t u = 0, held_out = 0;
     for (std::size_t ot = 0; ot < t.out_tiles; ++ot) {
       std::optional<Ct> acc;
+      std::vector<const Ct*> cts;
+      std::vector<const Pt*> pts;
       for (; u < t.units.size() && t.units[u].out_tile == ot; ++u) {
         const auto& in = x[t.units[u].in_tile];
         if (!in) continue;
-        Ct prod = backend_.mul_plain(*in, prep.units[u]);
-        ++ops.mul_plain;
-        if (acc) {
-          backend_.add_inplace(*acc, prod);
-          ++ops.add;
-        } else {
-          acc = std::move(prod);
-        }
-        note_held(st, held_in + held_out + 2, backend_.level(*acc));
+        cts.push_back(&*in);
+        pts.push_back(&prep.units[u]);
+      }
+      if (!cts.empty()) {
+        // One fused pass: sum of products, lazily reduced (counted as products and adds).
+        acc = backend_.mul_plain_sum(cts, pts);
+        ops.mul_plain += cts.size();
+        ops.add += cts.size() - 1;
+        note_held(st, held_in + held_out + 1, backend_.level(*acc));
       }
       if (acc) {
         acc = backend_.rescale(*acc);
@@ -305,19 +307,16 @@ class Executor {
     std::size_t u = 0;
     while (u < d.units.size()) {
       const std::size_t giant = d.units[u].index / n1;
-      std::optional<Ct> acc;
+      std::vector<const Ct*> cts;
+      std::vector<const Pt*> pts;
       for (; u < d.units.size() && d.units[u].index / n1 == giant; ++u) {
         const long b = static_cast<long>(d.units[u].index % n1);
-        const Ct& src = b == 0 ? *x[0] : baby.at(b);
-        Ct prod = backend_.mul_plain(src, prep.units[u]);
-        ++ops.mul_plain;
-        if (acc) {
-          backend_.add_inplace(*acc, prod);
-          ++ops.add;
-        } else {
-          acc = std::move(prod);
-        }
+        cts.push_back(b == 0 ? &*x[0] : &baby.at(b));
+        pts.push_back(&prep.units[u]);
       }
+      std::optional<Ct> acc = backend_.mul_plain_sum(cts, pts);
+      ops.mul_plain += cts.size();
+      ops.add += cts.size() - 1;
       Ct block = backend_.rescale(*acc);
       ++ops.rescale;
       if (giant != 0) {
