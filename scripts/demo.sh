@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: the engine demo on MNIST from the data directory
-# (FHEPRUNE_DATA, or ../shared/data beside the repository). Extra arguments go to the CLI.
+# The main job on its embedded default: prune the MNIST MLP with HE-PEx's P4E, compile dense and
+# pruned into packed CKKS programs, run both encrypted, and report dense vs pruned (accuracy,
+# op counts, latency, memory). MNIST comes from the data directory (FHEPRUNE_DATA, or
+# ../shared/data beside the repository). Extra arguments go to `fheprune run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "tenseal>=0.3.14"
+bash scripts/setup.sh "torch==2.13.0" matplotlib
 mkdir -p results
-exec .venv/bin/python -m fheprune demo --out results/engine_demo.json "$@"
+exec .venv/bin/python -m fheprune run "$@"

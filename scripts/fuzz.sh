@@ -22,7 +22,7 @@ fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build/fuzz"
 jobs="${FHEPRUNE_FUZZ_JOBS:-2}"
-targets=(parameters ciphertext keys)
+targets=(parameters ciphertext keys program)
 read -r -a extra_args <<<"${FHEPRUNE_FUZZ_ARGS:-}"
 
 # ---- Configure (once) and build (incremental). ----
@@ -51,6 +51,7 @@ seed_files() {
     parameters) echo parameters.bin ;;
     ciphertext) echo plaintext.bin plaintext_level0.bin ciphertext.bin ciphertext_size3.bin ;;
     keys) echo public_key.bin relin_key.bin galois_keys.bin evaluation_keys.bin secret_key.bin ;;
+    program) echo program_tile.bin program_diagonal.bin ;;
   esac
 }
 for t in "${targets[@]}"; do

@@ -250,6 +250,8 @@ NB_MODULE(_core, m) {
       .def("add_plain", &E::add_plain, release_gil())
       .def("sub_plain", &E::sub_plain, release_gil())
       .def("multiply_plain", &E::multiply_plain, release_gil())
+      .def("multiply_plain_sum", &E::multiply_plain_sum, "ciphertexts"_a, "plaintexts"_a,
+           release_gil(), "sum_i ciphertexts[i] * plaintexts[i] in one fused pass")
       .def("multiply", &E::multiply, release_gil())
       .def("square", &E::square, release_gil())
       .def("relinearize", &E::relinearize, release_gil())

@@ -219,7 +219,7 @@ void bind_runtime(nb::module_& m) {
       .def_prop_ro("plaintext_count", [](const EngineRun& r) { return r.exec.plaintext_count(); })
       .def(
           "run",
-          [](EngineRun& r, const std::vector<ck::Ciphertext>& inputs) {
+          [](EngineRun& r, const std::vector<const ck::Ciphertext*>& inputs) {
             rt::RunStats stats;
             std::vector<std::optional<ck::Ciphertext>> out;
             {

@@ -9,6 +9,10 @@
 //   ciphertext.bin ciphertext_size3.bin              -> fuzz_ciphertext
 //   public_key.bin relin_key.bin galois_keys.bin (steps 1 and 2)
 //   evaluation_keys.bin secret_key.bin               -> fuzz_keys
+//   program_tile.bin program_diagonal.bin            -> fuzz_program
+// The programs carry their own small parameters (N = 1024, enough levels for their layers),
+// independent of the fixed context; their weights are fixed pseudo-random values with some
+// zero tiles / diagonals, so the loader's pruning paths run on the seeds.
 // Keys are fresh random keys on every run: the files are test material, never real keys.
 // Every file is loaded back before the program reports success.
 #include <cmath>
@@ -16,10 +20,13 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "fheprune/runtime/program.hpp"
 #include "fuzz_util.hpp"
 
 namespace {
@@ -27,6 +34,61 @@ namespace {
 namespace ckks = fheprune::ckks;
 namespace fs = std::filesystem;
 using ckks::Serializer;
+
+namespace rt = fheprune::runtime;
+
+// Small insecure parameters for a program of `levels` levels.
+ckks::Parameters program_parameters(std::size_t levels) {
+  ckks::Parameters p;
+  p.poly_degree = 1024;
+  p.chain_bits = std::vector<int>(levels + 1, 30);
+  p.chain_bits[0] = 40;
+  p.special_bits = {40};
+  p.scale_bits = 30;
+  p.security = ckks::SecurityLevel::kNoneInsecureTestingOnly;
+  return p;
+}
+
+// Weights [out][in] in [-0.5, 0.5], with every `zero_every`-th block of `block` x `block`
+// entries zero (0: none), and a bias whose entries are zero for rows r % 3 == 2.
+std::pair<std::vector<double>, std::vector<double>> seed_layer(std::size_t out, std::size_t in,
+                                                               std::size_t block,
+                                                               std::size_t zero_every,
+                                                               double phase) {
+  std::vector<double> w(out * in), b(out);
+  for (std::size_t r = 0; r < out; ++r) {
+    for (std::size_t c = 0; c < in; ++c) {
+      const std::size_t blk = (r / block) * 97 + c / block;
+      const bool zero = zero_every != 0 && blk % zero_every == 0;
+      w[r * in + c] = zero ? 0.0 : 0.5 * std::sin(phase + 0.37 * static_cast<double>(r * in + c));
+    }
+    b[r] = r % 3 == 2 ? 0.0 : 0.25 * std::cos(phase + static_cast<double>(r));
+  }
+  return {w, b};
+}
+
+// Tile layout [4, 4, 32], 20 -> 12 -> 10 -> 5 with squares: both orientations and a rebuild.
+rt::Program seed_tile_program() {
+  rt::Program p = rt::Program::tile(program_parameters(6), {4, 4, 32}, 20);
+  const std::size_t widths[] = {20, 12, 10, 5};
+  for (std::size_t i = 0; i + 1 < std::size(widths); ++i) {
+    const auto [w, b] = seed_layer(widths[i + 1], widths[i], 4, 3, static_cast<double>(i));
+    p.add_linear("fc" + std::to_string(i + 1), widths[i + 1], widths[i], w, b);
+    if (i + 2 < std::size(widths)) p.add_square("act" + std::to_string(i + 1));
+  }
+  return p;
+}
+
+// Diagonal layout, 20 -> 12 -> 5 with a square: padded sizes 32 -> 16 -> 8 (the hybrid fold).
+rt::Program seed_diagonal_program() {
+  rt::Program p = rt::Program::diagonal(program_parameters(3), 20);
+  const auto [w1, b1] = seed_layer(12, 20, 3, 4, 0.5);
+  p.add_linear("fc1", 12, 20, w1, b1);
+  p.add_square("act1");
+  const auto [w2, b2] = seed_layer(5, 12, 2, 0, 1.5);
+  p.add_linear("fc2", 5, 12, w2, b2);
+  return p;
+}
 
 void write_file(const fs::path& path, const ckks::Bytes& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -88,6 +150,10 @@ int run(const fs::path& dir) {
        [&](const ckks::Bytes& b) { return Serializer::load_evaluation_keys(ctx, b); });
   emit("secret_key.bin", Serializer::save_secret_key(ctx, keygen.secret_key()),
        [&](const ckks::Bytes& b) { return Serializer::load_secret_key(ctx, b); });
+  emit("program_tile.bin", seed_tile_program().save(),
+       [](const ckks::Bytes& b) { return rt::Program::load(b); });
+  emit("program_diagonal.bin", seed_diagonal_program().save(),
+       [](const ckks::Bytes& b) { return rt::Program::load(b); });
   return 0;
 }
 

@@ -329,7 +329,7 @@ TEST(EngineExecutor, TypedErrors) {
   std::vector<SlotBackend::Ct> in;
   for (auto& v : ok.pack_inputs(std::vector<double>(8, 0.5), 1)) in.push_back(no_keys.encode(v, 1, no_keys.default_scale()));
   EXPECT_THROW(exec.run(in), ckks::MissingKeyError);
-  EXPECT_THROW(exec.run({}), CompileError);
+  EXPECT_THROW(exec.run(std::vector<SlotBackend::Ct>{}), CompileError);
 }
 
 TEST(ProgramFile, RoundTripAndRejectsDamage) {

@@ -456,7 +456,7 @@ std::vector<double> read_values(ckks::detail::Reader& r, std::uint64_t expected,
   }
   if (r.remaining() < n * 8) throw ckks::SerializationError("truncated program data");
   std::vector<double> v(n);
-  r.f64s(v.data(), n);
+  if (n != 0) r.f64s(v.data(), n);  // an empty vector's data() may be null: no memcpy then
   return v;
 }
 

@@ -35,12 +35,12 @@ from fheprune.models.activations import PolyActivation
 from .params import ParameterChoice, choose_parameters
 
 __all__ = [
+    "SUPPORTED_LAYERS",
     "CompileError",
     "CompiledModel",
     "LayoutName",
     "LinearStep",
     "SquareStep",
-    "SUPPORTED_LAYERS",
     "compile_model",
     "fold_activations",
     "lower_model",
@@ -109,8 +109,8 @@ def lower_model(model: nn.Module) -> list[LinearStep | _PolyStep]:
             )
             steps.append(LinearStep(name, np.ascontiguousarray(w), np.ascontiguousarray(b)))
         elif isinstance(module, PolyActivation):
-            a, b, c = module.coefficients()
-            steps.append(_PolyStep(name, float(a), float(b), float(c)))
+            pa, pb, pc = module.coefficients()
+            steps.append(_PolyStep(name, float(pa), float(pb), float(pc)))
         elif isinstance(module, nn.Identity):
             continue
         elif isinstance(module, nn.Flatten):
@@ -150,7 +150,7 @@ def fold_activations(steps: Sequence[LinearStep | _PolyStep]) -> list[Step]:
             raise CompileError(
                 f"activation '{step.name}' has no linear layer before it to absorb its shift"
             )
-        prev.bias = prev.bias + step.b / (2.0 * step.a)
+        prev.bias = np.asarray(prev.bias + step.b / (2.0 * step.a), dtype=np.float64)
         out.append(SquareStep(step.name))
         pending = (step.a, step.c - step.b * step.b / (4.0 * step.a))
     if pending is not None:
@@ -279,7 +279,9 @@ def compile_model(
         assert tile is not None
         min_slots = tile[0] * tile[1]
     else:
-        widths = [in_features] + [int(s.weight.shape[0]) for s in steps if isinstance(s, LinearStep)]
+        widths = [in_features] + [
+            int(s.weight.shape[0]) for s in steps if isinstance(s, LinearStep)
+        ]
         min_slots = max(1 << (w - 1).bit_length() for w in widths)
     if parameters is None:
         choice = choose_parameters(

@@ -50,7 +50,9 @@ class ClientSpec:
     layout: str
     tile_shape: tuple[int, int, int]
     in_features: int
-    layers: tuple[tuple[str, int] | tuple[str, int, int], ...]  # ("square", 0) | ("linear", out, in)
+    layers: tuple[
+        tuple[str, int] | tuple[str, int, int], ...
+    ]  # ("square", 0) | ("linear", out, in)
     rotation_steps: tuple[int, ...]
     input_perm: tuple[int, ...] | None
     output_perm: tuple[int, ...] | None
@@ -71,7 +73,9 @@ class ClientSpec:
             in_features=int(p.in_features),
             layers=tuple(layers),
             rotation_steps=tuple(int(s) for s in p.rotation_steps()),
-            input_perm=None if compiled.input_perm is None else tuple(int(v) for v in compiled.input_perm),
+            input_perm=None
+            if compiled.input_perm is None
+            else tuple(int(v) for v in compiled.input_perm),
             output_perm=None
             if compiled.output_perm is None
             else tuple(int(v) for v in compiled.output_perm),
@@ -133,7 +137,9 @@ class ClientSpec:
                 in_features=int(d["in_features"]),
                 layers=tuple(layers),
                 rotation_steps=tuple(int(s) for s in d["rotation_steps"]),
-                input_perm=None if d["input_perm"] is None else tuple(int(v) for v in d["input_perm"]),
+                input_perm=None
+                if d["input_perm"] is None
+                else tuple(int(v) for v in d["input_perm"]),
                 output_perm=None
                 if d["output_perm"] is None
                 else tuple(int(v) for v in d["output_perm"]),
@@ -176,7 +182,9 @@ class Client:
         if self.spec.input_perm is not None:
             x = np.ascontiguousarray(x[:, list(self.spec.input_perm)])
         slots = self._program.pack_inputs(x)
-        return [self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots]
+        return [
+            self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots
+        ]
 
     def decrypt(self, outputs: Sequence[Any | None], count: int) -> FloatArray:
         """Output ciphertexts (None = known zero) -> outputs [count, out_features]."""
@@ -191,7 +199,9 @@ class Client:
             y = np.ascontiguousarray(y[:, np.argsort(np.asarray(self.spec.output_perm))])
         return y
 
-    def save_ciphertexts(self, cts: Sequence[Any | None], folder: str | os.PathLike[str]) -> list[Path]:
+    def save_ciphertexts(
+        self, cts: Sequence[Any | None], folder: str | os.PathLike[str]
+    ) -> list[Path]:
         return _save_cts(self.context, cts, Path(folder))
 
     def load_ciphertexts(self, folder: str | os.PathLike[str]) -> list[Any | None]:
@@ -238,9 +248,16 @@ def _save_cts(context: Any, cts: Sequence[Any | None], folder: Path) -> list[Pat
     for i, c in enumerate(cts):
         path = folder / f"{i:06d}.ct"
         data = b"" if c is None else bytes(_core.save(context, c))
-        atomic_write(path, lambda f, data=data: f.write(data))
+        _write_bytes(path, data)
         paths.append(path)
     return paths
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    def write(f: Any) -> None:
+        f.write(data)
+
+    atomic_write(path, write)
 
 
 def _load_cts(context: Any, folder: Path) -> list[Any | None]:

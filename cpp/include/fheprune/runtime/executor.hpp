@@ -88,15 +88,24 @@ class Executor {
   // `inputs`: input_ciphertexts() per group of samples, group after group, all at the top level
   // with the default scale. Returns output_ciphertexts() per group; nullopt = known zero.
   std::vector<std::optional<Ct>> run(const std::vector<Ct>& inputs, RunStats* stats = nullptr) {
+    std::vector<const Ct*> view;
+    view.reserve(inputs.size());
+    for (const Ct& c : inputs) view.push_back(&c);
+    return run(view, stats);
+  }
+
+  // The same on borrowed inputs (no copy of the input ciphertexts).
+  std::vector<std::optional<Ct>> run(const std::vector<const Ct*>& inputs,
+                                     RunStats* stats = nullptr) {
     const std::size_t per_group = program_.input_ciphertexts();
     if (inputs.empty() || inputs.size() % per_group != 0) {
       throw CompileError("the program takes " + std::to_string(per_group) +
                          " input ciphertexts per group of samples, got " +
                          std::to_string(inputs.size()));
     }
-    for (const Ct& c : inputs) {
-      if (backend_.level(c) != input_level_) {
-        throw ckks::LevelError("input ciphertext at level " + std::to_string(backend_.level(c)) +
+    for (const Ct* c : inputs) {
+      if (backend_.level(*c) != input_level_) {
+        throw ckks::LevelError("input ciphertext at level " + std::to_string(backend_.level(*c)) +
                                ", the program expects inputs at level " +
                                std::to_string(input_level_) + " (encrypt at the top level)");
       }
@@ -107,15 +116,25 @@ class Executor {
     for (const Layer& l : program_.layers()) st.layers.push_back({layer_name(l), {}, 0.0});
     std::vector<std::optional<Ct>> outputs;
     for (std::size_t g = 0; g < inputs.size() / per_group; ++g) {
-      std::vector<std::optional<Ct>> x(inputs.begin() + static_cast<long>(g * per_group),
-                                       inputs.begin() + static_cast<long>((g + 1) * per_group));
+      // Layer inputs are borrowed pointers (nullptr = known zero); each layer's outputs are
+      // owned by `owned` until the next layer has consumed them.
+      std::vector<const Ct*> x(inputs.begin() + static_cast<long>(g * per_group),
+                               inputs.begin() + static_cast<long>((g + 1) * per_group));
+      std::vector<std::optional<Ct>> owned;
       for (std::size_t i = 0; i < program_.layers().size(); ++i) {
         const auto start = std::chrono::steady_clock::now();
-        x = run_layer(i, std::move(x), st, st.layers[i].ops);
+        std::vector<std::optional<Ct>> next = run_layer(i, x, st, st.layers[i].ops);
+        owned = std::move(next);
+        x.clear();
+        for (const auto& c : owned) x.push_back(c ? &*c : nullptr);
         st.layers[i].seconds +=
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       }
-      for (auto& c : x) outputs.push_back(std::move(c));
+      if (program_.layers().empty()) {
+        for (const Ct* c : x) outputs.emplace_back(*c);
+      } else {
+        for (auto& c : owned) outputs.push_back(std::move(c));
+      }
     }
     return outputs;
   }
@@ -189,9 +208,9 @@ class Executor {
     }
   }
 
-  static std::size_t live(const std::vector<std::optional<Ct>>& v) {
+  static std::size_t live(const std::vector<const Ct*>& v) {
     std::size_t n = 0;
-    for (const auto& c : v) n += c.has_value();
+    for (const Ct* c : v) n += c != nullptr;
     return n;
   }
 
@@ -206,34 +225,38 @@ class Executor {
     }
   }
 
-  std::vector<std::optional<Ct>> run_layer(std::size_t index, std::vector<std::optional<Ct>> x,
+  std::vector<std::optional<Ct>> run_layer(std::size_t index, const std::vector<const Ct*>& x,
                                            RunStats& st, OpCounts& ops) {
     const Layer& layer = program_.layers()[index];
     Prepared& prep = prepared_[index];
-    if (const auto* t = std::get_if<TileLinear>(&layer)) return run_tile(*t, prep, std::move(x), st, ops);
-    if (const auto* d = std::get_if<DiagonalLinear>(&layer)) return run_diagonal(*d, prep, std::move(x), st, ops);
-    for (auto& c : x) {
-      if (!c) continue;
-      Ct sq = backend_.square(*c);
+    if (const auto* t = std::get_if<TileLinear>(&layer)) return run_tile(*t, prep, x, st, ops);
+    if (const auto* d = std::get_if<DiagonalLinear>(&layer)) return run_diagonal(*d, prep, x, st, ops);
+    std::vector<std::optional<Ct>> y(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (!x[i]) continue;
+      Ct sq = backend_.square(*x[i]);
       ++ops.multiply;
       ++ops.relinearize;
-      c = backend_.rescale(sq);
+      y[i] = backend_.rescale(sq);
       ++ops.rescale;
     }
-    return x;
+    return y;
   }
 
   std::vector<std::optional<Ct>> run_tile(const TileLinear& t, Prepared& prep,
-                                          std::vector<std::optional<Ct>> x, RunStats& st,
+                                          std::vector<const Ct*> x, RunStats& st,
                                           OpCounts& ops) {
     const TileShape3& s = program_.tile_shape();
+    std::vector<std::optional<Ct>> rebuilt;
     if (t.rebuild_input) {
-      for (auto& c : x) {
-        if (!c) continue;
-        c = backend_.rescale(backend_.mul_plain(*c, *prep.mask));
+      rebuilt.resize(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        if (!x[i]) continue;
+        rebuilt[i] = backend_.rescale(backend_.mul_plain(*x[i], *prep.mask));
         ++ops.mul_plain;
         ++ops.rescale;
-        rotate_and_add(*c, s.inner, -static_cast<long>(s.batch), ops);
+        rotate_and_add(*rebuilt[i], s.inner, -static_cast<long>(s.batch), ops);
+        x[i] = &*rebuilt[i];
       }
     }
     const bool outer = t.sum == SumDim::kOuter;
@@ -247,9 +270,9 @@ class Executor {
       std::vector<const Ct*> cts;
       std::vector<const Pt*> pts;
       for (; u < t.units.size() && t.units[u].out_tile == ot; ++u) {
-        const auto& in = x[t.units[u].in_tile];
+        const Ct* in = x[t.units[u].in_tile];
         if (!in) continue;
-        cts.push_back(&*in);
+        cts.push_back(in);
         pts.push_back(&prep.units[u]);
       }
       if (!cts.empty()) {
@@ -278,7 +301,7 @@ class Executor {
   }
 
   std::vector<std::optional<Ct>> run_diagonal(const DiagonalLinear& d, Prepared& prep,
-                                              std::vector<std::optional<Ct>> x, RunStats& st,
+                                              const std::vector<const Ct*>& x, RunStats& st,
                                               OpCounts& ops) {
     std::vector<std::optional<Ct>> y(1);
     if (!x[0] || d.units.empty()) {  // zero input or no diagonal: only the bias remains
@@ -311,7 +334,7 @@ class Executor {
       std::vector<const Pt*> pts;
       for (; u < d.units.size() && d.units[u].index / n1 == giant; ++u) {
         const long b = static_cast<long>(d.units[u].index % n1);
-        cts.push_back(b == 0 ? &*x[0] : &baby.at(b));
+        cts.push_back(b == 0 ? x[0] : &baby.at(b));
         pts.push_back(&prep.units[u]);
       }
       std::optional<Ct> acc = backend_.mul_plain_sum(cts, pts);

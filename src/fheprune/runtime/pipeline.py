@@ -1,0 +1,407 @@
+"""The main job: prune an MNIST model with an HE-PEx scheme, compile dense and pruned, run both
+encrypted (client and server roles), and report accuracy, op counts, latency and memory.
+
+Each stage is a function the benchmarks reuse:
+
+* :func:`pruned_model` trains (or loads the cached) baseline and pruned model;
+* :func:`encrypted_run` runs one compiled model on a batch: client encrypts, server computes on
+  ciphertexts only, client decrypts; it measures everything the report prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fheprune.reporting import machine_info, write_json_atomic
+
+from .compiler import CompiledModel, compile_model
+from .cost import calibrate, merge_counts, predict, summarize_cost
+from .roles import Client, ClientSpec, Server
+
+__all__ = ["MainJobConfig", "PrunedModel", "encrypted_run", "pruned_model", "run_main_job"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrunedModel:
+    dense: nn.Module
+    pruned: nn.Module
+    input_perm: np.ndarray | None
+    output_perm: np.ndarray | None
+    tile_sparsity: float
+    weight_sparsity: float
+    baseline_metric: float
+    metric: float
+    degradation: float
+    scheme: str
+    experiment: Any = None  # the Experiment that trained it (its loaders give the test data)
+
+
+def pruned_model(
+    model_name: str = "mlp",
+    *,
+    tile: int = 16,
+    scheme: str = "P4E",
+    scope: str = "global",
+    budget: float = 0.025,
+    fractions: tuple[float, ...] = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97),
+    retrain_epochs: int = 2,
+    train_epochs: int | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    work_dir: Path = Path("results/runtime"),
+    seed: int = 0,
+) -> PrunedModel:
+    """The baseline and its best pruned version within ``budget`` (cached in ``work_dir``)."""
+    from fheprune.experiments.hepex import Experiment, SchemeSpec, SweepConfig, prune_within_budget
+    from fheprune.layouts import TileShape
+    from fheprune.models import build_model
+    from fheprune.pruning import load_pruned_model, save_pruned_model
+    from fheprune.pruning.permute import PermutationResult
+
+    config = SweepConfig(
+        models=[model_name],
+        tiles=[tile],
+        train_epochs=train_epochs,
+        retrain_epochs=retrain_epochs,
+        limit=limit,
+        budget=budget,
+        seed=seed,
+        data_dir=data_dir,
+        out_dir=Path(work_dir),
+    )
+    experiment = Experiment(config)
+    dense, _ = experiment.baseline(model_name)
+    spec = SchemeSpec(scheme.upper(), scope)
+    label = spec.label.replace(" ", "_").replace("/", "-")
+    cache = Path(work_dir) / f"{model_name}-{label}-{tile}x{tile}.npz"
+    if cache.exists():
+        log.info("loading the cached pruned model %s", cache)
+
+        def builder(name: str, /, **kw: Any) -> nn.Module:
+            return build_model(name, "mnist", **kw)
+
+        loaded = load_pruned_model(cache, builder)
+        meta = loaded.metadata
+        perms = loaded.permutations or {}
+        return PrunedModel(
+            dense=dense,
+            pruned=loaded.model,
+            input_perm=None if "input" not in perms else np.asarray(perms["input"].numpy()),
+            output_perm=None if "output" not in perms else np.asarray(perms["output"].numpy()),
+            tile_sparsity=float(meta.metrics["tile_sparsity"]),
+            weight_sparsity=float(meta.metrics["weight_sparsity"]),
+            baseline_metric=float(meta.metrics["baseline_metric"]),
+            metric=float(meta.metrics["metric"]),
+            degradation=float(meta.metrics["degradation"]),
+            scheme=spec.label,
+            experiment=experiment,
+        )
+    best = prune_within_budget(experiment, model_name, spec, tile, fractions)
+    if best is None:
+        raise RuntimeError(
+            f"no pruning fraction in {fractions} keeps {model_name} within {budget:.1%} degradation"
+        )
+    model, result, row = best
+    info = result.permutation
+    arrays = info.as_arrays() if isinstance(info, PermutationResult) else None
+    metrics = {
+        k: float(row[k])
+        for k in ("metric", "baseline_metric", "degradation", "tile_sparsity", "weight_sparsity")
+    }
+    save_pruned_model(
+        cache,
+        model,
+        result.masks,
+        model_name=model_name,
+        model_kwargs=dict(getattr(model, "arch", {})),
+        tile_shape=TileShape(tile, tile),
+        scheme=spec.label,
+        config={"fraction": row["fraction"], **config.to_dict()},
+        metrics=metrics,
+        permutations=arrays,
+    )
+    return PrunedModel(
+        dense=dense,
+        pruned=model,
+        input_perm=None if arrays is None else np.asarray(arrays["input"]),
+        output_perm=None if arrays is None else np.asarray(arrays["output"]),
+        scheme=spec.label,
+        experiment=experiment,
+        **metrics,
+    )
+
+
+def _peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def encrypted_run(
+    compiled: CompiledModel,
+    x: np.ndarray,
+    *,
+    threads: int = 1,
+    calibrate_timings: bool = True,
+) -> dict[str, Any]:
+    """Client encrypts ``x`` [count, features], server runs, client decrypts. Measures it all."""
+    count = int(x.shape[0])
+    spec = ClientSpec.from_compiled(compiled)
+    client = Client(spec, threads=threads)
+    start = time.perf_counter()
+    keys_bytes = client.evaluation_keys_bytes()
+    keygen_s = time.perf_counter() - start
+    start = time.perf_counter()
+    server = Server(compiled.program.save(), keys_bytes, threads=threads)
+    setup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    inputs = client.encrypt(x)
+    encrypt_s = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs = server.run(inputs)
+    latency_s = time.perf_counter() - start
+    start = time.perf_counter()
+    y = client.decrypt(outputs, count)
+    decrypt_s = time.perf_counter() - start
+    stats = server.last_stats
+    groups = -(-count // int(compiled.program.samples_per_group))
+    cost_rows = summarize_cost(compiled.program, groups)
+    model_ops = merge_counts(cost_rows)
+    run: dict[str, Any] = {
+        "samples": count,
+        "groups": groups,
+        "outputs": y,
+        "latency_s": latency_s,
+        "per_image_s": latency_s / count,
+        "keygen_s": keygen_s,
+        "server_setup_s": setup_s,
+        "encrypt_s": encrypt_s,
+        "decrypt_s": decrypt_s,
+        "ops": stats["ops"],
+        "ops_match_cost_model": stats["ops"] == model_ops,
+        "layers": [
+            {**row, "measured_ops": lay["ops"], "seconds": lay["seconds"]}
+            for row, lay in zip(cost_rows, stats["layers"], strict=True)
+        ],
+        "memory": {
+            "plaintext_bytes": int(server.executor.plaintext_bytes),
+            "evaluation_key_bytes": len(keys_bytes),
+            "peak_ciphertext_bytes": int(stats["peak_ciphertext_bytes"]),
+            "input_ciphertext_bytes": sum(
+                2 * (int(c.level) + 1) * int(compiled.parameters.poly_degree) * 8 for c in inputs
+            ),
+            "process_peak_rss_bytes": _peak_rss_bytes(),
+        },
+    }
+    run["memory_bytes"] = (
+        run["memory"]["plaintext_bytes"]
+        + run["memory"]["evaluation_key_bytes"]
+        + run["memory"]["peak_ciphertext_bytes"]
+    )
+    if calibrate_timings:
+        timings = calibrate(compiled.parameters, threads=threads)
+        predicted = predict(compiled.program, timings, groups)
+        run["predicted_latency_s"] = predicted["seconds"]
+        run["prediction_error"] = (predicted["seconds"] - latency_s) / latency_s
+    return run
+
+
+@dataclass
+class MainJobConfig:
+    model: str = "mlp"
+    tile: int = 16
+    scheme: str = "P4E"
+    images: int = 1024
+    threads: int = 1
+    data_dir: str | None = None
+    work_dir: Path = Path("results/runtime")
+    out: Path = Path("results/main_job.json")
+    plot: Path | None = Path("results/main_job.png")
+    seed: int = 0
+    retrain_epochs: int = 2
+
+
+def _plaintext_outputs(model: nn.Module, x: np.ndarray, perm_in: Any, perm_out: Any) -> np.ndarray:
+    xt = torch.as_tensor(x if perm_in is None else x[:, perm_in], dtype=torch.float32)
+    with torch.no_grad():
+        y: np.ndarray = model.eval()(xt).double().numpy()
+    return y if perm_out is None else np.asarray(y[:, np.argsort(perm_out)])
+
+
+def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    log.info("stage 1/4: model and %s pruning (cached after the first run)", cfg.scheme)
+    pm = pruned_model(
+        cfg.model,
+        tile=cfg.tile,
+        scheme=cfg.scheme,
+        data_dir=cfg.data_dir,
+        work_dir=cfg.work_dir,
+        seed=cfg.seed,
+        retrain_epochs=cfg.retrain_epochs,
+    )
+    xs, ys = [], []
+    for xb, yb in pm.experiment.loaders(cfg.model).test:
+        xs.append(xb.reshape(xb.shape[0], -1).double().numpy())
+        ys.append(yb.numpy())
+        if sum(len(v) for v in ys) >= cfg.images:
+            break
+    x = np.concatenate(xs)[: cfg.images]
+    labels = np.concatenate(ys)[: cfg.images]
+
+    log.info("stage 2/4: compile dense and pruned")
+    dense = compile_model(pm.dense, layout="tile", tile=(cfg.tile, cfg.tile))
+    pruned = compile_model(
+        pm.pruned,
+        layout="tile",
+        tile=(cfg.tile, cfg.tile),
+        parameters=dense.parameters,
+        input_perm=pm.input_perm,
+        output_perm=pm.output_perm,
+    )
+    report: dict[str, Any] = {
+        "model": cfg.model,
+        "dataset": "mnist",
+        "scheme": pm.scheme,
+        "tile": [cfg.tile, cfg.tile],
+        "images": int(x.shape[0]),
+        "parameters": dense.choice.message,
+        "pruning": {
+            "tile_sparsity": pm.tile_sparsity,
+            "weight_sparsity": pm.weight_sparsity,
+            "baseline_accuracy": pm.baseline_metric,
+            "pruned_accuracy": pm.metric,
+            "degradation": pm.degradation,
+        },
+        "variants": {},
+        "seed": cfg.seed,
+        "machine": machine_info(threads=cfg.threads),
+    }
+    for i, (name, compiled, model, pin, pout) in enumerate(
+        [
+            ("dense", dense, pm.dense, None, None),
+            ("pruned", pruned, pm.pruned, pm.input_perm, pm.output_perm),
+        ]
+    ):
+        log.info("stage %d/4: encrypted run, %s (%d images)", 3 + i, name, x.shape[0])
+        run = encrypted_run(compiled, x, threads=cfg.threads)
+        y = run.pop("outputs")
+        plain = (
+            _plaintext_outputs(model, x, None, None)
+            if pin is None
+            else _plaintext_outputs(model, x, pin, pout)
+        )
+        run["agreement"] = float(np.mean(np.argmax(y, 1) == np.argmax(plain, 1)))
+        run["max_abs_error"] = float(np.max(np.abs(y - plain)))
+        run["accuracy_encrypted"] = float(np.mean(np.argmax(y, 1) == labels))
+        run["accuracy_plaintext"] = float(np.mean(np.argmax(plain, 1) == labels))
+        report["variants"][name] = run
+    d, p = report["variants"]["dense"], report["variants"]["pruned"]
+    report["speedup"] = d["latency_s"] / p["latency_s"]
+    report["memory_ratio"] = p["memory_bytes"] / d["memory_bytes"]
+    write_json_atomic(cfg.out, report)
+    if cfg.plot is not None:
+        _plot(report, cfg.plot)
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    d, p = report["variants"]["dense"], report["variants"]["pruned"]
+    rows = [
+        (
+            "accuracy (plaintext)",
+            f"{d['accuracy_plaintext']:.4f}",
+            f"{p['accuracy_plaintext']:.4f}",
+        ),
+        (
+            "accuracy (encrypted)",
+            f"{d['accuracy_encrypted']:.4f}",
+            f"{p['accuracy_encrypted']:.4f}",
+        ),
+        ("argmax agreement", f"{d['agreement']:.4f}", f"{p['agreement']:.4f}"),
+        ("max |logit error|", f"{d['max_abs_error']:.2e}", f"{p['max_abs_error']:.2e}"),
+        ("plaintext mults", str(d["ops"]["mul_plain"]), str(p["ops"]["mul_plain"])),
+        ("rotations", str(d["ops"]["rotate"]), str(p["ops"]["rotate"])),
+        ("rescales", str(d["ops"]["rescale"]), str(p["ops"]["rescale"])),
+        ("ops == cost model", str(d["ops_match_cost_model"]), str(p["ops_match_cost_model"])),
+        ("server latency (s)", f"{d['latency_s']:.3f}", f"{p['latency_s']:.3f}"),
+        ("per image (ms)", f"{1e3 * d['per_image_s']:.2f}", f"{1e3 * p['per_image_s']:.2f}"),
+        (
+            "predicted latency (s)",
+            f"{d.get('predicted_latency_s', float('nan')):.3f}",
+            f"{p.get('predicted_latency_s', float('nan')):.3f}",
+        ),
+        (
+            "plaintexts (MiB)",
+            f"{d['memory']['plaintext_bytes'] / 2**20:.1f}",
+            f"{p['memory']['plaintext_bytes'] / 2**20:.1f}",
+        ),
+        (
+            "eval keys (MiB)",
+            f"{d['memory']['evaluation_key_bytes'] / 2**20:.1f}",
+            f"{p['memory']['evaluation_key_bytes'] / 2**20:.1f}",
+        ),
+        (
+            "memory total (MiB)",
+            f"{d['memory_bytes'] / 2**20:.1f}",
+            f"{p['memory_bytes'] / 2**20:.1f}",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [
+        f"{report['model']} on MNIST, {report['scheme']} at "
+        f"{report['tile'][0]}x{report['tile'][1]} tiles: tile sparsity "
+        f"{100 * report['pruning']['tile_sparsity']:.1f}%, "
+        f"{report['images']} encrypted images",
+        f"parameters: {report['parameters']}",
+        f"{'':{width}}  {'dense':>12}  {'pruned':>12}",
+    ]
+    lines += [f"{a:{width}}  {b:>12}  {c:>12}" for a, b, c in rows]
+    lines.append(
+        f"pruned vs dense: {report['speedup']:.2f}x faster, memory {report['memory_ratio']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a test/benchmark extra
+        log.warning("matplotlib is not installed; skipping the plot")
+        return
+    variants = ["dense", "pruned"]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    v = report["variants"]
+    axes[0].bar(variants, [v[k]["latency_s"] for k in variants], color=["#888", "#2a7"])
+    axes[0].set_title("server latency (s)")
+    axes[1].bar(variants, [v[k]["memory_bytes"] / 2**20 for k in variants], color=["#888", "#2a7"])
+    axes[1].set_title("memory (MiB)")
+    ops = ["mul_plain", "rotate", "rescale"]
+    for j, k in enumerate(variants):
+        axes[2].bar(
+            np.arange(len(ops)) + 0.4 * j, [v[k]["ops"][o] for o in ops], width=0.4, label=k
+        )
+    axes[2].set_xticks(np.arange(len(ops)) + 0.2, ops)
+    axes[2].set_yscale("log")
+    axes[2].set_title("operations")
+    axes[2].legend()
+    fig.suptitle(
+        f"{report['model']} MNIST, {report['scheme']} {report['tile'][0]}x{report['tile'][1]}: "
+        f"{report['speedup']:.2f}x faster pruned"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
