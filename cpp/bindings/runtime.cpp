@@ -239,6 +239,11 @@ void bind_runtime(nb::module_& m) {
           "__init__",
           [](SimRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
              std::optional<std::vector<long>> rotation_keys) {
+            if (p.parameters().poly_degree != ctx->poly_degree() ||
+                p.parameters().chain_bits != ctx->parameters().chain_bits) {
+              throw ck::MismatchError("the program was compiled for " + p.parameters().describe() +
+                                      " but the context has " + ctx->parameters().describe());
+            }
             new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()));
           },
           "program"_a, "context"_a, "rotation_keys"_a = nb::none())

@@ -79,14 +79,15 @@ rt::Program seed_tile_program() {
   return p;
 }
 
-// Diagonal layout, 20 -> 12 -> 5 with a square: padded sizes 32 -> 16 -> 8 (the hybrid fold).
+// Diagonal layout, 20 -> 12 -> 5 with a square: padded sizes 32 -> 16 -> 8 (the hybrid fold);
+// the last layer has no bias.
 rt::Program seed_diagonal_program() {
   rt::Program p = rt::Program::diagonal(program_parameters(3), 20);
   const auto [w1, b1] = seed_layer(12, 20, 3, 4, 0.5);
   p.add_linear("fc1", 12, 20, w1, b1);
   p.add_square("act1");
-  const auto [w2, b2] = seed_layer(5, 12, 2, 0, 1.5);
-  p.add_linear("fc2", 5, 12, w2, b2);
+  const std::vector<double> w2 = seed_layer(5, 12, 2, 0, 1.5).first;
+  p.add_linear("fc2", 5, 12, w2, {});  // no bias: the file holds an empty bias vector
   return p;
 }
 

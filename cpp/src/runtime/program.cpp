@@ -433,6 +433,10 @@ namespace {
 constexpr std::uint64_t kMaxLayers = 4096;
 constexpr std::uint64_t kMaxName = 256;
 constexpr std::uint64_t kMaxValues = std::uint64_t{1} << 28;
+// Slot values a loaded program may hold in memory. Every kept unit and every bias vector is a
+// full slot vector, so 8 bytes of weight in a file can become up to `slots` doubles (a tile
+// [1, 1, slots]); without this bound a 1 MB file could ask for tens of gigabytes.
+constexpr std::uint64_t kMaxExpandedValues = std::uint64_t{1} << 27;
 
 void write_string(ckks::detail::Writer& w, const std::string& s) {
   w.u64(s.size());
@@ -536,6 +540,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
                                      std::to_string(layout));
     }
     const std::uint64_t layers = read_bounded(r, 0, kMaxLayers, "layer count");
+    std::uint64_t expanded = 0;  // slot values held by the layers built so far (bound above)
     for (std::uint64_t i = 0; i < layers; ++i) {
       const std::uint16_t kind = r.u16();
       const std::string name = read_string(r);
@@ -552,6 +557,29 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
                                              "output features");
       const std::vector<double> weight = read_values(r, out * in, "weight");
       const std::vector<double> bias = read_values(r, out, "bias");
+      // An upper bound on the slot vectors the layer will hold, checked before it is built:
+      // a unit needs a non-zero weight, and there are at most as many units as tiles
+      // (diagonals), at most one bias vector per output tile (one in all, diagonal).
+      const std::uint64_t nonzero = static_cast<std::uint64_t>(
+          std::count_if(weight.begin(), weight.end(), [](double v) { return v != 0.0; }));
+      std::uint64_t vectors = 0;
+      if (p.layout() == Layout::kTile) {
+        const std::uint64_t t = std::min(shape.outer, shape.inner);
+        const std::uint64_t out_tiles = ceil_div(out, t);
+        vectors = std::min<std::uint64_t>(ceil_div(in, t) * out_tiles, nonzero) +
+                  (bias.empty() ? 0 : out_tiles);
+      } else {
+        const std::uint64_t k_count =
+            std::min<std::uint64_t>(std::bit_ceil(in), std::bit_ceil(out));
+        vectors = std::min(k_count, nonzero) + (bias.empty() ? 0 : 1);
+      }
+      expanded += vectors * slots;
+      if (expanded > kMaxExpandedValues) {
+        throw ckks::SerializationError(
+            "program too large: its layers up to '" + name + "' would hold " +
+            std::to_string(expanded) + " slot values in memory, more than the " +
+            std::to_string(kMaxExpandedValues) + " a program file may expand to");
+      }
       p.add_linear(name, out, in, weight, bias);
     }
     r.expect_end();

@@ -31,10 +31,10 @@ def _chain(levels: int, scale_bits: int) -> tuple[list[int], list[int]]:
 
 
 def max_levels(poly_degree: int, scale_bits: int) -> int:
-    """Levels a ring degree gives at 128-bit security with this scale."""
+    """Levels a ring degree gives at 128-bit security with this scale (-1: not even q0 and P)."""
     outer = min(60, scale_bits + 20)
     budget = _core.max_modulus_bits_128(poly_degree) - 2 * outer
-    return max(0, budget // scale_bits)
+    return -1 if budget < 0 else budget // scale_bits
 
 
 def choose_parameters(
@@ -72,7 +72,7 @@ def choose_parameters(
                     "security)"
                 )
                 return ParameterChoice(params, levels, message)
-        best = max_levels(n, min(scales))
+        best = max(0, max(max_levels(n, sb) for sb in scales))
         notes.append(f"N={n} gives {best} at 128-bit security")
     raise _core.CompileError(
         f"the program needs {levels} levels; {'; '.join(notes)}. Reduce the depth (fewer "

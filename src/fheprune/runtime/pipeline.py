@@ -54,7 +54,7 @@ def pruned_model(
     scheme: str = "P4E",
     scope: str = "global",
     budget: float = 0.025,
-    fractions: tuple[float, ...] = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97),
+    fractions: tuple[float, ...] = (0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.95, 0.97),
     retrain_epochs: int = 2,
     train_epochs: int | None = None,
     limit: int | None = None,
@@ -152,8 +152,13 @@ def encrypted_run(
     *,
     threads: int = 1,
     calibrate_timings: bool = True,
+    repeats: int = 2,
 ) -> dict[str, Any]:
-    """Client encrypts ``x`` [count, features], server runs, client decrypts. Measures it all."""
+    """Client encrypts ``x`` [count, features], server runs, client decrypts. Measures it all.
+
+    The server runs the batch ``repeats`` times; latency is the fastest run (the machines here
+    are shared and noisy), and every run's counts must be the same.
+    """
     count = int(x.shape[0])
     spec = ClientSpec.from_compiled(compiled)
     client = Client(spec, threads=threads)
@@ -166,9 +171,12 @@ def encrypted_run(
     start = time.perf_counter()
     inputs = client.encrypt(x)
     encrypt_s = time.perf_counter() - start
-    start = time.perf_counter()
-    outputs = server.run(inputs)
-    latency_s = time.perf_counter() - start
+    latencies = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        outputs = server.run(inputs)
+        latencies.append(time.perf_counter() - start)
+    latency_s = min(latencies)
     start = time.perf_counter()
     y = client.decrypt(outputs, count)
     decrypt_s = time.perf_counter() - start
@@ -181,6 +189,7 @@ def encrypted_run(
         "groups": groups,
         "outputs": y,
         "latency_s": latency_s,
+        "latency_runs_s": latencies,
         "per_image_s": latency_s / count,
         "keygen_s": keygen_s,
         "server_setup_s": setup_s,

@@ -7,8 +7,9 @@
 * :class:`Server` loads the program file and the evaluation-key bundle and computes on
   ciphertexts only. It never sees a secret key: the bundle format cannot hold one.
 
-Files (all in the engine's checked envelope, see ``docs/runtime.md``): ``program.bin``,
-``client.json``, ``evaluation_keys.bin``, ``inputs/*.ct``, ``outputs/*.ct``.
+Files (see ``docs/runtime.md``): ``program.bin``, ``evaluation_keys.bin`` and the ``*.ct``
+ciphertexts in the engine's checked envelope (an empty ``.ct`` file is a known-zero output),
+and ``client.json``, a validated JSON description of the program's shape.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class ClientSpec:
     def from_json(cls, text: str) -> ClientSpec:
         try:
             d = json.loads(text)
+            if not isinstance(d, dict):
+                raise SpecError("a client spec is a JSON object")
             if d.get("format") != SPEC_FORMAT or d.get("version") != SPEC_VERSION:
                 raise SpecError(
                     f"not a {SPEC_FORMAT} v{SPEC_VERSION} file (format={d.get('format')!r}, "
@@ -144,11 +147,12 @@ class ClientSpec:
                 if d["output_perm"] is None
                 else tuple(int(v) for v in d["output_perm"]),
             )
+            spec.shape_program()  # validates the shape against the parameters
         except SpecError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # ValueError covers the engine's FheError family (CompileError, ParameterError...).
             raise SpecError(f"corrupt client spec: {exc}") from exc
-        spec.shape_program()  # validates the shape against the parameters
         return spec
 
 

@@ -1,5 +1,5 @@
 // The cost model: what the executor will do, counted from the program alone (no backend), and
-// the lower bounds it is measured against (DESIGN.md, "lower bounds"). Tests hold these counts
+// the lower bounds it is measured against (docs/runtime.md, "Cost model and lower bounds"). Tests hold these counts
 // equal to the ones the executor records; latency and memory predictions multiply them by
 // per-operation timings measured on the machine (fheprune.runtime.cost in Python).
 #pragma once
