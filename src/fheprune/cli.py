@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--tile", type=_positive, default=8, help="square tile side (default 8)")
     run.add_argument("--scheme", default="P4E", help="HE-PEx scheme (default P4E)")
+    run.add_argument(
+        "--target",
+        default="neuron",
+        choices=("weight", "neuron"),
+        help="first-prune target (default neuron: dead neurons also drop rotations)",
+    )
+    run.add_argument("--scope", default="global", choices=("local", "global"))
     run.add_argument("--images", type=_positive, default=1024, help="test images (default 1024)")
     run.add_argument("--threads", type=_positive, default=1, help="engine threads (default 1)")
     run.add_argument("--retrain-epochs", type=_positive, default=2)
@@ -138,6 +145,8 @@ def _run_main_job(args: argparse.Namespace) -> int:
     config = MainJobConfig(
         tile=args.tile,
         scheme=args.scheme,
+        target=args.target,
+        scope=args.scope,
         images=args.images,
         threads=args.threads,
         data_dir=args.data_dir,
