@@ -61,7 +61,7 @@ nb::dict ops_dict(const rt::OpCounts& o) {
   d["rescale"] = o.rescale;
   d["multiply"] = o.multiply;
   d["relinearize"] = o.relinearize;
-  d["encrypt"] = o.encrypt;
+  d["constant"] = o.constant;
   return d;
 }
 

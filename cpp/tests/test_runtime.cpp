@@ -197,7 +197,7 @@ TEST(TileLayout, ConstantOutputsOfDeadTilesAreEncrypted) {
   const auto x = ckks::testing::random_reals(32 * 8, 3);
   const SimResult r = simulate(p, x, 32);
   EXPECT_LT(max_abs_diff(r.y, reference({l1}, x, 32)), 1e-9);
-  EXPECT_EQ(r.stats.total().encrypt, 1u);
+  EXPECT_EQ(r.stats.total().constant, 1u);
 }
 
 TEST(TileLayout, RejectsShapesThatDoNotFit) {

@@ -61,7 +61,7 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
           c.rotation_lower_bound += static_cast<double>(log2_floor(extent));
           c.mul_plain_lower_bound += k;
         } else if (t->bias_nonzero[ot]) {
-          c.ops.encrypt += 1;
+          c.ops.constant += 1;
         }
       }
       c.units = t->units.size();
@@ -94,7 +94,7 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
             std::max(0.0, 2.0 * std::sqrt(static_cast<double>(nd)) - 2.0) + static_cast<double>(hybrid);
         c.mul_plain_lower_bound = nd;
       } else if (!d->bias.empty()) {
-        c.ops.encrypt = 1;
+        c.ops.constant = 1;
       }
       const std::size_t bias_count = d->bias.empty() ? 0 : 1;
       c.plaintexts = nd + bias_count;

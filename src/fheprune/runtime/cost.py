@@ -120,7 +120,6 @@ def predict(program: Any, timings: OpTimings, groups: int) -> dict[str, Any]:
                 + ops["rescale"] * timings.get("rescale", mul_level)
                 + ops["rotate"] * (timings.get("rotate", rot_level) + timings.get("add", rot_level))
                 + ops["add_plain"] * timings.get("add_plain", rot_level)
-                + ops["encrypt"] * timings.get("encrypt", rot_level)
             )
         seconds *= groups
         total += seconds

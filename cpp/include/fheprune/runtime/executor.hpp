@@ -30,7 +30,8 @@ struct OpCounts {
   std::uint64_t rescale = 0;
   std::uint64_t multiply = 0;   // ciphertext x ciphertext
   std::uint64_t relinearize = 0;
-  std::uint64_t encrypt = 0;    // constants of pruned-away outputs, encrypted by the server
+  std::uint64_t constant = 0;   // outputs of pruned-away units: a copy of a constant ciphertext
+                                // the server encrypted once, at set-up
 
   OpCounts& operator+=(const OpCounts& o) {
     mul_plain += o.mul_plain;
@@ -40,13 +41,13 @@ struct OpCounts {
     rescale += o.rescale;
     multiply += o.multiply;
     relinearize += o.relinearize;
-    encrypt += o.encrypt;
+    constant += o.constant;
     return *this;
   }
   OpCounts scaled(std::uint64_t k) const {
     OpCounts o = *this;
     o.mul_plain *= k, o.add *= k, o.add_plain *= k, o.rotate *= k, o.rescale *= k;
-    o.multiply *= k, o.relinearize *= k, o.encrypt *= k;
+    o.multiply *= k, o.relinearize *= k, o.constant *= k;
     return o;
   }
   bool operator==(const OpCounts&) const = default;
@@ -144,6 +145,7 @@ class Executor {
     std::vector<Pt> units;                 // aligned with the layer's units
     std::vector<std::optional<Pt>> bias;   // tile: per out tile; diagonal: one
     std::optional<Pt> mask;                // tile rebuild
+    std::vector<std::optional<Ct>> constant;  // outputs with no live unit but a bias
   };
 
   void prepare() {
@@ -159,7 +161,9 @@ class Executor {
     std::size_t level = top;
     double scale = backend_.default_scale();
     const std::size_t slots = program_.slots();
-    for (const Layer& layer : program_.layers()) {
+    for (std::size_t index = 0; index < program_.layers().size(); ++index) {
+      const Layer& layer = program_.layers()[index];
+      const std::vector<std::uint8_t> live_in = program_.live_inputs(index);
       Prepared p;
       if (const auto* t = std::get_if<TileLinear>(&layer)) {
         if (t->rebuild_input) {
@@ -176,16 +180,27 @@ class Executor {
         for (const TileUnit& u : t->units) p.units.push_back(encode(u.values, level, q));
         scale = scale * q / q;
         --level;
+        std::vector<std::uint8_t> has_unit(t->out_tiles, 0);
+        for (const TileUnit& u : t->units) has_unit[u.out_tile] |= live_in[u.in_tile];
         for (std::size_t ot = 0; ot < t->bias_nonzero.size(); ++ot) {
           p.bias.push_back(t->bias_nonzero[ot] ? std::optional<Pt>(encode(t->bias[ot], level, scale))
                                                : std::nullopt);
+          // An output tile with no live unit is its bias: encrypt it once, here.
+          p.constant.push_back(p.bias.back() && !has_unit[ot]
+                                   ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
+                                   : std::nullopt);
         }
       } else if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
         const double q = backend_.prime(level);
         for (const DiagonalUnit& u : d->units) p.units.push_back(encode(u.values, level, q));
         scale = scale * q / q;
         --level;
-        if (!d->bias.empty()) p.bias.push_back(encode(d->bias, level, scale));
+        if (!d->bias.empty()) {
+          p.bias.push_back(encode(d->bias, level, scale));
+          p.constant.push_back((!live_in[0] || d->units.empty())
+                                   ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
+                                   : std::nullopt);
+        }
       } else {
         scale = scale * scale / backend_.prime(level);
         --level;
@@ -291,8 +306,8 @@ class Executor {
           ++ops.add_plain;
         }
       } else if (prep.bias[ot]) {
-        acc = backend_.encrypt(*prep.bias[ot]);
-        ++ops.encrypt;
+        acc = *prep.constant[ot];
+        ++ops.constant;
       }
       held_out += acc.has_value();
       y[ot] = std::move(acc);
@@ -306,8 +321,8 @@ class Executor {
     std::vector<std::optional<Ct>> y(1);
     if (!x[0] || d.units.empty()) {  // zero input or no diagonal: only the bias remains
       if (!prep.bias.empty()) {
-        y[0] = backend_.encrypt(*prep.bias[0]);
-        ++ops.encrypt;
+        y[0] = *prep.constant[0];
+        ++ops.constant;
       }
       return y;
     }
