@@ -10,6 +10,8 @@ Each stage is a function the benchmarks reuse:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import resource
 import time
@@ -76,6 +78,7 @@ def pruned_model(
         tiles=[tile],
         train_epochs=train_epochs,
         retrain_epochs=retrain_epochs,
+        fractions=fractions,
         limit=limit,
         budget=budget,
         seed=seed,
@@ -86,7 +89,13 @@ def pruned_model(
     dense, _ = experiment.baseline(model_name)
     spec = SchemeSpec(scheme.upper(), scope, criterion, target)
     label = spec.label.replace(" ", "_").replace("/", "-")
-    cache = Path(work_dir) / f"{model_name}-{label}-{tile}x{tile}.npz"
+    # Everything that changes the result is in the name, so a cache made under another
+    # schedule, budget, fraction list or seed is never reused by mistake.
+    settings = json.dumps(
+        [train_epochs, retrain_epochs, limit, budget, list(fractions), seed], sort_keys=True
+    )
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+    cache = Path(work_dir) / f"{model_name}-{label}-{tile}x{tile}-{digest}.npz"
     if cache.exists():
         log.info("loading the cached pruned model %s", cache)
 
@@ -210,6 +219,7 @@ def encrypted_run(
             "input_ciphertext_bytes": sum(
                 2 * (int(c.level) + 1) * int(compiled.parameters.poly_degree) * 8 for c in inputs
             ),
+            # The process's peak so far (it only grows across runs in one process).
             "process_peak_rss_bytes": _peak_rss_bytes(),
         },
     }
@@ -267,6 +277,11 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
         seed=cfg.seed,
         retrain_epochs=cfg.retrain_epochs,
     )
+    if pm.experiment.task(cfg.model) != "classification":
+        raise ValueError(
+            f"the main job reports classification accuracy; {cfg.model!r} is not a classifier "
+            "(benchmarks/runtime_pruned_vs_dense.py measures autoencoders)"
+        )
     xs, ys = [], []
     for xb, yb in pm.experiment.loaders(cfg.model).test:
         xs.append(xb.reshape(xb.shape[0], -1).double().numpy())
