@@ -422,16 +422,21 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         log.warning("matplotlib is not installed; skipping the plot")
         return
     variants = ["dense", "pruned"]
+    colors = ["#888", "#2a7"]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     v = report["variants"]
-    axes[0].bar(variants, [v[k]["latency_s"] for k in variants], color=["#888", "#2a7"])
+    axes[0].bar(variants, [v[k]["latency_s"] for k in variants], color=colors)
     axes[0].set_title("server latency (s)")
-    axes[1].bar(variants, [v[k]["memory_bytes"] / 2**20 for k in variants], color=["#888", "#2a7"])
+    axes[1].bar(variants, [v[k]["memory_bytes"] / 2**20 for k in variants], color=colors)
     axes[1].set_title("memory (MiB)")
     ops = ["mul_plain", "rotate", "rescale"]
     for j, k in enumerate(variants):
         axes[2].bar(
-            np.arange(len(ops)) + 0.4 * j, [v[k]["ops"][o] for o in ops], width=0.4, label=k
+            np.arange(len(ops)) + 0.4 * j,
+            [v[k]["ops"][o] for o in ops],
+            width=0.4,
+            label=k,
+            color=colors[j],
         )
     axes[2].set_xticks(np.arange(len(ops)) + 0.2, ops)
     axes[2].set_yscale("log")
