@@ -101,6 +101,10 @@ DEFAULT_SCHEMES: tuple[SchemeSpec, ...] = (
     SchemeSpec("P4", "local", "l1", "weight"),
     SchemeSpec("P4E", "local", "l1", "weight"),
     SchemeSpec("P4E", "global", "l1", "weight"),
+    # Neuron-target first prune: the co-permutation gathers dead neurons into dead tile rows,
+    # which also removes their rotations in the runtime (output neurons are never pruned).
+    SchemeSpec("P4E", "local", "l1", "neuron"),
+    SchemeSpec("P4E", "global", "l1", "neuron"),
     SchemeSpec("P4E", "local", "l1", "weight", conv_pack_threshold=1.0),
 )
 
