@@ -100,6 +100,17 @@ struct SimRun {
       : program(std::move(p)), backend(std::move(ctx), std::move(keys)), exec(program, backend) {}
 };
 
+// Both executors run a program only under the parameters it was compiled for.
+void check_context(const rt::Program& p, const ck::Context& ctx) {
+  const ck::Parameters& want = p.parameters();
+  const ck::Parameters& have = ctx.parameters();
+  if (want.poly_degree != have.poly_degree || want.chain_bits != have.chain_bits ||
+      want.special_bits != have.special_bits) {
+    throw ck::MismatchError("the program was compiled for " + want.describe() +
+                            " but the context has " + have.describe());
+  }
+}
+
 std::string layout_name(rt::Layout l) { return l == rt::Layout::kTile ? "tile" : "diagonal"; }
 
 }  // namespace
@@ -180,6 +191,7 @@ void bind_runtime(nb::module_& m) {
               d["name"] = c.name;
               d["kind"] = c.kind;
               d["level"] = c.level;
+              d["rebuild"] = c.rebuild;
               d["ops"] = ops_dict(c.ops);
               d["units"] = c.units;
               d["total_units"] = c.total_units;
@@ -202,12 +214,7 @@ void bind_runtime(nb::module_& m) {
           "__init__",
           [](EngineRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
              const ck::EvaluationKeys& keys) {
-            if (p.parameters().poly_degree != ctx->poly_degree() ||
-                p.parameters().chain_bits != ctx->parameters().chain_bits ||
-                p.parameters().special_bits != ctx->parameters().special_bits) {
-              throw ck::MismatchError("the program was compiled for " + p.parameters().describe() +
-                                      " but the context has " + ctx->parameters().describe());
-            }
+            check_context(p, *ctx);
             if (keys.galois_keys.params() != ctx->fingerprint()) {
               throw ck::MismatchError("the evaluation keys were made under different parameters "
                                       "than this context");
@@ -239,11 +246,7 @@ void bind_runtime(nb::module_& m) {
           "__init__",
           [](SimRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
              std::optional<std::vector<long>> rotation_keys) {
-            if (p.parameters().poly_degree != ctx->poly_degree() ||
-                p.parameters().chain_bits != ctx->parameters().chain_bits) {
-              throw ck::MismatchError("the program was compiled for " + p.parameters().describe() +
-                                      " but the context has " + ctx->parameters().describe());
-            }
+            check_context(p, *ctx);
             new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()));
           },
           "program"_a, "context"_a, "rotation_keys"_a = nb::none())

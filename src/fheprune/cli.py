@@ -20,7 +20,6 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from fheprune.data import DATA_ENV_VAR, DataError
 
@@ -197,9 +196,9 @@ def _run_prune(args: argparse.Namespace) -> int:
         SchemeSpec,
         SweepConfig,
         prune_within_budget,
+        save_budget_point,
     )
     from fheprune.layouts import TileShape
-    from fheprune.pruning import save_pruned_model
 
     try:
         tile = TileShape.parse(args.tile)
@@ -236,19 +235,8 @@ def _run_prune(args: argparse.Namespace) -> int:
             "no pruning fraction in %s stays within %.2f%% degradation", args.fractions, args.budget
         )
         return 1
-    model, result, row = best
-    save_pruned_model(
-        args.out,
-        model,
-        result.masks,
-        model_name=args.model,
-        model_kwargs=dict(getattr(model, "arch", {})),
-        tile_shape=tile,
-        scheme=spec.label,
-        config={"fraction": row["fraction"], **config.to_dict()},
-        metrics={k: row[k] for k in ("metric", "baseline_metric", "degradation")},
-        permutations=_permutation_arrays(result.permutation),
-    )
+    save_budget_point(args.out, args.model, spec, tile, config, best)
+    row = best[2]
     print(
         f"{args.model} {spec.label} {tile.t1}x{tile.t2}: fraction {row['fraction']:.2f}, "
         f"tile sparsity {100 * row['tile_sparsity']:.1f}%, weight sparsity "
@@ -257,13 +245,6 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"-> {args.out}"
     )
     return 0
-
-
-def _permutation_arrays(info: object) -> dict[str, Any] | None:
-    """Named index arrays from a permutation result (None when the scheme did not permute)."""
-    from fheprune.pruning.permute import PermutationResult
-
-    return info.as_arrays() if isinstance(info, PermutationResult) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

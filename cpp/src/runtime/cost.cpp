@@ -35,6 +35,7 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       c.kind = "tile";
       std::size_t live = 0;
       for (auto v : live_in) live += v;
+      c.rebuild = t->rebuild_input;
       if (t->rebuild_input) {
         // Mask (one plaintext, one level) then replicate along j.
         c.ops.mul_plain += live;

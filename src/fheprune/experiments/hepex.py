@@ -330,6 +330,48 @@ def prune_within_budget(
     return best
 
 
+def save_budget_point(
+    path: str | os.PathLike[str],
+    model_name: str,
+    spec: SchemeSpec,
+    tile: TileShape,
+    config: SweepConfig,
+    best: tuple[nn.Module, SchemeResult, dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Save a :func:`prune_within_budget` point (weights, masks, client-side permutations).
+
+    Returns the permutation arrays it saved (None when the scheme did not permute).
+    """
+    from fheprune.pruning import save_pruned_model
+    from fheprune.pruning.permute import PermutationResult
+
+    model, result, row = best
+    info = result.permutation
+    arrays = info.as_arrays() if isinstance(info, PermutationResult) else None
+    save_pruned_model(
+        path,
+        model,
+        result.masks,
+        model_name=model_name,
+        model_kwargs=dict(getattr(model, "arch", {})),
+        tile_shape=tile,
+        scheme=spec.label,
+        config={"fraction": row["fraction"], **config.to_dict()},
+        metrics={
+            k: float(row[k])
+            for k in (
+                "metric",
+                "baseline_metric",
+                "degradation",
+                "tile_sparsity",
+                "weight_sparsity",
+            )
+        },
+        permutations=arrays,
+    )
+    return arrays
+
+
 def _first_prune_tiles(result: SchemeResult) -> float | None:
     """Tile sparsity right after the first prune (before permute/pack/expand)."""
     return next((r.tiles_after.sparsity for r in result.log if r.kind == "prune"), None)

@@ -9,6 +9,7 @@ the rotation.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from fheprune import _core
 
-__all__ = ["OpTimings", "calibrate", "predict"]
+__all__ = ["OpTimings", "calibrate", "machine_timings", "predict"]
 
 
 @dataclass
@@ -97,6 +98,17 @@ def calibrate(
     return timings
 
 
+@functools.lru_cache(maxsize=8)
+def _calibrate_once(parameter_bytes: bytes, threads: int) -> OpTimings:
+    return calibrate(_core.Parameters.from_bytes(parameter_bytes), threads=threads)
+
+
+def machine_timings(parameters: Any, *, threads: int = 1) -> OpTimings:
+    """:func:`calibrate`, measured once per parameters and thread count in this process (the
+    dense and the pruned program of one comparison share their parameters)."""
+    return _calibrate_once(bytes(parameters.to_bytes()), threads)
+
+
 def predict(program: Any, timings: OpTimings, groups: int) -> dict[str, Any]:
     """Predicted server seconds per layer and in total for ``groups`` groups of samples."""
     layers = []
@@ -111,9 +123,7 @@ def predict(program: Any, timings: OpTimings, groups: int) -> dict[str, Any]:
             )
         else:
             # A rebuild (mask) happens one level above the products: charge its mask at `level`.
-            mul_level = level
-            if kind == "tile" and ops["mul_plain"] > layer["mul_plain_lower_bound"]:
-                mul_level = level - 1
+            mul_level = level - 1 if layer["rebuild"] else level
             rot_level = max(mul_level - 1, 0)
             seconds = (
                 ops["mul_plain"] * timings.get("mul_plain", mul_level)

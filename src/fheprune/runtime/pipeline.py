@@ -26,7 +26,7 @@ from torch import nn
 from fheprune.reporting import machine_info, write_json_atomic
 
 from .compiler import CompiledModel, compile_model
-from .cost import calibrate, merge_counts, predict, summarize_cost
+from .cost import machine_timings, merge_counts, predict, summarize_cost
 from .roles import Client, ClientSpec, Server
 
 __all__ = ["MainJobConfig", "PrunedModel", "encrypted_run", "pruned_model", "run_main_job"]
@@ -67,11 +67,16 @@ def pruned_model(
     seed: int = 0,
 ) -> PrunedModel:
     """The baseline and its best pruned version within ``budget`` (cached in ``work_dir``)."""
-    from fheprune.experiments.hepex import Experiment, SchemeSpec, SweepConfig, prune_within_budget
+    from fheprune.experiments.hepex import (
+        Experiment,
+        SchemeSpec,
+        SweepConfig,
+        prune_within_budget,
+        save_budget_point,
+    )
     from fheprune.layouts import TileShape
     from fheprune.models import build_model
-    from fheprune.pruning import load_pruned_model, save_pruned_model
-    from fheprune.pruning.permute import PermutationResult
+    from fheprune.pruning import load_pruned_model
 
     config = SweepConfig(
         models=[model_name],
@@ -123,25 +128,12 @@ def pruned_model(
         raise RuntimeError(
             f"no pruning fraction in {fractions} keeps {model_name} within {budget:.1%} degradation"
         )
-    model, result, row = best
-    info = result.permutation
-    arrays = info.as_arrays() if isinstance(info, PermutationResult) else None
+    arrays = save_budget_point(cache, model_name, spec, TileShape(tile, tile), config, best)
+    model, _, row = best
     metrics = {
         k: float(row[k])
         for k in ("metric", "baseline_metric", "degradation", "tile_sparsity", "weight_sparsity")
     }
-    save_pruned_model(
-        cache,
-        model,
-        result.masks,
-        model_name=model_name,
-        model_kwargs=dict(getattr(model, "arch", {})),
-        tile_shape=TileShape(tile, tile),
-        scheme=spec.label,
-        config={"fraction": row["fraction"], **config.to_dict()},
-        metrics=metrics,
-        permutations=arrays,
-    )
     return PrunedModel(
         dense=dense,
         pruned=model,
@@ -229,7 +221,7 @@ def encrypted_run(
         + run["memory"]["peak_ciphertext_bytes"]
     )
     if calibrate_timings:
-        timings = calibrate(compiled.parameters, threads=threads)
+        timings = machine_timings(compiled.parameters, threads=threads)
         predicted = predict(compiled.program, timings, groups)
         run["predicted_latency_s"] = predicted["seconds"]
         run["prediction_error"] = (predicted["seconds"] - latency_s) / latency_s
@@ -328,11 +320,7 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
         log.info("stage %d/4: encrypted run, %s (%d images)", 3 + i, name, x.shape[0])
         run = encrypted_run(compiled, x, threads=cfg.threads)
         y = run.pop("outputs")
-        plain = (
-            _plaintext_outputs(model, x, None, None)
-            if pin is None
-            else _plaintext_outputs(model, x, pin, pout)
-        )
+        plain = _plaintext_outputs(model, x, pin, pout)
         run["agreement"] = float(np.mean(np.argmax(y, 1) == np.argmax(plain, 1)))
         run["max_abs_error"] = float(np.max(np.abs(y - plain)))
         run["accuracy_encrypted"] = float(np.mean(np.argmax(y, 1) == labels))

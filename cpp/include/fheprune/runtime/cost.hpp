@@ -17,6 +17,7 @@ struct LayerCost {
   std::string name;
   std::string kind;             // "tile", "diagonal", "square"
   std::size_t level = 0;        // level of the layer's input ciphertexts
+  bool rebuild = false;         // tile layer that masks + replicates its inputs first (1 level)
   OpCounts ops;                 // per group of samples
   std::size_t units = 0;        // non-zero units kept (tiles or diagonals)
   std::size_t total_units = 0;  // all units of the dense layer
