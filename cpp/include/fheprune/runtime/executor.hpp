@@ -229,6 +229,15 @@ class Executor {
     return n;
   }
 
+  // One fused pass over sum_i cts[i] * pts[i], lazily reduced; counted as the products and adds
+  // it replaces.
+  Ct sum_of_products(const std::vector<const Ct*>& cts, const std::vector<const Pt*>& pts,
+                     OpCounts& ops) {
+    ops.mul_plain += cts.size();
+    ops.add += cts.size() - 1;
+    return backend_.mul_plain_sum(cts, pts);
+  }
+
   // Sum over `extent` slots spaced `stride` apart, by log2(extent) rotate-and-adds. A negative
   // stride replicates instead (after a mask).
   void rotate_and_add(Ct& c, std::size_t extent, long stride, OpCounts& ops) {
@@ -291,10 +300,7 @@ class Executor {
         pts.push_back(&prep.units[u]);
       }
       if (!cts.empty()) {
-        // One fused pass: sum of products, lazily reduced (counted as products and adds).
-        acc = backend_.mul_plain_sum(cts, pts);
-        ops.mul_plain += cts.size();
-        ops.add += cts.size() - 1;
+        acc = sum_of_products(cts, pts, ops);
         note_held(st, held_in + held_out + 1, backend_.level(*acc));
       }
       if (acc) {
@@ -352,10 +358,7 @@ class Executor {
         cts.push_back(b == 0 ? x[0] : &baby.at(b));
         pts.push_back(&prep.units[u]);
       }
-      std::optional<Ct> acc = backend_.mul_plain_sum(cts, pts);
-      ops.mul_plain += cts.size();
-      ops.add += cts.size() - 1;
-      Ct block = backend_.rescale(*acc);
+      Ct block = backend_.rescale(sum_of_products(cts, pts, ops));
       ++ops.rescale;
       if (giant != 0) {
         block = backend_.rotate(block, static_cast<long>(giant * n1));
