@@ -1,0 +1,454 @@
+"""Multi-channel convolution layout (Gazelle / CHET style): THE definition of its units.
+
+A feature map of C channels is cut into *channel blocks*. A block is a ``grid_h x grid_w`` grid
+of slots (powers of two); a ciphertext holds ``lanes = slots / (grid_h * grid_w)`` blocks, one
+channel each. Channel ``c`` sits in ciphertext ``ct(c)`` and block ``lane(c)``; pixel ``(y, x)``
+of a channel sits at offset ``(origin_y + y*dilation) * grid_w + origin_x + x*dilation`` inside
+its block, so the slot is ``lane(c) * block + offset``.
+
+* The client writes the first layer's input with its padding as zeros around ``origin``; a
+  channel count below ``lanes`` is replicated across the free blocks (``replicas``).
+* A stride or an average pool keeps outputs where they are: the result is valid on a coarser
+  grid (``dilation`` grows) and the next layer's kernel offsets are dilated to match.
+* Group-interleaved encoding (SpENCNN's HE-group convolution with ``groups = G``): block
+  ``lane`` of every ciphertext holds a channel of group ``lane mod G``, so a grouped
+  convolution only ever meets channel offsets that are multiples of G.
+
+Convolution ``C_in -> C_out`` with ``f x f`` kernels (runtime: a map of diagonals) is
+``y_o = sum_i sum_(p, r) w[o, i, p, r] * rot(x_i, p_offset + r * block)``:
+
+* **position unit** ``(input ciphertext i, kernel position p)``: every weight that reads input
+  ciphertext ``i`` at position ``p``, for all outputs (SpENCNN sub-block, Artemis positional).
+  When it is zero the *inner* rotation by ``p_offset`` of input ``i`` is never computed.
+* **diagonal unit** ``(output ciphertext o, input ciphertext i, channel offset r)``: the weights
+  from block ``(lane + r) mod lanes`` of input ``i`` into block ``lane`` of output ``o``, all
+  kernel positions (Artemis diagonal). When it is zero for every input of output ``o``, the
+  *outer* rotation by ``r * block`` of output ``o`` is never computed.
+
+Fully connected layers see a vector layout (:class:`VectorPacking`: feature -> ciphertext, slot)
+and are a map of generalized diagonals too: the **fc diagonal unit** ``(input ciphertext i,
+k = (slot_in - slot_out) mod slots)`` (SpENCNN's FC sub-blocks). The lowering, the pruning
+methods and the cost model all take their units from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import nn
+
+__all__ = [
+    "ChannelPacking",
+    "LayoutError",
+    "LayoutPlan",
+    "PlannedLayer",
+    "UnitKind",
+    "VectorPacking",
+    "conv_units",
+    "fc_units",
+    "layer_units",
+    "plan_layout",
+    "unit_count",
+]
+
+IntArray = NDArray[np.int64]
+UnitKind = Literal["position", "diagonal"]
+
+
+class LayoutError(ValueError):
+    """A network or shape the multi-channel layout cannot hold (the message says what fits)."""
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class ChannelPacking:
+    """Where every (channel, y, x) of a feature map lives: see the module docstring."""
+
+    channels: int
+    height: int  # valid rows / columns (in units of `dilation`)
+    width: int
+    grid_h: int
+    grid_w: int
+    lanes: int  # channel blocks per ciphertext
+    groups: int = 1  # group-interleaved for G groups
+    dilation: int = 1
+    origin: tuple[int, int] = (0, 0)
+    replicas: int = 1  # > 1 only for a client-packed input with fewer channels than lanes
+
+    def __post_init__(self) -> None:
+        for v in (self.grid_h, self.grid_w, self.lanes):
+            if v < 1 or v & (v - 1):
+                raise LayoutError(f"grid sides and lanes must be powers of two, got {v}")
+        if self.channels < 1 or self.groups < 1 or self.channels % self.groups:
+            raise LayoutError(f"{self.channels} channels cannot form {self.groups} groups")
+        if self.lanes % self.groups:
+            raise LayoutError(
+                f"{self.groups} groups need a divisor of the {self.lanes} channel blocks per "
+                f"ciphertext (HE-group convolution allows G <= G_base = {self.lanes})"
+            )
+        if self.replicas > 1 and (self.groups != 1 or self.channels * self.replicas != self.lanes):
+            raise LayoutError("replicas must fill exactly one ciphertext of an ungrouped input")
+        last_y = self.origin[0] + (self.height - 1) * self.dilation
+        last_x = self.origin[1] + (self.width - 1) * self.dilation
+        if last_y >= self.grid_h or last_x >= self.grid_w:
+            raise LayoutError(
+                f"a {self.height}x{self.width} map (dilation {self.dilation}, origin "
+                f"{self.origin}) does not fit a {self.grid_h}x{self.grid_w} block"
+            )
+
+    @property
+    def block(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def slots(self) -> int:
+        return self.block * self.lanes
+
+    @property
+    def per_group_lanes(self) -> int:
+        return self.lanes // self.groups
+
+    @property
+    def ciphertexts(self) -> int:
+        per_group = self.channels // self.groups
+        return max(1, math.ceil(per_group / self.per_group_lanes))
+
+    def place(self, channels: IntArray | Sequence[int]) -> tuple[IntArray, IntArray]:
+        """(ciphertext, block) of each channel (the first replica when replicated)."""
+        c = np.asarray(channels, dtype=np.int64)
+        per_group = self.channels // self.groups
+        g, u = c // per_group, c % per_group
+        ct = u // self.per_group_lanes
+        lane = g + self.groups * (u % self.per_group_lanes)
+        return ct, lane
+
+    def offset(self, y: IntArray | int, x: IntArray | int) -> IntArray:
+        """Slot offset of pixel (y, x) inside its channel block."""
+        yy = self.origin[0] + np.asarray(y, dtype=np.int64) * self.dilation
+        xx = self.origin[1] + np.asarray(x, dtype=np.int64) * self.dilation
+        return np.asarray(yy * self.grid_w + xx, dtype=np.int64)
+
+    def valid_mask(self) -> NDArray[np.bool_]:
+        """[ciphertexts, slots]: True where a real (channel, y, x) value lives."""
+        out = np.zeros((self.ciphertexts, self.slots), dtype=bool)
+        ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
+        off = self.offset(ys.ravel(), xs.ravel())
+        for c in range(self.channels):
+            for ct, lane in self._replica_places(c):
+                out[ct, lane * self.block + off] = True
+        return out
+
+    def _replica_places(self, c: int) -> list[tuple[int, int]]:
+        ct, lane = self.place([c])
+        return [(int(ct[0]), int(lane[0]) + r * self.channels) for r in range(self.replicas)]
+
+    def pack(self, images: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Client side: [batch, C, H, W] (dilation 1) -> [batch, ciphertexts, slots]."""
+        x = np.asarray(images, dtype=np.float64)
+        if x.ndim != 4 or x.shape[1:] != (self.channels, self.height, self.width):
+            raise LayoutError(
+                f"expected inputs shaped [batch, {self.channels}, {self.height}, {self.width}], "
+                f"got {list(x.shape)}"
+            )
+        out = np.zeros((x.shape[0], self.ciphertexts, self.slots))
+        ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
+        off = self.offset(ys.ravel(), xs.ravel())
+        for c in range(self.channels):
+            for ct, lane in self._replica_places(c):
+                out[:, ct, lane * self.block + off] = x[:, c].reshape(x.shape[0], -1)
+        return out
+
+    def flatten(self) -> VectorPacking:
+        """The vector layout of ``nn.Flatten`` (feature c*H*W + y*W + x) over this map."""
+        c, y, x = np.meshgrid(
+            np.arange(self.channels),
+            np.arange(self.height),
+            np.arange(self.width),
+            indexing="ij",
+        )
+        ct, lane = self.place(c.ravel())
+        slot = lane * self.block + self.offset(y.ravel(), x.ravel())
+        return VectorPacking(
+            ct.astype(np.int64), slot.astype(np.int64), self.slots, self.ciphertexts
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class VectorPacking:
+    """A vector layout: feature f sits in ciphertext ``ct[f]`` at slot ``slot[f]``."""
+
+    ct: IntArray
+    slot: IntArray
+    slots: int
+    ciphertexts: int
+
+    @property
+    def features(self) -> int:
+        return int(self.ct.shape[0])
+
+    @staticmethod
+    def spread(features: int, slots: int) -> VectorPacking:
+        """Output layout of an FC layer: feature f at slot f * slots / next_pow2(features)."""
+        if features > slots:
+            raise LayoutError(f"{features} outputs do not fit {slots} slots in one ciphertext")
+        stride = slots // _pow2_at_least(features)
+        f = np.arange(features, dtype=np.int64)
+        return VectorPacking(np.zeros(features, dtype=np.int64), f * stride, slots, 1)
+
+
+@dataclass
+class PlannedLayer:
+    """One step of the network on the layout.
+
+    ``kind``: "conv" (nn.Conv2d), "fc" (nn.Linear), "pool" (nn.AvgPool2d: a window sum by
+    rotate-and-add, its 1/k^2 folded into the next linear layer), "act" (polynomial
+    activation, layout unchanged) or "flatten" (layout change only, no operation).
+    """
+
+    name: str
+    kind: Literal["conv", "fc", "pool", "act", "flatten"]
+    module: nn.Module
+    inputs: ChannelPacking | VectorPacking
+    outputs: ChannelPacking | VectorPacking
+
+
+@dataclass
+class LayoutPlan:
+    slots: int
+    layers: OrderedDict[str, PlannedLayer] = field(default_factory=OrderedDict)
+
+    @property
+    def input(self) -> ChannelPacking:
+        first = next(iter(self.layers.values()))
+        assert isinstance(first.inputs, ChannelPacking)
+        return first.inputs
+
+    @property
+    def output(self) -> VectorPacking:
+        last = next(reversed(self.layers.values()))
+        assert isinstance(last.outputs, VectorPacking)
+        return last.outputs
+
+
+def _conv_groups_of_next(children: list[tuple[str, nn.Module]], start: int) -> int:
+    """Groups of the next grouped conv reading this map (its input must be interleaved)."""
+    for _, m in children[start:]:
+        if isinstance(m, nn.Conv2d):
+            return int(m.groups)
+        if isinstance(m, (nn.Linear, nn.Flatten)):
+            return 1
+    return 1
+
+
+def plan_layout(model: nn.Module, slots: int, input_shape: tuple[int, int, int]) -> LayoutPlan:
+    """Lay a conv chain (Conv2d, AvgPool2d, activations, Flatten, Linear) out on ``slots``.
+
+    The block grid is the smallest power-of-two square holding the padded input; every later
+    map keeps it (strides and pools dilate instead of moving data). Padding is supported on
+    the first convolution only (the client writes the zeros).
+    """
+    if not isinstance(model, nn.Sequential):
+        raise LayoutError(
+            f"the conv layout takes an nn.Sequential chain, got {type(model).__name__}"
+        )
+    from fheprune.models.activations import PolyActivation
+
+    channels, height, width = input_shape
+    children = [(n, m) for n, m in model.named_children() if not isinstance(m, nn.Identity)]
+    first_conv = next((m for _, m in children if isinstance(m, nn.Conv2d)), None)
+    pad = int(first_conv.padding[0]) if isinstance(first_conv, nn.Conv2d) else 0
+    grid = _pow2_at_least(max(height, width) + 2 * pad)
+    if grid * grid > slots:
+        raise LayoutError(
+            f"a {height + 2 * pad}x{width + 2 * pad} padded image needs {grid * grid} slots per "
+            f"channel block; the ring has {slots}. Choose a larger ring degree"
+        )
+    lanes = slots // (grid * grid)
+    groups = _conv_groups_of_next(children, 0)
+    replicas = (
+        lanes // channels if channels < lanes and lanes % channels == 0 and groups == 1 else 1
+    )
+    current: ChannelPacking | VectorPacking = ChannelPacking(
+        channels,
+        height,
+        width,
+        grid,
+        grid,
+        lanes,
+        groups=groups,
+        origin=(pad, pad),
+        replicas=replicas,
+    )
+    plan = LayoutPlan(slots)
+    seen_conv = False
+    for index, (name, m) in enumerate(children):
+        if isinstance(m, nn.Conv2d):
+            if not isinstance(current, ChannelPacking):
+                raise LayoutError(f"conv '{name}' after a flatten is not supported")
+            if m.in_channels != current.channels:
+                raise LayoutError(
+                    f"conv '{name}' takes {m.in_channels} channels, got {current.channels}"
+                )
+            kh, kw = m.kernel_size
+            sh, sw = m.stride
+            if isinstance(m.padding, str):
+                raise LayoutError(f"conv '{name}': give the padding as numbers, not {m.padding!r}")
+            ph, pw = (int(v) for v in m.padding)
+            if (
+                kh != kw
+                or sh != sw
+                or ph != pw
+                or m.dilation != (1, 1)
+                or m.padding_mode != "zeros"
+            ):
+                raise LayoutError(
+                    f"conv '{name}': square kernels, strides and paddings, no dilation, zero "
+                    "padding only"
+                )
+            if seen_conv and ph:
+                raise LayoutError(
+                    f"conv '{name}': padding is supported on the first convolution only"
+                )
+            if m.groups != current.groups:
+                raise LayoutError(
+                    f"conv '{name}' has {m.groups} groups but its input is laid out for "
+                    f"{current.groups}"
+                )
+            seen_conv = True
+            d = current.dilation
+            out_h = (current.height + 2 * ph - kh) // sh + 1
+            out_w = (current.width + 2 * pw - kw) // sw + 1
+            if out_h < 1 or out_w < 1:
+                raise LayoutError(f"conv '{name}' leaves no output pixel")
+            origin = (current.origin[0] - ph * d, current.origin[1] - pw * d)
+            out = ChannelPacking(
+                m.out_channels,
+                out_h,
+                out_w,
+                current.grid_h,
+                current.grid_w,
+                current.lanes,
+                groups=int(m.groups) if m.groups > 1 else _conv_groups_of_next(children, index + 1),
+                dilation=d * sh,
+                origin=origin,
+            )
+            plan.layers[name] = PlannedLayer(name, "conv", m, current, out)
+            current = out
+        elif isinstance(m, nn.AvgPool2d):
+            if not isinstance(current, ChannelPacking):
+                raise LayoutError(f"pool '{name}' after a flatten is not supported")
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
+            p = m.padding if isinstance(m.padding, int) else m.padding[0]
+            if p or s != k or m.ceil_mode:
+                raise LayoutError(
+                    f"pool '{name}': average pooling with stride = kernel and no padding only"
+                )
+            out = replace(
+                current,
+                height=current.height // k,
+                width=current.width // k,
+                dilation=current.dilation * k,
+            )
+            plan.layers[name] = PlannedLayer(name, "pool", m, current, out)
+            current = out
+        elif isinstance(m, PolyActivation):
+            plan.layers[name] = PlannedLayer(name, "act", m, current, current)
+        elif isinstance(m, nn.Flatten):
+            if not isinstance(current, ChannelPacking):
+                raise LayoutError(f"flatten '{name}' of a vector")
+            out_vec = current.flatten()
+            plan.layers[name] = PlannedLayer(name, "flatten", m, current, out_vec)
+            current = out_vec
+        elif isinstance(m, nn.Linear):
+            if not isinstance(current, VectorPacking):
+                raise LayoutError(f"linear '{name}' needs a flatten before it")
+            if m.in_features != current.features:
+                raise LayoutError(
+                    f"linear '{name}' takes {m.in_features} features, got {current.features}"
+                )
+            out_vec = VectorPacking.spread(m.out_features, slots)
+            plan.layers[name] = PlannedLayer(name, "fc", m, current, out_vec)
+            current = out_vec
+        else:
+            raise LayoutError(
+                f"layer '{name}' ({type(m).__name__}) is not supported by the conv layout; "
+                "supported: Conv2d, AvgPool2d, polynomial activations, Flatten, Linear"
+            )
+    if not isinstance(current, VectorPacking):
+        raise LayoutError("the network must end in a Linear layer (logits in a vector layout)")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# Units
+
+
+def _conv_in_channels(weight_shape: Sequence[int], groups: int) -> IntArray:
+    """[C_out, C_in/groups] -> the real input channel of each weight column."""
+    c_out, c_in_g = int(weight_shape[0]), int(weight_shape[1])
+    per_out = c_out // groups
+    g = np.arange(c_out) // per_out
+    return g[:, None] * c_in_g + np.arange(c_in_g)[None, :]
+
+
+def conv_units(
+    weight_shape: Sequence[int],
+    groups: int,
+    inputs: ChannelPacking,
+    outputs: ChannelPacking,
+    kind: UnitKind,
+) -> IntArray:
+    """Unit id of every weight of a ``Conv2d`` (same shape as the weight).
+
+    "position": ``ct_in * f*f + p``; "diagonal": ``(ct_out * n_in + ct_in) * lanes + r``.
+    """
+    c_out, _, kh, kw = (int(v) for v in weight_shape)
+    ci = _conv_in_channels(weight_shape, groups)  # [C_out, C_in/g]
+    ct_in, lane_in = inputs.place(ci.ravel())
+    ct_in, lane_in = ct_in.reshape(ci.shape), lane_in.reshape(ci.shape)
+    if kind == "position":
+        p = np.arange(kh * kw).reshape(1, 1, kh, kw)
+        return np.asarray(ct_in[:, :, None, None] * (kh * kw) + p, dtype=np.int64)
+    ct_out, lane_out = outputs.place(np.arange(c_out))
+    if inputs.replicas > 1:  # each output block reads the nearest replica
+        r = (lane_in - lane_out[:, None]) % inputs.channels
+    else:
+        r = (lane_in - lane_out[:, None]) % inputs.lanes
+    unit = (ct_out[:, None] * inputs.ciphertexts + ct_in) * inputs.lanes + r
+    return np.broadcast_to(unit[:, :, None, None], (c_out, ci.shape[1], kh, kw)).astype(np.int64)
+
+
+def fc_units(out_features: int, inputs: VectorPacking, outputs: VectorPacking) -> IntArray:
+    """Unit id ``ct_in * slots + k`` of every weight [out, in] of a Linear layer."""
+    k = (inputs.slot[None, :] - outputs.slot[:out_features, None]) % inputs.slots
+    return np.asarray(inputs.ct[None, :] * inputs.slots + k, dtype=np.int64)
+
+
+def layer_units(plan: LayoutPlan, name: str, kind: UnitKind = "position") -> IntArray:
+    """Unit ids for the weight of planned layer ``name`` (FC layers: always fc diagonals)."""
+    layer = plan.layers[name]
+    m = layer.module
+    if isinstance(m, nn.Conv2d):
+        assert isinstance(layer.inputs, ChannelPacking) and isinstance(
+            layer.outputs, ChannelPacking
+        )
+        return conv_units(tuple(m.weight.shape), int(m.groups), layer.inputs, layer.outputs, kind)
+    if isinstance(m, nn.Linear):
+        assert isinstance(layer.inputs, VectorPacking) and isinstance(layer.outputs, VectorPacking)
+        return fc_units(m.out_features, layer.inputs, layer.outputs)
+    raise LayoutError(f"layer '{name}' has no weights")
+
+
+def unit_count(units: IntArray) -> int:
+    """Number of distinct units (ids are dense enough to index with)."""
+    return int(np.unique(units).size)
