@@ -3,6 +3,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -111,7 +112,22 @@ void check_context(const rt::Program& p, const ck::Context& ctx) {
   }
 }
 
-std::string layout_name(rt::Layout l) { return l == rt::Layout::kTile ? "tile" : "diagonal"; }
+std::string layout_name(rt::Layout l) {
+  switch (l) {
+    case rt::Layout::kTile: return "tile";
+    case rt::Layout::kDiagonal: return "diagonal";
+    case rt::Layout::kMap: return "map";
+  }
+  return "unknown";
+}
+
+using Index32 = nb::ndarray<nb::numpy, const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Index64 = nb::ndarray<nb::numpy, const std::uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+std::span<const std::size_t> as_sizes(const Index64& a) {
+  static_assert(sizeof(std::size_t) == sizeof(std::uint64_t));
+  return {reinterpret_cast<const std::size_t*>(a.data()), a.shape(0)};
+}
 
 }  // namespace
 
@@ -129,6 +145,69 @@ void bind_runtime(nb::module_& m) {
           },
           "parameters"_a, "t_outer"_a, "t_inner"_a, "t_batch"_a, "in_features"_a)
       .def_static("diagonal", &rt::Program::diagonal, "parameters"_a, "in_features"_a)
+      .def_static("map", &rt::Program::map, "parameters"_a, "input_ciphertexts"_a,
+                  "A map-layout program (single sample, several ciphertexts).")
+      .def(
+          "add_map_linear",
+          [](rt::Program& p, const std::string& name, std::size_t out_ciphertexts,
+             const Index32& out, const Index32& in, const Index64& shift, const Matrix& values,
+             std::optional<Matrix> bias) {
+            std::span<const double> b;
+            std::size_t bias_period = 0;
+            if (bias && bias->shape(0) * bias->shape(1) > 0) {
+              if (bias->shape(0) != out_ciphertexts) {
+                throw rt::CompileError("layer '" + name + "': bias has " +
+                                       std::to_string(bias->shape(0)) + " rows, expected one "
+                                       "per output ciphertext (" +
+                                       std::to_string(out_ciphertexts) + ")");
+              }
+              b = {bias->data(), bias->shape(0) * bias->shape(1)};
+              bias_period = bias->shape(1);
+            }
+            if (values.shape(0) != out.shape(0)) {
+              throw rt::CompileError("layer '" + name + "': values has " +
+                                     std::to_string(values.shape(0)) + " rows for " +
+                                     std::to_string(out.shape(0)) + " terms");
+            }
+            p.add_map_linear(name, out_ciphertexts, {out.data(), out.shape(0)},
+                             {in.data(), in.shape(0)}, as_sizes(shift),
+                             {values.data(), values.shape(0) * values.shape(1)}, values.shape(1),
+                             b, bias_period);
+          },
+          "name"_a, "out_ciphertexts"_a, "out_ct"_a, "in_ct"_a, "shift"_a, "values"_a,
+          "bias"_a = nb::none(),
+          "Terms: values[t] (one period, repeated over the slots) times input in_ct[t] rotated "
+          "by shift[t], summed into output out_ct[t]; bias [out_ciphertexts, period] or None.")
+      .def("add_rotate_sum", &rt::Program::add_rotate_sum, "name"_a, "windows"_a,
+           "Per ciphertext, the sum over windows [(count, stride), ...] by rotate-and-add.")
+      .def(
+          "set_outputs",
+          [](rt::Program& p, const Index32& ct, const Index64& slot) {
+            p.set_outputs({ct.data(), ct.shape(0)}, as_sizes(slot));
+          },
+          "ct"_a, "slot"_a, "Output feature f is slot slot[f] of output ciphertext ct[f].")
+      .def(
+          "map_layers",
+          [](const rt::Program& p) {
+            nb::list out;
+            for (const auto& layer : p.layers()) {
+              const auto* m = std::get_if<rt::MapLinear>(&layer);
+              if (!m) continue;
+              nb::dict d;
+              d["name"] = m->name;
+              d["terms"] = m->terms.size();
+              d["n1"] = m->n1;
+              d["giant_is_residue"] = m->giant_is_residue;
+              nb::list terms;
+              for (const auto& t : m->terms) {
+                terms.append(nb::make_tuple(t.out, t.in, t.shift, t.baby, t.giant));
+              }
+              d["split"] = terms;
+              out.append(d);
+            }
+            return out;
+          },
+          "Per map layer: its terms (out, in, shift, baby, giant) and the chosen split.")
       .def(
           "add_linear",
           [](rt::Program& p, const std::string& name, const Matrix& w, std::optional<Vector> b) {

@@ -2,6 +2,8 @@
 
 #include <bit>
 #include <cmath>
+#include <limits>
+#include <map>
 #include <set>
 
 namespace fheprune::runtime {
@@ -9,6 +11,20 @@ namespace fheprune::runtime {
 namespace {
 
 std::size_t log2_floor(std::size_t v) { return v ? std::bit_width(v) - 1 : 0; }
+std::size_t log2_ceil(std::size_t v) { return v > 1 ? std::bit_width(v - 1) : 0; }
+
+// The baby-step giant-step counting bound: n_in inputs (one hoisted set of b babies each) and
+// n_out outputs (one set of giants each) meeting in d shifts need b * g >= d, so at least
+// min over b of n_in * (b - 1) + n_out * (ceil(d / b) - 1) rotations. For one ciphertext in and
+// out this is the familiar 2 * sqrt(d) - 2 (rounded up to what integer sets allow).
+double bsgs_bound(std::size_t n_in, std::size_t n_out, std::size_t d) {
+  if (d <= 1 || n_in == 0 || n_out == 0) return 0.0;
+  std::size_t best = std::numeric_limits<std::size_t>::max();
+  for (std::size_t b = 1; b <= d; ++b) {
+    best = std::min(best, n_in * (b - 1) + n_out * ((d + b - 1) / b - 1));
+  }
+  return static_cast<double>(best);
+}
 
 }  // namespace
 
@@ -101,6 +117,63 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       c.plaintexts = nd + bias_count;
       c.plaintext_bytes = nd * (level + 1) * n * 8 + bias_count * level * n * 8;
       --level;
+    } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
+      c.kind = "map";
+      std::vector<std::set<std::size_t>> babies(m->in_ciphertexts);
+      std::map<std::pair<std::size_t, std::size_t>, std::size_t> groups;  // (out, giant) -> terms
+      std::map<std::pair<std::size_t, std::size_t>, std::size_t> pairs;   // (out, in) -> shifts
+      std::set<std::size_t> ins;
+      for (const MapTerm& term : m->terms) {
+        if (!live_in[term.in]) continue;
+        ++c.ops.mul_plain;
+        if (term.baby) babies[term.in].insert(term.baby);
+        ++groups[{term.out, term.giant}];
+        ++pairs[{term.out, term.in}];
+        ins.insert(term.in);
+      }
+      std::vector<std::size_t> per_out(m->out_ciphertexts, 0);
+      for (const auto& [key, terms] : groups) {
+        ++per_out[key.first];
+        c.ops.add += terms - 1;
+        c.ops.rescale += 1;
+        c.ops.rotate += key.second != 0;
+      }
+      for (const auto& b : babies) c.ops.rotate += b.size();
+      std::size_t outs = 0;
+      for (std::size_t o = 0; o < m->out_ciphertexts; ++o) {
+        const bool biased = o < m->bias.size() && !m->bias[o].empty();
+        if (per_out[o]) {
+          ++outs;
+          c.ops.add += per_out[o] - 1;
+          c.ops.add_plain += biased;
+        } else if (biased) {
+          c.ops.constant += 1;
+        }
+      }
+      std::size_t shifts = 0;
+      for (const auto& [key, count] : pairs) shifts += count;
+      const std::size_t mean_shifts =
+          pairs.empty() ? 0 : (shifts + pairs.size() - 1) / pairs.size();
+      c.rotation_lower_bound = bsgs_bound(ins.size(), outs, mean_shifts);
+      c.mul_plain_lower_bound = c.ops.mul_plain;
+      c.units = m->terms.size();
+      c.total_units = m->terms.size();
+      std::size_t bias_count = 0;
+      for (const auto& b : m->bias) bias_count += !b.empty();
+      c.plaintexts = m->terms.size() + bias_count;
+      c.plaintext_bytes = m->terms.size() * (level + 1) * n * 8 + bias_count * level * n * 8;
+      --level;
+    } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
+      c.kind = "window_sum";
+      std::size_t live = 0;
+      for (auto v : live_in) live += v;
+      const std::size_t per_ct = window_sum_steps(*r).size();
+      std::size_t area = 1;
+      for (const auto& w : r->windows) area *= w.first;
+      c.ops.rotate = live * per_ct;
+      c.ops.add = live * per_ct;
+      // Summing `area` slots needs at least log2(area) rotations per ciphertext.
+      c.rotation_lower_bound = static_cast<double>(live * log2_ceil(area));
     } else {
       c.kind = "square";
       std::size_t live = 0;

@@ -15,6 +15,8 @@ namespace {
 
 using ckks::Bytes;
 
+constexpr std::size_t kMaxMapCiphertexts = 4096;
+
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 std::size_t log2_exact(std::size_t v) { return static_cast<std::size_t>(std::countr_zero(v)); }
 bool pow2(std::size_t v) { return v != 0 && std::has_single_bit(v); }
@@ -32,6 +34,7 @@ void check_values(std::span<const double> v, const std::string& what) {
 
 std::size_t layer_levels(const Layer& layer) {
   if (const auto* t = std::get_if<TileLinear>(&layer)) return t->rebuild_input ? 2 : 1;
+  if (std::holds_alternative<RotateSum>(layer)) return 0;
   return 1;
 }
 
@@ -82,7 +85,29 @@ Program Program::diagonal(const ckks::Parameters& params, std::size_t in_feature
   return p;
 }
 
+Program Program::map(const ckks::Parameters& params, std::size_t input_ciphertexts) {
+  const std::size_t slots = slots_of(params);
+  if (input_ciphertexts == 0 || input_ciphertexts > kMaxMapCiphertexts) {
+    throw CompileError("a map program takes 1 to " + std::to_string(kMaxMapCiphertexts) +
+                       " input ciphertexts per sample, got " + std::to_string(input_ciphertexts));
+  }
+  Program p;
+  p.layout_ = Layout::kMap;
+  p.params_ = params;
+  p.map_inputs_ = input_ciphertexts;
+  p.in_features_ = input_ciphertexts * slots;
+  return p;
+}
+
+std::size_t Program::current_ciphertexts() const {
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    if (const auto* m = std::get_if<MapLinear>(&*it)) return m->out_ciphertexts;
+  }
+  return map_inputs_;
+}
+
 std::size_t Program::current_features() const {
+  if (layout_ == Layout::kMap) return out_ct_.size();
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
     if (const auto* t = std::get_if<TileLinear>(&*it)) return t->out_features;
     if (const auto* d = std::get_if<DiagonalLinear>(&*it)) return d->out_features;
@@ -94,6 +119,10 @@ std::size_t Program::out_features() const { return current_features(); }
 
 void Program::add_linear(const std::string& name, std::size_t out, std::size_t in,
                          std::span<const double> w, std::span<const double> b) {
+  if (layout_ == Layout::kMap) {
+    throw CompileError("layer '" + name + "': a map-layout program takes its linear layers as "
+                       "diagonal terms (add_map_linear), not dense matrices");
+  }
   if (in != current_features()) {
     throw CompileError("layer '" + name + "' takes " + std::to_string(in) +
                        " inputs but the previous layer produces " +
@@ -262,11 +291,13 @@ std::size_t Program::samples_per_group() const {
 }
 
 std::size_t Program::input_ciphertexts() const {
+  if (layout_ == Layout::kMap) return map_inputs_;
   return layout_ == Layout::kTile ? ceil_div(in_features_, tile_.outer) : 1;
 }
 
 std::size_t Program::output_ciphertexts() const {
   if (layout_ == Layout::kDiagonal) return 1;
+  if (layout_ == Layout::kMap) return current_ciphertexts();
   const TileLinear* last = last_tile_linear(layers_);
   return last ? last->out_tiles : input_ciphertexts();
 }
@@ -299,6 +330,18 @@ std::vector<long> Program::rotation_steps() const {
           add_halvings(tile_.inner, tile_.batch, 1);
         }
       }
+    } else if (const auto* m = std::get_if<MapLinear>(&layers_[i])) {
+      const auto live_in = live_inputs(i);
+      for (const MapTerm& term : m->terms) {
+        if (!live_in[term.in]) continue;
+        if (term.baby) steps.insert(static_cast<long>(term.baby));
+        if (term.giant) steps.insert(static_cast<long>(term.giant));
+      }
+    } else if (const auto* r = std::get_if<RotateSum>(&layers_[i])) {
+      const auto live_in = live_inputs(i);
+      if (std::count(live_in.begin(), live_in.end(), 1) > 0) {
+        for (long s : window_sum_steps(*r)) steps.insert(s);
+      }
     } else if (const auto* d = std::get_if<DiagonalLinear>(&layers_[i])) {
       for (const DiagonalUnit& u : d->units) {
         if (u.index % d->baby) steps.insert(static_cast<long>(u.index % d->baby));
@@ -321,6 +364,23 @@ std::vector<std::uint8_t> Program::live_inputs(std::size_t layer) const {
       }
     }
     return {static_cast<std::uint8_t>(live)};
+  }
+  if (layout_ == Layout::kMap) {
+    // An output ciphertext is live when a term reads a live input, or its bias is non-zero.
+    std::vector<std::uint8_t> live(map_inputs_, 1);
+    for (std::size_t i = 0; i < layer; ++i) {
+      const auto* m = std::get_if<MapLinear>(&layers_[i]);
+      if (!m) continue;
+      std::vector<std::uint8_t> next(m->out_ciphertexts, 0);
+      for (const MapTerm& t : m->terms) {
+        if (live[t.in]) next[t.out] = 1;
+      }
+      for (std::size_t o = 0; o < m->bias.size(); ++o) {
+        if (!m->bias[o].empty()) next[o] = 1;
+      }
+      live = std::move(next);
+    }
+    return live;
   }
   // Walk forward: a tile output is live when any of its units reads a live input, or its bias
   // is non-zero (then the executor encrypts the constant).
@@ -350,6 +410,12 @@ std::vector<std::vector<double>> Program::pack_inputs(std::span<const double> sa
   check_values(samples, "the inputs");
   const std::size_t slots = this->slots();
   std::vector<std::vector<double>> out;
+  if (layout_ == Layout::kMap) {  // the samples already are slot vectors, ciphertext by ciphertext
+    for (std::size_t c = 0; c < count * map_inputs_; ++c) {
+      out.emplace_back(samples.begin() + c * slots, samples.begin() + (c + 1) * slots);
+    }
+    return out;
+  }
   if (layout_ == Layout::kDiagonal) {
     const std::size_t period = std::bit_ceil(in_features_);
     for (std::size_t s = 0; s < count; ++s) {
@@ -384,6 +450,9 @@ std::vector<std::vector<double>> Program::pack_inputs(std::span<const double> sa
 std::vector<double> Program::unpack_outputs(const std::vector<std::vector<double>>& slots,
                                             std::size_t count) const {
   const std::size_t nout = out_features();
+  if (layout_ == Layout::kMap && nout == 0) {
+    throw CompileError("the program has no output map; call set_outputs after the last layer");
+  }
   const std::size_t per_group = output_ciphertexts();
   const std::size_t groups = ceil_div(count, samples_per_group());
   if (slots.size() != groups * per_group) {
@@ -398,6 +467,14 @@ std::vector<double> Program::unpack_outputs(const std::vector<std::vector<double
     }
   }
   std::vector<double> y(count * nout, 0.0);
+  if (layout_ == Layout::kMap) {
+    for (std::size_t s = 0; s < count; ++s) {
+      for (std::size_t f = 0; f < nout; ++f) {
+        y[s * nout + f] = slots[s * per_group + out_ct_[f]][out_slot_[f]];
+      }
+    }
+    return y;
+  }
   if (layout_ == Layout::kDiagonal) {
     for (std::size_t s = 0; s < count; ++s) {
       for (std::size_t o = 0; o < nout; ++o) y[s * nout + o] = slots[s][o];
@@ -493,6 +570,39 @@ Bytes Program::save() const {
       write_string(w, sq->name);
       continue;
     }
+    if (const auto* m = std::get_if<MapLinear>(&layer)) {
+      w.u16(4);
+      write_string(w, m->name);
+      w.u64(m->out_ciphertexts);
+      w.u64(m->terms.size());
+      w.u64(m->terms.empty() ? 0 : m->terms.front().values.size());
+      for (const MapTerm& t : m->terms) {
+        w.u64(t.out);
+        w.u64(t.in);
+        w.u64(t.shift);
+        w.f64s(t.values);
+      }
+      std::size_t bias_period = 0;
+      for (const auto& b : m->bias) bias_period = std::max(bias_period, b.size());
+      w.u64(bias_period);
+      if (bias_period) {
+        for (std::size_t o = 0; o < m->out_ciphertexts; ++o) {
+          const bool has = o < m->bias.size() && !m->bias[o].empty();
+          w.f64s(has ? m->bias[o] : std::vector<double>(bias_period, 0.0));
+        }
+      }
+      continue;
+    }
+    if (const auto* rs = std::get_if<RotateSum>(&layer)) {
+      w.u16(5);
+      write_string(w, rs->name);
+      w.u64(rs->windows.size());
+      for (const auto& [count, stride] : rs->windows) {
+        w.u64(count);
+        w.u64(stride);
+      }
+      continue;
+    }
     const bool tile = std::holds_alternative<TileLinear>(layer);
     const auto& name = tile ? std::get<TileLinear>(layer).name : std::get<DiagonalLinear>(layer).name;
     const auto& weight =
@@ -508,6 +618,13 @@ Bytes Program::save() const {
     w.f64s(weight);
     w.u64(bias.size());
     w.f64s(bias);
+  }
+  if (layout_ == Layout::kMap) {
+    w.u64(out_ct_.size());
+    for (std::size_t f = 0; f < out_ct_.size(); ++f) {
+      w.u64(out_ct_[f]);
+      w.u64(out_slot_[f]);
+    }
   }
   return ckks::Serializer::seal_envelope(ckks::ObjectKind::kProgram, ckks::Fingerprint{},
                                          w.buffer());
@@ -535,6 +652,12 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
       p = Program::tile(params, shape, in_features);
     } else if (layout == static_cast<std::uint16_t>(Layout::kDiagonal)) {
       p = Program::diagonal(params, in_features);
+    } else if (layout == static_cast<std::uint16_t>(Layout::kMap)) {
+      if (in_features % slots != 0) {
+        throw ckks::SerializationError("corrupted program: a map program's inputs are whole "
+                                       "ciphertexts");
+      }
+      p = Program::map(params, in_features / slots);
     } else {
       throw ckks::SerializationError("corrupted program: unknown layout " +
                                      std::to_string(layout));
@@ -546,6 +669,48 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
       const std::string name = read_string(r);
       if (kind == 3) {
         p.add_square(name);
+        continue;
+      }
+      if (kind == 4 && p.layout() == Layout::kMap) {
+        const std::uint64_t outs = read_bounded(r, 1, kMaxMapCiphertexts, "output ciphertexts");
+        const std::uint64_t terms = read_bounded(r, 0, kMaxExpandedValues / slots, "term count");
+        const std::uint64_t period = read_bounded(r, terms ? 1 : 0, slots, "term period");
+        std::vector<std::uint32_t> out_idx(terms), in_idx(terms);
+        std::vector<std::size_t> shift(terms);
+        std::vector<double> values;
+        values.reserve(terms * period);
+        for (std::uint64_t t = 0; t < terms; ++t) {
+          out_idx[t] = static_cast<std::uint32_t>(read_bounded(r, 0, outs - 1, "term output"));
+          in_idx[t] = static_cast<std::uint32_t>(
+              read_bounded(r, 0, kMaxMapCiphertexts, "term input"));
+          shift[t] = read_bounded(r, 0, slots - 1, "term shift");
+          if (r.remaining() < period * 8) throw ckks::SerializationError("truncated program data");
+          values.resize(values.size() + period);
+          if (period) r.f64s(values.data() + t * period, period);
+        }
+        const std::uint64_t bias_period = read_bounded(r, 0, slots, "bias period");
+        std::vector<double> bias(outs * bias_period);
+        if (r.remaining() < bias.size() * 8) throw ckks::SerializationError("truncated program data");
+        if (!bias.empty()) r.f64s(bias.data(), bias.size());
+        expanded += (terms + (bias_period ? outs : 0)) * slots;
+        if (expanded > kMaxExpandedValues) {
+          throw ckks::SerializationError(
+              "program too large: its layers up to '" + name + "' would hold " +
+              std::to_string(expanded) + " slot values in memory, more than the " +
+              std::to_string(kMaxExpandedValues) + " a program file may expand to");
+        }
+        p.add_map_linear(name, outs, out_idx, in_idx, shift, values, period, bias, bias_period);
+        continue;
+      }
+      if (kind == 5 && p.layout() == Layout::kMap) {
+        const std::uint64_t n = read_bounded(r, 1, 64, "window count");
+        std::vector<std::pair<std::size_t, std::size_t>> windows;
+        for (std::uint64_t k = 0; k < n; ++k) {
+          const std::size_t count = read_bounded(r, 1, slots, "window size");
+          const std::size_t stride = read_bounded(r, 1, slots, "window stride");
+          windows.emplace_back(count, stride);
+        }
+        p.add_rotate_sum(name, windows);
         continue;
       }
       if (kind != 1) {
@@ -581,6 +746,17 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
             std::to_string(kMaxExpandedValues) + " a program file may expand to");
       }
       p.add_linear(name, out, in, weight, bias);
+    }
+    if (p.layout() == Layout::kMap) {
+      const std::uint64_t n = read_bounded(r, 0, slots * kMaxMapCiphertexts, "output features");
+      if (r.remaining() < n * 16) throw ckks::SerializationError("truncated program data");
+      std::vector<std::uint32_t> ct(n);
+      std::vector<std::size_t> slot(n);
+      for (std::uint64_t f = 0; f < n; ++f) {
+        ct[f] = static_cast<std::uint32_t>(read_bounded(r, 0, kMaxMapCiphertexts, "output ciphertext"));
+        slot[f] = read_bounded(r, 0, slots - 1, "output slot");
+      }
+      if (n) p.set_outputs(ct, slot);
     }
     r.expect_end();
     return p;

@@ -15,7 +15,7 @@ namespace fheprune::runtime {
 
 struct LayerCost {
   std::string name;
-  std::string kind;             // "tile", "diagonal", "square"
+  std::string kind;             // "tile", "diagonal", "map", "window_sum", "square"
   std::size_t level = 0;        // level of the layer's input ciphertexts
   bool rebuild = false;         // tile layer that masks + replicates its inputs first (1 level)
   OpCounts ops;                 // per group of samples

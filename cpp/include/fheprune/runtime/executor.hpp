@@ -9,6 +9,8 @@
 // exact level and scale it will meet.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -201,6 +203,35 @@ class Executor {
                                    ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
                                    : std::nullopt);
         }
+      } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
+        const double q = backend_.prime(level);
+        std::vector<double> full(slots);
+        for (const MapTerm& term : m->terms) {
+          // Pre-rotated right by the giant step: rot(d, -g) * rot(x, b), rotated by g, is
+          // d * rot(x, b + g).
+          const std::size_t period = term.values.size();
+          for (std::size_t j = 0; j < slots; ++j) {
+            full[(j + term.giant) % slots] = term.values[j % period];
+          }
+          p.units.push_back(encode(full, level, q));
+        }
+        scale = scale * q / q;
+        --level;
+        std::vector<std::uint8_t> has_term(m->out_ciphertexts, 0);
+        for (const MapTerm& term : m->terms) has_term[term.out] |= live_in[term.in];
+        for (std::size_t o = 0; o < m->out_ciphertexts; ++o) {
+          const bool biased = o < m->bias.size() && !m->bias[o].empty();
+          if (biased) {
+            const std::vector<double>& b = m->bias[o];
+            for (std::size_t j = 0; j < slots; ++j) full[j] = b[j % b.size()];
+          }
+          p.bias.push_back(biased ? std::optional<Pt>(encode(full, level, scale)) : std::nullopt);
+          p.constant.push_back(biased && !has_term[o]
+                                   ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
+                                   : std::nullopt);
+        }
+      } else if (std::holds_alternative<RotateSum>(layer)) {
+        // No plaintext, no level.
       } else {
         scale = scale * scale / backend_.prime(level);
         --level;
@@ -255,6 +286,8 @@ class Executor {
     Prepared& prep = prepared_[index];
     if (const auto* t = std::get_if<TileLinear>(&layer)) return run_tile(*t, prep, x, st, ops);
     if (const auto* d = std::get_if<DiagonalLinear>(&layer)) return run_diagonal(*d, prep, x, st, ops);
+    if (const auto* m = std::get_if<MapLinear>(&layer)) return run_map(*m, prep, x, st, ops);
+    if (const auto* r = std::get_if<RotateSum>(&layer)) return run_window_sum(*r, x, st, ops);
     std::vector<std::optional<Ct>> y(x.size());
     for (std::size_t i = 0; i < x.size(); ++i) {
       if (!x[i]) continue;
@@ -377,6 +410,106 @@ class Executor {
       ++ops.add_plain;
     }
     y[0] = std::move(total);
+    return y;
+  }
+
+  // Map layer: hoisted baby-step rotations per input, then per output one fused sum of
+  // products per giant step, rescaled, rotated by the giant step and added up.
+  std::vector<std::optional<Ct>> run_map(const MapLinear& m, Prepared& prep,
+                                         const std::vector<const Ct*>& x, RunStats& st,
+                                         OpCounts& ops) {
+    std::map<std::pair<std::uint32_t, std::size_t>, Ct> baby;  // (input, step) -> rotated
+    std::vector<std::vector<long>> steps(m.in_ciphertexts);
+    for (const MapTerm& t : m.terms) {
+      if (t.baby && x[t.in]) steps[t.in].push_back(static_cast<long>(t.baby));
+    }
+    std::size_t held = live(x);
+    for (std::uint32_t i = 0; i < m.in_ciphertexts; ++i) {
+      auto& s = steps[i];
+      if (s.empty()) continue;
+      std::sort(s.begin(), s.end());
+      s.erase(std::unique(s.begin(), s.end()), s.end());
+      std::vector<Ct> rotated = backend_.rotate_hoisted(*x[i], s);
+      ops.rotate += s.size();
+      held += s.size();
+      for (std::size_t k = 0; k < s.size(); ++k) {
+        baby.emplace(std::make_pair(i, static_cast<std::size_t>(s[k])), std::move(rotated[k]));
+      }
+    }
+    if (!baby.empty()) note_held(st, held, backend_.level(baby.begin()->second));
+    std::vector<std::optional<Ct>> y(m.out_ciphertexts);
+    std::size_t u = 0, held_out = 0;
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
+      std::optional<Ct> total;
+      while (u < m.terms.size() && m.terms[u].out == o) {
+        const std::size_t giant = m.terms[u].giant;
+        std::vector<const Ct*> cts;
+        std::vector<const Pt*> pts;
+        for (; u < m.terms.size() && m.terms[u].out == o && m.terms[u].giant == giant; ++u) {
+          const MapTerm& t = m.terms[u];
+          if (!x[t.in]) continue;
+          cts.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
+          pts.push_back(&prep.units[u]);
+        }
+        if (cts.empty()) continue;
+        Ct block = backend_.rescale(sum_of_products(cts, pts, ops));
+        ++ops.rescale;
+        if (giant != 0) {
+          block = backend_.rotate(block, static_cast<long>(giant));
+          ++ops.rotate;
+        }
+        if (total) {
+          backend_.add_inplace(*total, block);
+          ++ops.add;
+        } else {
+          total = std::move(block);
+          note_held(st, held + held_out + 1, backend_.level(*total));
+        }
+      }
+      if (total && prep.bias[o]) {
+        backend_.add_plain_inplace(*total, *prep.bias[o]);
+        ++ops.add_plain;
+      } else if (!total && prep.bias[o]) {
+        total = *prep.constant[o];
+        ++ops.constant;
+      }
+      held_out += total.has_value();
+      y[o] = std::move(total);
+    }
+    return y;
+  }
+
+  // Window sums, each by the binary method: W_2m = W_m + rot(W_m, m * stride) and
+  // W_m+1 = x + rot(W_m, stride), most significant bit first (window_sum_steps).
+  std::vector<std::optional<Ct>> run_window_sum(const RotateSum& r,
+                                                const std::vector<const Ct*>& x, RunStats& st,
+                                                OpCounts& ops) {
+    std::vector<std::optional<Ct>> y(x.size());
+    for (std::size_t c = 0; c < x.size(); ++c) {
+      if (!x[c]) continue;
+      Ct acc = *x[c];
+      for (const auto& [count, stride] : r.windows) {
+        const Ct base = acc;
+        std::size_t m = 1;
+        for (int bit = static_cast<int>(std::bit_width(count)) - 2; bit >= 0; --bit) {
+          Ct rotated = backend_.rotate(acc, static_cast<long>(m * stride));
+          backend_.add_inplace(acc, rotated);
+          m *= 2;
+          ++ops.rotate;
+          ++ops.add;
+          if ((count >> bit) & 1U) {
+            Ct shifted = backend_.rotate(acc, static_cast<long>(stride));
+            acc = base;
+            backend_.add_inplace(acc, shifted);
+            m += 1;
+            ++ops.rotate;
+            ++ops.add;
+          }
+        }
+      }
+      y[c] = std::move(acc);
+      note_held(st, live(x) + 3, backend_.level(*y[c]));
+    }
     return y;
   }
 

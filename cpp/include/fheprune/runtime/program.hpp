@@ -22,6 +22,17 @@
 // generalized diagonals d_k, k < min(n_in, n_out), d_k[r] = W[r mod n_out, (r + k) mod n_in],
 // and computes y = sum_k d_k * rot(x, k) in baby steps (hoisted) and giant steps; for
 // n_out < n_in a final log2(n_in / n_out) rotate-and-adds fold the result to period n_out.
+//
+// Map layout (single sample, several ciphertexts: multi-channel convolutions and the layers
+// after them). The compiler (fheprune.runtime.conv_lowering) works out where every value
+// lives and hands over each linear layer as its non-zero generalized diagonals between
+// ciphertexts: y_o = sum over terms (o, i, k) of d * rot(x_i, k) + bias_o. The program picks
+// one baby-step / giant-step split per layer, k = baby + giant, searched over all moduli n1
+// (baby = k mod n1 or giant = k mod n1), so that input i's rotations by its babies are hoisted
+// and shared by every output, and output o rotates each giant-step partial sum once. A
+// multi-channel convolution is exactly this: kernel positions are the inner (baby) rotations,
+// channel offsets the outer (giant) ones, and a term exists only when a non-zero weight needs
+// it. Window sums (average pooling, by rotate-and-add) and squares complete the layer set.
 #pragma once
 
 #include <cstddef>
@@ -44,7 +55,7 @@ class CompileError : public ckks::FheError {
   using ckks::FheError::FheError;
 };
 
-enum class Layout : std::uint16_t { kTile = 1, kDiagonal = 2 };
+enum class Layout : std::uint16_t { kTile = 1, kDiagonal = 2, kMap = 3 };
 enum class SumDim : std::uint16_t { kOuter = 0, kInner = 1 };
 
 struct TileShape3 {
@@ -86,13 +97,40 @@ struct DiagonalLinear {
   std::vector<double> weight, bias_source;        // the dense source [out][in] and [out]
 };
 
+// One plaintext of a map layer: d * rot(x_in, shift) into output `out`, with shift = baby +
+// giant (mod slots): `baby` rotates the input (hoisted), `giant` the partial sum.
+struct MapTerm {
+  std::uint32_t out = 0;
+  std::uint32_t in = 0;
+  std::size_t shift = 0;
+  std::size_t baby = 0;
+  std::size_t giant = 0;
+  std::vector<double> values;  // d, one period (the slot vector repeats it)
+};
+
+struct MapLinear {
+  std::string name;
+  std::size_t in_ciphertexts = 0, out_ciphertexts = 0;
+  std::size_t n1 = 1;              // the split modulus
+  bool giant_is_residue = false;   // false: baby = shift mod n1; true: giant = shift mod n1
+  std::vector<MapTerm> terms;      // non-zero, sorted by (out, giant, in, baby)
+  std::vector<std::vector<double>> bias;  // per output: one period; empty: no bias
+};
+
+// Per ciphertext, y[j] = sum of x[j + sum_d n_d * stride_d] over n_d < count_d (a window sum
+// by rotate-and-add; no level). Average pooling; its 1/area is folded into the next layer.
+struct RotateSum {
+  std::string name;
+  std::vector<std::pair<std::size_t, std::size_t>> windows;  // (count, stride)
+};
+
 // x -> x^2 on every live ciphertext (the compiler folds a*x^2 + b*x + c's constants into the
 // neighbouring linear layers).
 struct Square {
   std::string name;
 };
 
-using Layer = std::variant<TileLinear, DiagonalLinear, Square>;
+using Layer = std::variant<TileLinear, DiagonalLinear, Square, MapLinear, RotateSum>;
 
 class Program {
  public:
@@ -101,12 +139,26 @@ class Program {
   static Program tile(const ckks::Parameters& params, TileShape3 shape, std::size_t in_features);
   // A diagonal-layout program for one sample per ciphertext.
   static Program diagonal(const ckks::Parameters& params, std::size_t in_features);
+  // A map-layout program taking `input_ciphertexts` slot vectors per sample.
+  static Program map(const ckks::Parameters& params, std::size_t input_ciphertexts);
 
   // Append layers in forward order. `weight` is row-major [out][in], `bias` has `out` entries
   // (empty: none). Zero tiles / diagonals are dropped here.
   void add_linear(const std::string& name, std::size_t out_features, std::size_t in_features,
                   std::span<const double> weight, std::span<const double> bias);
   void add_square(const std::string& name);
+  // Map layout. Term t reads input ciphertext in[t] rotated by shift[t] and adds
+  // values[t * period .. (t + 1) * period) (repeated over the slots) times it into output
+  // out[t]. Terms with equal (out, in, shift) are summed; all-zero terms are dropped. `bias`
+  // holds out_ciphertexts * bias_period values (empty: none).
+  void add_map_linear(const std::string& name, std::size_t out_ciphertexts,
+                      std::span<const std::uint32_t> out, std::span<const std::uint32_t> in,
+                      std::span<const std::size_t> shift, std::span<const double> values,
+                      std::size_t period, std::span<const double> bias, std::size_t bias_period);
+  void add_rotate_sum(const std::string& name,
+                      const std::vector<std::pair<std::size_t, std::size_t>>& windows);
+  // Map layout: output feature f is slot slot[f] of output ciphertext ct[f].
+  void set_outputs(std::span<const std::uint32_t> ct, std::span<const std::size_t> slot);
 
   Layout layout() const { return layout_; }
   const ckks::Parameters& parameters() const { return params_; }
@@ -144,13 +196,20 @@ class Program {
   void add_diagonal_linear(const std::string& name, std::size_t out, std::size_t in,
                            std::span<const double> w, std::span<const double> b);
   std::size_t current_features() const;
+  std::size_t current_ciphertexts() const;
 
   Layout layout_ = Layout::kTile;
   ckks::Parameters params_;
   TileShape3 tile_;
   std::size_t in_features_ = 0;
+  std::size_t map_inputs_ = 0;  // map layout: input ciphertexts per sample
+  std::vector<std::uint32_t> out_ct_;  // map layout: where the output features are
+  std::vector<std::size_t> out_slot_;
   std::vector<Layer> layers_;
 };
+
+// The rotation steps of a window sum, in the order the executor performs them.
+std::vector<long> window_sum_steps(const RotateSum& r);
 
 // The output orientation of tile layer `index` (which tile dim holds its outputs).
 inline bool outputs_on_outer(const TileLinear& l) { return l.sum == SumDim::kInner; }

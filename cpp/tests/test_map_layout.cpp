@@ -1,0 +1,344 @@
+// The map layout: diagonal terms between ciphertexts, window sums, squares.
+//
+// Random programs run on the simulator against a direct slot-by-slot computation written here
+// independently of the executor, and on the engine against the simulator; counts must equal
+// the cost model's, rotations must follow the split, and files must round-trip.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "fheprune/ckks/ckks.hpp"
+#include "fheprune/runtime/cost.hpp"
+#include "fheprune/runtime/executor.hpp"
+#include "test_util.hpp"
+
+namespace fheprune::runtime {
+namespace {
+
+using ckks::testing::max_abs_diff;
+using ckks::testing::small_params;
+using Slots = std::vector<std::vector<double>>;  // one slot vector per ciphertext
+
+struct Terms {
+  std::size_t outs = 0, period = 1, bias_period = 0;
+  std::vector<std::uint32_t> out, in;
+  std::vector<std::size_t> shift;
+  std::vector<double> values, bias;
+};
+
+Terms random_terms(std::size_t ins, std::size_t outs, std::size_t count, std::size_t slots,
+                   std::size_t period, std::uint64_t seed, bool bias) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> val(-0.5, 0.5);
+  Terms t;
+  t.outs = outs;
+  t.period = period;
+  for (std::size_t k = 0; k < count; ++k) {
+    t.out.push_back(static_cast<std::uint32_t>(gen() % outs));
+    t.in.push_back(static_cast<std::uint32_t>(gen() % ins));
+    t.shift.push_back(gen() % slots);
+    for (std::size_t j = 0; j < period; ++j) t.values.push_back(val(gen));
+  }
+  if (bias) {
+    t.bias_period = period;
+    for (std::size_t j = 0; j < outs * period; ++j) t.bias.push_back(val(gen));
+  }
+  return t;
+}
+
+void add(Program& p, const std::string& name, const Terms& t) {
+  p.add_map_linear(name, t.outs, t.out, t.in, t.shift, t.values, t.period, t.bias, t.bias_period);
+}
+
+// y_o[j] = sum_t [out_t = o] v_t[j mod period] x_{in_t}[(j + shift_t) mod slots] + b_o[j]
+Slots apply_terms(const Terms& t, const Slots& x) {
+  const std::size_t slots = x.at(0).size();
+  Slots y(t.outs, std::vector<double>(slots, 0.0));
+  for (std::size_t k = 0; k < t.out.size(); ++k) {
+    for (std::size_t j = 0; j < slots; ++j) {
+      y[t.out[k]][j] += t.values[k * t.period + j % t.period] * x[t.in[k]][(j + t.shift[k]) % slots];
+    }
+  }
+  if (t.bias_period) {
+    for (std::size_t o = 0; o < t.outs; ++o) {
+      for (std::size_t j = 0; j < slots; ++j) y[o][j] += t.bias[o * t.bias_period + j % t.bias_period];
+    }
+  }
+  return y;
+}
+
+Slots window_sum(const Slots& x, const std::vector<std::pair<std::size_t, std::size_t>>& windows) {
+  Slots y = x;
+  for (const auto& [count, stride] : windows) {
+    Slots next(y.size(), std::vector<double>(y[0].size(), 0.0));
+    for (std::size_t c = 0; c < y.size(); ++c) {
+      for (std::size_t j = 0; j < y[c].size(); ++j) {
+        for (std::size_t n = 0; n < count; ++n) next[c][j] += y[c][(j + n * stride) % y[c].size()];
+      }
+    }
+    y = std::move(next);
+  }
+  return y;
+}
+
+ckks::Parameters params(std::size_t n, std::size_t levels) {
+  std::vector<int> chain{50};
+  for (std::size_t i = 0; i < levels; ++i) chain.push_back(40);
+  return small_params(chain, {50}, n);
+}
+
+struct SimRun {
+  Slots y;
+  RunStats stats;
+  std::size_t plaintext_bytes = 0;
+};
+
+SimRun simulate(const Program& p, const Slots& x) {
+  auto ctx = ckks::make_context(p.parameters());
+  SlotBackend backend(ctx, p.rotation_steps());
+  Executor<SlotBackend> exec(p, backend);
+  std::vector<SlotBackend::Ct> in;
+  for (const auto& v : x) in.push_back(backend.encode(v, backend.top_level(), backend.default_scale()));
+  SimRun r;
+  for (const auto& c : exec.run(in, &r.stats)) {
+    r.y.push_back(c ? c->slots : std::vector<double>(p.slots(), 0.0));
+  }
+  r.plaintext_bytes = exec.plaintext_bytes();
+  return r;
+}
+
+OpCounts model_total(const Program& p) {
+  OpCounts t;
+  for (const auto& c : estimate_cost(p, p.parameters().chain_bits.size() - 1)) t += c.ops;
+  return t;
+}
+
+Slots random_inputs(std::size_t cts, std::size_t slots, std::uint64_t seed) {
+  Slots x;
+  for (std::size_t c = 0; c < cts; ++c) x.push_back(ckks::testing::random_reals(slots, seed + c));
+  return x;
+}
+
+TEST(MapLayout, RandomProgramsMatchDirectComputationAndCostModel) {
+  const std::size_t slots = 512;
+  for (std::uint64_t seed = 1; seed <= 6; ++seed) {
+    const std::size_t ins = 1 + seed % 3, mid = 1 + (seed + 1) % 3, outs = 1 + seed % 2;
+    const std::size_t period = std::size_t{1} << (seed % 9);  // 1 .. 256
+    Terms a = random_terms(ins, mid, 6 + seed * 3, slots, period, seed, seed % 2 == 0);
+    // Duplicate terms are summed; an all-zero term is dropped.
+    a.out.push_back(a.out[0]);
+    a.in.push_back(a.in[0]);
+    a.shift.push_back(a.shift[0]);
+    for (std::size_t j = 0; j < period; ++j) a.values.push_back(0.25);
+    const Terms b = random_terms(mid, outs, 5 + seed, slots, slots, seed + 100, true);
+    const std::vector<std::pair<std::size_t, std::size_t>> windows{{1 + seed % 5, 3}, {3, 16}};
+
+    Program p = Program::map(params(2 * slots, 3), ins);
+    add(p, "map1", a);
+    p.add_rotate_sum("pool", windows);
+    p.add_square("act");
+    add(p, "map2", b);
+    EXPECT_EQ(p.levels(), 3u);
+
+    const Slots x = random_inputs(ins, slots, seed * 10);
+    Slots want = window_sum(apply_terms(a, x), windows);
+    for (auto& v : want) {
+      for (double& e : v) e *= e;
+    }
+    want = apply_terms(b, want);
+    const SimRun got = simulate(p, x);
+    ASSERT_EQ(got.y.size(), outs);
+    for (std::size_t o = 0; o < outs; ++o) {
+      EXPECT_LT(max_abs_diff(got.y[o], want[o]), 1e-9) << "seed " << seed << " output " << o;
+    }
+    EXPECT_EQ(got.stats.total(), model_total(p)) << "seed " << seed;
+  }
+}
+
+TEST(MapLayout, WindowSumsUseTheBinaryMethod) {
+  for (std::size_t count = 1; count <= 12; ++count) {
+    Program p = Program::map(params(1024, 1), 1);
+    p.add_rotate_sum("pool", {{count, 2}});
+    const Slots x = random_inputs(1, 512, count);
+    const SimRun got = simulate(p, x);
+    EXPECT_LT(max_abs_diff(got.y[0], window_sum(x, {{count, 2}})[0]), 1e-12) << count;
+    // floor(log2 n) doublings plus one step per further set bit.
+    const std::size_t expected =
+        static_cast<std::size_t>(std::bit_width(count) - 1 + std::popcount(count) - 1);
+    EXPECT_EQ(got.stats.total().rotate, expected) << count;
+    const auto cost = estimate_cost(p, 1);
+    EXPECT_GE(static_cast<double>(expected), cost[0].rotation_lower_bound);
+  }
+}
+
+// A multi-channel convolution in the map layout: 8x8 blocks, 4 channel blocks per ciphertext,
+// 3x3 kernels, 2 input and 2 output ciphertexts. Kernel positions must become the hoisted
+// baby steps and channel offsets the giant steps.
+Terms conv_terms(std::size_t slots, std::size_t block, std::size_t grid_w, std::size_t lanes,
+                 std::size_t f, std::size_t ins, std::size_t outs) {
+  Terms t;
+  t.outs = outs;
+  t.period = slots;
+  std::mt19937_64 gen(7);
+  std::uniform_real_distribution<double> val(-0.5, 0.5);
+  for (std::uint32_t o = 0; o < outs; ++o) {
+    for (std::uint32_t i = 0; i < ins; ++i) {
+      for (std::size_t dy = 0; dy < f; ++dy) {
+        for (std::size_t dx = 0; dx < f; ++dx) {
+          for (std::size_t r = 0; r < lanes; ++r) {
+            t.out.push_back(o);
+            t.in.push_back(i);
+            t.shift.push_back((dy * grid_w + dx + r * block) % slots);
+            for (std::size_t j = 0; j < slots; ++j) t.values.push_back(val(gen));
+          }
+        }
+      }
+    }
+  }
+  return t;
+}
+
+TEST(MapLayout, ConvolutionSplitsIntoKernelAndChannelRotations) {
+  const std::size_t slots = 512, block = 128, grid_w = 16, lanes = 4, f = 3;
+  const Terms t = conv_terms(slots, block, grid_w, lanes, f, 2, 2);
+  Program p = Program::map(params(2 * slots, 1), 2);
+  add(p, "conv", t);
+  const auto& m = std::get<MapLinear>(p.layers()[0]);
+  const SimRun got = simulate(p, random_inputs(2, slots, 3));
+  // Inner: 2 inputs x (9 - 1); outer: 2 outputs x (4 - 1). Nothing cheaper exists here.
+  EXPECT_EQ(got.stats.total().rotate, 2u * 8u + 2u * 3u);
+  EXPECT_EQ(got.stats.total().mul_plain, 2u * 2u * 9u * 4u);
+  for (const MapTerm& term : m.terms) EXPECT_EQ(term.giant % block, 0u);
+  const auto cost = estimate_cost(p, 1);
+  EXPECT_LE(static_cast<double>(cost[0].ops.rotate), 1.2 * cost[0].rotation_lower_bound);
+
+  // Zero one kernel position for input 1 across every output: its inner rotation goes.
+  Terms pruned = t;
+  for (std::size_t k = 0; k < pruned.shift.size(); ++k) {
+    if (pruned.in[k] == 1 && pruned.shift[k] % block == grid_w + 1) {
+      std::fill_n(pruned.values.begin() + static_cast<long>(k * slots), slots, 0.0);
+    }
+  }
+  Program q = Program::map(params(2 * slots, 1), 2);
+  add(q, "conv", pruned);
+  const SimRun pruned_run = simulate(q, random_inputs(2, slots, 3));
+  EXPECT_EQ(pruned_run.stats.total().rotate, 2u * 8u + 2u * 3u - 1u);
+  EXPECT_EQ(pruned_run.stats.total().mul_plain, 2u * 2u * 9u * 4u - 2u * 4u);
+}
+
+TEST(MapLayout, DeadOutputsAreConstantsAndZeroInputsCostNothing) {
+  const std::size_t slots = 512;
+  Terms a;
+  a.outs = 3;
+  a.period = 1;
+  a.out = {0, 1};
+  a.in = {0, 0};
+  a.shift = {0, 5};
+  a.values = {0.5, 0.0};  // output 1's only term is zero: dropped
+  a.bias_period = 1;
+  a.bias = {0.1, 0.2, 0.0};  // output 2 has neither terms nor bias: a known zero
+  Program p = Program::map(params(2 * slots, 2), 1);
+  add(p, "map1", a);
+  Terms b;
+  b.outs = 1;
+  b.period = 1;
+  b.out = {0, 0, 0};
+  b.in = {0, 1, 2};
+  b.shift = {0, 1, 2};
+  b.values = {1.0, 1.0, 1.0};
+  add(p, "map2", b);
+  const Slots x = random_inputs(1, slots, 9);
+  const SimRun got = simulate(p, x);
+  EXPECT_EQ(got.stats.layers[0].ops.constant, 1u);
+  EXPECT_EQ(got.stats.layers[0].ops.mul_plain, 1u);
+  // Input 2 of map2 is a known zero: its term and rotation are skipped.
+  EXPECT_EQ(got.stats.layers[1].ops.mul_plain, 2u);
+  EXPECT_EQ(got.stats.total(), model_total(p));
+  for (std::size_t j = 0; j < slots; ++j) {
+    EXPECT_NEAR(got.y[0][j], 0.5 * x[0][j] + 0.1 + 0.2, 1e-9);
+  }
+  const auto steps = p.rotation_steps();
+  EXPECT_EQ(std::count(steps.begin(), steps.end(), 2L), 0);
+}
+
+TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {
+  const std::size_t slots = 512;
+  const Terms a = conv_terms(slots, 128, 16, 4, 3, 2, 2);
+  Terms b = random_terms(2, 1, 12, slots, slots, 4, true);
+  Program p = Program::map(params(2 * slots, 3), 2);
+  add(p, "conv", a);
+  p.add_square("act");
+  p.add_rotate_sum("pool", {{2, 1}, {2, 16}});
+  add(p, "fc", b);
+  std::vector<std::uint32_t> ct{0, 0};
+  std::vector<std::size_t> at{0, 7};
+  p.set_outputs(ct, at);
+  const Slots x = random_inputs(2, slots, 11);
+  const SimRun sim = simulate(p, x);
+
+  ckks::testing::Fixture f(p.parameters());
+  const auto keys = f.keygen.create_evaluation_keys(p.rotation_steps());
+  EngineBackend backend(f.ctx, keys);
+  Executor<EngineBackend> exec(p, backend);
+  std::vector<ckks::Ciphertext> in;
+  for (const auto& v : x) in.push_back(f.encrypt(v));
+  RunStats stats;
+  const auto out = exec.run(in, &stats);
+  ASSERT_TRUE(out[0].has_value());
+  const auto y = f.decrypt(*out[0]);
+  EXPECT_LT(max_abs_diff(y, sim.y[0]), 1e-4 * (1.0 + *std::max_element(sim.y[0].begin(), sim.y[0].end())));
+  EXPECT_EQ(stats.total(), sim.stats.total());
+  EXPECT_EQ(exec.plaintext_bytes(), sim.plaintext_bytes);
+  const auto features = p.unpack_outputs({y}, 1);
+  EXPECT_NEAR(features[1], y[7], 1e-12);
+}
+
+TEST(MapLayout, FilesRoundTrip) {
+  const std::size_t slots = 512;
+  Program p = Program::map(params(2 * slots, 2), 2);
+  add(p, "map1", random_terms(2, 3, 20, slots, 16, 5, true));
+  p.add_rotate_sum("pool", {{3, 4}});
+  p.add_square("act");
+  std::vector<std::uint32_t> ct{2, 1};
+  std::vector<std::size_t> at{5, 6};
+  p.set_outputs(ct, at);
+  const ckks::Bytes bytes = p.save();
+  const Program q = Program::load(bytes);
+  EXPECT_EQ(q.save(), bytes);
+  EXPECT_EQ(q.rotation_steps(), p.rotation_steps());
+  EXPECT_EQ(q.levels(), p.levels());
+  EXPECT_EQ(q.out_features(), 2u);
+  const Slots x = random_inputs(2, slots, 1);
+  EXPECT_EQ(simulate(q, x).y, simulate(p, x).y);
+  ckks::Bytes truncated(bytes.begin(), bytes.end() - 24);
+  EXPECT_THROW(Program::load(truncated), ckks::SerializationError);
+}
+
+TEST(MapLayout, RejectsBadTermsWithClearErrors) {
+  const std::size_t slots = 512;
+  Program p = Program::map(params(2 * slots, 2), 2);
+  std::vector<std::uint32_t> o{0}, i{2};
+  std::vector<std::size_t> s{0};
+  std::vector<double> v{1.0};
+  EXPECT_THROW(p.add_map_linear("m", 1, o, i, s, v, 1, {}, 0), CompileError);  // input 2 of 2
+  i = {0};
+  s = {slots};
+  EXPECT_THROW(p.add_map_linear("m", 1, o, i, s, v, 1, {}, 0), CompileError);  // shift too big
+  s = {0};
+  std::vector<double> three{1.0, 2.0, 3.0};
+  EXPECT_THROW(p.add_map_linear("m", 1, o, i, s, three, 3, {}, 0), CompileError);  // period 3
+  std::vector<double> nan{std::nan("")};
+  EXPECT_THROW(p.add_map_linear("m", 1, o, i, s, nan, 1, {}, 0), CompileError);
+  std::vector<double> w(4, 1.0);
+  EXPECT_THROW(p.add_linear("fc", 2, 2, w, {}), CompileError);  // dense layers are for other layouts
+  EXPECT_THROW(p.add_rotate_sum("pool", {{0, 1}}), CompileError);
+  p.add_map_linear("m", 1, o, i, s, v, 1, {}, 0);
+  std::vector<std::uint32_t> ct{1};
+  std::vector<std::size_t> at{0};
+  EXPECT_THROW(p.set_outputs(ct, at), CompileError);  // only one output ciphertext
+  EXPECT_THROW(p.unpack_outputs({std::vector<double>(slots)}, 1), CompileError);  // no map yet
+  EXPECT_THROW(Program::map(params(2 * slots, 1), 0), CompileError);
+}
+
+}  // namespace
+}  // namespace fheprune::runtime
