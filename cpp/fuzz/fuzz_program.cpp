@@ -116,6 +116,42 @@ const ckks::ContextPtr* context_for(const ckks::Parameters& params) {
   return &cache.emplace(key, *ctx).first->second;
 }
 
+// Map layout: the layers' definitions applied slot by slot to each sample's ciphertexts.
+std::vector<std::vector<double>> map_reference(const rt::Program& p,
+                                               std::vector<std::vector<double>> x) {
+  const std::size_t slots = p.slots();
+  for (const rt::Layer& layer : p.layers()) {
+    if (std::holds_alternative<rt::Square>(layer)) {
+      for (auto& v : x) {
+        for (double& e : v) e *= e;
+      }
+    } else if (const auto* r = std::get_if<rt::RotateSum>(&layer)) {
+      for (auto& v : x) {
+        for (const auto& [count, stride] : r->windows) {
+          std::vector<double> y(slots, 0.0);
+          for (std::size_t j = 0; j < slots; ++j) {
+            for (std::size_t n = 0; n < count; ++n) y[j] += v[(j + n * stride) % slots];
+          }
+          v = std::move(y);
+        }
+      }
+    } else if (const auto* m = std::get_if<rt::MapLinear>(&layer)) {
+      std::vector<std::vector<double>> y(m->out_ciphertexts, std::vector<double>(slots, 0.0));
+      for (const rt::MapTerm& t : m->terms) {
+        for (std::size_t j = 0; j < slots; ++j) {
+          y[t.out][j] += t.values[j % t.values.size()] * x[t.in][(j + t.shift) % slots];
+        }
+      }
+      for (std::size_t o = 0; o < m->bias.size(); ++o) {
+        const auto& b = m->bias[o];
+        for (std::size_t j = 0; j < slots && !b.empty(); ++j) y[o][j] += b[j % b.size()];
+      }
+      x = std::move(y);
+    }
+  }
+  return x;
+}
+
 // Dense float64 evaluation of the layers' source weights, sample by sample.
 std::vector<double> reference(const rt::Program& p, std::vector<double> x, std::size_t count) {
   std::size_t width = p.in_features();
@@ -151,6 +187,8 @@ std::size_t slot_values(const rt::Program& p) {
       vectors += t->units.size() + t->bias.size();
     } else if (const auto* d = std::get_if<rt::DiagonalLinear>(&layer)) {
       vectors += d->units.size() + (d->bias.empty() ? 0 : 1);
+    } else if (const auto* m = std::get_if<rt::MapLinear>(&layer)) {
+      vectors += m->terms.size() + m->bias.size();
     }
   }
   return vectors * p.slots();
@@ -172,6 +210,14 @@ bool small_enough(const rt::Program& p) {
     } else if (const auto* d = std::get_if<rt::DiagonalLinear>(&layer)) {
       values += (d->units.size() + 1) * p.slots();
       work += d->weight.size();
+    } else if (const auto* m = std::get_if<rt::MapLinear>(&layer)) {
+      if (m->out_ciphertexts > kMaxSimCiphertexts) return false;
+      values += (m->terms.size() + m->bias.size() + 1) * p.slots();
+      work += (m->terms.size() + m->bias.size()) * p.slots();
+    } else if (const auto* r = std::get_if<rt::RotateSum>(&layer)) {
+      std::size_t area = 0;
+      for (const auto& w : r->windows) area += w.first;
+      work += area * p.slots() * kMaxSimCiphertexts;
     }
   }
   return values <= kMaxSimSlotValues && work * (p.samples_per_group() + 1) <= kMaxReferenceWork;
@@ -210,8 +256,26 @@ void simulate(const rt::Program& p) {
                                            "simulated run's");
   }
 
-  const std::vector<double> y = p.unpack_outputs(*slots, count);
-  const std::vector<double> want = reference(p, x, count);
+  std::vector<double> y, want;
+  if (p.layout() == rt::Layout::kMap) {
+    // Compare whole output ciphertexts, sample by sample (the output map may be absent).
+    const std::size_t ins = p.input_ciphertexts(), outs = p.output_ciphertexts();
+    for (std::size_t s = 0; s < count; ++s) {
+      std::vector<std::vector<double>> in;
+      for (std::size_t c = 0; c < ins; ++c) {
+        const auto from = x.begin() + static_cast<long>((s * ins + c) * p.slots());
+        in.emplace_back(from, from + static_cast<long>(p.slots()));
+      }
+      for (auto& v : map_reference(p, std::move(in))) want.insert(want.end(), v.begin(), v.end());
+      for (std::size_t c = 0; c < outs; ++c) {
+        const auto& v = (*slots)[s * outs + c];
+        y.insert(y.end(), v.begin(), v.end());
+      }
+    }
+  } else {
+    y = p.unpack_outputs(*slots, count);
+    want = reference(p, x, count);
+  }
   double magnitude = 1.0;
   for (double v : want) {
     if (!std::isfinite(v)) return;  // overflowing weights: nothing to compare
@@ -243,7 +307,9 @@ void exercise(fuzz::ByteSpan bytes) {
   simulate(p);
 
   const ckks::Bytes saved = p.save();
-  if (!same_but_ignored(bytes, saved, p)) {
+  // A map program is saved in canonical form (terms merged and sorted, zero ones dropped), so
+  // only the reload below can hold it to its bytes.
+  if (p.layout() != rt::Layout::kMap && !same_but_ignored(bytes, saved, p)) {
     fuzz::detail::finding("Program::load",
                           "accepted input does not round-trip: saving the loaded program gives " +
                               std::to_string(saved.size()) + " different bytes for " +

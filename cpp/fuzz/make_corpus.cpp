@@ -9,7 +9,7 @@
 //   ciphertext.bin ciphertext_size3.bin              -> fuzz_ciphertext
 //   public_key.bin relin_key.bin galois_keys.bin (steps 1 and 2)
 //   evaluation_keys.bin secret_key.bin               -> fuzz_keys
-//   program_tile.bin program_diagonal.bin            -> fuzz_program
+//   program_tile.bin program_diagonal.bin program_map.bin -> fuzz_program
 // The programs carry their own small parameters (N = 1024, enough levels for their layers),
 // independent of the fixed context; their weights are fixed pseudo-random values with some
 // zero tiles / diagonals, so the loader's pruning paths run on the seeds.
@@ -91,6 +91,42 @@ rt::Program seed_diagonal_program() {
   return p;
 }
 
+// Map layout: a 3x3 convolution between two ciphertexts of 4 channel blocks (8x16 grids),
+// a window sum, a square and a small map into one output ciphertext with an output map.
+rt::Program seed_map_program() {
+  rt::Program p = rt::Program::map(program_parameters(3), 2);
+  const std::size_t slots = p.slots(), block = slots / 4, grid_w = 16;
+  std::vector<std::uint32_t> out, in;
+  std::vector<std::size_t> shift;
+  std::vector<double> values;
+  for (std::uint32_t o = 0; o < 2; ++o) {
+    for (std::uint32_t i = 0; i < 2; ++i) {
+      for (std::size_t k = 0; k < 9; ++k) {
+        for (std::size_t r = 0; r < 4; ++r) {
+          out.push_back(o);
+          in.push_back(i);
+          shift.push_back(((k / 3) * grid_w + k % 3 + r * block) % slots);
+          for (std::size_t j = 0; j < 4; ++j) {
+            values.push_back(0.25 * std::sin(static_cast<double>(values.size())));
+          }
+        }
+      }
+    }
+  }
+  const std::vector<double> bias(2 * 4, 0.125);
+  p.add_map_linear("conv", 2, out, in, shift, values, 4, bias, 4);
+  p.add_rotate_sum("pool", {{2, 1}, {2, grid_w}});
+  p.add_square("act");
+  const std::vector<std::uint32_t> fo{0, 0}, fi{0, 1};
+  const std::vector<std::size_t> fs{0, 3};
+  const std::vector<double> fv(2 * slots, 0.5);
+  p.add_map_linear("fc", 1, fo, fi, fs, fv, slots, {}, 0);
+  const std::vector<std::uint32_t> ct{0, 0, 0};
+  const std::vector<std::size_t> at{0, 1, 2};
+  p.set_outputs(ct, at);
+  return p;
+}
+
 void write_file(const fs::path& path, const ckks::Bytes& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(bytes.data()),
@@ -154,6 +190,8 @@ int run(const fs::path& dir) {
   emit("program_tile.bin", seed_tile_program().save(),
        [](const ckks::Bytes& b) { return rt::Program::load(b); });
   emit("program_diagonal.bin", seed_diagonal_program().save(),
+       [](const ckks::Bytes& b) { return rt::Program::load(b); });
+  emit("program_map.bin", seed_map_program().save(),
        [](const ckks::Bytes& b) { return rt::Program::load(b); });
   return 0;
 }
