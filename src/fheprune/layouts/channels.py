@@ -15,7 +15,10 @@ its block, so the slot is ``lane(c) * block + offset``.
   convolution only ever meets channel offsets that are multiples of G.
 
 Convolution ``C_in -> C_out`` with ``f x f`` kernels (runtime: a map of diagonals) is
-``y_o = sum_i sum_(p, r) w[o, i, p, r] * rot(x_i, p_offset + r * block)``:
+``y_o = sum_i sum_(p, r) w[o, i, p, r] * rot(x_i, p_offset + r * block)``, evaluated as two
+levels of rotations: the inner rotation by ``p_offset`` of each input (hoisted, shared by all
+outputs) and the outer rotation by ``r * block`` of each output's partial sum. Kernel position
+``p = 0``, channel offset ``r = 0`` and fc diagonal ``k = 0`` need no rotation at all.
 
 * **position unit** ``(input ciphertext i, kernel position p)``: every weight that reads input
   ciphertext ``i`` at position ``p``, for all outputs (SpENCNN sub-block, Artemis positional).
@@ -88,6 +91,12 @@ class ChannelPacking:
         for v in (self.grid_h, self.grid_w, self.lanes):
             if v < 1 or v & (v - 1):
                 raise LayoutError(f"grid sides and lanes must be powers of two, got {v}")
+        if min(self.height, self.width, self.dilation, self.replicas) < 1 or min(self.origin) < 0:
+            raise LayoutError(
+                f"a map needs positive sizes, dilation and replicas and a non-negative origin, "
+                f"got {self.height}x{self.width}, dilation {self.dilation}, replicas "
+                f"{self.replicas}, origin {self.origin}"
+            )
         if self.channels < 1 or self.groups < 1 or self.channels % self.groups:
             raise LayoutError(f"{self.channels} channels cannot form {self.groups} groups")
         if self.lanes % self.groups:
@@ -166,6 +175,47 @@ class ChannelPacking:
             for ct, lane in self._replica_places(c):
                 out[:, ct, lane * self.block + off] = x[:, c].reshape(x.shape[0], -1)
         return out
+
+    def to_dict(self) -> dict[str, int | list[int]]:
+        """Plain fields (JSON-ready): the client's copy of the input layout."""
+        return {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "grid_h": self.grid_h,
+            "grid_w": self.grid_w,
+            "lanes": self.lanes,
+            "groups": self.groups,
+            "dilation": self.dilation,
+            "origin": list(self.origin),
+            "replicas": self.replicas,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ChannelPacking:
+        """The inverse of :meth:`to_dict`; every field is checked by the constructor."""
+        origin = d["origin"]
+        if not isinstance(origin, list) or len(origin) != 2:
+            raise LayoutError(f"origin must be a list of two integers, got {origin!r}")
+
+        def num(key: str) -> int:
+            v = d[key]
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise LayoutError(f"{key} must be an integer, got {v!r}")
+            return v
+
+        return cls(
+            num("channels"),
+            num("height"),
+            num("width"),
+            num("grid_h"),
+            num("grid_w"),
+            num("lanes"),
+            groups=num("groups"),
+            dilation=num("dilation"),
+            origin=(int(origin[0]), int(origin[1])),
+            replicas=num("replicas"),
+        )
 
     def flatten(self) -> VectorPacking:
         """The vector layout of ``nn.Flatten`` (feature c*H*W + y*W + x) over this map."""
@@ -265,7 +315,13 @@ def plan_layout(model: nn.Module, slots: int, input_shape: tuple[int, int, int])
     channels, height, width = input_shape
     children = [(n, m) for n, m in model.named_children() if not isinstance(m, nn.Identity)]
     first_conv = next((m for _, m in children if isinstance(m, nn.Conv2d)), None)
-    pad = int(first_conv.padding[0]) if isinstance(first_conv, nn.Conv2d) else 0
+    pad = 0
+    if isinstance(first_conv, nn.Conv2d):
+        if isinstance(first_conv.padding, str):
+            raise LayoutError(
+                f"give the first convolution's padding as numbers, not {first_conv.padding!r}"
+            )
+        pad = int(first_conv.padding[0])
     grid = _pow2_at_least(max(height, width) + 2 * pad)
     if grid * grid > slots:
         raise LayoutError(
@@ -318,7 +374,7 @@ def plan_layout(model: nn.Module, slots: int, input_shape: tuple[int, int, int])
                 raise LayoutError(
                     f"conv '{name}': padding is supported on the first convolution only"
                 )
-            if m.groups != current.groups:
+            if m.groups > 1 and m.groups != current.groups:
                 raise LayoutError(
                     f"conv '{name}' has {m.groups} groups but its input is laid out for "
                     f"{current.groups}"
@@ -450,5 +506,6 @@ def layer_units(plan: LayoutPlan, name: str, kind: UnitKind = "position") -> Int
 
 
 def unit_count(units: IntArray) -> int:
-    """Number of distinct units (ids are dense enough to index with)."""
+    """Number of distinct units. Ids are not dense (fc ids go up to ciphertexts x slots, grouped
+    diagonal ids skip offsets that are not multiples of G): renumber before indexing with them."""
     return int(np.unique(units).size)

@@ -1,4 +1,4 @@
-"""HE-friendly model zoo: HE-PEx's four networks and SpENCNN's LeNet-like CNN.
+"""HE-friendly model zoo: HE-PEx's four networks and SpENCNN's LeNet-like, HEFNet and VGG-5.
 
 All models are :class:`HEModel` (an ``nn.Sequential`` with named children), so a compiler can
 walk ``model.named_children()`` in forward order. Only polynomial activations, average pooling,
@@ -29,8 +29,10 @@ from .activations import make_activation
 __all__ = [
     "DATASET_SHAPES",
     "MODEL_NAMES",
+    "VGG5",
     "AutoEncoder",
     "CNNClassifier",
+    "HEFNet",
     "HEModel",
     "LeNetLike",
     "MLPClassifier",
@@ -296,6 +298,151 @@ class LeNetLike(HEModel):
         }
 
 
+def _check_groups(groups: int, widths: Sequence[int]) -> None:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    bad = [w for w in widths if w % groups]
+    if bad:
+        raise ValueError(f"groups={groups} must divide every grouped conv width, not {bad}")
+
+
+def _conv_chain(
+    in_channels: int,
+    image_size: int,
+    channels: Sequence[int],
+    pools: Sequence[bool],
+    kernel: int,
+    groups: int,
+    activation: str,
+) -> tuple[OrderedDict[str, nn.Module], int]:
+    """conv_i -> act_i [-> pool_i] per width; padding ``kernel // 2`` on conv1 only (the
+    multi-channel layout pads the client's input and nothing else), ``groups`` on every conv
+    but the first (its input is the image). Returns the layers and the last map's side."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    size, prev = image_size, in_channels
+    for i, (width, pool) in enumerate(zip(channels, pools, strict=True), start=1):
+        pad = kernel // 2 if i == 1 else 0
+        g = 1 if i == 1 else groups
+        layers[f"conv{i}"] = nn.Conv2d(prev, width, kernel, padding=pad, groups=g)
+        layers[f"act{i}"] = make_activation(activation)
+        size = _conv_out(size, kernel, pad)
+        if pool:
+            layers[f"pool{i}"] = nn.AvgPool2d(2)
+            size //= 2
+        if size < 1:
+            raise ValueError(f"image_size {image_size} is too small for {len(channels)} convs")
+        prev = width
+    return layers, size
+
+
+class HEFNet(HEModel):
+    """SpENCNN's HEFNet (Table 2: conv 3->64, 64->128, 128->256, 256->256, all 3x3; one FC;
+    4 activations), adapted to the multi-channel layout (registry name "hefnet-mnist").
+
+    MNIST: conv1 1->64 (3x3, padding 1: 28) -> act1 -> pool1 (avg 2: 14) -> conv2 64->128
+    (12) -> act2 -> pool2 (6) -> conv3 128->256 (4) -> act3 -> conv4 256->256 (2) -> act4 ->
+    pool4 (global average) -> flatten -> fc1 256->classes. Trainable ``a*x^2+b*x+c``
+    activations, average pooling only, padding on conv1 only and global pooling before the FC
+    (the paper's FC1 1024x10 reads a 2x2x256 map; ours reads the pooled 256 channels) are
+    our adaptations so that :func:`fheprune.layouts.channels.plan_layout` accepts the network.
+    ``groups`` > 1 makes conv2..conv4 HE-group convolutions (SpENCNN Sec. 3.1).
+    """
+
+    task: Task = "classification"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        classes: int = 10,
+        activation: str = "poly",
+        channels: Sequence[int] = (64, 128, 256, 256),
+        kernel: int = 3,
+        groups: int = 1,
+    ) -> None:
+        widths = tuple(int(c) for c in channels)
+        if len(widths) != 4 or min(in_channels, image_size, classes, kernel, *widths) < 1:
+            raise ValueError("HEFNet takes four positive conv widths and positive sizes")
+        _check_groups(groups, widths)
+        act = _activation_name(activation)
+        layers, size = _conv_chain(
+            in_channels, image_size, widths, (True, True, False, False), kernel, groups, act
+        )
+        layers["pool4"] = nn.AvgPool2d(size)
+        layers["flatten"] = nn.Flatten()
+        layers["fc1"] = nn.Linear(widths[-1], classes)
+        super().__init__(layers, (in_channels, image_size, image_size))
+        self.flatten_after = "conv4"
+        self.flatten_shape = (widths[-1], 1, 1)
+        self.arch = {
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "classes": classes,
+            "activation": act,
+            "channels": widths,
+            "kernel": kernel,
+            "groups": groups,
+        }
+
+
+class VGG5(HEModel):
+    """SpENCNN's VGG-5 (Table 2: conv 3->64, 64->128, 128->128, all 3x3; three FC; 5
+    activations), adapted to the multi-channel layout (registry name "vgg5-mnist").
+
+    MNIST: conv1 1->64 (3x3, padding 1: 28) -> act1 -> pool1 (avg 2: 14) -> conv2 64->128
+    (12) -> act2 -> pool2 (6) -> conv3 128->128 (4) -> act3 -> pool3 (global average) ->
+    flatten -> fc1 128->h1 -> act4 -> fc2 h1->h2 -> act5 -> fc3 h2->classes. The paper's FC1
+    is 8192x4096 (an 8x8x128 map of CIFAR-10); after global pooling our FC input is 128, and
+    the hidden widths default to (256, 256) (our choice, a CPU-trainable size; the layout
+    holds up to ``slots`` outputs per FC). Trainable ``a*x^2+b*x+c`` activations, average
+    pooling only, padding on conv1 only. ``groups`` > 1 makes conv2 and conv3 HE-group
+    convolutions (SpENCNN Sec. 3.1).
+    """
+
+    task: Task = "classification"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        classes: int = 10,
+        activation: str = "poly",
+        channels: Sequence[int] = (64, 128, 128),
+        hidden: Sequence[int] = (256, 256),
+        kernel: int = 3,
+        groups: int = 1,
+    ) -> None:
+        widths = tuple(int(c) for c in channels)
+        fc = tuple(int(h) for h in hidden)
+        if len(widths) != 3 or len(fc) != 2:
+            raise ValueError("VGG5 takes three conv widths and two hidden FC widths")
+        if min(in_channels, image_size, classes, kernel, *widths, *fc) < 1:
+            raise ValueError("channels, widths, sizes, kernel and classes must be positive")
+        _check_groups(groups, widths)
+        act = _activation_name(activation)
+        layers, size = _conv_chain(
+            in_channels, image_size, widths, (True, True, False), kernel, groups, act
+        )
+        layers["pool3"] = nn.AvgPool2d(size)
+        layers["flatten"] = nn.Flatten()
+        for name, module in _fc_stack(widths[-1], fc, classes, act).items():
+            # fc1, act1, fc2, act2, fc3 -> activations continue the conv numbering (act4, act5)
+            layers[f"act{int(name[3:]) + 3}" if name.startswith("act") else name] = module
+        super().__init__(layers, (in_channels, image_size, image_size))
+        self.flatten_after = "conv3"
+        self.flatten_shape = (widths[-1], 1, 1)
+        self.arch = {
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "classes": classes,
+            "activation": act,
+            "channels": widths,
+            "hidden": fc,
+            "kernel": kernel,
+            "groups": groups,
+        }
+
+
 # ---------------------------------------------------------------------------------------
 # Registry
 
@@ -308,7 +455,15 @@ DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
 
 _DATASET_ALIASES = {"cifar-10": "cifar10", "cifar": "cifar10"}
 
-MODEL_NAMES: tuple[str, ...] = ("mlp", "ae-compressor", "ae-denoiser", "cnn", "lenet")
+MODEL_NAMES: tuple[str, ...] = (
+    "mlp",
+    "ae-compressor",
+    "ae-denoiser",
+    "cnn",
+    "lenet",
+    "hefnet-mnist",
+    "vgg5-mnist",
+)
 
 _MODEL_CLASSES: dict[str, Callable[..., HEModel]] = {
     "mlp": MLPClassifier,
@@ -316,6 +471,8 @@ _MODEL_CLASSES: dict[str, Callable[..., HEModel]] = {
     "ae-denoiser": AutoEncoder,
     "cnn": CNNClassifier,
     "lenet": LeNetLike,
+    "hefnet-mnist": HEFNet,
+    "vgg5-mnist": VGG5,
 }
 
 
@@ -365,7 +522,8 @@ def model_defaults(name: str, dataset: str = "mnist") -> dict[str, Any]:
             "classes": classes,
             "activation": "square",
         }
-    # SpENCNN defines LeNet-like for MNIST only; other datasets just change the input shape.
+    # SpENCNN defines LeNet-like for MNIST only (HEFNet / VGG-5 for CIFAR-10; the "-mnist"
+    # variants are our MNIST adaptations): other datasets just change the input shape.
     return {"in_channels": chans, "image_size": size, "classes": classes, "activation": "poly"}
 
 

@@ -49,12 +49,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CompileError = _core.CompileError
-LayoutName = Literal["tile", "diagonal"]
+LayoutName = Literal["tile", "diagonal", "map"]
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 SUPPORTED_LAYERS = (
     "nn.Linear",
+    "nn.Conv2d and nn.AvgPool2d (layout='map')",
     "nn.Flatten (before the first linear layer)",
     "nn.Identity",
     "polynomial activations (Square, TanhPoly2, TrainablePoly: a*x^2 + b*x + c)",
@@ -179,6 +180,7 @@ class CompiledModel:
     input_perm: IntArray | None = None
     output_perm: IntArray | None = None
     steps: list[Step] = field(default_factory=list)
+    map_spec: Any = None  # conv_lowering.MapProgramSpec (layout "map")
 
     @property
     def parameters(self) -> Any:
@@ -197,6 +199,14 @@ class CompiledModel:
 
     def plaintext_forward(self, x: FloatArray) -> FloatArray:
         """The folded chain in float64 numpy (what the encrypted program computes)."""
+        if self.map_spec is not None:
+            from .conv_lowering import simulate
+
+            spec = self.map_spec
+            images = np.asarray(x, dtype=np.float64).reshape(
+                -1, spec.input.channels, spec.input.height, spec.input.width
+            )
+            return np.asarray(spec.unpack(simulate(spec, spec.pack(images))))
         h = self.permute_inputs(x)
         for step in self.steps:
             h = h @ step.weight.T + step.bias if isinstance(step, LinearStep) else h * h
@@ -262,8 +272,12 @@ def compile_model(
     so the first layer's tiles are exactly the pruning's. ``parameters`` = None chooses them
     automatically (the dry-run report is logged and kept in ``choice.message``).
     """
-    if layout not in ("tile", "diagonal"):
-        raise CompileError(f"unknown layout {layout!r}; choose 'tile' or 'diagonal'")
+    if layout not in ("tile", "diagonal", "map"):
+        raise CompileError(f"unknown layout {layout!r}; choose 'tile', 'diagonal' or 'map'")
+    if layout == "map":
+        if input_perm is not None or output_perm is not None:
+            raise CompileError("the map layout takes no input / output permutations")
+        return _compile_map(model, parameters, scale_bits, poly_degree)
     if layout == "tile":
         if tile is None or len(tile) != 2:
             raise CompileError("the tile layout needs tile=(t1, t2)")
@@ -318,3 +332,62 @@ def compile_model(
         output_perm=perm(output_perm, int(program.out_features), "output_perm"),
         steps=list(steps),
     )
+
+
+def _map_levels(model: nn.Module) -> int:
+    """Depth of a conv chain after folding: each Conv2d / Linear and each activation that is
+    not affine costs one level; pools and flattens cost none."""
+    linear = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.children())
+    squares = sum(
+        isinstance(m, PolyActivation) and float(m.coefficients()[0]) != 0.0
+        for m in model.children()
+    )
+    return linear + squares
+
+
+def _compile_map(
+    model: nn.Module, parameters: Any | None, scale_bits: int | None, poly_degree: int | None
+) -> CompiledModel:
+    """Conv networks (single sample, several ciphertexts): the multi-channel layout of
+    :mod:`fheprune.layouts.channels`, lowered by :mod:`fheprune.runtime.conv_lowering`."""
+    from fheprune.layouts.channels import LayoutError
+
+    from .conv_lowering import build_program, lower_conv_model
+
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or len(shape) != 3:
+        raise CompileError(
+            "the map layout needs the model's input shape (C, H, W) as model.input_shape"
+        )
+    levels = _map_levels(model)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    pad = (
+        int(first.padding[0])
+        if isinstance(first, nn.Conv2d) and not isinstance(first.padding, str)
+        else 0
+    )
+    side = max(int(shape[1]), int(shape[2])) + 2 * pad
+    min_slots = (1 << (side - 1).bit_length()) ** 2
+    if parameters is None:
+        choice = choose_parameters(
+            levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
+        )
+    else:
+        have = len(parameters.chain_bits) - 1
+        if have < levels:
+            raise _core.LevelError(
+                f"the model needs {levels} levels; the given parameters give {have} "
+                f"(chain of {len(parameters.chain_bits)} primes). Pass parameters=None to "
+                "choose them automatically"
+            )
+        choice = ParameterChoice(parameters, levels, f"needs {levels} levels; using {parameters}")
+    log.info("dry run: %s", choice.message)
+    slots = int(choice.parameters.poly_degree) // 2
+    try:
+        spec = lower_conv_model(model, slots, tuple(int(v) for v in shape))  # type: ignore[arg-type]
+    except LayoutError as exc:
+        raise CompileError(str(exc)) from exc
+    if spec.levels != levels:  # the lowering is the truth; keep the two in step
+        raise AssertionError(f"level count mismatch: lowered {spec.levels}, counted {levels}")
+    program = build_program(spec, choice.parameters)
+    return CompiledModel(program=program, choice=choice, layout="map", tile=None, map_spec=spec)

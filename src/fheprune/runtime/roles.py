@@ -57,6 +57,11 @@ class ClientSpec:
     rotation_steps: tuple[int, ...]
     input_perm: tuple[int, ...] | None
     output_perm: tuple[int, ...] | None
+    # Map layout only: the input layout (ChannelPacking fields), the ciphertexts the program
+    # ends with and where each output feature sits in them (ciphertext, slot).
+    input_packing: dict[str, Any] | None = None
+    output_ciphertexts: int = 0
+    output_map: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @classmethod
     def from_compiled(cls, compiled: CompiledModel) -> ClientSpec:
@@ -67,7 +72,16 @@ class ClientSpec:
             else:
                 layers.append(("square", 0))
         p = compiled.program
+        spec = compiled.map_spec
         return cls(
+            input_packing=None if spec is None else spec.input.to_dict(),
+            output_ciphertexts=0 if spec is None else int(spec.output.ciphertexts),
+            output_map=None
+            if spec is None
+            else (
+                tuple(int(v) for v in spec.output.ct),
+                tuple(int(v) for v in spec.output.slot),
+            ),
             parameters=p.parameters,
             layout=p.layout,
             tile_shape=tuple(int(v) for v in p.tile_shape),  # type: ignore[arg-type]
@@ -84,6 +98,8 @@ class ClientSpec:
 
     def shape_program(self) -> Any:
         """A weightless program of the same shape: packs inputs and unpacks outputs."""
+        if self.layout == "map":
+            return self._map_shape_program()
         if self.layout == "tile":
             to, ti, tb = self.tile_shape
             program = _core.Program.tile(self.parameters, to, ti, tb, self.in_features)
@@ -97,9 +113,47 @@ class ClientSpec:
                 program.add_linear(f"fc{i}", np.zeros((out, inp)), np.ones(out))
         return program
 
+    def packing(self) -> Any:
+        """The map layout's input packing (``layouts.channels.ChannelPacking``)."""
+        from fheprune.layouts.channels import ChannelPacking
+
+        if self.input_packing is None:
+            raise SpecError("a map-layout client spec needs its input packing")
+        return ChannelPacking.from_dict(self.input_packing)
+
+    def _map_shape_program(self) -> Any:
+        if self.output_map is None or self.input_packing is None:
+            raise SpecError("a map-layout client spec needs its input packing and output map")
+        packing = self.packing()
+        slots = int(self.parameters.poly_degree) // 2
+        if packing.slots != slots or packing.ciphertexts * slots != self.in_features:
+            raise SpecError(
+                f"the input packing ({packing.ciphertexts} ciphertexts of {packing.slots} "
+                f"slots) does not match the parameters' {slots} slots and "
+                f"{self.in_features} input values"
+            )
+        program = _core.Program.map(self.parameters, packing.ciphertexts)
+        empty_u32 = np.zeros(0, dtype=np.uint32)
+        program.add_map_linear(
+            "outputs",
+            self.output_ciphertexts,
+            empty_u32,
+            empty_u32,
+            np.zeros(0, dtype=np.uint64),
+            np.zeros((0, 1)),
+        )
+        cts, at = self.output_map
+        program.set_outputs(np.asarray(cts, dtype=np.uint32), np.asarray(at, dtype=np.uint64))
+        return program
+
     def to_json(self) -> str:
         return json.dumps(
             {
+                "input_packing": self.input_packing,
+                "output_ciphertexts": self.output_ciphertexts,
+                "output_map": None
+                if self.output_map is None
+                else [list(self.output_map[0]), list(self.output_map[1])],
                 "format": SPEC_FORMAT,
                 "version": SPEC_VERSION,
                 "parameters": self.parameters.to_bytes().hex(),
@@ -146,14 +200,35 @@ class ClientSpec:
                 output_perm=None
                 if d["output_perm"] is None
                 else tuple(int(v) for v in d["output_perm"]),
+                input_packing=_packing_field(d.get("input_packing")),
+                output_ciphertexts=int(d.get("output_ciphertexts", 0)),
+                output_map=_output_map_field(d.get("output_map")),
             )
             spec.shape_program()  # validates the shape against the parameters
         except SpecError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             # ValueError covers the engine's FheError family (CompileError, ParameterError...).
             raise SpecError(f"corrupt client spec: {exc}") from exc
         return spec
+
+
+def _packing_field(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError(f"input_packing must be an object, got {type(value).__name__}")
+    from fheprune.layouts.channels import ChannelPacking
+
+    return ChannelPacking.from_dict(value).to_dict()  # validates every field
+
+
+def _output_map_field(value: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or len(value[0]) != len(value[1]):
+        raise SpecError("output_map must be [ciphertexts, slots] of equal lengths")
+    return tuple(int(v) for v in value[0]), tuple(int(v) for v in value[1])
 
 
 class Client:
@@ -177,7 +252,13 @@ class Client:
         return data
 
     def encrypt(self, samples: FloatArray) -> list[Any]:
-        """Samples [count, features] -> input ciphertexts, group by group."""
+        """Samples [count, features] -> input ciphertexts, group by group.
+
+        Map layout: images [count, C, H, W] (or flattened [count, C*H*W]), one group of input
+        ciphertexts per image.
+        """
+        if self.spec.layout == "map":
+            return self._encrypt_images(samples)
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.spec.in_features:
             raise _core.CompileError(
@@ -186,6 +267,22 @@ class Client:
         if self.spec.input_perm is not None:
             x = np.ascontiguousarray(x[:, list(self.spec.input_perm)])
         slots = self._program.pack_inputs(x)
+        return [
+            self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots
+        ]
+
+    def _encrypt_images(self, samples: FloatArray) -> list[Any]:
+        packing = self.spec.packing()
+        x = np.asarray(samples, dtype=np.float64)
+        per_image = packing.channels * packing.height * packing.width
+        if x.ndim not in (2, 4) or x.size % per_image or (x.ndim == 2 and x.shape[1] != per_image):
+            raise _core.CompileError(
+                f"inputs must be images [count, {packing.channels}, {packing.height}, "
+                f"{packing.width}] (or [count, {per_image}]), got {list(x.shape)}"
+            )
+        images = x.reshape(-1, packing.channels, packing.height, packing.width)
+        rows = packing.pack(images).reshape(images.shape[0], -1)
+        slots = self._program.pack_inputs(np.ascontiguousarray(rows))
         return [
             self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots
         ]

@@ -5,9 +5,9 @@ AE-Denoiser: learning rate and batch size per dataset, and CosineAnnealingWarmRe
 T0 = 5, eta_min = 1e-4 for all. It does not give the optimizer, epoch count or denoising noise;
 our choices (documented in :func:`default_config`): Adam, 10 epochs (two full warm-restart
 cycles, as in the public HE-PEx demo's 10 epochs), Gaussian noise std 0.3 (MNIST) / 0.1
-(CIFAR-10, SVHN). SpENCNN's LeNet-like: SGD, momentum 0.9, weight decay 1e-4, lr 0.01,
-batch 64 (MNIST) / 128, 100 epochs (paper Sec. 4); the paper's "decay factor 5e-4" is
-ambiguous, so we anneal the learning rate with one cosine cycle over the run.
+(CIFAR-10, SVHN). SpENCNN's LeNet-like (and its HEFNet and VGG-5): SGD, momentum 0.9,
+weight decay 1e-4, lr 0.01, batch 64 (MNIST) / 128, 100 epochs (paper Sec. 4); the paper's
+"decay factor 5e-4" is ambiguous, so we anneal the learning rate with one cosine cycle.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def default_config(model_name: str, dataset: str = "mnist") -> TrainConfig:
     key, ds = model_name.lower(), normalize_dataset(dataset)
     if key not in MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(MODEL_NAMES)}")
-    if key == "lenet":
+    if key in ("lenet", "hefnet-mnist", "vgg5-mnist"):  # SpENCNN Sec. 4, all its models
         return TrainConfig(
             epochs=100,
             lr=0.01,

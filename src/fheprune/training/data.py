@@ -62,6 +62,8 @@ _SPECS: dict[str, DataSpec] = {
     "ae-denoiser": DataSpec("reconstruction", flatten=True, noisy=True),
     "cnn": DataSpec("classification", flatten=False, noisy=False),
     "lenet": DataSpec("classification", flatten=False, noisy=False),
+    "hefnet-mnist": DataSpec("classification", flatten=False, noisy=False),
+    "vgg5-mnist": DataSpec("classification", flatten=False, noisy=False),
 }
 
 

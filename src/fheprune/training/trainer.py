@@ -9,6 +9,11 @@ Masks: for each masked layer, masked weights are zeroed before training, their g
 zeroed after every backward pass (so momentum / Adam moments never move them) and the weights
 are multiplied by the mask again after every optimizer step (weight decay and any optimizer
 quirk cannot revive them). Biases are never masked.
+
+Regularizers: ``train(..., regularizer=fn)`` adds ``fn(model)`` (a scalar tensor) to every
+batch's loss, e.g. a group-Lasso penalty over HE units
+(:class:`fheprune.pruning.rotation_aware.GroupLasso`). The recorded ``train_loss`` is the
+regularized loss. A regularizer is not saved in the checkpoint: resume with the same one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ from .metrics import evaluate
 __all__ = [
     "CHECKPOINT_NAME",
     "EpochRecord",
+    "Regularizer",
     "TrainResult",
     "TrainingDivergedError",
     "apply_masks",
@@ -52,6 +58,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 _CKPT_FORMAT = "fheprune-checkpoint"
 _CKPT_VERSION = 1
+
+
+#: A penalty added to the loss of every batch: model -> scalar tensor (differentiable).
+Regularizer = Callable[[nn.Module], torch.Tensor]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -264,6 +274,7 @@ def train(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     device: torch.device | str = "cpu",
+    regularizer: Regularizer | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs; returns the per-epoch history.
 
@@ -277,6 +288,8 @@ def train(
         stop_after_epochs: end this call after that many epochs (a time-boxed slice of a
             long run; call again with the same arguments to resume).
         device: where to train; checkpoints are always loadable on the CPU.
+        regularizer: ``fn(model) -> scalar tensor`` added to every batch's loss (e.g. a
+            group-Lasso penalty); None (default) trains on the task loss alone.
     """
     task: Task = loaders.spec.task
     model_task = getattr(model, "task", task)
@@ -325,6 +338,8 @@ def train(
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(task, model(inputs), targets)
+            if regularizer is not None:
+                loss = loss + regularizer(model)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "

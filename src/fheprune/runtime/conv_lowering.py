@@ -1,0 +1,517 @@
+"""Lower a conv network onto a *map program* on the multi-channel layout, and run it in numpy.
+
+The layout is :mod:`fheprune.layouts.channels` (channel blocks, group-interleaved lanes,
+dilation for strides and pools); this module only turns every layer of its plan into one of
+three slot-vector operations on a list of ciphertexts (``rot(x, k)[j] = x[(j + k) mod slots]``):
+
+* :class:`MapLinearOp` (one level): ``y_o = sum_(t: out_ct[t] = o) values[t] * rot(x_(in_ct[t]),
+  shift[t]) + bias[o]``, ``values`` and ``bias`` repeating with their (power-of-two) period.
+  One term is one plaintext multiply: terms are merged per ``(o, in_ct, shift)`` and exist
+  exactly when a non-zero weight needs them. A convolution's weight ``(c_out, c_in, dy, dx)``
+  lands in the term of shift ``p_offset + r * block`` (``p_offset = (dy * grid_w + dx) *
+  dilation_in``, ``r`` the channel offset of :func:`~fheprune.layouts.channels.conv_units`), at
+  every *valid* output position of its block only, so convolution outputs are exactly zero
+  outside their valid region (a free output mask). A linear layer's weight ``W[f_out, f_in]``
+  lands in the term of shift ``(slot_in - slot_out) mod slots`` at ``slot_out``;
+* :class:`RotateSumOp` (no level): window sums (average pooling; its ``1/k^2`` is folded into
+  the next linear layer);
+* :class:`SquareOp` (one level): every polynomial activation ``a*x^2 + b*x + c`` becomes a bare
+  square: ``a*(x + b/2a)^2 + (c - b^2/4a)``, the shift joins the bias of the linear layer
+  before it (through any pooling in between) and ``(a, c - b^2/4a)`` the next linear layer's
+  weights and bias, as :func:`fheprune.runtime.compiler.fold_activations` does for FC chains.
+  Affine activations (``a = 0``) fold away.
+
+Every term belongs to exactly one unit of each kind of
+:func:`~fheprune.layouts.channels.layer_units` (:func:`term_units` names it), so zeroing the
+weights of a unit removes exactly the terms it owns. :func:`simulate` is the plain numpy
+reference executor; :func:`build_program` hands the same program to the C++ runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fheprune import _core
+from fheprune.layouts.channels import (
+    ChannelPacking,
+    LayoutError,
+    LayoutPlan,
+    UnitKind,
+    VectorPacking,
+    _conv_in_channels,
+    plan_layout,
+)
+
+from .compiler import CompileError
+
+__all__ = [
+    "MapLinearOp",
+    "MapOp",
+    "MapProgramSpec",
+    "RotateSumOp",
+    "SquareOp",
+    "build_program",
+    "lower_conv_model",
+    "simulate",
+    "term_units",
+]
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+Int32Array = NDArray[np.int32]
+
+
+@dataclass
+class MapLinearOp:
+    """``y_o[j] = sum_(t: out_ct[t] = o) values[t][j mod period] * x_(in_ct[t])[(j + shift[t])
+    mod slots] + bias[o][j mod bias_period]`` (see the module docstring)."""
+
+    name: str
+    out_ciphertexts: int
+    out_ct: Int32Array  # [T]
+    in_ct: Int32Array  # [T]
+    shift: IntArray  # [T], in [0, slots)
+    values: FloatArray  # [T, period]
+    bias: FloatArray  # [out_ciphertexts, bias_period], or [0, 0]: no bias
+
+    @property
+    def terms(self) -> int:
+        return int(self.out_ct.shape[0])
+
+    @property
+    def period(self) -> int:
+        return int(self.values.shape[1])
+
+    def distinct_shifts(self, by: Literal["input", "output"]) -> list[int]:
+        """Distinct shifts per input ciphertext (``by="input"``) or per output ciphertext."""
+        if by == "output":
+            count, key = self.out_ciphertexts, self.out_ct
+        else:
+            count = int(self.in_ct.max()) + 1 if self.terms else 0
+            key = self.in_ct
+        return [int(np.unique(self.shift[key == c]).size) for c in range(count)]
+
+    def check(self, slots: int, in_ciphertexts: int) -> None:
+        """Raise ``CompileError`` unless the op is well formed (shapes, ranges, merged terms)."""
+        t = self.terms
+        where = f"map-linear '{self.name}'"
+        if self.in_ct.shape != (t,) or self.shift.shape != (t,) or self.values.ndim != 2:
+            raise CompileError(f"{where}: out_ct, in_ct, shift and values disagree on the terms")
+        if self.values.shape[0] != t:
+            raise CompileError(f"{where}: {self.values.shape[0]} value rows for {t} terms")
+        for what, period in (("values", self.period), ("bias", int(self.bias.shape[1]))):
+            if what == "bias" and self.bias.size == 0:
+                continue
+            if period < 1 or period & (period - 1) or slots % period:
+                raise CompileError(f"{where}: {what} period {period} does not divide {slots}")
+        if self.bias.size and self.bias.shape[0] != self.out_ciphertexts:
+            raise CompileError(f"{where}: bias rows {self.bias.shape[0]} != outputs")
+        if t == 0:
+            return
+        if self.out_ct.min() < 0 or self.out_ct.max() >= self.out_ciphertexts:
+            raise CompileError(f"{where}: an output ciphertext out of range")
+        if self.in_ct.min() < 0 or self.in_ct.max() >= in_ciphertexts:
+            raise CompileError(f"{where}: reads a ciphertext beyond the {in_ciphertexts} live")
+        if self.shift.min() < 0 or self.shift.max() >= slots:
+            raise CompileError(f"{where}: shifts must lie in [0, {slots})")
+        key = (self.out_ct.astype(np.int64) * in_ciphertexts + self.in_ct) * slots + self.shift
+        if np.unique(key).size != t:
+            raise CompileError(f"{where}: terms with equal (out_ct, in_ct, shift) not merged")
+        if not np.all(np.any(self.values != 0.0, axis=1)):
+            raise CompileError(f"{where}: an all-zero term")
+
+
+@dataclass
+class RotateSumOp:
+    """Window sum on every ciphertext: ``y[j] = sum_(n_d < count_d) x[j + sum_d n_d *
+    stride_d]``."""
+
+    name: str
+    windows: list[tuple[int, int]]  # (count, stride)
+
+
+@dataclass
+class SquareOp:
+    name: str
+
+
+MapOp = MapLinearOp | RotateSumOp | SquareOp
+
+
+@dataclass
+class MapProgramSpec:
+    """A lowered network: client-packed input, the op chain, and the client's output map."""
+
+    slots: int
+    input: ChannelPacking
+    output: VectorPacking
+    ops: list[MapOp]
+    plan: LayoutPlan | None = field(default=None, repr=False)
+
+    @property
+    def levels(self) -> int:
+        return sum(isinstance(op, MapLinearOp | SquareOp) for op in self.ops)
+
+    def pack(self, images: NDArray[np.float64]) -> FloatArray:
+        """Client side: images [B, C, H, W] -> slot vectors [B, input ciphertexts, slots]."""
+        return self.input.pack(images)
+
+    def unpack(self, slot_vectors: NDArray[np.float64]) -> FloatArray:
+        """Client side: slot vectors [B, output ciphertexts, slots] -> features [B, F]."""
+        y = np.asarray(slot_vectors, dtype=np.float64)
+        if y.ndim != 3 or y.shape[1:] != (self.output.ciphertexts, self.slots):
+            raise LayoutError(
+                f"expected outputs shaped [batch, {self.output.ciphertexts}, {self.slots}], "
+                f"got {list(y.shape)}"
+            )
+        return np.ascontiguousarray(y[:, self.output.ct, self.output.slot])
+
+
+# ---------------------------------------------------------------------------------------
+# Lowering
+
+
+@dataclass
+class _Linear:
+    """A map-linear op under construction: full-period arrays and its valid output slots."""
+
+    op: MapLinearOp
+    rows: IntArray  # (ciphertext, slot) of every valid output value: where a shift goes
+    cols: IntArray
+
+
+@dataclass
+class _Fold:
+    """What the ciphertexts hold: ``true value = scale * v + const`` at valid positions."""
+
+    scale: float = 1.0
+    const: float = 0.0
+    producer: _Linear | None = None  # the linear op v comes from (through pools only)
+    gain: float = 1.0  # how many times that op's bias is summed into v (pool windows)
+
+
+def _terms(
+    keys: IntArray,
+    weights: FloatArray,
+    cols: IntArray,
+    in_ciphertexts: int,
+    slots: int,
+) -> tuple[Int32Array, Int32Array, IntArray, FloatArray]:
+    """Merge weights by key ``(out_ct * in_cts + in_ct) * slots + shift``; ``cols[n]`` are
+    the slots weight ``n`` fills in its term (no two weights of a term share a slot)."""
+    uniq, term_of = np.unique(keys, return_inverse=True)
+    values = np.zeros((uniq.size, slots))
+    values[term_of.reshape(-1, 1), cols] = weights.reshape(-1, 1)
+    out_ct = (uniq // (in_ciphertexts * slots)).astype(np.int32)
+    in_ct = ((uniq // slots) % in_ciphertexts).astype(np.int32)
+    shift = np.asarray(uniq % slots, dtype=np.int64)
+    return out_ct, in_ct, shift, values
+
+
+def _conv_valid(out: ChannelPacking, c_out: int) -> tuple[IntArray, IntArray, IntArray]:
+    """(ciphertext [C_out, 1], slots [C_out, P]) of every valid output, and the lanes."""
+    ys, xs = np.meshgrid(np.arange(out.height), np.arange(out.width), indexing="ij")
+    off = out.offset(ys.ravel(), xs.ravel())
+    ct_out, lane_out = out.place(np.arange(c_out))
+    return ct_out[:, None], lane_out[:, None] * out.block + off[None, :], lane_out
+
+
+def _lower_conv(
+    name: str, m: nn.Conv2d, inp: ChannelPacking, out: ChannelPacking, fold: _Fold
+) -> _Linear:
+    w0 = m.weight.detach().to(torch.float64).cpu().numpy()
+    c_out, _, kh, kw = w0.shape
+    b0 = m.bias.detach().to(torch.float64).cpu().numpy() if m.bias is not None else np.zeros(c_out)
+    bias_map = np.broadcast_to(b0[:, None, None], (c_out, out.height, out.width)).copy()
+    if fold.const != 0.0:  # a constant on every real input pixel (padding stays zero)
+        with torch.no_grad():
+            ones = torch.full(
+                (1, inp.channels, inp.height, inp.width), fold.const, dtype=torch.float64
+            )
+            bias_map += nn.functional.conv2d(
+                ones, torch.from_numpy(w0), None, m.stride, m.padding, 1, m.groups
+            )[0].numpy()
+    w = w0 * fold.scale
+
+    ci = _conv_in_channels(w.shape, int(m.groups))  # [C_out, C_in/g]
+    ct_in, lane_in = (a.reshape(ci.shape) for a in inp.place(ci.ravel()))
+    ct_rows, valid_cols, lane_out = _conv_valid(out, c_out)
+    ct_out = ct_rows[:, 0]
+    mod = inp.channels if inp.replicas > 1 else inp.lanes
+    r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated (conv_units)
+    dy, dx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    p_offset = (dy * inp.grid_w + dx) * inp.dilation  # [kh, kw]
+    shift = p_offset[None, None] + (r * inp.block)[:, :, None, None]
+    n_in = inp.ciphertexts
+    key = (ct_out[:, None, None, None] * n_in + ct_in[:, :, None, None]) * inp.slots + shift
+    nz = w != 0.0
+    co = np.broadcast_to(np.arange(c_out)[:, None, None, None], w.shape)[nz]
+    out_ct, in_ct, shifts, values = _terms(key[nz], w[nz], valid_cols[co], n_in, inp.slots)
+
+    bias = np.zeros((out.ciphertexts, out.slots))
+    rows = np.broadcast_to(ct_rows, valid_cols.shape)
+    bias[rows, valid_cols] = bias_map.reshape(c_out, -1)
+    op = MapLinearOp(name, out.ciphertexts, out_ct, in_ct, shifts, values, bias)
+    return _Linear(op, rows.ravel(), valid_cols.ravel())
+
+
+def _lower_fc(
+    name: str, m: nn.Linear, inp: VectorPacking, out: VectorPacking, fold: _Fold
+) -> _Linear:
+    w0 = m.weight.detach().to(torch.float64).cpu().numpy()
+    b0 = (
+        m.bias.detach().to(torch.float64).cpu().numpy()
+        if m.bias is not None
+        else np.zeros(w0.shape[0])
+    )
+    b = b0 + fold.const * w0.sum(axis=1)
+    w = w0 * fold.scale
+    slots = inp.slots
+    k = (inp.slot[None, :] - out.slot[:, None]) % slots
+    key = (out.ct[:, None] * inp.ciphertexts + inp.ct[None, :]) * slots + k
+    nz = w != 0.0
+    cols = np.broadcast_to(out.slot[:, None], w.shape)[nz]
+    out_ct, in_ct, shifts, values = _terms(key[nz], w[nz], cols[:, None], inp.ciphertexts, slots)
+    bias = np.zeros((out.ciphertexts, slots))
+    bias[out.ct, out.slot] = b
+    op = MapLinearOp(name, out.ciphertexts, out_ct, in_ct, shifts, values, bias)
+    return _Linear(op, out.ct.copy(), out.slot.copy())
+
+
+def _period(a: FloatArray) -> int:
+    """The smallest power-of-two period of every row of ``a`` (its width when none)."""
+    p = int(a.shape[1])
+    while p > 1:
+        h = p // 2
+        if a.shape[0] and not np.array_equal(a[0, :h], a[0, h:p]):
+            break
+        if not np.array_equal(a[:, :h], a[:, h:p]):
+            break
+        p = h
+    return p
+
+
+def _finish(op: MapLinearOp) -> None:
+    """Drop all-zero terms, and shorten values and bias to their exact period."""
+    keep = np.any(op.values != 0.0, axis=1)
+    if not keep.all():
+        op.out_ct, op.in_ct, op.shift = op.out_ct[keep], op.in_ct[keep], op.shift[keep]
+        op.values = op.values[keep]
+    op.values = np.ascontiguousarray(op.values[:, : _period(op.values)])
+    if not np.any(op.bias != 0.0):
+        op.bias = np.zeros((0, 0))
+    else:
+        op.bias = np.ascontiguousarray(op.bias[:, : _period(op.bias)])
+
+
+def lower_conv_model(
+    model: nn.Module, slots: int, input_shape: tuple[int, int, int] | None = None
+) -> MapProgramSpec:
+    """Lower an ``nn.Sequential`` conv chain (see :func:`plan_layout`) to a map program.
+
+    ``input_shape`` = (C, H, W) of one sample, by default ``model.input_shape``. Unsupported
+    layers or shapes raise ``LayoutError``; activations that cannot fold raise ``CompileError``.
+    """
+    if input_shape is None:
+        shape = getattr(model, "input_shape", None)
+        if not isinstance(shape, tuple) or len(shape) != 3:
+            raise LayoutError(
+                "the conv layout needs the (channels, height, width) of one sample: pass "
+                f"input_shape (the model's input_shape is {shape!r})"
+            )
+        input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+    from fheprune.models.activations import PolyActivation
+
+    plan = plan_layout(model, slots, input_shape)
+    ops: list[MapOp] = []
+    linears: list[_Linear] = []
+    fold = _Fold()
+    for name, layer in plan.layers.items():
+        m = layer.module
+        if layer.kind == "conv":
+            assert isinstance(m, nn.Conv2d)
+            assert isinstance(layer.inputs, ChannelPacking)
+            assert isinstance(layer.outputs, ChannelPacking)
+            padded = not isinstance(m.padding, str) and any(int(v) for v in m.padding)
+            if padded and any(isinstance(op, RotateSumOp) for op in ops):
+                raise LayoutError(
+                    f"conv '{name}': padding reads the client's zeros, so it needs the "
+                    "client-packed input (no pooling before it)"
+                )
+            if min(layer.outputs.origin) < 0:
+                raise LayoutError(f"conv '{name}': its padding falls outside the channel block")
+            lin = _lower_conv(name, m, layer.inputs, layer.outputs, fold)
+        elif layer.kind == "fc":
+            assert isinstance(m, nn.Linear)
+            assert isinstance(layer.inputs, VectorPacking)
+            assert isinstance(layer.outputs, VectorPacking)
+            lin = _lower_fc(name, m, layer.inputs, layer.outputs, fold)
+        elif layer.kind == "pool":
+            assert isinstance(layer.inputs, ChannelPacking)
+            assert isinstance(layer.outputs, ChannelPacking)
+            k = layer.outputs.dilation // layer.inputs.dilation
+            if k > 1:
+                d, grid_w = layer.inputs.dilation, layer.inputs.grid_w
+                ops.append(RotateSumOp(name, [(k, d), (k, d * grid_w)]))
+                fold.scale /= k * k
+                fold.gain *= k * k
+            continue
+        elif layer.kind == "act":
+            assert isinstance(m, PolyActivation)
+            _fold_activation(name, m, fold, ops)
+            continue
+        else:  # flatten: a change of layout only
+            continue
+        ops.append(lin.op)
+        linears.append(lin)
+        fold = _Fold(producer=lin)
+    if (fold.scale, fold.const) != (1.0, 0.0):
+        # Pending scaling at the end: the last linear op absorbs it (only window sums follow
+        # it, and they are linear); after a square nothing can.
+        last = fold.producer
+        if last is None:
+            raise CompileError(
+                "the model ends with a polynomial activation other than x^2 (or an average "
+                "pool after one); its constants need a linear layer after it"
+            )
+        last.op.values *= fold.scale
+        last.op.bias *= fold.scale
+        last.op.bias[last.rows, last.cols] += fold.const / fold.gain
+    for lin in linears:
+        _finish(lin.op)
+    return MapProgramSpec(slots, plan.input, plan.output, ops, plan)
+
+
+def _fold_activation(name: str, m: Any, fold: _Fold, ops: list[MapOp]) -> None:
+    a, b, c = (float(v) for v in m.coefficients())
+    if a == 0.0:  # affine: nothing to evaluate under encryption
+        fold.scale *= b
+        fold.const = b * fold.const + c
+        return
+    if fold.scale == 0.0:  # a constant in, a constant out
+        fold.const = (a * fold.const + b) * fold.const + c
+        return
+    # a*t^2 + b*t + c = a*(t + b/2a)^2 + c - b^2/4a, t = scale*v + const
+    #                 = a*scale^2 * (v + shift)^2 + c - b^2/4a
+    shift = (fold.const + b / (2.0 * a)) / fold.scale
+    if shift != 0.0:
+        if fold.producer is None:
+            raise CompileError(
+                f"activation '{name}' has no linear layer before it to absorb its shift"
+            )
+        lin = fold.producer
+        lin.op.bias[lin.rows, lin.cols] += shift / fold.gain
+    ops.append(SquareOp(name))
+    fold.scale = a * fold.scale * fold.scale
+    fold.const = c - b * b / (4.0 * a)
+    fold.producer = None
+    fold.gain = 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Units of the terms
+
+
+def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position") -> IntArray:
+    """The unit of :func:`~fheprune.layouts.channels.layer_units` that owns each term of ``op``.
+
+    Conv "position" ``(i, p)``: ``in_ct = i`` and ``shift mod block = p_offset``; "diagonal"
+    ``(o, i, r)``: ``out_ct = o``, ``in_ct = i``, ``shift // block = r``; linear layers (any
+    kind): ``(in_ct, shift)``.
+    """
+    if spec.plan is None or op.name not in spec.plan.layers:
+        raise CompileError(f"map-linear '{op.name}' is not a layer of the spec's plan")
+    layer = spec.plan.layers[op.name]
+    inp = layer.inputs
+    in_ct = op.in_ct.astype(np.int64)
+    if isinstance(inp, VectorPacking):
+        return np.asarray(in_ct * inp.slots + op.shift, dtype=np.int64)
+    m = layer.module
+    assert isinstance(m, nn.Conv2d)
+    if kind == "diagonal":
+        return np.asarray(
+            (op.out_ct.astype(np.int64) * inp.ciphertexts + in_ct) * inp.lanes
+            + op.shift // inp.block,
+            dtype=np.int64,
+        )
+    kh, kw = (int(v) for v in m.kernel_size)
+    q = (op.shift % inp.block) // inp.dilation
+    return np.asarray(in_ct * (kh * kw) + (q // inp.grid_w) * kw + q % inp.grid_w, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Executors
+
+
+def simulate(spec: MapProgramSpec, packed: NDArray[np.float64]) -> FloatArray:
+    """Run the program on clear slot vectors [B, input ciphertexts, slots] (numpy reference)."""
+    x = np.asarray(packed, dtype=np.float64)
+    slots = spec.slots
+    if x.ndim != 3 or x.shape[1:] != (spec.input.ciphertexts, slots):
+        raise LayoutError(
+            f"expected packed inputs shaped [batch, {spec.input.ciphertexts}, {slots}], "
+            f"got {list(x.shape)}"
+        )
+    for op in spec.ops:
+        if isinstance(op, SquareOp):
+            x = x * x
+        elif isinstance(op, RotateSumOp):
+            for count, stride in op.windows:
+                acc = x.copy()
+                for n in range(1, count):
+                    acc += np.roll(x, -n * stride, axis=2)
+                x = acc
+        else:
+            op.check(slots, x.shape[1])
+            y = np.zeros((x.shape[0], op.out_ciphertexts, slots))
+            reps = slots // op.period
+            order = np.lexsort((op.shift, op.in_ct))
+            pair = op.in_ct[order].astype(np.int64) * slots + op.shift[order]
+            bounds = np.flatnonzero(np.diff(pair)) + 1  # one group per (in_ct, shift)
+            starts, ends = np.r_[0, bounds], np.r_[bounds, order.size]
+            for lo, hi in zip(starts[: op.terms], ends[: op.terms], strict=True):
+                ts = order[lo:hi]
+                rolled = np.roll(x[:, op.in_ct[ts[0]]], -int(op.shift[ts[0]]), axis=1)
+                vals = np.tile(op.values[ts], (1, reps))
+                y[:, op.out_ct[ts]] += vals[None] * rolled[:, None]  # distinct outputs
+            if op.bias.size:
+                y += np.tile(op.bias, (1, slots // op.bias.shape[1]))[None]
+            x = y
+    return x
+
+
+def build_program(spec: MapProgramSpec, parameters: Any) -> Any:
+    """The spec as a C++ ``fheprune._core.Program`` (``Program.map``) on ``parameters``."""
+    if int(parameters.poly_degree) // 2 != spec.slots:
+        raise CompileError(
+            f"the program was lowered for {spec.slots} slots; the parameters give "
+            f"{int(parameters.poly_degree) // 2} (ring degree {int(parameters.poly_degree)})"
+        )
+    core: Any = _core
+    program = core.Program.map(parameters, spec.input.ciphertexts)
+    for op in spec.ops:
+        if isinstance(op, MapLinearOp):
+            program.add_map_linear(
+                op.name,
+                op.out_ciphertexts,
+                np.ascontiguousarray(op.out_ct, dtype=np.uint32),
+                np.ascontiguousarray(op.in_ct, dtype=np.uint32),
+                np.ascontiguousarray(op.shift, dtype=np.uint64),
+                np.ascontiguousarray(op.values, dtype=np.float64),
+                np.ascontiguousarray(op.bias, dtype=np.float64) if op.bias.size else None,
+            )
+        elif isinstance(op, RotateSumOp):
+            program.add_rotate_sum(op.name, [(int(c), int(s)) for c, s in op.windows])
+        else:
+            program.add_square(op.name)
+    program.set_outputs(
+        np.ascontiguousarray(spec.output.ct, dtype=np.uint32),
+        np.ascontiguousarray(spec.output.slot, dtype=np.uint64),
+    )
+    return program

@@ -1,0 +1,586 @@
+"""Conv networks on the multi-channel layout as map programs (runtime/conv_lowering.py).
+
+The numpy executor must reproduce the torch forward pass (float64) for LeNet-like networks and
+random small conv chains; the terms must be exactly the units of layouts/channels.py (zeroing
+a unit's weights removes exactly the terms it owns); convolution outputs are exactly zero
+outside their valid region; and what cannot be lowered says so with a typed error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+_core = pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
+
+from fheprune.layouts.channels import (  # noqa: E402
+    ChannelPacking,
+    LayoutError,
+    VectorPacking,
+    layer_units,
+)
+from fheprune.models.activations import Square, TrainablePoly  # noqa: E402
+from fheprune.models.zoo import LeNetLike  # noqa: E402
+from fheprune.runtime.compiler import CompileError  # noqa: E402
+from fheprune.runtime.conv_lowering import (  # noqa: E402
+    MapLinearOp,
+    MapProgramSpec,
+    RotateSumOp,
+    SquareOp,
+    build_program,
+    lower_conv_model,
+    simulate,
+    term_units,
+)
+
+# ---- Helpers -----------------------------------------------------------------------------
+
+
+def child(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_children())[name]
+
+
+def weight_of(model: nn.Module, name: str) -> torch.Tensor:
+    layer = child(model, name)
+    assert isinstance(layer, nn.Conv2d | nn.Linear)
+    return layer.weight
+
+
+def set_poly(model: nn.Module, name: str, a: float, b: float, c: float) -> None:
+    act = child(model, name)
+    assert isinstance(act, TrainablePoly)
+    with torch.no_grad():
+        act.a.fill_(a)
+        act.b.fill_(b)
+        act.c.fill_(c)
+
+
+def torch_forward(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = model.double()(torch.from_numpy(x))
+    return np.asarray(out.numpy(), dtype=np.float64)
+
+
+def run(spec: MapProgramSpec, x: np.ndarray) -> np.ndarray:
+    return spec.unpack(simulate(spec, spec.pack(x)))
+
+
+def assert_matches_torch(model: nn.Module, spec: MapProgramSpec, x: np.ndarray) -> None:
+    ref = torch_forward(model, x)
+    got = run(spec, x)
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-8 * scale)
+
+
+def linear_ops(spec: MapProgramSpec) -> dict[str, MapLinearOp]:
+    return {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
+
+
+def term_keys(op: MapLinearOp) -> list[tuple[int, int, int]]:
+    return list(zip(op.out_ct.tolist(), op.in_ct.tolist(), op.shift.tolist(), strict=True))
+
+
+def full_values(op: MapLinearOp, slots: int) -> np.ndarray:
+    return np.tile(op.values, (1, slots // op.period))
+
+
+def owned_terms(spec: MapProgramSpec, op: MapLinearOp, kind: str, unit: int) -> np.ndarray:
+    """The terms a unit owns, straight from the definitions in channels.py's docstring."""
+    assert spec.plan is not None
+    layer = spec.plan.layers[op.name]
+    inp = layer.inputs
+    if isinstance(inp, VectorPacking):  # fc diagonal (i, k)
+        i, k = divmod(unit, inp.slots)
+        return np.asarray((op.in_ct == i) & (op.shift == k))
+    assert isinstance(layer.module, nn.Conv2d)
+    if kind == "position":  # (i, p): inner rotation by p_offset of input i
+        kh, kw = layer.module.kernel_size
+        i, p = divmod(unit, kh * kw)
+        dy, dx = divmod(p, kw)
+        p_offset = (dy * inp.grid_w + dx) * inp.dilation
+        return np.asarray((op.in_ct == i) & (op.shift % inp.block == p_offset))
+    o, rest = divmod(unit, inp.ciphertexts * inp.lanes)  # (o, i, r): outer rotation r*block
+    i, r = divmod(rest, inp.lanes)
+    return np.asarray((op.out_ct == o) & (op.in_ct == i) & (op.shift // inp.block == r))
+
+
+def check_units(spec: MapProgramSpec, model: nn.Module) -> None:
+    """Every term belongs to a unit with a non-zero weight, and every such unit has terms."""
+    assert spec.plan is not None
+    for name, op in linear_ops(spec).items():
+        weight = weight_of(model, name).detach().numpy()
+        kinds = ("position", "diagonal") if weight.ndim == 4 else ("position",)
+        for kind in kinds:
+            units = layer_units(spec.plan, name, kind)  # type: ignore[arg-type]
+            owner = term_units(spec, op, kind)  # type: ignore[arg-type]
+            assert set(owner.tolist()) == set(units[weight != 0].tolist()), (name, kind)
+            for u in np.unique(owner)[:5]:
+                np.testing.assert_array_equal(owned_terms(spec, op, kind, int(u)), owner == u)
+
+
+def check_valid_region(spec: MapProgramSpec, x: np.ndarray) -> None:
+    """Every conv output is exactly zero outside its valid region (simulating a prefix)."""
+    assert spec.plan is not None
+    packed = spec.pack(x)
+    for n, op in enumerate(spec.ops):
+        layer = spec.plan.layers.get(op.name)
+        if not isinstance(op, MapLinearOp) or layer is None or layer.kind != "conv":
+            continue
+        assert isinstance(layer.outputs, ChannelPacking)
+        prefix = MapProgramSpec(spec.slots, spec.input, spec.output, spec.ops[: n + 1], spec.plan)
+        y = simulate(prefix, packed)
+        valid = layer.outputs.valid_mask()
+        assert y.shape[1:] == valid.shape
+        assert np.all(y[:, ~valid] == 0.0), op.name
+        assert np.any(y[:, valid] != 0.0), op.name
+
+
+# ---- The op semantics (the executor's contract) -------------------------------------------
+
+
+def test_simulate_follows_the_op_definitions() -> None:
+    rng = np.random.default_rng(3)
+    slots = 16
+    ops: list[Any] = [
+        MapLinearOp(
+            "m",
+            2,
+            np.array([0, 0, 1], dtype=np.int32),
+            np.array([0, 1, 1], dtype=np.int32),
+            np.array([3, 0, 15], dtype=np.int64),
+            rng.normal(size=(3, 4)),
+            rng.normal(size=(2, 8)),
+        ),
+        RotateSumOp("r", [(3, 1), (2, 5)]),
+        SquareOp("s"),
+    ]
+    packing = ChannelPacking(2, 4, 4, 4, 4, 1)  # 2 channels, 1 lane: 2 ciphertexts of 16
+    out = VectorPacking(np.array([0, 1]), np.array([0, 7]), slots, 2)
+    spec = MapProgramSpec(slots, packing, out, ops)
+    x = rng.normal(size=(1, 2, slots))
+    got = simulate(spec, x)[0]
+    m = ops[0]
+    y = np.zeros((2, slots))
+    for t in range(3):
+        for j in range(slots):
+            y[m.out_ct[t], j] += m.values[t, j % 4] * x[0, m.in_ct[t], (j + m.shift[t]) % slots]
+    for o in range(2):
+        for j in range(slots):
+            y[o, j] += m.bias[o, j % 8]
+    z = np.zeros_like(y)
+    for j in range(slots):
+        for n1 in range(3):
+            for n2 in range(2):
+                z[:, j] += y[:, (j + n1 + 5 * n2) % slots]
+    np.testing.assert_allclose(got, z * z, rtol=1e-12)
+    assert spec.levels == 2
+    np.testing.assert_array_equal(spec.unpack(got[None]), [[got[0, 0], got[1, 7]]])
+
+
+def test_malformed_ops_are_refused() -> None:
+    values = np.ones((2, 16))
+    unmerged = MapLinearOp(
+        "m",
+        1,
+        np.zeros(2, dtype=np.int32),
+        np.zeros(2, dtype=np.int32),
+        np.array([1, 1], dtype=np.int64),
+        values,
+        np.zeros((0, 0)),
+    )
+    with pytest.raises(CompileError, match="not merged"):
+        unmerged.check(16, 1)
+    zero = MapLinearOp(
+        "m",
+        1,
+        np.zeros(2, dtype=np.int32),
+        np.zeros(2, dtype=np.int32),
+        np.array([1, 2], dtype=np.int64),
+        np.array([[1.0] * 16, [0.0] * 16]),
+        np.zeros((0, 0)),
+    )
+    with pytest.raises(CompileError, match="all-zero term"):
+        zero.check(16, 1)
+    bad_period = MapLinearOp(
+        "m",
+        1,
+        np.zeros(1, dtype=np.int32),
+        np.zeros(1, dtype=np.int32),
+        np.array([1], dtype=np.int64),
+        np.ones((1, 3)),
+        np.zeros((0, 0)),
+    )
+    with pytest.raises(CompileError, match="period"):
+        bad_period.check(16, 1)
+
+
+# ---- LeNet-like at slots = 8192 -------------------------------------------------------------
+
+LENET_ACTS = {  # (a, b, c) of act1..act3; a = 0 somewhere in most cases
+    1: [(0.31, 0.8, -0.2), (0.0, 1.3, 0.4), (-0.45, 0.6, 0.15)],
+    2: [(0.0, 0.7, 0.3), (0.25, -0.9, 0.2), (0.5, 1.1, -0.3)],
+    4: [(-0.2, 0.5, 0.1), (0.4, 0.3, -0.5), (0.0, -1.2, 0.25)],
+    8: [(0.6, -0.4, 0.2), (0.35, 0.9, 0.1), (0.3, 1.0, -0.1)],
+}
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+def test_lenet_matches_torch(groups: int) -> None:
+    torch.manual_seed(groups)
+    model = LeNetLike(conv2_groups=groups)
+    for i, (a, b, c) in enumerate(LENET_ACTS[groups], start=1):
+        set_poly(model, f"act{i}", a, b, c)
+    spec = lower_conv_model(model, 8192)
+    x = np.random.default_rng(groups).normal(size=(2, 1, 28, 28))
+    assert_matches_torch(model, spec, x)
+
+    squares = sum(a != 0.0 for a, _, _ in LENET_ACTS[groups])
+    assert spec.levels == 4 + squares
+    kinds = [type(op).__name__ for op in spec.ops]
+    assert kinds.count("RotateSumOp") == 2 and kinds.count("SquareOp") == squares
+    ops = linear_ops(spec)
+    # 32 -> 64 channels, 5x5, 8 channel blocks of 32x32 per ciphertext: ci*co*f^2 / cn / G.
+    assert ops["conv2"].terms == 32 * 64 * 25 // 8 // groups
+    assert ops["conv1"].terms == 4 * 25  # one replicated input, 4 outputs, 25 positions
+    assert (ops["conv2"].shift >= 1024).any() == (groups < 8)  # outer rotations unless G = 8
+    assert all(op.period == 8192 for op in ops.values())
+    pools = [op for op in spec.ops if isinstance(op, RotateSumOp)]
+    assert pools[0].windows == [(2, 1), (2, 32)] and pools[1].windows == [(10, 2), (10, 64)]
+    check_units(spec, model)
+    check_valid_region(spec, x[:1])
+
+
+def test_grouped_conv_at_all_lanes_has_no_outer_rotations() -> None:
+    torch.manual_seed(0)
+    model = LeNetLike(conv2_groups=8, activation="square")
+    spec = lower_conv_model(model, 8192)
+    conv2 = linear_ops(spec)["conv2"]
+    assert conv2.terms == 800
+    assert np.all(conv2.shift < 1024)  # r = 0: only the 25 inner rotations per input
+    assert conv2.distinct_shifts("input") == [25] * 4
+    assert conv2.distinct_shifts("output") == [25] * 8
+    dense = linear_ops(lower_conv_model(LeNetLike(activation="square"), 8192))["conv2"]
+    assert dense.distinct_shifts("input") == [200] * 4  # 25 positions x 8 channel offsets
+
+
+# ---- Units: one definition, in channels.py --------------------------------------------------
+
+
+def small_lenet(groups: int) -> nn.Module:
+    torch.manual_seed(10 + groups)
+    model = LeNetLike(channels=(16, 16), hidden=8, conv2_groups=groups)
+    set_poly(model, "act1", 0.3, 0.7, -0.2)
+    set_poly(model, "act2", 0.0, 1.1, 0.3)
+    set_poly(model, "act3", -0.4, 0.5, 0.2)
+    return model
+
+
+UNIT_CASES = [
+    ("conv1", "position"),
+    ("conv1", "diagonal"),
+    ("conv2", "position"),
+    ("conv2", "diagonal"),
+    ("fc1", "position"),
+    ("fc2", "position"),
+]
+
+
+@settings(max_examples=24, deadline=None)
+@given(
+    case=st.sampled_from(UNIT_CASES),
+    groups=st.sampled_from([1, 2, 8]),
+    data=st.data(),
+)
+def test_zeroing_one_unit_removes_exactly_its_terms(
+    case: tuple[str, str], groups: int, data: st.DataObject
+) -> None:
+    name, kind = case
+    model = small_lenet(groups)
+    spec = lower_conv_model(model, 8192)
+    assert spec.plan is not None
+    units = layer_units(spec.plan, name, kind)  # type: ignore[arg-type]
+    unit = data.draw(st.sampled_from(sorted(set(units.ravel().tolist()))), label="unit")
+    with torch.no_grad():
+        weight_of(model, name)[torch.from_numpy(units == unit)] = 0.0
+    pruned = lower_conv_model(model, 8192)
+
+    before, after = linear_ops(spec), linear_ops(pruned)
+    op, op2 = before[name], after[name]
+    owned = owned_terms(spec, op, kind, unit)
+    assert owned.any()
+    np.testing.assert_array_equal(term_units(spec, op, kind) == unit, owned)  # type: ignore[arg-type]
+    keep = ~owned
+    assert term_keys(op2) == [k for k, o in zip(term_keys(op), owned, strict=True) if not o]
+    np.testing.assert_array_equal(full_values(op2, spec.slots), full_values(op, spec.slots)[keep])
+    for other, o in before.items():  # nothing else changes
+        if other == name:
+            continue
+        o2 = after[other]
+        assert term_keys(o2) == term_keys(o)
+        np.testing.assert_array_equal(o2.values, o.values)
+        np.testing.assert_array_equal(o2.bias, o.bias)
+
+
+# ---- Random small conv chains ---------------------------------------------------------------
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@st.composite
+def poly(draw: st.DrawFn, affine: bool | None = None) -> tuple[float, float, float]:
+    zero_a = draw(st.booleans()) if affine is None else affine
+    a = 0.0 if zero_a else draw(st.floats(0.2, 1.0)) * draw(st.sampled_from([-1.0, 1.0]))
+    b = draw(st.floats(0.3, 1.5)) * draw(st.sampled_from([-1.0, 1.0]))
+    c = draw(st.floats(-1.0, 1.0))
+    return a, b, c
+
+
+def act(coeffs: tuple[float, float, float]) -> nn.Module:
+    return TrainablePoly(*coeffs)
+
+
+@st.composite
+def conv_chains(draw: st.DrawFn) -> tuple[nn.Sequential, tuple[int, int, int], int]:
+    c0 = draw(st.integers(1, 4))
+    size = draw(st.integers(6, 12))
+    k1 = draw(st.integers(1, 3))
+    s1 = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, 1)) if k1 > 1 else 0
+    grid = 1 << (size + 2 * pad - 1).bit_length()
+    slots = draw(st.sampled_from([s for s in (256, 512, 1024, 2048) if s >= grid * grid]))
+    lanes = slots // (grid * grid)
+    layers: list[nn.Module] = []
+    if draw(st.booleans()):
+        layers.append(act(draw(poly(affine=True))))  # constants reach the padded conv
+    c1 = draw(st.integers(1, 8))
+    g1 = draw(st.sampled_from(_divisors(math.gcd(c0, c1, lanes))))
+    layers.append(nn.Conv2d(c0, c1, k1, stride=s1, padding=pad, groups=g1))
+    h = (size + 2 * pad - k1) // s1 + 1
+    block: list[nn.Module] = []
+    if draw(st.booleans()):
+        block.append(act(draw(poly())))
+    if h >= 2 and draw(st.booleans()):
+        pool = draw(st.integers(2, min(3, h)))
+        block.insert(draw(st.integers(0, len(block))), nn.AvgPool2d(pool))  # before or after
+        h //= pool
+    layers += block
+    channels = c1
+    if h >= 1 and draw(st.booleans()):
+        k2 = draw(st.integers(1, min(3, h)))
+        s2 = draw(st.integers(1, 2))
+        if g1 > 1:
+            g2, c2 = g1, g1 * draw(st.integers(1, max(1, 8 // g1)))
+        else:
+            c2 = draw(st.integers(1, 8))
+            g2 = draw(st.sampled_from(_divisors(math.gcd(c1, c2, lanes))))
+        layers.append(nn.Conv2d(c1, c2, k2, stride=s2, groups=g2))
+        h = (h - k2) // s2 + 1
+        channels = c2
+        if draw(st.booleans()):
+            layers.append(act(draw(poly())))
+        if h >= 2 and draw(st.booleans()):
+            layers.append(nn.AvgPool2d(h))
+            h = 1
+    hidden = draw(st.integers(1, 6))
+    layers += [nn.Flatten(), nn.Linear(channels * h * h, hidden)]
+    if draw(st.booleans()):
+        layers += [act(draw(poly())), nn.Linear(hidden, draw(st.integers(1, 4)))]
+    if draw(st.booleans()):
+        layers.append(act(draw(poly(affine=True))))
+    model = nn.Sequential(*layers).double()
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    sparsity = draw(st.sampled_from([0.0, 0.0, 0.5]))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.weight.normal_()
+                m.weight.mul_((torch.rand_like(m.weight) >= sparsity).double())
+                if m.bias is not None:
+                    m.bias.normal_()
+    return model, (c0, size, size), slots
+
+
+@settings(max_examples=40, deadline=None)
+@given(chain=conv_chains(), seed=st.integers(0, 2**16))
+def test_random_conv_chains_match_torch(
+    chain: tuple[nn.Sequential, tuple[int, int, int], int], seed: int
+) -> None:
+    model, shape, slots = chain
+    spec = lower_conv_model(model, slots, shape)
+    x = np.random.default_rng(seed).normal(size=(2, *shape))
+    assert_matches_torch(model, spec, x)
+    assert spec.levels == sum(isinstance(op, MapLinearOp | SquareOp) for op in spec.ops)
+    check_units(spec, model)
+    assert spec.plan is not None
+    for name, op in linear_ops(spec).items():
+        layer = spec.plan.layers[name]
+        if isinstance(layer.inputs, ChannelPacking):
+            assert isinstance(layer.module, nn.Conv2d)
+            if layer.module.groups == layer.inputs.lanes:
+                assert np.all(op.shift < layer.inputs.block)  # no outer rotations
+    check_valid_region(spec, x[:1])
+
+
+def test_activation_after_pooling_shifts_the_bias_before_it() -> None:
+    """conv -> pool -> a*x^2 + b*x + c: the shift reaches the conv bias through the window sum
+    (divided by the window size), and the pool's 1/k^2 is squared on its way to the next layer."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.AvgPool2d(2),
+        TrainablePoly(0.4, -0.9, 0.3),
+        nn.Conv2d(4, 4, 2),
+        nn.AvgPool2d(2),
+        TrainablePoly(-0.5, 0.8, 0.2),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
+    spec = lower_conv_model(model, 1024, (2, 6, 6))
+    assert [type(op).__name__ for op in spec.ops] == [
+        "MapLinearOp",
+        "RotateSumOp",
+        "SquareOp",
+        "MapLinearOp",
+        "RotateSumOp",
+        "SquareOp",
+        "MapLinearOp",
+    ]
+    assert_matches_torch(model, spec, np.random.default_rng(1).normal(size=(3, 2, 6, 6)))
+
+
+def test_network_ending_in_a_pooled_conv() -> None:
+    """conv -> pool -> flatten (no linear layer after): the conv absorbs the pool's 1/k^2."""
+    torch.manual_seed(2)
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AvgPool2d(2), nn.Flatten()).double()
+    spec = lower_conv_model(conv, 256, (1, 6, 6))
+    assert spec.levels == 1 and spec.output.features == 3 * 2 * 2
+    assert_matches_torch(conv, spec, np.random.default_rng(0).normal(size=(2, 1, 6, 6)))
+    affine = nn.Sequential(*conv, TrainablePoly(0.0, -1.5, 0.7)).double()
+    spec = lower_conv_model(affine, 256, (1, 6, 6))
+    assert_matches_torch(affine, spec, np.random.default_rng(0).normal(size=(2, 1, 6, 6)))
+    squared = nn.Sequential(nn.Conv2d(1, 3, 3), Square(), nn.AvgPool2d(2), nn.Flatten())
+    with pytest.raises(CompileError, match="constants need a linear layer"):
+        lower_conv_model(squared, 256, (1, 6, 6))
+
+
+def test_period_shrinks_only_when_exact() -> None:
+    """One replicated input channel and identical output channels: every block is the same."""
+    layer = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+    model = nn.Sequential(layer, Square(), nn.Flatten(), nn.Linear(8 * 36, 3)).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(1, 1, 3, 3).expand(8, 1, 3, 3))
+    spec = lower_conv_model(model, 512, (1, 6, 6))  # 8x8 blocks, 8 lanes
+    conv = linear_ops(spec)["0"]
+    assert conv.period == 64 and conv.bias.shape == (0, 0)  # no bias at all
+    assert linear_ops(spec)["3"].period == 512
+    x = np.random.default_rng(0).normal(size=(2, 1, 6, 6))
+    assert_matches_torch(model, spec, x)
+    with torch.no_grad():
+        layer.weight[3, 0, 1, 1] += 1.0
+    assert linear_ops(lower_conv_model(model, 512, (1, 6, 6)))["0"].period == 512
+
+
+# ---- Typed errors ---------------------------------------------------------------------------
+
+
+def conv_net(*middle: nn.Module, channels: int = 2, size: int = 4) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1),
+        *middle,
+        nn.Flatten(),
+        nn.Linear(channels * size * size, 2),
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (conv_net(nn.ReLU()), "ReLU"),
+        (conv_net(nn.MaxPool2d(2), size=2), "MaxPool2d"),
+        (conv_net(nn.BatchNorm2d(2)), "BatchNorm2d"),
+        (conv_net(nn.Conv2d(2, 2, 3, padding=1)), "padding is supported on the first"),
+        (conv_net(nn.AvgPool2d(2, stride=1), size=3), "stride = kernel"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3)), "must end in a Linear"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(16, 2), nn.Conv2d(1, 1, 1)), "after a flatten"),
+    ],
+)
+def test_unsupported_layers_raise_layout_errors(model: nn.Module, match: str) -> None:
+    with pytest.raises(LayoutError, match=match):
+        lower_conv_model(model, 256, (1, 4, 4))
+
+
+def test_unfoldable_activations_raise_compile_errors() -> None:
+    at_input = nn.Sequential(TrainablePoly(0.5, 1.0, 0.0), *conv_net())
+    with pytest.raises(CompileError, match="no linear layer before it"):
+        lower_conv_model(at_input, 256, (1, 4, 4))
+    twice = conv_net(TrainablePoly(0.5, 1.0, 0.0), TrainablePoly(0.5, 1.0, 0.0))
+    with pytest.raises(CompileError, match="no linear layer before it"):
+        lower_conv_model(twice, 256, (1, 4, 4))
+    at_end = nn.Sequential(*conv_net(), TrainablePoly(0.5, 1.0, 0.0))
+    with pytest.raises(CompileError, match="constants need a linear layer"):
+        lower_conv_model(at_end, 256, (1, 4, 4))
+    # A bare square of a square needs no shift, and an affine map after the last layer folds.
+    fine = nn.Sequential(*conv_net(Square(), Square()), TrainablePoly(0.0, 2.0, 1.0)).double()
+    spec = lower_conv_model(fine, 256, (1, 4, 4))
+    assert spec.levels == 4
+    assert_matches_torch(fine, spec, np.random.default_rng(0).normal(size=(2, 1, 4, 4)))
+
+
+def test_other_bad_inputs() -> None:
+    with pytest.raises(LayoutError, match="input_shape"):
+        lower_conv_model(conv_net(), 256)
+    with pytest.raises(LayoutError, match="larger ring"):
+        lower_conv_model(conv_net(size=30), 512, (1, 30, 30))
+    pooled_then_padded = nn.Sequential(
+        nn.AvgPool2d(2), nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16, 2)
+    )
+    with pytest.raises(LayoutError, match=r"padding|origin"):
+        lower_conv_model(pooled_then_padded, 1024, (1, 8, 8))
+    spec = lower_conv_model(conv_net(), 256, (1, 4, 4))
+    with pytest.raises(LayoutError, match="packed inputs shaped"):
+        simulate(spec, np.zeros((1, 2, 256)))
+    with pytest.raises(LayoutError, match="outputs shaped"):
+        spec.unpack(np.zeros((1, 1, 128)))
+    with pytest.raises(CompileError, match="256 slots"):
+        build_program(spec, _core.Parameters(1024, [50, 40], [50], 40, insecure_for_testing=True))
+
+
+# ---- The C++ program ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_build_program_runs_like_simulate(groups: int) -> None:
+    if not hasattr(_core.Program, "add_map_linear"):
+        pytest.skip("the C++ map program (Program.map / add_map_linear) is not built yet")
+    torch.manual_seed(groups)
+    model = nn.Sequential(
+        TrainablePoly(0.0, 1.2, 0.1),
+        nn.Conv2d(2, 4, 3, padding=1),
+        TrainablePoly(0.3, 0.5, 0.1),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 4, 2, groups=groups),
+        Square(),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
+    spec = lower_conv_model(model, 512, (2, 4, 4))  # 8x8 blocks, 8 lanes
+    levels = spec.levels
+    params = _core.Parameters(1024, [50] + [40] * levels, [50], 40, insecure_for_testing=True)
+    program = build_program(spec, params)
+    assert program.levels == levels
+    x = np.random.default_rng(groups).normal(size=(1, 2, 4, 4))
+    sim = _core.SimulatedExecutor(program, _core.Context(params))
+    out, _ = sim.run(np.ascontiguousarray(spec.pack(x)[0]))
+    np.testing.assert_allclose(
+        spec.unpack(np.asarray(out)[None]), run(spec, x), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(run(spec, x), torch_forward(model, x), rtol=1e-8, atol=1e-8)

@@ -1,0 +1,164 @@
+"""Conv networks end to end on the map layout: compile, simulate, encrypt, count.
+
+Small insecure parameters (N = 1024 or 2048) keep every encrypted run well under a second; the
+layout and lowering are the same as at N = 16384 (LeNet-like), only the grid is smaller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fheprune import _core
+from fheprune.models.activations import TrainablePoly
+from fheprune.models.zoo import HEModel, LeNetLike
+from fheprune.runtime.compiler import compile_model
+from fheprune.runtime.roles import Client, ClientSpec, Server, SpecError
+
+
+def params(n: int, levels: int) -> _core.Parameters:
+    return _core.Parameters(n, [50] + [40] * levels, [50], 40, insecure_for_testing=True)
+
+
+def small_cnn(groups: int = 1, seed: int = 0) -> HEModel:
+    """1x8x8 -> conv 3x3 pad 1 (4 ch) -> poly -> pool 2 -> conv 3x3 (8 ch, groups) -> poly ->
+    global pool -> flatten -> fc 8 -> 3."""
+    torch.manual_seed(seed)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(
+        [
+            ("conv1", nn.Conv2d(1, 4, 3, padding=1)),
+            ("act1", TrainablePoly(0.3, 0.8, 0.1)),
+            ("pool1", nn.AvgPool2d(2)),
+            ("conv2", nn.Conv2d(4, 8, 3, groups=groups)),
+            ("act2", TrainablePoly(-0.2, 1.1, 0.05)),
+            ("pool2", nn.AvgPool2d(2)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(8, 3)),
+        ]
+    )
+    model = HEModel(layers, (1, 8, 8))
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_compiled_conv_net_matches_torch_simulated_and_encrypted(groups: int) -> None:
+    model = small_cnn(groups)
+    compiled = compile_model(model, layout="map", parameters=params(2048, 5))
+    assert compiled.program.layout == "map"
+    assert compiled.program.levels == 5  # conv, square, conv, square, fc
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    want = model(x).detach().numpy()
+    np.testing.assert_allclose(compiled.plaintext_forward(x.numpy()), want, rtol=1e-9, atol=1e-12)
+
+    # The C++ simulator runs the very program, with counts equal to the cost model's.
+    ctx = _core.Context(compiled.parameters, 1)
+    sim = _core.SimulatedExecutor(compiled.program, ctx)
+    packed = compiled.map_spec.pack(x[:1].numpy())[0]
+    slots, stats = sim.run(np.ascontiguousarray(packed))
+    got = compiled.program.unpack_outputs(np.ascontiguousarray(slots), 1)
+    np.testing.assert_allclose(got, want[:1], rtol=1e-9, atol=1e-12)
+    model_ops: dict[str, int] = {}
+    for layer in compiled.program.cost():
+        for k, v in layer["ops"].items():
+            model_ops[k] = model_ops.get(k, 0) + v
+    assert stats["ops"] == model_ops
+
+    # Client and server exchange files; the server never holds a secret key.
+    spec = ClientSpec.from_json(ClientSpec.from_compiled(compiled).to_json())
+    client = Client(spec)
+    server = Server(compiled.program.save(), client.evaluation_keys_bytes())
+    outputs = server.run(client.encrypt(x[:2].numpy()))
+    y = client.decrypt(outputs, 2)
+    np.testing.assert_allclose(y, want[:2], atol=1e-4)
+    assert server.last_stats["ops"]["rotate"] == model_ops["rotate"] * 2
+    assert server.last_stats["ops"]["mul_plain"] == model_ops["mul_plain"] * 2
+
+
+def test_grouped_conv_at_lanes_has_no_outer_rotations() -> None:
+    """HE-group convolution with G = channel blocks per ciphertext: no channel rotations."""
+    dense = compile_model(small_cnn(1), layout="map", parameters=params(2048, 5))
+    grouped = compile_model(small_cnn(4), layout="map", parameters=params(2048, 5))
+    lanes = grouped.map_spec.input.lanes
+    block = grouped.map_spec.input.block
+    assert lanes >= 4
+    for layer in grouped.program.map_layers():
+        if layer["name"] != "conv2":
+            continue
+        assert all(shift % (block * lanes) < block for _, _, shift, _, _ in layer["split"])
+    conv = {c["name"]: c for c in dense.program.cost()}["conv2"]
+    gconv = {c["name"]: c for c in grouped.program.cost()}["conv2"]
+    assert gconv["ops"]["mul_plain"] * 4 == conv["ops"]["mul_plain"]
+    assert gconv["ops"]["rotate"] < conv["ops"]["rotate"]
+
+
+def test_zero_kernel_positions_drop_inner_rotations() -> None:
+    model = small_cnn(1)
+    base = {
+        c["name"]: c
+        for c in compile_model(model, layout="map", parameters=params(2048, 5)).program.cost()
+    }
+    with torch.no_grad():
+        conv2 = model.get_submodule("conv2")
+        assert isinstance(conv2, nn.Conv2d)
+        conv2.weight[:, :, 0, 0] = 0.0  # kernel position 0 is the unrotated input: no saving
+        conv2.weight[:, :, 2, 2] = 0.0  # every input ciphertext at position (2, 2)
+    pruned = {
+        c["name"]: c
+        for c in compile_model(model, layout="map", parameters=params(2048, 5)).program.cost()
+    }
+    inputs = compile_model(model, layout="map", parameters=params(2048, 5)).map_spec
+    n_in = next(op for op in inputs.ops if getattr(op, "name", "") == "conv2").in_ct.max() + 1
+    assert pruned["conv2"]["ops"]["rotate"] <= base["conv2"]["ops"]["rotate"] - n_in
+    assert pruned["conv2"]["ops"]["mul_plain"] < base["conv2"]["ops"]["mul_plain"]
+    for name in ("conv1", "fc1"):
+        assert pruned[name]["ops"] == base[name]["ops"]
+
+
+def test_lenet_like_plans_seven_levels_on_n16384() -> None:
+    compiled = compile_model(LeNetLike(conv2_groups=8).double().eval(), layout="map")
+    assert compiled.parameters.poly_degree == 16384
+    assert compiled.program.levels == 7
+    cost = {c["name"]: c for c in compiled.program.cost()}
+    # Per-layer rotations stay within 1.2x of the layer's lower bound.
+    for name, layer in cost.items():
+        if layer["ops"]["rotate"]:
+            assert layer["ops"]["rotate"] <= 1.2 * layer["rotation_lower_bound"] + 1e-9, name
+    assert cost["conv2"]["ops"]["mul_plain"] == 32 * 64 * 25 // 8 // 8
+
+
+def test_map_layout_errors_are_typed() -> None:
+    model = small_cnn(1)
+    with pytest.raises(_core.CompileError, match="permutations"):
+        compile_model(model, layout="map", input_perm=[0], parameters=params(2048, 5))
+    with pytest.raises(_core.LevelError, match="needs 5 levels"):
+        compile_model(model, layout="map", parameters=params(2048, 3))
+    relu = HEModel(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(1, 2, 3)),
+                ("relu", nn.ReLU()),
+                ("flatten", nn.Flatten()),
+                ("fc", nn.Linear(72, 2)),
+            ]
+        ),
+        (1, 8, 8),
+    )
+    with pytest.raises(_core.CompileError, match="ReLU"):
+        compile_model(relu, layout="map", parameters=params(2048, 3))
+    compiled = compile_model(model, layout="map", parameters=params(2048, 5))
+    client = Client(ClientSpec.from_compiled(compiled))
+    with pytest.raises(_core.CompileError, match="images"):
+        client.encrypt(np.zeros((2, 10)))
+    d = json.loads(ClientSpec.from_compiled(compiled).to_json())
+    d["input_packing"]["lanes"] = 3  # not a power of two
+    with pytest.raises(SpecError, match="powers of two"):
+        ClientSpec.from_json(json.dumps(d))
+    d["input_packing"]["lanes"] = compiled.map_spec.input.lanes * 2  # another ring's layout
+    d["input_packing"]["replicas"] = compiled.map_spec.input.replicas * 2
+    with pytest.raises(SpecError, match="does not match"):
+        ClientSpec.from_json(json.dumps(d))
