@@ -3,7 +3,9 @@
 The numpy executor must reproduce the torch forward pass (float64) for LeNet-like networks and
 random small conv chains; the terms must be exactly the units of layouts/channels.py (zeroing
 a unit's weights removes exactly the terms it owns); convolution outputs are exactly zero
-outside their valid region; and what cannot be lowered says so with a typed error.
+outside their valid region; phase packing puts several channels of a dilated conv output in
+one block (placement formula, when the plan uses it, exact pooling, units); and what cannot be
+lowered says so with a typed error.
 """
 
 from __future__ import annotations
@@ -91,6 +93,29 @@ def full_values(op: MapLinearOp, slots: int) -> np.ndarray:
     return np.tile(op.values, (1, slots // op.period))
 
 
+def phase_offsets(packing: ChannelPacking) -> list[int]:
+    """``ey * grid_w + ex`` for every phase ``(ey, ex)`` in ``{0..p-1}^2``, ``phases = p*p``."""
+    p = math.isqrt(packing.phases)
+    return [ey * packing.grid_w + ex for ey in range(p) for ex in range(p)]
+
+
+def term_shifts(layer: Any, rs: list[int] | None = None, ps: list[int] | None = None) -> list[int]:
+    """Shifts of a conv layer's terms for channel offsets ``rs`` and kernel positions ``ps``
+    (all when None): r*block + p_offset + phase_offset_in - phase_offset_out (mod slots)."""
+    inp, out, m = layer.inputs, layer.outputs, layer.module
+    assert isinstance(inp, ChannelPacking) and isinstance(out, ChannelPacking)
+    assert isinstance(m, nn.Conv2d)
+    kh, kw = m.kernel_size
+    phases = [a - b for a in phase_offsets(inp) for b in phase_offsets(out)]
+    p_offsets = [(dy * inp.grid_w + dx) * inp.dilation for dy in range(kh) for dx in range(kw)]
+    return [
+        (r * inp.block + p_offsets[p] + f) % inp.slots
+        for r in (range(inp.lanes) if rs is None else rs)
+        for p in (range(kh * kw) if ps is None else ps)
+        for f in phases
+    ]
+
+
 def owned_terms(spec: MapProgramSpec, op: MapLinearOp, kind: str, unit: int) -> np.ndarray:
     """The terms a unit owns, straight from the definitions in channels.py's docstring."""
     assert spec.plan is not None
@@ -103,12 +128,13 @@ def owned_terms(spec: MapProgramSpec, op: MapLinearOp, kind: str, unit: int) -> 
     if kind == "position":  # (i, p): inner rotation by p_offset of input i
         kh, kw = layer.module.kernel_size
         i, p = divmod(unit, kh * kw)
-        dy, dx = divmod(p, kw)
-        p_offset = (dy * inp.grid_w + dx) * inp.dilation
-        return np.asarray((op.in_ct == i) & (op.shift % inp.block == p_offset))
-    o, rest = divmod(unit, inp.ciphertexts * inp.lanes)  # (o, i, r): outer rotation r*block
+        return np.asarray((op.in_ct == i) & np.isin(op.shift, term_shifts(layer, ps=[p])))
+    # (o, i, r): the outer rotations by r*block - phase_offset of output o, every phase
+    o, rest = divmod(unit, inp.ciphertexts * inp.lanes)
     i, r = divmod(rest, inp.lanes)
-    return np.asarray((op.out_ct == o) & (op.in_ct == i) & (op.shift // inp.block == r))
+    return np.asarray(
+        (op.out_ct == o) & (op.in_ct == i) & np.isin(op.shift, term_shifts(layer, rs=[r]))
+    )
 
 
 def check_units(spec: MapProgramSpec, model: nn.Module) -> None:
@@ -246,28 +272,67 @@ def test_lenet_matches_torch(groups: int) -> None:
     kinds = [type(op).__name__ for op in spec.ops]
     assert kinds.count("RotateSumOp") == 2 and kinds.count("SquareOp") == squares
     ops = linear_ops(spec)
-    # 32 -> 64 channels, 5x5, 8 channel blocks of 32x32 per ciphertext: ci*co*f^2 / cn / G.
+    # 32 -> 64 channels, 5x5, 8 channel blocks of 32x32 per ciphertext: ci*co*f^2 / cn / G
+    # (phases re-index the output ciphertexts, the term count stays).
     assert ops["conv2"].terms == 32 * 64 * 25 // 8 // groups
     assert ops["conv1"].terms == 4 * 25  # one replicated input, 4 outputs, 25 positions
-    assert (ops["conv2"].shift >= 1024).any() == (groups < 8)  # outer rotations unless G = 8
+    # conv2's 64 outputs (10x10 at dilation 2): 4 phases -> 2 ciphertexts instead of 8.
+    assert spec.plan is not None
+    conv2 = spec.plan.layers["conv2"]
+    assert isinstance(conv2.outputs, ChannelPacking) and isinstance(conv2.inputs, ChannelPacking)
+    assert (conv2.outputs.phases, conv2.outputs.ciphertexts) == (4, 2)
+    assert (conv2.inputs.phases, conv2.inputs.ciphertexts) == (1, 4)  # conv1's output: no phases
+    assert ops["conv2"].out_ciphertexts == 2 and int(ops["fc1"].in_ct.max()) == 1
+    # shift = r*1024 + p_offset - phase_offset, p_offset in [0, 264], phase_offset in [0, 33]
+    r = ((ops["conv2"].shift + 33) % 8192) // 1024
+    assert (r != 0).any() == (groups < 8)  # outer (channel) rotations unless G = 8
+    assert {int(v) % 2 for v in ops["conv2"].shift} == {0, 1}  # odd shifts: x-phase 1
     assert all(op.period == 8192 for op in ops.values())
     pools = [op for op in spec.ops if isinstance(op, RotateSumOp)]
     assert pools[0].windows == [(2, 1), (2, 32)] and pools[1].windows == [(10, 2), (10, 64)]
     check_units(spec, model)
     check_valid_region(spec, x[:1])
 
+    # Channel c of the flattened map: u = c mod 64/G in group g = c // (64/G), cap = 8/G * 4,
+    # ct = u // cap, v = u % cap, lane = g + G*(v % (8/G)), phase = v // (8/G) -> offset
+    # (phase // 2) * 32 + phase % 2; the global pool leaves each value at the origin (0, 0).
+    flat = spec.plan.layers["flatten"].outputs
+    assert isinstance(flat, VectorPacking) and flat.ciphertexts == 2
+    per_group, per_lanes = 64 // groups, 8 // groups
+    for c in range(64):
+        g, u = divmod(c, per_group)
+        ct, v = divmod(u, per_lanes * 4)
+        lane, phase = g + groups * (v % per_lanes), v // per_lanes
+        slot = lane * 1024 + (phase // 2) * 32 + phase % 2
+        assert (int(flat.ct[c]), int(flat.slot[c])) == (ct, slot), c
+
+    plain = lower_conv_model(model, 8192, phases=False)  # the layout before phase packing
+    assert_matches_torch(model, plain, x)
+    plain_ops = linear_ops(plain)
+    assert plain_ops["conv2"].out_ciphertexts == 8 and int(plain_ops["fc1"].in_ct.max()) == 7
+    assert plain_ops["conv2"].terms == ops["conv2"].terms
+    assert [op.windows for op in plain.ops if isinstance(op, RotateSumOp)] == [
+        op.windows for op in pools
+    ]
+
 
 def test_grouped_conv_at_all_lanes_has_no_outer_rotations() -> None:
     torch.manual_seed(0)
     model = LeNetLike(conv2_groups=8, activation="square")
-    spec = lower_conv_model(model, 8192)
-    conv2 = linear_ops(spec)["conv2"]
-    assert conv2.terms == 800
-    assert np.all(conv2.shift < 1024)  # r = 0: only the 25 inner rotations per input
-    assert conv2.distinct_shifts("input") == [25] * 4
-    assert conv2.distinct_shifts("output") == [25] * 8
+    plain = linear_ops(lower_conv_model(model, 8192, phases=False))["conv2"]
+    assert plain.terms == 800
+    assert np.all(plain.shift < 1024)  # r = 0: only the 25 inner rotations per input
+    assert plain.distinct_shifts("input") == [25] * 4
+    assert plain.distinct_shifts("output") == [25] * 8
+    # 4 phases: 2 output ciphertexts; still no channel offset, but the phase-shifted giants
+    # -phase_offset (0, -1, -32, -33) join every position: 25 x 4 shifts per ciphertext.
+    conv2 = linear_ops(lower_conv_model(model, 8192))["conv2"]
+    assert conv2.terms == 800 and conv2.out_ciphertexts == 2
+    assert np.all((conv2.shift + 33) % 8192 < 1024)  # r = 0
+    assert conv2.distinct_shifts("input") == [100] * 4
+    assert conv2.distinct_shifts("output") == [100] * 2
     dense = linear_ops(lower_conv_model(LeNetLike(activation="square"), 8192))["conv2"]
-    assert dense.distinct_shifts("input") == [200] * 4  # 25 positions x 8 channel offsets
+    assert dense.distinct_shifts("input") == [800] * 4  # 25 positions x 8 offsets x 4 phases
 
 
 # ---- Units: one definition, in channels.py --------------------------------------------------
@@ -305,6 +370,8 @@ def test_zeroing_one_unit_removes_exactly_its_terms(
     model = small_lenet(groups)
     spec = lower_conv_model(model, 8192)
     assert spec.plan is not None
+    conv2_out = spec.plan.layers["conv2"].outputs
+    assert isinstance(conv2_out, ChannelPacking) and conv2_out.phases == 4  # 16 ch in 1 ct
     units = layer_units(spec.plan, name, kind)  # type: ignore[arg-type]
     unit = data.draw(st.sampled_from(sorted(set(units.ravel().tolist()))), label="unit")
     with torch.no_grad():
@@ -315,6 +382,8 @@ def test_zeroing_one_unit_removes_exactly_its_terms(
     op, op2 = before[name], after[name]
     owned = owned_terms(spec, op, kind, unit)
     assert owned.any()
+    if (name, kind) == ("conv2", "diagonal"):  # its giants r*block - phase_offset, all phases
+        assert {int(v) % 2 for v in op.shift[owned]} == {0, 1}
     np.testing.assert_array_equal(term_units(spec, op, kind) == unit, owned)  # type: ignore[arg-type]
     keep = ~owned
     assert term_keys(op2) == [k for k, o in zip(term_keys(op), owned, strict=True) if not o]
@@ -425,8 +494,8 @@ def test_random_conv_chains_match_torch(
         layer = spec.plan.layers[name]
         if isinstance(layer.inputs, ChannelPacking):
             assert isinstance(layer.module, nn.Conv2d)
-            if layer.module.groups == layer.inputs.lanes:
-                assert np.all(op.shift < layer.inputs.block)  # no outer rotations
+            if layer.module.groups == layer.inputs.lanes:  # no outer (channel) rotations
+                assert np.isin(op.shift, term_shifts(layer, rs=[0])).all()
     check_valid_region(spec, x[:1])
 
 
@@ -487,6 +556,232 @@ def test_period_shrinks_only_when_exact() -> None:
     with torch.no_grad():
         layer.weight[3, 0, 1, 1] += 1.0
     assert linear_ops(lower_conv_model(model, 512, (1, 6, 6)))["0"].period == 512
+
+
+# ---- Phase packing ----------------------------------------------------------------------------
+
+
+def test_phase_placement_follows_the_formula() -> None:
+    """ct = u // cap, lane = g + G*(v % (lanes/G)), phase = v // (lanes/G), cap = lanes/G * P;
+    the phase sits at offset (phase // p) * grid_w + phase % p of its block."""
+    packing = ChannelPacking(40, 3, 3, 8, 8, 8, groups=2, dilation=2, origin=(1, 0), phases=4)
+    assert (packing.ciphertexts, packing.phase_side, packing.capacity) == (2, 2, 16)
+    assert ChannelPacking(40, 3, 3, 8, 8, 8, groups=2, dilation=2, origin=(1, 0)).ciphertexts == 5
+    c = np.arange(40)
+    ct, lane = packing.place(c)
+    phase, offset = packing.phase(c), packing.phase_offset(c)
+    for k in range(40):
+        g, u = divmod(k, 20)
+        want_ct, v = divmod(u, 16)
+        want_phase = v // 4
+        assert int(ct[k]) == want_ct and int(lane[k]) == g + 2 * (v % 4), k
+        assert int(phase[k]) == want_phase
+        assert int(offset[k]) == (want_phase // 2) * 8 + want_phase % 2
+    # Every (channel, y, x) has its own slot: (1 + 2y + ey) * 8 + 2x + ex in its block.
+    flat = packing.flatten()
+    slots = flat.ct * packing.slots + flat.slot
+    assert np.unique(slots).size == 40 * 9
+    f = np.arange(40 * 9)
+    ch, y, x = f // 9, (f % 9) // 3, f % 3
+    ey, ex = phase[ch] // 2, phase[ch] % 2
+    np.testing.assert_array_equal(flat.slot, lane[ch] * 64 + (1 + 2 * y + ey) * 8 + 2 * x + ex)
+    mask = packing.valid_mask()
+    assert mask.sum() == 40 * 9 and mask[flat.ct, flat.slot].all()
+    images = np.random.default_rng(0).normal(size=(2, 40, 3, 3))
+    packed = packing.pack(images)
+    np.testing.assert_array_equal(packed[:, flat.ct, flat.slot], images.reshape(2, -1))
+    assert np.all(packed[:, ~mask] == 0.0)
+
+
+def test_phases_round_trip_and_bad_phases_are_refused() -> None:
+    packing = ChannelPacking(12, 4, 4, 16, 16, 2, groups=2, dilation=4, origin=(2, 1), phases=4)
+    d: dict[str, object] = {**packing.to_dict()}
+    assert d["phases"] == 4
+    assert ChannelPacking.from_dict(d) == packing
+    legacy: dict[str, object] = {
+        k: v for k, v in ChannelPacking(2, 4, 4, 8, 8, 4).to_dict().items() if k != "phases"
+    }
+    assert ChannelPacking.from_dict(legacy).phases == 1  # written before phases existed
+    base: dict[str, Any] = {
+        "channels": 4,
+        "height": 3,
+        "width": 3,
+        "grid_h": 8,
+        "grid_w": 8,
+        "lanes": 2,
+    }
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"dilation": 2, "phases": 2}, "square"),  # not p*p
+        ({"dilation": 2, "phases": 0}, "square"),
+        ({"dilation": 2, "phases": 9}, "dividing the dilation"),  # 3 does not divide 2
+        ({"dilation": 1, "phases": 4}, "dividing the dilation"),  # no room at dilation 1
+        ({"dilation": 3, "phases": 4}, "dividing the dilation"),  # 2 does not divide 3
+        ({"dilation": 3, "phases": 9}, "does not fit"),  # 0 + 2 + 2*3 = 8 runs off the block
+        ({"dilation": 2, "phases": 4, "origin": (0, 3)}, "does not fit"),  # 3 + 1 + 4 = 8
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(LayoutError, match=match):
+            ChannelPacking(**base, **kwargs)
+    ChannelPacking(**base, dilation=3, origin=(0, 0))  # the same maps fit without phases
+    ChannelPacking(**base, dilation=2, origin=(0, 3))
+    with pytest.raises(LayoutError, match="replicated"):
+        ChannelPacking(2, 3, 3, 8, 8, 4, dilation=2, replicas=2, phases=4)
+    for value in ("4", 4.0, True, None):
+        with pytest.raises(LayoutError, match="phases must be an integer"):
+            ChannelPacking.from_dict({**d, "phases": value})
+    with pytest.raises(LayoutError, match="square"):
+        ChannelPacking.from_dict({**d, "phases": 8})
+
+
+def pooled_net(c2: int, *tail: nn.Module, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """1x12x12 -> conv 3x3 pad 1 (4 ch) -> square -> pool 2 (6x6, dilation 2) -> conv 3x3
+    (c2 ch, stride) -> *tail."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        Square(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, c2, 3, stride=stride, groups=groups),
+        *tail,
+    ).double()
+
+
+def test_phases_only_where_no_later_conv_reads_the_map() -> None:
+    """16x16 blocks, 2 lanes at 512 slots: 8 channels at dilation 2 take 4 ciphertexts, 1 with
+    4 phases; but a map a later conv reads keeps one channel per block."""
+    torch.manual_seed(0)
+    head = pooled_net(8, Square(), nn.Flatten(), nn.Linear(8 * 16, 3))
+    plan = lower_conv_model(head, 512, (1, 12, 12)).plan
+    assert plan is not None
+    out = plan.layers["3"].outputs
+    assert isinstance(out, ChannelPacking)
+    assert (out.dilation, out.phases, out.ciphertexts) == (2, 4, 1)
+    off = lower_conv_model(head, 512, (1, 12, 12), phases=False).plan
+    assert off is not None and off.layers["3"].outputs.ciphertexts == 4
+
+    read = pooled_net(8, Square(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4, 3))
+    spec = lower_conv_model(read, 512, (1, 12, 12))
+    assert spec.plan is not None
+    mid, last = spec.plan.layers["3"].outputs, spec.plan.layers["5"].outputs
+    assert isinstance(mid, ChannelPacking) and isinstance(last, ChannelPacking)
+    assert (mid.phases, mid.ciphertexts) == (1, 4)  # conv '5' reads it: no phases
+    assert (last.phases, last.ciphertexts) == (4, 1)  # the last conv's output: phases
+    x = np.random.default_rng(0).normal(size=(2, 1, 12, 12))
+    assert_matches_torch(read, spec, x)
+    check_units(spec, read)
+    # Pools and activations keep the phases; a dilation-1 output gets none.
+    pooled = pooled_net(8, nn.AvgPool2d(2), Square(), nn.Flatten(), nn.Linear(8 * 4, 3))
+    spec = lower_conv_model(pooled, 512, (1, 12, 12))
+    assert spec.plan is not None
+    conv, pool = spec.plan.layers["3"].outputs, spec.plan.layers["4"].outputs
+    assert isinstance(conv, ChannelPacking) and isinstance(pool, ChannelPacking)
+    assert (conv.phases, pool.phases, pool.dilation, pool.ciphertexts) == (4, 4, 4, 1)
+    assert_matches_torch(pooled, spec, x)
+    check_valid_region(spec, x[:1])
+    dense = nn.Sequential(nn.Conv2d(1, 8, 3), Square(), nn.Flatten(), nn.Linear(8 * 100, 2))
+    plan = lower_conv_model(dense, 512, (1, 12, 12)).plan
+    assert plan is not None and plan.layers["0"].outputs.phases == 1  # type: ignore[union-attr]
+
+
+def test_strided_conv_takes_the_largest_phase_side_with_distinct_shifts() -> None:
+    """Stride 2 after pool 2: dilation 4, but 16 phases would give the 3x3 kernel's positions
+    dx = 0 and 1 the same shift for phases ex = 0 and 2 (one term, two units): p = 2 instead.
+    A 1x1 kernel has one position, so p = 4 is fine."""
+    torch.manual_seed(1)
+    strided = pooled_net(8, Square(), nn.Flatten(), nn.Linear(8 * 4, 3), stride=2)
+    spec = lower_conv_model(strided, 512, (1, 12, 12))
+    assert spec.plan is not None
+    out = spec.plan.layers["3"].outputs
+    assert isinstance(out, ChannelPacking)
+    assert (out.dilation, out.phases, out.ciphertexts) == (4, 4, 1)
+    x = np.random.default_rng(1).normal(size=(2, 1, 12, 12))
+    assert_matches_torch(strided, spec, x)
+    check_units(spec, strided)
+    one = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        Square(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 32, 1, stride=2),
+        nn.Flatten(),
+        nn.Linear(32 * 9, 3),
+    ).double()
+    spec = lower_conv_model(one, 512, (1, 12, 12))
+    assert spec.plan is not None
+    out = spec.plan.layers["3"].outputs
+    assert isinstance(out, ChannelPacking)
+    assert (out.dilation, out.phases, out.ciphertexts) == (4, 16, 1)
+    assert_matches_torch(one, spec, x)
+    check_units(spec, one)
+    check_valid_region(spec, x[:1])
+
+
+@st.composite
+def phased_chains(draw: st.DrawFn) -> tuple[nn.Sequential, tuple[int, int, int], int]:
+    """conv -> [act] -> pool k (dilation k) -> conv (more channels than lanes, stride 1 or 2)
+    -> [act] -> [pool] -> flatten -> fc [-> act -> fc]: the second conv's output is phased."""
+    c0 = draw(st.integers(1, 3))
+    size = draw(st.integers(9, 14))
+    pad = draw(st.integers(0, 1))
+    grid = 1 << (size + 2 * pad - 1).bit_length()  # 16
+    slots = draw(st.sampled_from([256, 512, 1024]))
+    lanes = slots // (grid * grid)
+    c1 = draw(st.integers(1, 6))
+    layers: list[nn.Module] = [nn.Conv2d(c0, c1, 3, padding=pad)]
+    if draw(st.booleans()):
+        layers.append(act(draw(poly())))
+    k = draw(st.integers(2, 3))
+    layers.append(nn.AvgPool2d(k))
+    h = (size + 2 * pad - 2) // k
+    k2 = draw(st.integers(1, min(3, h)))
+    s2 = draw(st.integers(1, 2))
+    g2 = draw(st.sampled_from(_divisors(math.gcd(c1, lanes))))
+    c2 = g2 * draw(st.integers(lanes // g2 + 1, max(lanes // g2 + 1, 12 // g2)))
+    layers.append(nn.Conv2d(c1, c2, k2, stride=s2, groups=g2))
+    h = (h - k2) // s2 + 1
+    tail: list[nn.Module] = []
+    if draw(st.booleans()):
+        tail.append(act(draw(poly())))
+    if h >= 2 and draw(st.booleans()):  # window sums over the phased map, global or not
+        pool = draw(st.integers(2, h))
+        tail.insert(draw(st.integers(0, len(tail))), nn.AvgPool2d(pool))
+        h //= pool
+    layers += tail
+    hidden = draw(st.integers(1, 5))
+    layers += [nn.Flatten(), nn.Linear(c2 * h * h, hidden)]
+    if draw(st.booleans()):
+        layers += [act(draw(poly())), nn.Linear(hidden, draw(st.integers(1, 3)))]
+    model = nn.Sequential(*layers).double()
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    sparsity = draw(st.sampled_from([0.0, 0.5]))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.weight.normal_()
+                m.weight.mul_((torch.rand_like(m.weight) >= sparsity).double())
+                if m.bias is not None:
+                    m.bias.normal_()
+    return model, (c0, size, size), slots
+
+
+@settings(max_examples=25, deadline=None)
+@given(chain=phased_chains(), seed=st.integers(0, 2**16))
+def test_random_phased_chains_match_torch(
+    chain: tuple[nn.Sequential, tuple[int, int, int], int], seed: int
+) -> None:
+    model, shape, slots = chain
+    spec = lower_conv_model(model, slots, shape)
+    plain = lower_conv_model(model, slots, shape, phases=False)
+    assert spec.plan is not None and plain.plan is not None
+    name = next(n for n, m in reversed(list(model.named_children())) if isinstance(m, nn.Conv2d))
+    out, before = spec.plan.layers[name].outputs, plain.plan.layers[name].outputs
+    assert isinstance(out, ChannelPacking) and isinstance(before, ChannelPacking)
+    assert out.phases > 1 and out.ciphertexts < before.ciphertexts  # every chain is phased
+    assert before.phases == 1
+    x = np.random.default_rng(seed).normal(size=(2, *shape))
+    assert_matches_torch(model, spec, x)
+    check_units(spec, model)
+    check_valid_region(spec, x[:1])
+    # The same weights, merged exactly as without phases: one term per (o, i, r, p, phase).
+    assert linear_ops(spec)[name].terms == linear_ops(plain)[name].terms
 
 
 # ---- Typed errors ---------------------------------------------------------------------------
@@ -557,8 +852,8 @@ def test_other_bad_inputs() -> None:
 # ---- The C++ program ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_build_program_runs_like_simulate(groups: int) -> None:
+@pytest.mark.parametrize(("groups", "width"), [(1, 4), (2, 4), (1, 16), (2, 16)])
+def test_build_program_runs_like_simulate(groups: int, width: int) -> None:
     if not hasattr(_core.Program, "add_map_linear"):
         pytest.skip("the C++ map program (Program.map / add_map_linear) is not built yet")
     torch.manual_seed(groups)
@@ -567,12 +862,16 @@ def test_build_program_runs_like_simulate(groups: int) -> None:
         nn.Conv2d(2, 4, 3, padding=1),
         TrainablePoly(0.3, 0.5, 0.1),
         nn.AvgPool2d(2),
-        nn.Conv2d(4, 4, 2, groups=groups),
+        nn.Conv2d(4, width, 2, groups=groups),
         Square(),
         nn.Flatten(),
-        nn.Linear(4, 3),
+        nn.Linear(width, 3),
     ).double()
     spec = lower_conv_model(model, 512, (2, 4, 4))  # 8x8 blocks, 8 lanes
+    assert spec.plan is not None
+    out = spec.plan.layers["4"].outputs  # 16 channels at dilation 2: 4 phases, 1 ciphertext
+    assert isinstance(out, ChannelPacking)
+    assert (out.phases, out.ciphertexts) == ((4, 1) if width == 16 else (1, 1))
     levels = spec.levels
     params = _core.Parameters(1024, [50] + [40] * levels, [50], 40, insecure_for_testing=True)
     program = build_program(spec, params)

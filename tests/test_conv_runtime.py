@@ -18,6 +18,7 @@ from fheprune import _core
 from fheprune.models.activations import TrainablePoly
 from fheprune.models.zoo import HEModel, LeNetLike
 from fheprune.runtime.compiler import compile_model
+from fheprune.runtime.conv_lowering import term_units
 from fheprune.runtime.roles import Client, ClientSpec, Server, SpecError
 
 
@@ -84,12 +85,11 @@ def test_grouped_conv_at_lanes_has_no_outer_rotations() -> None:
     dense = compile_model(small_cnn(1), layout="map", parameters=params(2048, 5))
     grouped = compile_model(small_cnn(4), layout="map", parameters=params(2048, 5))
     lanes = grouped.map_spec.input.lanes
-    block = grouped.map_spec.input.block
     assert lanes >= 4
-    for layer in grouped.program.map_layers():
-        if layer["name"] != "conv2":
-            continue
-        assert all(shift % (block * lanes) < block for _, _, shift, _, _ in layer["split"])
+    for spec, want in ((grouped.map_spec, True), (dense.map_spec, False)):
+        op = next(o for o in spec.ops if getattr(o, "name", "") == "conv2")
+        # Every term's channel offset r is 0 (the unit id's last digit, base lanes).
+        assert bool(np.all(term_units(spec, op, "diagonal") % lanes == 0)) is want
     conv = {c["name"]: c for c in dense.program.cost()}["conv2"]
     gconv = {c["name"]: c for c in grouped.program.cost()}["conv2"]
     assert gconv["ops"]["mul_plain"] * 4 == conv["ops"]["mul_plain"]

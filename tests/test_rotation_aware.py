@@ -179,30 +179,33 @@ def test_units_are_the_layout_units_relabelled() -> None:
 
 def test_rotation_counts_match_the_layout_formulas() -> None:
     """Sum of the rotations over all units = the dense layer's rotations (DESIGN.md):
-    inner n_in*(f^2-1) for position units, outer n_out*(lanes-1) for diagonal units."""
+    inner n_in*(f^2-1) for position units; outer n_out*(lanes*phases-1) for diagonal units
+    (conv2's outputs are phase-packed: one outer rotation per (offset, phase))."""
     model = tiny()
     plan = plan_layout(model, SLOTS, SHAPE)
     pos, diag = units_of(model, "position"), units_of(model, "diagonal")
     conv2 = plan.layers["conv2"]
     assert isinstance(conv2.inputs, ChannelPacking)
+    assert isinstance(conv2.outputs, ChannelPacking)
     n_in, n_out = conv2.inputs.ciphertexts, conv2.outputs.ciphertexts
-    lanes = conv2.inputs.lanes
-    assert (n_in, n_out, lanes) == (2, 4, 2)
+    lanes, phases = conv2.inputs.lanes, conv2.outputs.phases
+    assert (n_in, n_out, lanes, phases) == (2, 1, 2, 4)
     assert float(pos["conv2"].rotations.sum()) == n_in * (25 - 1)
-    assert float(diag["conv2"].rotations.sum()) == pytest.approx(n_out * (lanes - 1))
+    assert float(diag["conv2"].rotations.sum()) == pytest.approx(n_out * (lanes * phases - 1))
     # position unit (i, p): one inner rotation unless p = 0 (the unrotated input)
     p = pos["conv2"].layout_ids % 25
     assert pos["conv2"].rotations.tolist() == [0.0 if q == 0 else 1.0 for q in p]
-    # diagonal unit (o, i, r): 1 / n_in of output o's outer rotation r, 0 for r = 0
+    # diagonal unit (o, i, r): 1 / n_in of output o's outer rotations for offset r
     r = diag["conv2"].layout_ids % lanes
     assert diag["conv2"].rotations.tolist() == pytest.approx(
-        [0.0 if q == 0 else 1 / n_in for q in r]
+        [(phases - 1 if q == 0 else phases) / n_in for q in r]
     )
-    # conv1 reads a replicated one-channel input: no outer rotation at all
+    # conv1 reads a replicated one-channel input and writes unphased: no outer rotation
     assert float(diag["conv1"].rotations.sum()) == 0.0
-    # plaintexts: a position unit spans every (output ct, channel offset); a diagonal all taps
-    assert pos["conv2"].plaintexts.tolist() == [n_out * lanes] * 50
-    assert diag["conv2"].plaintexts.tolist() == [25] * diag["conv2"].count
+    # plaintexts: a position unit spans every (output ct, channel offset, phase); a diagonal
+    # unit every tap and phase
+    assert pos["conv2"].plaintexts.tolist() == [n_out * lanes * phases] * 50
+    assert diag["conv2"].plaintexts.tolist() == [25 * phases] * diag["conv2"].count
     # fc diagonals: rotation unless k = 0, one plaintext each
     k = pos["fc1"].layout_ids % SLOTS
     assert pos["fc1"].rotations.tolist() == [0.0 if q == 0 else 1.0 for q in k]
@@ -216,7 +219,7 @@ def test_group_weights_are_rotations_plus_plaintext_cost() -> None:
     assert w == pytest.approx([(0.0 if q == 0 else 1.0) + PTM_COST * 8 for q in p])
     w = group_weights(diag["conv2"], ptm_cost=0.1).tolist()
     r = diag["conv2"].layout_ids % 2
-    assert w == pytest.approx([(0.0 if q == 0 else 0.5) + 0.1 * 25 for q in r])
+    assert w == pytest.approx([(1.5 if q == 0 else 2.0) + 0.1 * 25 * 4 for q in r])
     assert group_weights(pos["fc2"], ptm_cost=0.0).tolist() == pos["fc2"].rotations.tolist()
     with pytest.raises(ValueError, match="ptm_cost"):
         group_weights(pos["fc2"], ptm_cost=-1.0)
@@ -226,7 +229,10 @@ def test_outer_rotations_vanish_at_g_base() -> None:
     grouped = tiny(groups=2)
     assert g_base(grouped, SLOTS, SHAPE) == 2
     diag = units_of(grouped, "diagonal")
-    assert float(diag["conv2"].rotations.sum()) == 0.0  # every channel offset is r = 0
+    # every channel offset is r = 0: only the phase shifts of the packed outputs remain
+    phases = plan_layout(grouped, SLOTS, SHAPE).layers["conv2"].outputs.phases  # type: ignore[union-attr]
+    conv2_diag = diag["conv2"]
+    assert float(conv2_diag.rotations.sum()) == pytest.approx(phases - 1)
     assert diag["conv2"].count == units_of(tiny(), "diagonal")["conv2"].count // 2
 
 

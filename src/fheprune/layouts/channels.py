@@ -2,9 +2,11 @@
 
 A feature map of C channels is cut into *channel blocks*. A block is a ``grid_h x grid_w`` grid
 of slots (powers of two); a ciphertext holds ``lanes = slots / (grid_h * grid_w)`` blocks, one
-channel each. Channel ``c`` sits in ciphertext ``ct(c)`` and block ``lane(c)``; pixel ``(y, x)``
-of a channel sits at offset ``(origin_y + y*dilation) * grid_w + origin_x + x*dilation`` inside
-its block, so the slot is ``lane(c) * block + offset``.
+channel each (``phases`` channels each when phase-packed, below). Channel ``c`` sits in
+ciphertext ``ct(c)``, block ``lane(c)`` and phase ``phase(c)``; pixel ``(y, x)`` of a channel
+sits at offset ``(origin_y + y*dilation) * grid_w + origin_x + x*dilation`` inside its block,
+shifted by the phase offset of its channel, so the slot is ``lane(c) * block +
+phase_offset(c) + offset``.
 
 * The client writes the first layer's input with its padding as zeros around ``origin``; a
   channel count below ``lanes`` is replicated across the free blocks (``replicas``).
@@ -13,6 +15,23 @@ its block, so the slot is ``lane(c) * block + offset``.
 * Group-interleaved encoding (SpENCNN's HE-group convolution with ``groups = G``): block
   ``lane`` of every ciphertext holds a channel of group ``lane mod G``, so a grouped
   convolution only ever meets channel offsets that are multiples of G.
+* Phase packing ("multiplexed" packing, ``phases = p*p``): a map of dilation ``d`` holds data at
+  one slot of every ``d x d``, so ``p*p`` channels (``p`` divides ``d``) can share a block, each
+  at its own *phase* ``(ey, ex)`` in ``{0..p-1}^2``, i.e. at slot offset ``phase_offset = ey *
+  grid_w + ex``. Per group, a ciphertext holds ``cap = (lanes / G) * phases`` channels: with
+  ``u`` the channel's index in its group, ``ct = u // cap``, ``v = u % cap``, ``lane = g + G *
+  (v % (lanes / G))`` and ``phase = v // (lanes / G)`` (lanes fill first, then phases). *Why*:
+  fewer ciphertexts for everything after the convolution that writes the map (squares, window
+  sums, the FC layer's inputs); a convolution writes its outputs wherever it likes (its weights
+  are per-slot vectors), so the phases are free to produce. *When* (:func:`plan_layout`): on a
+  convolution's output of dilation ``d > 1`` that no later convolution reads (the next weighted
+  layer is a Linear after a Flatten: a convolution reading phased inputs would need one inner
+  rotation per phase), when that lowers its ciphertext count and every term shift of the
+  convolution names one (channel offset, kernel position, phase) (below); ``p = d``, else the
+  largest divisor of ``d`` for which that holds. Pools and activations keep the packing: a
+  window sum of kernel ``k`` adds only multiples of the dilation to a valid position, so each
+  phase sums its own pixels and the phases stay exact (``p`` still divides the new dilation
+  ``k*d``). The client's input is never phased.
 
 Convolution ``C_in -> C_out`` with ``f x f`` kernels (runtime: a map of diagonals) is
 ``y_o = sum_i sum_(p, r) w[o, i, p, r] * rot(x_i, p_offset + r * block)``, evaluated as two
@@ -25,8 +44,13 @@ outputs) and the outer rotation by ``r * block`` of each output's partial sum. K
   When it is zero the *inner* rotation by ``p_offset`` of input ``i`` is never computed.
 * **diagonal unit** ``(output ciphertext o, input ciphertext i, channel offset r)``: the weights
   from block ``(lane + r) mod lanes`` of input ``i`` into block ``lane`` of output ``o``, all
-  kernel positions (Artemis diagonal). When it is zero for every input of output ``o``, the
-  *outer* rotation by ``r * block`` of output ``o`` is never computed.
+  kernel positions and all phases (Artemis diagonal). When it is zero for every input of output
+  ``o``, the *outer* rotations by ``r * block - phase_offset`` of output ``o`` (one per phase
+  of its channels: the phase-shifted giant steps) are never computed.
+
+With phases a weight's term shift is ``(r * block + p_offset + phase_offset_in -
+phase_offset_out) mod slots`` (:func:`conv_term_shifts`); the plan gives phases only where
+these shifts are all distinct, so every term still belongs to exactly one unit of each kind.
 
 Fully connected layers see a vector layout (:class:`VectorPacking`: feature -> ciphertext, slot)
 and are a map of generalized diagonals too: the **fc diagonal unit** ``(input ciphertext i,
@@ -53,6 +77,7 @@ __all__ = [
     "PlannedLayer",
     "UnitKind",
     "VectorPacking",
+    "conv_term_shifts",
     "conv_units",
     "fc_units",
     "layer_units",
@@ -86,6 +111,7 @@ class ChannelPacking:
     dilation: int = 1
     origin: tuple[int, int] = (0, 0)
     replicas: int = 1  # > 1 only for a client-packed input with fewer channels than lanes
+    phases: int = 1  # p*p channels per block, p | dilation (see the module docstring)
 
     def __post_init__(self) -> None:
         for v in (self.grid_h, self.grid_w, self.lanes):
@@ -106,12 +132,21 @@ class ChannelPacking:
             )
         if self.replicas > 1 and (self.groups != 1 or self.channels * self.replicas != self.lanes):
             raise LayoutError("replicas must fill exactly one ciphertext of an ungrouped input")
-        last_y = self.origin[0] + (self.height - 1) * self.dilation
-        last_x = self.origin[1] + (self.width - 1) * self.dilation
+        p = math.isqrt(self.phases) if self.phases >= 1 else 0
+        if p < 1 or p * p != self.phases or self.dilation % p:
+            raise LayoutError(
+                f"phases must be a square p*p with p dividing the dilation {self.dilation}, "
+                f"got {self.phases}"
+            )
+        if self.phases > 1 and self.replicas > 1:
+            raise LayoutError("a replicated input cannot be phase-packed")
+        last_y = self.origin[0] + (p - 1) + (self.height - 1) * self.dilation
+        last_x = self.origin[1] + (p - 1) + (self.width - 1) * self.dilation
         if last_y >= self.grid_h or last_x >= self.grid_w:
             raise LayoutError(
                 f"a {self.height}x{self.width} map (dilation {self.dilation}, origin "
-                f"{self.origin}) does not fit a {self.grid_h}x{self.grid_w} block"
+                f"{self.origin}, {self.phases} phases) does not fit a "
+                f"{self.grid_h}x{self.grid_w} block"
             )
 
     @property
@@ -127,18 +162,46 @@ class ChannelPacking:
         return self.lanes // self.groups
 
     @property
+    def phase_side(self) -> int:
+        """``p`` of ``phases = p*p``: phase offsets are ``ey * grid_w + ex``, ``ey, ex < p``."""
+        return math.isqrt(self.phases)
+
+    @property
+    def capacity(self) -> int:
+        """Channels of one group per ciphertext: ``(lanes / groups) * phases``."""
+        return self.per_group_lanes * self.phases
+
+    @property
     def ciphertexts(self) -> int:
         per_group = self.channels // self.groups
-        return max(1, math.ceil(per_group / self.per_group_lanes))
+        return max(1, math.ceil(per_group / self.capacity))
 
-    def place(self, channels: IntArray | Sequence[int]) -> tuple[IntArray, IntArray]:
-        """(ciphertext, block) of each channel (the first replica when replicated)."""
+    def _locate(self, channels: IntArray | Sequence[int]) -> tuple[IntArray, IntArray, IntArray]:
         c = np.asarray(channels, dtype=np.int64)
         per_group = self.channels // self.groups
         g, u = c // per_group, c % per_group
-        ct = u // self.per_group_lanes
-        lane = g + self.groups * (u % self.per_group_lanes)
+        ct, v = u // self.capacity, u % self.capacity
+        lane = g + self.groups * (v % self.per_group_lanes)
+        return ct, lane, v // self.per_group_lanes
+
+    def place(self, channels: IntArray | Sequence[int]) -> tuple[IntArray, IntArray]:
+        """(ciphertext, block) of each channel (the first replica when replicated)."""
+        ct, lane, _ = self._locate(channels)
         return ct, lane
+
+    def phase(self, channels: IntArray | Sequence[int]) -> IntArray:
+        """Phase index ``0..phases-1`` of each channel (0 without phase packing)."""
+        return self._locate(channels)[2]
+
+    def phase_offsets(self) -> IntArray:
+        """Slot offset ``(phase // p) * grid_w + phase % p`` of every phase ``0..phases-1``."""
+        ph = np.arange(self.phases, dtype=np.int64)
+        p = self.phase_side
+        return np.asarray((ph // p) * self.grid_w + ph % p, dtype=np.int64)
+
+    def phase_offset(self, channels: IntArray | Sequence[int]) -> IntArray:
+        """Slot offset of each channel's phase inside its block (added to :meth:`offset`)."""
+        return self.phase_offsets()[self.phase(channels)]
 
     def offset(self, y: IntArray | int, x: IntArray | int) -> IntArray:
         """Slot offset of pixel (y, x) inside its channel block."""
@@ -151,9 +214,10 @@ class ChannelPacking:
         out = np.zeros((self.ciphertexts, self.slots), dtype=bool)
         ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
         off = self.offset(ys.ravel(), xs.ravel())
+        phase_off = self.phase_offset(np.arange(self.channels))
         for c in range(self.channels):
             for ct, lane in self._replica_places(c):
-                out[ct, lane * self.block + off] = True
+                out[ct, lane * self.block + phase_off[c] + off] = True
         return out
 
     def _replica_places(self, c: int) -> list[tuple[int, int]]:
@@ -171,9 +235,10 @@ class ChannelPacking:
         out = np.zeros((x.shape[0], self.ciphertexts, self.slots))
         ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
         off = self.offset(ys.ravel(), xs.ravel())
+        phase_off = self.phase_offset(np.arange(self.channels))  # 0: inputs are never phased
         for c in range(self.channels):
             for ct, lane in self._replica_places(c):
-                out[:, ct, lane * self.block + off] = x[:, c].reshape(x.shape[0], -1)
+                out[:, ct, lane * self.block + phase_off[c] + off] = x[:, c].reshape(x.shape[0], -1)
         return out
 
     def to_dict(self) -> dict[str, int | list[int]]:
@@ -189,17 +254,19 @@ class ChannelPacking:
             "dilation": self.dilation,
             "origin": list(self.origin),
             "replicas": self.replicas,
+            "phases": self.phases,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> ChannelPacking:
-        """The inverse of :meth:`to_dict`; every field is checked by the constructor."""
+        """The inverse of :meth:`to_dict`; every field is checked by the constructor
+        (``phases`` may be absent: 1, as written before phase packing existed)."""
         origin = d["origin"]
         if not isinstance(origin, list) or len(origin) != 2:
             raise LayoutError(f"origin must be a list of two integers, got {origin!r}")
 
-        def num(key: str) -> int:
-            v = d[key]
+        def num(key: str, default: int | None = None) -> int:
+            v = d[key] if default is None else d.get(key, default)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise LayoutError(f"{key} must be an integer, got {v!r}")
             return v
@@ -215,6 +282,7 @@ class ChannelPacking:
             dilation=num("dilation"),
             origin=(int(origin[0]), int(origin[1])),
             replicas=num("replicas"),
+            phases=num("phases", 1),
         )
 
     def flatten(self) -> VectorPacking:
@@ -226,7 +294,7 @@ class ChannelPacking:
             indexing="ij",
         )
         ct, lane = self.place(c.ravel())
-        slot = lane * self.block + self.offset(y.ravel(), x.ravel())
+        slot = lane * self.block + self.phase_offset(c.ravel()) + self.offset(y.ravel(), x.ravel())
         return VectorPacking(
             ct.astype(np.int64), slot.astype(np.int64), self.slots, self.ciphertexts
         )
@@ -299,12 +367,51 @@ def _conv_groups_of_next(children: list[tuple[str, nn.Module]], start: int) -> i
     return 1
 
 
-def plan_layout(model: nn.Module, slots: int, input_shape: tuple[int, int, int]) -> LayoutPlan:
+def _flattened_before_conv(children: list[tuple[str, nn.Module]], start: int) -> bool:
+    """True when the map reaches a Flatten (then Linear layers) before any Conv2d reads it."""
+    for _, m in children[start:]:
+        if isinstance(m, nn.Conv2d):
+            return False
+        if isinstance(m, (nn.Linear, nn.Flatten)):
+            return True
+    return False
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [p for p in range(n, 0, -1) if n % p == 0]
+
+
+def _phase_packed(inp: ChannelPacking, out: ChannelPacking, kh: int, kw: int) -> ChannelPacking:
+    """``out`` with the phase packing that needs the fewest ciphertexts (``out`` itself when
+    none saves one): ``p*p`` phases, ``p`` dividing the dilation (larger ``p`` first), whose
+    offsets fit the block and keep every term shift of the convolution distinct."""
+    best = out
+    for p in _divisors_desc(out.dilation)[:-1]:  # every divisor but 1
+        try:
+            candidate = replace(out, phases=p * p)
+        except LayoutError:  # the phase offsets run off the block
+            continue
+        if candidate.ciphertexts >= best.ciphertexts:
+            continue
+        shifts = conv_term_shifts(inp, candidate, kh, kw)
+        if np.unique(shifts).size == shifts.size:
+            best = candidate
+    return best
+
+
+def plan_layout(
+    model: nn.Module,
+    slots: int,
+    input_shape: tuple[int, int, int],
+    *,
+    phases: bool = True,
+) -> LayoutPlan:
     """Lay a conv chain (Conv2d, AvgPool2d, activations, Flatten, Linear) out on ``slots``.
 
     The block grid is the smallest power-of-two square holding the padded input; every later
     map keeps it (strides and pools dilate instead of moving data). Padding is supported on
-    the first convolution only (the client writes the zeros).
+    the first convolution only (the client writes the zeros). ``phases``: phase-pack the
+    outputs of convolutions where it pays (see the module docstring); ``False`` never does.
     """
     if not isinstance(model, nn.Sequential):
         raise LayoutError(
@@ -397,6 +504,8 @@ def plan_layout(model: nn.Module, slots: int, input_shape: tuple[int, int, int])
                 dilation=d * sh,
                 origin=origin,
             )
+            if phases and out.dilation > 1 and _flattened_before_conv(children, index + 1):
+                out = _phase_packed(current, out, kh, kw)
             plan.layers[name] = PlannedLayer(name, "conv", m, current, out)
             current = out
         elif isinstance(m, nn.AvgPool2d):
@@ -455,6 +564,24 @@ def _conv_in_channels(weight_shape: Sequence[int], groups: int) -> IntArray:
     per_out = c_out // groups
     g = np.arange(c_out) // per_out
     return g[:, None] * c_in_g + np.arange(c_in_g)[None, :]
+
+
+def conv_term_shifts(inputs: ChannelPacking, outputs: ChannelPacking, kh: int, kw: int) -> IntArray:
+    """Term shift of every (channel offset r, kernel position p, input phase, output phase):
+    ``(r * block + p_offset + phase_offset_in - phase_offset_out) mod slots``, shaped
+    ``[lanes, kh*kw, inputs.phases, outputs.phases]``, ``p_offset = (dy * grid_w + dx) *
+    dilation_in`` for ``p = dy * kw + dx``. Output pixel ``(y, x)`` of an output channel reads
+    its input pixel ``(y*stride + dy, x*stride + dx)`` at exactly this shift."""
+    dy, dx = np.divmod(np.arange(kh * kw, dtype=np.int64), kw)
+    p_offset = (dy * inputs.grid_w + dx) * inputs.dilation
+    r = np.arange(inputs.lanes, dtype=np.int64) * inputs.block
+    shift = (
+        r[:, None, None, None]
+        + p_offset[None, :, None, None]
+        + inputs.phase_offsets()[None, None, :, None]
+        - outputs.phase_offsets()[None, None, None, :]
+    )
+    return np.asarray(shift % inputs.slots, dtype=np.int64)
 
 
 def conv_units(

@@ -118,11 +118,12 @@ class LayerUnits:
     ``ids``: unit of every weight (int64, the weight's shape). ``layout_ids[j]``: the id
     :mod:`fheprune.layouts.channels` gives dense unit ``j``. ``sizes[j]``: weights in unit j.
     ``rotations[j]``: rotations removed when unit j is zero -- 1 for a position unit with
-    p != 0 or an fc diagonal with k != 0; for a diagonal unit with r != 0 its share
-    1/m of output o's outer rotation r, m = the diagonal units (o, *, r) that exist (m =
-    n_input_ciphertexts for a dense conv); 0 for unrotated units (p = 0, r = 0, k = 0).
+    p != 0 or an fc diagonal with k != 0; for a diagonal unit its share 1/m of output o's
+    outer rotations for offset r (one per phase o's channels use, at r * block - phase
+    offset; none for r = 0 at phase 0), m = the diagonal units (o, *, r) that exist (m =
+    n_input_ciphertexts for a dense conv); 0 for unrotated units (p = 0, k = 0).
     ``plaintexts[j]``: plaintext multiplies removed (distinct plaintexts the unit's weights
-    sit in; a conv plaintext is (o, i, r, p), an fc plaintext is its diagonal).
+    sit in; a conv plaintext is (o, i, r, p, output phase), an fc plaintext its diagonal).
     """
 
     name: str
@@ -167,7 +168,11 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
         taps = int(shape[2] * shape[3])
         diag = conv_units(shape, int(m.groups), layer.inputs, layer.outputs, "diagonal")
         tap = np.broadcast_to(np.arange(taps).reshape(1, 1, *shape[2:]), diag.shape)
-        plaintext = diag * taps + tap  # one plaintext per (o, i, r, p)
+        phases_out = layer.outputs.phases
+        out_phase = layer.outputs.phase(np.arange(shape[0])).reshape(-1, 1, 1, 1)
+        # One plaintext per (o, i, r, p, output phase): phase-packed outputs of one block
+        # meet the input at different shifts.
+        plaintext = (diag * taps + tap) * phases_out + out_phase
         raw = diag if kind == "diagonal" else layer_units(plan, name, "position")
         uniq, dense = _dense(raw)
         lanes = layer.inputs.lanes
@@ -177,7 +182,15 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
             key = out_ct * lanes + r
             _, key_inv, key_count = np.unique(key, return_inverse=True, return_counts=True)
             sharing = key_count[key_inv.ravel()]
-            rotations = np.where(r != 0, 1.0 / sharing, 0.0)
+            # Output o's outer rotations for offset r: one per phase its channels use, at
+            # r * block - phase offset; only (r = 0, phase 0) needs none.
+            ct_out, _ = layer.outputs.place(np.arange(shape[0]))
+            ph_out = layer.outputs.phase(np.arange(shape[0]))
+            used = np.zeros((layer.outputs.ciphertexts, phases_out), dtype=bool)
+            used[ct_out, ph_out] = True
+            phases_of = used.sum(axis=1)[out_ct]
+            first_free = used[out_ct, 0]
+            rotations = (phases_of - ((r == 0) & first_free)) / sharing
         else:
             rotations = (uniq % taps != 0).astype(np.float64)
         plaintexts = _distinct_per_unit(dense, plaintext, uniq.shape[0])

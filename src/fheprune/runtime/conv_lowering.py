@@ -8,13 +8,18 @@ three slot-vector operations on a list of ciphertexts (``rot(x, k)[j] = x[(j + k
   shift[t]) + bias[o]``, ``values`` and ``bias`` repeating with their (power-of-two) period.
   One term is one plaintext multiply: terms are merged per ``(o, in_ct, shift)`` and exist
   exactly when a non-zero weight needs them. A convolution's weight ``(c_out, c_in, dy, dx)``
-  lands in the term of shift ``p_offset + r * block`` (``p_offset = (dy * grid_w + dx) *
-  dilation_in``, ``r`` the channel offset of :func:`~fheprune.layouts.channels.conv_units`), at
-  every *valid* output position of its block only, so convolution outputs are exactly zero
-  outside their valid region (a free output mask). A linear layer's weight ``W[f_out, f_in]``
-  lands in the term of shift ``(slot_in - slot_out) mod slots`` at ``slot_out``;
+  lands in the term of shift ``(p_offset + r * block + phase_offset(c_in) -
+  phase_offset(c_out)) mod slots`` (``p_offset = (dy * grid_w + dx) * dilation_in``, ``r`` the
+  channel offset of :func:`~fheprune.layouts.channels.conv_units`, the phase offsets those of
+  a phase-packed map, 0 otherwise: :func:`~fheprune.layouts.channels.conv_term_shifts`), at
+  every *valid* output position of its channel only (its block, shifted by its phase), so
+  convolution outputs are exactly zero outside their valid region (a free output mask, which
+  is also what lets phases share a block). A linear layer's weight ``W[f_out, f_in]`` lands in
+  the term of shift ``(slot_in - slot_out) mod slots`` at ``slot_out`` (a phase-packed map's
+  flatten puts each feature at its phase's slot);
 * :class:`RotateSumOp` (no level): window sums (average pooling; its ``1/k^2`` is folded into
-  the next linear layer);
+  the next linear layer). Strides are multiples of the dilation, so on a phase-packed map each
+  phase sums only its own pixels;
 * :class:`SquareOp` (one level): every polynomial activation ``a*x^2 + b*x + c`` becomes a bare
   square: ``a*(x + b/2a)^2 + (c - b^2/4a)``, the shift joins the bias of the linear layer
   before it (through any pooling in between) and ``(a, c - b^2/4a)`` the next linear layer's
@@ -45,6 +50,7 @@ from fheprune.layouts.channels import (
     UnitKind,
     VectorPacking,
     _conv_in_channels,
+    conv_term_shifts,
     plan_layout,
 )
 
@@ -215,11 +221,13 @@ def _terms(
 
 
 def _conv_valid(out: ChannelPacking, c_out: int) -> tuple[IntArray, IntArray, IntArray]:
-    """(ciphertext [C_out, 1], slots [C_out, P]) of every valid output, and the lanes."""
+    """(ciphertext [C_out, 1], slots [C_out, H*W]) of every valid output, and the lanes."""
     ys, xs = np.meshgrid(np.arange(out.height), np.arange(out.width), indexing="ij")
     off = out.offset(ys.ravel(), xs.ravel())
-    ct_out, lane_out = out.place(np.arange(c_out))
-    return ct_out[:, None], lane_out[:, None] * out.block + off[None, :], lane_out
+    channels = np.arange(c_out)
+    ct_out, lane_out = out.place(channels)
+    start = lane_out * out.block + out.phase_offset(channels)
+    return ct_out[:, None], start[:, None] + off[None, :], lane_out
 
 
 def _lower_conv(
@@ -247,7 +255,8 @@ def _lower_conv(
     r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated (conv_units)
     dy, dx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
     p_offset = (dy * inp.grid_w + dx) * inp.dilation  # [kh, kw]
-    shift = p_offset[None, None] + (r * inp.block)[:, :, None, None]
+    phase = inp.phase_offset(ci) - out.phase_offset(np.arange(c_out))[:, None]  # [C_out, C_in/g]
+    shift = (p_offset[None, None] + (r * inp.block + phase)[:, :, None, None]) % inp.slots
     n_in = inp.ciphertexts
     key = (ct_out[:, None, None, None] * n_in + ct_in[:, :, None, None]) * inp.slots + shift
     nz = w != 0.0
@@ -311,11 +320,16 @@ def _finish(op: MapLinearOp) -> None:
 
 
 def lower_conv_model(
-    model: nn.Module, slots: int, input_shape: tuple[int, int, int] | None = None
+    model: nn.Module,
+    slots: int,
+    input_shape: tuple[int, int, int] | None = None,
+    *,
+    phases: bool = True,
 ) -> MapProgramSpec:
     """Lower an ``nn.Sequential`` conv chain (see :func:`plan_layout`) to a map program.
 
-    ``input_shape`` = (C, H, W) of one sample, by default ``model.input_shape``. Unsupported
+    ``input_shape`` = (C, H, W) of one sample, by default ``model.input_shape``; ``phases``:
+    phase-pack conv outputs where the plan finds it pays (``False``: never). Unsupported
     layers or shapes raise ``LayoutError``; activations that cannot fold raise ``CompileError``.
     """
     if input_shape is None:
@@ -328,7 +342,7 @@ def lower_conv_model(
         input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     from fheprune.models.activations import PolyActivation
 
-    plan = plan_layout(model, slots, input_shape)
+    plan = plan_layout(model, slots, input_shape, phases=phases)
     ops: list[MapOp] = []
     linears: list[_Linear] = []
     fold = _Fold()
@@ -421,9 +435,10 @@ def _fold_activation(name: str, m: Any, fold: _Fold, ops: list[MapOp]) -> None:
 def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position") -> IntArray:
     """The unit of :func:`~fheprune.layouts.channels.layer_units` that owns each term of ``op``.
 
-    Conv "position" ``(i, p)``: ``in_ct = i`` and ``shift mod block = p_offset``; "diagonal"
-    ``(o, i, r)``: ``out_ct = o``, ``in_ct = i``, ``shift // block = r``; linear layers (any
-    kind): ``(in_ct, shift)``.
+    A conv term's shift names one (channel offset ``r``, kernel position ``p``, phases) of
+    :func:`~fheprune.layouts.channels.conv_term_shifts` (without phases: ``r = shift // block``
+    and ``p_offset = shift mod block``); "position" ``(i, p)``: ``in_ct = i``; "diagonal"
+    ``(o, i, r)``: ``out_ct = o``, ``in_ct = i``. Linear layers (any kind): ``(in_ct, shift)``.
     """
     if spec.plan is None or op.name not in spec.plan.layers:
         raise CompileError(f"map-linear '{op.name}' is not a layer of the spec's plan")
@@ -433,16 +448,23 @@ def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position
     if isinstance(inp, VectorPacking):
         return np.asarray(in_ct * inp.slots + op.shift, dtype=np.int64)
     m = layer.module
-    assert isinstance(m, nn.Conv2d)
+    out = layer.outputs
+    assert isinstance(m, nn.Conv2d) and isinstance(out, ChannelPacking)
+    kh, kw = (int(v) for v in m.kernel_size)
+    table = conv_term_shifts(inp, out, kh, kw)  # [lanes, kh*kw, phases_in, phases_out]
+    flat = table.ravel()
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    at = np.minimum(np.searchsorted(ordered, op.shift), ordered.size - 1)
+    if np.unique(flat).size != flat.size or not np.array_equal(ordered[at], op.shift):
+        raise CompileError(f"map-linear '{op.name}': its shifts do not name one unit each")
+    r, p, _, _ = np.unravel_index(order[at], table.shape)
     if kind == "diagonal":
         return np.asarray(
-            (op.out_ct.astype(np.int64) * inp.ciphertexts + in_ct) * inp.lanes
-            + op.shift // inp.block,
+            (op.out_ct.astype(np.int64) * inp.ciphertexts + in_ct) * inp.lanes + r,
             dtype=np.int64,
         )
-    kh, kw = (int(v) for v in m.kernel_size)
-    q = (op.shift % inp.block) // inp.dilation
-    return np.asarray(in_ct * (kh * kw) + (q // inp.grid_w) * kw + q % inp.grid_w, dtype=np.int64)
+    return np.asarray(in_ct * (kh * kw) + p, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,478 @@
+"""SpENCNN's Tables 3-5 on our runtime: rotation-aware pruning of conv networks, run encrypted.
+
+    python benchmarks/rotation_aware.py [--quick] [--models lenet ...] [--out PATH] [options]
+
+For each model (default: LeNet-like on MNIST, SpENCNN Table 2) it trains the dense baseline
+(cached), then applies every method within the accuracy budget (default 0.5 points):
+
+* dense; plaintext-domain baselines: non-structured (global magnitude) and channel pruning;
+* SpENCNN: sub-block pruning (Algorithm 1), HE-group convolution at G = 2, 4, ..., G_base, and
+  combined (HE-group at G_base + sub-block);
+* Hunter-style structured magnitude pruning aligned to the packing;
+* Artemis positional and diagonal pruning (group-Lasso training, threshold, fine-tune).
+
+Each result is compiled to the map layout (multi-channel packing, ``fheprune.layouts.channels``)
+on automatically chosen 128-bit parameters and run encrypted: the client encrypts test images,
+the server computes on ciphertexts only, the client decrypts. A row records rotations and other
+operations left against dense (HE-Pmult, HE-add, HE-Cmult, from the executor's own counts,
+which must equal the cost model's), weight sparsity (against the dense, ungrouped weights),
+test accuracy, measured server latency per image, speedup against dense measured in the same
+run, and encrypted-vs-plaintext argmax agreement. Per layer it records the executed rotations
+beside the layout's lower bound (``rotation_lower_bound`` of the cost model: the baby-step
+giant-step counting bound, 2*sqrt(|D|) - 2 for one ciphertext in and out; ceil(log2 area) per
+ciphertext for a window sum).
+
+Writes ``--out`` (JSON ``{"rows": [...], "layers": [...], "machine": ..., ...}``, atomically
+after every method; trained models are cached in the work directory, so an interrupted run
+resumes where it stopped) and a Markdown table beside it. ``--quick``: LeNet-like only, a
+6,000-image training subset and short schedules, two encrypted images per method (under ten
+minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fheprune.pruning import rotation_aware as ra
+from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.runtime.compiler import CompiledModel, compile_model
+from fheprune.runtime.params import choose_parameters
+from fheprune.runtime.pipeline import encrypted_run
+from fheprune.training.config import default_config
+from fheprune.training.data import load_loaders
+from fheprune.training.metrics import evaluate
+from fheprune.training.trainer import train
+
+LOG = logging.getLogger("rotation_aware")
+
+# The heavy part of an encrypted run is the encoded plaintexts; runs whose plaintexts would
+# exceed this many bytes are reported from the cost model only (latency null).
+PLAINTEXT_LIMIT_BYTES = 12 * 2**30
+OTHER_OPS = ("mul_plain", "add", "add_plain", "multiply")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    train_epochs: int
+    limit: int | None
+    test_limit: int | None
+    finetune_epochs: int
+    per_iteration: int
+    reg_epochs: int
+    search_steps: int
+    group_epochs: int
+    images: int
+    repeats: int
+
+
+QUICK = Schedule(
+    train_epochs=4,
+    limit=6000,
+    test_limit=2000,
+    finetune_epochs=1,
+    per_iteration=12,
+    reg_epochs=1,
+    search_steps=3,
+    group_epochs=1,
+    images=2,
+    repeats=1,
+)
+FULL = Schedule(
+    train_epochs=10,
+    limit=20000,
+    test_limit=None,
+    finetune_epochs=1,
+    per_iteration=8,
+    reg_epochs=2,
+    search_steps=4,
+    group_epochs=2,
+    images=4,
+    repeats=2,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="LeNet-like, short schedules")
+    p.add_argument("--models", nargs="+", default=["lenet"])
+    p.add_argument("--methods", nargs="+", default=None, help="default: all")
+    p.add_argument("--budget", type=float, default=0.005, help="accuracy points (0.005 = 0.5%%)")
+    p.add_argument("--images", type=int, default=None, help="encrypted test images per method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--work-dir", type=Path, default=None, help="trained-model cache")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def slots_for(model: nn.Module) -> int:
+    """The slots the compiler will choose for this model (its depth picks the ring)."""
+    from fheprune.runtime.compiler import _map_levels
+
+    levels = _map_levels(model)
+    return int(choose_parameters(levels, 1024).parameters.poly_degree) // 2
+
+
+class MethodCache:
+    """Trained method results on disk (model state, masks, numbers): a rerun resumes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def load(self, key: str, make: Callable[[int], nn.Module]) -> ra.RotationAwareResult | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        blob = torch.load(path, weights_only=True)
+        model = make(int(blob["groups"]))
+        model.load_state_dict(blob["state"])
+        return ra.RotationAwareResult(
+            method=str(blob["method"]),
+            groups=int(blob["groups"]),
+            model=model,
+            masks={k: v.bool() for k, v in blob["masks"].items()},
+            accuracy=float(blob["accuracy"]),
+            baseline_accuracy=float(blob["baseline_accuracy"]),
+            weight_sparsity=float(blob["weight_sparsity"]),
+            alive_units={
+                k: (int(v[0]), int(v[1])) for k, v in json.loads(blob["alive_units"]).items()
+            },
+            unit_kind=str(blob["unit_kind"]),
+        )
+
+    def save(self, key: str, r: ra.RotationAwareResult) -> None:
+        blob = {
+            "method": r.method,
+            "groups": r.groups,
+            "state": r.model.state_dict(),
+            "masks": dict(r.masks),
+            "accuracy": r.accuracy,
+            "baseline_accuracy": r.baseline_accuracy,
+            "weight_sparsity": r.weight_sparsity,
+            "alive_units": json.dumps({k: list(v) for k, v in r.alive_units.items()}),
+            "unit_kind": r.unit_kind,
+        }
+        tmp = self.path(key).with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(self.path(key))
+
+
+def method_table(
+    dense: nn.Module,
+    make: Callable[[int], nn.Module],
+    harness: ra.TrainerHarness,
+    *,
+    budget: float,
+    baseline: float,
+    slots: int,
+    s: Schedule,
+) -> dict[str, Callable[[], ra.RotationAwareResult]]:
+    """Every method as a thunk: (name -> run it on a copy of the dense model)."""
+    g_base = ra.g_base(make(1), slots)
+    common: dict[str, Any] = {"budget": budget, "baseline": baseline, "slots": slots}
+
+    def fresh() -> nn.Module:
+        return copy.deepcopy(dense)
+
+    table: dict[str, Callable[[], ra.RotationAwareResult]] = {
+        "dense": lambda: ra.RotationAwareResult(
+            "dense", 1, fresh(), {}, baseline, baseline, 0.0, {}, "position"
+        ),
+        "non-structured": lambda: ra.magnitude_prune(
+            fresh(),
+            harness,
+            finetune_epochs=s.finetune_epochs,
+            search_steps=s.search_steps,
+            **common,
+        ),
+        "channel": lambda: ra.channel_prune(
+            fresh(),
+            harness,
+            finetune_epochs=s.finetune_epochs,
+            search_steps=s.search_steps,
+            **common,
+        ),
+        "sub-block": lambda: ra.subblock_prune(
+            fresh(),
+            harness,
+            per_iteration=s.per_iteration,
+            finetune_epochs=s.finetune_epochs,
+            **common,
+        ),
+    }
+    g = 2
+    while g <= g_base:
+        table[f"group-{g}"] = lambda g=g: ra.he_group_conv(  # type: ignore[misc]
+            make,
+            g,
+            harness,
+            epochs=s.group_epochs,
+            dense=dense,
+            baseline=baseline,
+            slots=slots,
+        )
+        g *= 2
+    table["combined"] = lambda: ra.spencnn_prune(
+        dense,
+        make,
+        harness,
+        groups=g_base,
+        group_epochs=s.group_epochs,
+        per_iteration=s.per_iteration,
+        finetune_epochs=s.finetune_epochs,
+        **common,
+    )
+    table["hunter"] = lambda: ra.hunter_prune(
+        fresh(),
+        harness,
+        finetune_epochs=s.finetune_epochs,
+        search_steps=s.search_steps,
+        **common,
+    )
+    for variant, name in (("position", "artemis-positional"), ("diagonal", "artemis-diagonal")):
+        table[name] = lambda variant=variant: ra.artemis_prune(  # type: ignore[misc]
+            fresh(),
+            harness,
+            variant=variant,
+            reg_epochs=s.reg_epochs,
+            finetune_epochs=s.finetune_epochs,
+            search_steps=s.search_steps,
+            **common,
+        )
+    return table
+
+
+def op_totals(layers: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for layer in layers:
+        for k, v in layer["ops"].items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def compile_and_run(
+    model: nn.Module, images: np.ndarray, repeats: int
+) -> tuple[CompiledModel, list[dict[str, Any]], dict[str, Any] | None]:
+    model = copy.deepcopy(model).double().eval()
+    compiled = compile_model(model, layout="map")
+    cost = list(compiled.program.cost())
+    plaintext_bytes = sum(int(c["plaintext_bytes"]) for c in cost)
+    if plaintext_bytes > PLAINTEXT_LIMIT_BYTES:
+        LOG.warning(
+            "plaintexts would take %.1f GiB (> %.0f GiB): counts only, no encrypted run",
+            plaintext_bytes / 2**30,
+            PLAINTEXT_LIMIT_BYTES / 2**30,
+        )
+        return compiled, cost, None
+    run = encrypted_run(compiled, images, calibrate_timings=False, repeats=repeats)
+    with torch.no_grad():
+        plain = model(torch.as_tensor(images, dtype=torch.float64)).numpy()
+    run["agreement"] = float(np.mean(np.argmax(run["outputs"], 1) == np.argmax(plain, 1)))
+    run["max_abs_error"] = float(np.max(np.abs(run["outputs"] - plain)))
+    return compiled, cost, run
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Rotation-aware pruning on our CKKS runtime (SpENCNN Tables 3-5)",
+        "",
+        f"Budget: {report['budget'] * 100:.2f} accuracy points. Parameters per model: "
+        + "; ".join(f"{m}: {p}" for m, p in report["parameters"].items()),
+        "",
+        "| model | method | G | rot left | other left | sparsity | accuracy | latency (s) | "
+        "speedup | agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lat = "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}"
+        spd = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        agr = "-" if r.get("agreement") is None else f"{r['agreement'] * 100:.0f}%"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['groups']} | {r['rot_left'] * 100:.2f}% | "
+            f"{r['other_left'] * 100:.2f}% | {r['sparsity'] * 100:.2f}% | "
+            f"{r['accuracy'] * 100:.2f}% | {lat} | {spd} | {agr} |"
+        )
+    lines += [
+        "",
+        "Rot / other left: the method's executed rotations / other HE operations "
+        f"({', '.join(OTHER_OPS)}) over dense's. Latency: server time per image (fastest of "
+        "the repeats); speedup against dense in the same run.",
+        "",
+        "## Rotations per layer against the lower bound",
+        "",
+        "| model | method | layer | rotations | lower bound | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["layers"]:
+        ratio = "-" if not r["lower_bound"] else f"{r['rotations'] / r['lower_bound']:.2f}"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['layer']} | {r['rotations']} | "
+            f"{r['lower_bound']:.0f} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
+    s = QUICK if args.quick else FULL
+    if args.images is not None:
+        s = Schedule(**{**s.__dict__, "images": args.images})
+    models = ["lenet"] if args.quick else args.models
+    root = Path(__file__).resolve().parent / "results"
+    out = args.out or root / ("rotation_aware_quick.json" if args.quick else "rotation_aware.json")
+    work = args.work_dir or Path("results") / (
+        "rotation-aware-quick" if args.quick else "rotation-aware"
+    )
+    torch.manual_seed(args.seed)
+    report: dict[str, Any] = {
+        "rows": [],
+        "layers": [],
+        "budget": args.budget,
+        "seed": args.seed,
+        "quick": bool(args.quick),
+        "schedule": s.__dict__,
+        "parameters": {},
+        "baseline_accuracy": {},
+        "machine": machine_info(),
+    }
+    started = time.perf_counter()
+    for model_name in models:
+        config = default_config(model_name, "mnist").replace(epochs=s.train_epochs, seed=args.seed)
+        loaders = load_loaders(
+            model_name,
+            "mnist",
+            config,
+            data_dir=args.data_dir,
+            limit=s.limit,
+            test_limit=s.test_limit,
+        )
+        harness = ra.TrainerHarness(loaders, config, split="val")
+
+        make = ra.grouped_builder(model_name, "mnist", seed=args.seed)
+
+        cache = MethodCache(work / model_name)
+        dense_path = cache.path("dense-baseline")
+        dense = make(1)
+        if dense_path.exists():
+            dense.load_state_dict(torch.load(dense_path, weights_only=True))
+        else:
+            LOG.info("%s: training the dense baseline (%d epochs)", model_name, s.train_epochs)
+            train(dense, loaders, config, checkpoint_dir=work / model_name / "dense-ckpt")
+            tmp = dense_path.with_suffix(".tmp")
+            torch.save(dense.state_dict(), tmp)
+            tmp.replace(dense_path)
+        baseline = harness.evaluate(dense)
+        test_loader = loaders.test
+        assert test_loader is not None
+        report["baseline_accuracy"][model_name] = float(
+            evaluate(dense, test_loader, loaders.spec.task)
+        )
+        slots = slots_for(dense)
+        table = method_table(
+            dense, make, harness, budget=args.budget, baseline=baseline, slots=slots, s=s
+        )
+        chosen = args.methods or list(table)
+        images = np.stack([test_loader.dataset[i][0].numpy() for i in range(s.images)])
+        dense_latency: float | None = None
+        dense_ops: dict[str, int] | None = None
+        for method in chosen:
+            if method not in table:
+                raise SystemExit(f"unknown method {method!r}; choose from {', '.join(table)}")
+            t0 = time.perf_counter()
+            result = cache.load(method, make)
+            if result is None:
+                LOG.info("%s / %s: pruning", model_name, method)
+                result = table[method]()
+                cache.save(method, result)
+            test_acc = float(evaluate(result.model, test_loader, loaders.spec.task))
+            compiled, cost, run = compile_and_run(result.model, images, s.repeats)
+            report["parameters"][model_name] = compiled.choice.message.split("using ")[-1]
+            ops = op_totals(cost)
+            if method == "dense":
+                dense_ops = ops
+            assert dense_ops is not None, "run 'dense' first: every row is relative to it"
+            latency = None if run is None else float(run["per_image_s"])
+            if method == "dense":
+                dense_latency = latency
+            row = {
+                "model": model_name,
+                "method": method,
+                "groups": result.groups,
+                "rot_left": ops["rotate"] / max(1, dense_ops["rotate"]),
+                "other_left": sum(ops[k] for k in OTHER_OPS)
+                / max(1, sum(dense_ops[k] for k in OTHER_OPS)),
+                "sparsity": result.weight_sparsity,
+                "accuracy": test_acc,
+                "val_accuracy": result.accuracy,
+                "latency_s": latency,
+                "speedup": None
+                if latency is None or dense_latency is None
+                else dense_latency / latency,
+                "rotations": ops["rotate"],
+                "ops": ops,
+                "ops_match_cost_model": None if run is None else bool(run["ops_match_cost_model"]),
+                "agreement": None if run is None else run["agreement"],
+                "max_abs_error": None if run is None else run["max_abs_error"],
+                "alive_units": result.alive_units,
+                "memory_bytes": None if run is None else run["memory_bytes"],
+                "seconds": time.perf_counter() - t0,
+            }
+            report["rows"] = [
+                r for r in report["rows"] if (r["model"], r["method"]) != (model_name, method)
+            ] + [row]
+            for c in cost:
+                if c["ops"]["rotate"] or c["rotation_lower_bound"]:
+                    report["layers"].append(
+                        {
+                            "model": model_name,
+                            "method": method,
+                            "layer": c["name"],
+                            "kind": c["kind"],
+                            "rotations": int(c["ops"]["rotate"]),
+                            "lower_bound": float(c["rotation_lower_bound"]),
+                        }
+                    )
+            LOG.info(
+                "%s / %s: acc %.2f%%, rot left %.1f%%, latency %s, speedup %s",
+                model_name,
+                method,
+                100 * test_acc,
+                100 * row["rot_left"],
+                "-" if latency is None else f"{latency:.3f}s",
+                "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+            )
+            report["elapsed_s"] = time.perf_counter() - started
+            write_json_atomic(out, report)
+            out.with_suffix(".md").write_text(markdown(report))
+    ratios = [r["rotations"] / r["lower_bound"] for r in report["layers"] if r["lower_bound"] > 0]
+    if ratios:
+        report["worst_rotation_ratio"] = max(ratios)
+        report["median_rotation_ratio"] = statistics.median(ratios)
+    write_json_atomic(out, report)
+    out.with_suffix(".md").write_text(markdown(report))
+    LOG.info("wrote %s (%.0f s)", out, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
