@@ -760,3 +760,19 @@ def test_trainer_adds_the_regularizer_to_the_loss() -> None:
     regularized = train(tiny(), loaders, config, progress=False, regularizer=reg)
     assert calls == [1]
     assert regularized.history[0].train_loss == pytest.approx(plain + 7.0, rel=1e-4)
+
+
+def test_diverging_fine_tune_rejects_the_candidate_instead_of_failing() -> None:
+    """A fine-tuning run that blows up (NaN loss) must score as over budget, not crash."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=64).astype(np.int64)
+    ds = Dataset(images=images, labels=labels, name="random", classes=10, split="train")
+    config = TrainConfig(
+        epochs=1, lr=1e6, batch_size=16, val_fraction=0.25, scheduler="constant", optimizer="sgd"
+    )
+    harness = TrainerHarness(make_loaders(ds, None, "lenet", config), config, progress=False)
+    model = tiny()
+    harness.train(model, epochs=1)  # would raise TrainingDivergedError without the guard
+    assert all(bool(torch.isnan(p).all()) for p in model.parameters())
+    assert harness.evaluate(model) <= 0.5

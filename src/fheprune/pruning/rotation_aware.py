@@ -56,7 +56,7 @@ from fheprune.layouts.channels import (
     plan_layout,
 )
 from fheprune.training import Loaders, TrainConfig, evaluate, train
-from fheprune.training.trainer import Regularizer
+from fheprune.training.trainer import Regularizer, TrainingDivergedError
 
 from .base import Masks, apply_masks, check_fraction, full_masks, prune_count
 
@@ -456,15 +456,23 @@ class TrainerHarness:
     ) -> None:
         if epochs < 1:
             return
-        train(
-            model,
-            self.loaders,
-            self.config.replace(epochs=epochs),
-            masks=masks,
-            regularizer=regularizer,
-            progress=self.progress,
-            device=self.device,
-        )
+        try:
+            train(
+                model,
+                self.loaders,
+                self.config.replace(epochs=epochs),
+                masks=masks,
+                regularizer=regularizer,
+                progress=self.progress,
+                device=self.device,
+            )
+        except TrainingDivergedError as exc:
+            # A candidate whose fine-tuning blows up (polynomial activations can) is a failed
+            # candidate, not a failed experiment: poison it so it scores as over budget.
+            log.warning("training diverged (%s); this candidate is rejected", exc)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
 
 
 def dense_weight_count(model: nn.Module) -> int:
