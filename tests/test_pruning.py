@@ -285,6 +285,27 @@ def test_neuron_l1_scoring_and_explicit_protection() -> None:
     assert sum(_rows_pruned(free["out"])) == 1
 
 
+def test_neuron_input_target_also_prunes_whole_input_columns() -> None:
+    """neuron+input: hidden rows as with "neuron", plus whole columns of the first layer (the
+    network's inputs), ranked together (global) by mean |w|; the output layer stays whole."""
+    w1 = torch.tensor(
+        [[1.0, 0.01, 2.0, 0.02], [3.0, 0.03, -1.0, 0.01], [0.02, 0.01, 0.03, 0.02]]
+    )  # column means: 1.34, 0.017, 1.01, 0.017; row means: 0.76, 1.01, 0.02
+    out = torch.ones(2, 3)
+    masks = MagnitudePruning(3 / 7, scope="global", target="neuron+input")({"h": w1, "out": out})
+    h = masks["h"]
+    assert not bool(h[:, 1].any()) and not bool(h[:, 3].any())  # the two weakest inputs
+    assert not bool(h[2].any())  # the weakest hidden neuron
+    assert bool(h[0, 0]) and bool(h[1, 2])  # everything else stays
+    assert bool(masks["out"].all())
+    # Local scope: the fraction applies to the hidden rows and to the inputs separately.
+    local = MagnitudePruning(0.5, target="neuron+input")({"h": w1, "out": out})
+    assert sum(not bool(local["h"][:, c].any()) for c in range(4)) >= 2
+    # "neuron" alone never removes a column that still has a live row.
+    plain = MagnitudePruning(3 / 7, scope="global", target="neuron")({"h": w1, "out": out})
+    assert all(bool(plain["h"][:2, c].any()) for c in range(4))
+
+
 def test_channel_pruning_removes_whole_output_channels() -> None:
     net = TinyCNN()
     weights = layer_weights(net)

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--target",
         default="neuron",
-        choices=("weight", "neuron"),
+        choices=("weight", "neuron", "neuron+input"),
         help="first-prune target (default neuron: dead neurons also drop rotations)",
     )
     run.add_argument("--scope", default="global", choices=("local", "global"))
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--scope", default="local", choices=("local", "global"))
     prune.add_argument("--criterion", default="l1", choices=("l1", "random"))
-    prune.add_argument("--target", default="weight", choices=("weight", "neuron"))
+    prune.add_argument("--target", default="weight", choices=("weight", "neuron", "neuron+input"))
     prune.add_argument("--reduction", default="avg", choices=("avg", "max", "min"))
     prune.add_argument(
         "--fractions",

@@ -84,10 +84,18 @@ class Target(str, Enum):
 
     WEIGHT = "weight"  # single entries ("Wei")
     NEURON = "neuron"  # an output neuron = a row of W; for a conv, an output channel ("Neu/Chan")
+    # Neurons, and the network's input features too (the first Linear layer's columns: the
+    # pixels an MLP reads). The client's input permutation gathers dead inputs into dead tiles.
+    NEURON_INPUT = "neuron+input"
 
     @property
     def label(self) -> str:
-        return "Wei" if self is Target.WEIGHT else "Neu"
+        return {"weight": "Wei", "neuron": "Neu", "neuron+input": "Neu+In"}[self.value]
+
+    @property
+    def neurons(self) -> bool:
+        """Whether a decision removes whole neurons (rows), not single weights."""
+        return self is not Target.WEIGHT
 
 
 class MaskError(ValueError):
