@@ -131,6 +131,29 @@ def test_lenet_like_plans_seven_levels_on_n16384() -> None:
     assert cost["conv2"]["ops"]["mul_plain"] == 32 * 64 * 25 // 8 // 8
 
 
+def test_dense_lenet_conv2_takes_the_kernel_position_split() -> None:
+    """With phase-packed outputs no modulus splits conv2 into kernel positions (babies) and
+    channel offsets (giants); the lowering's hint does, and it is cheaper: 4 inputs x 24
+    inner rotations + 2 outputs x (8 offsets x 4 phases - 1) outer ones. Zeroing one
+    position unit then removes exactly its inner rotation."""
+    torch.manual_seed(1)
+    model = LeNetLike().double().eval()
+    compiled = compile_model(model, layout="map")
+    conv2 = next(m for m in compiled.program.map_layers() if m["name"] == "conv2")
+    assert conv2["hinted"]
+    cost = {c["name"]: c for c in compiled.program.cost()}
+    assert cost["conv2"]["ops"]["rotate"] == 4 * 24 + 2 * 31
+    unit = compiled.map_spec.plan.layers["conv2"]  # position unit (input ct 1, p = (1, 2))
+    assert unit.inputs.ciphertexts == 4
+    with torch.no_grad():
+        conv = model.get_submodule("conv2")
+        assert isinstance(conv, nn.Conv2d)
+        ct_in, _ = unit.inputs.place(np.arange(32))
+        conv.weight[:, torch.as_tensor(ct_in == 1), 1, 2] = 0.0
+    pruned = {c["name"]: c for c in compile_model(model, layout="map").program.cost()}
+    assert pruned["conv2"]["ops"]["rotate"] == cost["conv2"]["ops"]["rotate"] - 1
+
+
 def test_map_layout_errors_are_typed() -> None:
     model = small_cnn(1)
     with pytest.raises(_core.CompileError, match="permutations"):

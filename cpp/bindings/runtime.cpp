@@ -151,7 +151,7 @@ void bind_runtime(nb::module_& m) {
           "add_map_linear",
           [](rt::Program& p, const std::string& name, std::size_t out_ciphertexts,
              const Index32& out, const Index32& in, const Index64& shift, const Matrix& values,
-             std::optional<Matrix> bias) {
+             std::optional<Matrix> bias, std::optional<Index64> baby) {
             std::span<const double> b;
             std::size_t bias_period = 0;
             if (bias && bias->shape(0) * bias->shape(1) > 0) {
@@ -172,12 +172,14 @@ void bind_runtime(nb::module_& m) {
             p.add_map_linear(name, out_ciphertexts, {out.data(), out.shape(0)},
                              {in.data(), in.shape(0)}, as_sizes(shift),
                              {values.data(), values.shape(0) * values.shape(1)}, values.shape(1),
-                             b, bias_period);
+                             b, bias_period,
+                             baby ? as_sizes(*baby) : std::span<const std::size_t>{});
           },
           "name"_a, "out_ciphertexts"_a, "out_ct"_a, "in_ct"_a, "shift"_a, "values"_a,
-          "bias"_a = nb::none(),
+          "bias"_a = nb::none(), "baby"_a = nb::none(),
           "Terms: values[t] (one period, repeated over the slots) times input in_ct[t] rotated "
-          "by shift[t], summed into output out_ct[t]; bias [out_ciphertexts, period] or None.")
+          "by shift[t], summed into output out_ct[t]; bias [out_ciphertexts, period] or None; "
+          "baby: the compiler's baby step per term (a split hint) or None.")
       .def("add_rotate_sum", &rt::Program::add_rotate_sum, "name"_a, "windows"_a,
            "Per ciphertext, the sum over windows [(count, stride), ...] by rotate-and-add.")
       .def(
@@ -198,6 +200,7 @@ void bind_runtime(nb::module_& m) {
               d["terms"] = m->terms.size();
               d["n1"] = m->n1;
               d["giant_is_residue"] = m->giant_is_residue;
+              d["hinted"] = m->hinted;
               nb::list terms;
               for (const auto& t : m->terms) {
                 terms.append(nb::make_tuple(t.out, t.in, t.shift, t.baby, t.giant));

@@ -226,6 +226,66 @@ TEST(MapLayout, ConvolutionSplitsIntoKernelAndChannelRotations) {
   EXPECT_EQ(pruned_run.stats.total().mul_plain, 2u * 2u * 9u * 4u - 2u * 4u);
 }
 
+// With phase-shifted giants (r * block - phase) no modulus gives the natural split; the
+// compiler's hint (kernel positions as babies) is taken when it is not more expensive, and
+// files keep it.
+TEST(MapLayout, BabyHintsGiveTheKernelPositionSplit) {
+  const std::size_t slots = 512, block = 128, grid_w = 16;
+  Terms t;
+  t.outs = 1;
+  t.period = 1;
+  std::vector<std::size_t> hint;
+  for (std::uint32_t i = 0; i < 4; ++i) {
+    for (std::size_t dy = 0; dy < 3; ++dy) {
+      for (std::size_t dx = 0; dx < 3; ++dx) {
+        for (std::size_t r = 0; r < 4; ++r) {
+          for (std::size_t phase : {0UL, 1UL, grid_w, grid_w + 1}) {
+            const std::size_t p = dy * 2 * grid_w + dx * 2;
+            t.out.push_back(0);
+            t.in.push_back(i);
+            t.shift.push_back((p + r * block + slots - phase) % slots);
+            t.values.push_back(0.1 + 0.01 * static_cast<double>(t.out.size() % 7));
+            hint.push_back(p);
+          }
+        }
+      }
+    }
+  }
+  Program plain = Program::map(params(2 * slots, 1), 4);
+  add(plain, "conv", t);
+  Program hinted = Program::map(params(2 * slots, 1), 4);
+  hinted.add_map_linear("conv", t.outs, t.out, t.in, t.shift, t.values, t.period, {}, 0, hint);
+  const auto& m = std::get<MapLinear>(hinted.layers()[0]);
+  ASSERT_TRUE(m.hinted);
+  // 4 inputs x 8 kernel positions + 1 output x (16 channel-offset/phase giants - 1).
+  const auto rotations = [](const Program& p) { return estimate_cost(p, 1)[0].ops.rotate; };
+  EXPECT_EQ(rotations(hinted), 4u * 8u + 15u);
+  EXPECT_LE(rotations(hinted), rotations(plain));
+  for (const MapTerm& term : m.terms) EXPECT_EQ(term.baby % 2, 0u);
+  const Slots x = random_inputs(4, slots, 21);
+  EXPECT_LT(max_abs_diff(simulate(hinted, x).y[0], simulate(plain, x).y[0]), 1e-9);
+  // Files keep the split.
+  const Program back = Program::load(hinted.save());
+  EXPECT_TRUE(std::get<MapLinear>(back.layers()[0]).hinted);
+  EXPECT_EQ(back.save(), hinted.save());
+  // A hint that costs more than the best modular split is not taken.
+  std::vector<std::size_t> bad(t.shift.size());
+  for (std::size_t k = 0; k < bad.size(); ++k) bad[k] = (t.shift[k] * 7 + 3) % slots;
+  Program worse = Program::map(params(2 * slots, 1), 4);
+  worse.add_map_linear("conv", t.outs, t.out, t.in, t.shift, t.values, t.period, {}, 0, bad);
+  EXPECT_FALSE(std::get<MapLinear>(worse.layers()[0]).hinted);
+  EXPECT_EQ(rotations(worse), rotations(plain));
+  // Malformed hints are refused.
+  std::vector<std::size_t> short_hint(hint.begin(), hint.end() - 1);
+  Program q = Program::map(params(2 * slots, 1), 4);
+  EXPECT_THROW(q.add_map_linear("c", 1, t.out, t.in, t.shift, t.values, 1, {}, 0, short_hint),
+               CompileError);
+  std::vector<std::size_t> big = hint;
+  big[0] = slots;
+  EXPECT_THROW(q.add_map_linear("c", 1, t.out, t.in, t.shift, t.values, 1, {}, 0, big),
+               CompileError);
+}
+
 TEST(MapLayout, DeadOutputsAreConstantsAndZeroInputsCostNothing) {
   const std::size_t slots = 512;
   Terms a;

@@ -81,11 +81,29 @@ SplitChoice choose_split(const std::vector<MapTerm>& terms, std::size_t n_in, st
 
 }  // namespace
 
+// Distinct non-zero babies per input plus distinct non-zero giants per output.
+std::size_t split_rotations(const std::vector<MapTerm>& terms, std::size_t n_in,
+                            std::size_t n_out) {
+  std::vector<std::vector<std::size_t>> babies(n_in), giants(n_out);
+  for (const MapTerm& t : terms) {
+    if (t.baby) babies[t.in].push_back(t.baby);
+    if (t.giant) giants[t.out].push_back(t.giant);
+  }
+  std::size_t total = 0;
+  for (auto* sets : {&babies, &giants}) {
+    for (auto& v : *sets) {
+      std::sort(v.begin(), v.end());
+      total += static_cast<std::size_t>(std::unique(v.begin(), v.end()) - v.begin());
+    }
+  }
+  return total;
+}
+
 void Program::add_map_linear(const std::string& name, std::size_t out_ciphertexts,
                              std::span<const std::uint32_t> out, std::span<const std::uint32_t> in,
                              std::span<const std::size_t> shift, std::span<const double> values,
                              std::size_t period, std::span<const double> bias,
-                             std::size_t bias_period) {
+                             std::size_t bias_period, std::span<const std::size_t> baby_hint) {
   if (layout_ != Layout::kMap) {
     throw CompileError("layer '" + name + "': diagonal terms need a map-layout program");
   }
@@ -106,6 +124,9 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
   const std::size_t count = out.size();
   if (in.size() != count || shift.size() != count) {
     throw CompileError(where + "out, in and shift must have one entry per term");
+  }
+  if (!baby_hint.empty() && baby_hint.size() != count) {
+    throw CompileError(where + "baby_hint must be empty or have one entry per term");
   }
   if (count > 0) check_period(period, "value");
   if (values.size() != count * (count > 0 ? period : 0)) {
@@ -129,7 +150,13 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
   }
   // Merge equal (out, in, shift) terms; drop the ones that are zero everywhere.
   std::map<std::tuple<std::uint32_t, std::uint32_t, std::size_t>, std::vector<double>> merged;
+  std::map<std::tuple<std::uint32_t, std::uint32_t, std::size_t>, std::size_t> hint_of;
   for (std::size_t t = 0; t < count; ++t) {
+    if (!baby_hint.empty() && baby_hint[t] >= slots) {
+      throw CompileError(where + "baby_hint " + std::to_string(baby_hint[t]) + " of term " +
+                         std::to_string(t) + " is not below the " + std::to_string(slots) +
+                         " slots");
+    }
     if (out[t] >= out_ciphertexts || in[t] >= n_in || shift[t] >= slots) {
       throw CompileError(where + "term " + std::to_string(t) + " (out " + std::to_string(out[t]) +
                          ", in " + std::to_string(in[t]) + ", shift " + std::to_string(shift[t]) +
@@ -139,6 +166,14 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
     }
     auto [it, fresh] = merged.try_emplace({out[t], in[t], shift[t]}, values.begin() + t * period,
                                           values.begin() + (t + 1) * period);
+    if (!baby_hint.empty()) {
+      auto [h, first] = hint_of.try_emplace(it->first, baby_hint[t]);
+      if (!first && h->second != baby_hint[t]) {
+        throw CompileError(where + "merged terms (out " + std::to_string(out[t]) + ", in " +
+                           std::to_string(in[t]) + ", shift " + std::to_string(shift[t]) +
+                           ") carry different baby hints");
+      }
+    }
     if (!fresh) {
       for (std::size_t j = 0; j < period; ++j) it->second[j] += values[t * period + j];
     }
@@ -161,6 +196,19 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
     const std::size_t residue = t.shift % l.n1;
     t.giant = l.giant_is_residue ? residue : t.shift - residue;
     t.baby = t.shift - t.giant;
+  }
+  if (!baby_hint.empty()) {
+    // The compiler's split, when it needs no more rotations (ties go to it: its rotations
+    // line up with the layout's units, so pruning a unit removes its rotation).
+    std::vector<MapTerm> hinted = l.terms;
+    for (MapTerm& t : hinted) {
+      t.baby = hint_of.at({t.out, t.in, t.shift});
+      t.giant = (t.shift + slots - t.baby) % slots;
+    }
+    if (split_rotations(hinted, n_in, out_ciphertexts) <= split.rotations) {
+      l.terms = std::move(hinted);
+      l.hinted = true;
+    }
   }
   std::sort(l.terms.begin(), l.terms.end(), [](const MapTerm& a, const MapTerm& b) {
     return std::tie(a.out, a.giant, a.in, a.baby) < std::tie(b.out, b.giant, b.in, b.baby);

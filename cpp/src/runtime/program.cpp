@@ -580,6 +580,7 @@ Bytes Program::save() const {
         w.u64(t.out);
         w.u64(t.in);
         w.u64(t.shift);
+        w.u64(t.baby);  // the split, handed back as a hint when loading
         w.f64s(t.values);
       }
       std::size_t bias_period = 0;
@@ -676,7 +677,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         const std::uint64_t terms = read_bounded(r, 0, kMaxExpandedValues / slots, "term count");
         const std::uint64_t period = read_bounded(r, terms ? 1 : 0, slots, "term period");
         std::vector<std::uint32_t> out_idx(terms), in_idx(terms);
-        std::vector<std::size_t> shift(terms);
+        std::vector<std::size_t> shift(terms), baby(terms);
         std::vector<double> values;
         values.reserve(terms * period);
         for (std::uint64_t t = 0; t < terms; ++t) {
@@ -684,6 +685,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
           in_idx[t] = static_cast<std::uint32_t>(
               read_bounded(r, 0, kMaxMapCiphertexts, "term input"));
           shift[t] = read_bounded(r, 0, slots - 1, "term shift");
+          baby[t] = read_bounded(r, 0, slots - 1, "term baby step");
           if (r.remaining() < period * 8) throw ckks::SerializationError("truncated program data");
           values.resize(values.size() + period);
           if (period) r.f64s(values.data() + t * period, period);
@@ -699,7 +701,8 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
               std::to_string(expanded) + " slot values in memory, more than the " +
               std::to_string(kMaxExpandedValues) + " a program file may expand to");
         }
-        p.add_map_linear(name, outs, out_idx, in_idx, shift, values, period, bias, bias_period);
+        p.add_map_linear(name, outs, out_idx, in_idx, shift, values, period, bias, bias_period,
+                         baby);
         continue;
       }
       if (kind == 5 && p.layout() == Layout::kMap) {

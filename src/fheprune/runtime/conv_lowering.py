@@ -85,6 +85,10 @@ class MapLinearOp:
     shift: IntArray  # [T], in [0, slots)
     values: FloatArray  # [T, period]
     bias: FloatArray  # [out_ciphertexts, bias_period], or [0, 0]: no bias
+    # The convolution's own split: term t's inner (baby) rotation, the kernel position's
+    # offset (plus the input phase); the rest of the shift is the channel offset (giant).
+    # The C++ program takes it when no modular split needs fewer rotations. None: no hint.
+    baby: IntArray | None = None
 
     @property
     def terms(self) -> int:
@@ -131,6 +135,10 @@ class MapLinearOp:
             raise CompileError(f"{where}: terms with equal (out_ct, in_ct, shift) not merged")
         if not np.all(np.any(self.values != 0.0, axis=1)):
             raise CompileError(f"{where}: an all-zero term")
+        if self.baby is not None and (
+            self.baby.shape != (t,) or self.baby.min() < 0 or self.baby.max() >= slots
+        ):
+            raise CompileError(f"{where}: baby hints must be one slot offset per term")
 
 
 @dataclass
@@ -262,11 +270,14 @@ def _lower_conv(
     nz = w != 0.0
     co = np.broadcast_to(np.arange(c_out)[:, None, None, None], w.shape)[nz]
     out_ct, in_ct, shifts, values = _terms(key[nz], w[nz], valid_cols[co], n_in, inp.slots)
+    inner = (p_offset[None, None] + inp.phase_offset(ci)[:, :, None, None]) % inp.slots
+    _, first = np.unique(key[nz], return_index=True)  # the order _terms uses
+    baby = np.asarray(np.broadcast_to(inner, w.shape)[nz][first], dtype=np.int64)
 
     bias = np.zeros((out.ciphertexts, out.slots))
     rows = np.broadcast_to(ct_rows, valid_cols.shape)
     bias[rows, valid_cols] = bias_map.reshape(c_out, -1)
-    op = MapLinearOp(name, out.ciphertexts, out_ct, in_ct, shifts, values, bias)
+    op = MapLinearOp(name, out.ciphertexts, out_ct, in_ct, shifts, values, bias, baby)
     return _Linear(op, rows.ravel(), valid_cols.ravel())
 
 
@@ -312,6 +323,8 @@ def _finish(op: MapLinearOp) -> None:
     if not keep.all():
         op.out_ct, op.in_ct, op.shift = op.out_ct[keep], op.in_ct[keep], op.shift[keep]
         op.values = op.values[keep]
+        if op.baby is not None:
+            op.baby = op.baby[keep]
     op.values = np.ascontiguousarray(op.values[:, : _period(op.values)])
     if not np.any(op.bias != 0.0):
         op.bias = np.zeros((0, 0))
@@ -527,6 +540,7 @@ def build_program(spec: MapProgramSpec, parameters: Any) -> Any:
                 np.ascontiguousarray(op.shift, dtype=np.uint64),
                 np.ascontiguousarray(op.values, dtype=np.float64),
                 np.ascontiguousarray(op.bias, dtype=np.float64) if op.bias.size else None,
+                None if op.baby is None else np.ascontiguousarray(op.baby, dtype=np.uint64),
             )
         elif isinstance(op, RotateSumOp):
             program.add_rotate_sum(op.name, [(int(c), int(s)) for c, s in op.windows])

@@ -28,7 +28,8 @@
 // lives and hands over each linear layer as its non-zero generalized diagonals between
 // ciphertexts: y_o = sum over terms (o, i, k) of d * rot(x_i, k) + bias_o. The program picks
 // one baby-step / giant-step split per layer, k = baby + giant, searched over all moduli n1
-// (baby = k mod n1 or giant = k mod n1), so that input i's rotations by its babies are hoisted
+// (baby = k mod n1 or giant = k mod n1) and the compiler's own split (kernel positions as
+// babies, channel offsets as giants), so that input i's rotations by its babies are hoisted
 // and shared by every output, and output o rotates each giant-step partial sum once. A
 // multi-channel convolution is exactly this: kernel positions are the inner (baby) rotations,
 // channel offsets the outer (giant) ones, and a term exists only when a non-zero weight needs
@@ -113,6 +114,7 @@ struct MapLinear {
   std::size_t in_ciphertexts = 0, out_ciphertexts = 0;
   std::size_t n1 = 1;              // the split modulus
   bool giant_is_residue = false;   // false: baby = shift mod n1; true: giant = shift mod n1
+  bool hinted = false;             // the compiler's split (baby_hint) was taken instead
   std::vector<MapTerm> terms;      // non-zero, sorted by (out, giant, in, baby)
   std::vector<std::vector<double>> bias;  // per output: one period; empty: no bias
 };
@@ -151,10 +153,14 @@ class Program {
   // values[t * period .. (t + 1) * period) (repeated over the slots) times it into output
   // out[t]. Terms with equal (out, in, shift) are summed; all-zero terms are dropped. `bias`
   // holds out_ciphertexts * bias_period values (empty: none).
+  // `baby_hint` (empty, or one entry per term): a split the compiler knows, e.g. kernel
+  // positions as babies and channel offsets as giants (giant = shift - baby mod slots). The
+  // program takes it when it needs no more rotations than the best modular split.
   void add_map_linear(const std::string& name, std::size_t out_ciphertexts,
                       std::span<const std::uint32_t> out, std::span<const std::uint32_t> in,
                       std::span<const std::size_t> shift, std::span<const double> values,
-                      std::size_t period, std::span<const double> bias, std::size_t bias_period);
+                      std::size_t period, std::span<const double> bias, std::size_t bias_period,
+                      std::span<const std::size_t> baby_hint = {});
   void add_rotate_sum(const std::string& name,
                       const std::vector<std::pair<std::size_t, std::size_t>>& windows);
   // Map layout: output feature f is slot slot[f] of output ciphertext ct[f].
@@ -207,6 +213,11 @@ class Program {
   std::vector<std::size_t> out_slot_;
   std::vector<Layer> layers_;
 };
+
+// Rotations a map layer's split costs: distinct non-zero babies per input ciphertext plus
+// distinct non-zero giants per output ciphertext.
+std::size_t split_rotations(const std::vector<MapTerm>& terms, std::size_t n_in,
+                            std::size_t n_out);
 
 // The rotation steps of a window sum, in the order the executor performs them.
 std::vector<long> window_sum_steps(const RotateSum& r);
