@@ -7,8 +7,9 @@ For each model (default: LeNet-like on MNIST, SpENCNN Table 2) it trains the den
 
 * dense; plaintext-domain baselines: non-structured (global magnitude) and channel pruning;
 * SpENCNN: sub-block pruning (Algorithm 1), HE-group convolution at G = 2, 4, ..., G_base, and
-  combined (HE-group convolution + sub-block pruning: G_base, or the largest G whose grouping
-  alone leaves half the budget);
+  combined (sub-block pruning of the HE-group network at G_base, or at the largest G whose
+  grouping alone leaves half the budget); grouped networks train from scratch on the dense
+  model's schedule, as in SpENCNN;
 * Hunter-style structured magnitude pruning aligned to the packing;
 * Artemis positional and diagonal pruning (group-Lasso training, threshold, fine-tune).
 
@@ -75,7 +76,6 @@ class Schedule:
     per_iteration: int
     reg_epochs: int
     search_steps: int
-    group_epochs: int
     images: int
     repeats: int
 
@@ -88,7 +88,6 @@ QUICK = Schedule(
     per_iteration=12,
     reg_epochs=1,
     search_steps=3,
-    group_epochs=1,
     images=2,
     repeats=1,
 )
@@ -100,7 +99,6 @@ FULL = Schedule(
     per_iteration=12,
     reg_epochs=2,
     search_steps=4,
-    group_epochs=10,
     images=4,
     repeats=2,
 )
@@ -181,22 +179,45 @@ def method_table(
     dense: nn.Module,
     make: Callable[[int], nn.Module],
     harness: ra.TrainerHarness,
+    train_harness: ra.TrainerHarness,
     *,
     budget: float,
     baseline: float,
     slots: int,
     s: Schedule,
-    combined_groups: Callable[[], int] | None = None,
+    grouped: Callable[[], ra.RotationAwareResult] | None = None,
 ) -> dict[str, Callable[[], ra.RotationAwareResult]]:
     """Every method as a thunk: (name -> run it on a copy of the dense model).
 
-    ``combined_groups`` picks the combined method's G (default: G_base).
+    ``harness`` fine-tunes (pruning); ``train_harness`` trains from scratch, with the dense
+    model's schedule (HE-group convolution: the grouped network is its own architecture, as in
+    SpENCNN). ``grouped`` gives the HE-group result the combined method starts from (default:
+    train one at G_base).
     """
     g_base = ra.g_base(make(1), slots)
     common: dict[str, Any] = {"budget": budget, "baseline": baseline, "slots": slots}
 
     def fresh() -> nn.Module:
         return copy.deepcopy(dense)
+
+    def group(g: int) -> ra.RotationAwareResult:
+        return ra.he_group_conv(
+            make, g, train_harness, epochs=s.train_epochs, baseline=baseline, slots=slots
+        )
+
+    def combined() -> ra.RotationAwareResult:
+        """SpENCNN's combination: sub-block pruning of the HE-group network, the budget
+        still counted against the dense model."""
+        base = grouped() if grouped is not None else group(g_base)
+        return ra.subblock_prune(
+            copy.deepcopy(base.model),
+            harness,
+            per_iteration=s.per_iteration,
+            finetune_epochs=s.finetune_epochs,
+            max_iterations=0 if baseline - base.accuracy > budget else None,
+            method="combined",
+            **common,
+        )
 
     table: dict[str, Callable[[], ra.RotationAwareResult]] = {
         "dense": lambda: ra.RotationAwareResult(
@@ -226,26 +247,9 @@ def method_table(
     }
     g = 2
     while g <= g_base:
-        table[f"group-{g}"] = lambda g=g: ra.he_group_conv(  # type: ignore[misc]
-            make,
-            g,
-            harness,
-            epochs=s.group_epochs,
-            dense=dense,
-            baseline=baseline,
-            slots=slots,
-        )
+        table[f"group-{g}"] = lambda g=g: group(g)  # type: ignore[misc]
         g *= 2
-    table["combined"] = lambda: ra.spencnn_prune(
-        dense,
-        make,
-        harness,
-        groups=combined_groups() if combined_groups is not None else g_base,
-        group_epochs=s.group_epochs,
-        per_iteration=s.per_iteration,
-        finetune_epochs=s.finetune_epochs,
-        **common,
-    )
+    table["combined"] = combined
     table["hunter"] = lambda: ra.hunter_prune(
         fresh(),
         harness,
@@ -412,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # Fine-tuning pruned polynomial networks at the training rate can diverge.
         harness = ra.TrainerHarness(loaders, config.replace(lr=1e-3), split="val")
+        train_harness = ra.TrainerHarness(loaders, config, split="val")
 
         make = ra.grouped_builder(model_name, "mnist", seed=args.seed)
 
@@ -435,35 +440,35 @@ def main(argv: list[str] | None = None) -> int:
         slots = slots_for(dense)
         prepared: dict[str, tuple[ra.RotationAwareResult, nn.Module, CompiledModel, Any]] = {}
 
-        def combined_groups(
+        def grouped(
             baseline: float = baseline,
             prepared: dict[str, Any] = prepared,
-            make: Callable[[int], nn.Module] = make,
-            slots: int = slots,
-        ) -> int:
-            """SpENCNN combines sub-block pruning with HE-group convolution at G_base; when
-            grouping alone spends more than half the budget (our G_base is 8 at N = 16384,
-            SpENCNN's LeNet ran at G_base = 4), take the largest G that leaves half of it."""
-            losses = {
-                r.groups: baseline - r.accuracy
-                for name, (r, *_rest) in prepared.items()
-                if name.startswith("group-")
+        ) -> ra.RotationAwareResult:
+            """The HE-group result the combined method prunes further. SpENCNN uses G_base;
+            when grouping alone spends more than half the budget (our G_base is 8 at
+            N = 16384; SpENCNN's LeNet ran at G_base = 4), the largest G that leaves half of
+            it, so that sub-block pruning has budget left."""
+            results = {
+                r.groups: r for name, (r, *_rest) in prepared.items() if name.startswith("group-")
             }
+            if not results:
+                raise SystemExit("the combined method needs the group-G methods before it")
             for limit in (args.budget / 2, args.budget):
-                fits = [g for g, loss in losses.items() if loss <= limit]
+                fits = [g for g, r in results.items() if baseline - r.accuracy <= limit]
                 if fits:
-                    return max(fits)
-            return max(losses) if losses else ra.g_base(make(1), slots)
+                    return results[max(fits)]
+            return results[max(results)]
 
         table = method_table(
             dense,
             make,
             harness,
+            train_harness,
             budget=args.budget,
             baseline=baseline,
             slots=slots,
             s=s,
-            combined_groups=combined_groups,
+            grouped=grouped,
         )
         chosen = args.methods or list(table)
         if chosen[0] != "dense":
