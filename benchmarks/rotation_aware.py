@@ -27,7 +27,7 @@ ciphertext for a window sum).
 Writes ``--out`` (JSON ``{"rows": [...], "layers": [...], "machine": ..., ...}``, atomically
 after every method; trained models are cached in the work directory, so an interrupted run
 resumes where it stopped) and a Markdown table beside it. ``--quick``: LeNet-like only, a
-6,000-image training subset and short schedules, two encrypted images per method (under ten
+10,000-image training subset and short schedules, two encrypted images per method (under ten
 minutes on 2 cores).
 """
 

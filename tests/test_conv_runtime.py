@@ -177,7 +177,19 @@ def test_map_layout_errors_are_typed() -> None:
     client = Client(ClientSpec.from_compiled(compiled))
     with pytest.raises(_core.CompileError, match="images"):
         client.encrypt(np.zeros((2, 10)))
+    for bad in (np.zeros((1, 2, 8, 8)), np.zeros((2, 1, 4, 8)), np.zeros((0, 1, 8, 8))):
+        with pytest.raises(_core.CompileError, match="images"):
+            client.encrypt(bad)  # right size, wrong shape (or no image): never re-cut
+    pooled = small_cnn(1)
+    pooled.pool1 = nn.AvgPool2d(2, divisor_override=1)
+    with pytest.raises(_core.CompileError, match="divisor_override"):
+        compile_model(pooled, layout="map", parameters=params(2048, 5))
     d = json.loads(ClientSpec.from_compiled(compiled).to_json())
+    for field, value in (("output_map", [["0"], ["1"]]), ("output_ciphertexts", "1")):
+        strict = json.loads(ClientSpec.from_compiled(compiled).to_json())
+        strict[field] = value  # strings where integers belong are refused, not coerced
+        with pytest.raises(SpecError, match="integer"):
+            ClientSpec.from_json(json.dumps(strict))
     d["input_packing"]["lanes"] = 3  # not a power of two
     with pytest.raises(SpecError, match="powers of two"):
         ClientSpec.from_json(json.dumps(d))

@@ -372,6 +372,11 @@ TEST(MapLayout, FilesRoundTrip) {
   EXPECT_EQ(simulate(q, x).y, simulate(p, x).y);
   ckks::Bytes truncated(bytes.begin(), bytes.end() - 24);
   EXPECT_THROW(Program::load(truncated), ckks::SerializationError);
+  // A layer without terms between many ciphertexts needs no split search, and its file
+  // round-trips.
+  Program wide = Program::map(params(2 * slots, 1), 4096);
+  wide.add_map_linear("empty", 4096, {}, {}, {}, {}, 0, {}, 0);
+  EXPECT_EQ(Program::load(wide.save()).save(), wide.save());
 }
 
 TEST(MapLayout, RejectsBadTermsWithClearErrors) {

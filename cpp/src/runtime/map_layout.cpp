@@ -41,10 +41,13 @@ std::size_t distinct_nonzero(const std::vector<std::vector<std::size_t>>& sets, 
 
 // The split k = baby + giant with the fewest rotations: babies are counted once per input
 // ciphertext (hoisted, shared by all outputs), giants once per output ciphertext. Searched
-// over every modulus n1 (both ways round) when that is cheap, else over powers of two; ties go
-// to fewer giant steps (they are not hoisted), then the smaller n1.
+// over every modulus n1 (both ways round) when that is cheap (distinct shifts x slots <=
+// 2^28), else over powers of two; ties go to fewer giant steps (they are not hoisted), then
+// the smaller n1. A layer without terms needs no search.
 SplitChoice choose_split(const std::vector<MapTerm>& terms, std::size_t n_in, std::size_t n_out,
                          std::size_t slots) {
+  SplitChoice best;
+  if (terms.empty()) return {1, false, 0, 0};
   std::vector<std::vector<std::size_t>> per_in(n_in), per_out(n_out);
   for (const MapTerm& t : terms) {
     per_in[t.in].push_back(t.shift);
@@ -55,12 +58,14 @@ SplitChoice choose_split(const std::vector<MapTerm>& terms, std::size_t n_in, st
     for (auto& v : *sets) {
       std::sort(v.begin(), v.end());
       v.erase(std::unique(v.begin(), v.end()), v.end());
-      work += v.size();
+      work += v.size() + 1;
     }
+    // Ciphertexts without terms cost nothing; keep them out of the search's loops.
+    sets->erase(std::remove_if(sets->begin(), sets->end(), [](const auto& v) { return v.empty(); }),
+                sets->end());
   }
   std::vector<std::uint32_t> stamp(slots, 0);
   std::uint32_t epoch = 0;
-  SplitChoice best;
   const bool exhaustive = work * slots <= (std::size_t{1} << 28);
   for (std::size_t n1 = 1; n1 <= slots; n1 = exhaustive ? n1 + 1 : n1 * 2) {
     for (bool residue_giant : {false, true}) {
@@ -206,8 +211,14 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
       t.giant = (t.shift + slots - t.baby) % slots;
     }
     if (split_rotations(hinted, n_in, out_ciphertexts) <= split.rotations) {
+      // Reported as the compiler's split only when it differs from the modular one (a
+      // loaded file hands every split back as a hint).
+      bool differs = false;
+      for (std::size_t k = 0; k < hinted.size() && !differs; ++k) {
+        differs = hinted[k].baby != l.terms[k].baby;
+      }
       l.terms = std::move(hinted);
-      l.hinted = true;
+      l.hinted = differs;
     }
   }
   std::sort(l.terms.begin(), l.terms.end(), [](const MapTerm& a, const MapTerm& b) {

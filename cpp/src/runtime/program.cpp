@@ -676,6 +676,16 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         const std::uint64_t outs = read_bounded(r, 1, kMaxMapCiphertexts, "output ciphertexts");
         const std::uint64_t terms = read_bounded(r, 0, kMaxExpandedValues / slots, "term count");
         const std::uint64_t period = read_bounded(r, terms ? 1 : 0, slots, "term period");
+        // Nothing is allocated before the file is known to hold it (4 words + values a term).
+        if (r.remaining() / (32 + period * 8) < terms) {
+          throw ckks::SerializationError("truncated program data");
+        }
+        expanded += terms * slots;
+        if (expanded > kMaxExpandedValues) {
+          throw ckks::SerializationError(
+              "program too large: its layers up to '" + name + "' would hold more than the " +
+              std::to_string(kMaxExpandedValues) + " slot values a program file may expand to");
+        }
         std::vector<std::uint32_t> out_idx(terms), in_idx(terms);
         std::vector<std::size_t> shift(terms), baby(terms);
         std::vector<double> values;
@@ -691,10 +701,12 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
           if (period) r.f64s(values.data() + t * period, period);
         }
         const std::uint64_t bias_period = read_bounded(r, 0, slots, "bias period");
+        if (r.remaining() / 8 < outs * bias_period) {
+          throw ckks::SerializationError("truncated program data");
+        }
         std::vector<double> bias(outs * bias_period);
-        if (r.remaining() < bias.size() * 8) throw ckks::SerializationError("truncated program data");
         if (!bias.empty()) r.f64s(bias.data(), bias.size());
-        expanded += (terms + (bias_period ? outs : 0)) * slots;
+        expanded += (bias_period ? outs : 0) * slots;
         if (expanded > kMaxExpandedValues) {
           throw ckks::SerializationError(
               "program too large: its layers up to '" + name + "' would hold " +

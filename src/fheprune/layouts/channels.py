@@ -511,12 +511,19 @@ def plan_layout(
         elif isinstance(m, nn.AvgPool2d):
             if not isinstance(current, ChannelPacking):
                 raise LayoutError(f"pool '{name}' after a flatten is not supported")
-            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            p = m.padding if isinstance(m.padding, int) else m.padding[0]
-            if p or s != k or m.ceil_mode:
+
+            def square(v: object) -> int | None:
+                if isinstance(v, int):
+                    return v
+                if isinstance(v, tuple | list) and len(v) == 2 and v[0] == v[1]:
+                    return int(v[0])
+                return None
+
+            k, s, p = square(m.kernel_size), square(m.stride), square(m.padding)
+            if k is None or p or s != k or m.ceil_mode or m.divisor_override is not None:
                 raise LayoutError(
-                    f"pool '{name}': average pooling with stride = kernel and no padding only"
+                    f"pool '{name}': average pooling with a square kernel, stride = kernel, no "
+                    "padding and no divisor_override only"
                 )
             out = replace(
                 current,

@@ -387,7 +387,12 @@ def _compile_map(
         spec = lower_conv_model(model, slots, tuple(int(v) for v in shape))  # type: ignore[arg-type]
     except LayoutError as exc:
         raise CompileError(str(exc)) from exc
-    if spec.levels != levels:  # the lowering is the truth; keep the two in step
-        raise AssertionError(f"level count mismatch: lowered {spec.levels}, counted {levels}")
+    # The lowering is the truth. It can only need fewer levels than counted (an activation
+    # that folds to a constant costs none); the parameters then have a level to spare.
+    if spec.levels > levels:
+        raise CompileError(
+            f"the lowered program needs {spec.levels} levels, more than the {levels} counted "
+            "from the model; please report this model"
+        )
     program = build_program(spec, choice.parameters)
     return CompiledModel(program=program, choice=choice, layout="map", tile=None, map_spec=spec)

@@ -201,7 +201,7 @@ class ClientSpec:
                 if d["output_perm"] is None
                 else tuple(int(v) for v in d["output_perm"]),
                 input_packing=_packing_field(d.get("input_packing")),
-                output_ciphertexts=int(d.get("output_ciphertexts", 0)),
+                output_ciphertexts=_int_field(d.get("output_ciphertexts", 0), "output_ciphertexts"),
                 output_map=_output_map_field(d.get("output_map")),
             )
             spec.shape_program()  # validates the shape against the parameters
@@ -223,12 +223,26 @@ def _packing_field(value: Any) -> dict[str, Any] | None:
     return ChannelPacking.from_dict(value).to_dict()  # validates every field
 
 
+def _int_field(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{what} must be an integer, got {value!r}")
+    return value
+
+
 def _output_map_field(value: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != 2 or len(value[0]) != len(value[1]):
-        raise SpecError("output_map must be [ciphertexts, slots] of equal lengths")
-    return tuple(int(v) for v in value[0]), tuple(int(v) for v in value[1])
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, list) for v in value)
+        or len(value[0]) != len(value[1])
+    ):
+        raise SpecError("output_map must be [ciphertexts, slots]: two lists of equal length")
+    return (
+        tuple(_int_field(v, "an output ciphertext") for v in value[0]),
+        tuple(_int_field(v, "an output slot") for v in value[1]),
+    )
 
 
 class Client:
@@ -275,10 +289,16 @@ class Client:
         packing = self.spec.packing()
         x = np.asarray(samples, dtype=np.float64)
         per_image = packing.channels * packing.height * packing.width
-        if x.ndim not in (2, 4) or x.size % per_image or (x.ndim == 2 and x.shape[1] != per_image):
+        image = (packing.channels, packing.height, packing.width)
+        if (
+            x.ndim not in (2, 4)
+            or x.shape[0] == 0
+            or (x.ndim == 2 and x.shape[1] != per_image)
+            or (x.ndim == 4 and tuple(x.shape[1:]) != image)
+        ):
             raise _core.CompileError(
                 f"inputs must be images [count, {packing.channels}, {packing.height}, "
-                f"{packing.width}] (or [count, {per_image}]), got {list(x.shape)}"
+                f"{packing.width}] (or [count, {per_image}]), count >= 1, got {list(x.shape)}"
             )
         images = x.reshape(-1, packing.channels, packing.height, packing.width)
         rows = packing.pack(images).reshape(images.shape[0], -1)

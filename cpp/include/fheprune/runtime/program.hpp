@@ -28,7 +28,8 @@
 // lives and hands over each linear layer as its non-zero generalized diagonals between
 // ciphertexts: y_o = sum over terms (o, i, k) of d * rot(x_i, k) + bias_o. The program picks
 // one baby-step / giant-step split per layer, k = baby + giant, searched over all moduli n1
-// (baby = k mod n1 or giant = k mod n1) and the compiler's own split (kernel positions as
+// (baby = k mod n1 or giant = k mod n1; powers of two for very large layers) and the
+// compiler's own split (kernel positions as
 // babies, channel offsets as giants), so that input i's rotations by its babies are hoisted
 // and shared by every output, and output o rotates each giant-step partial sum once. A
 // multi-channel convolution is exactly this: kernel positions are the inner (baby) rotations,
