@@ -254,6 +254,31 @@ def _levels(steps: Sequence[Step], layout: LayoutName) -> int:
     return levels
 
 
+def _parameter_choice(
+    levels: int,
+    min_slots: int,
+    parameters: Any | None,
+    scale_bits: int | None,
+    poly_degree: int | None,
+) -> ParameterChoice:
+    """The dry run: choose parameters for ``levels`` and ``min_slots``, or check given ones."""
+    if parameters is None:
+        choice = choose_parameters(
+            levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
+        )
+    else:
+        have = len(parameters.chain_bits) - 1
+        if have < levels:
+            raise _core.LevelError(
+                f"the model needs {levels} levels; the given parameters give {have} "
+                f"(chain of {len(parameters.chain_bits)} primes). Pass parameters=None to "
+                "choose them automatically"
+            )
+        choice = ParameterChoice(parameters, levels, f"needs {levels} levels; using {parameters}")
+    log.info("dry run: %s", choice.message)
+    return choice
+
+
 def compile_model(
     model: nn.Module,
     *,
@@ -297,20 +322,7 @@ def compile_model(
             int(s.weight.shape[0]) for s in steps if isinstance(s, LinearStep)
         ]
         min_slots = max(1 << (w - 1).bit_length() for w in widths)
-    if parameters is None:
-        choice = choose_parameters(
-            levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
-        )
-    else:
-        have = len(parameters.chain_bits) - 1
-        if have < levels:
-            raise _core.LevelError(
-                f"the model needs {levels} levels; the given parameters give {have} "
-                f"(chain of {len(parameters.chain_bits)} primes). Pass parameters=None to "
-                "choose them automatically"
-            )
-        choice = ParameterChoice(parameters, levels, f"needs {levels} levels; using {parameters}")
-    log.info("dry run: %s", choice.message)
+    choice = _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
     program = _build_program(steps, choice.parameters, layout, tile, in_features)
     if program.levels != levels:  # the C++ schedule is the truth; keep the two in step
         raise AssertionError(f"level schedule mismatch: {program.levels} != {levels}")
@@ -368,20 +380,7 @@ def _compile_map(
     )
     side = max(int(shape[1]), int(shape[2])) + 2 * pad
     min_slots = (1 << (side - 1).bit_length()) ** 2
-    if parameters is None:
-        choice = choose_parameters(
-            levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
-        )
-    else:
-        have = len(parameters.chain_bits) - 1
-        if have < levels:
-            raise _core.LevelError(
-                f"the model needs {levels} levels; the given parameters give {have} "
-                f"(chain of {len(parameters.chain_bits)} primes). Pass parameters=None to "
-                "choose them automatically"
-            )
-        choice = ParameterChoice(parameters, levels, f"needs {levels} levels; using {parameters}")
-    log.info("dry run: %s", choice.message)
+    choice = _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
     slots = int(choice.parameters.poly_degree) // 2
     try:
         spec = lower_conv_model(model, slots, tuple(int(v) for v in shape))  # type: ignore[arg-type]

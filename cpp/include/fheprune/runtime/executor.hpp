@@ -269,6 +269,26 @@ class Executor {
     return backend_.mul_plain_sum(cts, pts);
   }
 
+  // One giant-step block of a baby-step giant-step layer (diagonal or map): the fused sum of
+  // products, rescaled once, rotated by the giant step, added into `total`. Returns true when
+  // the block started `total`.
+  bool add_giant_block(const std::vector<const Ct*>& cts, const std::vector<const Pt*>& pts,
+                       long giant, std::optional<Ct>& total, OpCounts& ops) {
+    Ct block = backend_.rescale(sum_of_products(cts, pts, ops));
+    ++ops.rescale;
+    if (giant != 0) {
+      block = backend_.rotate(block, giant);
+      ++ops.rotate;
+    }
+    if (total) {
+      backend_.add_inplace(*total, block);
+      ++ops.add;
+      return false;
+    }
+    total = std::move(block);
+    return true;
+  }
+
   // Sum over `extent` slots spaced `stride` apart, by log2(extent) rotate-and-adds. A negative
   // stride replicates instead (after a mask).
   void rotate_and_add(Ct& c, std::size_t extent, long stride, OpCounts& ops) {
@@ -391,18 +411,7 @@ class Executor {
         cts.push_back(b == 0 ? x[0] : &baby.at(b));
         pts.push_back(&prep.units[u]);
       }
-      Ct block = backend_.rescale(sum_of_products(cts, pts, ops));
-      ++ops.rescale;
-      if (giant != 0) {
-        block = backend_.rotate(block, static_cast<long>(giant * n1));
-        ++ops.rotate;
-      }
-      if (total) {
-        backend_.add_inplace(*total, block);
-        ++ops.add;
-      } else {
-        total = std::move(block);
-      }
+      add_giant_block(cts, pts, static_cast<long>(giant * n1), total, ops);
     }
     if (d.n_out < d.n_in) rotate_and_add(*total, d.n_in / d.n_out, static_cast<long>(d.n_out), ops);
     if (!prep.bias.empty()) {
@@ -452,17 +461,7 @@ class Executor {
           pts.push_back(&prep.units[u]);
         }
         if (cts.empty()) continue;
-        Ct block = backend_.rescale(sum_of_products(cts, pts, ops));
-        ++ops.rescale;
-        if (giant != 0) {
-          block = backend_.rotate(block, static_cast<long>(giant));
-          ++ops.rotate;
-        }
-        if (total) {
-          backend_.add_inplace(*total, block);
-          ++ops.add;
-        } else {
-          total = std::move(block);
+        if (add_giant_block(cts, pts, static_cast<long>(giant), total, ops)) {
           note_held(st, held + held_out + 1, backend_.level(*total));
         }
       }
