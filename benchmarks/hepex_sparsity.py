@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from fheprune.experiments.hepex import (
     DEFAULT_FRACTIONS,
+    DEFAULT_P2T_LOW_FRACTIONS,
     DEFAULT_SCHEMES,
     SchemeSpec,
     SweepConfig,
@@ -43,6 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--tiles", nargs="+", type=int, default=None)
     p.add_argument("--fractions", nargs="+", type=float, default=None)
+    p.add_argument(
+        "--p2t-low-fractions",
+        nargs="*",
+        type=float,
+        default=None,
+        help="extra fractions for P2T only (default 0.05 .. 0.45; none with --quick)",
+    )
     p.add_argument(
         "--schemes",
         nargs="+",
@@ -72,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         or (["mlp"] if args.quick else ["mlp", "cnn", "ae-compressor", "ae-denoiser"]),
         tiles=args.tiles or ([16] if args.quick else [8, 16, 32, 64]),
         fractions=args.fractions or ((0.8, 0.9, 0.95, 0.98) if args.quick else DEFAULT_FRACTIONS),
+        p2t_low_fractions=args.p2t_low_fractions
+        if args.p2t_low_fractions is not None
+        else (() if args.quick else DEFAULT_P2T_LOW_FRACTIONS),
         schemes=schemes,
         train_epochs=args.train_epochs
         if args.train_epochs is not None

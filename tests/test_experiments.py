@@ -67,6 +67,7 @@ def test_sweep_writes_reports_and_resumes(tmp_path: Path) -> None:
         models=["mlp"],
         tiles=[16],
         fractions=[0.5, 0.9],
+        p2t_low_fractions=[0.25],  # P2T only
         schemes=[SchemeSpec("P2"), SchemeSpec("P2T"), SchemeSpec("P3E"), SchemeSpec("P4E")],
         train_epochs=1,
         retrain_epochs=1,
@@ -75,7 +76,8 @@ def test_sweep_writes_reports_and_resumes(tmp_path: Path) -> None:
         out_dir=tmp_path,
     )
     report = run_sweep(config)
-    assert len(report.rows) == 8
+    assert len(report.rows) == 9
+    assert sorted(r["fraction"] for r in report.rows if r["scheme"] == "P2T") == [0.25, 0.5, 0.9]
     data = json.loads((tmp_path / "hepex_sparsity.json").read_text())
     assert data["seed"] == 0 and "machine" in data and data["config"]["tiles"] == [16]
     for row in data["all_points"]:
@@ -91,8 +93,8 @@ def test_sweep_writes_reports_and_resumes(tmp_path: Path) -> None:
     assert "HE-PEx tile sparsity" in (tmp_path / "hepex_sparsity.md").read_text()
     # A second run finds every point done and recomputes nothing.
     again = run_sweep(config)
-    assert len(read_points(tmp_path / "points.jsonl")) == 8
-    assert len(again.rows) == 8
+    assert len(read_points(tmp_path / "points.jsonl")) == 9
+    assert len(again.rows) == 9
 
 
 @needs_mnist
@@ -172,3 +174,49 @@ def test_permuted_loaders_match_the_permuted_model() -> None:
         permuted = permute_loaders(loaders, result.input_perm, result.output_perm)
         assert permuted.test is not None
         assert evaluate(model, permuted.test, task) == pytest.approx(before, rel=1e-5, abs=1e-7)
+
+
+def test_sweep_skips_options_that_do_not_apply() -> None:
+    from fheprune.experiments.hepex import DEFAULT_SCHEMES, applies
+
+    inputs = SchemeSpec("P4E", "local", "act", "neuron+input", input_fraction=0.5)
+    conv_only = SchemeSpec("P4E", conv_pack_threshold=1.0)
+    assert applies(inputs, "mlp") and not applies(inputs, "cnn")
+    assert applies(conv_only, "cnn") and not applies(conv_only, "ae-denoiser")
+    assert applies(SchemeSpec("P2"), "cnn") and applies(SchemeSpec("P2"), "mlp")
+    labels = [s.label for s in DEFAULT_SCHEMES]
+    assert len(labels) == len(set(labels))  # the label is the resume key
+    assert inputs.label == "P4E local/act/neuron+input inputs-pruned=0.5"
+
+
+@needs_mnist
+def test_prune_command_prunes_input_pixels_at_their_own_fraction(tmp_path: Path) -> None:
+    from fheprune.cli import main
+    from fheprune.models import build_model
+    from fheprune.pruning import load_pruned_model
+
+    out = tmp_path / "mlp.npz"
+    common = ["prune", "--model", "mlp", "--scheme", "P2", "--budget", "100"]
+    small = ["--train-epochs", "1", "--retrain-epochs", "1", "--limit", "500"]
+    args = [
+        *common,
+        "--criterion",
+        "act",
+        "--target",
+        "neuron+input",
+        "--input-fraction",
+        "0.6",
+        "--fractions",
+        "0.75",
+        *small,
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    mask = load_pruned_model(out, build_model).masks["fc1"]
+    assert int((~mask.any(dim=0)).sum()) == round(0.6 * 784)  # pixels
+    assert int((~mask.any(dim=1)).sum()) == round(0.75 * 128)  # hidden neurons
+    bad = [*common, "--input-fraction", "0.5", "--out", str(tmp_path / "x.npz")]
+    assert main(bad) == 2  # input_fraction needs the neuron+input target

@@ -195,10 +195,13 @@ def test_local_weight_fraction_is_exact(
     fraction: float, rows: int, cols: int, criterion: Criterion
 ) -> None:
     weights = {"a": torch.randn(rows, cols), "b": torch.randn(3, 5, 2, 2)}
-    masks = MagnitudePruning(fraction, criterion=criterion)(weights)
+    rms = {name: torch.rand(w.shape[1]) for name, w in weights.items()}  # for "act"
+    masks = MagnitudePruning(fraction, criterion=criterion, input_rms=rms)(weights)
     for name, w in weights.items():
         assert abs(pruned_count(masks[name]) - fraction * w.numel()) <= 1
-    glob = MagnitudePruning(fraction, scope=Scope.GLOBAL, criterion=criterion)(weights)
+    glob = MagnitudePruning(fraction, scope=Scope.GLOBAL, criterion=criterion, input_rms=rms)(
+        weights
+    )
     total = sum(w.numel() for w in weights.values())
     assert abs(sum(pruned_count(m) for m in glob.values()) - fraction * total) <= 1
 
@@ -266,7 +269,8 @@ def test_neuron_pruning_removes_whole_rows_and_spares_the_output_layer(
     criterion: Criterion,
 ) -> None:
     weights = layer_weights(TinyMLP())
-    masks = MagnitudePruning(0.5, target=Target.NEURON, criterion=criterion)(weights)
+    rms = {name: torch.rand(w.shape[1]) for name, w in weights.items()}  # for "act"
+    masks = MagnitudePruning(0.5, target=Target.NEURON, criterion=criterion, input_rms=rms)(weights)
     for name in ("fc1", "fc2"):
         mask = masks[name]
         rows = _rows_pruned(mask)

@@ -116,9 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=float, default=2.5, help="max degradation in percent (default 2.5)"
     )
     prune.add_argument("--scope", default="local", choices=("local", "global"))
-    prune.add_argument("--criterion", default="l1", choices=("l1", "random"))
+    prune.add_argument(
+        "--criterion",
+        default="l1",
+        choices=("l1", "random", "act"),
+        help="act: |w| times the RMS of its input on training data (default l1)",
+    )
     prune.add_argument("--target", default="weight", choices=("weight", "neuron", "neuron+input"))
     prune.add_argument("--reduction", default="avg", choices=("avg", "max", "min"))
+    prune.add_argument(
+        "--input-fraction",
+        type=float,
+        default=None,
+        help="neuron+input: fraction of input features pruned, ranked among themselves "
+        "(default: ranked with the neurons)",
+    )
     prune.add_argument(
         "--fractions",
         type=float,
@@ -208,7 +220,19 @@ def _run_prune(args: argparse.Namespace) -> int:
     if tile.t1 != tile.t2:
         LOG.error("--tile: the sweep uses square tiles (t1 = t2); got %s", args.tile)
         return EXIT_DATA
-    spec = SchemeSpec(args.scheme.upper(), args.scope, args.criterion, args.target, args.reduction)
+    spec = SchemeSpec(
+        args.scheme.upper(),
+        args.scope,
+        args.criterion,
+        args.target,
+        args.reduction,
+        input_fraction=args.input_fraction,
+    )
+    try:
+        spec.prune_config(0.5, args.seed)  # fail now, not after training
+    except (TypeError, ValueError) as exc:
+        LOG.error("%s", exc)
+        return EXIT_DATA
     config = SweepConfig(
         models=[args.model],
         tiles=[tile.t1],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 PAPER_TILE_SPARSITY = {"mlp": 0.95, "cnn": 0.61, "ae-compressor": 0.41, "ae-denoiser": 0.47}
 PAPER_GAIN_OVER_P2T = 1.70
 
+#: Training batches whose inputs calibrate the activation-aware criterion ("act").
+CALIBRATION_BATCHES = 16
+
 
 @dataclass(frozen=True)
 class SchemeSpec:
@@ -63,6 +67,7 @@ class SchemeSpec:
     target: str = "weight"
     reduction: str = "avg"
     conv_pack_threshold: float | None = None  # HE-PEx's best: P3E on conv (no pack prune there)
+    input_fraction: float | None = None  # "neuron+input": inputs pruned at their own fraction
 
     @property
     def label(self) -> str:
@@ -70,6 +75,8 @@ class SchemeSpec:
             base = f"P2T {self.scope}/T-{self.reduction}"
         else:
             base = f"{self.scheme} {self.scope}/{self.criterion}/{self.target}"
+        if self.input_fraction is not None:
+            base += f" inputs-pruned={self.input_fraction:g}"
         return base + (" conv-no-pack" if self.conv_pack_threshold is not None else "")
 
     def prune_config(self, fraction: float, seed: int) -> PruneConfig:
@@ -81,6 +88,7 @@ class SchemeSpec:
                 "target": self.target,
                 "reduction": self.reduction,
                 "seed": seed,
+                "input_fraction": self.input_fraction,
             }
         )
 
@@ -106,6 +114,15 @@ DEFAULT_SCHEMES: tuple[SchemeSpec, ...] = (
     SchemeSpec("P4E", "local", "l1", "neuron"),
     SchemeSpec("P4E", "global", "l1", "neuron"),
     SchemeSpec("P4E", "local", "l1", "weight", conv_pack_threshold=1.0),
+    # Activation-aware scores (|w| times its input's RMS on training data).
+    SchemeSpec("P4E", "local", "act", "weight"),
+    SchemeSpec("P4E", "global", "act", "weight"),
+    # The MLP's pixels as units too, pruned at their own fraction while the sweep's fraction
+    # goes to the hidden neurons (models whose first layer is a conv have no such units).
+    *(
+        SchemeSpec("P4E", "local", "act", "neuron+input", input_fraction=f)
+        for f in (0.5, 0.6, 0.7, 0.8)
+    ),
 )
 
 # 0.50 .. 0.95 in 5% steps, then the high end where tile sparsity really moves.
@@ -116,12 +133,17 @@ DEFAULT_FRACTIONS: tuple[float, ...] = (
     0.99,
 )
 
+# P2T's fraction is its tile sparsity; on the autoencoders every P2T point from 0.5 up is
+# over budget, so it also gets the low end (other schemes barely zero a tile there).
+DEFAULT_P2T_LOW_FRACTIONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 10))
+
 
 @dataclass(frozen=True)
 class SweepConfig:
     models: Sequence[str] = ("mlp", "cnn", "ae-compressor", "ae-denoiser")
     tiles: Sequence[int] = (8, 16, 32, 64)
     fractions: Sequence[float] = DEFAULT_FRACTIONS
+    p2t_low_fractions: Sequence[float] = DEFAULT_P2T_LOW_FRACTIONS  # P2T only, besides fractions
     schemes: Sequence[SchemeSpec] = DEFAULT_SCHEMES
     dataset: str = "mnist"
     train_epochs: int | None = None  # None: Table 2's schedule (default_config)
@@ -266,14 +288,19 @@ class Experiment:
             if permute is None:
                 kwargs["permute"] = False
         scheme = build_scheme(spec.scheme, **kwargs)
+        prune_config = spec.prune_config(fraction, self.config.seed)
+        calibration = None
+        if prune_config.needs_calibration:  # input statistics from the first training batches
+            calibration = [x for x, _ in itertools.islice(loaders.train, CALIBRATION_BATCHES)]
         started = time.perf_counter()
         result = run_scheme(
             scheme,
             model,
             shape,
-            prune_config=spec.prune_config(fraction, self.config.seed),
+            prune_config=prune_config,
             retrain_fn=retrain,
             permute_fn=permute,
+            calibration=calibration,
         )
         test_loader = current["loaders"].test
         assert test_loader is not None
@@ -396,6 +423,19 @@ def read_points(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: Models whose first layer is a convolution: no input columns to prune, and conv layers to
+#: exempt from Prune^pack.
+CONV_MODELS = frozenset({"cnn", "lenet", "hefnet-mnist", "vgg5-mnist"})
+
+
+def applies(spec: SchemeSpec, model_name: str) -> bool:
+    """Whether a sweep runs ``spec`` on ``model_name`` (conv-only options skip the others)."""
+    conv = model_name in CONV_MODELS
+    if spec.conv_pack_threshold is not None and not conv:
+        return False
+    return not (spec.input_fraction is not None and conv)
+
+
 def sweep(
     experiment: Experiment,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
@@ -410,8 +450,8 @@ def sweep(
         for m in cfg.models
         for t in cfg.tiles
         for s in cfg.schemes
-        for f in cfg.fractions
-        if not (s.conv_pack_threshold is not None and m not in ("cnn", "lenet"))
+        for f in sorted({*cfg.fractions, *(cfg.p2t_low_fractions if s.scheme == "P2T" else ())})
+        if applies(s, m)
     ]
     todo = [p for p in todo if f"{p[0]}|{p[1].label}|{p[2]}|{p[3]:.4f}" not in done]
     log.info("%d points done, %d to run", len(done), len(todo))

@@ -73,10 +73,13 @@ class Criterion(str, Enum):
 
     L1 = "l1"  # |w| for a weight, sum |w| for a neuron / channel
     RANDOM = "random"  # uniform random scores from an explicitly seeded generator
+    # |w| times the RMS of the input it multiplies, measured on calibration data
+    # (:func:`fheprune.pruning.calibration.input_rms`); neurons sum the weighted entries.
+    ACTIVATION = "act"
 
     @property
     def label(self) -> str:
-        return "L1" if self is Criterion.L1 else "Rnd"
+        return {"l1": "L1", "random": "Rnd", "act": "Act"}[self.value]
 
 
 class Target(str, Enum):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -59,6 +59,7 @@ from .base import (
     complete_masks,
     weight_sparsity,
 )
+from .calibration import input_rms
 from .expand import expand_masks
 from .magnitude import MagnitudePruning
 from .pack import DEFAULT_PACK_THRESHOLD, PackPruning
@@ -124,6 +125,9 @@ class PruneConfig:
     target: Target = Target.WEIGHT
     reduction: TileReduction = TileReduction.AVG  # P2T only: T-Avg / T-Max / T-Min
     seed: int = 0
+    # "neuron+input" only: the fraction of input features pruned, ranked among themselves
+    # (None: they share the neurons' ranking or fraction).
+    input_fraction: float | None = None
 
     def __post_init__(self) -> None:
         # Accept the enum values as strings (configs come from JSON and the CLI).
@@ -134,6 +138,18 @@ class PruneConfig:
         object.__setattr__(self, "reduction", TileReduction(self.reduction))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+        if self.input_fraction is not None:
+            object.__setattr__(self, "input_fraction", check_fraction(self.input_fraction))
+            if self.target is not Target.NEURON_INPUT:
+                raise ValueError(
+                    "input_fraction applies to the 'neuron+input' target, not "
+                    f"{self.target.value!r}"
+                )
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the first prune scores with input statistics (criterion ``act``)."""
+        return self.criterion is Criterion.ACTIVATION
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> PruneConfig:
@@ -149,9 +165,18 @@ class PruneConfig:
         return f"{self.scope.label}/{self.criterion.label}/{self.target.label}"
 
     def method(
-        self, tile_shape: TileShape, *, tiled: bool = False, protected: Sequence[str] | None = None
+        self,
+        tile_shape: TileShape,
+        *,
+        tiled: bool = False,
+        protected: Sequence[str] | None = None,
+        input_rms: Mapping[str, Tensor] | None = None,
     ) -> PruningMethod:
-        """The method this config describes: Prune^tile when ``tiled``, else magnitude."""
+        """The method this config describes: Prune^tile when ``tiled``, else magnitude.
+
+        ``input_rms`` (:func:`fheprune.pruning.calibration.input_rms`) is needed by the
+        activation-aware criterion and ignored otherwise.
+        """
         if tiled:
             return TilePruning(
                 self.fraction, tile_shape, reduction=self.reduction, scope=self.scope
@@ -163,10 +188,12 @@ class PruneConfig:
             target=self.target,
             seed=self.seed,
             protected=protected,
+            input_rms=input_rms if self.needs_calibration else None,
+            input_fraction=self.input_fraction,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "fraction": self.fraction,
             "scope": self.scope.value,
             "criterion": self.criterion.value,
@@ -174,6 +201,9 @@ class PruneConfig:
             "reduction": self.reduction.value,
             "seed": self.seed,
         }
+        if self.input_fraction is not None:  # files without it read as before
+            d["input_fraction"] = self.input_fraction
+        return d
 
 
 @dataclass(frozen=True)
@@ -402,6 +432,15 @@ def _check_permuted(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -
             )
 
 
+def _before_prune(scheme: Scheme) -> list[Step]:
+    """The steps that run before the last config-built Prune step."""
+    config_built = [
+        i for i, step in enumerate(scheme.steps) if isinstance(step, Prune) and step.method is None
+    ]
+    last = max(config_built, default=0)
+    return list(scheme.steps[: max(0, last)])
+
+
 def run_scheme(
     scheme: Scheme,
     model: nn.Module,
@@ -411,6 +450,7 @@ def run_scheme(
     retrain_fn: RetrainFn,
     permute_fn: PermuteFn | None = None,
     initial_masks: Mapping[str, Tensor] | None = None,
+    calibration: Iterable[Tensor] | None = None,
 ) -> SchemeResult:
     """Run ``scheme`` on a trained ``model`` (modified in place) with ``tile_shape`` tiles.
 
@@ -418,6 +458,8 @@ def run_scheme(
     protects :func:`fheprune.layouts.output_layer_names`). Starts from ``initial_masks`` (default:
     nothing pruned). Tile statistics are taken on the masks - what the packer will see once
     the masks are applied, which this function does before each Retrain and at the end.
+    ``calibration`` (batches of model inputs, in the model's input order) feeds the
+    activation-aware criterion; its statistics are taken once, before the first step.
     """
     if not isinstance(tile_shape, TileShape):
         raise TypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
@@ -434,10 +476,29 @@ def run_scheme(
             )
         if isinstance(step, Prune) and step.method is None and config is None:
             raise ValueError(f"scheme {scheme.name} needs a prune_config for its Prune step")
+    calibrated = (
+        config is not None
+        and config.needs_calibration
+        and any(
+            isinstance(step, Prune) and step.method is None and not step.tiled
+            for step in scheme.steps
+        )
+    )
+    if calibrated and calibration is None:
+        raise ValueError(
+            "criterion 'act' needs calibration data: pass calibration= a few batches of "
+            "training inputs"
+        )
+    if calibrated and any(isinstance(step, Permute) for step in _before_prune(scheme)):
+        raise ValueError(
+            "calibration statistics are taken before the first step; a Prune with criterion "
+            "'act' after a Permute would read them in the wrong order"
+        )
 
     names = prunable_layer_names(model)
     masks = complete_masks(layer_weights(model, names), initial_masks)
     protected = output_layer_names(model)
+    rms = input_rms(model, calibration, names) if calibrated and calibration is not None else None
     initial = tile_sparsity(masks, tile_shape)
     result = SchemeResult(
         scheme=scheme,
@@ -457,7 +518,9 @@ def run_scheme(
             method = step.method
             if method is None:
                 assert config is not None  # checked above
-                method = config.method(tile_shape, tiled=step.tiled, protected=protected)
+                method = config.method(
+                    tile_shape, tiled=step.tiled, protected=protected, input_rms=rms
+                )
             masks = method(weights, masks)
         elif isinstance(step, Permute):
             assert permute_fn is not None  # checked above
