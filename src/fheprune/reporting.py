@@ -15,7 +15,7 @@ import numpy as np
 
 from fheprune.fileio import atomic_write
 
-__all__ = ["cpu_model", "machine_info", "write_json_atomic"]
+__all__ = ["cpu_model", "machine_info", "write_json_atomic", "write_text_atomic"]
 
 
 def cpu_model() -> str:
@@ -53,6 +53,11 @@ def machine_info(**extra: Any) -> dict[str, Any]:
     }
     info.update(extra)
     return info
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: Path, data: Any, *, sort_keys: bool = False) -> None:

@@ -32,7 +32,7 @@ from fheprune.models import build_model
 from fheprune.pruning import PruneConfig, build_scheme, run_scheme
 from fheprune.pruning.pack import DEFAULT_PACK_THRESHOLD, tile_zero_fractions
 from fheprune.pruning.schemes import PermuteFn, SchemeResult
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import machine_info, write_json_atomic, write_text_atomic
 from fheprune.training import (
     Loaders,
     TrainConfig,
@@ -545,13 +545,17 @@ def markdown_table(best: Sequence[dict[str, Any]], summary: dict[str, Any], budg
                 ]
             )
         )
-    ratios = [s["hepex_over_p2t"] for s in summary.values() if s["hepex_over_p2t"]]
-    if ratios:
-        lines += [
-            "",
-            f"Average best-HE-PEx / best-P2T tile sparsity: {sum(ratios) / len(ratios):.2f}x "
-            f"(paper: +70%, i.e. {PAPER_GAIN_OVER_P2T:.2f}x).",
-        ]
+    by_tile: dict[str, list[float]] = {}
+    for key, s in summary.items():
+        if s["hepex_over_p2t"]:
+            by_tile.setdefault(key.split("@")[1], []).append(s["hepex_over_p2t"])
+    if by_tile:
+        lines.append("")
+    for tile, ratios in sorted(by_tile.items(), key=lambda kv: int(kv[0].split("x")[0])):
+        lines.append(
+            f"Average best-HE-PEx / best-P2T tile sparsity at {tile} ({len(ratios)} models): "
+            f"{sum(ratios) / len(ratios):.2f}x (paper: +70%, i.e. {PAPER_GAIN_OVER_P2T:.2f}x)."
+        )
     lines += ["", "Best point within budget per scheme configuration:", ""]
     lines += ["| model | tile | scheme | fraction | tile sparsity | weight sparsity | metric |"]
     lines += ["|---|---|---|---|---|---|---|"]
@@ -664,6 +668,27 @@ class SweepReport:
     files: list[Path] = field(default_factory=list)
 
 
+def write_report(
+    rows: Sequence[dict[str, Any]], out_dir: Path, budget: float, extra: dict[str, Any]
+) -> list[Path]:
+    """JSON (best points, all points, summary, machine) and Markdown for ``rows``."""
+    best = best_within_budget(rows, budget)
+    summary = summarize(best)
+    result = {
+        "results": best,
+        "all_points": list(rows),
+        "summary": summary,
+        "paper": {"tile_sparsity": PAPER_TILE_SPARSITY, "gain_over_p2t": PAPER_GAIN_OVER_P2T},
+        "machine": machine_info(torch_threads=torch.get_num_threads()),
+        **extra,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "hepex_sparsity.json", out_dir / "hepex_sparsity.md"]
+    write_json_atomic(files[0], result, sort_keys=True)
+    write_text_atomic(files[1], markdown_table(best, summary, budget))
+    return files
+
+
 def run_sweep(
     config: SweepConfig,
     *,
@@ -675,21 +700,12 @@ def run_sweep(
     experiment = Experiment(config, permute_fn)
     rows = sweep(experiment, progress)
     rows = [r for r in rows if r["model"] in config.models and r["tile"][0] in config.tiles]
+    out = config.out_dir
+    files = write_report(
+        rows, out, config.budget, {"config": config.to_dict(), "seed": config.seed}
+    )
     best = best_within_budget(rows, config.budget)
     summary = summarize(best)
-    out = config.out_dir
-    result = {
-        "results": best,
-        "all_points": rows,
-        "summary": summary,
-        "paper": {"tile_sparsity": PAPER_TILE_SPARSITY, "gain_over_p2t": PAPER_GAIN_OVER_P2T},
-        "config": config.to_dict(),
-        "machine": machine_info(torch_threads=torch.get_num_threads()),
-        "seed": config.seed,
-    }
-    files = [out / "hepex_sparsity.json", out / "hepex_sparsity.md"]
-    write_json_atomic(files[0], result, sort_keys=True)
-    files[1].write_text(markdown_table(best, summary, config.budget), encoding="utf-8")
     histograms = {
         f"{m}-{t}x{t}": zero_fraction_histograms(experiment, m, t, histogram_fraction)
         for m in config.models
