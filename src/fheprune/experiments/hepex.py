@@ -121,7 +121,7 @@ DEFAULT_SCHEMES: tuple[SchemeSpec, ...] = (
     # goes to the hidden neurons (models whose first layer is a conv have no such units).
     *(
         SchemeSpec("P4E", "local", "act", "neuron+input", input_fraction=f)
-        for f in (0.5, 0.6, 0.7, 0.8)
+        for f in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
     ),
 )
 

@@ -11,7 +11,9 @@ selected first, so they stay pruned and count towards the fraction.
 
 Neuron target: a neuron is an output row of ``W`` (for a conv, an output channel = all its
 ``C_in x kh x kw`` weights), scored by the L1 norm of its weights. Only the producing row is
-removed; the consumer's columns are kept because the un-pruned bias still reaches them. The
+removed here; a pruned neuron still outputs a constant (its activated bias), and
+:func:`fheprune.pruning.schemes.run_scheme` then folds it into the next Linear layer's bias and
+prunes the column that read it (:mod:`fheprune.pruning.fold`). The
 output layer's neurons (class scores, reconstructed pixels) are never pruned: by default the
 last layer of the ``weights`` mapping, which is the output layer in ``prunable_layers()`` order
 (pass ``protected`` explicitly, e.g. :func:`fheprune.layouts.output_layer_names`, otherwise).

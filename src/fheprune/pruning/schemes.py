@@ -61,6 +61,7 @@ from .base import (
 )
 from .calibration import input_rms
 from .expand import expand_masks
+from .fold import fold_dead_neurons
 from .magnitude import MagnitudePruning
 from .pack import DEFAULT_PACK_THRESHOLD, PackPruning
 from .tiles_prune import TilePruning, TileReduction
@@ -522,6 +523,10 @@ def run_scheme(
                     tile_shape, tiled=step.tiled, protected=protected, input_rms=rms
                 )
             masks = method(weights, masks)
+            if isinstance(method, MagnitudePruning) and method.target.neurons:
+                # Pruned neurons output constants: fold them into the next Linear's bias and
+                # prune the columns that read them (exact; see fheprune.pruning.fold).
+                masks = fold_dead_neurons(model, masks, seed=config.seed if config else 0)
         elif isinstance(step, Permute):
             assert permute_fn is not None  # checked above
             permuted, info = permute_fn(model, masks, tile_shape)

@@ -1,0 +1,99 @@
+"""Surgery after neuron pruning: fold dead neurons into the next layer's bias.
+
+A neuron whose producing row (or conv output channel) is pruned no longer depends on the input:
+it outputs ``act(bias)``, a constant, which its consumer multiplies by a column of weights. That
+column is a waste under HE - it keeps tiles (and, in the diagonal layouts, rotations) alive to
+add a constant. When the consumer is a ``Linear`` layer the constant folds exactly into its
+bias: ``b' = b + W[:, dead] @ value[dead]``, and the column is pruned. The network computes the
+same function before and after (tested).
+
+Dead features are found by running a copy of the model, with the masks applied, on random
+inputs of ``model.input_shape``: a consumer input that is bit-for-bit equal across all of them
+is constant (a live neuron cannot be, on random inputs). Conv consumers are left alone (with
+zero padding, a constant channel is not constant at the borders).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fheprune.layouts import layer_module, prunable_layer_names
+
+from .base import apply_masks
+
+__all__ = ["fold_dead_neurons"]
+
+log = logging.getLogger(__name__)
+
+_PROBES = 4  # random inputs; a constant feature is equal across all of them
+
+
+def fold_dead_neurons(
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    *,
+    input_shape: Sequence[int] | None = None,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Fold constant inputs of ``Linear`` layers into their biases; returns the new masks.
+
+    Modifies ``model`` in place (the consumers' biases, and zeros in the folded columns). The
+    first prunable layer is skipped (its inputs are the data). ``input_shape`` (one sample,
+    no batch axis) defaults to ``model.input_shape``; without either nothing is folded.
+    """
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    out = dict(masks)
+    if shape is None:
+        log.info("fold: the model has no input_shape; dead neurons are not folded")
+        return out
+    names = prunable_layer_names(model)
+    consumers = [n for n in names[1:] if isinstance(layer_module(model, n), nn.Linear)]
+    if not consumers:
+        return out
+    probe = copy.deepcopy(model)
+    apply_masks(probe, {n: m for n, m in masks.items() if n in names})
+    seen: dict[str, Tensor] = {}
+
+    def recorder(name: str):  # type: ignore[no-untyped-def]
+        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            seen[name] = args[0].detach().reshape(args[0].shape[0], -1)
+
+        return hook
+
+    handles = [layer_module(probe, n).register_forward_pre_hook(recorder(n)) for n in consumers]
+    generator = torch.Generator().manual_seed(seed)
+    weight = layer_module(model, names[0]).weight
+    x = torch.randn(_PROBES, *shape, generator=generator, dtype=weight.dtype)
+    probe.eval()
+    try:
+        with torch.no_grad():
+            probe(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        for name in consumers:
+            features = seen[name]
+            constant = (features == features[0]).all(dim=0)
+            layer = layer_module(model, name)
+            mask = out[name].to(torch.bool)
+            fold = constant & mask.any(dim=0)
+            if not bool(fold.any()):
+                continue
+            value = features[0].to(layer.weight.dtype)
+            w = layer.weight.masked_fill(~mask, 0)
+            shift = w[:, fold] @ value[fold]
+            if layer.bias is None:
+                if bool(shift.ne(0).any()):
+                    continue  # nowhere to put the constant
+            else:
+                layer.bias.add_(shift)
+            layer.weight[:, fold] = 0
+            out[name] = mask & ~fold.view(1, -1)
+            log.info("fold: %d constant inputs of %r folded into its bias", int(fold.sum()), name)
+    return out
