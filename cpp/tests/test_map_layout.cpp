@@ -405,5 +405,32 @@ TEST(MapLayout, RejectsBadTermsWithClearErrors) {
   EXPECT_THROW(Program::map(params(2 * slots, 1), 0), CompileError);
 }
 
+TEST(MapLayout, RefusesProgramsTooLargeToLoad) {
+  // 512 slots: the 2^27-value bound is 2^18 slot vectors. Two layers of 2^17 terms each fit
+  // exactly; one bias vector more does not, and the builder says so (a loader would refuse
+  // the file).
+  const std::size_t slots = 512, ins = 256;
+  const auto layer = [&](Program& p, const std::string& name, std::span<const double> bias) {
+    std::vector<std::uint32_t> o, i;
+    std::vector<std::size_t> s;
+    for (std::uint32_t out = 0; out < ins; ++out) {
+      for (std::uint32_t in = 0; in < ins; ++in) {
+        for (std::size_t shift = 0; shift < 2; ++shift) {
+          o.push_back(out), i.push_back(in), s.push_back(shift);
+        }
+      }
+    }
+    std::vector<double> v(o.size(), 1.0);
+    p.add_map_linear(name, ins, o, i, s, v, 1, bias, bias.empty() ? 0 : 1);
+  };
+  Program p = Program::map(params(2 * slots, 3), ins);
+  layer(p, "a", {});
+  std::vector<double> bias(ins, 0.0);
+  bias[3] = 1.0;
+  EXPECT_THROW(layer(p, "b", bias), CompileError);  // 2^18 + 256 slot vectors
+  layer(p, "b", {});                                // exactly 2^18: accepted
+  EXPECT_NO_THROW(Program::load(p.save()));
+}
+
 }  // namespace
 }  // namespace fheprune::runtime

@@ -194,6 +194,28 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
     term.values = std::move(v);
     l.terms.push_back(std::move(term));
   }
+  // Count what a loader would expand this program to (terms and biases, each a slot vector);
+  // refuse here, before the split search, rather than write a file that cannot be read back.
+  const auto expansion = [slots](std::size_t terms, bool has_bias, std::size_t outs) {
+    return static_cast<std::uint64_t>(terms + (has_bias ? outs : 0)) * slots;
+  };
+  std::uint64_t expanded = expansion(
+      l.terms.size(), std::any_of(bias.begin(), bias.end(), [](double x) { return x != 0.0; }),
+      out_ciphertexts);
+  for (const Layer& other : layers_) {
+    if (const auto* m = std::get_if<MapLinear>(&other)) {
+      const bool has_bias =
+          std::any_of(m->bias.begin(), m->bias.end(), [](const auto& b) { return !b.empty(); });
+      expanded += expansion(m->terms.size(), has_bias, m->out_ciphertexts);
+    }
+  }
+  if (expanded > kMaxProgramSlotValues) {
+    throw CompileError(where + "the program would hold " + std::to_string(expanded) +
+                       " slot values (" + std::to_string(expanded >> 27) +
+                       " GiB as doubles), more than the " +
+                       std::to_string(kMaxProgramSlotValues) +
+                       " a program may hold; prune the model or use fewer channels");
+  }
   const SplitChoice split = choose_split(l.terms, n_in, out_ciphertexts, slots);
   l.n1 = split.n1;
   l.giant_is_residue = split.giant_is_residue;

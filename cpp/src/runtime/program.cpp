@@ -513,7 +513,7 @@ constexpr std::uint64_t kMaxValues = std::uint64_t{1} << 28;
 // Slot values a loaded program may hold in memory. Every kept unit and every bias vector is a
 // full slot vector, so 8 bytes of weight in a file can become up to `slots` doubles (a tile
 // [1, 1, slots]); without this bound a 1 MB file could ask for tens of gigabytes.
-constexpr std::uint64_t kMaxExpandedValues = std::uint64_t{1} << 27;
+constexpr std::uint64_t kMaxExpandedValues = kMaxProgramSlotValues;
 
 void write_string(ckks::detail::Writer& w, const std::string& s) {
   w.u64(s.size());

@@ -101,6 +101,11 @@ struct DiagonalLinear {
 
 // One plaintext of a map layer: d * rot(x_in, shift) into output `out`, with shift = baby +
 // giant (mod slots): `baby` rotates the input (hoisted), `giant` the partial sum.
+// Slot values a program may hold in memory (every kept unit and bias is a full slot vector).
+// The loader refuses files that would expand past it, and the map-layer builder refuses to
+// build past it, so every program that can be built and saved can be loaded again.
+inline constexpr std::uint64_t kMaxProgramSlotValues = std::uint64_t{1} << 27;
+
 struct MapTerm {
   std::uint32_t out = 0;
   std::uint32_t in = 0;
