@@ -12,6 +12,7 @@ taken from the last RUN_DIR that has it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -27,17 +28,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     merged: dict[str, dict[str, object]] = {}
+    seeds: set[object] = set()
     for run in args.runs:
         path = run / "points.jsonl"
         if not path.is_file():
             p.error(f"{path} not found: pass output folders of benchmarks/hepex_sparsity.py")
         for row in read_points(path):
             merged[point_key(row)] = row
+        report = run / "hepex_sparsity.json"
+        if report.is_file():
+            seeds.add(json.loads(report.read_text(encoding="utf-8")).get("seed"))
+    if len(seeds) > 1:
+        p.error(f"the runs used different seeds {sorted(map(str, seeds))}; merge one seed")
     rows = sorted(
         merged.values(),
         key=lambda r: (r["model"], r["tile"][0], r["config"], r["fraction"]),  # type: ignore[index]
     )
-    extra = {"runs": [str(r) for r in args.runs], "budget": args.budget}
+    extra = {
+        "runs": [str(r) for r in args.runs],
+        "budget": args.budget,
+        "seed": next(iter(seeds), None),
+    }
     files = write_report(rows, args.out_dir, args.budget, extra)
     files += plot(rows, {}, args.out_dir)
     print((args.out_dir / "hepex_sparsity.md").read_text(encoding="utf-8"))

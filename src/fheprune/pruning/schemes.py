@@ -438,8 +438,7 @@ def _before_prune(scheme: Scheme) -> list[Step]:
     config_built = [
         i for i, step in enumerate(scheme.steps) if isinstance(step, Prune) and step.method is None
     ]
-    last = max(config_built, default=0)
-    return list(scheme.steps[: max(0, last)])
+    return list(scheme.steps[: max(config_built, default=0)])
 
 
 def run_scheme(
