@@ -91,3 +91,17 @@ def test_neuron_schemes_prune_the_consumer_columns() -> None:
     dead_cols = ~result.masks["fc2"].any(dim=0)
     assert int(dead_rows.sum()) == 96
     assert torch.equal(dead_rows, dead_cols)
+
+
+def test_a_live_neuron_that_looks_constant_is_not_folded() -> None:
+    """A ReLU neuron that is 0 on the random probes is not dead: only pruned rows fold."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.1, 0.1, 0.1]]))
+        net[0].bias.copy_(torch.tensor([0.0, -100.0]))  # neuron 1: ReLU gives 0 on probes
+    masks = {"0": torch.ones(2, 3, dtype=torch.bool), "2": torch.ones(1, 2, dtype=torch.bool)}
+    folded = fold_dead_neurons(net, masks, input_shape=(3,))
+    assert bool(folded["2"].all())  # neuron 1 is live (large inputs switch it on)
+    masks["0"][0] = False  # now neuron 0 is pruned: its constant ReLU(0) = 0 folds
+    folded = fold_dead_neurons(net, masks, input_shape=(3,))
+    assert folded["2"].tolist() == [[False, True]]

@@ -7,10 +7,11 @@ add a constant. When the consumer is a ``Linear`` layer the constant folds exact
 bias: ``b' = b + W[:, dead] @ value[dead]``, and the column is pruned. The network computes the
 same function before and after (tested).
 
-Dead features are found by running a copy of the model, with the masks applied, on random
-inputs of ``model.input_shape``: a consumer input that is bit-for-bit equal across all of them
-is constant (a live neuron cannot be, on random inputs). Conv consumers are left alone (with
-zero padding, a constant channel is not constant at the borders).
+A feature is folded when the previous layer's row (or channel) that produces it is fully
+pruned, and when it is bit-for-bit equal across random inputs of ``model.input_shape`` run
+through a copy of the model with the masks applied (the constant to fold is read there). Conv
+consumers are left alone (with zero padding, a constant channel is not constant at the
+borders).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def fold_dead_neurons(
             constant = (features == features[0]).all(dim=0)
             layer = layer_module(model, name)
             mask = out[name].to(torch.bool)
-            fold = constant & mask.any(dim=0)
+            dead = _dead_producers(names, name, out, mask.shape[1])
+            fold = constant & dead & mask.any(dim=0)
             if not bool(fold.any()):
                 continue
             value = features[0].to(layer.weight.dtype)
@@ -97,3 +99,21 @@ def fold_dead_neurons(
             out[name] = mask & ~fold.view(1, -1)
             log.info("fold: %d constant inputs of %r folded into its bias", int(fold.sum()), name)
     return out
+
+
+def _dead_producers(
+    names: Sequence[str], consumer: str, masks: Mapping[str, Tensor], features: int
+) -> Tensor:
+    """Which of ``consumer``'s input features come from a fully pruned row of the layer before.
+
+    The previous prunable layer's output ``c`` feeds feature ``c`` (same width), or the block
+    ``c * k .. (c+1) * k - 1`` (a conv flattened into ``k`` features per channel). A feature
+    folds only if it is dead by the masks *and* constant on the probes, so an activation that
+    merely happens to be constant on a few random inputs (a ReLU, say) is never folded.
+    """
+    producer = names[names.index(consumer) - 1]
+    mask = masks[producer].to(torch.bool)
+    dead_rows = ~mask.reshape(mask.shape[0], -1).any(dim=1)
+    if features % dead_rows.numel() != 0:
+        return torch.zeros(features, dtype=torch.bool)
+    return dead_rows.repeat_interleave(features // dead_rows.numel())
