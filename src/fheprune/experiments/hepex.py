@@ -623,14 +623,24 @@ def plot(
         tiles = sorted({r["tile"][0] for r in rows if r["model"] == model})
         fig, axes = plt.subplots(1, len(tiles), figsize=(4.5 * len(tiles), 4), squeeze=False)
         for ax, tile in zip(axes[0], tiles, strict=True):
-            for config in sorted({r["config"] for r in rows if r["model"] == model}):
+            configs = sorted({r["config"] for r in rows if r["model"] == model})
+            for index, config in enumerate(configs):
                 pts = sorted(
                     (r["tile_sparsity"], r["metric"])
                     for r in rows
                     if r["model"] == model and r["tile"][0] == tile and r["config"] == config
                 )
+                # Ten colours in the default cycle: the line style tells configs 11-20 apart.
+                style = ("-", "--", ":")[(index // 10) % 3]
                 if pts:
-                    ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], ".-", label=config)
+                    ax.plot(
+                        [100 * p[0] for p in pts],
+                        [p[1] for p in pts],
+                        marker=".",
+                        linestyle=style,
+                        color=f"C{index % 10}",
+                        label=config,
+                    )
             ax.set_title(f"{model}, {tile}x{tile} tiles")
             ax.set_xlabel("tile sparsity (% zero tiles)")
             task = next(r["task"] for r in rows if r["model"] == model)
