@@ -156,3 +156,21 @@ def test_run_scheme_calibrates_act_and_refuses_without_data() -> None:
     )
     dead_inputs = ~result.masks["fc1"].any(dim=0)
     assert dead_inputs.tolist() == [True, True] + [False] * 6  # the silent ones, exactly
+
+
+def test_act_on_a_grouped_conv_scales_each_group_by_its_own_inputs() -> None:
+    conv = nn.Conv2d(4, 4, 1, groups=2, bias=False)  # weight [4, 2, 1, 1]
+    rms = torch.tensor([1.0, 2.0, 30.0, 40.0])  # group 0 reads channels 0-1, group 1 reads 2-3
+    w = torch.ones_like(conv.weight)
+    masks = MagnitudePruning(0.5, criterion="act", input_rms={"g": rms})({"g": w})
+    # group 0's outputs (rows 0-1) score 1 and 2, group 1's 30 and 40: group 0 goes first
+    assert not masks["g"][:2].any() and masks["g"][2:].all()
+    with pytest.raises(ValueError, match="has 3 entries"):
+        MagnitudePruning(0.5, criterion="act", input_rms={"g": torch.ones(3)})({"g": w})
+
+
+def test_input_fraction_refuses_a_model_that_starts_with_a_conv() -> None:
+    weights = {"conv": torch.randn(3, 2, 3, 3), "fc": torch.randn(2, 48)}
+    method = MagnitudePruning(0.5, target="neuron+input", input_fraction=0.5)
+    with pytest.raises(ValueError, match="first Linear"):
+        method(weights)

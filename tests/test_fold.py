@@ -38,6 +38,9 @@ def test_folding_dead_mlp_neurons_keeps_the_function(seed: int, dead: int) -> No
     folded = fold_dead_neurons(model, masks)
     after = _masked_output(model, folded, x)
     assert torch.allclose(before, after, atol=1e-5, rtol=1e-5)
+    # The folded columns are zero in the model itself, not only in the masks.
+    fc2 = model.get_submodule("fc2").weight.detach()
+    assert not bool(fc2[:, rows].any())
     dead_cols = ~folded["fc2"].any(dim=0)
     assert sorted(dead_cols.nonzero().flatten().tolist()) == sorted(rows.tolist())
     assert torch.equal(folded["fc1"], masks["fc1"])  # producers untouched

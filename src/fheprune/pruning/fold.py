@@ -12,6 +12,12 @@ pruned, and when it is bit-for-bit equal across random inputs of ``model.input_s
 through a copy of the model with the masks applied (the constant to fold is read there). Conv
 consumers are left alone (with zero padding, a constant channel is not constant at the
 borders).
+
+Known interaction with Expand (P3E / P4E): the fold writes its zeros into the model at prune
+time, not lazily like the masks. An Expand that later gives back entries inside live tiles
+returns a folded neuron's producer row with its trained values, but its consumer column with
+zeros (the constant stays in the bias, so the function is still exact). The final Retrain trains
+those entries from zero instead of from their old values. Tile sparsity is unaffected.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def fold_dead_neurons(
     handles = [layer_module(probe, n).register_forward_pre_hook(recorder(n)) for n in consumers]
     generator = torch.Generator().manual_seed(seed)
     weight = layer_module(model, names[0]).weight
-    x = torch.randn(_PROBES, *shape, generator=generator, dtype=weight.dtype)
+    x = torch.randn(_PROBES, *shape, generator=generator, dtype=weight.dtype).to(weight.device)
     probe.eval()
     try:
         with torch.no_grad():
@@ -115,5 +121,5 @@ def _dead_producers(
     mask = masks[producer].to(torch.bool)
     dead_rows = ~mask.reshape(mask.shape[0], -1).any(dim=1)
     if features % dead_rows.numel() != 0:
-        return torch.zeros(features, dtype=torch.bool)
+        return torch.zeros(features, dtype=torch.bool, device=mask.device)
     return dead_rows.repeat_interleave(features // dead_rows.numel())

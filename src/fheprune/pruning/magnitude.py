@@ -142,6 +142,11 @@ class MagnitudePruning(PruningMethod):
                 inputs[f"{first}#inputs"] = self._neuron_scores(
                     magnitudes[first].t(), current[first].t(), generator
                 )
+            elif self.input_fraction is not None:
+                raise ValueError(
+                    "input_fraction prunes the input features of a first Linear layer; this "
+                    "model's first layer is not one (a conv's input channels are not pruned)"
+                )
             if self.input_fraction is None:
                 chosen = select_by_scope({**scores, **inputs}, self.fraction, self.scope)
             else:
@@ -175,14 +180,22 @@ class MagnitudePruning(PruningMethod):
                 f"criterion 'act' needs the input RMS of layer {name!r}; input_rms has "
                 f"{sorted(self.input_rms)}"
             )
-        rms = rms.detach().to(torch.float64).reshape(-1)
-        if rms.numel() != weight.shape[1]:
+        rms = rms.detach().to(device=magnitude.device, dtype=torch.float64).reshape(-1)
+        per_group = weight.shape[1]  # a grouped conv's weight holds C_in / groups inputs
+        groups = rms.numel() // per_group if rms.numel() % per_group == 0 else 0
+        if groups < 1 or weight.shape[0] % groups != 0 or (groups > 1 and weight.dim() != 4):
             raise ValueError(
                 f"input_rms[{name!r}] has {rms.numel()} entries, but the layer has "
                 f"{weight.shape[1]} inputs (features or channels); were the statistics taken "
                 "on another model?"
             )
-        return magnitude * rms.view(1, -1, *([1] * (weight.dim() - 2)))
+        # Output channel o of a grouped conv reads the inputs of group o // (C_out / groups).
+        scale = (
+            rms.view(groups, 1, per_group)
+            .expand(groups, weight.shape[0] // groups, per_group)
+            .reshape(weight.shape[0], per_group)
+        )
+        return magnitude * scale.view(*scale.shape, *([1] * (weight.dim() - 2)))
 
     def _weight_scores(self, magnitude: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
         if self.criterion is Criterion.RANDOM:
