@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": args.budget,
         "seed": next(iter(seeds), None),
     }
-    files = write_report(rows, args.out_dir, args.budget, extra)
+    files = write_report(rows, args.out_dir, args.budget, extra).files
     files += plot(rows, {}, args.out_dir)
     print((args.out_dir / "hepex_sparsity.md").read_text(encoding="utf-8"))
     for f in files:

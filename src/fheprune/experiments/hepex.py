@@ -680,7 +680,7 @@ class SweepReport:
 
 def write_report(
     rows: Sequence[dict[str, Any]], out_dir: Path, budget: float, extra: dict[str, Any]
-) -> list[Path]:
+) -> SweepReport:
     """JSON (best points, all points, summary, machine) and Markdown for ``rows``."""
     best = best_within_budget(rows, budget)
     summary = summarize(best)
@@ -696,7 +696,7 @@ def write_report(
     files = [out_dir / "hepex_sparsity.json", out_dir / "hepex_sparsity.md"]
     write_json_atomic(files[0], result, sort_keys=True)
     write_text_atomic(files[1], markdown_table(best, summary, budget))
-    return files
+    return SweepReport(list(rows), best, summary, files)
 
 
 def run_sweep(
@@ -711,15 +711,13 @@ def run_sweep(
     rows = sweep(experiment, progress)
     rows = [r for r in rows if r["model"] in config.models and r["tile"][0] in config.tiles]
     out = config.out_dir
-    files = write_report(
+    report = write_report(
         rows, out, config.budget, {"config": config.to_dict(), "seed": config.seed}
     )
-    best = best_within_budget(rows, config.budget)
-    summary = summarize(best)
     histograms = {
         f"{m}-{t}x{t}": zero_fraction_histograms(experiment, m, t, histogram_fraction)
         for m in config.models
         for t in config.tiles[:1]
     }
-    files += plot(rows, histograms, out)
-    return SweepReport(rows, best, summary, files)
+    report.files += plot(rows, histograms, out)
+    return report

@@ -41,6 +41,7 @@ __all__ = [
     "Target",
     "apply_masks",
     "check_fraction",
+    "check_input_fraction",
     "check_no_unprune",
     "complete_masks",
     "full_masks",
@@ -308,6 +309,17 @@ def check_fraction(fraction: float) -> float:
     if not 0.0 <= float(fraction) <= 1.0:  # NaN fails this too
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     return float(fraction)
+
+
+def check_input_fraction(input_fraction: float | None, target: Target) -> float | None:
+    """A fraction of input features to prune, which only the "neuron+input" target takes."""
+    if input_fraction is None:
+        return None
+    if target is not Target.NEURON_INPUT:
+        raise ValueError(
+            f"input_fraction applies to the 'neuron+input' target, not {target.value!r}"
+        )
+    return check_fraction(input_fraction)
 
 
 def prune_count(fraction: float, n: int) -> int:

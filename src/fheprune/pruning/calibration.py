@@ -15,14 +15,43 @@ take them before a co-permutation, or on permuted inputs after one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from fheprune.layouts import layer_module, prunable_layer_names
 
-__all__ = ["input_rms"]
+__all__ = ["input_rms", "observe_inputs"]
+
+
+def observe_inputs(
+    model: nn.Module,
+    layers: Sequence[str],
+    batches: Iterable[Tensor],
+    observe: Callable[[str, Tensor], None],
+) -> None:
+    """Run ``batches`` through ``model`` and call ``observe(layer, its input)`` on the way.
+
+    The model runs in eval mode without gradients and is put back in its previous mode; the
+    hooks are removed whatever happens.
+    """
+    handles = [
+        layer_module(model, name).register_forward_pre_hook(
+            lambda _module, args, name=name: observe(name, args[0].detach())
+        )
+        for name in layers
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
 
 
 def input_rms(
@@ -39,33 +68,17 @@ def input_rms(
     names = list(prunable_layer_names(model) if layers is None else layers)
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
-    handles = []
 
-    def recorder(name: str, module: nn.Linear | nn.Conv2d):  # type: ignore[no-untyped-def]
-        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].detach().to(torch.float64)
-            if isinstance(module, nn.Conv2d):
-                per = x.transpose(0, 1).reshape(x.shape[1], -1)  # [C_in, n*H*W]
-            else:
-                per = x.reshape(-1, x.shape[-1]).t()  # [in_features, n]
-            sums[name] = sums.get(name, 0) + per.pow(2).sum(dim=1)
-            counts[name] += per.shape[1]
+    def accumulate(name: str, x: Tensor) -> None:
+        x = x.to(torch.float64)
+        if isinstance(layer_module(model, name), nn.Conv2d):
+            per = x.transpose(0, 1).reshape(x.shape[1], -1)  # [C_in, n*H*W]
+        else:
+            per = x.reshape(-1, x.shape[-1]).t()  # [in_features, n]
+        sums[name] = sums.get(name, 0) + per.pow(2).sum(dim=1)
+        counts[name] += per.shape[1]
 
-        return hook
-
-    for name in names:
-        module = layer_module(model, name)
-        handles.append(module.register_forward_pre_hook(recorder(name, module)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    observe_inputs(model, names, batches, accumulate)
     missing = [name for name in names if counts[name] == 0]
     if missing:
         raise ValueError(

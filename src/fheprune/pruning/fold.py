@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from fheprune.layouts import layer_module, prunable_layer_names
 
 from .base import apply_masks
+from .calibration import observe_inputs
 
 __all__ = ["fold_dead_neurons"]
 
@@ -65,24 +66,12 @@ def fold_dead_neurons(
     probe = copy.deepcopy(model)
     apply_masks(probe, {n: m for n, m in masks.items() if n in names})
     seen: dict[str, Tensor] = {}
-
-    def recorder(name: str):  # type: ignore[no-untyped-def]
-        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            seen[name] = args[0].detach().reshape(args[0].shape[0], -1)
-
-        return hook
-
-    handles = [layer_module(probe, n).register_forward_pre_hook(recorder(n)) for n in consumers]
     generator = torch.Generator().manual_seed(seed)
     weight = layer_module(model, names[0]).weight
     x = torch.randn(_PROBES, *shape, generator=generator, dtype=weight.dtype).to(weight.device)
-    probe.eval()
-    try:
-        with torch.no_grad():
-            probe(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    observe_inputs(
+        probe, consumers, [x], lambda name, v: seen.__setitem__(name, v.reshape(v.shape[0], -1))
+    )
     with torch.no_grad():
         for name in consumers:
             features = seen[name]

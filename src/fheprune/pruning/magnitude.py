@@ -52,6 +52,7 @@ from .base import (
     Scope,
     Target,
     check_fraction,
+    check_input_fraction,
     complete_masks,
     select_by_scope,
 )
@@ -84,14 +85,7 @@ class MagnitudePruning(PruningMethod):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.protected = None if protected is None else frozenset(protected)
-        if input_fraction is not None:
-            input_fraction = check_fraction(input_fraction)
-            if self.target is not Target.NEURON_INPUT:
-                raise ValueError(
-                    "input_fraction applies to the 'neuron+input' target, not "
-                    f"{self.target.value!r}"
-                )
-        self.input_fraction = input_fraction
+        self.input_fraction = check_input_fraction(input_fraction, self.target)
         if self.criterion is Criterion.ACTIVATION and input_rms is None:
             raise ValueError(
                 "criterion 'act' scores |w| by the RMS of its input: pass input_rms (from "

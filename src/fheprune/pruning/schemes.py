@@ -56,6 +56,7 @@ from .base import (
     Target,
     apply_masks,
     check_fraction,
+    check_input_fraction,
     complete_masks,
     weight_sparsity,
 )
@@ -139,13 +140,8 @@ class PruneConfig:
         object.__setattr__(self, "reduction", TileReduction(self.reduction))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
-        if self.input_fraction is not None:
-            object.__setattr__(self, "input_fraction", check_fraction(self.input_fraction))
-            if self.target is not Target.NEURON_INPUT:
-                raise ValueError(
-                    "input_fraction applies to the 'neuron+input' target, not "
-                    f"{self.target.value!r}"
-                )
+        fraction = check_input_fraction(self.input_fraction, self.target)
+        object.__setattr__(self, "input_fraction", fraction)
 
     @property
     def needs_calibration(self) -> bool:
