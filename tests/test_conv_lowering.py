@@ -137,16 +137,30 @@ def owned_terms(spec: MapProgramSpec, op: MapLinearOp, kind: str, unit: int) -> 
     )
 
 
-def check_units(spec: MapProgramSpec, model: nn.Module) -> None:
-    """Every term belongs to a unit with a non-zero weight, and every such unit has terms."""
+def weight_out_ct(spec: MapProgramSpec, name: str, weight: np.ndarray) -> np.ndarray:
+    """The output ciphertext every weight of layer ``name`` writes (broadcast to its shape)."""
     assert spec.plan is not None
-    for name, op in linear_ops(spec).items():
+    out = spec.plan.layers[name].outputs
+    if isinstance(out, VectorPacking):
+        return np.broadcast_to(out.ct[:, None], weight.shape)
+    ct, _ = out.place(np.arange(weight.shape[0]))
+    return np.broadcast_to(np.asarray(ct).reshape(-1, 1, 1, 1), weight.shape)
+
+
+def check_units(spec: MapProgramSpec, model: nn.Module) -> None:
+    """Every term belongs to a unit with a non-zero weight, and every such unit whose weights
+    write a ciphertext that a later layer reads (or the client does) has terms."""
+    assert spec.plan is not None
+    ops = list(linear_ops(spec).items())
+    for index, (name, op) in enumerate(ops):
         weight = weight_of(model, name).detach().numpy()
+        read = ops[index + 1][1].in_ct if index + 1 < len(ops) else spec.output.ct
+        live = (weight != 0) & np.isin(weight_out_ct(spec, name, weight), read)
         kinds = ("position", "diagonal") if weight.ndim == 4 else ("position",)
         for kind in kinds:
             units = layer_units(spec.plan, name, kind)  # type: ignore[arg-type]
             owner = term_units(spec, op, kind)  # type: ignore[arg-type]
-            assert set(owner.tolist()) == set(units[weight != 0].tolist()), (name, kind)
+            assert set(owner.tolist()) == set(units[live].tolist()), (name, kind)
             for u in np.unique(owner)[:5]:
                 np.testing.assert_array_equal(owned_terms(spec, op, kind, int(u)), owner == u)
 
@@ -368,7 +382,7 @@ def test_zeroing_one_unit_removes_exactly_its_terms(
 ) -> None:
     name, kind = case
     model = small_lenet(groups)
-    spec = lower_conv_model(model, 8192)
+    spec = lower_conv_model(model, 8192, drop_unread=False)  # liveness: the test below
     assert spec.plan is not None
     conv2_out = spec.plan.layers["conv2"].outputs
     assert isinstance(conv2_out, ChannelPacking) and conv2_out.phases == 4  # 16 ch in 1 ct
@@ -376,7 +390,7 @@ def test_zeroing_one_unit_removes_exactly_its_terms(
     unit = data.draw(st.sampled_from(sorted(set(units.ravel().tolist()))), label="unit")
     with torch.no_grad():
         weight_of(model, name)[torch.from_numpy(units == unit)] = 0.0
-    pruned = lower_conv_model(model, 8192)
+    pruned = lower_conv_model(model, 8192, drop_unread=False)
 
     before, after = linear_ops(spec), linear_ops(pruned)
     op, op2 = before[name], after[name]
@@ -769,7 +783,7 @@ def test_random_phased_chains_match_torch(
 ) -> None:
     model, shape, slots = chain
     spec = lower_conv_model(model, slots, shape)
-    plain = lower_conv_model(model, slots, shape, phases=False)
+    plain = lower_conv_model(model, slots, shape, phases=False, drop_unread=False)
     assert spec.plan is not None and plain.plan is not None
     name = next(n for n, m in reversed(list(model.named_children())) if isinstance(m, nn.Conv2d))
     out, before = spec.plan.layers[name].outputs, plain.plan.layers[name].outputs
@@ -781,7 +795,8 @@ def test_random_phased_chains_match_torch(
     check_units(spec, model)
     check_valid_region(spec, x[:1])
     # The same weights, merged exactly as without phases: one term per (o, i, r, p, phase).
-    assert linear_ops(spec)[name].terms == linear_ops(plain)[name].terms
+    phased = lower_conv_model(model, slots, shape, drop_unread=False)
+    assert linear_ops(phased)[name].terms == linear_ops(plain)[name].terms
 
 
 # ---- Typed errors ---------------------------------------------------------------------------
@@ -883,3 +898,44 @@ def test_build_program_runs_like_simulate(groups: int, width: int) -> None:
         spec.unpack(np.asarray(out)[None]), run(spec, x), rtol=1e-6, atol=1e-6
     )
     np.testing.assert_allclose(run(spec, x), torch_forward(model, x), rtol=1e-8, atol=1e-8)
+
+
+# ---- Liveness -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_a_ciphertext_no_layer_reads_is_never_computed(groups: int) -> None:
+    """Zeroing every kernel position of conv2's first input ciphertext leaves conv1's first
+    output ciphertext unread: conv1 writes no term into it and no bias, so it is a known zero
+    that act1 does not square and pool1 does not rotate; the network still computes torch's
+    function, and the raw lowering (``drop_unread=False``) keeps the dead terms."""
+    model = small_lenet(groups)
+    spec = lower_conv_model(model, 8192)
+    assert spec.plan is not None
+    conv1_out = spec.plan.layers["conv1"].outputs
+    assert isinstance(conv1_out, ChannelPacking) and conv1_out.ciphertexts == 2
+    units = layer_units(spec.plan, "conv2", "position")
+    with torch.no_grad():
+        weight_of(model, "conv2")[torch.from_numpy(units < 25)] = 0.0  # units (i=0, p)
+    pruned = lower_conv_model(model, 8192)
+    raw = lower_conv_model(model, 8192, drop_unread=False)
+    conv1, raw_conv1 = linear_ops(pruned)["conv1"], linear_ops(raw)["conv1"]
+    assert set(raw_conv1.out_ct.tolist()) == {0, 1}
+    assert set(conv1.out_ct.tolist()) == {1}
+    assert conv1.terms == raw_conv1.terms // 2
+    assert not np.any(conv1.bias[0]) and np.any(raw_conv1.bias[0])
+    assert 0 not in linear_ops(pruned)["conv2"].in_ct.tolist()
+    x = np.random.default_rng(groups).normal(size=(2, 1, 28, 28))
+    assert_matches_torch(model, pruned, x)
+    check_units(pruned, model)
+    if not hasattr(_core.Program, "add_map_linear"):
+        return
+    levels = pruned.levels
+    params = _core.Parameters(
+        16384, [60] + [40] * levels, [60], 40, insecure_for_testing=True
+    )
+    cost = {lay["name"]: lay["ops"] for lay in build_program(pruned, params).cost()}
+    dense = {lay["name"]: lay["ops"] for lay in build_program(spec, params).cost()}
+    assert (cost["act1"]["multiply"], dense["act1"]["multiply"]) == (1, 2)
+    assert 2 * cost["pool1"]["rotate"] == dense["pool1"]["rotate"]
+    assert 2 * cost["conv1"]["mul_plain"] == dense["conv1"]["mul_plain"]

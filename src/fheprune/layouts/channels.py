@@ -323,6 +323,30 @@ class VectorPacking:
         return VectorPacking(np.zeros(features, dtype=np.int64), f * stride, slots, 1)
 
 
+def _fc_diagonals(inputs: VectorPacking, outputs: VectorPacking) -> int:
+    """Generalized diagonals (plaintext products) of a dense layer between two layouts."""
+    k = (inputs.slot[None, :] - outputs.slot[:, None]) % inputs.slots
+    key = (outputs.ct[:, None] * inputs.ciphertexts + inputs.ct[None, :]) * inputs.slots + k
+    return int(np.unique(key).size)
+
+
+def _fc_outputs(inputs: VectorPacking, features: int, slots: int) -> VectorPacking:
+    """Where an FC layer writes its outputs: the spread layout, or the slots of its own input
+    pattern when that needs fewer diagonals.
+
+    A flattened phase-packed map puts its features on a sparse lattice (lane * block + phase
+    offset); outputs spread evenly meet it at many distinct shifts (LeNet-like's fc1: 128 per
+    input ciphertext), outputs written on the same lattice at few (72). The choice depends on
+    the shapes only, never on the weights, so pruning sees the layout the compiler builds.
+    """
+    spread = VectorPacking.spread(features, slots)
+    own = inputs.slot[inputs.ct == 0]  # in feature order: a flatten fills lanes, then phases
+    if own.size < features:
+        return spread
+    same = VectorPacking(np.zeros(features, dtype=np.int64), own[:features].copy(), slots, 1)
+    return same if _fc_diagonals(inputs, same) < _fc_diagonals(inputs, spread) else spread
+
+
 @dataclass
 class PlannedLayer:
     """One step of the network on the layout.
@@ -548,7 +572,7 @@ def plan_layout(
                 raise LayoutError(
                     f"linear '{name}' takes {m.in_features} features, got {current.features}"
                 )
-            out_vec = VectorPacking.spread(m.out_features, slots)
+            out_vec = _fc_outputs(current, m.out_features, slots)
             plan.layers[name] = PlannedLayer(name, "fc", m, current, out_vec)
             current = out_vec
         else:

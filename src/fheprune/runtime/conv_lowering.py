@@ -338,11 +338,14 @@ def lower_conv_model(
     input_shape: tuple[int, int, int] | None = None,
     *,
     phases: bool = True,
+    drop_unread: bool = True,
 ) -> MapProgramSpec:
     """Lower an ``nn.Sequential`` conv chain (see :func:`plan_layout`) to a map program.
 
     ``input_shape`` = (C, H, W) of one sample, by default ``model.input_shape``; ``phases``:
-    phase-pack conv outputs where the plan finds it pays (``False``: never). Unsupported
+    phase-pack conv outputs where the plan finds it pays (``False``: never); ``drop_unread``:
+    never compute a ciphertext no later layer reads (``False`` keeps every term of every
+    non-zero weight, for inspecting the raw lowering). Unsupported
     layers or shapes raise ``LayoutError``; activations that cannot fold raise ``CompileError``.
     """
     if input_shape is None:
@@ -410,9 +413,37 @@ def lower_conv_model(
         last.op.values *= fold.scale
         last.op.bias *= fold.scale
         last.op.bias[last.rows, last.cols] += fold.const / fold.gain
+    if drop_unread:
+        _drop_unread(ops, plan.output.ct)
     for lin in linears:
         _finish(lin.op)
     return MapProgramSpec(slots, plan.input, plan.output, ops, plan)
+
+
+def _drop_unread(ops: list[MapOp], output_ct: IntArray) -> None:
+    """Backward liveness: an output ciphertext that nothing later reads is never computed.
+
+    Walks the ops from the last: a linear op keeps only the terms (and bias rows) of the
+    ciphertexts read after it, and what it reads is what its remaining terms read; squares and
+    window sums act on each ciphertext alone, so they pass the set through. Pruning can empty
+    every term that reads a ciphertext (e.g. all kernel positions of one input ciphertext);
+    then the layers that produce it (convolution, activation, pool) skip it too: it becomes a
+    known zero, which the executor neither squares nor rotates.
+    """
+    read = np.unique(output_ct)
+    for op in reversed(ops):
+        if not isinstance(op, MapLinearOp):
+            continue
+        keep = np.isin(op.out_ct, read)
+        if not keep.all():
+            op.out_ct, op.in_ct, op.shift = op.out_ct[keep], op.in_ct[keep], op.shift[keep]
+            op.values = op.values[keep]
+            if op.baby is not None:
+                op.baby = op.baby[keep]
+        unread = np.setdiff1d(np.arange(op.out_ciphertexts), read)
+        if op.bias.size and unread.size:
+            op.bias[unread] = 0.0
+        read = np.unique(op.in_ct)
 
 
 def _fold_activation(name: str, m: Any, fold: _Fold, ops: list[MapOp]) -> None:
