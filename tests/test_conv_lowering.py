@@ -931,9 +931,7 @@ def test_a_ciphertext_no_layer_reads_is_never_computed(groups: int) -> None:
     if not hasattr(_core.Program, "add_map_linear"):
         return
     levels = pruned.levels
-    params = _core.Parameters(
-        16384, [60] + [40] * levels, [60], 40, insecure_for_testing=True
-    )
+    params = _core.Parameters(16384, [60] + [40] * levels, [60], 40, insecure_for_testing=True)
     cost = {lay["name"]: lay["ops"] for lay in build_program(pruned, params).cost()}
     dense = {lay["name"]: lay["ops"] for lay in build_program(spec, params).cost()}
     assert (cost["act1"]["multiply"], dense["act1"]["multiply"]) == (1, 2)

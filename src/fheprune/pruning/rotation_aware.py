@@ -56,7 +56,7 @@ from fheprune.layouts.channels import (
     plan_layout,
 )
 from fheprune.training import Loaders, TrainConfig, evaluate, train
-from fheprune.training.trainer import Regularizer, TrainingDivergedError
+from fheprune.training.trainer import Distillation, Regularizer, TrainingDivergedError
 
 from .base import Masks, apply_masks, check_fraction, full_masks, prune_count
 
@@ -430,8 +430,8 @@ class TrainerHarness:
     """:class:`Harness` over :func:`fheprune.training.train` and ``evaluate``.
 
     Every call trains with ``config`` (seeded by ``config.seed``; ``epochs`` overridden), fixed
-    masks and tqdm progress bars; accuracy is measured on ``split`` ("val" for decisions,
-    the default, or "test").
+    masks and tqdm progress bars, distilling from ``distill``'s teacher when given; accuracy
+    is measured on ``split`` ("val" for decisions, the default, or "test").
     """
 
     loaders: Loaders
@@ -439,6 +439,7 @@ class TrainerHarness:
     split: Literal["val", "test"] = "val"
     device: str = "cpu"
     progress: bool = True
+    distill: Distillation | None = None
 
     def evaluate(self, model: nn.Module) -> float:
         loader = self.loaders.val if self.split == "val" else self.loaders.test
@@ -465,6 +466,7 @@ class TrainerHarness:
                 regularizer=regularizer,
                 progress=self.progress,
                 device=self.device,
+                distill=self.distill,
             )
         except TrainingDivergedError as exc:
             # A candidate whose fine-tuning blows up (polynomial activations can) is a failed

@@ -32,6 +32,7 @@ from .metrics import (
 )
 from .trainer import (
     CHECKPOINT_NAME,
+    Distillation,
     EpochRecord,
     TrainingDivergedError,
     TrainResult,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_BUDGET",
     "CheckpointError",
     "DataSpec",
+    "Distillation",
     "EpochRecord",
     "EpochShuffleSampler",
     "Loaders",

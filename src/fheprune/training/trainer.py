@@ -14,6 +14,11 @@ Regularizers: ``train(..., regularizer=fn)`` adds ``fn(model)`` (a scalar tensor
 batch's loss, e.g. a group-Lasso penalty over HE units
 (:class:`fheprune.pruning.rotation_aware.GroupLasso`). The recorded ``train_loss`` is the
 regularized loss. A regularizer is not saved in the checkpoint: resume with the same one.
+
+Distillation: ``train(..., distill=Distillation(teacher))`` trains a classifier on
+``(1 - weight) * cross-entropy + weight * T^2 * KL(softmax(teacher / T) || softmax(model / T))``
+(Hinton et al.), the teacher frozen in eval mode; pruning fine-tunes the pruned network
+towards the dense one it came from. Like a regularizer, it is not saved in the checkpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .metrics import evaluate
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "Distillation",
     "EpochRecord",
     "Regularizer",
     "TrainResult",
@@ -139,6 +145,33 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     for module, mask in check_masks(model, masks).values():
         weight = module.weight
         weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from ``teacher`` (see the module doc): ``weight`` in [0, 1] of
+    the loss goes to matching the teacher's softened outputs at ``temperature``."""
+
+    teacher: nn.Module
+    weight: float = 0.7
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.weight <= 1.0):
+            raise ValueError(f"distillation weight must lie in [0, 1], got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def loss(
+        self, task_loss: torch.Tensor, out: torch.Tensor, inputs: torch.Tensor
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.teacher(inputs)
+        t = self.temperature
+        soft = F.kl_div(
+            F.log_softmax(out / t, dim=1), F.softmax(target / t, dim=1), reduction="batchmean"
+        )
+        return (1.0 - self.weight) * task_loss + self.weight * t * t * soft
 
 
 def _loss(task: Task, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -275,6 +308,7 @@ def train(
     stop_after_epochs: int | None = None,
     device: torch.device | str = "cpu",
     regularizer: Regularizer | None = None,
+    distill: Distillation | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs; returns the per-epoch history.
 
@@ -290,8 +324,11 @@ def train(
         device: where to train; checkpoints are always loadable on the CPU.
         regularizer: ``fn(model) -> scalar tensor`` added to every batch's loss (e.g. a
             group-Lasso penalty); None (default) trains on the task loss alone.
+        distill: a :class:`Distillation` from a teacher (classification only).
     """
     task: Task = loaders.spec.task
+    if distill is not None and task != "classification":
+        raise ValueError("distillation is for classifiers; this task is " + repr(task))
     model_task = getattr(model, "task", task)
     if model_task != task:
         raise ValueError(f"model task is {model_task!r} but the loaders are for {task!r}")
@@ -299,6 +336,8 @@ def train(
         raise ValueError(f"stop_after_epochs must be positive, got {stop_after_epochs}")
     checked = check_masks(model, masks or {})
     model.to(device)
+    if distill is not None:
+        distill.teacher.to(device).eval()
     float_masks = {
         name: (module, mask.to(device=device, dtype=torch.float32))
         for name, (module, mask) in checked.items()
@@ -337,7 +376,10 @@ def train(
         for i, (inputs, targets) in enumerate(bar):
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(task, model(inputs), targets)
+            out = model(inputs)
+            loss = _loss(task, out, targets)
+            if distill is not None:
+                loss = distill.loss(loss, out, inputs)
             if regularizer is not None:
                 loss = loss + regularizer(model)
             if not torch.isfinite(loss):

@@ -1,0 +1,401 @@
+"""Cost-aware sub-block pruning: SpENCNN's Algorithm 1 ranked by damage per second saved.
+
+SpENCNN ranks sub-blocks by their average L2 norm. That ranking cannot compare units of
+different layers fairly (a first-layer kernel position and a fully connected diagonal have
+different weight scales and sizes), and it is blind to what a unit costs under encryption: a
+kernel position of the first convolution runs at the top level, where a plaintext product
+costs about seven times one at the last. Here every candidate unit gets
+
+    score = damage / saving
+
+* **damage**: the increase of the training loss on a fixed calibration batch when the unit
+  is zeroed (measured, not approximated: a forward pass from the unit's layer on, with the
+  activations before it cached);
+* **saving**: the encrypted work the unit removes, read from the lowered program of the
+  current model (:mod:`fheprune.runtime.conv_lowering`): its plaintext products and the
+  inner rotation it alone needs, each priced at its level by :func:`op_seconds`.
+
+Besides the layout's position and fc-diagonal units, the candidates include **ciphertext
+units**: input ciphertext ``i`` of a convolution whose input another convolution produced
+(through activations and pools only). Zeroing every weight that reads it leaves the
+producer's output ciphertext unread, so the compiler drops the producer's products into it,
+its square and its pool rotations too (backward liveness in the lowering); the unit's
+saving counts all of that. Its producer-side weights (the output channels that live in the
+ciphertext) are masked as well, since nothing reads them.
+
+The loop is Algorithm 1's: prune the ``per_iteration`` lowest scores over the network,
+fine-tune a copy with the masks fixed, keep it while the accuracy loss stays within the
+budget, halve the step on an over-budget step, stop at a one-unit failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fheprune.layouts import layer_module
+from fheprune.layouts.channels import ChannelPacking, plan_layout
+
+from .base import Masks, apply_masks
+from .rotation_aware import (
+    DEFAULT_SLOTS,
+    Harness,
+    LayerUnits,
+    RotationAwareResult,
+    _check_budget,
+    _fine_tuned,
+    _input_shape,
+    _result,
+    _start_masks,
+    alive_units,
+    masks_without_units,
+    model_units,
+)
+
+__all__ = ["CiphertextUnit", "cost_aware_prune", "op_seconds", "unit_scores"]
+
+log = logging.getLogger(__name__)
+
+
+def op_seconds(level: int) -> tuple[float, float, float]:
+    """Relative prices (plaintext product, rotation, hoisted rotation) of an operation on a
+    ciphertext at ``level`` (``level + 1`` primes).
+
+    A plaintext product is linear in the primes; a key switch (rotation, or the
+    relinearization of a square) is quadratic (one digit per prime, each raised to all of
+    them); a hoisted rotation shares the digit decomposition and costs about 0.6 of one.
+    Fitted to our engine at N = 16384 on one core (in milliseconds: products 1.22 / 0.55 /
+    0.36 / 0.19 and rotations 16 / 8.8 / 3.6 / 1.7 at levels 7 / 5 / 3 / 1); used only to
+    rank units against each other, never reported as a measurement.
+    """
+    primes = level + 1
+    rotation = 0.2 * primes * (primes + 1)
+    return 0.15 * primes, rotation, 0.6 * rotation
+
+
+@dataclass(frozen=True)
+class CiphertextUnit:
+    """Input ciphertext ``ct`` of conv ``consumer``, produced by conv ``producer``."""
+
+    consumer: str
+    producer: str
+    ct: int
+
+
+def _levels(spec: Any) -> dict[str, int]:
+    """Level each op of a lowered program runs at (linear ops and squares use one each)."""
+    from fheprune.runtime.conv_lowering import MapLinearOp, SquareOp
+
+    level, out = int(spec.levels), {}
+    for op in spec.ops:
+        out[op.name] = level
+        if isinstance(op, MapLinearOp | SquareOp):
+            level -= 1
+    return out
+
+
+def _window_rotations(windows: Sequence[tuple[int, int]]) -> int:
+    """Rotations of a window sum by the binary method (doubling, plus one per extra bit)."""
+    return sum(max(0, c.bit_length() - 1) + bin(c).count("1") - 1 for c, _ in windows)
+
+
+def _savings(
+    model: nn.Module, units: Mapping[str, LayerUnits], slots: int, shape: tuple[int, int, int]
+) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
+    """Price of every unit (what zeroing it removes now) and of every ciphertext unit."""
+    from fheprune.runtime.conv_lowering import (
+        MapLinearOp,
+        RotateSumOp,
+        SquareOp,
+        lower_conv_model,
+        term_units,
+    )
+
+    probe = copy.deepcopy(model).double().eval()
+    spec = lower_conv_model(probe, slots, shape, drop_unread=False)
+    assert spec.plan is not None
+    levels = _levels(spec)
+    linear = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
+    prices: dict[str, Tensor] = {}
+    for name, u in units.items():
+        op = linear[name]
+        mulp, rot, hoisted = op_seconds(levels[name])
+        owner = term_units(spec, op, "position")
+        dense = np.searchsorted(u.layout_ids, owner)
+        terms = np.bincount(dense, minlength=u.count).astype(np.float64)
+        alive = np.zeros(u.count, dtype=bool)
+        alive[dense] = True
+        # An fc diagonal's rotation is shared between a baby and a giant step: half of one.
+        per_rotation = hoisted if u.kind != "fc" else 0.5 * rot
+        prices[name] = torch.from_numpy(terms * mulp + alive * u.rotations.numpy() * per_rotation)
+    ct_prices: dict[CiphertextUnit, float] = {}
+    ops = list(spec.ops)
+    for index, op in enumerate(ops):
+        layer = spec.plan.layers.get(op.name)
+        if not isinstance(op, MapLinearOp) or layer is None or layer.kind != "conv":
+            continue
+        j = index - 1
+        between: list[Any] = []
+        while j >= 0 and isinstance(ops[j], SquareOp | RotateSumOp):
+            between.append(ops[j])
+            j -= 1
+        producer = ops[j] if j >= 0 else None
+        if not isinstance(producer, MapLinearOp) or producer.name not in units:
+            continue
+        mulp, _, hoisted = op_seconds(levels[op.name])
+        p_mulp, _, _ = op_seconds(levels[producer.name])
+        for ct in range(int(layer.inputs.ciphertexts)):
+            reads = op.in_ct == ct
+            if not reads.any():
+                continue
+            babies = np.unique(op.baby[reads]) if op.baby is not None else np.array([1])
+            price = reads.sum() * mulp + np.count_nonzero(babies) * hoisted
+            price += np.count_nonzero(producer.out_ct == ct) * p_mulp
+            for mid in between:
+                _, rot, _ = op_seconds(levels[mid.name])
+                price += rot * (1 if isinstance(mid, SquareOp) else _window_rotations(mid.windows))
+            ct_prices[CiphertextUnit(op.name, producer.name, ct)] = float(price)
+    return prices, ct_prices
+
+
+def _reads_ct(unit: CiphertextUnit, units: LayerUnits, taps: int) -> Tensor:
+    """Bool mask over the consumer's weight: the weights that read input ciphertext ``ct``
+    (its position units ``(ct, p)`` for every kernel position ``p``)."""
+    return torch.from_numpy(np.isin(units.layout_ids // taps, [unit.ct]))[units.ids]
+
+
+def _producer_channels(model: nn.Module, unit: CiphertextUnit, packing: ChannelPacking) -> Tensor:
+    """Bool [C_out] of the producer: the output channels that live in ciphertext ``ct``."""
+    m = layer_module(model, unit.producer)
+    ct, _ = packing.place(np.arange(int(m.weight.shape[0])))
+    return torch.from_numpy(np.asarray(ct) == unit.ct)
+
+
+@torch.no_grad()
+def unit_scores(
+    model: nn.Module,
+    masks: Masks,
+    units: Mapping[str, LayerUnits],
+    calibration: tuple[Tensor, Tensor],
+    *,
+    slots: int = DEFAULT_SLOTS,
+    input_shape: Sequence[int] | None = None,
+) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
+    """Damage / saving of every alive unit (``inf`` for dead ones) and every live ciphertext
+    unit. ``model`` must be an ``nn.Sequential`` (the zoo's models are); it is not changed."""
+    shape = _input_shape(model, input_shape)
+    work = copy.deepcopy(model).eval()
+    apply_masks(work, masks)
+    children = list(work.named_children())
+    index = {name: i for i, (name, _) in enumerate(children)}
+    x, y = calibration
+    acts = [x]
+    for _, m in children:
+        acts.append(m(acts[-1]))
+    base = float(F.cross_entropy(acts[-1], y))
+
+    def loss_from(i: int) -> float:
+        h = acts[i]
+        for _, m in children[i:]:
+            h = m(h)
+        return float(F.cross_entropy(h, y))
+
+    prices, ct_prices = _savings(work, units, slots, shape)
+    scores: dict[str, Tensor] = {}
+    for name, u in units.items():
+        if name not in index:
+            raise ValueError(f"layer {name!r} is not a direct child of the Sequential model")
+        weight = layer_module(work, name).weight
+        saved = weight.detach().clone()
+        alive = alive_units(masks[name], u)
+        s = torch.full((u.count,), math.inf, dtype=torch.float64)
+        for j in torch.nonzero(alive).flatten().tolist():
+            weight.copy_(saved.masked_fill(u.ids == j, 0.0))
+            damage = loss_from(index[name]) - base
+            s[j] = damage / max(float(prices[name][j]), 1e-9)
+        weight.copy_(saved)
+        scores[name] = s
+    ct_scores: dict[CiphertextUnit, float] = {}
+    for cu, price in ct_prices.items():
+        u = units[cu.consumer]
+        m = layer_module(work, cu.consumer)
+        taps = int(m.weight.shape[2] * m.weight.shape[3])
+        reads = _reads_ct(cu, u, taps)
+        if not bool((masks[cu.consumer] & reads).any()):
+            continue
+        weight = m.weight
+        saved = weight.detach().clone()
+        weight.copy_(saved.masked_fill(reads, 0.0))
+        damage = loss_from(index[cu.consumer]) - base
+        weight.copy_(saved)
+        ct_scores[cu] = damage / max(price, 1e-9)
+    return scores, ct_scores
+
+
+def _select(
+    scores: Mapping[str, Tensor],
+    ct_scores: Mapping[CiphertextUnit, float],
+    alive: Mapping[str, Tensor],
+    k: int,
+    min_alive: int,
+) -> tuple[dict[str, Tensor], list[CiphertextUnit]]:
+    """The ``k`` lowest scores among units and ciphertext units (a layer keeps ``min_alive``
+    units; at least one input ciphertext of every convolution stays)."""
+    pool: list[tuple[float, int, str, int | CiphertextUnit]] = []
+    for order, (name, s) in enumerate(scores.items()):
+        for j in torch.nonzero(alive[name]).flatten().tolist():
+            pool.append((float(s[j]), order, name, j))
+    for cu, s in ct_scores.items():
+        pool.append((s, -1, cu.consumer, cu))
+    pool.sort(key=lambda t: (t[0], t[1]))
+    dead = {name: torch.zeros_like(a, dtype=torch.bool) for name, a in alive.items()}
+    left = {name: int(a.sum()) for name, a in alive.items()}
+    cts_left: dict[str, int] = {}
+    for cu in ct_scores:
+        cts_left[cu.consumer] = cts_left.get(cu.consumer, 0) + 1
+    chosen: list[CiphertextUnit] = []
+    taken = 0
+    for score, _, name, what in pool:
+        if taken >= k or not math.isfinite(score):
+            break
+        if isinstance(what, CiphertextUnit):
+            if cts_left[name] <= 1:
+                continue
+            cts_left[name] -= 1
+            chosen.append(what)
+        else:
+            if left[name] <= min_alive:
+                continue
+            dead[name][what] = True
+            left[name] -= 1
+        taken += 1
+    return dead, chosen
+
+
+def _masks_without_cts(
+    model: nn.Module,
+    masks: Masks,
+    units: Mapping[str, LayerUnits],
+    cts: Sequence[CiphertextUnit],
+    slots: int,
+    shape: tuple[int, int, int],
+) -> Masks:
+    """``masks`` without the ciphertext units ``cts``: the consumer weights that read them
+    and the producer's output channels that live in them."""
+    if not cts:
+        return masks
+    plan = plan_layout(model, slots, shape)
+    out = {name: m.clone() for name, m in masks.items()}
+    for cu in cts:
+        m = layer_module(model, cu.consumer)
+        taps = int(m.weight.shape[2] * m.weight.shape[3])
+        out[cu.consumer] &= ~_reads_ct(cu, units[cu.consumer], taps)
+        packing = plan.layers[cu.consumer].inputs
+        assert isinstance(packing, ChannelPacking)
+        channels = _producer_channels(model, cu, packing)
+        out[cu.producer][channels] = False
+    return out
+
+
+def cost_aware_prune(
+    model: nn.Module,
+    harness: Harness,
+    calibration: tuple[Tensor, Tensor],
+    *,
+    budget: float = 0.005,
+    baseline: float | None = None,
+    per_iteration: int = 12,
+    finetune_epochs: int = 1,
+    warmup_epochs: int = 0,
+    masks: Mapping[str, Tensor] | None = None,
+    max_iterations: int | None = None,
+    min_alive: int = 1,
+    slots: int = DEFAULT_SLOTS,
+    input_shape: Sequence[int] | None = None,
+    method: str = "cost-aware",
+) -> RotationAwareResult:
+    """Algorithm 1 with the cost-aware ranking of the module docstring, over the position
+    units of every conv, the fc diagonals of every Linear and the ciphertext units.
+
+    ``calibration``: (images, labels), a fixed training batch for the damages.
+    ``warmup_epochs`` fine-tunes the starting model first (an HE-group network trained on the
+    dense schedule may start just over the budget). ``model`` is not modified.
+    """
+    budget = _check_budget(budget)
+    if per_iteration < 1 or finetune_epochs < 0 or warmup_epochs < 0 or min_alive < 1:
+        raise ValueError(
+            "per_iteration and min_alive must be positive, finetune/warmup epochs >= 0"
+        )
+    shape = _input_shape(model, input_shape)
+    units = model_units(model, slots=slots, input_shape=shape, layers="all")
+    current = copy.deepcopy(model)
+    state = _start_masks(current, masks)
+    apply_masks(current, state)
+    if warmup_epochs:
+        harness.train(current, epochs=warmup_epochs, masks=state)
+    accuracy = harness.evaluate(current)
+    if baseline is None:
+        baseline = accuracy
+    history: list[dict[str, Any]] = [{"warmup_epochs": warmup_epochs, "accuracy": accuracy}]
+    if baseline - accuracy > budget:
+        log.info("%s: the starting model is over budget (%.4f); nothing pruned", method, accuracy)
+        max_iterations = 0
+    step, iteration = per_iteration, 0
+    while max_iterations is None or iteration < max_iterations:
+        alive = {name: alive_units(state[name], u) for name, u in units.items()}
+        scores, ct_scores = unit_scores(
+            current, state, units, calibration, slots=slots, input_shape=shape
+        )
+        dead, cts = _select(scores, ct_scores, alive, step, min_alive)
+        n_new = sum(int(d.sum()) for d in dead.values()) + len(cts)
+        if n_new == 0:
+            break
+        iteration += 1
+        proposal = masks_without_units(state, units, dead)
+        proposal = _masks_without_cts(current, proposal, units, cts, slots, shape)
+        candidate, acc = _fine_tuned(harness, current, proposal, finetune_epochs)
+        ok = baseline - acc <= budget
+        history.append(
+            {
+                "iteration": iteration,
+                "pruned": {n: int(d.sum()) for n, d in dead.items() if bool(d.any())},
+                "ciphertexts": [f"{c.consumer}:{c.ct}" for c in cts],
+                "accuracy": acc,
+                "accepted": ok,
+            }
+        )
+        log.info(
+            "%s iteration %d: -%d units (%d ciphertexts), accuracy %.4f (%s)",
+            method,
+            iteration,
+            n_new,
+            len(cts),
+            acc,
+            "kept" if ok else "over budget",
+        )
+        if ok:
+            current, state, accuracy = candidate, proposal, acc
+        elif step > 1:
+            step //= 2
+        else:
+            break
+    return _result(
+        method,
+        current,
+        state,
+        accuracy,
+        baseline,
+        kind="position",
+        slots=slots,
+        input_shape=shape,
+        history=history,
+    )

@@ -1,0 +1,242 @@
+"""Cost-aware sub-block pruning: prices from the lowered program, measured damages,
+ciphertext units, and the Algorithm 1 loop."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fheprune.models.zoo import LeNetLike
+from fheprune.pruning import apply_masks
+from fheprune.pruning.base import Masks
+from fheprune.pruning.cost_aware import (
+    CiphertextUnit,
+    _masks_without_cts,
+    _savings,
+    cost_aware_prune,
+    op_seconds,
+    unit_scores,
+)
+from fheprune.pruning.rotation_aware import (
+    _start_masks,
+    alive_units,
+    is_unit_aligned,
+    model_units,
+)
+from fheprune.runtime.conv_lowering import MapLinearOp, lower_conv_model
+from fheprune.training.trainer import Regularizer
+
+torch.set_num_threads(2)
+
+SLOTS = 512  # 16x16 blocks (12x12 + padding 2): two channel blocks per ciphertext
+SHAPE = (1, 12, 12)
+
+
+def tiny(groups: int = 1, seed: int = 0) -> LeNetLike:
+    """conv1 writes 4 channels into 2 ciphertexts, so conv2 has two ciphertext units."""
+    torch.manual_seed(seed)
+    return LeNetLike(image_size=12, channels=(4, 8), hidden=8, conv2_groups=groups)
+
+
+def batch(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+class Harness:
+    """No training (masks applied); accuracy = ``score(model)``."""
+
+    def __init__(self, score: Callable[[nn.Module], float]) -> None:
+        self.score = score
+        self.epochs: list[int] = []
+
+    def evaluate(self, model: nn.Module) -> float:
+        return self.score(model)
+
+    def train(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int,
+        masks: Masks | None = None,
+        regularizer: Regularizer | None = None,
+    ) -> None:
+        del regularizer
+        self.epochs.append(epochs)
+        if masks:
+            apply_masks(model, masks)
+
+
+def test_prices_grow_with_the_level_and_hoisting_is_cheaper() -> None:
+    prices = [op_seconds(level) for level in range(1, 9)]
+    for (m0, r0, h0), (m1, r1, h1) in itertools.pairwise(prices):
+        assert m1 > m0 and r1 > r0 and h1 > h0
+    for mulp, rot, hoisted in prices:
+        assert mulp < hoisted < rot
+
+
+def test_unit_prices_count_the_lowered_terms() -> None:
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    prices, ct_prices = _savings(model, units, SLOTS, SHAPE)
+    spec = lower_conv_model(copy.deepcopy(model).double(), SLOTS, SHAPE, drop_unread=False)
+    ops = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
+    # conv2 runs at level 5 of 7 (conv1, act1 before it): a position unit (i, p) owns the
+    # terms reading input i at kernel position p, plus its hoisted inner rotation if p != 0.
+    mulp, _, hoisted = op_seconds(5)
+    u = units["conv2"]
+    for j in (0, 1, 26):
+        i, p = divmod(int(u.layout_ids[j]), 25)
+        terms = sum(
+            1
+            for t in range(ops["conv2"].terms)
+            if ops["conv2"].in_ct[t] == i
+            and ops["conv2"].baby is not None
+            and ops["conv2"].baby[t] == ((p // 5) * 16 + p % 5) * 2  # pool1 dilates by 2
+        )
+        assert terms > 0
+        assert float(prices["conv2"][j]) == pytest.approx(terms * mulp + (p != 0) * hoisted)
+    # Two ciphertext units; each costs more than all its position units together.
+    assert sorted(c.ct for c in ct_prices) == [0, 1]
+    for cu, price in ct_prices.items():
+        assert cu == CiphertextUnit("conv2", "conv1", cu.ct)
+        own = torch.from_numpy(u.layout_ids // 25 == cu.ct)
+        assert price > float(prices["conv2"][own].sum())
+
+
+def test_scores_are_measured_damage_per_price() -> None:
+    model = tiny().eval()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    masks = _start_masks(model, None)
+    x, y = batch()
+    scores, ct_scores = unit_scores(model, masks, units, (x, y), slots=SLOTS, input_shape=SHAPE)
+    prices, ct_prices = _savings(model, units, SLOTS, SHAPE)
+    with torch.no_grad():
+        base = float(F.cross_entropy(model(x), y))
+        for name, j in (("conv1", 3), ("conv2", 7), ("fc1", 2)):
+            probe = copy.deepcopy(model)
+            w = probe.get_submodule(name).weight
+            w.masked_fill_(units[name].ids == j, 0.0)
+            damage = float(F.cross_entropy(probe(x), y)) - base
+            assert float(scores[name][j]) == pytest.approx(damage / float(prices[name][j]))
+        cu = CiphertextUnit("conv2", "conv1", 1)
+        probe = copy.deepcopy(model)
+        w = probe.get_submodule("conv2").weight
+        w.masked_fill_(
+            torch.from_numpy(units["conv2"].layout_ids // 25 == 1)[units["conv2"].ids], 0
+        )
+        damage = float(F.cross_entropy(probe(x), y)) - base
+        assert ct_scores[cu] == pytest.approx(damage / ct_prices[cu])
+    # A dead unit is never a candidate.
+    masks["fc1"] &= units["fc1"].ids != 2
+    scores, _ = unit_scores(model, masks, units, (x, y), slots=SLOTS, input_shape=SHAPE)
+    assert scores["fc1"][2] == float("inf")
+
+
+def test_a_pruned_ciphertext_unit_removes_its_producer_work() -> None:
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    masks = _masks_without_cts(
+        model,
+        _start_masks(model, None),
+        units,
+        [CiphertextUnit("conv2", "conv1", 0)],
+        SLOTS,
+        SHAPE,
+    )
+    # conv2 no longer reads input ciphertext 0 (all its positions), conv1 no longer writes
+    # the channels that live there (channels 0 and 1: two lanes per ciphertext).
+    assert not bool(alive_units(masks["conv2"], units["conv2"])[:25].any())
+    assert bool(alive_units(masks["conv2"], units["conv2"])[25:].all())
+    assert not bool(masks["conv1"][:2].any()) and bool(masks["conv1"][2:].all())
+    assert is_unit_aligned(masks["conv2"], units["conv2"])
+    apply_masks(model, masks)
+    spec = lower_conv_model(copy.deepcopy(model).double(), SLOTS, SHAPE)
+    conv1 = next(op for op in spec.ops if op.name == "conv1")
+    assert isinstance(conv1, MapLinearOp) and set(conv1.out_ct.tolist()) == {1}
+
+
+def test_the_loop_prunes_whole_units_until_the_budget() -> None:
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    total = sum(u.count for u in units.values())
+
+    def score(m: nn.Module) -> float:  # one point per ten dead units
+        dead = sum(
+            int((~alive_units(m.get_submodule(n).weight, u)).sum()) for n, u in units.items()
+        )
+        return 1.0 - 0.001 * dead
+
+    harness = Harness(score)
+    result = cost_aware_prune(
+        model,
+        harness,
+        batch(),
+        budget=0.02,
+        per_iteration=8,
+        warmup_epochs=2,
+        slots=SLOTS,
+        input_shape=SHAPE,
+    )
+    dead = sum(int((~alive_units(result.masks[n], u)).sum()) for n, u in units.items())
+    assert 0 < dead <= 20 < total  # the budget allows 20 dead units, never more
+    assert harness.epochs[0] == 2  # the warm-up
+    for name, u in units.items():
+        assert is_unit_aligned(result.masks[name], u), name
+        w = result.model.get_submodule(name).weight.detach()
+        assert torch.all(w[~result.masks[name]] == 0), name
+    assert not result.history[-1]["accepted"] or len(result.history) > 1
+    assert np.all(np.diff([h["accuracy"] for h in result.history[1:] if h["accepted"]]) <= 0)
+
+
+def test_an_over_budget_start_prunes_nothing() -> None:
+    model = tiny()
+    result = cost_aware_prune(
+        model, Harness(lambda m: 0.5), batch(), baseline=0.9, slots=SLOTS, input_shape=SHAPE
+    )
+    assert all(bool(m.all()) for m in result.masks.values())
+    assert len(result.history) == 1
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    """With the whole loss on the teacher (weight 1), training moves the student's outputs
+    towards the teacher's, whatever the labels say."""
+    from fheprune.data import Dataset
+    from fheprune.training import Distillation, TrainConfig, make_loaders, train
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(128, 12, 12), dtype=np.uint8)
+    ds = Dataset(
+        images=images,
+        labels=rng.integers(0, 10, 128).astype(np.int64),
+        name="r",
+        classes=10,
+        split="train",
+    )
+    config = TrainConfig(
+        epochs=6, lr=0.01, batch_size=32, val_fraction=0.0, optimizer="adam", scheduler="constant"
+    )
+    loaders = make_loaders(ds, None, "lenet", config)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    teacher, student = tiny(seed=1).eval(), tiny(seed=2)
+
+    def gap(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(
+                F.kl_div(F.log_softmax(m(x), 1), F.softmax(teacher(x), 1), reduction="sum")
+            )
+
+    before = gap(student)
+    train(student, loaders, config, progress=False, distill=Distillation(teacher, weight=1.0))
+    assert gap(student) < 0.5 * before
+    with pytest.raises(ValueError, match="weight"):
+        Distillation(teacher, weight=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        Distillation(teacher, temperature=0.0)
