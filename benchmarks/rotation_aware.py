@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import statistics
@@ -50,14 +51,15 @@ import torch
 from torch import nn
 
 from fheprune import _core
+from fheprune.pruning import cost_aware as ca
 from fheprune.pruning import rotation_aware as ra
 from fheprune.reporting import machine_info, write_json_atomic
 from fheprune.runtime.compiler import CompiledModel, compile_model
 from fheprune.runtime.params import choose_parameters
 from fheprune.training.config import default_config
-from fheprune.training.data import load_loaders
+from fheprune.training.data import load_loaders, set_loader_epoch
 from fheprune.training.metrics import evaluate
-from fheprune.training.trainer import train
+from fheprune.training.trainer import Distillation, train
 
 LOG = logging.getLogger("rotation_aware")
 
@@ -78,6 +80,8 @@ class Schedule:
     search_steps: int
     images: int
     repeats: int
+    warmup_epochs: int = 3
+    calibration: int = 1024
 
 
 QUICK = Schedule(
@@ -90,6 +94,8 @@ QUICK = Schedule(
     search_steps=3,
     images=2,
     repeats=1,
+    warmup_epochs=1,
+    calibration=256,
 )
 FULL = Schedule(
     train_epochs=10,
@@ -144,17 +150,20 @@ class MethodCache:
         blob = torch.load(path, weights_only=True)
         model = make(int(blob["groups"]))
         model.load_state_dict(blob["state"])
+        masks = {k: v.bool() for k, v in blob["masks"].items()}
         return ra.RotationAwareResult(
             method=str(blob["method"]),
             groups=int(blob["groups"]),
             model=model,
-            masks={k: v.bool() for k, v in blob["masks"].items()},
+            masks=masks,
             accuracy=float(blob["accuracy"]),
             baseline_accuracy=float(blob["baseline_accuracy"]),
             weight_sparsity=float(blob["weight_sparsity"]),
-            alive_units={
-                k: (int(v[0]), int(v[1])) for k, v in json.loads(blob["alive_units"]).items()
-            },
+            # Counted again on the current layout (a layout change renumbers the units).
+            alive_units=ra.alive_unit_counts(
+                masks,
+                ra.model_units(model, kind=str(blob["unit_kind"])),  # type: ignore[arg-type]
+            ),
             unit_kind=str(blob["unit_kind"]),
         )
 
@@ -186,13 +195,16 @@ def method_table(
     slots: int,
     s: Schedule,
     grouped: Callable[[], ra.RotationAwareResult] | None = None,
+    group_result: Callable[[int], ra.RotationAwareResult | None] | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Callable[[], ra.RotationAwareResult]]:
     """Every method as a thunk: (name -> run it on a copy of the dense model).
 
     ``harness`` fine-tunes (pruning); ``train_harness`` trains from scratch, with the dense
     model's schedule (HE-group convolution: the grouped network is its own architecture, as in
     SpENCNN). ``grouped`` gives the HE-group result the combined method starts from (default:
-    train one at G_base).
+    train one at G_base); ``group_result(g)`` the group-g row when it was already run.
+    ``calibration``: the training batch the cost-aware method measures damages on.
     """
     g_base = ra.g_base(make(1), slots)
     common: dict[str, Any] = {"budget": budget, "baseline": baseline, "slots": slots}
@@ -250,6 +262,39 @@ def method_table(
         table[f"group-{g}"] = lambda g=g: group(g)  # type: ignore[misc]
         g *= 2
     table["combined"] = combined
+
+    def cost_aware() -> ra.RotationAwareResult:
+        """Ours: the HE-group network at G_base (trained as its row), fine-tuned with
+        distillation from the dense model for ``warmup_epochs`` at the training rate, then
+        cost-aware sub-block pruning (damage per encrypted second, ciphertext units
+        included), every fine-tuning step distilled from the dense model too."""
+        base = (group_result(g_base) if group_result is not None else None) or group(g_base)
+        teacher = copy.deepcopy(dense).eval()
+        warm = dataclasses.replace(
+            train_harness, distill=Distillation(teacher), config=train_harness.config
+        )
+        tune = dataclasses.replace(
+            harness, distill=Distillation(teacher), config=harness.config.replace(lr=3e-3)
+        )
+        model = copy.deepcopy(base.model)
+        warm.train(model, epochs=s.warmup_epochs)
+        if calibration is None:
+            raise ValueError("the cost-aware method needs a calibration batch")
+        result = ca.cost_aware_prune(
+            model,
+            tune,
+            calibration,
+            budget=budget,
+            baseline=baseline,
+            per_iteration=s.per_iteration,
+            finetune_epochs=s.finetune_epochs,
+            slots=slots,
+            method="combined-cost-aware",
+        )
+        result.history.insert(0, {"base": f"group-{g_base}", "warmup_epochs": s.warmup_epochs})
+        return result
+
+    table["combined-cost-aware"] = cost_aware
     table["hunter"] = lambda: ra.hunter_prune(
         fresh(),
         harness,
@@ -268,6 +313,19 @@ def method_table(
             **common,
         )
     return table
+
+
+def calibration_batch(loaders: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training samples in epoch-0 order (deterministic for the seed)."""
+    set_loader_epoch(loaders.train, 0)
+    xs, ys, seen = [], [], 0
+    for x, y in loaders.train:
+        xs.append(x)
+        ys.append(y)
+        seen += len(y)
+        if seen >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
 def op_totals(layers: list[dict[str, Any]]) -> dict[str, int]:
@@ -459,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
                     return results[max(fits)]
             return results[max(results)]
 
+        def group_result(
+            g: int, prepared: dict[str, Any] = prepared
+        ) -> ra.RotationAwareResult | None:
+            done = prepared.get(f"group-{g}")
+            return None if done is None else done[0]
+
         table = method_table(
             dense,
             make,
@@ -469,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             slots=slots,
             s=s,
             grouped=grouped,
+            group_result=group_result,
+            calibration=calibration_batch(loaders, s.calibration),
         )
         chosen = args.methods or list(table)
         if chosen[0] != "dense":

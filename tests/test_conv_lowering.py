@@ -937,3 +937,30 @@ def test_a_ciphertext_no_layer_reads_is_never_computed(groups: int) -> None:
     assert (cost["act1"]["multiply"], dense["act1"]["multiply"]) == (1, 2)
     assert 2 * cost["pool1"]["rotate"] == dense["pool1"]["rotate"]
     assert 2 * cost["conv1"]["mul_plain"] == dense["conv1"]["mul_plain"]
+
+
+def test_fc_outputs_follow_the_input_lattice_when_that_needs_fewer_diagonals() -> None:
+    """LeNet-like's fc1 reads 64 features on conv2's phase lattice (lane * 1024 + phase
+    offset, two ciphertexts); writing its 32 outputs on the same lattice meets the inputs at
+    8 lane offsets x 9 phase differences = 72 shifts per input ciphertext, where outputs spread
+    evenly need 128. fc2 (10 outputs from 32) keeps whichever layout needs fewer."""
+    from fheprune.layouts.channels import _fc_diagonals
+
+    torch.manual_seed(0)
+    model = LeNetLike(activation="square")
+    spec = lower_conv_model(model, 8192)
+    assert spec.plan is not None
+    fc1 = spec.plan.layers["fc1"]
+    assert isinstance(fc1.inputs, VectorPacking) and isinstance(fc1.outputs, VectorPacking)
+    own = set(fc1.inputs.slot[fc1.inputs.ct == 0].tolist())
+    assert set(fc1.outputs.slot.tolist()) == own
+    assert linear_ops(spec)["fc1"].terms == 2 * 72
+    spread = VectorPacking.spread(32, 8192)
+    assert _fc_diagonals(fc1.inputs, spread) == 2 * 128
+    fc2 = spec.plan.layers["fc2"]
+    assert isinstance(fc2.inputs, VectorPacking) and isinstance(fc2.outputs, VectorPacking)
+    chosen = _fc_diagonals(fc2.inputs, fc2.outputs)
+    assert chosen == linear_ops(spec)["fc2"].terms
+    assert chosen <= _fc_diagonals(fc2.inputs, VectorPacking.spread(10, 8192))
+    x = np.random.default_rng(0).normal(size=(2, 1, 28, 28))
+    assert_matches_torch(model, spec, x)

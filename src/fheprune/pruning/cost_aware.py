@@ -315,7 +315,6 @@ def cost_aware_prune(
     baseline: float | None = None,
     per_iteration: int = 12,
     finetune_epochs: int = 1,
-    warmup_epochs: int = 0,
     masks: Mapping[str, Tensor] | None = None,
     max_iterations: int | None = None,
     min_alive: int = 1,
@@ -326,26 +325,22 @@ def cost_aware_prune(
     """Algorithm 1 with the cost-aware ranking of the module docstring, over the position
     units of every conv, the fc diagonals of every Linear and the ciphertext units.
 
-    ``calibration``: (images, labels), a fixed training batch for the damages.
-    ``warmup_epochs`` fine-tunes the starting model first (an HE-group network trained on the
-    dense schedule may start just over the budget). ``model`` is not modified.
+    ``calibration``: (images, labels), a fixed training batch for the damages. ``baseline``
+    defaults to the accuracy of ``model`` as given; a model already over budget is returned
+    unpruned. ``model`` is not modified.
     """
     budget = _check_budget(budget)
-    if per_iteration < 1 or finetune_epochs < 0 or warmup_epochs < 0 or min_alive < 1:
-        raise ValueError(
-            "per_iteration and min_alive must be positive, finetune/warmup epochs >= 0"
-        )
+    if per_iteration < 1 or finetune_epochs < 0 or min_alive < 1:
+        raise ValueError("per_iteration and min_alive must be positive, finetune_epochs >= 0")
     shape = _input_shape(model, input_shape)
     units = model_units(model, slots=slots, input_shape=shape, layers="all")
     current = copy.deepcopy(model)
     state = _start_masks(current, masks)
     apply_masks(current, state)
-    if warmup_epochs:
-        harness.train(current, epochs=warmup_epochs, masks=state)
     accuracy = harness.evaluate(current)
     if baseline is None:
         baseline = accuracy
-    history: list[dict[str, Any]] = [{"warmup_epochs": warmup_epochs, "accuracy": accuracy}]
+    history: list[dict[str, Any]] = [{"start_accuracy": accuracy}]
     if baseline - accuracy > budget:
         log.info("%s: the starting model is over budget (%.4f); nothing pruned", method, accuracy)
         max_iterations = 0
