@@ -139,10 +139,11 @@ def _savings(
         prices[name] = torch.from_numpy(terms * mulp + alive * u.rotations.numpy() * per_rotation)
     ct_prices: dict[CiphertextUnit, float] = {}
     ops = list(spec.ops)
-    for index, op in enumerate(ops):
-        layer = spec.plan.layers.get(op.name)
-        if not isinstance(op, MapLinearOp) or layer is None or layer.kind != "conv":
+    for index, consumer in enumerate(ops):
+        layer = spec.plan.layers.get(consumer.name)
+        if not isinstance(consumer, MapLinearOp) or layer is None or layer.kind != "conv":
             continue
+        op = consumer
         j = index - 1
         between: list[Any] = []
         while j >= 0 and isinstance(ops[j], SquareOp | RotateSumOp):
@@ -251,11 +252,11 @@ def _select(
     """The ``k`` lowest scores among units and ciphertext units (a layer keeps ``min_alive``
     units; at least one input ciphertext of every convolution stays)."""
     pool: list[tuple[float, int, str, int | CiphertextUnit]] = []
-    for order, (name, s) in enumerate(scores.items()):
+    for order, (name, layer_scores) in enumerate(scores.items()):
         for j in torch.nonzero(alive[name]).flatten().tolist():
-            pool.append((float(s[j]), order, name, j))
-    for cu, s in ct_scores.items():
-        pool.append((s, -1, cu.consumer, cu))
+            pool.append((float(layer_scores[j]), order, name, j))
+    for cu, score in ct_scores.items():
+        pool.append((score, -1, cu.consumer, cu))
     pool.sort(key=lambda t: (t[0], t[1]))
     dead = {name: torch.zeros_like(a, dtype=torch.bool) for name, a in alive.items()}
     left = {name: int(a.sum()) for name, a in alive.items()}
