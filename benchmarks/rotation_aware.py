@@ -288,6 +288,7 @@ def method_table(
             baseline=baseline,
             per_iteration=s.per_iteration,
             finetune_epochs=s.finetune_epochs,
+            coarse_epochs=s.warmup_epochs,
             slots=slots,
             method="combined-cost-aware",
         )

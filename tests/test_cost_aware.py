@@ -239,3 +239,41 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
         Distillation(teacher, weight=1.5)
     with pytest.raises(ValueError, match="temperature"):
         Distillation(teacher, temperature=0.0)
+
+
+def test_coarse_first_takes_a_whole_ciphertext_before_any_small_unit() -> None:
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    harness = Harness(lambda m: 1.0)  # never over budget
+    result = cost_aware_prune(
+        model,
+        harness,
+        batch(),
+        budget=0.0,
+        per_iteration=4,
+        max_iterations=2,
+        coarse_epochs=3,
+        slots=SLOTS,
+        input_shape=SHAPE,
+    )
+    first, second = result.history[1], result.history[2]
+    assert first["accepted"] and len(first["ciphertexts"]) == 1 and first["pruned"] == {}
+    assert harness.epochs[0] == 3  # the coarse step's own fine-tuning
+    ct = int(str(first["ciphertexts"][0]).split(":")[1])
+    conv2_alive = alive_units(result.masks["conv2"], units["conv2"])
+    own = torch.from_numpy(units["conv2"].layout_ids // 25 == ct)
+    assert not bool(conv2_alive[own].any()) and bool(conv2_alive[~own].any())
+    # Only one of conv2's two input ciphertexts can go; the fine loop follows.
+    assert second["ciphertexts"] == [] and sum(second["pruned"].values()) == 4
+    plain = cost_aware_prune(
+        model,
+        Harness(lambda m: 1.0),
+        batch(),
+        budget=0.0,
+        per_iteration=4,
+        max_iterations=1,
+        coarse_first=False,
+        slots=SLOTS,
+        input_shape=SHAPE,
+    )
+    assert plain.history[1]["pruned"]

@@ -190,9 +190,11 @@ def unit_scores(
     *,
     slots: int = DEFAULT_SLOTS,
     input_shape: Sequence[int] | None = None,
+    units_too: bool = True,
 ) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
-    """Damage / saving of every alive unit (``inf`` for dead ones) and every live ciphertext
-    unit. ``model`` must be an ``nn.Sequential`` (the zoo's models are); it is not changed."""
+    """Damage / saving of every alive unit (``inf`` for dead ones; all ``inf`` without
+    ``units_too``) and every live ciphertext unit. ``model`` must be an ``nn.Sequential``
+    (the zoo's models are); it is not changed."""
     shape = _input_shape(model, input_shape)
     work = copy.deepcopy(model).eval()
     apply_masks(work, masks)
@@ -219,7 +221,7 @@ def unit_scores(
         saved = weight.detach().clone()
         alive = alive_units(masks[name], u)
         s = torch.full((u.count,), math.inf, dtype=torch.float64)
-        for j in torch.nonzero(alive).flatten().tolist():
+        for j in torch.nonzero(alive & units_too).flatten().tolist():
             weight.copy_(saved.masked_fill(u.ids == j, 0.0))
             damage = loss_from(index[name]) - base
             s[j] = damage / max(float(prices[name][j]), 1e-9)
@@ -319,6 +321,8 @@ def cost_aware_prune(
     masks: Mapping[str, Tensor] | None = None,
     max_iterations: int | None = None,
     min_alive: int = 1,
+    coarse_first: bool = True,
+    coarse_epochs: int | None = None,
     slots: int = DEFAULT_SLOTS,
     input_shape: Sequence[int] | None = None,
     method: str = "cost-aware",
@@ -328,7 +332,11 @@ def cost_aware_prune(
 
     ``calibration``: (images, labels), a fixed training batch for the damages. ``baseline``
     defaults to the accuracy of ``model`` as given; a model already over budget is returned
-    unpruned. ``model`` is not modified.
+    unpruned. With ``coarse_first`` the loop starts with whole ciphertexts, one at a time
+    (lowest score first, ``coarse_epochs`` of fine-tuning each, default ``finetune_epochs``),
+    until one fails the budget: a per-second ranking alone spends the budget on many small
+    units first, and their damages add up before the few large savings are reached.
+    ``model`` is not modified.
     """
     budget = _check_budget(budget)
     if per_iteration < 1 or finetune_epochs < 0 or min_alive < 1:
@@ -346,6 +354,45 @@ def cost_aware_prune(
         log.info("%s: the starting model is over budget (%.4f); nothing pruned", method, accuracy)
         max_iterations = 0
     step, iteration = per_iteration, 0
+    coarse = coarse_first
+    while coarse and (max_iterations is None or iteration < max_iterations):
+        _, ct_scores = unit_scores(
+            current, state, units, calibration, slots=slots, input_shape=shape, units_too=False
+        )
+        left: dict[str, int] = {}
+        for cu in ct_scores:
+            left[cu.consumer] = left.get(cu.consumer, 0) + 1
+        options = [cu for cu in ct_scores if left[cu.consumer] > 1]
+        if not options:
+            break
+        chosen = min(options, key=lambda cu: ct_scores[cu])
+        iteration += 1
+        proposal = _masks_without_cts(current, state, units, [chosen], slots, shape)
+        epochs = finetune_epochs if coarse_epochs is None else coarse_epochs
+        candidate, acc = _fine_tuned(harness, current, proposal, epochs)
+        ok = baseline - acc <= budget
+        history.append(
+            {
+                "iteration": iteration,
+                "pruned": {},
+                "ciphertexts": [f"{chosen.consumer}:{chosen.ct}"],
+                "accuracy": acc,
+                "accepted": ok,
+            }
+        )
+        log.info(
+            "%s iteration %d: ciphertext %s:%d, accuracy %.4f (%s)",
+            method,
+            iteration,
+            chosen.consumer,
+            chosen.ct,
+            acc,
+            "kept" if ok else "over budget",
+        )
+        if ok:
+            current, state, accuracy = candidate, proposal, acc
+        else:
+            coarse = False
     while max_iterations is None or iteration < max_iterations:
         alive = {name: alive_units(state[name], u) for name, u in units.items()}
         scores, ct_scores = unit_scores(
