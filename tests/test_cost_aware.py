@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fheprune.layouts.channels import ChannelPacking
 from fheprune.models.zoo import LeNetLike
 from fheprune.pruning import apply_masks
 from fheprune.pruning.base import Masks
@@ -103,12 +104,17 @@ def test_unit_prices_count_the_lowered_terms() -> None:
         )
         assert terms > 0
         assert float(prices["conv2"][j]) == pytest.approx(terms * mulp + (p != 0) * hoisted)
-    # Two ciphertext units; each costs more than all its position units together.
-    assert sorted(c.ct for c in ct_prices) == [0, 1]
+    # conv2 reads two ciphertexts of conv1, fc1 one of conv2 (a ciphertext unit that can
+    # never go: a layer keeps one input); each costs more than all its units together.
+    assert set(ct_prices) == {
+        CiphertextUnit("conv2", "conv1", 0),
+        CiphertextUnit("conv2", "conv1", 1),
+        CiphertextUnit("fc1", "conv2", 0),
+    }
     for cu, price in ct_prices.items():
-        assert cu == CiphertextUnit("conv2", "conv1", cu.ct)
-        own = torch.from_numpy(u.layout_ids // 25 == cu.ct)
-        assert price > float(prices["conv2"][own].sum())
+        per_ct = 25 if cu.consumer == "conv2" else SLOTS
+        own = torch.from_numpy(units[cu.consumer].layout_ids // per_ct == cu.ct)
+        assert price > float(prices[cu.consumer][own].sum())
 
 
 def test_scores_are_measured_damage_per_price() -> None:
@@ -277,3 +283,35 @@ def test_coarse_first_takes_a_whole_ciphertext_before_any_small_unit() -> None:
         input_shape=SHAPE,
     )
     assert plain.history[1]["pruned"]
+
+
+def test_a_linear_layer_can_drop_a_whole_input_ciphertext() -> None:
+    """conv2's 16 channels fill two phase-packed ciphertexts; dropping fc1's input
+    ciphertext 1 masks the fc1 columns of the channels there and those conv2 outputs, and
+    the compiled program no longer computes that ciphertext (conv2, act2, pool2)."""
+    torch.manual_seed(0)
+    model = LeNetLike(image_size=12, channels=(4, 16), hidden=8)
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    _, ct_prices = _savings(model, units, SLOTS, SHAPE)
+    cu = CiphertextUnit("fc1", "conv2", 1)
+    assert cu in ct_prices
+    masks = _masks_without_cts(model, _start_masks(model, None), units, [cu], SLOTS, SHAPE)
+    spec = lower_conv_model(copy.deepcopy(model).double(), SLOTS, SHAPE)
+    assert spec.plan is not None
+    conv2_out = spec.plan.layers["conv2"].outputs
+    assert isinstance(conv2_out, ChannelPacking) and conv2_out.ciphertexts == 2
+    ct, _ = conv2_out.place(np.arange(16))
+    in_ct1 = torch.from_numpy(np.asarray(ct) == 1)
+    assert not bool(masks["conv2"][in_ct1].any()) and bool(masks["conv2"][~in_ct1].all())
+    assert not bool(masks["fc1"][:, in_ct1].any()) and bool(masks["fc1"][:, ~in_ct1].all())
+    apply_masks(model, masks)
+    pruned = lower_conv_model(copy.deepcopy(model).double(), SLOTS, SHAPE)
+    conv2 = next(op for op in pruned.ops if op.name == "conv2")
+    assert isinstance(conv2, MapLinearOp) and set(conv2.out_ct.tolist()) == {0}
+    x = torch.randn(3, *SHAPE, dtype=torch.float64)
+    from fheprune.runtime.conv_lowering import simulate
+
+    got = pruned.unpack(simulate(pruned, pruned.pack(x.numpy())))
+    with torch.no_grad():
+        want = copy.deepcopy(model).double()(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7)

@@ -16,16 +16,17 @@ costs about seven times one at the last. Here every candidate unit gets
   inner rotation it alone needs, each priced at its level by :func:`op_seconds`.
 
 Besides the layout's position and fc-diagonal units, the candidates include **ciphertext
-units**: input ciphertext ``i`` of a convolution whose input another convolution produced
-(through activations and pools only). Zeroing every weight that reads it leaves the
-producer's output ciphertext unread, so the compiler drops the producer's products into it,
-its square and its pool rotations too (backward liveness in the lowering); the unit's
-saving counts all of that. Its producer-side weights (the output channels that live in the
-ciphertext) are masked as well, since nothing reads them.
+units**: input ciphertext ``i`` of a convolution or Linear layer whose input a convolution
+produced (through activations, pools and a flatten only). Zeroing every weight that reads
+it leaves the producer's output ciphertext unread, so the compiler drops the producer's
+products into it, its square and its pool rotations too (backward liveness in the
+lowering); the unit's saving counts all of that. Its producer-side weights (the output
+channels that live in the ciphertext) are masked as well, since nothing reads them.
 
 The loop is Algorithm 1's: prune the ``per_iteration`` lowest scores over the network,
 fine-tune a copy with the masks fixed, keep it while the accuracy loss stays within the
-budget, halve the step on an over-budget step, stop at a one-unit failure.
+budget, halve the step on an over-budget step, stop at a one-unit failure. It starts with
+the ciphertext units alone, one at a time (coarse before fine).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def op_seconds(level: int) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class CiphertextUnit:
-    """Input ciphertext ``ct`` of conv ``consumer``, produced by conv ``producer``."""
+    """Input ciphertext ``ct`` of layer ``consumer`` (a conv or Linear), produced by conv
+    ``producer``."""
 
     consumer: str
     producer: str
@@ -141,7 +143,7 @@ def _savings(
     ops = list(spec.ops)
     for index, consumer in enumerate(ops):
         layer = spec.plan.layers.get(consumer.name)
-        if not isinstance(consumer, MapLinearOp) or layer is None or layer.kind != "conv":
+        if not isinstance(consumer, MapLinearOp) or layer is None or consumer.name not in units:
             continue
         op = consumer
         j = index - 1
@@ -150,16 +152,23 @@ def _savings(
             between.append(ops[j])
             j -= 1
         producer = ops[j] if j >= 0 else None
-        if not isinstance(producer, MapLinearOp) or producer.name not in units:
+        if (
+            not isinstance(producer, MapLinearOp)
+            or producer.name not in units
+            or spec.plan.layers[producer.name].kind != "conv"
+        ):
             continue
-        mulp, _, hoisted = op_seconds(levels[op.name])
+        mulp, rotation, hoisted = op_seconds(levels[op.name])
         p_mulp, _, _ = op_seconds(levels[producer.name])
         for ct in range(int(layer.inputs.ciphertexts)):
             reads = op.in_ct == ct
             if not reads.any():
                 continue
-            babies = np.unique(op.baby[reads]) if op.baby is not None else np.array([1])
-            price = reads.sum() * mulp + np.count_nonzero(babies) * hoisted
+            if op.baby is not None:  # a conv: its hoisted inner rotations of this input
+                price = reads.sum() * mulp + np.count_nonzero(np.unique(op.baby[reads])) * hoisted
+            else:  # an FC layer: its diagonals from this input, half a rotation each
+                shifts = np.count_nonzero(np.unique(op.shift[reads]))
+                price = reads.sum() * mulp + 0.5 * rotation * shifts
             price += np.count_nonzero(producer.out_ct == ct) * p_mulp
             for mid in between:
                 _, rot, _ = op_seconds(levels[mid.name])
@@ -168,10 +177,16 @@ def _savings(
     return prices, ct_prices
 
 
-def _reads_ct(unit: CiphertextUnit, units: LayerUnits, taps: int) -> Tensor:
+def _reads_ct(model: nn.Module, unit: CiphertextUnit, units: LayerUnits, slots: int) -> Tensor:
     """Bool mask over the consumer's weight: the weights that read input ciphertext ``ct``
-    (its position units ``(ct, p)`` for every kernel position ``p``)."""
-    return torch.from_numpy(np.isin(units.layout_ids // taps, [unit.ct]))[units.ids]
+    (a conv's position units ``(ct, p)`` for every kernel position ``p``, a Linear layer's
+    diagonals ``(ct, k)`` for every offset ``k``)."""
+    if units.kind == "fc":
+        per_ct = slots
+    else:
+        weight = layer_module(model, unit.consumer).weight
+        per_ct = int(weight.shape[2] * weight.shape[3])
+    return torch.from_numpy(np.isin(units.layout_ids // per_ct, [unit.ct]))[units.ids]
 
 
 def _producer_channels(model: nn.Module, unit: CiphertextUnit, packing: ChannelPacking) -> Tensor:
@@ -229,13 +244,10 @@ def unit_scores(
         scores[name] = s
     ct_scores: dict[CiphertextUnit, float] = {}
     for cu, price in ct_prices.items():
-        u = units[cu.consumer]
-        m = layer_module(work, cu.consumer)
-        taps = int(m.weight.shape[2] * m.weight.shape[3])
-        reads = _reads_ct(cu, u, taps)
+        reads = _reads_ct(work, cu, units[cu.consumer], slots)
         if not bool((masks[cu.consumer] & reads).any()):
             continue
-        weight = m.weight
+        weight = layer_module(work, cu.consumer).weight
         saved = weight.detach().clone()
         weight.copy_(saved.masked_fill(reads, 0.0))
         damage = loss_from(index[cu.consumer]) - base
@@ -299,10 +311,8 @@ def _masks_without_cts(
     plan = plan_layout(model, slots, shape)
     out = {name: m.clone() for name, m in masks.items()}
     for cu in cts:
-        m = layer_module(model, cu.consumer)
-        taps = int(m.weight.shape[2] * m.weight.shape[3])
-        out[cu.consumer] &= ~_reads_ct(cu, units[cu.consumer], taps)
-        packing = plan.layers[cu.consumer].inputs
+        out[cu.consumer] &= ~_reads_ct(model, cu, units[cu.consumer], slots)
+        packing = plan.layers[cu.producer].outputs
         assert isinstance(packing, ChannelPacking)
         channels = _producer_channels(model, cu, packing)
         out[cu.producer][channels] = False
