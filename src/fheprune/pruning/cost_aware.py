@@ -344,8 +344,8 @@ def cost_aware_prune(
     defaults to the accuracy of ``model`` as given; a model already over budget is returned
     unpruned. With ``coarse_first`` the loop starts with whole ciphertexts, one at a time
     (lowest score first, ``coarse_epochs`` of fine-tuning each, default ``finetune_epochs``),
-    until one fails the budget: a per-second ranking alone spends the budget on many small
-    units first, and their damages add up before the few large savings are reached.
+    each tried once: a per-second ranking alone spends the budget on many small units first,
+    and their damages add up before the few large savings are reached.
     ``model`` is not modified.
     """
     budget = _check_budget(budget)
@@ -364,7 +364,7 @@ def cost_aware_prune(
         log.info("%s: the starting model is over budget (%.4f); nothing pruned", method, accuracy)
         max_iterations = 0
     step, iteration = per_iteration, 0
-    coarse = coarse_first
+    coarse, tried = coarse_first, set[CiphertextUnit]()
     while coarse and (max_iterations is None or iteration < max_iterations):
         _, ct_scores = unit_scores(
             current, state, units, calibration, slots=slots, input_shape=shape, units_too=False
@@ -372,10 +372,11 @@ def cost_aware_prune(
         left: dict[str, int] = {}
         for cu in ct_scores:
             left[cu.consumer] = left.get(cu.consumer, 0) + 1
-        options = [cu for cu in ct_scores if left[cu.consumer] > 1]
+        options = [cu for cu in ct_scores if left[cu.consumer] > 1 and cu not in tried]
         if not options:
             break
         chosen = min(options, key=lambda cu: ct_scores[cu])
+        tried.add(chosen)
         iteration += 1
         proposal = _masks_without_cts(current, state, units, [chosen], slots, shape)
         epochs = finetune_epochs if coarse_epochs is None else coarse_epochs
@@ -401,8 +402,6 @@ def cost_aware_prune(
         )
         if ok:
             current, state, accuracy = candidate, proposal, acc
-        else:
-            coarse = False
     while max_iterations is None or iteration < max_iterations:
         alive = {name: alive_units(state[name], u) for name, u in units.items()}
         scores, ct_scores = unit_scores(
