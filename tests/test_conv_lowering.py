@@ -11,6 +11,7 @@ lowered says so with a typed error.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -964,3 +965,17 @@ def test_fc_outputs_follow_the_input_lattice_when_that_needs_fewer_diagonals() -
     assert chosen <= _fc_diagonals(fc2.inputs, VectorPacking.spread(10, 8192))
     x = np.random.default_rng(0).normal(size=(2, 1, 28, 28))
     assert_matches_torch(model, spec, x)
+
+
+def test_client_shifts_round_trip_and_bad_shifts_are_refused() -> None:
+    packing = ChannelPacking(1, 6, 6, 8, 8, 8, replicas=8, origin=(1, 1), shifts=(0, 1, 9))
+    again = ChannelPacking.from_dict(packing.to_dict())
+    assert again == packing and again.client_ciphertexts == 3
+    old = packing.to_dict()
+    del old["shifts"]  # written before client shifts existed
+    assert ChannelPacking.from_dict(old).shifts == ()
+    for bad in ((1, 1), (-1,), (512,)):
+        with pytest.raises(LayoutError, match="client shifts"):
+            replace(packing, shifts=bad)
+    with pytest.raises(LayoutError, match="list of integers"):
+        ChannelPacking.from_dict({**packing.to_dict(), "shifts": ["1"]})

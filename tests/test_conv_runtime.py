@@ -197,3 +197,61 @@ def test_map_layout_errors_are_typed() -> None:
     d["input_packing"]["replicas"] = compiled.map_spec.input.replicas * 2
     with pytest.raises(SpecError, match="does not match"):
         ClientSpec.from_json(json.dumps(d))
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_client_shifts_move_the_first_convolutions_rotations_to_the_client(pruned: bool) -> None:
+    """With client shifts the client sends one pre-rotated copy of its image per live kernel
+    position of conv1; conv1 then has no rotation, the rest of the program is unchanged, the
+    result is the same (simulated and encrypted through client and server files), and every
+    term keeps its unit."""
+    model = small_cnn(1)
+    if pruned:  # kernel positions 0 and 4 of conv1 are zero: their copies are not sent
+        with torch.no_grad():
+            model.conv1.weight[:, :, 0, 0] = 0.0
+            model.conv1.weight[:, :, 1, 1] = 0.0
+    plain = compile_model(model, layout="map", parameters=params(2048, 5))
+    shifted = compile_model(model, layout="map", parameters=params(2048, 5), client_shifts=True)
+    packing = shifted.map_spec.input
+    assert len(packing.shifts) == (7 if pruned else 9)
+    assert packing.client_ciphertexts == len(packing.shifts) * plain.map_spec.input.ciphertexts
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    packed = shifted.map_spec.pack(x.numpy())
+    base = plain.map_spec.pack(x.numpy())
+    for j, k in enumerate(packing.shifts):
+        np.testing.assert_array_equal(packed[:, j], np.roll(base[:, 0], -k, axis=1))
+    want = model(x).detach().numpy()
+    np.testing.assert_allclose(shifted.plaintext_forward(x.numpy()), want, rtol=1e-9, atol=1e-12)
+    cost = {lay["name"]: lay["ops"] for lay in shifted.program.cost()}
+    before = {lay["name"]: lay["ops"] for lay in plain.program.cost()}
+    assert cost["conv1"]["rotate"] == 0 < before["conv1"]["rotate"]
+    assert cost["conv1"]["mul_plain"] == before["conv1"]["mul_plain"]
+    for name in ("act1", "pool1", "conv2", "fc1"):
+        assert cost[name] == before[name], name
+    for a, b in ((plain.map_spec, shifted.map_spec),):
+        op_a, op_b = a.ops[0], b.ops[0]
+        assert sorted(term_units(a, op_a).tolist()) == sorted(term_units(b, op_b).tolist())
+    spec = ClientSpec.from_json(ClientSpec.from_compiled(shifted).to_json())
+    assert spec.packing().shifts == packing.shifts
+    client = Client(spec)
+    server = Server(shifted.program.save(), client.evaluation_keys_bytes())
+    y = client.decrypt(server.run(client.encrypt(x.numpy())), 2)
+    np.testing.assert_allclose(y, want, atol=1e-4)
+
+
+def test_client_shifts_need_a_convolution_first() -> None:
+    model = HEModel(
+        OrderedDict(
+            [
+                ("pool", nn.AvgPool2d(2)),
+                ("conv", nn.Conv2d(1, 2, 3)),
+                ("flatten", nn.Flatten()),
+                ("fc", nn.Linear(8, 2)),
+            ]
+        ),
+        (1, 8, 8),
+    ).double()
+    with pytest.raises(_core.CompileError, match="convolution as the first layer"):
+        compile_model(model, layout="map", parameters=params(2048, 2), client_shifts=True)
+    with pytest.raises(_core.CompileError, match="map layout only"):
+        compile_model(small_cnn(1), layout="tile", client_shifts=True)

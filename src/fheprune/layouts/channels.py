@@ -112,6 +112,7 @@ class ChannelPacking:
     origin: tuple[int, int] = (0, 0)
     replicas: int = 1  # > 1 only for a client-packed input with fewer channels than lanes
     phases: int = 1  # p*p channels per block, p | dilation (see the module docstring)
+    shifts: tuple[int, ...] = ()  # client input only: pre-rotated copies (see `pack`)
 
     def __post_init__(self) -> None:
         for v in (self.grid_h, self.grid_w, self.lanes):
@@ -140,6 +141,15 @@ class ChannelPacking:
             )
         if self.phases > 1 and self.replicas > 1:
             raise LayoutError("a replicated input cannot be phase-packed")
+        if self.shifts and (
+            self.phases > 1
+            or len(set(self.shifts)) != len(self.shifts)
+            or not all(0 <= int(k) < self.slots for k in self.shifts)
+        ):
+            raise LayoutError(
+                f"client shifts must be distinct slot offsets in [0, {self.slots}) of an "
+                f"unphased input, got {self.shifts}"
+            )
         last_y = self.origin[0] + (p - 1) + (self.height - 1) * self.dilation
         last_x = self.origin[1] + (p - 1) + (self.width - 1) * self.dilation
         if last_y >= self.grid_h or last_x >= self.grid_w:
@@ -175,6 +185,11 @@ class ChannelPacking:
     def ciphertexts(self) -> int:
         per_group = self.channels // self.groups
         return max(1, math.ceil(per_group / self.capacity))
+
+    @property
+    def client_ciphertexts(self) -> int:
+        """Ciphertexts the client sends: one per (ciphertext, shift) with client shifts."""
+        return self.ciphertexts * max(1, len(self.shifts))
 
     def _locate(self, channels: IntArray | Sequence[int]) -> tuple[IntArray, IntArray, IntArray]:
         c = np.asarray(channels, dtype=np.int64)
@@ -225,7 +240,13 @@ class ChannelPacking:
         return [(int(ct[0]), int(lane[0]) + r * self.channels) for r in range(self.replicas)]
 
     def pack(self, images: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Client side: [batch, C, H, W] (dilation 1) -> [batch, ciphertexts, slots]."""
+        """Client side: [batch, C, H, W] (dilation 1) -> [batch, client_ciphertexts, slots].
+
+        With client ``shifts`` ciphertext ``ct * len(shifts) + j`` holds ciphertext ``ct``
+        rotated left by ``shifts[j]``: the first convolution's inner rotations, done by the
+        client on its cleartext for free (each kernel position costs it one more ciphertext
+        to encrypt and send instead).
+        """
         x = np.asarray(images, dtype=np.float64)
         if x.ndim != 4 or x.shape[1:] != (self.channels, self.height, self.width):
             raise LayoutError(
@@ -239,7 +260,10 @@ class ChannelPacking:
         for c in range(self.channels):
             for ct, lane in self._replica_places(c):
                 out[:, ct, lane * self.block + phase_off[c] + off] = x[:, c].reshape(x.shape[0], -1)
-        return out
+        if not self.shifts:
+            return out
+        copies = [np.roll(out, -int(k), axis=2) for k in self.shifts]
+        return np.stack(copies, axis=2).reshape(x.shape[0], self.client_ciphertexts, self.slots)
 
     def to_dict(self) -> dict[str, int | list[int]]:
         """Plain fields (JSON-ready): the client's copy of the input layout."""
@@ -255,6 +279,7 @@ class ChannelPacking:
             "origin": list(self.origin),
             "replicas": self.replicas,
             "phases": self.phases,
+            "shifts": [int(k) for k in self.shifts],
         }
 
     @classmethod
@@ -271,6 +296,11 @@ class ChannelPacking:
                 raise LayoutError(f"{key} must be an integer, got {v!r}")
             return v
 
+        shifts = d.get("shifts", [])
+        if not isinstance(shifts, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) for k in shifts
+        ):
+            raise LayoutError(f"shifts must be a list of integers, got {shifts!r}")
         return cls(
             num("channels"),
             num("height"),
@@ -283,6 +313,7 @@ class ChannelPacking:
             origin=(int(origin[0]), int(origin[1])),
             replicas=num("replicas"),
             phases=num("phases", 1),
+            shifts=tuple(shifts),
         )
 
     def flatten(self) -> VectorPacking:

@@ -289,6 +289,7 @@ def compile_model(
     output_perm: Sequence[int] | IntArray | None = None,
     scale_bits: int | None = None,
     poly_degree: int | None = None,
+    client_shifts: bool = False,
 ) -> CompiledModel:
     """Compile ``model`` for ``layout``.
 
@@ -296,13 +297,18 @@ def compile_model(
     :class:`~fheprune.layouts.TileShape`); the ciphertext tile is [t2, t1, slots / (t1*t2)]
     so the first layer's tiles are exactly the pruning's. ``parameters`` = None chooses them
     automatically (the dry-run report is logged and kept in ``choice.message``).
+    ``client_shifts`` (map layout): the client sends one pre-rotated copy of its image per
+    kernel position of the first convolution, which then needs no rotation (more upload, less
+    server time; see :func:`fheprune.runtime.conv_lowering.lower_conv_model`).
     """
     if layout not in ("tile", "diagonal", "map"):
         raise CompileError(f"unknown layout {layout!r}; choose 'tile', 'diagonal' or 'map'")
     if layout == "map":
         if input_perm is not None or output_perm is not None:
             raise CompileError("the map layout takes no input / output permutations")
-        return _compile_map(model, parameters, scale_bits, poly_degree)
+        return _compile_map(model, parameters, scale_bits, poly_degree, client_shifts)
+    if client_shifts:
+        raise CompileError("client_shifts is an option of the map layout only")
     if layout == "tile":
         if tile is None or len(tile) != 2:
             raise CompileError("the tile layout needs tile=(t1, t2)")
@@ -358,7 +364,11 @@ def _map_levels(model: nn.Module) -> int:
 
 
 def _compile_map(
-    model: nn.Module, parameters: Any | None, scale_bits: int | None, poly_degree: int | None
+    model: nn.Module,
+    parameters: Any | None,
+    scale_bits: int | None,
+    poly_degree: int | None,
+    client_shifts: bool = False,
 ) -> CompiledModel:
     """Conv networks (single sample, several ciphertexts): the multi-channel layout of
     :mod:`fheprune.layouts.channels`, lowered by :mod:`fheprune.runtime.conv_lowering`."""
@@ -383,7 +393,12 @@ def _compile_map(
     choice = _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
     slots = int(choice.parameters.poly_degree) // 2
     try:
-        spec = lower_conv_model(model, slots, tuple(int(v) for v in shape))  # type: ignore[arg-type]
+        spec = lower_conv_model(
+            model,
+            slots,
+            tuple(int(v) for v in shape),  # type: ignore[arg-type]
+            client_shifts=client_shifts,
+        )
     except LayoutError as exc:
         raise CompileError(str(exc)) from exc
     # The lowering is the truth. It can only need fewer levels than counted (an activation

@@ -34,7 +34,7 @@ reference executor; :func:`build_program` hands the same program to the C++ runt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -339,13 +339,16 @@ def lower_conv_model(
     *,
     phases: bool = True,
     drop_unread: bool = True,
+    client_shifts: bool = False,
 ) -> MapProgramSpec:
     """Lower an ``nn.Sequential`` conv chain (see :func:`plan_layout`) to a map program.
 
     ``input_shape`` = (C, H, W) of one sample, by default ``model.input_shape``; ``phases``:
     phase-pack conv outputs where the plan finds it pays (``False``: never); ``drop_unread``:
     never compute a ciphertext no later layer reads (``False`` keeps every term of every
-    non-zero weight, for inspecting the raw lowering). Unsupported
+    non-zero weight, for inspecting the raw lowering); ``client_shifts``: the client sends one
+    copy of its input per live kernel position of the first convolution, pre-rotated, so that
+    convolution needs no inner rotation at all (:func:`_shift_inputs`). Unsupported
     layers or shapes raise ``LayoutError``; activations that cannot fold raise ``CompileError``.
     """
     if input_shape is None:
@@ -417,7 +420,33 @@ def lower_conv_model(
         _drop_unread(ops, plan.output.ct)
     for lin in linears:
         _finish(lin.op)
-    return MapProgramSpec(slots, plan.input, plan.output, ops, plan)
+    inputs = _shift_inputs(ops, plan.input) if client_shifts else plan.input
+    return MapProgramSpec(slots, inputs, plan.output, ops, plan)
+
+
+def _shift_inputs(ops: list[MapOp], packing: ChannelPacking) -> ChannelPacking:
+    """Move the first convolution's inner rotations to the client.
+
+    Every term of the first op reads its input ciphertext ``i`` rotated by ``shift = inner +
+    outer`` (``inner`` its kernel position's offset, the baby hint; ``outer`` its channel
+    offset). The client, which holds the image in the clear, sends one copy of ``i`` per
+    distinct live ``inner``, rotated by it; the term then reads copy ``(i, inner)`` rotated by
+    ``outer`` only (0 for a one-channel image replicated across the blocks). Returns the
+    client's input packing with those shifts; the op is rewritten in place.
+    """
+    first = ops[0] if ops else None
+    if not isinstance(first, MapLinearOp) or first.baby is None:
+        raise LayoutError(
+            "client shifts need a convolution as the first layer (it reads the client's input)"
+        )
+    inner = first.baby.astype(np.int64)
+    shifts = np.unique(inner) if first.terms else np.zeros(1, dtype=np.int64)
+    n = int(shifts.size)
+    copy = np.searchsorted(shifts, inner)
+    first.in_ct = (first.in_ct.astype(np.int64) * n + copy).astype(np.int32)
+    first.shift = np.asarray((first.shift - inner) % packing.slots, dtype=np.int64)
+    first.baby = np.zeros_like(inner)
+    return replace(packing, shifts=tuple(int(k) for k in shifts))
 
 
 def _drop_unread(ops: list[MapOp], output_ct: IntArray) -> None:
@@ -489,8 +518,13 @@ def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position
     layer = spec.plan.layers[op.name]
     inp = layer.inputs
     in_ct = op.in_ct.astype(np.int64)
+    shift = op.shift
+    if spec.input.shifts and spec.ops and op is spec.ops[0]:  # undo the client's copies
+        n = len(spec.input.shifts)
+        shift = (shift + np.asarray(spec.input.shifts, dtype=np.int64)[in_ct % n]) % spec.slots
+        in_ct = in_ct // n
     if isinstance(inp, VectorPacking):
-        return np.asarray(in_ct * inp.slots + op.shift, dtype=np.int64)
+        return np.asarray(in_ct * inp.slots + shift, dtype=np.int64)
     m = layer.module
     out = layer.outputs
     assert isinstance(m, nn.Conv2d) and isinstance(out, ChannelPacking)
@@ -499,8 +533,8 @@ def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position
     flat = table.ravel()
     order = np.argsort(flat, kind="stable")
     ordered = flat[order]
-    at = np.minimum(np.searchsorted(ordered, op.shift), ordered.size - 1)
-    if np.unique(flat).size != flat.size or not np.array_equal(ordered[at], op.shift):
+    at = np.minimum(np.searchsorted(ordered, shift), ordered.size - 1)
+    if np.unique(flat).size != flat.size or not np.array_equal(ordered[at], shift):
         raise CompileError(f"map-linear '{op.name}': its shifts do not name one unit each")
     r, p, _, _ = np.unravel_index(order[at], table.shape)
     if kind == "diagonal":
@@ -519,9 +553,9 @@ def simulate(spec: MapProgramSpec, packed: NDArray[np.float64]) -> FloatArray:
     """Run the program on clear slot vectors [B, input ciphertexts, slots] (numpy reference)."""
     x = np.asarray(packed, dtype=np.float64)
     slots = spec.slots
-    if x.ndim != 3 or x.shape[1:] != (spec.input.ciphertexts, slots):
+    if x.ndim != 3 or x.shape[1:] != (spec.input.client_ciphertexts, slots):
         raise LayoutError(
-            f"expected packed inputs shaped [batch, {spec.input.ciphertexts}, {slots}], "
+            f"expected packed inputs shaped [batch, {spec.input.client_ciphertexts}, {slots}], "
             f"got {list(x.shape)}"
         )
     for op in spec.ops:
@@ -560,7 +594,7 @@ def build_program(spec: MapProgramSpec, parameters: Any) -> Any:
             f"{int(parameters.poly_degree) // 2} (ring degree {int(parameters.poly_degree)})"
         )
     core: Any = _core
-    program = core.Program.map(parameters, spec.input.ciphertexts)
+    program = core.Program.map(parameters, spec.input.client_ciphertexts)
     for op in spec.ops:
         if isinstance(op, MapLinearOp):
             program.add_map_linear(

@@ -126,13 +126,13 @@ class ClientSpec:
             raise SpecError("a map-layout client spec needs its input packing and output map")
         packing = self.packing()
         slots = int(self.parameters.poly_degree) // 2
-        if packing.slots != slots or packing.ciphertexts * slots != self.in_features:
+        if packing.slots != slots or packing.client_ciphertexts * slots != self.in_features:
             raise SpecError(
-                f"the input packing ({packing.ciphertexts} ciphertexts of {packing.slots} "
+                f"the input packing ({packing.client_ciphertexts} ciphertexts of {packing.slots} "
                 f"slots) does not match the parameters' {slots} slots and "
                 f"{self.in_features} input values"
             )
-        program = _core.Program.map(self.parameters, packing.ciphertexts)
+        program = _core.Program.map(self.parameters, packing.client_ciphertexts)
         empty_u32 = np.zeros(0, dtype=np.uint32)
         program.add_map_linear(
             "outputs",
