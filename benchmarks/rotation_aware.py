@@ -122,6 +122,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--work-dir", type=Path, default=None, help="trained-model cache")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--no-client-shifts",
+        dest="client_shifts",
+        action="store_false",
+        help="conv1 rotates on the server (default: the client sends pre-rotated copies)",
+    )
     return p.parse_args(argv)
 
 
@@ -197,6 +203,7 @@ def method_table(
     grouped: Callable[[], ra.RotationAwareResult] | None = None,
     group_result: Callable[[int], ra.RotationAwareResult | None] | None = None,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    client_shifts: bool = True,
 ) -> dict[str, Callable[[], ra.RotationAwareResult]]:
     """Every method as a thunk: (name -> run it on a copy of the dense model).
 
@@ -204,7 +211,8 @@ def method_table(
     model's schedule (HE-group convolution: the grouped network is its own architecture, as in
     SpENCNN). ``grouped`` gives the HE-group result the combined method starts from (default:
     train one at G_base); ``group_result(g)`` the group-g row when it was already run.
-    ``calibration``: the training batch the cost-aware method measures damages on.
+    ``calibration``: the training batch the cost-aware method measures damages on;
+    ``client_shifts``: how the programs are compiled (the cost-aware method prices units so).
     """
     g_base = ra.g_base(make(1), slots)
     common: dict[str, Any] = {"budget": budget, "baseline": baseline, "slots": slots}
@@ -290,6 +298,7 @@ def method_table(
             finetune_epochs=s.finetune_epochs,
             coarse_epochs=s.warmup_epochs,
             slots=slots,
+            client_shifts=client_shifts,
             method="combined-cost-aware",
         )
         result.history.insert(0, {"base": f"group-{g_base}", "warmup_epochs": s.warmup_epochs})
@@ -392,9 +401,11 @@ class EncryptedRunner:
         }
 
 
-def compile_map(model: nn.Module) -> tuple[nn.Module, CompiledModel, list[dict[str, Any]]]:
+def compile_map(
+    model: nn.Module, client_shifts: bool = True
+) -> tuple[nn.Module, CompiledModel, list[dict[str, Any]]]:
     model = copy.deepcopy(model).double().eval()
-    compiled = compile_model(model, layout="map")
+    compiled = compile_model(model, layout="map", client_shifts=client_shifts)
     return model, compiled, list(compiled.program.cost())
 
 
@@ -403,7 +414,13 @@ def markdown(report: dict[str, Any]) -> str:
         "# Rotation-aware pruning on our CKKS runtime (SpENCNN Tables 3-5)",
         "",
         f"Budget: {report['budget'] * 100:.2f} accuracy points. Parameters per model: "
-        + "; ".join(f"{m}: {p}" for m, p in report["parameters"].items()),
+        + "; ".join(f"{m}: {p}" for m, p in report["parameters"].items())
+        + (
+            ". Client shifts: the client sends one pre-rotated copy of its image per live "
+            "kernel position of conv1 (conv1 runs without rotations), in every row."
+            if report.get("client_shifts")
+            else ". No client shifts (conv1 rotates on the server)."
+        ),
         "",
         "| model | method | G | rot left | other left | sparsity | accuracy | latency (s) | "
         "speedup | agreement |",
@@ -457,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": args.budget,
         "seed": args.seed,
         "quick": bool(args.quick),
+        "client_shifts": bool(args.client_shifts),
         "schedule": s.__dict__,
         "parameters": {},
         "baseline_accuracy": {},
@@ -536,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             grouped=grouped,
             group_result=group_result,
             calibration=calibration_batch(loaders, s.calibration),
+            client_shifts=args.client_shifts,
         )
         chosen = args.methods or list(table)
         if chosen[0] != "dense":
@@ -551,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 LOG.info("%s / %s: pruning", model_name, method)
                 result = table[method]()
                 cache.save(method, result)
-            model, compiled, cost = compile_map(result.model)
+            model, compiled, cost = compile_map(result.model, args.client_shifts)
             prepared[method] = (result, model, compiled, cost)
             LOG.info("%s / %s: ready (%.0f s)", model_name, method, time.perf_counter() - t0)
         params = prepared["dense"][2].parameters

@@ -315,3 +315,15 @@ def test_a_linear_layer_can_drop_a_whole_input_ciphertext() -> None:
     with torch.no_grad():
         want = copy.deepcopy(model).double()(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7)
+
+
+def test_with_client_shifts_a_first_layer_position_saves_products_only() -> None:
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+    plain, _ = _savings(model, units, SLOTS, SHAPE)
+    shifted, _ = _savings(model, units, SLOTS, SHAPE, client_shifts=True)
+    mulp, _, hoisted = op_seconds(7)
+    p = 6  # kernel position (1, 1): rotated on the server unless the client shifts
+    assert float(plain["conv1"][p] - shifted["conv1"][p]) == pytest.approx(hoisted)
+    assert float(shifted["conv1"][p]) == pytest.approx(2 * mulp)  # one product per output ct
+    torch.testing.assert_close(plain["conv2"], shifted["conv2"])

@@ -111,9 +111,15 @@ def _window_rotations(windows: Sequence[tuple[int, int]]) -> int:
 
 
 def _savings(
-    model: nn.Module, units: Mapping[str, LayerUnits], slots: int, shape: tuple[int, int, int]
+    model: nn.Module,
+    units: Mapping[str, LayerUnits],
+    slots: int,
+    shape: tuple[int, int, int],
+    client_shifts: bool = False,
 ) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
-    """Price of every unit (what zeroing it removes now) and of every ciphertext unit."""
+    """Price of every unit (what zeroing it removes now) and of every ciphertext unit, on the
+    program the compiler builds (``client_shifts``: the first convolution's rotations are
+    the client's, so its units save products only)."""
     from fheprune.runtime.conv_lowering import (
         MapLinearOp,
         RotateSumOp,
@@ -123,7 +129,7 @@ def _savings(
     )
 
     probe = copy.deepcopy(model).double().eval()
-    spec = lower_conv_model(probe, slots, shape, drop_unread=False)
+    spec = lower_conv_model(probe, slots, shape, drop_unread=False, client_shifts=client_shifts)
     assert spec.plan is not None
     levels = _levels(spec)
     linear = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
@@ -135,7 +141,8 @@ def _savings(
         dense = np.searchsorted(u.layout_ids, owner)
         terms = np.bincount(dense, minlength=u.count).astype(np.float64)
         alive = np.zeros(u.count, dtype=bool)
-        alive[dense] = True
+        rotated = op.shift != 0 if op.baby is None else op.baby != 0
+        alive[dense[rotated]] = True  # a live unit whose rotation the server computes
         # An fc diagonal's rotation is shared between a baby and a giant step: half of one.
         per_rotation = hoisted if u.kind != "fc" else 0.5 * rot
         prices[name] = torch.from_numpy(terms * mulp + alive * u.rotations.numpy() * per_rotation)
@@ -206,10 +213,11 @@ def unit_scores(
     slots: int = DEFAULT_SLOTS,
     input_shape: Sequence[int] | None = None,
     units_too: bool = True,
+    client_shifts: bool = False,
 ) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
     """Damage / saving of every alive unit (``inf`` for dead ones; all ``inf`` without
-    ``units_too``) and every live ciphertext unit. ``model`` must be an ``nn.Sequential``
-    (the zoo's models are); it is not changed."""
+    ``units_too``) and every live ciphertext unit (``client_shifts``: as compiled with it).
+    ``model`` must be an ``nn.Sequential`` (the zoo's models are); it is not changed."""
     shape = _input_shape(model, input_shape)
     work = copy.deepcopy(model).eval()
     apply_masks(work, masks)
@@ -227,7 +235,7 @@ def unit_scores(
             h = m(h)
         return float(F.cross_entropy(h, y))
 
-    prices, ct_prices = _savings(work, units, slots, shape)
+    prices, ct_prices = _savings(work, units, slots, shape, client_shifts)
     scores: dict[str, Tensor] = {}
     for name, u in units.items():
         if name not in index:
@@ -335,6 +343,7 @@ def cost_aware_prune(
     coarse_epochs: int | None = None,
     slots: int = DEFAULT_SLOTS,
     input_shape: Sequence[int] | None = None,
+    client_shifts: bool = False,
     method: str = "cost-aware",
 ) -> RotationAwareResult:
     """Algorithm 1 with the cost-aware ranking of the module docstring, over the position
@@ -342,7 +351,8 @@ def cost_aware_prune(
 
     ``calibration``: (images, labels), a fixed training batch for the damages. ``baseline``
     defaults to the accuracy of ``model`` as given; a model already over budget is returned
-    unpruned. With ``coarse_first`` the loop starts with whole ciphertexts, one at a time
+    unpruned. ``client_shifts``: price units as the program compiled with client shifts
+    runs. With ``coarse_first`` the loop starts with whole ciphertexts, one at a time
     (lowest score first, ``coarse_epochs`` of fine-tuning each, default ``finetune_epochs``),
     each tried once: a per-second ranking alone spends the budget on many small units first,
     and their damages add up before the few large savings are reached.
@@ -367,7 +377,14 @@ def cost_aware_prune(
     coarse, tried = coarse_first, set[CiphertextUnit]()
     while coarse and (max_iterations is None or iteration < max_iterations):
         _, ct_scores = unit_scores(
-            current, state, units, calibration, slots=slots, input_shape=shape, units_too=False
+            current,
+            state,
+            units,
+            calibration,
+            slots=slots,
+            input_shape=shape,
+            units_too=False,
+            client_shifts=client_shifts,
         )
         left: dict[str, int] = {}
         for cu in ct_scores:
@@ -405,7 +422,13 @@ def cost_aware_prune(
     while max_iterations is None or iteration < max_iterations:
         alive = {name: alive_units(state[name], u) for name, u in units.items()}
         scores, ct_scores = unit_scores(
-            current, state, units, calibration, slots=slots, input_shape=shape
+            current,
+            state,
+            units,
+            calibration,
+            slots=slots,
+            input_shape=shape,
+            client_shifts=client_shifts,
         )
         dead, cts = _select(scores, ct_scores, alive, step, min_alive)
         n_new = sum(int(d.sum()) for d in dead.values()) + len(cts)
