@@ -21,6 +21,8 @@ from fheprune.pruning.cost_aware import (
     CiphertextUnit,
     _masks_without_cts,
     _savings,
+    _score,
+    _select,
     cost_aware_prune,
     op_seconds,
     unit_scores,
@@ -131,7 +133,7 @@ def test_scores_are_measured_damage_per_price() -> None:
             w = probe.get_submodule(name).weight
             w.masked_fill_(units[name].ids == j, 0.0)
             damage = float(F.cross_entropy(probe(x), y)) - base
-            assert float(scores[name][j]) == pytest.approx(damage / float(prices[name][j]))
+            assert float(scores[name][j]) == pytest.approx(_score(damage, float(prices[name][j])))
         cu = CiphertextUnit("conv2", "conv1", 1)
         probe = copy.deepcopy(model)
         w = probe.get_submodule("conv2").weight
@@ -139,7 +141,7 @@ def test_scores_are_measured_damage_per_price() -> None:
             torch.from_numpy(units["conv2"].layout_ids // 25 == 1)[units["conv2"].ids], 0
         )
         damage = float(F.cross_entropy(probe(x), y)) - base
-        assert ct_scores[cu] == pytest.approx(damage / ct_prices[cu])
+        assert ct_scores[cu] == pytest.approx(_score(damage, ct_prices[cu]))
     # A dead unit is never a candidate.
     masks["fc1"] &= units["fc1"].ids != 2
     scores, _ = unit_scores(model, masks, units, (x, y), slots=SLOTS, input_shape=SHAPE)
@@ -197,7 +199,7 @@ def test_the_loop_prunes_whole_units_until_the_budget() -> None:
         assert is_unit_aligned(result.masks[name], u), name
         w = result.model.get_submodule(name).weight.detach()
         assert torch.all(w[~result.masks[name]] == 0), name
-    assert not result.history[-1]["accepted"] or len(result.history) > 1
+    assert not result.history[-1]["accepted"]  # the budget ended it, not a lack of units
     assert np.all(np.diff([h["accuracy"] for h in result.history[1:] if h["accepted"]]) <= 0)
 
 
@@ -327,3 +329,49 @@ def test_with_client_shifts_a_first_layer_position_saves_products_only() -> None
     assert float(plain["conv1"][p] - shifted["conv1"][p]) == pytest.approx(hoisted)
     assert float(shifted["conv1"][p]) == pytest.approx(2 * mulp)  # one product per output ct
     torch.testing.assert_close(plain["conv2"], shifted["conv2"])
+
+
+def test_select_counts_a_taken_ciphertext_against_the_layer() -> None:
+    """A step that takes a whole ciphertext cannot also take the rest of the layer: conv2's
+    2 ciphertexts x 9 positions, ciphertext 0 scoring lowest and every position of
+    ciphertext 1 next, leave min_alive units of ciphertext 1."""
+    alive = {"conv2": torch.ones(18, dtype=torch.bool)}
+    scores = {"conv2": torch.zeros(18, dtype=torch.float64)}
+    scores["conv2"][:9] = 5.0  # ciphertext 0's own positions: last
+    cu0, cu1 = CiphertextUnit("conv2", "conv1", 0), CiphertextUnit("conv2", "conv1", 1)
+    members = {cu0: torch.arange(18) < 9, cu1: torch.arange(18) >= 9}
+    dead, cts = _select(scores, {cu0: -1.0, cu1: 3.0}, alive, 12, 2, members)
+    assert cts == [cu0]
+    assert int(dead["conv2"].sum()) == 7  # 18 - 9 (ciphertext 0) - 2 (the floor)
+    assert not bool(dead["conv2"][:9].any())  # never counted twice
+
+
+def test_scores_rank_harmless_units_first_by_saving() -> None:
+    assert _score(-0.1, 3.0) < _score(-0.1, 1.0) < _score(0.0, 0.5) < _score(0.01, 100.0)
+    assert _score(float("nan"), 1.0) == float("inf")
+    assert _score(0.2, 2.0) == pytest.approx(0.1)
+
+
+def test_a_rejected_ciphertext_is_not_proposed_again() -> None:
+    """Accuracy drops only when conv2 loses a whole input ciphertext: the coarse phase tries
+    each once, and the fine loop, which could propose one again, never does."""
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+
+    def score(m: nn.Module) -> float:
+        alive = alive_units(m.get_submodule("conv2").weight, units["conv2"])
+        return 0.0 if not bool(alive[:25].any()) or not bool(alive[25:].any()) else 1.0
+
+    result = cost_aware_prune(
+        model,
+        Harness(score),
+        batch(),
+        budget=0.01,
+        per_iteration=4,
+        max_iterations=12,
+        slots=SLOTS,
+        input_shape=SHAPE,
+    )
+    proposed = [c for h in result.history[1:] for c in h["ciphertexts"]]
+    assert len(proposed) == len(set(proposed)) >= 1
+    assert all(h["accepted"] for h in result.history[1:] if not h["ciphertexts"])

@@ -143,6 +143,7 @@ class ChannelPacking:
             raise LayoutError("a replicated input cannot be phase-packed")
         if self.shifts and (
             self.phases > 1
+            or not all(isinstance(k, int | np.integer) for k in self.shifts)
             or len(set(self.shifts)) != len(self.shifts)
             or not all(0 <= int(k) < self.slots for k in self.shifts)
         ):

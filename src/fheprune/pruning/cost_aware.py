@@ -4,7 +4,7 @@ SpENCNN ranks sub-blocks by their average L2 norm. That ranking cannot compare u
 different layers fairly (a first-layer kernel position and a fully connected diagonal have
 different weight scales and sizes), and it is blind to what a unit costs under encryption: a
 kernel position of the first convolution runs at the top level, where a plaintext product
-costs about seven times one at the last. Here every candidate unit gets
+costs about six times one at the last (measured). Here every candidate unit gets
 
     score = damage / saving
 
@@ -129,7 +129,7 @@ def _savings(
     )
 
     probe = copy.deepcopy(model).double().eval()
-    spec = lower_conv_model(probe, slots, shape, drop_unread=False, client_shifts=client_shifts)
+    spec = lower_conv_model(probe, slots, shape, client_shifts=client_shifts)
     assert spec.plan is not None
     levels = _levels(spec)
     linear = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
@@ -184,16 +184,21 @@ def _savings(
     return prices, ct_prices
 
 
-def _reads_ct(model: nn.Module, unit: CiphertextUnit, units: LayerUnits, slots: int) -> Tensor:
-    """Bool mask over the consumer's weight: the weights that read input ciphertext ``ct``
-    (a conv's position units ``(ct, p)`` for every kernel position ``p``, a Linear layer's
-    diagonals ``(ct, k)`` for every offset ``k``)."""
+def _members(model: nn.Module, unit: CiphertextUnit, units: LayerUnits, slots: int) -> Tensor:
+    """Bool over the consumer's units: those that read input ciphertext ``ct`` (a conv's
+    position units ``(ct, p)`` for every kernel position ``p``, a Linear layer's diagonals
+    ``(ct, k)`` for every offset ``k``)."""
     if units.kind == "fc":
         per_ct = slots
     else:
         weight = layer_module(model, unit.consumer).weight
         per_ct = int(weight.shape[2] * weight.shape[3])
-    return torch.from_numpy(np.isin(units.layout_ids // per_ct, [unit.ct]))[units.ids]
+    return torch.from_numpy(units.layout_ids // per_ct == unit.ct)
+
+
+def _reads_ct(model: nn.Module, unit: CiphertextUnit, units: LayerUnits, slots: int) -> Tensor:
+    """Bool mask over the consumer's weight: the weights that read input ciphertext ``ct``."""
+    return _members(model, unit, units, slots)[units.ids]
 
 
 def _producer_channels(model: nn.Module, unit: CiphertextUnit, packing: ChannelPacking) -> Tensor:
@@ -219,11 +224,13 @@ def unit_scores(
     ``units_too``) and every live ciphertext unit (``client_shifts``: as compiled with it).
     ``model`` must be an ``nn.Sequential`` (the zoo's models are); it is not changed."""
     shape = _input_shape(model, input_shape)
-    work = copy.deepcopy(model).eval()
+    work = copy.deepcopy(model).cpu().eval()  # scores on the CPU, wherever training runs
     apply_masks(work, masks)
     children = list(work.named_children())
     index = {name: i for i, (name, _) in enumerate(children)}
-    x, y = calibration
+    x, y = (t.cpu() for t in calibration)
+    if len(y) == 0:
+        raise ValueError("the calibration batch is empty; give a few hundred training samples")
     acts = [x]
     for _, m in children:
         acts.append(m(acts[-1]))
@@ -246,8 +253,7 @@ def unit_scores(
         s = torch.full((u.count,), math.inf, dtype=torch.float64)
         for j in torch.nonzero(alive & units_too).flatten().tolist():
             weight.copy_(saved.masked_fill(u.ids == j, 0.0))
-            damage = loss_from(index[name]) - base
-            s[j] = damage / max(float(prices[name][j]), 1e-9)
+            s[j] = _score(loss_from(index[name]) - base, float(prices[name][j]))
         weight.copy_(saved)
         scores[name] = s
     ct_scores: dict[CiphertextUnit, float] = {}
@@ -260,8 +266,16 @@ def unit_scores(
         weight.copy_(saved.masked_fill(reads, 0.0))
         damage = loss_from(index[cu.consumer]) - base
         weight.copy_(saved)
-        ct_scores[cu] = damage / max(price, 1e-9)
+        ct_scores[cu] = _score(damage, price)
     return scores, ct_scores
+
+
+def _score(damage: float, price: float) -> float:
+    """Damage per second saved; a unit whose removal does not raise the loss ranks before
+    every other, the larger saving first; a NaN damage (a diverged model) never ranks."""
+    if math.isnan(damage):
+        return math.inf
+    return damage / max(price, 1e-9) if damage > 0 else -price
 
 
 def _select(
@@ -270,9 +284,12 @@ def _select(
     alive: Mapping[str, Tensor],
     k: int,
     min_alive: int,
+    members: Mapping[CiphertextUnit, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], list[CiphertextUnit]]:
-    """The ``k`` lowest scores among units and ciphertext units (a layer keeps ``min_alive``
-    units; at least one input ciphertext of every convolution stays)."""
+    """The ``k`` lowest scores among units and ciphertext units. A layer keeps ``min_alive``
+    units and one input ciphertext: taking a ciphertext unit counts its alive units
+    (``members[cu]``, bool over the consumer's units) against the layer, and a unit already
+    inside a taken ciphertext is not taken again."""
     pool: list[tuple[float, int, str, int | CiphertextUnit]] = []
     for order, (name, layer_scores) in enumerate(scores.items()):
         for j in torch.nonzero(alive[name]).flatten().tolist():
@@ -281,6 +298,7 @@ def _select(
         pool.append((score, -1, cu.consumer, cu))
     pool.sort(key=lambda t: (t[0], t[1]))
     dead = {name: torch.zeros_like(a, dtype=torch.bool) for name, a in alive.items()}
+    claimed = {name: torch.zeros_like(a, dtype=torch.bool) for name, a in alive.items()}
     left = {name: int(a.sum()) for name, a in alive.items()}
     cts_left: dict[str, int] = {}
     for cu in ct_scores:
@@ -291,12 +309,16 @@ def _select(
         if taken >= k or not math.isfinite(score):
             break
         if isinstance(what, CiphertextUnit):
-            if cts_left[name] <= 1:
+            own = alive[name].clone() if members is None else alive[name] & members[what]
+            own &= ~dead[name] & ~claimed[name]
+            if cts_left[name] <= 1 or left[name] - int(own.sum()) < min_alive:
                 continue
             cts_left[name] -= 1
+            claimed[name] |= own
+            left[name] -= int(own.sum())
             chosen.append(what)
         else:
-            if left[name] <= min_alive:
+            if left[name] <= min_alive or bool(claimed[name][what]):
                 continue
             dead[name][what] = True
             left[name] -= 1
@@ -361,8 +383,23 @@ def cost_aware_prune(
     budget = _check_budget(budget)
     if per_iteration < 1 or finetune_epochs < 0 or min_alive < 1:
         raise ValueError("per_iteration and min_alive must be positive, finetune_epochs >= 0")
+    if coarse_epochs is not None and coarse_epochs < 0:
+        raise ValueError(f"coarse_epochs must be >= 0, got {coarse_epochs}")
     shape = _input_shape(model, input_shape)
     units = model_units(model, slots=slots, input_shape=shape, layers="all")
+    _, ct_prices = _savings(model, units, slots, shape, client_shifts)
+    members = {cu: _members(model, cu, units[cu.consumer], slots) for cu in ct_prices}
+
+    def close_unread(proposal: Masks) -> Masks:
+        """Also mask the producer channels of every ciphertext nothing reads any more (its
+        last reader pruned unit by unit): the compiler no longer computes them."""
+        gone = [
+            cu
+            for cu, own in members.items()
+            if not bool(alive_units(proposal[cu.consumer], units[cu.consumer])[own].any())
+        ]
+        return _masks_without_cts(model, proposal, units, gone, slots, shape)
+
     current = copy.deepcopy(model)
     state = _start_masks(current, masks)
     apply_masks(current, state)
@@ -390,6 +427,7 @@ def cost_aware_prune(
         for cu in ct_scores:
             left[cu.consumer] = left.get(cu.consumer, 0) + 1
         options = [cu for cu in ct_scores if left[cu.consumer] > 1 and cu not in tried]
+        # (a ciphertext rejected here is not proposed again, in this phase or the next)
         if not options:
             break
         chosen = min(options, key=lambda cu: ct_scores[cu])
@@ -430,13 +468,14 @@ def cost_aware_prune(
             input_shape=shape,
             client_shifts=client_shifts,
         )
-        dead, cts = _select(scores, ct_scores, alive, step, min_alive)
+        untried = {cu: v for cu, v in ct_scores.items() if cu not in tried}
+        dead, cts = _select(scores, untried, alive, step, min_alive, members)
         n_new = sum(int(d.sum()) for d in dead.values()) + len(cts)
         if n_new == 0:
             break
         iteration += 1
         proposal = masks_without_units(state, units, dead)
-        proposal = _masks_without_cts(current, proposal, units, cts, slots, shape)
+        proposal = close_unread(_masks_without_cts(current, proposal, units, cts, slots, shape))
         candidate, acc = _fine_tuned(harness, current, proposal, finetune_epochs)
         ok = baseline - acc <= budget
         history.append(
@@ -459,9 +498,11 @@ def cost_aware_prune(
         )
         if ok:
             current, state, accuracy = candidate, proposal, acc
-        elif step > 1:
+            continue
+        tried.update(cts)  # a rejected ciphertext is not proposed again
+        if step > 1:
             step //= 2
-        else:
+        elif not cts:
             break
     return _result(
         method,
