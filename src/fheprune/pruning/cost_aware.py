@@ -25,7 +25,8 @@ channels that live in the ciphertext) are masked as well, since nothing reads th
 
 The loop is Algorithm 1's: prune the ``per_iteration`` lowest scores over the network,
 fine-tune a copy with the masks fixed, keep it while the accuracy loss stays within the
-budget, halve the step on an over-budget step, stop at a one-unit failure. It starts with
+budget, halve the step on an over-budget step (and double it again, up to
+``per_iteration``, on an accepted one), stop at a one-unit failure. It starts with
 the ciphertext units alone, one at a time (coarse before fine).
 """
 
@@ -498,6 +499,7 @@ def cost_aware_prune(
         )
         if ok:
             current, state, accuracy = candidate, proposal, acc
+            step = min(per_iteration, 2 * step)  # a success earns the step back
             continue
         tried.update(cts)  # a rejected ciphertext is not proposed again
         if step > 1:
