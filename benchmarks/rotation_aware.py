@@ -82,6 +82,7 @@ class Schedule:
     repeats: int
     warmup_epochs: int = 3
     calibration: int = 1024
+    max_iterations: int | None = None  # of the cost-aware loop
 
 
 QUICK = Schedule(
@@ -96,6 +97,7 @@ QUICK = Schedule(
     repeats=1,
     warmup_epochs=1,
     calibration=256,
+    max_iterations=6,
 )
 FULL = Schedule(
     train_epochs=10,
@@ -297,6 +299,7 @@ def method_table(
             per_iteration=s.per_iteration,
             finetune_epochs=s.finetune_epochs,
             coarse_epochs=s.warmup_epochs,
+            max_iterations=s.max_iterations,
             slots=slots,
             client_shifts=client_shifts,
             method="combined-cost-aware",
