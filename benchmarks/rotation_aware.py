@@ -83,6 +83,7 @@ class Schedule:
     warmup_epochs: int = 3
     calibration: int = 1024
     max_iterations: int | None = None  # of the cost-aware loop
+    final_epochs: int = 3  # the cost-aware result's final fine-tuning
 
 
 QUICK = Schedule(
@@ -98,6 +99,7 @@ QUICK = Schedule(
     warmup_epochs=1,
     calibration=256,
     max_iterations=6,
+    final_epochs=1,
 )
 FULL = Schedule(
     train_epochs=10,
@@ -206,6 +208,7 @@ def method_table(
     group_result: Callable[[int], ra.RotationAwareResult | None] | None = None,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     client_shifts: bool = True,
+    stages: MethodCache | None = None,
 ) -> dict[str, Callable[[], ra.RotationAwareResult]]:
     """Every method as a thunk: (name -> run it on a copy of the dense model).
 
@@ -214,7 +217,9 @@ def method_table(
     SpENCNN). ``grouped`` gives the HE-group result the combined method starts from (default:
     train one at G_base); ``group_result(g)`` the group-g row when it was already run.
     ``calibration``: the training batch the cost-aware method measures damages on;
-    ``client_shifts``: how the programs are compiled (the cost-aware method prices units so).
+    ``client_shifts``: how the programs are compiled (the cost-aware method prices units so);
+    ``stages``: where the cost-aware method caches its pruned stage before the final
+    fine-tuning.
     """
     g_base = ra.g_base(make(1), slots)
     common: dict[str, Any] = {"budget": budget, "baseline": baseline, "slots": slots}
@@ -286,6 +291,10 @@ def method_table(
         tune = dataclasses.replace(
             harness, distill=Distillation(teacher), config=harness.config.replace(lr=3e-3)
         )
+        stage = "combined-cost-aware-pruned"
+        pruned = None if stages is None else stages.load(stage, make)
+        if pruned is not None:
+            return ca.polish(pruned, tune, s.final_epochs)
         model = copy.deepcopy(base.model)
         warm.train(model, epochs=s.warmup_epochs)
         if calibration is None:
@@ -305,7 +314,9 @@ def method_table(
             method="combined-cost-aware",
         )
         result.history.insert(0, {"base": f"group-{g_base}", "warmup_epochs": s.warmup_epochs})
-        return result
+        if stages is not None:
+            stages.save(stage, result)
+        return ca.polish(result, tune, s.final_epochs)
 
     table["combined-cost-aware"] = cost_aware
     table["hunter"] = lambda: ra.hunter_prune(
@@ -558,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             group_result=group_result,
             calibration=calibration_batch(loaders, s.calibration),
             client_shifts=args.client_shifts,
+            stages=cache,
         )
         chosen = args.methods or list(table)
         if chosen[0] != "dense":

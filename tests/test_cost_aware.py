@@ -375,3 +375,28 @@ def test_a_rejected_ciphertext_is_not_proposed_again() -> None:
     proposed = [c for h in result.history[1:] for c in h["ciphertexts"]]
     assert len(proposed) == len(set(proposed)) >= 1
     assert all(h["accepted"] for h in result.history[1:] if not h["ciphertexts"])
+
+
+def test_polish_keeps_a_final_fine_tuning_only_if_it_does_not_hurt() -> None:
+    from fheprune.pruning.cost_aware import polish
+
+    model = tiny()
+    base = cost_aware_prune(
+        model,
+        Harness(lambda m: 1.0),
+        batch(),
+        budget=0.0,
+        max_iterations=1,
+        slots=SLOTS,
+        input_shape=SHAPE,
+    )
+    better = Harness(lambda m: 1.0)
+    kept = polish(base, better, 2)
+    assert better.epochs == [2] and kept.model is not base.model
+    assert kept.history[-1] == {"polish_epochs": 2, "accuracy": 1.0, "accepted": True}
+    for name, mask in kept.masks.items():
+        assert torch.all(kept.model.get_submodule(name).weight.detach()[~mask] == 0)
+    worse = polish(base, Harness(lambda m: 0.5), 2)
+    assert worse.model is base.model and worse.accuracy == base.accuracy
+    assert not worse.history[-1]["accepted"]
+    assert polish(base, Harness(lambda m: 0.0), 0) is base

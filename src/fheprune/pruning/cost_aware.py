@@ -36,7 +36,7 @@ import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,7 @@ from .rotation_aware import (
     model_units,
 )
 
-__all__ = ["CiphertextUnit", "cost_aware_prune", "op_seconds", "unit_scores"]
+__all__ = ["CiphertextUnit", "cost_aware_prune", "op_seconds", "polish", "unit_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -517,3 +517,25 @@ def cost_aware_prune(
         input_shape=shape,
         history=history,
     )
+
+
+def polish(result: RotationAwareResult, harness: Harness, epochs: int) -> RotationAwareResult:
+    """A final fine-tuning of a pruned result for ``epochs`` with its masks fixed (the loop's
+    steps fine-tune one epoch each); kept only if the harness' accuracy does not drop."""
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if epochs == 0:
+        return result
+    candidate, acc = _fine_tuned(harness, result.model, dict(result.masks), epochs)
+    kept = acc >= result.accuracy
+    log.info(
+        "%s polished %d epochs: accuracy %.4f (%s)",
+        result.method,
+        epochs,
+        acc,
+        "kept" if kept else "dropped",
+    )
+    history = [*result.history, {"polish_epochs": epochs, "accuracy": acc, "accepted": kept}]
+    if not kept:
+        return replace(result, history=history)
+    return replace(result, model=candidate, accuracy=acc, history=history)
