@@ -120,6 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["lenet"])
     p.add_argument("--methods", nargs="+", default=None, help="default: all")
     p.add_argument("--budget", type=float, default=0.005, help="accuracy points (0.005 = 0.5%%)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="the cost-aware method keeps this much of the budget unspent on the validation "
+        "split (a hedge against its noise)",
+    )
     p.add_argument("--images", type=int, default=None, help="encrypted test images per method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
@@ -209,6 +216,7 @@ def method_table(
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     client_shifts: bool = True,
     stages: MethodCache | None = None,
+    margin: float = 0.0,
 ) -> dict[str, Callable[[], ra.RotationAwareResult]]:
     """Every method as a thunk: (name -> run it on a copy of the dense model).
 
@@ -291,7 +299,7 @@ def method_table(
         tune = dataclasses.replace(
             harness, distill=Distillation(teacher), config=harness.config.replace(lr=3e-3)
         )
-        stage = "combined-cost-aware-pruned"
+        stage = "combined-cost-aware-pruned" + (f"-margin{margin:g}" if margin else "")
         pruned = None if stages is None else stages.load(stage, make)
         if pruned is not None:
             return ca.polish(pruned, tune, s.final_epochs)
@@ -303,7 +311,7 @@ def method_table(
             model,
             tune,
             calibration,
-            budget=budget,
+            budget=budget - margin,
             baseline=baseline,
             per_iteration=s.per_iteration,
             finetune_epochs=s.finetune_epochs,
@@ -489,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "quick": bool(args.quick),
         "client_shifts": bool(args.client_shifts),
+        "margin": args.margin,
         "schedule": s.__dict__,
         "parameters": {},
         "baseline_accuracy": {},
@@ -570,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration=calibration_batch(loaders, s.calibration),
             client_shifts=args.client_shifts,
             stages=cache,
+            margin=args.margin,
         )
         chosen = args.methods or list(table)
         if chosen[0] != "dense":
