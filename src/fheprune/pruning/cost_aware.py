@@ -412,23 +412,51 @@ def cost_aware_prune(
         log.info("%s: the starting model is over budget (%.4f); nothing pruned", method, accuracy)
         max_iterations = 0
     step, iteration = per_iteration, 0
-    coarse, tried = coarse_first, set[CiphertextUnit]()
-    while coarse and (max_iterations is None or iteration < max_iterations):
-        _, ct_scores = unit_scores(
+    tried = set[CiphertextUnit]()  # a rejected ciphertext is never proposed again
+
+    def scores_now(units_too: bool) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
+        return unit_scores(
             current,
             state,
             units,
             calibration,
             slots=slots,
             input_shape=shape,
-            units_too=False,
+            units_too=units_too,
             client_shifts=client_shifts,
         )
+
+    def attempt(
+        proposal: Masks, epochs: int, pruned: dict[str, int], cts: list[CiphertextUnit], what: str
+    ) -> tuple[nn.Module, float, bool]:
+        """Fine-tune ``current`` under ``proposal``; record and log the step."""
+        candidate, acc = _fine_tuned(harness, current, proposal, epochs)
+        ok = baseline - acc <= budget
+        history.append(
+            {
+                "iteration": iteration,
+                "pruned": pruned,
+                "ciphertexts": [f"{c.consumer}:{c.ct}" for c in cts],
+                "accuracy": acc,
+                "accepted": ok,
+            }
+        )
+        log.info(
+            "%s iteration %d: %s, accuracy %.4f (%s)",
+            method,
+            iteration,
+            what,
+            acc,
+            "kept" if ok else "over budget",
+        )
+        return candidate, acc, ok
+
+    while coarse_first and (max_iterations is None or iteration < max_iterations):
+        _, ct_scores = scores_now(units_too=False)
         left: dict[str, int] = {}
         for cu in ct_scores:
             left[cu.consumer] = left.get(cu.consumer, 0) + 1
         options = [cu for cu in ct_scores if left[cu.consumer] > 1 and cu not in tried]
-        # (a ciphertext rejected here is not proposed again, in this phase or the next)
         if not options:
             break
         chosen = min(options, key=lambda cu: ct_scores[cu])
@@ -436,39 +464,14 @@ def cost_aware_prune(
         iteration += 1
         proposal = _masks_without_cts(current, state, units, [chosen], slots, shape)
         epochs = finetune_epochs if coarse_epochs is None else coarse_epochs
-        candidate, acc = _fine_tuned(harness, current, proposal, epochs)
-        ok = baseline - acc <= budget
-        history.append(
-            {
-                "iteration": iteration,
-                "pruned": {},
-                "ciphertexts": [f"{chosen.consumer}:{chosen.ct}"],
-                "accuracy": acc,
-                "accepted": ok,
-            }
-        )
-        log.info(
-            "%s iteration %d: ciphertext %s:%d, accuracy %.4f (%s)",
-            method,
-            iteration,
-            chosen.consumer,
-            chosen.ct,
-            acc,
-            "kept" if ok else "over budget",
+        candidate, acc, ok = attempt(
+            proposal, epochs, {}, [chosen], f"ciphertext {chosen.consumer}:{chosen.ct}"
         )
         if ok:
             current, state, accuracy = candidate, proposal, acc
     while max_iterations is None or iteration < max_iterations:
         alive = {name: alive_units(state[name], u) for name, u in units.items()}
-        scores, ct_scores = unit_scores(
-            current,
-            state,
-            units,
-            calibration,
-            slots=slots,
-            input_shape=shape,
-            client_shifts=client_shifts,
-        )
+        scores, ct_scores = scores_now(units_too=True)
         untried = {cu: v for cu, v in ct_scores.items() if cu not in tried}
         dead, cts = _select(scores, untried, alive, step, min_alive, members)
         n_new = sum(int(d.sum()) for d in dead.values()) + len(cts)
@@ -477,31 +480,14 @@ def cost_aware_prune(
         iteration += 1
         proposal = masks_without_units(state, units, dead)
         proposal = close_unread(_masks_without_cts(current, proposal, units, cts, slots, shape))
-        candidate, acc = _fine_tuned(harness, current, proposal, finetune_epochs)
-        ok = baseline - acc <= budget
-        history.append(
-            {
-                "iteration": iteration,
-                "pruned": {n: int(d.sum()) for n, d in dead.items() if bool(d.any())},
-                "ciphertexts": [f"{c.consumer}:{c.ct}" for c in cts],
-                "accuracy": acc,
-                "accepted": ok,
-            }
-        )
-        log.info(
-            "%s iteration %d: -%d units (%d ciphertexts), accuracy %.4f (%s)",
-            method,
-            iteration,
-            n_new,
-            len(cts),
-            acc,
-            "kept" if ok else "over budget",
-        )
+        pruned = {n: int(d.sum()) for n, d in dead.items() if bool(d.any())}
+        what = f"-{n_new} units ({len(cts)} ciphertexts)"
+        candidate, acc, ok = attempt(proposal, finetune_epochs, pruned, cts, what)
         if ok:
             current, state, accuracy = candidate, proposal, acc
             step = min(per_iteration, 2 * step)  # a success earns the step back
             continue
-        tried.update(cts)  # a rejected ciphertext is not proposed again
+        tried.update(cts)
         if step > 1:
             step //= 2
         elif not cts:
