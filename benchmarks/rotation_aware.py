@@ -83,7 +83,8 @@ class Schedule:
     warmup_epochs: int = 3
     calibration: int = 1024
     max_iterations: int | None = None  # of the cost-aware loop
-    final_epochs: int = 3  # the cost-aware result's final fine-tuning
+    final_epochs: int = 8  # the cost-aware method's recovery after each round
+    rounds: int = 2  # of the cost-aware method: prune to the budget, recover, again
 
 
 QUICK = Schedule(
@@ -100,6 +101,7 @@ QUICK = Schedule(
     calibration=256,
     max_iterations=6,
     final_epochs=1,
+    rounds=1,
 )
 FULL = Schedule(
     train_epochs=10,
@@ -289,8 +291,10 @@ def method_table(
     def cost_aware() -> ra.RotationAwareResult:
         """Ours: the HE-group network at G_base (trained as its row), fine-tuned with
         distillation from the dense model for ``warmup_epochs`` at the training rate, then
-        cost-aware sub-block pruning (damage per encrypted second, ciphertext units
-        included), every fine-tuning step distilled from the dense model too."""
+        ``rounds`` rounds of cost-aware sub-block pruning (damage per encrypted second,
+        ciphertext units included; every fine-tuning step distilled from the dense model
+        too), each spending the budget and ending with a ``final_epochs`` recovery at the
+        training rate (kept only if it helps), which frees budget for the next round."""
         base = (group_result(g_base) if group_result is not None else None) or group(g_base)
         teacher = copy.deepcopy(dense).eval()
         warm = dataclasses.replace(
@@ -299,18 +303,32 @@ def method_table(
         tune = dataclasses.replace(
             harness, distill=Distillation(teacher), config=harness.config.replace(lr=3e-3)
         )
-        stage = "combined-cost-aware-pruned" + (f"-margin{margin:g}" if margin else "")
-        pruned = None if stages is None else stages.load(stage, make)
-        if pruned is not None:
-            return ca.polish(pruned, tune, s.final_epochs)
-        model = copy.deepcopy(base.model)
-        warm.train(model, epochs=s.warmup_epochs)
         if calibration is None:
             raise ValueError("the cost-aware method needs a calibration batch")
-        result = ca.cost_aware_prune(
+        stem = "combined-cost-aware-pruned" + (f"-margin{margin:g}" if margin else "")
+
+        def stage(round_: int) -> str:
+            return stem if round_ == 1 else f"{stem}-round{round_}"
+
+        def load_round(round_: int) -> ra.RotationAwareResult | None:
+            return None if stages is None else stages.load(stage(round_), make)
+
+        def save_round(round_: int, pruned: ra.RotationAwareResult) -> None:
+            if stages is not None:
+                stages.save(stage(round_), pruned)
+
+        model = copy.deepcopy(base.model)
+        if load_round(1) is None:
+            warm.train(model, epochs=s.warmup_epochs)
+        result = ca.prune_in_rounds(
             model,
             tune,
+            warm,
             calibration,
+            rounds=s.rounds,
+            recovery_epochs=s.final_epochs,
+            load_round=load_round,
+            save_round=save_round,
             budget=budget - margin,
             baseline=baseline,
             per_iteration=s.per_iteration,
@@ -322,9 +340,7 @@ def method_table(
             method="combined-cost-aware",
         )
         result.history.insert(0, {"base": f"group-{g_base}", "warmup_epochs": s.warmup_epochs})
-        if stages is not None:
-            stages.save(stage, result)
-        return ca.polish(result, tune, s.final_epochs)
+        return result
 
     table["combined-cost-aware"] = cost_aware
     table["hunter"] = lambda: ra.hunter_prune(

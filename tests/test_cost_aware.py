@@ -28,6 +28,7 @@ from fheprune.pruning.cost_aware import (
     unit_scores,
 )
 from fheprune.pruning.rotation_aware import (
+    RotationAwareResult,
     _start_masks,
     alive_units,
     is_unit_aligned,
@@ -400,3 +401,103 @@ def test_polish_keeps_a_final_fine_tuning_only_if_it_does_not_hurt() -> None:
     assert worse.model is base.model and worse.accuracy == base.accuracy
     assert not worse.history[-1]["accepted"]
     assert polish(base, Harness(lambda m: 0.0), 0) is base
+
+
+def test_rounds_spend_the_budget_a_recovery_frees() -> None:
+    from fheprune.pruning.cost_aware import prune_in_rounds
+
+    model = tiny()
+    units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
+
+    def dead(m: nn.Module) -> int:
+        return sum(
+            int((~alive_units(m.get_submodule(n).weight, u)).sum()) for n, u in units.items()
+        )
+
+    def score(m: nn.Module) -> float:  # a point per ten dead units, less what recovery won
+        return 1.0 - 0.001 * (dead(m) - getattr(m, "credit", 0))
+
+    class Recovery(Harness):
+        """A long fine-tuning that wins back half of the damage done so far."""
+
+        def __init__(self, share: float) -> None:
+            super().__init__(score)
+            self.share = share
+
+        def train(
+            self,
+            model: nn.Module,
+            *,
+            epochs: int,
+            masks: Masks | None = None,
+            regularizer: Regularizer | None = None,
+        ) -> None:
+            super().train(model, epochs=epochs, masks=masks, regularizer=regularizer)
+            model.credit = int(self.share * dead(model))
+
+    saved: dict[int, RotationAwareResult] = {}
+    options = {"budget": 0.02, "baseline": 1.0, "per_iteration": 4}
+    one = prune_in_rounds(
+        model,
+        Harness(score),
+        Recovery(0.5),
+        batch(),
+        rounds=1,
+        recovery_epochs=5,
+        slots=SLOTS,
+        input_shape=SHAPE,
+        **options,
+    )
+    tune, recovery = Harness(score), Recovery(0.5)
+    two = prune_in_rounds(
+        model,
+        tune,
+        recovery,
+        batch(),
+        rounds=2,
+        recovery_epochs=5,
+        save_round=lambda r, p: saved.__setitem__(r, p),
+        slots=SLOTS,
+        input_shape=SHAPE,
+        **options,
+    )
+    assert 0 < dead(one.model) <= 20 < dead(two.model) <= 30  # the recovery freed ten more
+    assert recovery.epochs == [5, 5] and set(saved) == {1, 2}
+    first = saved[1].masks
+    for name, mask in first.items():
+        assert not bool((~mask & two.masks[name]).any()), name  # round 2 kept round 1's zeros
+    assert two.history[0] == {"round": 2} and two.history[-1]["accepted"]  # recovery kept
+    assert dead(model) == 0  # the caller's model is untouched
+
+    # A rerun resumes from the saved stages (no pruning), and a round that cannot prune
+    # anything more (no recovery credit) ends the rounds early.
+    again = Harness(score)
+    resumed = prune_in_rounds(
+        model,
+        again,
+        Recovery(0.5),
+        batch(),
+        rounds=2,
+        recovery_epochs=5,
+        load_round=saved.get,
+        slots=SLOTS,
+        input_shape=SHAPE,
+        **options,
+    )
+    assert again.epochs == [] and dead(resumed.model) == dead(two.model)
+    stalled: dict[int, RotationAwareResult] = {}
+    prune_in_rounds(
+        model,
+        Harness(score),
+        Recovery(0.0),
+        batch(),
+        rounds=3,
+        recovery_epochs=5,
+        save_round=lambda r, p: stalled.__setitem__(r, p),
+        slots=SLOTS,
+        input_shape=SHAPE,
+        **options,
+    )
+    assert set(stalled) == {1, 2}
+    with pytest.raises(ValueError, match="rounds"):
+        prune_in_rounds(model, tune, recovery, batch(), rounds=0)

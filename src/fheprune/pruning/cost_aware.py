@@ -28,6 +28,10 @@ fine-tune a copy with the masks fixed, keep it while the accuracy loss stays wit
 budget, halve the step on an over-budget step (and double it again, up to
 ``per_iteration``, on an accepted one), stop at a one-unit failure. It starts with
 the ciphertext units alone, one at a time (coarse before fine).
+
+:func:`prune_in_rounds` repeats the loop: a round spends the budget, a longer fine-tuning
+(:func:`polish`) recovers part of the accuracy the round's short steps lost, and the next
+round spends what the recovery freed, starting from the masks the previous one left.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,7 +67,14 @@ from .rotation_aware import (
     model_units,
 )
 
-__all__ = ["CiphertextUnit", "cost_aware_prune", "op_seconds", "polish", "unit_scores"]
+__all__ = [
+    "CiphertextUnit",
+    "cost_aware_prune",
+    "op_seconds",
+    "polish",
+    "prune_in_rounds",
+    "unit_scores",
+]
 
 log = logging.getLogger(__name__)
 
@@ -525,3 +536,52 @@ def polish(result: RotationAwareResult, harness: Harness, epochs: int) -> Rotati
     if not kept:
         return replace(result, history=history)
     return replace(result, model=candidate, accuracy=acc, history=history)
+
+
+def prune_in_rounds(
+    model: nn.Module,
+    harness: Harness,
+    recovery: Harness,
+    calibration: tuple[Tensor, Tensor],
+    *,
+    rounds: int = 2,
+    recovery_epochs: int = 8,
+    load_round: Callable[[int], RotationAwareResult | None] | None = None,
+    save_round: Callable[[int, RotationAwareResult], None] | None = None,
+    **prune_options: Any,
+) -> RotationAwareResult:
+    """:func:`cost_aware_prune` ``rounds`` times, each round followed by ``recovery_epochs``
+    of :func:`polish` with ``recovery`` (typically the training rate, where ``harness``
+    fine-tunes gently between steps) and each later round starting from the recovered
+    model and its masks. Stops early when a round prunes nothing.
+
+    ``load_round(r)`` / ``save_round(r, pruned)`` cache round ``r``'s pruned stage (before
+    its recovery), so an interrupted run resumes at the round it was in. ``prune_options``
+    go to every :func:`cost_aware_prune` call (budget, baseline, slots, ...). ``model`` is
+    not modified.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if "masks" in prune_options:
+        raise TypeError("prune_in_rounds starts from the model's own zeros; pass no masks")
+    result: RotationAwareResult | None = None
+    for round_ in range(1, rounds + 1):
+        pruned = None if load_round is None else load_round(round_)
+        if pruned is None:
+            start, masks = (model, None) if result is None else (result.model, result.masks)
+            log.info("cost-aware pruning, round %d of %d", round_, rounds)
+            pruned = cost_aware_prune(start, harness, calibration, masks=masks, **prune_options)
+            pruned.history.insert(0, {"round": round_})
+            if save_round is not None:
+                save_round(round_, pruned)
+        before = None if result is None else result.masks
+        result = polish(pruned, recovery, recovery_epochs)
+        if (
+            before is not None
+            and before.keys() == result.masks.keys()
+            and all(torch.equal(before[name], m) for name, m in result.masks.items())
+        ):
+            log.info("round %d pruned nothing more; stopping", round_)
+            break
+    assert result is not None
+    return result
