@@ -203,6 +203,19 @@ class MethodCache:
         tmp.replace(self.path(key))
 
 
+def cost_aware_variant(*, client_shifts: bool, margin: float) -> str:
+    """Suffix of the cost-aware method's cache entries: its result depends on how its units
+    were priced (client shifts) and on the margin; no other method's does."""
+    return ("" if client_shifts else "-server-shifts") + (f"-margin{margin:g}" if margin else "")
+
+
+def cache_key(method: str, *, client_shifts: bool, margin: float) -> str:
+    """The method's name in the trained-model cache."""
+    if method != "combined-cost-aware":
+        return method
+    return method + cost_aware_variant(client_shifts=client_shifts, margin=margin)
+
+
 def method_table(
     dense: nn.Module,
     make: Callable[[int], nn.Module],
@@ -305,7 +318,9 @@ def method_table(
         )
         if calibration is None:
             raise ValueError("the cost-aware method needs a calibration batch")
-        stem = "combined-cost-aware-pruned" + (f"-margin{margin:g}" if margin else "")
+        stem = "combined-cost-aware-pruned" + cost_aware_variant(
+            client_shifts=client_shifts, margin=margin
+        )
 
         def stage(round_: int) -> str:
             return stem if round_ == 1 else f"{stem}-round{round_}"
@@ -606,11 +621,12 @@ def main(argv: list[str] | None = None) -> int:
             if method not in table:
                 raise SystemExit(f"unknown method {method!r}; choose from {', '.join(table)}")
             t0 = time.perf_counter()
-            result = cache.load(method, make)
+            key = cache_key(method, client_shifts=args.client_shifts, margin=args.margin)
+            result = cache.load(key, make)
             if result is None:
                 LOG.info("%s / %s: pruning", model_name, method)
                 result = table[method]()
-                cache.save(method, result)
+                cache.save(key, result)
             model, compiled, cost = compile_map(result.model, args.client_shifts)
             prepared[method] = (result, model, compiled, cost)
             LOG.info("%s / %s: ready (%.0f s)", model_name, method, time.perf_counter() - t0)
