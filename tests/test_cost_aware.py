@@ -402,6 +402,18 @@ def test_polish_keeps_a_final_fine_tuning_only_if_it_does_not_hurt() -> None:
     assert not worse.history[-1]["accepted"]
     assert polish(base, Harness(lambda m: 0.0), 0) is base
 
+    class Diverging(Harness):
+        """A training run that blows up, as TrainerHarness reports it (weights all NaN)."""
+
+        def train(self, model: nn.Module, **kwargs: object) -> None:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+    # Scored no worse than the result (a tie), the diverged run is still not kept.
+    diverged = polish(base, Diverging(lambda m: base.accuracy), 2)
+    assert diverged.model is base.model and not diverged.history[-1]["accepted"]
+
 
 def test_rounds_spend_the_budget_a_recovery_frees() -> None:
     from fheprune.pruning.cost_aware import prune_in_rounds

@@ -63,6 +63,7 @@ from .rotation_aware import (
     _result,
     _start_masks,
     alive_units,
+    has_finite_weights,
     masks_without_units,
     model_units,
 )
@@ -518,13 +519,14 @@ def cost_aware_prune(
 
 def polish(result: RotationAwareResult, harness: Harness, epochs: int) -> RotationAwareResult:
     """A final fine-tuning of a pruned result for ``epochs`` with its masks fixed (the loop's
-    steps fine-tune one epoch each); kept only if the harness' accuracy does not drop."""
+    steps fine-tune one epoch each); kept only if the harness' accuracy does not drop and
+    the training did not diverge."""
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if epochs == 0:
         return result
     candidate, acc = _fine_tuned(harness, result.model, dict(result.masks), epochs)
-    kept = acc >= result.accuracy
+    kept = acc >= result.accuracy and has_finite_weights(candidate)
     log.info(
         "%s polished %d epochs: accuracy %.4f (%s)",
         result.method,

@@ -79,6 +79,7 @@ __all__ = [
     "group_weights",
     "grouped_builder",
     "grouped_from_dense",
+    "has_finite_weights",
     "he_group_conv",
     "hunter_prune",
     "in_group_mask",
@@ -543,6 +544,11 @@ def _scores(
             ).to(torch.float64)
             for name, u in units.items()
         }
+
+
+def has_finite_weights(model: nn.Module) -> bool:
+    """False for a model whose training diverged (:class:`TrainerHarness` fills it with NaN)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _fine_tuned(
