@@ -311,11 +311,11 @@ def method_table(
 
     def cost_aware() -> ra.RotationAwareResult:
         """Ours: the HE-group network at G_base (trained as its row), fine-tuned with
-        distillation from the dense model for ``warmup_epochs`` at the training rate, then
+        distillation from the dense model for ``warmup_epochs`` at ``recovery_lr``, then
         ``rounds`` rounds of cost-aware sub-block pruning (damage per encrypted second,
         ciphertext units included; every fine-tuning step distilled from the dense model
-        too), each spending the budget and ending with a ``final_epochs`` recovery at the
-        training rate (kept only if it helps), which frees budget for the next round."""
+        too), each spending the budget and ending with a ``final_epochs`` recovery at
+        ``recovery_lr`` (kept only if it helps), which frees budget for the next round."""
         base = (group_result(g_base) if group_result is not None else None) or group(g_base)
         teacher = copy.deepcopy(dense).eval()
         warm = dataclasses.replace(
