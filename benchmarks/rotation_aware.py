@@ -496,16 +496,22 @@ def markdown(report: dict[str, Any]) -> str:
         lat = "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}"
         spd = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         agr = "-" if r.get("agreement") is None else f"{r['agreement'] * 100:.0f}%"
+        rot = "-" if r["rot_left"] is None else f"{r['rot_left'] * 100:.2f}%"
+        other = "-" if r["other_left"] is None else f"{r['other_left'] * 100:.2f}%"
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['groups']} | {r['rot_left'] * 100:.2f}% | "
-            f"{r['other_left'] * 100:.2f}% | {r['sparsity'] * 100:.2f}% | "
-            f"{r['accuracy'] * 100:.2f}% | {lat} | {spd} | {agr} |"
+            f"| {r['model']} | {r['method']} | {r['groups']} | {rot} | {other} | "
+            f"{r['sparsity'] * 100:.2f}% | {r['accuracy'] * 100:.2f}% | {lat} | {spd} | {agr} |"
         )
     lines += [
         "",
         "Rot / other left: the method's executed rotations / other HE operations "
         f"({', '.join(OTHER_OPS)}) over dense's. Latency: server time per image (fastest of "
         "the repeats); speedup against dense in the same run.",
+        *[
+            f"\nNot compiled: {r['model']} / {r['method']}: {r['not_compiled']}"
+            for r in report["rows"]
+            if r.get("not_compiled")
+        ],
         "",
         "## Rotations per layer against the lower bound",
         "",
@@ -584,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(dense, test_loader, loaders.spec.task)
         )
         slots = slots_for(dense)
-        prepared: dict[str, tuple[ra.RotationAwareResult, nn.Module, CompiledModel, Any]] = {}
+        prepared: dict[str, tuple[ra.RotationAwareResult, Any, Any, Any]] = {}
+        uncompiled: dict[str, str] = {}  # method -> why its program could not be built
 
         def grouped(
             baseline: float = baseline,
@@ -642,15 +649,26 @@ def main(argv: list[str] | None = None) -> int:
                 LOG.info("%s / %s: pruning", model_name, method)
                 result = table[method]()
                 cache.save(key, result)
-            model, compiled, cost = compile_map(result.model, args.client_shifts)
+            try:
+                model, compiled, cost = compile_map(result.model, args.client_shifts)
+            except _core.CompileError as exc:
+                # Too big to compile (a dense HEFNet or VGG-5): the row keeps its training
+                # numbers and says why it has no counts, instead of ending the run.
+                LOG.warning("%s / %s: not compiled: %s", model_name, method, exc)
+                uncompiled[method] = str(exc)
+                prepared[method] = (result, None, None, None)
+                continue
             prepared[method] = (result, model, compiled, cost)
             LOG.info("%s / %s: ready (%.0f s)", model_name, method, time.perf_counter() - t0)
-        params = prepared["dense"][2].parameters
-        report["parameters"][model_name] = prepared["dense"][2].choice.message.split("using ")[-1]
+        compiled_any = [c for _, _, c, _ in prepared.values() if c is not None]
+        if compiled_any:  # every method of a model has the same depth, so the same parameters
+            report["parameters"][model_name] = compiled_any[0].choice.message.split("using ")[-1]
         # 2. One key set for the union of the rotation steps.
         steps: set[int] = set()
         runnable = []
         for method, (_, _, compiled, cost) in prepared.items():
+            if compiled is None:
+                continue
             if sum(int(c["plaintext_bytes"]) for c in cost) > PLAINTEXT_LIMIT_BYTES:
                 LOG.warning(
                     "%s: plaintexts over %.0f GiB, counts only",
@@ -660,20 +678,26 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             steps.update(int(v) for v in compiled.program.rotation_steps())
             runnable.append(method)
-        runner = EncryptedRunner(params, steps)
-        report.setdefault("keys", {})[model_name] = {
-            "rotation_steps": len(steps),
-            "keygen_s": runner.keygen_s,
-            "evaluation_key_bytes": runner.key_bytes,
-        }
-        LOG.info("%s: %d Galois keys in %.1f s", model_name, len(steps), runner.keygen_s)
+        runner = EncryptedRunner(compiled_any[0].parameters, steps) if runnable else None
+        if runner is not None:
+            report.setdefault("keys", {})[model_name] = {
+                "rotation_steps": len(steps),
+                "keygen_s": runner.keygen_s,
+                "evaluation_key_bytes": runner.key_bytes,
+            }
+            LOG.info("%s: %d Galois keys in %.1f s", model_name, len(steps), runner.keygen_s)
         # 3. Run each method encrypted; rows are relative to dense, measured in this run.
-        dense_ops = op_totals(prepared["dense"][3])
+        dense_cost = prepared["dense"][3]
+        dense_ops = None if dense_cost is None else op_totals(dense_cost)
         dense_latency: float | None = None
         for method in chosen:
             result, model, compiled, cost = prepared[method]
-            run = runner.run(compiled, images, s.repeats) if method in runnable else None
-            ops = op_totals(cost)
+            run = (
+                runner.run(compiled, images, s.repeats)
+                if runner is not None and method in runnable
+                else None
+            )
+            ops = None if cost is None else op_totals(cost)
             test_acc = float(evaluate(result.model, test_loader, loaders.spec.task))
             latency = None if run is None else float(run["per_image_s"])
             if method == "dense":
@@ -686,9 +710,13 @@ def main(argv: list[str] | None = None) -> int:
                 "model": model_name,
                 "method": method,
                 "groups": result.groups,
-                "rot_left": ops["rotate"] / max(1, dense_ops["rotate"]),
+                "rot_left": ops["rotate"] / max(1, dense_ops["rotate"])
+                if ops is not None and dense_ops is not None
+                else None,
                 "other_left": sum(ops[k] for k in OTHER_OPS)
-                / max(1, sum(dense_ops[k] for k in OTHER_OPS)),
+                / max(1, sum(dense_ops[k] for k in OTHER_OPS))
+                if ops is not None and dense_ops is not None
+                else None,
                 "sparsity": result.weight_sparsity,
                 "accuracy": test_acc,
                 "val_accuracy": result.accuracy,
@@ -696,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup": None
                 if latency is None or dense_latency is None
                 else dense_latency / latency,
-                "rotations": ops["rotate"],
+                "rotations": None if ops is None else ops["rotate"],
                 "ops": ops,
                 "ops_match_cost_model": None if run is None else run["ops"] == ops,
                 "agreement": None
@@ -706,7 +734,10 @@ def main(argv: list[str] | None = None) -> int:
                 if run is None or plain is None
                 else float(np.max(np.abs(run["outputs"] - plain))),
                 "layer_seconds": None if run is None else run["layer_seconds"],
-                "plaintext_bytes": sum(int(c["plaintext_bytes"]) for c in cost),
+                "plaintext_bytes": None
+                if cost is None
+                else sum(int(c["plaintext_bytes"]) for c in cost),
+                "not_compiled": uncompiled.get(method),
                 "server_setup_s": None if run is None else run["server_setup_s"],
                 "alive_units": {k: list(v) for k, v in result.alive_units.items()},
             }
@@ -716,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             report["layers"] = [
                 r for r in report["layers"] if (r["model"], r["method"]) != (model_name, method)
             ]
-            for c in cost:
+            for c in cost or []:
                 if c["ops"]["rotate"] or c["rotation_lower_bound"]:
                     report["layers"].append(
                         {
@@ -729,11 +760,11 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
             LOG.info(
-                "%s / %s: acc %.2f%%, rot left %.1f%%, latency %s, speedup %s",
+                "%s / %s: acc %.2f%%, rot left %s, latency %s, speedup %s",
                 model_name,
                 method,
                 100 * test_acc,
-                100 * row["rot_left"],
+                "-" if row["rot_left"] is None else f"{100 * row['rot_left']:.1f}%",
                 "-" if latency is None else f"{latency:.3f}s",
                 "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
             )
