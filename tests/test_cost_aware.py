@@ -483,11 +483,11 @@ def test_rounds_spend_the_budget_a_recovery_frees() -> None:
 
     # A rerun resumes from the saved stages (no pruning), and a round that cannot prune
     # anything more (no recovery credit) ends the rounds early.
-    again = Harness(score)
+    again, again_recovery = Harness(score), Recovery(0.5)
     resumed = prune_in_rounds(
         model,
         again,
-        Recovery(0.5),
+        again_recovery,
         batch(),
         rounds=2,
         recovery_epochs=5,
@@ -496,7 +496,8 @@ def test_rounds_spend_the_budget_a_recovery_frees() -> None:
         input_shape=SHAPE,
         **options,
     )
-    assert again.epochs == [] and dead(resumed.model) == dead(two.model)
+    assert again.epochs == [] and again_recovery.epochs == [5]  # only the last recovery
+    assert dead(resumed.model) == dead(two.model)
     stalled: dict[int, RotationAwareResult] = {}
     prune_in_rounds(
         model,

@@ -558,7 +558,8 @@ def prune_in_rounds(
     model and its masks. Stops early when a round prunes nothing.
 
     ``load_round(r)`` / ``save_round(r, pruned)`` cache round ``r``'s pruned stage (before
-    its recovery), so an interrupted run resumes at the round it was in. ``prune_options``
+    its recovery), so an interrupted run resumes at the round it was in (the recoveries of
+    earlier rounds are not redone). ``prune_options``
     go to every :func:`cost_aware_prune` call (budget, baseline, slots, ...). ``model`` is
     not modified.
     """
@@ -576,6 +577,9 @@ def prune_in_rounds(
             pruned.history.insert(0, {"round": round_})
             if save_round is not None:
                 save_round(round_, pruned)
+        if load_round is not None and round_ < rounds and load_round(round_ + 1) is not None:
+            result = pruned  # the next round's saved stage already holds this recovery
+            continue
         before = None if result is None else result.masks
         result = polish(pruned, recovery, recovery_epochs)
         if (
