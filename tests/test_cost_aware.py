@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from fheprune.pruning.cost_aware import (
     unit_scores,
 )
 from fheprune.pruning.rotation_aware import (
+    LayerUnits,
     RotationAwareResult,
     _start_masks,
     alive_units,
@@ -52,6 +54,13 @@ def tiny(groups: int = 1, seed: int = 0) -> LeNetLike:
 def batch(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def dead_units(model: nn.Module, units: dict[str, LayerUnits]) -> int:
+    """Units whose weights are all zero, over every layer."""
+    return sum(
+        int((~alive_units(model.get_submodule(n).weight, u)).sum()) for n, u in units.items()
+    )
 
 
 class Harness:
@@ -178,10 +187,7 @@ def test_the_loop_prunes_whole_units_until_the_budget() -> None:
     total = sum(u.count for u in units.values())
 
     def score(m: nn.Module) -> float:  # one point per ten dead units
-        dead = sum(
-            int((~alive_units(m.get_submodule(n).weight, u)).sum()) for n, u in units.items()
-        )
-        return 1.0 - 0.001 * dead
+        return 1.0 - 0.001 * dead_units(m, units)
 
     harness = Harness(score)
     result = cost_aware_prune(
@@ -422,9 +428,7 @@ def test_rounds_spend_the_budget_a_recovery_frees() -> None:
     units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
 
     def dead(m: nn.Module) -> int:
-        return sum(
-            int((~alive_units(m.get_submodule(n).weight, u)).sum()) for n, u in units.items()
-        )
+        return dead_units(m, units)
 
     def score(m: nn.Module) -> float:  # a point per ten dead units, less what recovery won
         return 1.0 - 0.001 * (dead(m) - getattr(m, "credit", 0))
@@ -436,15 +440,8 @@ def test_rounds_spend_the_budget_a_recovery_frees() -> None:
             super().__init__(score)
             self.share = share
 
-        def train(
-            self,
-            model: nn.Module,
-            *,
-            epochs: int,
-            masks: Masks | None = None,
-            regularizer: Regularizer | None = None,
-        ) -> None:
-            super().train(model, epochs=epochs, masks=masks, regularizer=regularizer)
+        def train(self, model: nn.Module, **kwargs: Any) -> None:
+            super().train(model, **kwargs)
             model.credit = int(self.share * dead(model))
 
     saved: dict[int, RotationAwareResult] = {}

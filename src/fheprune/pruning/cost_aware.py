@@ -568,8 +568,9 @@ def prune_in_rounds(
     if "masks" in prune_options:
         raise TypeError("prune_in_rounds starts from the model's own zeros; pass no masks")
     result: RotationAwareResult | None = None
+    saved = None if load_round is None else load_round(1)
     for round_ in range(1, rounds + 1):
-        pruned = None if load_round is None else load_round(round_)
+        pruned = saved
         if pruned is None:
             start, masks = (model, None) if result is None else (result.model, result.masks)
             log.info("cost-aware pruning, round %d of %d", round_, rounds)
@@ -577,7 +578,8 @@ def prune_in_rounds(
             pruned.history.insert(0, {"round": round_})
             if save_round is not None:
                 save_round(round_, pruned)
-        if load_round is not None and round_ < rounds and load_round(round_ + 1) is not None:
+        saved = None if load_round is None or round_ == rounds else load_round(round_ + 1)
+        if saved is not None:
             result = pruned  # the next round's saved stage already holds this recovery
             continue
         before = None if result is None else result.masks
