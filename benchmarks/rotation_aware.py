@@ -121,6 +121,33 @@ FULL = Schedule(
     images=4,
     repeats=2,
 )
+# HEFNet / VGG-5 (MNIST variants): a step costs about 3.3x LeNet-like's on this machine, and
+# their layouts hold about 5x more units (every Algorithm 1 step prunes more of them), so the
+# full table fits a few hours of 2 cores. Dense runs encrypted in minutes: one image, once.
+LARGE = Schedule(
+    train_epochs=12,
+    limit=20000,
+    test_limit=None,
+    finetune_epochs=1,
+    per_iteration=32,
+    reg_epochs=1,
+    search_steps=3,
+    images=1,
+    repeats=1,
+    warmup_epochs=2,
+    calibration=512,
+    max_iterations=10,
+    final_epochs=3,
+    rounds=1,
+)
+LARGE_MODELS = ("hefnet-mnist", "vgg5-mnist")
+
+
+def schedule_for(model: str, quick: bool) -> Schedule:
+    """The training schedule of one model's table."""
+    if quick:
+        return QUICK
+    return LARGE if model in LARGE_MODELS else FULL
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -419,8 +446,9 @@ class EncryptedRunner:
     computation a ``Server`` loading files runs (the file path is tested in
     tests/test_conv_runtime.py and used by the main job)."""
 
-    def __init__(self, parameters: Any, steps: set[int]) -> None:
+    def __init__(self, parameters: Any, steps: set[int], *, on_demand: bool = False) -> None:
         start = time.perf_counter()
+        self.on_demand = on_demand
         self.context = _core.Context(parameters, 1)
         keygen = _core.KeyGenerator(self.context)
         self.keys = keygen.create_evaluation_keys(sorted(steps))
@@ -433,20 +461,25 @@ class EncryptedRunner:
     def run(self, compiled: CompiledModel, images: np.ndarray, repeats: int) -> dict[str, Any]:
         spec = compiled.map_spec
         start = time.perf_counter()
-        executor = _core.EngineExecutor(compiled.program, self.context, self.keys)
+        executor = _core.EngineExecutor(
+            compiled.program, self.context, self.keys, encode_on_demand=self.on_demand
+        )
         setup_s = time.perf_counter() - start
-        per_image, outputs, stats = [], [], None
+        per_image, outputs, stats, encode_s = [], [], None, []
         for image in images:
             packed = spec.pack(image[None])[0]
             cts = [
                 self.encryptor.encrypt(self.encoder.encode(np.ascontiguousarray(v))) for v in packed
             ]
-            best = float("inf")
+            best, best_encode = float("inf"), 0.0
             for _ in range(max(1, repeats)):
                 start = time.perf_counter()
                 out, stats = executor.run(cts)
-                best = min(best, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                if seconds < best:
+                    best, best_encode = seconds, float(stats["encode_seconds"])
             per_image.append(best)
+            encode_s.append(best_encode)
             rows = [
                 np.zeros(spec.slots)
                 if c is None
@@ -457,6 +490,8 @@ class EncryptedRunner:
         assert stats is not None
         return {
             "per_image_s": statistics.median(per_image),
+            # Of which encoding plaintexts (on demand only; 0 when encoded at set-up).
+            "encode_s": statistics.median(encode_s),
             "per_image_runs_s": per_image,
             "server_setup_s": setup_s,
             "outputs": np.stack(outputs),
@@ -465,6 +500,11 @@ class EncryptedRunner:
             "plaintext_bytes": int(executor.plaintext_bytes),
             "peak_ciphertext_bytes": int(stats["peak_ciphertext_bytes"]),
         }
+
+
+def plaintext_bytes(cost: list[dict[str, Any]]) -> int:
+    """Bytes of every plaintext the program's executor encodes (from the cost model)."""
+    return sum(int(c["plaintext_bytes"]) for c in cost)
 
 
 def compile_map(
@@ -527,12 +567,37 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keep_other_models(report: dict[str, Any], out: Path, models: list[str]) -> None:
+    """Carry over what an earlier report at ``out`` measured for models this run leaves alone
+    (the LeNet-like table survives a ``--models vgg5-mnist`` run), if it has the same budget,
+    seed and client shifts."""
+    if not out.exists():
+        return
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError) as exc:
+        LOG.warning("%s: not readable (%s); starting a new report", out, exc)
+        return
+    same = all(old.get(k) == report[k] for k in ("budget", "seed", "client_shifts", "margin"))
+    if not same or not isinstance(old.get("rows"), list):
+        LOG.warning("%s: another budget, seed or setting; starting a new report", out)
+        return
+    kept = {r["model"] for r in old["rows"]} - set(models)
+    for key in ("rows", "layers"):
+        report[key] = [r for r in old.get(key, []) if r["model"] in kept]
+    if "train_epochs" in old.get("schedule", {}):  # one schedule for all (older reports)
+        old["schedule"] = {m: old["schedule"] for m in kept}
+    for key in ("schedule", "parameters", "baseline_accuracy", "keys", "encoding"):
+        entries = {m: v for m, v in old.get(key, {}).items() if m in kept}
+        if entries:
+            report[key] = entries
+    if kept:
+        LOG.info("keeping the rows of %s from %s", ", ".join(sorted(kept)), out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
-    s = QUICK if args.quick else FULL
-    if args.images is not None:
-        s = Schedule(**{**s.__dict__, "images": args.images})
     models = ["lenet"] if args.quick else args.models
     root = Path(__file__).resolve().parent / "results"
     out = args.out or root / ("rotation_aware_quick.json" if args.quick else "rotation_aware.json")
@@ -548,13 +613,18 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
         "client_shifts": bool(args.client_shifts),
         "margin": args.margin,
-        "schedule": s.__dict__,
+        "schedule": {},
         "parameters": {},
         "baseline_accuracy": {},
         "machine": machine_info(),
     }
+    keep_other_models(report, out, models)
     started = time.perf_counter()
     for model_name in models:
+        s = schedule_for(model_name, args.quick)
+        if args.images is not None:
+            s = Schedule(**{**s.__dict__, "images": args.images})
+        report["schedule"][model_name] = s.__dict__
         config = default_config(model_name, "mnist").replace(epochs=s.train_epochs, seed=args.seed)
         if s.lr is not None:
             config = config.replace(lr=s.lr)
@@ -590,7 +660,10 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(dense, test_loader, loaders.spec.task)
         )
         slots = slots_for(dense)
-        prepared: dict[str, tuple[ra.RotationAwareResult, Any, Any, Any]] = {}
+        # method -> (result, cost, rotation steps); programs are compiled again when they run
+        # (a dense VGG-5 program holds 2 GB of slot values: one at a time).
+        prepared: dict[str, tuple[ra.RotationAwareResult, Any, set[int] | None]] = {}
+        parameters = None
         uncompiled: dict[str, str] = {}  # method -> why its program could not be built
 
         def grouped(
@@ -650,35 +723,44 @@ def main(argv: list[str] | None = None) -> int:
                 result = table[method]()
                 cache.save(key, result)
             try:
-                model, compiled, cost = compile_map(result.model, args.client_shifts)
+                _, compiled, cost = compile_map(result.model, args.client_shifts)
             except _core.CompileError as exc:
-                # Too big to compile (a dense HEFNet or VGG-5): the row keeps its training
-                # numbers and says why it has no counts, instead of ending the run.
+                # Too big to compile: the row keeps its training numbers and says why it has
+                # no counts, instead of ending the run.
                 LOG.warning("%s / %s: not compiled: %s", model_name, method, exc)
                 uncompiled[method] = str(exc)
-                prepared[method] = (result, None, None, None)
+                prepared[method] = (result, None, None)
                 continue
-            prepared[method] = (result, model, compiled, cost)
+            # Every method of a model has the same depth, so the same parameters.
+            parameters = compiled.parameters
+            report["parameters"][model_name] = compiled.choice.message.split("using ")[-1]
+            prepared[method] = (result, cost, {int(v) for v in compiled.program.rotation_steps()})
+            del compiled
             LOG.info("%s / %s: ready (%.0f s)", model_name, method, time.perf_counter() - t0)
-        compiled_any = [c for _, _, c, _ in prepared.values() if c is not None]
-        if compiled_any:  # every method of a model has the same depth, so the same parameters
-            report["parameters"][model_name] = compiled_any[0].choice.message.split("using ")[-1]
-        # 2. One key set for the union of the rotation steps.
+        # 2. One key set for the union of the rotation steps. Plaintexts are encoded at the
+        # server's set-up unless some method's would not fit in memory; then every method of
+        # the model encodes each plaintext when it needs it (latency includes encoding).
         steps: set[int] = set()
-        runnable = []
-        for method, (_, _, compiled, cost) in prepared.items():
-            if compiled is None:
-                continue
-            if sum(int(c["plaintext_bytes"]) for c in cost) > PLAINTEXT_LIMIT_BYTES:
-                LOG.warning(
-                    "%s: plaintexts over %.0f GiB, counts only",
-                    method,
-                    PLAINTEXT_LIMIT_BYTES / 2**30,
-                )
-                continue
-            steps.update(int(v) for v in compiled.program.rotation_steps())
-            runnable.append(method)
-        runner = EncryptedRunner(compiled_any[0].parameters, steps) if runnable else None
+        runnable = [m for m, (_, cost, _) in prepared.items() if cost is not None]
+        for method in runnable:
+            steps.update(prepared[method][2] or ())
+        largest = max((plaintext_bytes(prepared[m][1]) for m in runnable), default=0)
+        on_demand = largest > PLAINTEXT_LIMIT_BYTES
+        report.setdefault("encoding", {})[model_name] = {
+            "on_demand": on_demand,
+            "largest_plaintext_bytes": largest,
+        }
+        if on_demand:
+            LOG.info(
+                "%s: plaintexts up to %.1f GiB: every method encodes them on demand",
+                model_name,
+                largest / 2**30,
+            )
+        runner = (
+            EncryptedRunner(parameters, steps, on_demand=on_demand)
+            if runnable and parameters is not None
+            else None
+        )
         if runner is not None:
             report.setdefault("keys", {})[model_name] = {
                 "rotation_steps": len(steps),
@@ -687,16 +769,16 @@ def main(argv: list[str] | None = None) -> int:
             }
             LOG.info("%s: %d Galois keys in %.1f s", model_name, len(steps), runner.keygen_s)
         # 3. Run each method encrypted; rows are relative to dense, measured in this run.
-        dense_cost = prepared["dense"][3]
+        dense_cost = prepared["dense"][1]
         dense_ops = None if dense_cost is None else op_totals(dense_cost)
         dense_latency: float | None = None
         for method in chosen:
-            result, model, compiled, cost = prepared[method]
-            run = (
-                runner.run(compiled, images, s.repeats)
-                if runner is not None and method in runnable
-                else None
-            )
+            result, cost, _ = prepared[method]
+            run = None
+            if runner is not None and method in runnable:
+                model, compiled, _ = compile_map(result.model, args.client_shifts)
+                run = runner.run(compiled, images, s.repeats)
+                del compiled
             ops = None if cost is None else op_totals(cost)
             test_acc = float(evaluate(result.model, test_loader, loaders.spec.task))
             latency = None if run is None else float(run["per_image_s"])
@@ -734,9 +816,8 @@ def main(argv: list[str] | None = None) -> int:
                 if run is None or plain is None
                 else float(np.max(np.abs(run["outputs"] - plain))),
                 "layer_seconds": None if run is None else run["layer_seconds"],
-                "plaintext_bytes": None
-                if cost is None
-                else sum(int(c["plaintext_bytes"]) for c in cost),
+                "plaintext_bytes": None if cost is None else plaintext_bytes(cost),
+                "encode_s": None if run is None else run["encode_s"],
                 "not_compiled": uncompiled.get(method),
                 "server_setup_s": None if run is None else run["server_setup_s"],
                 "alive_units": {k: list(v) for k, v in result.alive_units.items()},

@@ -255,3 +255,27 @@ def test_client_shifts_need_a_convolution_first() -> None:
         compile_model(model, layout="map", parameters=params(2048, 2), client_shifts=True)
     with pytest.raises(_core.CompileError, match="map layout only"):
         compile_model(small_cnn(1), layout="tile", client_shifts=True)
+
+
+def test_encoding_on_demand_gives_the_same_ciphertexts_with_fewer_stored_plaintexts() -> None:
+    """A server that encodes map-term plaintexts in every run (programs too big to hold them)
+    performs the same operations on the same plaintexts: bit-identical output ciphertexts."""
+    model = small_cnn(1)
+    compiled = compile_model(model, layout="map", parameters=params(2048, 5))
+    spec = ClientSpec.from_compiled(compiled)
+    client = Client(spec)
+    program, keys = compiled.program.save(), client.evaluation_keys_bytes()
+    stored, on_demand = Server(program, keys), Server(program, keys, encode_on_demand=True)
+    inputs = client.encrypt(torch.rand(1, 1, 8, 8, dtype=torch.float64).numpy())
+    want, got = stored.run(inputs), on_demand.run(inputs)
+    assert len(want) == len(got)
+    for a, b in zip(want, got, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert _core.save(stored.context, a) == _core.save(on_demand.context, b)
+    assert on_demand.last_stats["ops"] == stored.last_stats["ops"]
+    terms = stored.last_stats["ops"]["mul_plain"]  # one product per live term
+    assert (stored.last_stats["encoded"], on_demand.last_stats["encoded"]) == (0, terms)
+    assert on_demand.last_stats["encode_seconds"] > 0
+    assert on_demand.executor.plaintext_count < stored.executor.plaintext_count
+    assert on_demand.executor.plaintext_bytes < stored.executor.plaintext_bytes / 2

@@ -498,13 +498,13 @@ def program_file(parameters: Any, tile: tuple[int, int, int], weights: list[floa
 
 def test_program_file_that_would_expand_past_the_memory_bound() -> None:
     # Each non-zero weight of a [1, 1, slots] tile program is a whole slot vector in memory:
-    # 4097 weights (32 KB of file) at 32768 slots would be 2^27 + 32768 doubles. The loader
+    # 8193 weights (64 KB of file) at 32768 slots would be 2^28 + 32768 doubles. The loader
     # refuses before it allocates; the same layout with few weights loads.
     big = _core.Parameters(65536, [60, 40], [60], 40, insecure_for_testing=True)
     small = program_file(big, (1, 1, 32768), [0.5] * 8)
     assert _core.Program.load(small).cost()[0]["units"] == 8
     with pytest.raises(_core.SerializationError, match="program too large"):
-        _core.Program.load(program_file(big, (1, 1, 32768), [0.5] * 4097))
+        _core.Program.load(program_file(big, (1, 1, 32768), [0.5] * 8193))
 
 
 def test_corrupted_client_spec(setup: Setup) -> None:

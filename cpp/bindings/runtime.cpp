@@ -80,6 +80,8 @@ nb::dict stats_dict(const rt::RunStats& s) {
   out["ops"] = ops_dict(s.total());
   out["peak_ciphertexts"] = s.peak_ciphertexts;
   out["peak_ciphertext_bytes"] = s.peak_ciphertext_bytes;
+  out["encoded"] = s.encoded;
+  out["encode_seconds"] = s.encode_seconds;
   return out;
 }
 
@@ -89,17 +91,23 @@ struct EngineRun {
   rt::Program program;
   rt::EngineBackend backend;
   rt::Executor<rt::EngineBackend> exec;
-  EngineRun(rt::Program p, ck::ContextPtr ctx, const ck::EvaluationKeys& keys)
-      : program(std::move(p)), backend(std::move(ctx), keys), exec(program, backend) {}
+  EngineRun(rt::Program p, ck::ContextPtr ctx, const ck::EvaluationKeys& keys, rt::Encoding e)
+      : program(std::move(p)), backend(std::move(ctx), keys), exec(program, backend, e) {}
 };
 
 struct SimRun {
   rt::Program program;
   rt::SlotBackend backend;
   rt::Executor<rt::SlotBackend> exec;
-  SimRun(rt::Program p, ck::ContextPtr ctx, std::vector<long> keys)
-      : program(std::move(p)), backend(std::move(ctx), std::move(keys)), exec(program, backend) {}
+  SimRun(rt::Program p, ck::ContextPtr ctx, std::vector<long> keys, rt::Encoding e)
+      : program(std::move(p)),
+        backend(std::move(ctx), std::move(keys)),
+        exec(program, backend, e) {}
 };
+
+rt::Encoding encoding(bool on_demand) {
+  return on_demand ? rt::Encoding::kOnDemand : rt::Encoding::kAtSetup;
+}
 
 // Both executors run a program only under the parameters it was compiled for.
 void check_context(const rt::Program& p, const ck::Context& ctx) {
@@ -291,19 +299,22 @@ void bind_runtime(nb::module_& m) {
 
   nb::class_<EngineRun>(m, "EngineExecutor",
                         "Runs a program on ciphertexts with the server's evaluation keys. "
-                        "Encodes every plaintext once, here.")
+                        "Encodes every plaintext once, here; with encode_on_demand=True, map "
+                        "layers encode each plaintext in every run instead (programs whose "
+                        "plaintexts would not fit in memory).")
       .def(
           "__init__",
           [](EngineRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
-             const ck::EvaluationKeys& keys) {
+             const ck::EvaluationKeys& keys, bool encode_on_demand) {
             check_context(p, *ctx);
             if (keys.galois_keys.params() != ctx->fingerprint()) {
               throw ck::MismatchError("the evaluation keys were made under different parameters "
                                       "than this context");
             }
-            new (r) EngineRun(p, std::move(ctx), keys);
+            new (r) EngineRun(p, std::move(ctx), keys, encoding(encode_on_demand));
           },
-          "program"_a, "context"_a, "evaluation_keys"_a, nb::keep_alive<1, 4>(), release_gil())
+          "program"_a, "context"_a, "evaluation_keys"_a, "encode_on_demand"_a = false,
+          nb::keep_alive<1, 4>(), release_gil())
       .def_prop_ro("plaintext_bytes", [](const EngineRun& r) { return r.exec.plaintext_bytes(); })
       .def_prop_ro("plaintext_count", [](const EngineRun& r) { return r.exec.plaintext_count(); })
       .def(
@@ -327,11 +338,13 @@ void bind_runtime(nb::module_& m) {
       .def(
           "__init__",
           [](SimRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
-             std::optional<std::vector<long>> rotation_keys) {
+             std::optional<std::vector<long>> rotation_keys, bool encode_on_demand) {
             check_context(p, *ctx);
-            new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()));
+            new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()),
+                           encoding(encode_on_demand));
           },
-          "program"_a, "context"_a, "rotation_keys"_a = nb::none())
+          "program"_a, "context"_a, "rotation_keys"_a = nb::none(),
+          "encode_on_demand"_a = false)
       .def_prop_ro("plaintext_bytes", [](const SimRun& r) { return r.exec.plaintext_bytes(); })
       .def(
           "run",

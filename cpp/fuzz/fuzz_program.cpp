@@ -315,7 +315,7 @@ void exercise(fuzz::ByteSpan bytes) {
                               std::to_string(saved.size()) + " different bytes for " +
                               std::to_string(bytes.size()) + " input bytes");
   }
-  // Reloading a program near the loader's memory bound (2^27 slot values) takes seconds under
+  // Reloading a program near the loader's memory bound (2^28 slot values) takes seconds under
   // ASan; the byte comparison above already covers those.
   if (slot_values(p) > kMaxReloadSlotValues) return;
   program.reset();  // not held twice

@@ -93,10 +93,10 @@ struct SimRun {
   std::size_t plaintext_bytes = 0;
 };
 
-SimRun simulate(const Program& p, const Slots& x) {
+SimRun simulate(const Program& p, const Slots& x, Encoding encoding = Encoding::kAtSetup) {
   auto ctx = ckks::make_context(p.parameters());
   SlotBackend backend(ctx, p.rotation_steps());
-  Executor<SlotBackend> exec(p, backend);
+  Executor<SlotBackend> exec(p, backend, encoding);
   std::vector<SlotBackend::Ct> in;
   for (const auto& v : x) in.push_back(backend.encode(v, backend.top_level(), backend.default_scale()));
   SimRun r;
@@ -152,6 +152,14 @@ TEST(MapLayout, RandomProgramsMatchDirectComputationAndCostModel) {
       EXPECT_LT(max_abs_diff(got.y[o], want[o]), 1e-9) << "seed " << seed << " output " << o;
     }
     EXPECT_EQ(got.stats.total(), model_total(p)) << "seed " << seed;
+
+    // Encoding on demand: the same plaintexts, met one giant-step block at a time.
+    const SimRun lazy = simulate(p, x, Encoding::kOnDemand);
+    EXPECT_EQ(lazy.y, got.y) << "seed " << seed;
+    EXPECT_EQ(lazy.stats.total(), got.stats.total()) << "seed " << seed;
+    EXPECT_EQ(got.stats.encoded, 0u);
+    EXPECT_EQ(lazy.stats.encoded, got.stats.total().mul_plain) << "seed " << seed;
+    EXPECT_LT(lazy.plaintext_bytes, got.plaintext_bytes) << "seed " << seed;
   }
 }
 
@@ -406,7 +414,7 @@ TEST(MapLayout, RejectsBadTermsWithClearErrors) {
 }
 
 TEST(MapLayout, RefusesProgramsTooLargeToLoad) {
-  // 512 slots: the 2^27-value bound is 2^18 slot vectors. Two layers of 2^17 terms each fit
+  // 512 slots: the 2^28-value bound is 2^19 slot vectors. Two layers of 2^18 terms each fit
   // exactly; one bias vector more does not, and the builder says so (a loader would refuse
   // the file).
   const std::size_t slots = 512, ins = 256;
@@ -415,7 +423,7 @@ TEST(MapLayout, RefusesProgramsTooLargeToLoad) {
     std::vector<std::size_t> s;
     for (std::uint32_t out = 0; out < ins; ++out) {
       for (std::uint32_t in = 0; in < ins; ++in) {
-        for (std::size_t shift = 0; shift < 2; ++shift) {
+        for (std::size_t shift = 0; shift < 4; ++shift) {
           o.push_back(out), i.push_back(in), s.push_back(shift);
         }
       }
@@ -427,8 +435,8 @@ TEST(MapLayout, RefusesProgramsTooLargeToLoad) {
   layer(p, "a", {});
   std::vector<double> bias(ins, 0.0);
   bias[3] = 1.0;
-  EXPECT_THROW(layer(p, "b", bias), CompileError);  // 2^18 + 256 slot vectors
-  layer(p, "b", {});                                // exactly 2^18: accepted
+  EXPECT_THROW(layer(p, "b", bias), CompileError);  // 2^19 + 256 slot vectors
+  layer(p, "b", {});                                // exactly 2^19: accepted
   EXPECT_NO_THROW(Program::load(p.save()));
 }
 

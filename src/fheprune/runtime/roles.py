@@ -330,9 +330,20 @@ class Client:
 
 
 class Server:
-    """The model owner's compute: a program and evaluation keys, ciphertexts in and out."""
+    """The model owner's compute: a program and evaluation keys, ciphertexts in and out.
 
-    def __init__(self, program_bytes: bytes, evaluation_keys_bytes: bytes, *, threads: int = 1):
+    ``encode_on_demand``: encode the map layers' weight plaintexts in every run instead of once
+    here, for programs whose plaintexts would not fit in memory (``Program.cost()`` gives their
+    bytes); the outputs are the same, each run takes longer."""
+
+    def __init__(
+        self,
+        program_bytes: bytes,
+        evaluation_keys_bytes: bytes,
+        *,
+        threads: int = 1,
+        encode_on_demand: bool = False,
+    ):
         self.program = _core.Program.load(program_bytes)
         self.context = _core.Context(self.program.parameters, threads)
         if _core.peek_kind(evaluation_keys_bytes) != "evaluation_keys":
@@ -342,14 +353,26 @@ class Server:
             )
         # MismatchError here if the keys were made for other parameters.
         self.keys = _core.load_evaluation_keys(self.context, evaluation_keys_bytes)
-        self.executor = _core.EngineExecutor(self.program, self.context, self.keys)
+        self.executor = _core.EngineExecutor(
+            self.program, self.context, self.keys, encode_on_demand=encode_on_demand
+        )
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
     def from_files(
-        cls, program: str | os.PathLike[str], keys: str | os.PathLike[str], *, threads: int = 1
+        cls,
+        program: str | os.PathLike[str],
+        keys: str | os.PathLike[str],
+        *,
+        threads: int = 1,
+        encode_on_demand: bool = False,
     ) -> Server:
-        return cls(Path(program).read_bytes(), Path(keys).read_bytes(), threads=threads)
+        return cls(
+            Path(program).read_bytes(),
+            Path(keys).read_bytes(),
+            threads=threads,
+            encode_on_demand=encode_on_demand,
+        )
 
     def run(self, inputs: Sequence[Any]) -> list[Any | None]:
         outputs, stats = self.executor.run(list(inputs))

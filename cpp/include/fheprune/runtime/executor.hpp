@@ -6,7 +6,10 @@
 // Level schedule: inputs arrive at the backend's top level with the default scale Delta.
 // Weight plaintexts at level l are encoded at scale q_l, so product + rescale keeps the scale;
 // every plaintext is encoded once, when the executor is built (the server's set-up), at the
-// exact level and scale it will meet.
+// exact level and scale it will meet. Programs whose plaintexts would not fit in memory (a dense
+// VGG-5 map program encodes to about 29 GB) can instead encode each map term's plaintext right
+// before its product and drop it after (Encoding::kOnDemand): the same operations on the
+// ciphertexts, plus the encoding time in every run.
 #pragma once
 
 #include <algorithm>
@@ -63,6 +66,8 @@ struct LayerStats {
 
 struct RunStats {
   std::vector<LayerStats> layers;
+  std::size_t encoded = 0;       // plaintexts encoded during the run (Encoding::kOnDemand)
+  double encode_seconds = 0.0;   // the time that took (included in the layers' seconds)
   std::size_t peak_ciphertexts = 0;       // ciphertexts the executor held at once
   std::size_t peak_ciphertext_bytes = 0;  // their size at the levels they were held
   OpCounts total() const {
@@ -74,16 +79,25 @@ struct RunStats {
 
 std::string layer_name(const Layer& layer);
 
+// When the executor encodes the weight plaintexts of map layers.
+enum class Encoding : std::uint8_t {
+  kAtSetup,   // once, when the executor is built: runs only multiply (the default)
+  kOnDemand,  // in every run, one giant-step block at a time: memory for one block only
+};
+
 template <class Backend>
 class Executor {
  public:
   using Ct = typename Backend::Ct;
   using Pt = typename Backend::Pt;
 
-  Executor(const Program& program, Backend& backend) : program_(program), backend_(backend) {
+  Executor(const Program& program, Backend& backend, Encoding encoding = Encoding::kAtSetup)
+      : program_(program), backend_(backend), encoding_(encoding) {
     prepare();
   }
 
+  Encoding encoding() const { return encoding_; }
+  // Plaintexts encoded at set-up (with Encoding::kOnDemand: only the biases and masks).
   std::size_t plaintext_bytes() const { return plaintext_bytes_; }
   std::size_t plaintext_count() const { return plaintext_count_; }
   std::size_t input_level() const { return input_level_; }
@@ -148,6 +162,8 @@ class Executor {
     std::vector<std::optional<Pt>> bias;   // tile: per out tile; diagonal: one
     std::optional<Pt> mask;                // tile rebuild
     std::vector<std::optional<Ct>> constant;  // outputs with no live unit but a bias
+    std::size_t level = 0;                 // map layer, on demand: where its terms are encoded
+    double unit_scale = 0.0;               // ... and at which scale
   };
 
   void prepare() {
@@ -206,14 +222,10 @@ class Executor {
       } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
         const double q = backend_.prime(level);
         std::vector<double> full(slots);
-        for (const MapTerm& term : m->terms) {
-          // Pre-rotated right by the giant step: rot(d, -g) * rot(x, b), rotated by g, is
-          // d * rot(x, b + g).
-          const std::size_t period = term.values.size();
-          for (std::size_t j = 0; j < slots; ++j) {
-            full[(j + term.giant) % slots] = term.values[j % period];
-          }
-          p.units.push_back(encode(full, level, q));
+        p.level = level;
+        p.unit_scale = q;
+        if (encoding_ == Encoding::kAtSetup) {
+          for (const MapTerm& term : m->terms) p.units.push_back(encode(term_slots(term, full), level, q));
         }
         scale = scale * q / q;
         --level;
@@ -238,6 +250,14 @@ class Executor {
       }
       prepared_.push_back(std::move(p));
     }
+  }
+
+  // A map term's slot vector, pre-rotated right by its giant step: rot(d, -g) * rot(x, b),
+  // rotated by g, is d * rot(x, b + g). Written into `full` (slots long).
+  const std::vector<double>& term_slots(const MapTerm& term, std::vector<double>& full) const {
+    const std::size_t slots = full.size(), period = term.values.size();
+    for (std::size_t j = 0; j < slots; ++j) full[(j + term.giant) % slots] = term.values[j % period];
+    return full;
   }
 
   Pt encode(const std::vector<double>& v, std::size_t level, double scale) {
@@ -447,6 +467,9 @@ class Executor {
     }
     if (!baby.empty()) note_held(st, held, backend_.level(baby.begin()->second));
     std::vector<std::optional<Ct>> y(m.out_ciphertexts);
+    const bool on_demand = encoding_ == Encoding::kOnDemand;
+    std::vector<Pt> block;  // on demand: this giant step's plaintexts
+    std::vector<double> full(on_demand ? program_.slots() : 0);
     std::size_t u = 0, held_out = 0;
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
       std::optional<Ct> total;
@@ -454,13 +477,29 @@ class Executor {
         const std::size_t giant = m.terms[u].giant;
         std::vector<const Ct*> cts;
         std::vector<const Pt*> pts;
+        std::vector<std::size_t> live_terms;
         for (; u < m.terms.size() && m.terms[u].out == o && m.terms[u].giant == giant; ++u) {
           const MapTerm& t = m.terms[u];
           if (!x[t.in]) continue;
           cts.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
-          pts.push_back(&prep.units[u]);
+          live_terms.push_back(u);
         }
         if (cts.empty()) continue;
+        if (on_demand) {
+          const auto start = std::chrono::steady_clock::now();
+          block.clear();
+          block.reserve(live_terms.size());
+          for (std::size_t t : live_terms) {
+            block.push_back(backend_.encode(term_slots(m.terms[t], full), prep.level,
+                                            prep.unit_scale));
+          }
+          for (const Pt& pt : block) pts.push_back(&pt);
+          st.encoded += block.size();
+          st.encode_seconds +=
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        } else {
+          for (std::size_t t : live_terms) pts.push_back(&prep.units[t]);
+        }
         if (add_giant_block(cts, pts, static_cast<long>(giant), total, ops)) {
           note_held(st, held + held_out + 1, backend_.level(*total));
         }
@@ -514,6 +553,7 @@ class Executor {
 
   const Program& program_;
   Backend& backend_;
+  Encoding encoding_ = Encoding::kAtSetup;
   std::vector<Prepared> prepared_;
   std::size_t plaintext_bytes_ = 0;
   std::size_t plaintext_count_ = 0;

@@ -104,7 +104,8 @@ struct DiagonalLinear {
 // Slot values a program may hold in memory (every kept unit and bias is a full slot vector).
 // The loader refuses files that would expand past it, and the map-layer builder refuses to
 // build past it, so every program that can be built and saved can be loaded again.
-inline constexpr std::uint64_t kMaxProgramSlotValues = std::uint64_t{1} << 27;
+// 2^28 doubles are 2 GiB: a dense VGG-5 (MNIST variant) map program is 240 million.
+inline constexpr std::uint64_t kMaxProgramSlotValues = std::uint64_t{1} << 28;
 
 struct MapTerm {
   std::uint32_t out = 0;
