@@ -37,6 +37,7 @@ from fheprune.runtime.conv_lowering import (  # noqa: E402
     MapProgramSpec,
     RotateSumOp,
     SquareOp,
+    TermValues,
     build_program,
     lower_conv_model,
     simulate,
@@ -91,7 +92,7 @@ def term_keys(op: MapLinearOp) -> list[tuple[int, int, int]]:
 
 
 def full_values(op: MapLinearOp, slots: int) -> np.ndarray:
-    return np.tile(op.values, (1, slots // op.period))
+    return np.tile(op.values.dense(), (1, slots // op.period))
 
 
 def phase_offsets(packing: ChannelPacking) -> list[int]:
@@ -210,10 +211,11 @@ def test_simulate_follows_the_op_definitions() -> None:
     x = rng.normal(size=(1, 2, slots))
     got = simulate(spec, x)[0]
     m = ops[0]
+    dense = m.values.dense()
     y = np.zeros((2, slots))
     for t in range(3):
         for j in range(slots):
-            y[m.out_ct[t], j] += m.values[t, j % 4] * x[0, m.in_ct[t], (j + m.shift[t]) % slots]
+            y[m.out_ct[t], j] += dense[t, j % 4] * x[0, m.in_ct[t], (j + m.shift[t]) % slots]
     for o in range(2):
         for j in range(slots):
             y[o, j] += m.bias[o, j % 8]
@@ -410,7 +412,7 @@ def test_zeroing_one_unit_removes_exactly_its_terms(
             continue
         o2 = after[other]
         assert term_keys(o2) == term_keys(o)
-        np.testing.assert_array_equal(o2.values, o.values)
+        np.testing.assert_array_equal(o2.values.dense(), o.values.dense())
         np.testing.assert_array_equal(o2.bias, o.bias)
 
 
@@ -981,3 +983,80 @@ def test_client_shifts_round_trip_and_bad_shifts_are_refused() -> None:
             replace(packing, shifts=bad)
     with pytest.raises(LayoutError, match="list of integers"):
         ChannelPacking.from_dict({**packing.to_dict(), "shifts": ["1"]})
+
+
+# ---- Sparse term values --------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    terms=st.integers(0, 6),
+    log_period=st.integers(0, 5),
+    repeats=st.integers(0, 3),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_term_values_agree_with_their_dense_rows(
+    terms: int, log_period: int, repeats: int, density: float, seed: int
+) -> None:
+    """TermValues (CSR) against plain [T, period] arrays: round trip, row selection, zero
+    dropping and the shortest period (rows built to repeat ``2**repeats`` times)."""
+    rng = np.random.default_rng(seed)
+    base = 1 << log_period
+    rows = rng.normal(size=(terms, base)) * (rng.random((terms, base)) < density)
+    rows[rows != 0] = np.round(rows[rows != 0], 3) + 0.5  # no accidental zeros
+    dense = np.tile(rows, (1, 1 << repeats))
+    v = TermValues.from_dense(dense)
+    np.testing.assert_array_equal(v.dense(), dense)
+    assert v.period == dense.shape[1] and v.terms == terms
+    assert v.data.size == np.count_nonzero(dense)
+    np.testing.assert_array_equal(v.nonzero_terms(), np.any(dense != 0, axis=1))
+    pick = rng.permutation(terms)[: rng.integers(0, terms + 1)]
+    np.testing.assert_array_equal(v.take(pick).dense(), dense[pick])
+    mask = rng.random(terms) < 0.5
+    np.testing.assert_array_equal(v.take(mask).dense(), dense[mask])
+    zeroed = TermValues(v.indptr, v.index, np.where(rng.random(v.data.size) < 0.3, 0.0, v.data), v.period)
+    kept = zeroed.without_zeros()
+    np.testing.assert_array_equal(kept.dense(), zeroed.dense())
+    assert np.all(kept.data != 0)
+    # The shortest period: the dense rule (every row repeats with the half period).
+    p = dense.shape[1]
+    while p > 1 and np.array_equal(dense[:, : p // 2], dense[:, p // 2 : p]):
+        p //= 2
+    short = v.shortest_period()
+    assert short.period == p
+    np.testing.assert_array_equal(np.tile(short.dense(), (1, dense.shape[1] // p)), dense)
+
+
+def test_sparse_and_dense_terms_build_the_same_program() -> None:
+    """``build_program`` hands sparse terms to the C++ program; the dense rows of the same op
+    give the very same program (same file bytes)."""
+    model = LeNetLike(activation="poly").double().eval()
+    spec = lower_conv_model(model, 1024, (1, 28, 28))
+    params = _core.Parameters(2048, [50] + [40] * spec.levels, [50], 40, insecure_for_testing=True)
+    sparse = build_program(spec, params)
+    dense = _core.Program.map(params, spec.input.client_ciphertexts)
+    for op in spec.ops:
+        if isinstance(op, MapLinearOp):
+            dense.add_map_linear(
+                op.name,
+                op.out_ciphertexts,
+                np.ascontiguousarray(op.out_ct, dtype=np.uint32),
+                np.ascontiguousarray(op.in_ct, dtype=np.uint32),
+                np.ascontiguousarray(op.shift, dtype=np.uint64),
+                op.values.dense(),
+                np.ascontiguousarray(op.bias) if op.bias.size else None,
+                None if op.baby is None else np.ascontiguousarray(op.baby, dtype=np.uint64),
+            )
+        elif isinstance(op, RotateSumOp):
+            dense.add_rotate_sum(op.name, [(int(c), int(s)) for c, s in op.windows])
+        else:
+            dense.add_square(op.name)
+    dense.set_outputs(
+        np.ascontiguousarray(spec.output.ct, dtype=np.uint32),
+        np.ascontiguousarray(spec.output.slot, dtype=np.uint64),
+    )
+    assert dense.save() == sparse.save()
+    # A convolution's terms are mostly zeros: the program holds only the rest.
+    conv2 = next(op for op in spec.ops if isinstance(op, MapLinearOp) and op.name == "conv2")
+    assert conv2.values.data.size < 0.25 * conv2.terms * conv2.period

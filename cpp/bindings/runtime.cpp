@@ -188,6 +188,34 @@ void bind_runtime(nb::module_& m) {
           "Terms: values[t] (one period, repeated over the slots) times input in_ct[t] rotated "
           "by shift[t], summed into output out_ct[t]; bias [out_ciphertexts, period] or None; "
           "baby: the compiler's baby step per term (a split hint) or None.")
+      .def(
+          "add_map_linear_sparse",
+          [](rt::Program& p, const std::string& name, std::size_t out_ciphertexts,
+             const Index32& out, const Index32& in, const Index64& shift, const Index64& offsets,
+             const Index32& at, const Vector& values, std::size_t period,
+             std::optional<Matrix> bias, std::optional<Index64> baby) {
+            std::span<const double> b;
+            std::size_t bias_period = 0;
+            if (bias && bias->shape(0) * bias->shape(1) > 0) {
+              if (bias->shape(0) != out_ciphertexts) {
+                throw rt::CompileError("layer '" + name + "': bias has " +
+                                       std::to_string(bias->shape(0)) + " rows, expected one "
+                                       "per output ciphertext (" +
+                                       std::to_string(out_ciphertexts) + ")");
+              }
+              b = {bias->data(), bias->shape(0) * bias->shape(1)};
+              bias_period = bias->shape(1);
+            }
+            p.add_map_linear_sparse(
+                name, out_ciphertexts, {out.data(), out.shape(0)}, {in.data(), in.shape(0)},
+                as_sizes(shift), {offsets.data(), offsets.shape(0)}, {at.data(), at.shape(0)},
+                {values.data(), values.shape(0)}, period, b, bias_period,
+                baby ? as_sizes(*baby) : std::span<const std::size_t>{});
+          },
+          "name"_a, "out_ciphertexts"_a, "out_ct"_a, "in_ct"_a, "shift"_a, "offsets"_a, "at"_a,
+          "values"_a, "period"_a, "bias"_a = nb::none(), "baby"_a = nb::none(),
+          "add_map_linear with sparse values: term t's non-zero values are "
+          "values[offsets[t]:offsets[t + 1]], at slots at[...] of its period.")
       .def("add_rotate_sum", &rt::Program::add_rotate_sum, "name"_a, "windows"_a,
            "Per ciphertext, the sum over windows [(count, stride), ...] by rotate-and-add.")
       .def(

@@ -137,10 +137,10 @@ std::vector<std::vector<double>> map_reference(const rt::Program& p,
       }
     } else if (const auto* m = std::get_if<rt::MapLinear>(&layer)) {
       std::vector<std::vector<double>> y(m->out_ciphertexts, std::vector<double>(slots, 0.0));
+      std::vector<double> d(slots);
       for (const rt::MapTerm& t : m->terms) {
-        for (std::size_t j = 0; j < slots; ++j) {
-          y[t.out][j] += t.values[j % t.values.size()] * x[t.in][(j + t.shift) % slots];
-        }
+        t.fill_slots(d, 0);
+        for (std::size_t j = 0; j < slots; ++j) y[t.out][j] += d[j] * x[t.in][(j + t.shift) % slots];
       }
       for (std::size_t o = 0; o < m->bias.size(); ++o) {
         const auto& b = m->bias[o];

@@ -414,30 +414,90 @@ TEST(MapLayout, RejectsBadTermsWithClearErrors) {
 }
 
 TEST(MapLayout, RefusesProgramsTooLargeToLoad) {
-  // 512 slots: the 2^28-value bound is 2^19 slot vectors. Two layers of 2^18 terms each fit
-  // exactly; one bias vector more does not, and the builder says so (a loader would refuse
-  // the file).
-  const std::size_t slots = 512, ins = 256;
-  const auto layer = [&](Program& p, const std::string& name, std::span<const double> bias) {
-    std::vector<std::uint32_t> o, i;
-    std::vector<std::size_t> s;
-    for (std::uint32_t out = 0; out < ins; ++out) {
-      for (std::uint32_t in = 0; in < ins; ++in) {
-        for (std::size_t shift = 0; shift < 4; ++shift) {
-          o.push_back(out), i.push_back(in), s.push_back(shift);
-        }
-      }
-    }
-    std::vector<double> v(o.size(), 1.0);
-    p.add_map_linear(name, ins, o, i, s, v, 1, bias, bias.empty() ? 0 : 1);
-  };
-  Program p = Program::map(params(2 * slots, 3), ins);
-  layer(p, "a", {});
-  std::vector<double> bias(ins, 0.0);
-  bias[3] = 1.0;
-  EXPECT_THROW(layer(p, "b", bias), CompileError);  // 2^19 + 256 slot vectors
-  layer(p, "b", {});                                // exactly 2^19: accepted
+  // 16384 slots: the 2^28-value bound is 2^14 bias slot vectors, four layers of 4096 biased
+  // outputs (a bias counts as a whole slot vector, it is encoded as one). The fourth fits
+  // exactly; a fifth does not, and the builder says so (a loader would refuse the file).
+  const std::size_t slots = 16384, outs = 4096;
+  const std::vector<double> bias(outs, 0.5);  // period 1
+  Program p = Program::map(params(2 * slots, 6), 1);
+  for (int k = 0; k < 4; ++k) p.add_map_linear("b" + std::to_string(k), outs, {}, {}, {}, {}, 0, bias, 1);
+  EXPECT_THROW(p.add_map_linear("b4", outs, {}, {}, {}, {}, 0, bias, 1), CompileError);
   EXPECT_NO_THROW(Program::load(p.save()));
+}
+
+TEST(MapLayout, SparseTermsHoldOnlyTheirNonZeroValues) {
+  // Two terms of period 512, one value each after merging; the dense form of the same terms
+  // gives the same program, bit for bit.
+  const std::size_t slots = 512;
+  Program sparse = Program::map(params(2 * slots, 1), 1);
+  const std::vector<std::uint32_t> out{0, 0, 0}, in{0, 0, 0};
+  const std::vector<std::size_t> shift{3, 3, 5};
+  const std::vector<std::uint64_t> offsets{0, 2, 3, 4};
+  const std::vector<std::uint32_t> at{7, 9, 9, 100};  // term 0 and 1 merge; 9 sums to zero
+  const std::vector<double> values{0.5, 0.25, -0.25, 2.0};
+  sparse.add_map_linear_sparse("m", 1, out, in, shift, offsets, at, values, slots, {}, 0);
+  const auto& m = std::get<MapLinear>(sparse.layers()[0]);
+  ASSERT_EQ(m.terms.size(), 2u);
+  EXPECT_EQ(m.terms[0].at, std::vector<std::uint32_t>{7});
+  EXPECT_EQ(m.terms[0].values, std::vector<double>{0.5});
+  EXPECT_EQ(m.terms[1].at, std::vector<std::uint32_t>{100});
+
+  std::vector<double> dense(3 * slots, 0.0);
+  dense[7] = 0.5, dense[9] = 0.25, dense[slots + 9] = -0.25, dense[2 * slots + 100] = 2.0;
+  Program same = Program::map(params(2 * slots, 1), 1);
+  same.add_map_linear("m", 1, out, in, shift, dense, slots, {}, 0);
+  EXPECT_EQ(same.save(), sparse.save());
+  EXPECT_EQ(Program::load(sparse.save()).save(), sparse.save());
+
+  std::vector<double> full(slots);
+  m.terms[1].fill_slots(full, 10);
+  EXPECT_EQ(full[110], 2.0);
+  EXPECT_EQ(std::count(full.begin(), full.end(), 0.0), static_cast<long>(slots - 1));
+
+  Program bad = Program::map(params(2 * slots, 1), 1);
+  const std::vector<std::uint32_t> outside{7, 9, 9, 512};
+  EXPECT_THROW(bad.add_map_linear_sparse("m", 1, out, in, shift, offsets, outside, values, slots,
+                                         {}, 0),
+               CompileError);
+  const std::vector<std::uint64_t> short_offsets{0, 2, 3};
+  EXPECT_THROW(bad.add_map_linear_sparse("m", 1, out, in, shift, short_offsets, at, values,
+                                         slots, {}, 0),
+               CompileError);
+}
+
+TEST(MapLayout, LoadsDenseTermFilesOfEarlierVersions) {
+  // Layer kind 4 stored each term as one dense period; such files still load, into the same
+  // program the sparse builder makes (which saves as kind 6).
+  const std::size_t slots = 512;
+  const ckks::Parameters prm = params(2 * slots, 1);
+  Program want = Program::map(prm, 1);
+  const std::vector<std::uint32_t> out{0, 0}, in{0, 0};
+  const std::vector<std::size_t> shift{3, 40};
+  std::vector<double> dense(2 * 4, 0.0);  // period 4
+  dense[1] = 0.5, dense[4 + 3] = -1.5;
+  const std::vector<double> bias{0.25, 0.0, 0.0, 0.0};
+  want.add_map_linear("m", 1, out, in, shift, dense, 4, bias, 4);
+
+  ckks::detail::Writer w;
+  const ckks::Bytes pb = ckks::Serializer::save(prm);
+  w.u64(pb.size());
+  w.bytes(pb.data(), pb.size());
+  w.u16(static_cast<std::uint16_t>(Layout::kMap));
+  w.u64(0), w.u64(0), w.u64(0), w.u64(slots);  // tile shape (unused), input features
+  w.u64(1);                                    // layers
+  w.u16(4);
+  w.u64(1), w.bytes("m", 1);
+  w.u64(1), w.u64(2), w.u64(4);  // outputs, terms, period
+  for (std::size_t t = 0; t < 2; ++t) {
+    w.u64(out[t]), w.u64(in[t]), w.u64(shift[t]), w.u64(std::get<MapLinear>(want.layers()[0]).terms[t].baby);
+    w.f64s(std::vector<double>(dense.begin() + 4 * t, dense.begin() + 4 * (t + 1)));
+  }
+  w.u64(4);
+  w.f64s(bias);
+  w.u64(0);  // no output map
+  const ckks::Bytes old = ckks::Serializer::seal_envelope(ckks::ObjectKind::kProgram,
+                                                    ckks::Fingerprint{}, w.buffer());
+  EXPECT_EQ(Program::load(old).save(), want.save());
 }
 
 }  // namespace

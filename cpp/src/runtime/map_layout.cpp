@@ -104,11 +104,56 @@ std::size_t split_rotations(const std::vector<MapTerm>& terms, std::size_t n_in,
   return total;
 }
 
+void MapTerm::fill_slots(std::vector<double>& full, std::size_t offset) const {
+  const std::size_t slots = full.size();
+  std::fill(full.begin(), full.end(), 0.0);
+  for (std::size_t rep = 0; rep < slots; rep += period) {
+    for (std::size_t k = 0; k < at.size(); ++k) full[(rep + at[k] + offset) % slots] = values[k];
+  }
+}
+
 void Program::add_map_linear(const std::string& name, std::size_t out_ciphertexts,
                              std::span<const std::uint32_t> out, std::span<const std::uint32_t> in,
                              std::span<const std::size_t> shift, std::span<const double> values,
                              std::size_t period, std::span<const double> bias,
                              std::size_t bias_period, std::span<const std::size_t> baby_hint) {
+  const std::size_t count = out.size();
+  if (count > 0 && period == 0) {
+    throw CompileError("layer '" + name + "': value period 0 must be a power of two dividing " +
+                       "the " + std::to_string(slots()) + " slots");
+  }
+  if (values.size() != count * (count > 0 ? period : 0)) {
+    throw CompileError("layer '" + name + "': values hold " + std::to_string(values.size()) +
+                       " numbers, expected terms x period = " + std::to_string(count) + " x " +
+                       std::to_string(period));
+  }
+  // Dense rows -> their non-zero entries (NaNs are kept for the builder to refuse).
+  std::vector<std::uint64_t> offsets{0};
+  std::vector<std::uint32_t> at;
+  std::vector<double> nonzero;
+  for (std::size_t t = 0; t < count; ++t) {
+    for (std::size_t j = 0; j < period; ++j) {
+      const double v = values[t * period + j];
+      if (v != 0.0) {
+        at.push_back(static_cast<std::uint32_t>(j));
+        nonzero.push_back(v);
+      }
+    }
+    offsets.push_back(at.size());
+  }
+  add_map_linear_sparse(name, out_ciphertexts, out, in, shift, offsets, at, nonzero, period,
+                        bias, bias_period, baby_hint);
+}
+
+void Program::add_map_linear_sparse(const std::string& name, std::size_t out_ciphertexts,
+                                    std::span<const std::uint32_t> out,
+                                    std::span<const std::uint32_t> in,
+                                    std::span<const std::size_t> shift,
+                                    std::span<const std::uint64_t> offsets,
+                                    std::span<const std::uint32_t> at,
+                                    std::span<const double> values, std::size_t period,
+                                    std::span<const double> bias, std::size_t bias_period,
+                                    std::span<const std::size_t> baby_hint) {
   if (layout_ != Layout::kMap) {
     throw CompileError("layer '" + name + "': diagonal terms need a map-layout program");
   }
@@ -134,10 +179,17 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
     throw CompileError(where + "baby_hint must be empty or have one entry per term");
   }
   if (count > 0) check_period(period, "value");
-  if (values.size() != count * (count > 0 ? period : 0)) {
-    throw CompileError(where + "values hold " + std::to_string(values.size()) +
-                       " numbers, expected terms x period = " + std::to_string(count) + " x " +
-                       std::to_string(period));
+  if (offsets.size() != count + 1 || offsets.front() != 0 || offsets.back() != values.size() ||
+      at.size() != values.size() || !std::is_sorted(offsets.begin(), offsets.end())) {
+    throw CompileError(where + "sparse values need offsets of terms + 1 = " +
+                       std::to_string(count + 1) + " increasing entries from 0 to the " +
+                       std::to_string(values.size()) + " values, one slot index per value");
+  }
+  for (std::size_t k = 0; k < at.size(); ++k) {
+    if (at[k] >= period) {
+      throw CompileError(where + "value slot " + std::to_string(at[k]) +
+                         " is outside its period of " + std::to_string(period));
+    }
   }
   if (!bias.empty()) {
     check_period(bias_period, "bias");
@@ -154,7 +206,8 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
     if (!std::isfinite(v)) throw CompileError(where + "bias holds a NaN or infinite number");
   }
   // Merge equal (out, in, shift) terms; drop the ones that are zero everywhere.
-  std::map<std::tuple<std::uint32_t, std::uint32_t, std::size_t>, std::vector<double>> merged;
+  using Entries = std::vector<std::pair<std::uint32_t, double>>;
+  std::map<std::tuple<std::uint32_t, std::uint32_t, std::size_t>, Entries> merged;
   std::map<std::tuple<std::uint32_t, std::uint32_t, std::size_t>, std::size_t> hint_of;
   for (std::size_t t = 0; t < count; ++t) {
     if (!baby_hint.empty() && baby_hint[t] >= slots) {
@@ -169,49 +222,61 @@ void Program::add_map_linear(const std::string& name, std::size_t out_ciphertext
                          std::to_string(n_in) + " inputs and " + std::to_string(slots) +
                          " slots");
     }
-    auto [it, fresh] = merged.try_emplace({out[t], in[t], shift[t]}, values.begin() + t * period,
-                                          values.begin() + (t + 1) * period);
+    Entries& e = merged[{out[t], in[t], shift[t]}];
+    for (std::uint64_t k = offsets[t]; k < offsets[t + 1]; ++k) e.emplace_back(at[k], values[k]);
     if (!baby_hint.empty()) {
-      auto [h, first] = hint_of.try_emplace(it->first, baby_hint[t]);
+      auto [h, first] = hint_of.try_emplace({out[t], in[t], shift[t]}, baby_hint[t]);
       if (!first && h->second != baby_hint[t]) {
         throw CompileError(where + "merged terms (out " + std::to_string(out[t]) + ", in " +
                            std::to_string(in[t]) + ", shift " + std::to_string(shift[t]) +
                            ") carry different baby hints");
       }
     }
-    if (!fresh) {
-      for (std::size_t j = 0; j < period; ++j) it->second[j] += values[t * period + j];
-    }
   }
   MapLinear l;
   l.name = name;
   l.in_ciphertexts = n_in;
   l.out_ciphertexts = out_ciphertexts;
-  for (auto& [key, v] : merged) {
-    if (std::all_of(v.begin(), v.end(), [](double x) { return x == 0.0; })) continue;
+  std::uint64_t stored = 0;
+  for (auto& [key, entries] : merged) {
+    // Canonical form: slots increasing, equal slots summed, zeros dropped.
+    std::stable_sort(entries.begin(), entries.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
     MapTerm term;
     std::tie(term.out, term.in, term.shift) = key;
-    term.values = std::move(v);
+    term.period = period;
+    for (std::size_t k = 0; k < entries.size();) {
+      double sum = 0.0;
+      const std::uint32_t slot = entries[k].first;
+      for (; k < entries.size() && entries[k].first == slot; ++k) sum += entries[k].second;
+      if (sum != 0.0) {
+        term.at.push_back(slot);
+        term.values.push_back(sum);
+      }
+    }
+    if (term.at.empty()) continue;
+    stored += term.at.size();
     l.terms.push_back(std::move(term));
   }
-  // Count what a loader would expand this program to (terms and biases, each a slot vector);
-  // refuse here, before the split search, rather than write a file that cannot be read back.
-  const auto expansion = [slots](std::size_t terms, bool has_bias, std::size_t outs) {
-    return static_cast<std::uint64_t>(terms + (has_bias ? outs : 0)) * slots;
+  // Count what a loader would hold for this program (term entries, bias slot vectors); refuse
+  // here, before the split search, rather than write a file that cannot be read back.
+  const auto held = [slots](const MapLinear& m) {
+    std::uint64_t n = 0;
+    for (const MapTerm& t : m.terms) n += t.at.size();
+    const bool has_bias =
+        std::any_of(m.bias.begin(), m.bias.end(), [](const auto& b) { return !b.empty(); });
+    return n + (has_bias ? m.out_ciphertexts * slots : 0);
   };
-  std::uint64_t expanded = expansion(
-      l.terms.size(), std::any_of(bias.begin(), bias.end(), [](double x) { return x != 0.0; }),
-      out_ciphertexts);
+  std::uint64_t expanded =
+      stored + (std::any_of(bias.begin(), bias.end(), [](double x) { return x != 0.0; })
+                    ? out_ciphertexts * slots
+                    : 0);
   for (const Layer& other : layers_) {
-    if (const auto* m = std::get_if<MapLinear>(&other)) {
-      const bool has_bias =
-          std::any_of(m->bias.begin(), m->bias.end(), [](const auto& b) { return !b.empty(); });
-      expanded += expansion(m->terms.size(), has_bias, m->out_ciphertexts);
-    }
+    if (const auto* m = std::get_if<MapLinear>(&other)) expanded += held(*m);
   }
   if (expanded > kMaxProgramSlotValues) {
     throw CompileError(where + "the program would hold " + std::to_string(expanded) +
-                       " slot values (" + std::to_string(expanded >> 27) +
+                       " values (" + std::to_string(expanded >> 27) +
                        " GiB as doubles), more than the " +
                        std::to_string(kMaxProgramSlotValues) +
                        " a program may hold; prune the model or use fewer channels");

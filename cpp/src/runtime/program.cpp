@@ -571,16 +571,19 @@ Bytes Program::save() const {
       continue;
     }
     if (const auto* m = std::get_if<MapLinear>(&layer)) {
-      w.u16(4);
+      // Kind 6: sparse terms (kind 4, dense terms of one period, is still read).
+      w.u16(6);
       write_string(w, m->name);
       w.u64(m->out_ciphertexts);
       w.u64(m->terms.size());
-      w.u64(m->terms.empty() ? 0 : m->terms.front().values.size());
+      w.u64(m->terms.empty() ? 0 : m->terms.front().period);
       for (const MapTerm& t : m->terms) {
         w.u64(t.out);
         w.u64(t.in);
         w.u64(t.shift);
         w.u64(t.baby);  // the split, handed back as a hint when loading
+        w.u64(t.at.size());
+        for (std::uint32_t a : t.at) w.u64(a);
         w.f64s(t.values);
       }
       std::size_t bias_period = 0;
@@ -670,6 +673,54 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
       const std::string name = read_string(r);
       if (kind == 3) {
         p.add_square(name);
+        continue;
+      }
+      if (kind == 6 && p.layout() == Layout::kMap) {
+        const std::uint64_t outs = read_bounded(r, 1, kMaxMapCiphertexts, "output ciphertexts");
+        // Every term takes at least 6 words of the file: nothing is allocated before the
+        // file is known to hold it.
+        const std::uint64_t terms = read_bounded(r, 0, r.remaining() / 48, "term count");
+        const std::uint64_t period = read_bounded(r, terms ? 1 : 0, slots, "term period");
+        std::vector<std::uint32_t> out_idx(terms), in_idx(terms), at;
+        std::vector<std::size_t> shift(terms), baby(terms);
+        std::vector<std::uint64_t> offsets{0};
+        std::vector<double> values;
+        for (std::uint64_t t = 0; t < terms; ++t) {
+          out_idx[t] = static_cast<std::uint32_t>(read_bounded(r, 0, outs - 1, "term output"));
+          in_idx[t] = static_cast<std::uint32_t>(
+              read_bounded(r, 0, kMaxMapCiphertexts, "term input"));
+          shift[t] = read_bounded(r, 0, slots - 1, "term shift");
+          baby[t] = read_bounded(r, 0, slots - 1, "term baby step");
+          const std::uint64_t nonzero = read_bounded(r, 1, period, "term entries");
+          if (r.remaining() / 16 < nonzero) throw ckks::SerializationError("truncated program data");
+          expanded += nonzero;
+          if (expanded > kMaxExpandedValues) {
+            throw ckks::SerializationError(
+                "program too large: its layers up to '" + name + "' would hold more than the " +
+                std::to_string(kMaxExpandedValues) + " values a program file may expand to");
+          }
+          for (std::uint64_t k = 0; k < nonzero; ++k) {
+            at.push_back(static_cast<std::uint32_t>(read_bounded(r, 0, period - 1, "entry slot")));
+          }
+          values.resize(values.size() + nonzero);
+          r.f64s(values.data() + offsets.back(), nonzero);
+          offsets.push_back(values.size());
+        }
+        const std::uint64_t bias_period = read_bounded(r, 0, slots, "bias period");
+        if (r.remaining() / 8 < outs * bias_period) {
+          throw ckks::SerializationError("truncated program data");
+        }
+        std::vector<double> bias(outs * bias_period);
+        if (!bias.empty()) r.f64s(bias.data(), bias.size());
+        expanded += (bias_period ? outs : 0) * slots;
+        if (expanded > kMaxExpandedValues) {
+          throw ckks::SerializationError(
+              "program too large: its layers up to '" + name + "' would hold " +
+              std::to_string(expanded) + " values in memory, more than the " +
+              std::to_string(kMaxExpandedValues) + " a program file may expand to");
+        }
+        p.add_map_linear_sparse(name, outs, out_idx, in_idx, shift, offsets, at, values, period,
+                                bias, bias_period, baby);
         continue;
       }
       if (kind == 4 && p.layout() == Layout::kMap) {

@@ -74,21 +74,127 @@ Int32Array = NDArray[np.int32]
 
 
 @dataclass
+class TermValues:
+    """The values of a map-linear op's terms, one period each, stored sparse (CSR): term ``t``
+    holds ``data[indptr[t]:indptr[t + 1]]`` at slots ``index[...]`` of its period (increasing
+    within a term) and zero elsewhere. A convolution's term is non-zero only at the valid
+    outputs of its channels: after two pools a few percent of the slots, and a dense HEFNet
+    would otherwise hold a billion zeros."""
+
+    indptr: IntArray  # [T + 1]
+    index: IntArray  # [nnz], in [0, period)
+    data: FloatArray  # [nnz]
+    period: int
+
+    @classmethod
+    def from_dense(cls, rows: FloatArray) -> TermValues:
+        """From ``[T, period]`` rows (zeros dropped)."""
+        a = np.asarray(rows, dtype=np.float64)
+        if a.ndim != 2:
+            raise CompileError(f"term values must be [terms, period], got shape {list(a.shape)}")
+        term, index = np.nonzero(a)
+        return cls.from_entries(term, index, a[term, index], a.shape[0], a.shape[1])
+
+    @classmethod
+    def from_entries(
+        cls, term: IntArray, index: IntArray, data: FloatArray, terms: int, period: int
+    ) -> TermValues:
+        """From entries ``(term, index, value)``, no two with the same ``(term, index)``."""
+        order = np.lexsort((index, term))
+        counts = np.bincount(term, minlength=terms) if term.size else np.zeros(terms, np.int64)
+        return cls(
+            np.r_[0, np.cumsum(counts)].astype(np.int64),
+            np.asarray(index, dtype=np.int64)[order],
+            np.asarray(data, dtype=np.float64)[order],
+            int(period),
+        )
+
+    @property
+    def terms(self) -> int:
+        return int(self.indptr.size) - 1
+
+    def term_of_entry(self) -> IntArray:
+        return np.repeat(np.arange(self.terms), np.diff(self.indptr))
+
+    def dense(self, rows: IntArray | None = None) -> FloatArray:
+        """``[T, period]`` (or the given rows only)."""
+        picked = self if rows is None else self.take(rows)
+        out = np.zeros((picked.terms, picked.period))
+        out[picked.term_of_entry(), picked.index] = picked.data
+        return out
+
+    def take(self, rows: NDArray[Any]) -> TermValues:
+        """The given terms (indices, or a boolean mask over the terms), in that order."""
+        picked = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows, np.int64)
+        starts, counts = self.indptr[picked], np.diff(self.indptr)[picked]
+        entries = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(
+            int(counts.sum())
+        )
+        return TermValues(
+            np.r_[0, np.cumsum(counts)].astype(np.int64),
+            self.index[entries],
+            self.data[entries],
+            self.period,
+        )
+
+    def nonzero_terms(self) -> NDArray[np.bool_]:
+        """Per term: holds a non-zero value."""
+        hits = np.bincount(self.term_of_entry()[self.data != 0.0], minlength=self.terms)
+        return np.asarray(hits > 0)
+
+    def without_zeros(self) -> TermValues:
+        keep = self.data != 0.0
+        counts = np.bincount(self.term_of_entry()[keep], minlength=self.terms)
+        return TermValues(
+            np.r_[0, np.cumsum(counts)].astype(np.int64),
+            self.index[keep],
+            self.data[keep],
+            self.period,
+        )
+
+    def shortest_period(self) -> TermValues:
+        """The same terms on their smallest common power-of-two period."""
+        v = self
+        while v.period > 1 and v.period % 2 == 0:
+            h = v.period // 2
+            term = v.term_of_entry()
+            low = v.index < h
+            # Periodic with h iff every term's upper half repeats its lower half (entries are
+            # sorted by (term, index), so both halves come out in the same order).
+            same = (
+                int(low.sum()) * 2 == low.size
+                and np.array_equal(term[low], term[~low])
+                and np.array_equal(v.index[low], v.index[~low] - h)
+                and np.array_equal(v.data[low], v.data[~low])
+            )
+            if not same:
+                break
+            counts = np.bincount(term[low], minlength=v.terms)
+            v = TermValues(np.r_[0, np.cumsum(counts)].astype(np.int64), v.index[low], v.data[low], h)
+        return v
+
+
+@dataclass
 class MapLinearOp:
     """``y_o[j] = sum_(t: out_ct[t] = o) values[t][j mod period] * x_(in_ct[t])[(j + shift[t])
-    mod slots] + bias[o][j mod bias_period]`` (see the module docstring)."""
+    mod slots] + bias[o][j mod bias_period]`` (see the module docstring). ``values`` may be
+    given as dense ``[T, period]`` rows; they are kept as :class:`TermValues`."""
 
     name: str
     out_ciphertexts: int
     out_ct: Int32Array  # [T]
     in_ct: Int32Array  # [T]
     shift: IntArray  # [T], in [0, slots)
-    values: FloatArray  # [T, period]
+    values: TermValues
     bias: FloatArray  # [out_ciphertexts, bias_period], or [0, 0]: no bias
     # The convolution's own split: term t's inner (baby) rotation, the kernel position's
     # offset (plus the input phase); the rest of the shift is the channel offset (giant).
     # The C++ program takes it when no modular split needs fewer rotations. None: no hint.
     baby: IntArray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, TermValues):
+            self.values = TermValues.from_dense(np.asarray(self.values))
 
     @property
     def terms(self) -> int:
@@ -96,7 +202,7 @@ class MapLinearOp:
 
     @property
     def period(self) -> int:
-        return int(self.values.shape[1])
+        return self.values.period
 
     def distinct_shifts(self, by: Literal["input", "output"]) -> list[int]:
         """Distinct shifts per input ciphertext (``by="input"``) or per output ciphertext."""
@@ -111,10 +217,13 @@ class MapLinearOp:
         """Raise ``CompileError`` unless the op is well formed (shapes, ranges, merged terms)."""
         t = self.terms
         where = f"map-linear '{self.name}'"
-        if self.in_ct.shape != (t,) or self.shift.shape != (t,) or self.values.ndim != 2:
-            raise CompileError(f"{where}: out_ct, in_ct, shift and values disagree on the terms")
-        if self.values.shape[0] != t:
-            raise CompileError(f"{where}: {self.values.shape[0]} value rows for {t} terms")
+        if self.in_ct.shape != (t,) or self.shift.shape != (t,):
+            raise CompileError(f"{where}: out_ct, in_ct and shift disagree on the terms")
+        if self.values.terms != t:
+            raise CompileError(f"{where}: {self.values.terms} value rows for {t} terms")
+        v = self.values
+        if v.index.size and (v.index.min() < 0 or v.index.max() >= v.period):
+            raise CompileError(f"{where}: a value outside its period of {v.period} slots")
         for what, period in (("values", self.period), ("bias", int(self.bias.shape[1]))):
             if what == "bias" and self.bias.size == 0:
                 continue
@@ -133,7 +242,7 @@ class MapLinearOp:
         key = (self.out_ct.astype(np.int64) * in_ciphertexts + self.in_ct) * slots + self.shift
         if np.unique(key).size != t:
             raise CompileError(f"{where}: terms with equal (out_ct, in_ct, shift) not merged")
-        if not np.all(np.any(self.values != 0.0, axis=1)):
+        if not np.all(self.values.nonzero_terms()):
             raise CompileError(f"{where}: an all-zero term")
         if self.baby is not None and (
             self.baby.shape != (t,) or self.baby.min() < 0 or self.baby.max() >= slots
@@ -216,12 +325,18 @@ def _terms(
     cols: IntArray,
     in_ciphertexts: int,
     slots: int,
-) -> tuple[Int32Array, Int32Array, IntArray, FloatArray]:
+) -> tuple[Int32Array, Int32Array, IntArray, TermValues]:
     """Merge weights by key ``(out_ct * in_cts + in_ct) * slots + shift``; ``cols[n]`` are
     the slots weight ``n`` fills in its term (no two weights of a term share a slot)."""
     uniq, term_of = np.unique(keys, return_inverse=True)
-    values = np.zeros((uniq.size, slots))
-    values[term_of.reshape(-1, 1), cols] = weights.reshape(-1, 1)
+    fills = cols.shape[1]
+    values = TermValues.from_entries(
+        np.repeat(term_of.ravel(), fills),
+        np.asarray(cols, dtype=np.int64).ravel(),
+        np.repeat(weights.ravel(), fills),
+        int(uniq.size),
+        slots,
+    )
     out_ct = (uniq // (in_ciphertexts * slots)).astype(np.int32)
     in_ct = ((uniq // slots) % in_ciphertexts).astype(np.int32)
     shift = np.asarray(uniq % slots, dtype=np.int64)
@@ -319,13 +434,14 @@ def _period(a: FloatArray) -> int:
 
 def _finish(op: MapLinearOp) -> None:
     """Drop all-zero terms, and shorten values and bias to their exact period."""
-    keep = np.any(op.values != 0.0, axis=1)
+    op.values = op.values.without_zeros()
+    keep = op.values.nonzero_terms()
     if not keep.all():
         op.out_ct, op.in_ct, op.shift = op.out_ct[keep], op.in_ct[keep], op.shift[keep]
-        op.values = op.values[keep]
+        op.values = op.values.take(keep)
         if op.baby is not None:
             op.baby = op.baby[keep]
-    op.values = np.ascontiguousarray(op.values[:, : _period(op.values)])
+    op.values = op.values.shortest_period()
     if not np.any(op.bias != 0.0):
         op.bias = np.zeros((0, 0))
     else:
@@ -413,7 +529,7 @@ def lower_conv_model(
                 "the model ends with a polynomial activation other than x^2 (or an average "
                 "pool after one); its constants need a linear layer after it"
             )
-        last.op.values *= fold.scale
+        last.op.values.data *= fold.scale
         last.op.bias *= fold.scale
         last.op.bias[last.rows, last.cols] += fold.const / fold.gain
     if drop_unread:
@@ -466,7 +582,7 @@ def _drop_unread(ops: list[MapOp], output_ct: IntArray) -> None:
         keep = np.isin(op.out_ct, read)
         if not keep.all():
             op.out_ct, op.in_ct, op.shift = op.out_ct[keep], op.in_ct[keep], op.shift[keep]
-            op.values = op.values[keep]
+            op.values = op.values.take(keep)
             if op.baby is not None:
                 op.baby = op.baby[keep]
         unread = np.setdiff1d(np.arange(op.out_ciphertexts), read)
@@ -578,7 +694,7 @@ def simulate(spec: MapProgramSpec, packed: NDArray[np.float64]) -> FloatArray:
             for lo, hi in zip(starts[: op.terms], ends[: op.terms], strict=True):
                 ts = order[lo:hi]
                 rolled = np.roll(x[:, op.in_ct[ts[0]]], -int(op.shift[ts[0]]), axis=1)
-                vals = np.tile(op.values[ts], (1, reps))
+                vals = np.tile(op.values.dense(ts), (1, reps))
                 y[:, op.out_ct[ts]] += vals[None] * rolled[:, None]  # distinct outputs
             if op.bias.size:
                 y += np.tile(op.bias, (1, slots // op.bias.shape[1]))[None]
@@ -597,13 +713,16 @@ def build_program(spec: MapProgramSpec, parameters: Any) -> Any:
     program = core.Program.map(parameters, spec.input.client_ciphertexts)
     for op in spec.ops:
         if isinstance(op, MapLinearOp):
-            program.add_map_linear(
+            program.add_map_linear_sparse(
                 op.name,
                 op.out_ciphertexts,
                 np.ascontiguousarray(op.out_ct, dtype=np.uint32),
                 np.ascontiguousarray(op.in_ct, dtype=np.uint32),
                 np.ascontiguousarray(op.shift, dtype=np.uint64),
-                np.ascontiguousarray(op.values, dtype=np.float64),
+                np.ascontiguousarray(op.values.indptr, dtype=np.uint64),
+                np.ascontiguousarray(op.values.index, dtype=np.uint32),
+                np.ascontiguousarray(op.values.data, dtype=np.float64),
+                op.period,
                 np.ascontiguousarray(op.bias, dtype=np.float64) if op.bias.size else None,
                 None if op.baby is None else np.ascontiguousarray(op.baby, dtype=np.uint64),
             )

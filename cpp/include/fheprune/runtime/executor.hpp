@@ -254,9 +254,8 @@ class Executor {
 
   // A map term's slot vector, pre-rotated right by its giant step: rot(d, -g) * rot(x, b),
   // rotated by g, is d * rot(x, b + g). Written into `full` (slots long).
-  const std::vector<double>& term_slots(const MapTerm& term, std::vector<double>& full) const {
-    const std::size_t slots = full.size(), period = term.values.size();
-    for (std::size_t j = 0; j < slots; ++j) full[(j + term.giant) % slots] = term.values[j % period];
+  static const std::vector<double>& term_slots(const MapTerm& term, std::vector<double>& full) {
+    term.fill_slots(full, term.giant);
     return full;
   }
 

@@ -99,21 +99,29 @@ struct DiagonalLinear {
   std::vector<double> weight, bias_source;        // the dense source [out][in] and [out]
 };
 
-// One plaintext of a map layer: d * rot(x_in, shift) into output `out`, with shift = baby +
-// giant (mod slots): `baby` rotates the input (hoisted), `giant` the partial sum.
-// Slot values a program may hold in memory (every kept unit and bias is a full slot vector).
-// The loader refuses files that would expand past it, and the map-layer builder refuses to
-// build past it, so every program that can be built and saved can be loaded again.
-// 2^28 doubles are 2 GiB: a dense VGG-5 (MNIST variant) map program is 240 million.
+// Values a program may hold in memory: every tile or diagonal unit and every bias vector is a
+// full slot vector, every map term its non-zero entries. The loader refuses files that would
+// expand past it, and the map-layer builder refuses to build past it, so every program that
+// can be built and saved can be loaded again. (2^28 doubles are 2 GiB.)
 inline constexpr std::uint64_t kMaxProgramSlotValues = std::uint64_t{1} << 28;
 
+// One plaintext of a map layer: d * rot(x_in, shift) into output `out`, with shift = baby +
+// giant (mod slots): `baby` rotates the input (hoisted), `giant` the partial sum. d repeats
+// with `period` and is stored sparse: a convolution's term is non-zero only at the valid
+// outputs of its channels, a few percent of the slots once pooling has dilated the map.
 struct MapTerm {
   std::uint32_t out = 0;
   std::uint32_t in = 0;
   std::size_t shift = 0;
   std::size_t baby = 0;
   std::size_t giant = 0;
-  std::vector<double> values;  // d, one period (the slot vector repeats it)
+  std::size_t period = 0;
+  std::vector<std::uint32_t> at;  // slots of one period holding a non-zero value, increasing
+  std::vector<double> values;     // d[at[k]] = values[k]; zero elsewhere
+
+  // d as a slot vector of `slots` (a multiple of the period), rotated right by `offset`:
+  // full[(j + offset) mod slots] = d[j]. Overwrites all of `full`.
+  void fill_slots(std::vector<double>& full, std::size_t offset) const;
 };
 
 struct MapLinear {
@@ -168,6 +176,16 @@ class Program {
                       std::span<const std::size_t> shift, std::span<const double> values,
                       std::size_t period, std::span<const double> bias, std::size_t bias_period,
                       std::span<const std::size_t> baby_hint = {});
+  // The same with sparse values: term t's non-zero values are values[offsets[t] ..
+  // offsets[t + 1]), at slots at[...] of its period (any order; repeated slots are summed).
+  void add_map_linear_sparse(const std::string& name, std::size_t out_ciphertexts,
+                             std::span<const std::uint32_t> out,
+                             std::span<const std::uint32_t> in, std::span<const std::size_t> shift,
+                             std::span<const std::uint64_t> offsets,
+                             std::span<const std::uint32_t> at, std::span<const double> values,
+                             std::size_t period, std::span<const double> bias,
+                             std::size_t bias_period,
+                             std::span<const std::size_t> baby_hint = {});
   void add_rotate_sum(const std::string& name,
                       const std::vector<std::pair<std::size_t, std::size_t>>& windows);
   // Map layout: output feature f is slot slot[f] of output ciphertext ct[f].
