@@ -1015,7 +1015,9 @@ def test_term_values_agree_with_their_dense_rows(
     np.testing.assert_array_equal(v.take(pick).dense(), dense[pick])
     mask = rng.random(terms) < 0.5
     np.testing.assert_array_equal(v.take(mask).dense(), dense[mask])
-    zeroed = TermValues(v.indptr, v.index, np.where(rng.random(v.data.size) < 0.3, 0.0, v.data), v.period)
+    zeroed = TermValues(
+        v.indptr, v.index, np.where(rng.random(v.data.size) < 0.3, 0.0, v.data), v.period
+    )
     kept = zeroed.without_zeros()
     np.testing.assert_array_equal(kept.dense(), zeroed.dense())
     assert np.all(kept.data != 0)

@@ -170,7 +170,9 @@ class TermValues:
             if not same:
                 break
             counts = np.bincount(term[low], minlength=v.terms)
-            v = TermValues(np.r_[0, np.cumsum(counts)].astype(np.int64), v.index[low], v.data[low], h)
+            v = TermValues(
+                np.r_[0, np.cumsum(counts)].astype(np.int64), v.index[low], v.data[low], h
+            )
         return v
 
 
