@@ -26,9 +26,12 @@ ciphertext for a window sum).
 
 Writes ``--out`` (JSON ``{"rows": [...], "layers": [...], "machine": ..., ...}``, atomically
 after every method; trained models are cached in the work directory, so an interrupted run
-resumes where it stopped) and a Markdown table beside it. ``--quick``: LeNet-like only, a
-10,000-image training subset and short schedules, two encrypted images per method (under ten
-minutes on 2 cores).
+resumes where it stopped) and a Markdown table beside it. Rows of models a run leaves out are
+kept from the report already at ``--out``. ``--models hefnet-mnist vgg5-mnist``: the MNIST
+variants of SpENCNN's larger networks, on a shorter schedule (``LARGE``); their plaintexts do
+not fit in memory, so every method of theirs encodes its plaintexts on demand (the latency
+includes the encoding). ``--quick``: LeNet-like only, an 8,000-image training subset and short
+schedules, one encrypted image per method (under ten minutes on 2 cores).
 """
 
 from __future__ import annotations
