@@ -1,0 +1,98 @@
+"""The rotation-aware benchmark's report handling (the script itself runs for hours)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
+pytest.importorskip("torch")
+
+
+def bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rotation_aware.py"
+    spec = importlib.util.spec_from_file_location("rotation_aware_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def fresh(**overrides: Any) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "rows": [],
+        "layers": [],
+        "budget": 0.005,
+        "seed": 0,
+        "client_shifts": True,
+        "margin": 0.0,
+        "schedule": {},
+        "parameters": {},
+        "baseline_accuracy": {},
+    }
+    report.update(overrides)
+    return report
+
+
+def old_report() -> dict[str, Any]:
+    rows = [{"model": m, "method": "dense"} for m in ("lenet", "vgg5-mnist")]
+    return fresh(
+        rows=rows,
+        layers=[{"model": "lenet", "layer": "conv2"}, {"model": "vgg5-mnist", "layer": "conv2"}],
+        schedule={"train_epochs": 10, "limit": 30000},  # the older, single-schedule form
+        parameters={"lenet": "N=16384", "vgg5-mnist": "N=16384"},
+        baseline_accuracy={"lenet": 0.98, "vgg5-mnist": 0.99},
+        encoding={"vgg5-mnist": {"on_demand": True}},
+    )
+
+
+def test_a_run_keeps_the_rows_of_the_models_it_leaves_out(tmp_path: Path) -> None:
+    b = bench()
+    out = tmp_path / "report.json"
+    out.write_text(json.dumps(old_report()))
+    report = fresh()
+    b.keep_other_models(report, out, ["vgg5-mnist"])
+    assert [r["model"] for r in report["rows"]] == ["lenet"]
+    assert [r["model"] for r in report["layers"]] == ["lenet"]
+    assert report["parameters"] == {"lenet": "N=16384"}
+    assert report["baseline_accuracy"] == {"lenet": 0.98}
+    assert report["schedule"] == {"lenet": {"train_epochs": 10, "limit": 30000}}
+    assert "encoding" not in report  # only the re-run model had one
+
+
+@pytest.mark.parametrize("change", [{"budget": 0.01}, {"seed": 1}, {"client_shifts": False}])
+def test_rows_measured_under_other_settings_are_not_kept(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    b = bench()
+    out = tmp_path / "report.json"
+    out.write_text(json.dumps(old_report()))
+    report = fresh(**change)
+    b.keep_other_models(report, out, ["vgg5-mnist"])
+    assert report["rows"] == [] and report["parameters"] == {}
+
+
+def test_an_unreadable_report_starts_a_new_one(tmp_path: Path) -> None:
+    b = bench()
+    out = tmp_path / "report.json"
+    out.write_text("{truncated")
+    report = fresh()
+    b.keep_other_models(report, out, ["lenet"])
+    assert report["rows"] == []
+    b.keep_other_models(report, tmp_path / "missing.json", ["lenet"])
+    assert report["rows"] == []
+
+
+def test_larger_networks_get_the_large_schedule() -> None:
+    b = bench()
+    assert b.schedule_for("lenet", quick=False) is b.FULL
+    assert b.schedule_for("vgg5-mnist", quick=False) is b.LARGE
+    assert b.schedule_for("hefnet-mnist", quick=True) is b.QUICK
+    assert b.LARGE.images == 1 and b.LARGE.rounds == 1
