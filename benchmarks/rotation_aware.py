@@ -94,6 +94,8 @@ class Schedule:
     # The cost-aware method's distilled warm-up and recoveries: the full schedule's training
     # rate (the quick schedule's distilled warm-up diverged at its training rate, 0.02).
     recovery_lr: float = 0.01
+    # The cost-aware method's distilled fine-tuning steps inside its pruning loop.
+    tune_lr: float = 3e-3
 
 
 QUICK = Schedule(
@@ -127,6 +129,8 @@ FULL = Schedule(
 # HEFNet / VGG-5 (MNIST variants): a step costs about 3.3x LeNet-like's on this machine, and
 # their layouts hold about 5x more units (every Algorithm 1 step prunes more of them), so the
 # full table fits a few hours of 2 cores. Dense runs encrypted in minutes: one image, once.
+# Distilled fine-tuning of these deeper polynomial networks diverged at 0.01 (VGG-5, within
+# 14 batches), hence the lower distillation rates.
 LARGE = Schedule(
     train_epochs=12,
     limit=20000,
@@ -134,7 +138,7 @@ LARGE = Schedule(
     finetune_epochs=1,
     per_iteration=32,
     reg_epochs=1,
-    search_steps=3,
+    search_steps=5,
     images=1,
     repeats=1,
     warmup_epochs=2,
@@ -142,6 +146,8 @@ LARGE = Schedule(
     max_iterations=10,
     final_epochs=3,
     rounds=1,
+    recovery_lr=2e-3,
+    tune_lr=1e-3,
 )
 LARGE_MODELS = ("hefnet-mnist", "vgg5-mnist")
 
@@ -345,8 +351,9 @@ def method_table(
         ``rounds`` rounds of cost-aware sub-block pruning (damage per encrypted second,
         ciphertext units included; every fine-tuning step distilled from the dense model
         too), each spending the budget and ending with a ``final_epochs`` recovery at
-        ``recovery_lr`` (kept only if it helps), which frees budget for the next round."""
-        base = (group_result(g_base) if group_result is not None else None) or group(g_base)
+        ``recovery_lr`` (kept only if it helps), which frees budget for the next round. When
+        the warm-up leaves G_base over the budget (VGG-5: G = 8 costs a point), the next
+        smaller G whose warmed-up network is within it."""
         teacher = copy.deepcopy(dense).eval()
         warm = dataclasses.replace(
             train_harness,
@@ -354,7 +361,7 @@ def method_table(
             config=train_harness.config.replace(lr=s.recovery_lr),
         )
         tune = dataclasses.replace(
-            harness, distill=Distillation(teacher), config=harness.config.replace(lr=3e-3)
+            harness, distill=Distillation(teacher), config=harness.config.replace(lr=s.tune_lr)
         )
         if calibration is None:
             raise ValueError("the cost-aware method needs a calibration batch")
@@ -372,12 +379,29 @@ def method_table(
             if stages is not None:
                 stages.save(stage(round_), pruned)
 
-        model = copy.deepcopy(base.model)
-        if load_round(1) is None:
+        def base_model(g: int) -> nn.Module:
+            base = (group_result(g) if group_result is not None else None) or group(g)
+            return copy.deepcopy(base.model)
+
+        def warmed(g: int) -> nn.Module:
+            model = base_model(g)
             warm.train(model, epochs=s.warmup_epochs)
             if not ra.has_finite_weights(model):
                 LOG.warning("combined-cost-aware: the warm-up diverged; pruning the base as is")
-                model = copy.deepcopy(base.model)
+                model = base_model(g)
+            return model
+
+        cached = load_round(1)
+        if cached is not None:  # the pruned stage knows its G; no warm-up needed
+            g = cached.groups
+            model = base_model(g)
+        else:
+            g = g_base
+            model = warmed(g)
+            while g > 2 and baseline - harness.evaluate(model) > budget - margin:
+                LOG.info("combined-cost-aware: G = %d is over the budget after its warm-up", g)
+                g //= 2
+                model = warmed(g)
         result = ca.prune_in_rounds(
             model,
             tune,
@@ -397,7 +421,7 @@ def method_table(
             client_shifts=client_shifts,
             method="combined-cost-aware",
         )
-        result.history.insert(0, {"base": f"group-{g_base}", "warmup_epochs": s.warmup_epochs})
+        result.history.insert(0, {"base": f"group-{g}", "warmup_epochs": s.warmup_epochs})
         return result
 
     table["combined-cost-aware"] = cost_aware
@@ -443,29 +467,30 @@ def op_totals(layers: list[dict[str, Any]]) -> dict[str, int]:
 
 
 class EncryptedRunner:
-    """One client key pair for every method of a model (the server's evaluation keys cover
-    the union of their rotation steps), so key generation is paid once per model. Each
-    method's server is an ``EngineExecutor`` on its own program with those keys: the same
-    computation a ``Server`` loading files runs (the file path is tested in
+    """One client secret key for every method of a model; each method's server gets the
+    evaluation keys of its own rotation steps, made when it runs and dropped after it (a
+    VGG-5's Galois keys are 41 MB a step at N = 16384: the union over all methods would not
+    fit in memory). Each server is an ``EngineExecutor`` on its program with those keys: the
+    same computation a ``Server`` loading files runs (the file path is tested in
     tests/test_conv_runtime.py and used by the main job)."""
 
-    def __init__(self, parameters: Any, steps: set[int], *, on_demand: bool = False) -> None:
-        start = time.perf_counter()
+    def __init__(self, parameters: Any, *, on_demand: bool = False) -> None:
         self.on_demand = on_demand
         self.context = _core.Context(parameters, 1)
-        keygen = _core.KeyGenerator(self.context)
-        self.keys = keygen.create_evaluation_keys(sorted(steps))
+        self.keygen = _core.KeyGenerator(self.context)
         self.encoder = _core.Encoder(self.context)
-        self.encryptor = _core.Encryptor(self.context, keygen.secret_key)
-        self.decryptor = _core.Decryptor(self.context, keygen.secret_key)
-        self.keygen_s = time.perf_counter() - start
-        self.key_bytes = len(_core.save(self.context, self.keys))
+        self.encryptor = _core.Encryptor(self.context, self.keygen.secret_key)
+        self.decryptor = _core.Decryptor(self.context, self.keygen.secret_key)
 
     def run(self, compiled: CompiledModel, images: np.ndarray, repeats: int) -> dict[str, Any]:
         spec = compiled.map_spec
+        steps = sorted(int(v) for v in compiled.program.rotation_steps())
+        start = time.perf_counter()
+        keys = self.keygen.create_evaluation_keys(steps)
+        keygen_s = time.perf_counter() - start
         start = time.perf_counter()
         executor = _core.EngineExecutor(
-            compiled.program, self.context, self.keys, encode_on_demand=self.on_demand
+            compiled.program, self.context, keys, encode_on_demand=self.on_demand
         )
         setup_s = time.perf_counter() - start
         per_image, outputs, stats, encode_s = [], [], None, []
@@ -502,6 +527,9 @@ class EncryptedRunner:
             "layer_seconds": {lay["name"]: lay["seconds"] for lay in stats["layers"]},
             "plaintext_bytes": int(executor.plaintext_bytes),
             "peak_ciphertext_bytes": int(stats["peak_ciphertext_bytes"]),
+            "rotation_keys": len(steps),
+            "galois_key_bytes": int(keys.galois_keys.byte_size),
+            "keygen_s": keygen_s,
         }
 
 
@@ -663,9 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(dense, test_loader, loaders.spec.task)
         )
         slots = slots_for(dense)
-        # method -> (result, cost, rotation steps); programs are compiled again when they run
-        # (a dense VGG-5 program holds 2 GB of slot values: one at a time).
-        prepared: dict[str, tuple[ra.RotationAwareResult, Any, set[int] | None]] = {}
+        # method -> (result, cost); programs are compiled again when they run (one at a time).
+        prepared: dict[str, tuple[ra.RotationAwareResult, Any]] = {}
         parameters = None
         uncompiled: dict[str, str] = {}  # method -> why its program could not be built
 
@@ -732,21 +759,18 @@ def main(argv: list[str] | None = None) -> int:
                 # no counts, instead of ending the run.
                 LOG.warning("%s / %s: not compiled: %s", model_name, method, exc)
                 uncompiled[method] = str(exc)
-                prepared[method] = (result, None, None)
+                prepared[method] = (result, None)
                 continue
             # Every method of a model has the same depth, so the same parameters.
             parameters = compiled.parameters
             report["parameters"][model_name] = compiled.choice.message.split("using ")[-1]
-            prepared[method] = (result, cost, {int(v) for v in compiled.program.rotation_steps()})
+            prepared[method] = (result, cost)
             del compiled
             LOG.info("%s / %s: ready (%.0f s)", model_name, method, time.perf_counter() - t0)
-        # 2. One key set for the union of the rotation steps. Plaintexts are encoded at the
-        # server's set-up unless some method's would not fit in memory; then every method of
-        # the model encodes each plaintext when it needs it (latency includes encoding).
-        steps: set[int] = set()
-        runnable = [m for m, (_, cost, _) in prepared.items() if cost is not None]
-        for method in runnable:
-            steps.update(prepared[method][2] or ())
+        # 2. Plaintexts are encoded at the server's set-up unless some method's would not fit
+        # in memory; then every method of the model encodes each plaintext when it needs it
+        # (latency includes encoding).
+        runnable = [m for m, (_, cost) in prepared.items() if cost is not None]
         largest = max((plaintext_bytes(prepared[m][1]) for m in runnable), default=0)
         on_demand = largest > PLAINTEXT_LIMIT_BYTES
         report.setdefault("encoding", {})[model_name] = {
@@ -760,23 +784,16 @@ def main(argv: list[str] | None = None) -> int:
                 largest / 2**30,
             )
         runner = (
-            EncryptedRunner(parameters, steps, on_demand=on_demand)
+            EncryptedRunner(parameters, on_demand=on_demand)
             if runnable and parameters is not None
             else None
         )
-        if runner is not None:
-            report.setdefault("keys", {})[model_name] = {
-                "rotation_steps": len(steps),
-                "keygen_s": runner.keygen_s,
-                "evaluation_key_bytes": runner.key_bytes,
-            }
-            LOG.info("%s: %d Galois keys in %.1f s", model_name, len(steps), runner.keygen_s)
         # 3. Run each method encrypted; rows are relative to dense, measured in this run.
         dense_cost = prepared["dense"][1]
         dense_ops = None if dense_cost is None else op_totals(dense_cost)
         dense_latency: float | None = None
         for method in chosen:
-            result, cost, _ = prepared[method]
+            result, cost = prepared[method]
             run = None
             if runner is not None and method in runnable:
                 model, compiled, _ = compile_map(result.model, args.client_shifts)
@@ -823,6 +840,9 @@ def main(argv: list[str] | None = None) -> int:
                 "encode_s": None if run is None else run["encode_s"],
                 "not_compiled": uncompiled.get(method),
                 "server_setup_s": None if run is None else run["server_setup_s"],
+                "rotation_keys": None if run is None else run["rotation_keys"],
+                "galois_key_bytes": None if run is None else run["galois_key_bytes"],
+                "keygen_s": None if run is None else run["keygen_s"],
                 "alive_units": {k: list(v) for k, v in result.alive_units.items()},
             }
             report["rows"] = [

@@ -586,23 +586,43 @@ def test_artemis_prunes_whole_groups_within_the_budget(variant: UnitKind) -> Non
 # -------------------------------------------------------------------------- Hunter, baselines
 
 
-def test_hunter_prunes_the_lowest_mean_magnitude_units_in_one_shot() -> None:
+def test_hunter_prunes_each_layers_lowest_mean_magnitude_units_in_one_shot() -> None:
     model = tiny()
     units = units_of(model)
     total = sum(u.count for u in units.values())
     harness = FakeHarness(lambda m: 1.0 - 0.1 * dead_units(m, units) / total)
     result = hunter_prune(model, harness, budget=0.031, slots=SLOTS, input_shape=SHAPE)
     assert_whole_units(result, units)
-    assert [h["fraction"] for h in result.history] == bisection(total, 0.031, 0.1)
-    k = prune_count(best_fraction(result.history), total)
+    fraction = best_fraction(result.history)
+    assert fraction > 0
     modules = dict(model.named_modules())
-    ranked = sorted(
-        (float(modules[n].weight.detach()[u.ids == j].abs().mean()), n, j)
-        for n, u in units.items()
-        for j in range(u.count)
-    )
-    assert dead_set(result.masks, units) == {(n, j) for _, n, j in ranked[:k]}
+    want = set()
+    for n, u in units.items():
+        # The same fraction of every layer (one unit always left), its lowest mean |w| first.
+        k = min(prune_count(fraction, u.count), u.count - 1)
+        ranked = sorted(
+            (float(modules[n].weight.detach()[u.ids == j].abs().mean()), j) for j in range(u.count)
+        )
+        want |= {(n, j) for _, j in ranked[:k]}
+    assert dead_set(result.masks, units) == want
     assert all(r is None for _, _, r in harness.trained)  # no regularization
+
+
+def test_hunter_does_not_rank_magnitudes_across_layers() -> None:
+    """A layer of small weights is not emptied first: every layer loses the same fraction."""
+    model = tiny()
+    units = units_of(model)
+    first = next(iter(units))
+    with torch.no_grad():
+        dict(model.named_modules())[first].weight.mul_(1e-3)
+    total = sum(u.count for u in units.values())
+    harness = FakeHarness(lambda m: 1.0 - 0.1 * dead_units(m, units) / total)
+    result = hunter_prune(model, harness, budget=0.031, slots=SLOTS, input_shape=SHAPE)
+    fraction = best_fraction(result.history)
+    assert 0 < fraction < 1
+    for n, u in units.items():
+        dead = len({j for m, j in dead_set(result.masks, units) if m == n})
+        assert dead == min(prune_count(fraction, u.count), u.count - 1), n
 
 
 def test_magnitude_baseline_is_unstructured() -> None:

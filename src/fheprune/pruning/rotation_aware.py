@@ -58,7 +58,7 @@ from fheprune.layouts.channels import (
 from fheprune.training import Loaders, TrainConfig, evaluate, train
 from fheprune.training.trainer import Distillation, Regularizer, TrainingDivergedError
 
-from .base import Masks, apply_masks, check_fraction, full_masks, prune_count
+from .base import Masks, apply_masks, check_fraction, full_masks, prune_count, select_lowest
 
 __all__ = [
     "DEFAULT_SLOTS",
@@ -988,17 +988,21 @@ def hunter_prune(
 
     The same units as sub-block pruning (conv position units, fc diagonals), scored by L1
     magnitude per weight (sum |w| / size, HE-PEx's T-Avg; within a layer this ranks like
-    the plain L1 norm), pruned in one shot by a global fraction (bisection against
-    ``budget``), fine-tuned with masks fixed; no regularization, no iteration.
+    the plain L1 norm), pruned in one shot by one fraction of every layer's units (bisection
+    against ``budget``; each layer keeps at least ``min_alive``), fine-tuned with masks fixed;
+    no regularization, no iteration. Per layer, as Hunter prunes: magnitudes are not
+    comparable across layers (a VGG-5's conv weights are a tenth of its FC weights, and a
+    global ranking at 12.5% cuts its conv2 and conv3 down to one unit each).
     """
     units = model_units(model, slots=slots, input_shape=input_shape, layers=layers)
     start = full_masks(layer_weights(model))
     scores = _scores(model, start, units, "mean_abs")
-    alive = {name: alive_units(start[name], u) for name, u in units.items()}
-    total = sum(u.count for u in units.values())
 
     def make_masks(fraction: float) -> Masks:
-        dead = select_units(scores, alive, prune_count(fraction, total), min_alive=min_alive)
+        dead = {
+            name: select_lowest(s, min(prune_count(fraction, s.numel()), s.numel() - min_alive))
+            for name, s in scores.items()
+        }
         return masks_without_units(start, units, dead)
 
     return _one_shot(
