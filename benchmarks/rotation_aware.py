@@ -66,8 +66,9 @@ from fheprune.training.trainer import Distillation, train
 
 LOG = logging.getLogger("rotation_aware")
 
-# The heavy part of an encrypted run is the encoded plaintexts; runs whose plaintexts would
-# exceed this many bytes are reported from the cost model only (latency null).
+# The heavy part of an encrypted run is the encoded plaintexts: when some method of a model
+# would hold more than this many bytes of them, every method of that model encodes its
+# plaintexts on demand (the same mode for every row, so the speedups compare like with like).
 PLAINTEXT_LIMIT_BYTES = 12 * 2**30
 OTHER_OPS = ("mul_plain", "add", "add_plain", "multiply")
 
