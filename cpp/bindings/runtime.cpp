@@ -132,6 +132,19 @@ std::string layout_name(rt::Layout l) {
 using Index32 = nb::ndarray<nb::numpy, const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Index64 = nb::ndarray<nb::numpy, const std::uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
+// A map layer's bias [out_ciphertexts, period] as (values, period); None or empty: no bias.
+std::pair<std::span<const double>, std::size_t> map_bias(const std::string& name,
+                                                         std::size_t out_ciphertexts,
+                                                         const std::optional<Matrix>& bias) {
+  if (!bias || bias->shape(0) * bias->shape(1) == 0) return {{}, 0};
+  if (bias->shape(0) != out_ciphertexts) {
+    throw rt::CompileError("layer '" + name + "': bias has " + std::to_string(bias->shape(0)) +
+                           " rows, expected one per output ciphertext (" +
+                           std::to_string(out_ciphertexts) + ")");
+  }
+  return {{bias->data(), bias->shape(0) * bias->shape(1)}, bias->shape(1)};
+}
+
 std::span<const std::size_t> as_sizes(const Index64& a) {
   static_assert(sizeof(std::size_t) == sizeof(std::uint64_t));
   return {reinterpret_cast<const std::size_t*>(a.data()), a.shape(0)};
@@ -160,18 +173,7 @@ void bind_runtime(nb::module_& m) {
           [](rt::Program& p, const std::string& name, std::size_t out_ciphertexts,
              const Index32& out, const Index32& in, const Index64& shift, const Matrix& values,
              std::optional<Matrix> bias, std::optional<Index64> baby) {
-            std::span<const double> b;
-            std::size_t bias_period = 0;
-            if (bias && bias->shape(0) * bias->shape(1) > 0) {
-              if (bias->shape(0) != out_ciphertexts) {
-                throw rt::CompileError("layer '" + name + "': bias has " +
-                                       std::to_string(bias->shape(0)) + " rows, expected one "
-                                       "per output ciphertext (" +
-                                       std::to_string(out_ciphertexts) + ")");
-              }
-              b = {bias->data(), bias->shape(0) * bias->shape(1)};
-              bias_period = bias->shape(1);
-            }
+            const auto [b, bias_period] = map_bias(name, out_ciphertexts, bias);
             if (values.shape(0) != out.shape(0)) {
               throw rt::CompileError("layer '" + name + "': values has " +
                                      std::to_string(values.shape(0)) + " rows for " +
@@ -194,18 +196,7 @@ void bind_runtime(nb::module_& m) {
              const Index32& out, const Index32& in, const Index64& shift, const Index64& offsets,
              const Index32& at, const Vector& values, std::size_t period,
              std::optional<Matrix> bias, std::optional<Index64> baby) {
-            std::span<const double> b;
-            std::size_t bias_period = 0;
-            if (bias && bias->shape(0) * bias->shape(1) > 0) {
-              if (bias->shape(0) != out_ciphertexts) {
-                throw rt::CompileError("layer '" + name + "': bias has " +
-                                       std::to_string(bias->shape(0)) + " rows, expected one "
-                                       "per output ciphertext (" +
-                                       std::to_string(out_ciphertexts) + ")");
-              }
-              b = {bias->data(), bias->shape(0) * bias->shape(1)};
-              bias_period = bias->shape(1);
-            }
+            const auto [b, bias_period] = map_bias(name, out_ciphertexts, bias);
             p.add_map_linear_sparse(
                 name, out_ciphertexts, {out.data(), out.shape(0)}, {in.data(), in.shape(0)},
                 as_sizes(shift), {offsets.data(), offsets.shape(0)}, {at.data(), at.shape(0)},

@@ -551,6 +551,32 @@ std::uint64_t read_bounded(ckks::detail::Reader& r, std::uint64_t lo, std::uint6
   return v;
 }
 
+// Refuses a file whose layers up to `name` would hold more than the bound in memory.
+void check_expanded(std::uint64_t expanded, const std::string& name) {
+  if (expanded > kMaxExpandedValues) {
+    throw ckks::SerializationError(
+        "program too large: its layers up to '" + name + "' would hold " +
+        std::to_string(expanded) + " values in memory, more than the " +
+        std::to_string(kMaxExpandedValues) + " a program file may expand to");
+  }
+}
+
+// A map layer's bias: `bias_period` values per output ciphertext (period 0: no bias). Each
+// biased output is a whole slot vector once encoded, which `expanded` counts.
+std::vector<double> read_map_bias(ckks::detail::Reader& r, std::uint64_t outs, std::size_t slots,
+                                  const std::string& name, std::uint64_t& expanded,
+                                  std::size_t& bias_period) {
+  bias_period = read_bounded(r, 0, slots, "bias period");
+  if (r.remaining() / 8 < outs * bias_period) {
+    throw ckks::SerializationError("truncated program data");
+  }
+  std::vector<double> bias(outs * bias_period);
+  if (!bias.empty()) r.f64s(bias.data(), bias.size());
+  expanded += (bias_period ? outs : 0) * slots;
+  check_expanded(expanded, name);
+  return bias;
+}
+
 }  // namespace
 
 Bytes Program::save() const {
@@ -694,11 +720,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
           const std::uint64_t nonzero = read_bounded(r, 1, period, "term entries");
           if (r.remaining() / 16 < nonzero) throw ckks::SerializationError("truncated program data");
           expanded += nonzero;
-          if (expanded > kMaxExpandedValues) {
-            throw ckks::SerializationError(
-                "program too large: its layers up to '" + name + "' would hold more than the " +
-                std::to_string(kMaxExpandedValues) + " values a program file may expand to");
-          }
+          check_expanded(expanded, name);
           for (std::uint64_t k = 0; k < nonzero; ++k) {
             at.push_back(static_cast<std::uint32_t>(read_bounded(r, 0, period - 1, "entry slot")));
           }
@@ -706,19 +728,8 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
           r.f64s(values.data() + offsets.back(), nonzero);
           offsets.push_back(values.size());
         }
-        const std::uint64_t bias_period = read_bounded(r, 0, slots, "bias period");
-        if (r.remaining() / 8 < outs * bias_period) {
-          throw ckks::SerializationError("truncated program data");
-        }
-        std::vector<double> bias(outs * bias_period);
-        if (!bias.empty()) r.f64s(bias.data(), bias.size());
-        expanded += (bias_period ? outs : 0) * slots;
-        if (expanded > kMaxExpandedValues) {
-          throw ckks::SerializationError(
-              "program too large: its layers up to '" + name + "' would hold " +
-              std::to_string(expanded) + " values in memory, more than the " +
-              std::to_string(kMaxExpandedValues) + " a program file may expand to");
-        }
+        std::size_t bias_period = 0;
+        const std::vector<double> bias = read_map_bias(r, outs, slots, name, expanded, bias_period);
         p.add_map_linear_sparse(name, outs, out_idx, in_idx, shift, offsets, at, values, period,
                                 bias, bias_period, baby);
         continue;
@@ -732,11 +743,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
           throw ckks::SerializationError("truncated program data");
         }
         expanded += terms * slots;
-        if (expanded > kMaxExpandedValues) {
-          throw ckks::SerializationError(
-              "program too large: its layers up to '" + name + "' would hold more than the " +
-              std::to_string(kMaxExpandedValues) + " slot values a program file may expand to");
-        }
+        check_expanded(expanded, name);
         std::vector<std::uint32_t> out_idx(terms), in_idx(terms);
         std::vector<std::size_t> shift(terms), baby(terms);
         std::vector<double> values;
@@ -751,19 +758,8 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
           values.resize(values.size() + period);
           if (period) r.f64s(values.data() + t * period, period);
         }
-        const std::uint64_t bias_period = read_bounded(r, 0, slots, "bias period");
-        if (r.remaining() / 8 < outs * bias_period) {
-          throw ckks::SerializationError("truncated program data");
-        }
-        std::vector<double> bias(outs * bias_period);
-        if (!bias.empty()) r.f64s(bias.data(), bias.size());
-        expanded += (bias_period ? outs : 0) * slots;
-        if (expanded > kMaxExpandedValues) {
-          throw ckks::SerializationError(
-              "program too large: its layers up to '" + name + "' would hold " +
-              std::to_string(expanded) + " slot values in memory, more than the " +
-              std::to_string(kMaxExpandedValues) + " a program file may expand to");
-        }
+        std::size_t bias_period = 0;
+        const std::vector<double> bias = read_map_bias(r, outs, slots, name, expanded, bias_period);
         p.add_map_linear(name, outs, out_idx, in_idx, shift, values, period, bias, bias_period,
                          baby);
         continue;
@@ -805,12 +801,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         vectors = std::min(k_count, nonzero) + (bias.empty() ? 0 : 1);
       }
       expanded += vectors * slots;
-      if (expanded > kMaxExpandedValues) {
-        throw ckks::SerializationError(
-            "program too large: its layers up to '" + name + "' would hold " +
-            std::to_string(expanded) + " slot values in memory, more than the " +
-            std::to_string(kMaxExpandedValues) + " a program file may expand to");
-      }
+      check_expanded(expanded, name);
       p.add_linear(name, out, in, weight, bias);
     }
     if (p.layout() == Layout::kMap) {
