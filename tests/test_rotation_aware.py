@@ -55,7 +55,6 @@ from fheprune.pruning.rotation_aware import (
     magnitude_prune,
     masks_without_units,
     model_units,
-    rotation_groups,
     select_units,
     spencnn_prune,
     subblock_prune,
@@ -557,39 +556,10 @@ def test_group_lasso_gradient_pushes_groups_to_zero() -> None:
     )
 
 
-def test_rotation_groups_merge_the_diagonals_of_one_rotation() -> None:
-    """conv2 has two input ciphertexts: the units (o, 0, r) and (o, 1, r) share output o's
-    outer rotations by r and merge into one unit (o, r) that carries them whole."""
-    diag = units_of(tiny(), "diagonal")["conv2"]
-    merged = rotation_groups(diag)
-    lanes, phases, n_in = 2, 4, 2  # as in test_rotation_counts_match_the_layout_formulas
-    assert merged.count == diag.count // n_in
-    r = merged.layout_ids % lanes
-    assert merged.rotations.tolist() == [float(phases - 1 if q == 0 else phases) for q in r]
-    assert merged.plaintexts.tolist() == [n_in * 25 * phases] * merged.count
-    assert int(merged.sizes.sum()) == conv(tiny()).weight.numel()
-    # every weight goes to the group of its unit's rotation key
-    np.testing.assert_array_equal(
-        merged.layout_ids[merged.ids.numpy()], diag.rotation_keys[diag.ids.numpy()]
-    )
-    # a mask whole on the merged units is whole on the units, and each dead merged unit
-    # leaves no unit of its rotation alive
-    alive = torch.tensor([True, False] * (merged.count // 2))
-    mask = unit_mask(merged, alive)
-    assert is_unit_aligned(mask, diag)
-    dead_keys = set(diag.rotation_keys[~alive_units(mask, diag).numpy()].tolist())
-    live_keys = set(diag.rotation_keys[alive_units(mask, diag).numpy()].tolist())
-    assert dead_keys and not dead_keys & live_keys
-    # units that share nothing come back as they are
-    pos = units_of(tiny(), "position")
-    assert all(rotation_groups(u) is u for u in pos.values())
-
-
 @pytest.mark.parametrize("variant", ["position", "diagonal"])
 def test_artemis_prunes_whole_groups_within_the_budget(variant: UnitKind) -> None:
     model = tiny()
-    # diagonal units are pruned per rotation: (o, r) over both input ciphertexts
-    units = {n: rotation_groups(u) for n, u in units_of(model, variant, layers="conv").items()}
+    units = units_of(model, variant, layers="conv")
     total = sum(u.count for u in units.values())
     # accuracy falls by 0.1 per pruned fraction of the groups: budget 0.031 -> <= 31%
     harness = FakeHarness(lambda m: 1.0 - 0.1 * dead_units(m, units) / total)

@@ -15,8 +15,7 @@ Pieces, each small and composable:
 
 1. unit helpers: :func:`model_units` (ids per weight, dense 0..count-1, with what a zero unit
    saves), :func:`unit_norms`, :func:`alive_units`, :func:`unit_mask`, :func:`is_unit_aligned`,
-   :func:`select_units` (global lowest-k with a per-layer floor), :func:`group_weights`,
-   :func:`rotation_groups` (diagonal units merged per shared rotation);
+   :func:`select_units` (global lowest-k with a per-layer floor), :func:`group_weights`;
 2. :func:`subblock_prune`: SpENCNN Algorithm 1 (avg-L2 importance, prune the least important
    sub-blocks, fine-tune with masks fixed, repeat while within the accuracy budget);
 3. :func:`he_group_conv`, :func:`grouped_from_dense`, :func:`g_base`: HE-group convolution;
@@ -39,7 +38,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -88,7 +87,6 @@ __all__ = [
     "magnitude_prune",
     "masks_without_units",
     "model_units",
-    "rotation_groups",
     "select_units",
     "spencnn_prune",
     "subblock_prune",
@@ -127,9 +125,6 @@ class LayerUnits:
     n_input_ciphertexts for a dense conv); 0 for unrotated units (p = 0, k = 0).
     ``plaintexts[j]``: plaintext multiplies removed (distinct plaintexts the unit's weights
     sit in; a conv plaintext is (o, i, r, p, output phase), an fc plaintext its diagonal).
-    ``rotation_keys[j]``: units with equal keys share their rotations, which vanish only when
-    all of them are zero: a diagonal unit's key is (o, r) (``o * lanes + r``); any other
-    unit's key is its own layout id. :func:`rotation_groups` merges them.
     """
 
     name: str
@@ -139,7 +134,6 @@ class LayerUnits:
     sizes: Tensor
     rotations: Tensor
     plaintexts: Tensor
-    rotation_keys: IntArray
 
     @property
     def count(self) -> int:
@@ -167,7 +161,6 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
         k = uniq % plan.slots
         rotations = (k != 0).astype(np.float64)
         plaintexts = np.ones(uniq.shape[0], dtype=np.int64)
-        keys = uniq
         lkind: LayerUnitKind = "fc"
     elif isinstance(m, nn.Conv2d):
         assert isinstance(layer.inputs, ChannelPacking)
@@ -199,10 +192,8 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
             phases_of = used.sum(axis=1)[out_ct]
             first_free = used[out_ct, 0]
             rotations = (phases_of - ((r == 0) & first_free)) / sharing
-            keys = key
         else:
             rotations = (uniq % taps != 0).astype(np.float64)
-            keys = uniq
         plaintexts = _distinct_per_unit(dense, plaintext, uniq.shape[0])
         lkind = kind
     else:
@@ -216,35 +207,6 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
         sizes=torch.from_numpy(sizes),
         rotations=torch.from_numpy(rotations.astype(np.float64)),
         plaintexts=torch.from_numpy(plaintexts),
-        rotation_keys=np.asarray(keys, dtype=np.int64),
-    )
-
-
-def rotation_groups(units: LayerUnits) -> LayerUnits:
-    """``units`` with the units that share a rotation merged into one unit each.
-
-    A diagonal unit (o, i, r) carries only its share of output o's outer rotation by r, which
-    vanishes once every input ciphertext's unit (o, *, r) is zero; pruning them one by one
-    can thin every offset and remove none. The merged unit (o, r) prunes them together: it
-    carries the whole rotation and the plaintexts of its parts, and its ``layout_ids`` are
-    its rotation key. Units that share nothing come back unchanged.
-    """
-    keys, group = np.unique(units.rotation_keys, return_inverse=True)
-    if keys.shape[0] == units.count:
-        return units
-    group_t = torch.from_numpy(group.reshape(-1).astype(np.int64))
-
-    def summed(values: Tensor) -> Tensor:
-        return torch.zeros(keys.shape[0], dtype=values.dtype).index_add(0, group_t, values)
-
-    return replace(
-        units,
-        ids=group_t[units.ids],
-        layout_ids=keys.astype(np.int64),
-        sizes=summed(units.sizes),
-        rotations=summed(units.rotations),
-        plaintexts=summed(units.plaintexts),
-        rotation_keys=keys.astype(np.int64),
     )
 
 
@@ -911,9 +873,7 @@ def artemis_prune(
 
     1. Train a copy of ``model`` for ``reg_epochs`` with :class:`GroupLasso` (``lam``) over
        the ``variant`` units ("positional" = position, or "diagonal") of its conv layers (and
-       fc diagonals with ``layers="all"``), which drives costly groups towards zero. Diagonal
-       units are taken whole per rotation (:func:`rotation_groups`: (o, r) over every input
-       ciphertext), so each pruned group removes its outer rotation.
+       fc diagonals with ``layers="all"``), which drives costly groups towards zero.
     2. Rank the groups by RMS norm ||theta_g|| / sqrt(|g|) (fair across layers of different
        unit sizes) and prune the lowest fraction over the whole network, found by bisection
        (``search_steps`` probes in [0, ``max_fraction``]): each probe fine-tunes a copy for
@@ -922,9 +882,6 @@ def artemis_prune(
     """
     budget = _check_budget(budget)
     units = model_units(model, slots=slots, input_shape=input_shape, kind=variant, layers=layers)
-    # A channel diagonal's rotation is shared by every input ciphertext: regularize and
-    # prune the whole (o, r) group, or the threshold thins offsets without removing any.
-    units = {name: rotation_groups(u) for name, u in units.items()}
     if baseline is None:
         baseline = harness.evaluate(model)
     regularized = copy.deepcopy(model)
