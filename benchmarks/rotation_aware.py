@@ -353,8 +353,9 @@ def method_table(
         ciphertext units included; every fine-tuning step distilled from the dense model
         too), each spending the budget and ending with a ``final_epochs`` recovery at
         ``recovery_lr`` (kept only if it helps), which frees budget for the next round. When
-        the warm-up leaves G_base over the budget (VGG-5: G = 8 costs a point), the next
-        smaller G whose warmed-up network is within it."""
+        the warm-up leaves G_base over the budget (VGG-5: G = 8 costs a point), G is halved
+        until its warmed-up network is within it, or down to G = 2, which is pruned either
+        way."""
         teacher = copy.deepcopy(dense).eval()
         warm = dataclasses.replace(
             train_harness,
