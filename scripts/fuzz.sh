@@ -36,7 +36,8 @@ if [[ ! -f "$build/CMakeCache.txt" ]]; then
   if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
   echo "fuzz.sh: configuring $build with $cxx"
   CXX="$cxx" cmake -S "$root" -B "$build" "${generator[@]}" \
-    -DFHEPRUNE_BUILD_FUZZERS=ON -DFHEPRUNE_BUILD_TESTS=OFF -DFHEPRUNE_NATIVE=OFF \
+    -DFHEPRUNE_BUILD_FUZZERS=ON -DFHEPRUNE_BUILD_TESTS=OFF -DFHEPRUNE_BUILD_EXAMPLES=OFF \
+    -DFHEPRUNE_INSTALL=OFF -DFHEPRUNE_NATIVE=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo
 fi
 echo "fuzz.sh: building $build (-j$jobs)"

@@ -277,5 +277,5 @@ def test_encoding_on_demand_gives_the_same_ciphertexts_with_fewer_stored_plainte
     terms = stored.last_stats["ops"]["mul_plain"]  # one product per live term
     assert (stored.last_stats["encoded"], on_demand.last_stats["encoded"]) == (0, terms)
     assert on_demand.last_stats["encode_seconds"] > 0
-    assert on_demand.executor.plaintext_count < stored.executor.plaintext_count
-    assert on_demand.executor.plaintext_bytes < stored.executor.plaintext_bytes / 2
+    assert on_demand.plaintext_count < stored.plaintext_count
+    assert on_demand.plaintext_bytes < stored.plaintext_bytes / 2

@@ -438,9 +438,9 @@ def test_missing_rotation_key_in_the_engine() -> None:
     client = Client(ClientSpec.from_compiled(compiled))
     steps = list(client.spec.rotation_steps)
     keys = client._keygen.create_evaluation_keys(steps[:-1])
-    server = Server(compiled.program.save(), _core.save(client.context, keys))
-    with pytest.raises(_core.MissingKeyError):
-        server.run(client.encrypt(inputs(2)))
+    # Refused at set-up, before any work, with the missing step named.
+    with pytest.raises(_core.MissingKeyError, match=rf"rotation steps {steps[-1]}\b"):
+        Server(compiled.program.save(), _core.save(client.context, keys))
 
 
 def test_program_and_keys_from_different_parameters(setup: Setup) -> None:

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "fheprune/ckks/ckks.hpp"
+#include "fheprune/version.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -112,12 +113,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("default_scale", &Context::default_scale)
       .def_prop_ro("threads", &Context::threads)
       .def("set_threads", &Context::set_threads, "threads"_a)
-      .def_prop_ro("primes",
-                   [](const Context& c) {
-                     std::vector<std::uint64_t> out;
-                     for (const auto& q : c.moduli()) out.push_back(q.value());
-                     return out;
-                   })
+      .def_prop_ro("primes", &Context::primes)
       .def_prop_ro("fingerprint", [](const Context& c) { return id_bytes(c.fingerprint()); })
       .def("galois_element", &Context::galois_element, "step"_a);
 

@@ -19,6 +19,7 @@
 #include "fheprune/runtime/cost.hpp"
 #include "fheprune/runtime/executor.hpp"
 #include "fheprune/runtime/program.hpp"
+#include "fheprune/runtime/server.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -85,15 +86,16 @@ nb::dict stats_dict(const rt::RunStats& s) {
   return out;
 }
 
-// Owns what the executor refers to: the program copy, the backend (which refers to the keys;
-// the Python object keeps the keys alive).
-struct EngineRun {
-  rt::Program program;
-  rt::EngineBackend backend;
-  rt::Executor<rt::EngineBackend> exec;
-  EngineRun(rt::Program p, ck::ContextPtr ctx, const ck::EvaluationKeys& keys, rt::Encoding e)
-      : program(std::move(p)), backend(std::move(ctx), keys), exec(program, backend, e) {}
-};
+// Shared ownership of an object Python owns: the pointer holds a reference to the Python
+// object, so the object lives as long as any C++ holder (a Server's keys) does.
+template <class T>
+std::shared_ptr<const T> shared_from_python(const T& value, nb::handle owner) {
+  nb::object ref = nb::borrow(owner);
+  return std::shared_ptr<const T>(&value, [ref = std::move(ref)](const T*) mutable {
+    nb::gil_scoped_acquire gil;
+    ref.reset();
+  });
+}
 
 struct SimRun {
   rt::Program program;
@@ -109,15 +111,12 @@ rt::Encoding encoding(bool on_demand) {
   return on_demand ? rt::Encoding::kOnDemand : rt::Encoding::kAtSetup;
 }
 
-// Both executors run a program only under the parameters it was compiled for.
-void check_context(const rt::Program& p, const ck::Context& ctx) {
-  const ck::Parameters& want = p.parameters();
-  const ck::Parameters& have = ctx.parameters();
-  if (want.poly_degree != have.poly_degree || want.chain_bits != have.chain_bits ||
-      want.special_bits != have.special_bits) {
-    throw ck::MismatchError("the program was compiled for " + want.describe() +
-                            " but the context has " + have.describe());
-  }
+nb::bytes to_bytes(std::span<const std::uint8_t> b) {
+  return nb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+std::span<const std::uint8_t> as_span(const nb::bytes& b) {
+  return {reinterpret_cast<const std::uint8_t*>(b.c_str()), b.size()};
 }
 
 std::string layout_name(rt::Layout l) {
@@ -281,15 +280,14 @@ void bind_runtime(nb::module_& m) {
             return to_matrix(std::move(y), count, p.out_features());
           },
           "slots"_a, "count"_a)
-      .def("save", [](const rt::Program& p) {
-        const auto b = p.save();
-        return nb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
-      })
-      .def_static("load",
-                  [](const nb::bytes& b) {
-                    return rt::Program::load(
-                        {reinterpret_cast<const std::uint8_t*>(b.c_str()), b.size()});
-                  })
+      .def("save", [](const rt::Program& p) { return to_bytes(p.save()); })
+      .def_prop_ro("fingerprint",
+                   [](const rt::Program& p) {
+                     const auto fp = rt::program_fingerprint(p.save());
+                     return to_bytes(fp);
+                   },
+                   "BLAKE2b-256 of the program file (what a Server reports).")
+      .def_static("load", [](const nb::bytes& b) { return rt::Program::load(as_span(b)); })
       .def(
           "cost",
           [](const rt::Program& p, std::optional<std::size_t> input_level) {
@@ -316,40 +314,78 @@ void bind_runtime(nb::module_& m) {
           "Per layer and per group of samples: the operations the executor will perform, the "
           "lower bounds, and the plaintexts it stores.");
 
-  nb::class_<EngineRun>(m, "EngineExecutor",
-                        "Runs a program on ciphertexts with the server's evaluation keys. "
-                        "Encodes every plaintext once, here; with encode_on_demand=True, map "
-                        "layers encode each plaintext in every run instead (programs whose "
-                        "plaintexts would not fit in memory).")
+  nb::class_<rt::Server>(
+      m, "Server",
+      "The server role (fheprune/runtime/server.hpp): a program and one client's evaluation keys, "
+      "checked to belong together (parameters, key ids, every rotation key) before any work, "
+      "and every input checked before a run. Encodes every plaintext once, here; with "
+      "encode_on_demand=True, map layers encode each plaintext in every run instead (programs "
+      "whose plaintexts would not fit in memory).")
       .def(
           "__init__",
-          [](EngineRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
+          [](rt::Server* s, const nb::bytes& program, const nb::bytes& evaluation_keys,
+             std::size_t threads, bool encode_on_demand) {
+            new (s) rt::Server(rt::Server::from_bytes(
+                as_span(program), as_span(evaluation_keys),
+                {.threads = threads, .encoding = encoding(encode_on_demand)}));
+          },
+          "program"_a, "evaluation_keys"_a, "threads"_a = 1, "encode_on_demand"_a = false,
+          "From a program file and an evaluation-key bundle (bytes); refuses any other object.")
+      .def(
+          "__init__",
+          [](rt::Server* s, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
              const ck::EvaluationKeys& keys, bool encode_on_demand) {
-            check_context(p, *ctx);
-            if (keys.galois_keys.params() != ctx->fingerprint()) {
-              throw ck::MismatchError("the evaluation keys were made under different parameters "
-                                      "than this context");
-            }
-            new (r) EngineRun(p, std::move(ctx), keys, encoding(encode_on_demand));
+            auto shared_keys = shared_from_python(keys, nb::find(&keys));
+            nb::gil_scoped_release release;
+            new (s) rt::Server(std::make_shared<const rt::Program>(p), std::move(ctx),
+                               std::move(shared_keys), encoding(encode_on_demand));
           },
           "program"_a, "context"_a, "evaluation_keys"_a, "encode_on_demand"_a = false,
-          nb::keep_alive<1, 4>(), release_gil())
-      .def_prop_ro("plaintext_bytes", [](const EngineRun& r) { return r.exec.plaintext_bytes(); })
-      .def_prop_ro("plaintext_count", [](const EngineRun& r) { return r.exec.plaintext_count(); })
+          "From loaded objects: the context must have the program's parameters; the keys are "
+          "shared, not copied.")
+      .def_prop_ro("program", &rt::Server::program, nb::rv_policy::reference_internal)
+      .def_prop_ro("context",
+                   [](const rt::Server& s) {
+                     return std::const_pointer_cast<ck::Context>(s.context());
+                   })
+      .def_prop_ro("keys", &rt::Server::keys, nb::rv_policy::reference_internal)
+      .def_prop_ro("key_id",
+                   [](const rt::Server& s) {
+                     return nb::bytes(reinterpret_cast<const char*>(s.key_id().data()),
+                                      s.key_id().size());
+                   })
+      .def_prop_ro("program_fingerprint",
+                   [](const rt::Server& s) {
+                     const auto fp = s.program_fingerprint();
+                     return to_bytes(fp);
+                   },
+                   "BLAKE2b-256 of the program file.")
+      .def_prop_ro("plaintext_bytes", &rt::Server::plaintext_bytes)
+      .def_prop_ro("plaintext_count", &rt::Server::plaintext_count)
       .def(
           "run",
-          [](EngineRun& r, const std::vector<const ck::Ciphertext*>& inputs) {
+          [](const rt::Server& s, const std::vector<const ck::Ciphertext*>& inputs) {
             rt::RunStats stats;
             std::vector<std::optional<ck::Ciphertext>> out;
             {
               nb::gil_scoped_release release;
-              out = r.exec.run(inputs, &stats);
+              out = s.run(std::span<const ck::Ciphertext* const>(inputs), &stats);
             }
             return std::make_tuple(std::move(out), stats_dict(stats));
           },
           "inputs"_a,
           "Returns (outputs, stats): output ciphertexts (None = known zero) and the counts, "
-          "per-layer times and peak ciphertexts of this run.");
+          "per-layer times and peak ciphertexts of this run.")
+      .def(
+          "load_ciphertext",
+          [](const rt::Server& s, const nb::bytes& b) { return s.load_ciphertext(as_span(b)); },
+          "data"_a, "A serialized input ciphertext, checked like a run input.")
+      .def(
+          "save_ciphertext",
+          [](const rt::Server& s, const ck::Ciphertext& c) { return to_bytes(s.save_ciphertext(c)); },
+          "ciphertext"_a);
+  // The name earlier releases used for the same object.
+  m.attr("EngineExecutor") = m.attr("Server");
 
   nb::class_<SimRun>(m, "SimulatedExecutor",
                      "Runs the very same program on plain slot vectors (same units, rotations, "
@@ -358,7 +394,7 @@ void bind_runtime(nb::module_& m) {
           "__init__",
           [](SimRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
              std::optional<std::vector<long>> rotation_keys, bool encode_on_demand) {
-            check_context(p, *ctx);
+            rt::check_context(p, *ctx);
             new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()),
                            encoding(encode_on_demand));
           },

@@ -3,8 +3,8 @@
 
 #include <random>
 
-#include "../src/ckks/kernels.hpp"
-#include "fheprune/ckks/primes.hpp"
+#include "ckks/kernels.hpp"
+#include "ckks/primes.hpp"
 
 namespace fheprune::ckks {
 namespace {

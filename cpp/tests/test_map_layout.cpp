@@ -7,6 +7,7 @@
 
 #include <random>
 
+#include "ckks/wire.hpp"
 #include "fheprune/ckks/ckks.hpp"
 #include "fheprune/runtime/cost.hpp"
 #include "fheprune/runtime/executor.hpp"
@@ -345,7 +346,8 @@ TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {
   const SimRun sim = simulate(p, x);
 
   ckks::testing::Fixture f(p.parameters());
-  const auto keys = f.keygen.create_evaluation_keys(p.rotation_steps());
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
   EngineBackend backend(f.ctx, keys);
   Executor<EngineBackend> exec(p, backend);
   std::vector<ckks::Ciphertext> in;

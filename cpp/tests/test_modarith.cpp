@@ -2,10 +2,10 @@
 
 #include <random>
 
-#include "fheprune/ckks/context.hpp"
+#include "ckks/context_tables.hpp"
 #include "fheprune/ckks/errors.hpp"
-#include "fheprune/ckks/modarith.hpp"
-#include "fheprune/ckks/primes.hpp"
+#include "ckks/modarith.hpp"
+#include "ckks/primes.hpp"
 
 namespace fheprune::ckks {
 namespace {

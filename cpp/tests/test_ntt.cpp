@@ -2,8 +2,8 @@
 
 #include <random>
 
-#include "fheprune/ckks/ntt.hpp"
-#include "fheprune/ckks/primes.hpp"
+#include "ckks/ntt.hpp"
+#include "ckks/primes.hpp"
 
 namespace fheprune::ckks {
 namespace {

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "ckks/context_tables.hpp"
 #include "test_util.hpp"
 
 namespace fheprune::ckks {
@@ -66,7 +67,7 @@ TEST(Context, GaloisElementsArePowersOfFive) {
   // Right rotation by 1 = left rotation by slots - 1.
   EXPECT_EQ(ctx->galois_element(-1), ctx->galois_element(static_cast<long>(ctx->slots()) - 1));
   EXPECT_EQ(ctx->galois_element(1) * ctx->galois_element(-1) % two_n, 1u);
-  EXPECT_THROW(ctx->galois_permutation(4), ParameterError);
+  EXPECT_THROW(ctx->tables().galois_permutation(4), ParameterError);
 }
 
 }  // namespace

@@ -295,7 +295,8 @@ TEST(EngineExecutor, EncryptedRunMatchesSimulatorWithSameCounts) {
     const SimResult sim = simulate(p, x, count);
 
     ckks::testing::Fixture f(prm);
-    const auto keys = f.keygen.create_evaluation_keys(p.rotation_steps());
+    const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
     EngineBackend backend(f.ctx, keys);
     Executor<EngineBackend> exec(p, backend);
     std::vector<ckks::Ciphertext> inputs;

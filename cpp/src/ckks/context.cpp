@@ -1,4 +1,4 @@
-#include "fheprune/ckks/context.hpp"
+#include "ckks/context_tables.hpp"
 
 #include <sodium.h>
 
@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ckks/primes.hpp"
 #include "fheprune/ckks/errors.hpp"
-#include "fheprune/ckks/primes.hpp"
 
 namespace fheprune::ckks {
 
@@ -98,9 +98,71 @@ Context::Context(const Parameters& params, std::size_t threads) : params_(params
   log_n_ = std::countr_zero(n_);
   chain_size_ = params_.chain_bits.size();
   special_size_ = params_.special_bits.size();
+  tables_ = std::make_unique<ContextTables>(*this, threads);
 
-  std::vector<int> all_bits = params_.chain_bits;
-  all_bits.insert(all_bits.end(), params_.special_bits.begin(), params_.special_bits.end());
+  // Fingerprint: BLAKE2b over N, every prime and the scale, in a fixed byte order.
+  crypto_generichash_state state;
+  crypto_generichash_init(&state, nullptr, 0, fingerprint_.size());
+  const char tag[] = "fheprune.ckks.params.v1";
+  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(tag), sizeof tag);
+  auto absorb = [&](u64 v) {
+    unsigned char bytes[8];
+    for (int b = 0; b < 8; ++b) bytes[b] = static_cast<unsigned char>(v >> (8 * b));
+    crypto_generichash_update(&state, bytes, sizeof bytes);
+  };
+  absorb(n_);
+  absorb(chain_size_);
+  absorb(special_size_);
+  for (const Modulus& q : tables_->moduli()) absorb(q.value());
+  absorb(static_cast<u64>(params_.scale_bits));
+  crypto_generichash_final(&state, fingerprint_.data(), fingerprint_.size());
+}
+
+Context::~Context() = default;
+
+double Context::default_scale() const { return std::ldexp(1.0, params_.scale_bits); }
+
+u64 Context::prime(std::size_t i) const {
+  if (i >= key_size()) {
+    throw ParameterError("prime index " + std::to_string(i) + " out of range: the parameters have " +
+                         std::to_string(key_size()) + " primes");
+  }
+  return tables_->modulus(i).value();
+}
+
+std::vector<u64> Context::primes() const {
+  std::vector<u64> out;
+  for (const Modulus& q : tables_->moduli()) out.push_back(q.value());
+  return out;
+}
+
+std::size_t Context::threads() const { return tables_->pool().threads(); }
+
+void Context::set_threads(std::size_t threads) const { tables_->set_threads(threads); }
+
+std::uint64_t Context::galois_element(long step) const {
+  const long slots = static_cast<long>(n_ / 2);
+  long s = step % slots;
+  if (s < 0) s += slots;
+  // 5^s mod 2N by square-and-multiply on plain integers (2N <= 2^17, no overflow).
+  std::uint64_t result = 1;
+  std::uint64_t base = 5;
+  const std::uint64_t m = 2 * n_;
+  auto e = static_cast<std::uint64_t>(s);
+  while (e) {
+    if (e & 1) result = result * base % m;
+    base = base * base % m;
+    e >>= 1;
+  }
+  return result;
+}
+
+ContextTables::ContextTables(const Context& ctx, std::size_t threads) : n_(ctx.poly_degree()) {
+  const Parameters& params = ctx.parameters();
+  const std::size_t chain_size = ctx.chain_size();
+  const std::size_t special_size = ctx.special_size();
+  std::vector<int> all_bits = params.chain_bits;
+  all_bits.insert(all_bits.end(), params.special_bits.begin(), params.special_bits.end());
   const std::vector<u64> primes = generate_ntt_primes(n_, all_bits);
   moduli_.reserve(primes.size());
   ntt_.reserve(primes.size());
@@ -109,10 +171,10 @@ Context::Context(const Parameters& params, std::size_t threads) : params_(params
     ntt_.emplace_back(n_, moduli_.back());
   }
 
-  const std::vector<Modulus> special(moduli_.begin() + static_cast<std::ptrdiff_t>(chain_size_),
+  const std::vector<Modulus> special(moduli_.begin() + static_cast<std::ptrdiff_t>(chain_size),
                                      moduli_.end());
-  levels_.resize(chain_size_);
-  for (std::size_t l = 0; l < chain_size_; ++l) {
+  levels_.resize(chain_size);
+  for (std::size_t l = 0; l < chain_size; ++l) {
     LevelData& data = levels_[l];
     data.level = l;
     const Modulus& last = moduli_[l];
@@ -120,10 +182,10 @@ Context::Context(const Parameters& params, std::size_t threads) : params_(params
       data.inv_last_mod.emplace_back(moduli_[i].inv(moduli_[i].reduce(last.value())), moduli_[i]);
       data.last_mod.push_back(moduli_[i].reduce(last.value()));
     }
-    const std::size_t digits = digit_count(l);
+    const std::size_t digits = ctx.digit_count(l);
     for (std::size_t d = 0; d < digits; ++d) {
-      const std::size_t begin = d * special_size_;
-      const std::size_t end = std::min(begin + special_size_, l + 1);
+      const std::size_t begin = d * special_size;
+      const std::size_t end = std::min(begin + special_size, l + 1);
       std::vector<Modulus> source(moduli_.begin() + static_cast<std::ptrdiff_t>(begin),
                                   moduli_.begin() + static_cast<std::ptrdiff_t>(end));
       std::vector<Modulus> targets;
@@ -134,9 +196,9 @@ Context::Context(const Parameters& params, std::size_t threads) : params_(params
           target_index.push_back(i);
         }
       }
-      for (std::size_t s = 0; s < special_size_; ++s) {
+      for (std::size_t s = 0; s < special_size; ++s) {
         targets.push_back(special[s]);
-        target_index.push_back(chain_size_ + s);
+        target_index.push_back(chain_size + s);
       }
       data.mod_up.emplace_back(std::move(source), std::move(targets));
       data.mod_up_targets.push_back(std::move(target_index));
@@ -156,55 +218,19 @@ Context::Context(const Parameters& params, std::size_t threads) : params_(params
     }
   }
 
+  const int log_n = ctx.log_n();
   bit_reverse_.resize(n_);
   for (std::size_t k = 0; k < n_; ++k) {
-    bit_reverse_[k] = static_cast<std::uint32_t>(reverse_bits(k, log_n_));
+    bit_reverse_[k] = static_cast<std::uint32_t>(reverse_bits(k, log_n));
   }
-
-  // Fingerprint: BLAKE2b over N, every prime and the scale, in a fixed byte order.
-  crypto_generichash_state state;
-  crypto_generichash_init(&state, nullptr, 0, fingerprint_.size());
-  const char tag[] = "fheprune.ckks.params.v1";
-  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(tag), sizeof tag);
-  auto absorb = [&](u64 v) {
-    unsigned char bytes[8];
-    for (int b = 0; b < 8; ++b) bytes[b] = static_cast<unsigned char>(v >> (8 * b));
-    crypto_generichash_update(&state, bytes, sizeof bytes);
-  };
-  absorb(n_);
-  absorb(chain_size_);
-  absorb(special_size_);
-  for (const Modulus& q : moduli_) absorb(q.value());
-  absorb(static_cast<u64>(params_.scale_bits));
-  crypto_generichash_final(&state, fingerprint_.data(), fingerprint_.size());
-
   pool_ = std::make_unique<ThreadPool>(threads == 0 ? 1 : threads);
 }
 
-double Context::default_scale() const { return std::ldexp(1.0, params_.scale_bits); }
-
-void Context::set_threads(std::size_t threads) const {
+void ContextTables::set_threads(std::size_t threads) const {
   pool_ = std::make_unique<ThreadPool>(threads == 0 ? 1 : threads);
 }
 
-std::uint64_t Context::galois_element(long step) const {
-  const long slots = static_cast<long>(n_ / 2);
-  long s = step % slots;
-  if (s < 0) s += slots;
-  // 5^s mod 2N by square-and-multiply on plain integers (2N <= 2^17, no overflow).
-  std::uint64_t result = 1;
-  std::uint64_t base = 5;
-  const std::uint64_t m = 2 * n_;
-  auto e = static_cast<std::uint64_t>(s);
-  while (e) {
-    if (e & 1) result = result * base % m;
-    base = base * base % m;
-    e >>= 1;
-  }
-  return result;
-}
-
-std::shared_ptr<const std::vector<std::uint32_t>> Context::galois_permutation(
+std::shared_ptr<const std::vector<std::uint32_t>> ContextTables::galois_permutation(
     std::uint64_t g) const {
   if ((g & 1) == 0 || g >= 2 * n_) {
     throw ParameterError("Galois element must be odd and below 2N; got " + std::to_string(g));

@@ -4,6 +4,7 @@
 #include <numbers>
 #include <string>
 
+#include "ckks/context_tables.hpp"
 #include "fheprune/ckks/errors.hpp"
 
 namespace fheprune::ckks {
@@ -90,7 +91,7 @@ Plaintext Encoder::from_coefficients(const std::vector<double>& coeffs, double s
                                      std::size_t level) const {
   const std::size_t n = ctx_->poly_degree();
   double modulus_bits = 0;
-  for (std::size_t i = 0; i <= level; ++i) modulus_bits += std::log2(ctx_->modulus(i).value());
+  for (std::size_t i = 0; i <= level; ++i) modulus_bits += std::log2(ctx_->tables().modulus(i).value());
   double max_abs = 0;
   for (double c : coeffs) max_abs = std::max(max_abs, std::fabs(c));
   if (max_abs > 0 && std::log2(max_abs) + 1 >= modulus_bits) {
@@ -99,11 +100,11 @@ Plaintext Encoder::from_coefficients(const std::vector<double>& coeffs, double s
                         std::to_string(modulus_bits) + "); use a smaller scale or values");
   }
   Plaintext pt(*ctx_, level, scale);
-  ctx_->pool().parallel_for(level + 1, [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(level + 1, [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     u64* out = pt.prime(i);
     for (std::size_t k = 0; k < n; ++k) out[k] = residue_of(coeffs[k], q);
-    ctx_->ntt(i).forward(out);
+    ctx_->tables().ntt(i).forward(out);
   });
   return pt;
 }
@@ -157,23 +158,23 @@ std::vector<cd> Encoder::decode_complex(const Plaintext& pt) const {
   }
   const std::size_t n = ctx_->poly_degree();
   const std::size_t primes = pt.primes();
-  const LevelData& ld = ctx_->level_data(pt.level());
+  const LevelData& ld = ctx_->tables().level_data(pt.level());
 
   std::vector<u64> coef(pt.data());
-  ctx_->pool().parallel_for(primes, [&](std::size_t i) { ctx_->ntt(i).inverse(&coef[i * n]); });
+  ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) { ctx_->tables().ntt(i).inverse(&coef[i * n]); });
 
   // Garner's mixed-radix reconstruction, then centre: values above Q/2 are negative. With
   // digits v_i, Q - 1 - v has digits q_i - 1 - v_i, so the comparison and the negation are
   // exact digit by digit.
   std::vector<long double> value(n);
   const std::size_t chunks = std::min<std::size_t>(ctx_->threads() * 4, n);
-  ctx_->pool().parallel_for(chunks, [&](std::size_t chunk) {
+  ctx_->tables().pool().parallel_for(chunks, [&](std::size_t chunk) {
     std::vector<u64> digits(primes);
     const std::size_t begin = n * chunk / chunks;
     const std::size_t end = n * (chunk + 1) / chunks;
     for (std::size_t k = begin; k < end; ++k) {
       for (std::size_t i = 0; i < primes; ++i) {
-        const Modulus& q = ctx_->modulus(i);
+        const Modulus& q = ctx_->tables().modulus(i);
         u64 t = coef[i * n + k];
         for (std::size_t j = 0; j < i; ++j) {
           const MultiplyOperand& inv = ld.garner_inv[i][j];
@@ -183,7 +184,7 @@ std::vector<cd> Encoder::decode_complex(const Plaintext& pt) const {
       }
       bool negative = false;
       for (std::size_t i = primes; i-- > 0;) {
-        const u64 complement = ctx_->modulus(i).value() - 1 - digits[i];
+        const u64 complement = ctx_->tables().modulus(i).value() - 1 - digits[i];
         if (digits[i] != complement) {
           negative = digits[i] > complement;
           break;
@@ -191,8 +192,8 @@ std::vector<cd> Encoder::decode_complex(const Plaintext& pt) const {
       }
       long double v = 0;
       for (std::size_t i = primes; i-- > 0;) {
-        const u64 d = negative ? ctx_->modulus(i).value() - 1 - digits[i] : digits[i];
-        v = v * static_cast<long double>(ctx_->modulus(i).value()) + static_cast<long double>(d);
+        const u64 d = negative ? ctx_->tables().modulus(i).value() - 1 - digits[i] : digits[i];
+        v = v * static_cast<long double>(ctx_->tables().modulus(i).value()) + static_cast<long double>(d);
       }
       value[k] = negative ? -(v + 1) : v;
     }

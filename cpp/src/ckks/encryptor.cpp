@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "ckks/context_tables.hpp"
+#include "ckks/random.hpp"
 #include "fheprune/ckks/errors.hpp"
 
 namespace fheprune::ckks {
@@ -24,14 +26,18 @@ inline u64 lift(std::int64_t v, const Modulus& q) {
 }  // namespace
 
 Encryptor::Encryptor(ContextPtr ctx, const PublicKey& public_key)
-    : ctx_(std::move(ctx)), public_key_(public_key) {
+    : ctx_(std::move(ctx)), public_key_(public_key), rng_(std::make_unique<SecureRandom>()) {
   check_params(*ctx_, public_key.data().params(), "public key");
 }
 
 Encryptor::Encryptor(ContextPtr ctx, const SecretKey& secret_key)
-    : ctx_(std::move(ctx)), secret_key_(secret_key) {
+    : ctx_(std::move(ctx)), secret_key_(secret_key), rng_(std::make_unique<SecureRandom>()) {
   check_params(*ctx_, secret_key.params(), "secret key");
 }
+
+Encryptor::~Encryptor() = default;
+Encryptor::Encryptor(Encryptor&&) noexcept = default;
+Encryptor& Encryptor::operator=(Encryptor&&) noexcept = default;
 
 Ciphertext Encryptor::encrypt(const Plaintext& pt) {
   check_params(*ctx_, pt.params(), "plaintext");
@@ -42,19 +48,19 @@ Ciphertext Encryptor::encrypt(const Plaintext& pt) {
 
   // Sample everything first (the generator is sequential), then transform in parallel.
   std::vector<std::int64_t> e0(n), e1(n);
-  rng_.gaussian(e0.data(), n);
+  rng_->gaussian(e0.data(), n);
   std::vector<std::int8_t> u;
   if (public_key_) {
-    rng_.gaussian(e1.data(), n);
+    rng_->gaussian(e1.data(), n);
     u.resize(n);
-    rng_.ternary(u.data(), n);
+    rng_->ternary(u.data(), n);
   } else {
-    for (std::size_t i = 0; i <= level; ++i) rng_.uniform_mod(ctx_->modulus(i), ct.poly(1, i), n);
+    for (std::size_t i = 0; i <= level; ++i) rng_->uniform_mod(ctx_->tables().modulus(i), ct.poly(1, i), n);
   }
 
-  ctx_->pool().parallel_for(level + 1, [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
-    const NttTables& ntt = ctx_->ntt(i);
+  ctx_->tables().pool().parallel_for(level + 1, [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
+    const NttTables& ntt = ctx_->tables().ntt(i);
     u64* c0 = ct.poly(0, i);
     u64* c1 = ct.poly(1, i);
     const u64* m = pt.prime(i);
@@ -102,8 +108,8 @@ Plaintext Decryptor::decrypt(const Ciphertext& ct) const {
   }
   const std::size_t n = ctx_->poly_degree();
   Plaintext pt(*ctx_, ct.level(), ct.scale());
-  ctx_->pool().parallel_for(ct.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(ct.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     const u64* s = secret_key_.prime(i);
     const u64* c0 = ct.poly(0, i);
     const u64* c1 = ct.poly(1, i);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "ckks/context_tables.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "kernels.hpp"
 
@@ -75,8 +76,8 @@ void Evaluator::add_inplace(Ciphertext& a, const Ciphertext& b) const {
     std::copy(a.data().begin(), a.data().end(), grown.data().begin());
     a = std::move(grown);
   }
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     for (std::size_t k = 0; k < b.size(); ++k) {
       u64* x = a.poly(k, i);
       const u64* y = b.poly(k, i);
@@ -105,8 +106,8 @@ Ciphertext Evaluator::negate(const Ciphertext& a) const {
   check_operand(a);
   Ciphertext out = a;
   const std::size_t n = ctx_->poly_degree();
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     for (std::size_t k = 0; k < a.size(); ++k) {
       u64* x = out.poly(k, i);
       for (std::size_t j = 0; j < n; ++j) x[j] = q.neg(x[j]);
@@ -118,8 +119,8 @@ Ciphertext Evaluator::negate(const Ciphertext& a) const {
 void Evaluator::add_plain_inplace(Ciphertext& a, const Plaintext& p) const {
   check_plain(a, p, true);
   const std::size_t n = ctx_->poly_degree();
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     u64* x = a.poly(0, i);
     const u64* y = p.prime(i);
     for (std::size_t j = 0; j < n; ++j) x[j] = q.add(x[j], y[j]);
@@ -136,8 +137,8 @@ Ciphertext Evaluator::sub_plain(const Ciphertext& a, const Plaintext& p) const {
   check_plain(a, p, true);
   Ciphertext out = a;
   const std::size_t n = ctx_->poly_degree();
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     u64* x = out.poly(0, i);
     const u64* y = p.prime(i);
     for (std::size_t j = 0; j < n; ++j) x[j] = q.sub(x[j], y[j]);
@@ -148,8 +149,8 @@ Ciphertext Evaluator::sub_plain(const Ciphertext& a, const Plaintext& p) const {
 void Evaluator::multiply_plain_inplace(Ciphertext& a, const Plaintext& p) const {
   check_plain(a, p, false);
   const std::size_t n = ctx_->poly_degree();
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     const u64* y = p.prime(i);
     for (std::size_t k = 0; k < a.size(); ++k) {
       u64* x = a.poly(k, i);
@@ -181,14 +182,14 @@ Ciphertext Evaluator::multiply_plain_sum(const std::vector<const Ciphertext*>& c
   const std::size_t n = ctx_->poly_degree();
   const std::size_t terms = cts.size();
   Ciphertext out(*ctx_, 2, first.level(), first.scale() * pts[0]->scale(), first.key_id());
-  ctx_->pool().parallel_for(first.primes(), [&](std::size_t i) {
+  ctx_->tables().pool().parallel_for(first.primes(), [&](std::size_t i) {
     std::vector<const u64*> x(terms), c0(terms), c1(terms);
     for (std::size_t t = 0; t < terms; ++t) {
       x[t] = pts[t]->prime(i);
       c0[t] = cts[t]->poly(0, i);
       c1[t] = cts[t]->poly(1, i);
     }
-    kernels::inner_product(x.data(), c0.data(), c1.data(), terms, n, ctx_->modulus(i),
+    kernels::inner_product(x.data(), c0.data(), c1.data(), terms, n, ctx_->tables().modulus(i),
                            out.poly(0, i), out.poly(1, i));
   });
   return out;
@@ -206,7 +207,7 @@ Ciphertext Evaluator::multiply(const Ciphertext& a, const Ciphertext& b) const {
     throw FheError("multiply takes size-2 ciphertexts; relinearize the size-3 operand first");
   }
   double modulus_bits = 0;
-  for (std::size_t i = 0; i <= a.level(); ++i) modulus_bits += std::log2(ctx_->modulus(i).value());
+  for (std::size_t i = 0; i <= a.level(); ++i) modulus_bits += std::log2(ctx_->tables().modulus(i).value());
   const double product_bits = std::log2(a.scale()) + std::log2(b.scale());
   if (product_bits + 1 >= modulus_bits) {
     throw ScaleError("product scale 2^" + std::to_string(product_bits) +
@@ -216,8 +217,8 @@ Ciphertext Evaluator::multiply(const Ciphertext& a, const Ciphertext& b) const {
   const std::size_t n = ctx_->poly_degree();
   Ciphertext out(*ctx_, 3, a.level(), a.scale() * b.scale(), a.key_id());
   const bool same = &a == &b;
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     const u64* a0 = a.poly(0, i);
     const u64* a1 = a.poly(1, i);
     const u64* b0 = b.poly(0, i);
@@ -261,23 +262,23 @@ Ciphertext Evaluator::rescale(const Ciphertext& a) const {
   }
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = a.level();
-  const LevelData& ld = ctx_->level_data(l);
-  const Modulus& last = ctx_->modulus(l);
+  const LevelData& ld = ctx_->tables().level_data(l);
+  const Modulus& last = ctx_->tables().modulus(l);
   const u64 last_q = last.value();
   const u64 half = last_q >> 1;
   Ciphertext out(*ctx_, a.size(), l - 1, a.scale() / static_cast<double>(last_q), a.key_id());
 
   // The last residue of each component, back in coefficient form.
   std::vector<u64> tails(a.size() * n);
-  ctx_->pool().parallel_for(a.size(), [&](std::size_t k) {
+  ctx_->tables().pool().parallel_for(a.size(), [&](std::size_t k) {
     std::copy(a.poly(k, l), a.poly(k, l) + n, tails.begin() + static_cast<std::ptrdiff_t>(k * n));
-    ctx_->ntt(l).inverse(tails.data() + k * n);
+    ctx_->tables().ntt(l).inverse(tails.data() + k * n);
   });
   // (c_i - [c_l]_centered) * q_l^-1 mod q_i: exact division by q_l, rounded.
-  ctx_->pool().parallel_for(a.size() * l, [&](std::size_t task) {
+  ctx_->tables().pool().parallel_for(a.size() * l, [&](std::size_t task) {
     const std::size_t k = task / l;
     const std::size_t i = task % l;
-    const Modulus& q = ctx_->modulus(i);
+    const Modulus& q = ctx_->tables().modulus(i);
     const u64* tail = tails.data() + k * n;
     std::vector<u64> t(n);
     const u64 last_mod_q = ld.last_mod[i];
@@ -297,7 +298,7 @@ Ciphertext Evaluator::rescale(const Ciphertext& a) const {
         t[j] = r > half ? q.sub(q.reduce(r), last_mod_q) : q.reduce(r);
       }
     }
-    ctx_->ntt(i).forward(t.data());
+    ctx_->tables().ntt(i).forward(t.data());
     kernels::sub_scale(a.poly(k, i), t.data(), ld.inv_last_mod[i], qv, out.poly(k, i), n,
                        /*accumulate=*/false);
   });

@@ -4,7 +4,7 @@
 
 #include <cstddef>
 
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 namespace fheprune::ckks::kernels {
 

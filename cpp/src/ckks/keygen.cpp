@@ -6,6 +6,8 @@
 #include <set>
 #include <string>
 
+#include "ckks/context_tables.hpp"
+#include "ckks/random.hpp"
 #include "fheprune/ckks/errors.hpp"
 
 namespace fheprune::ckks {
@@ -26,30 +28,35 @@ std::size_t GaloisKeys::byte_size() const {
   return total;
 }
 
-KeyGenerator::KeyGenerator(ContextPtr ctx) : ctx_(std::move(ctx)) {
+KeyGenerator::KeyGenerator(ContextPtr ctx)
+    : ctx_(std::move(ctx)), rng_(std::make_unique<SecureRandom>()) {
   const std::size_t n = ctx_->poly_degree();
   const std::size_t primes = ctx_->key_size();
   secret_.n_ = n;
   secret_.params_ = ctx_->fingerprint();
-  rng_.fill(secret_.id_.data(), secret_.id_.size());
+  rng_->fill(secret_.id_.data(), secret_.id_.size());
   std::vector<std::int8_t> s(n);
-  rng_.ternary(s.data(), n);
+  rng_->ternary(s.data(), n);
   secret_.data_.resize(primes * n);
-  ctx_->pool().parallel_for(primes, [&](std::size_t i) {
-    const Modulus& q = ctx_->modulus(i);
+  ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
     u64* out = secret_.data_.data() + i * n;
     for (std::size_t k = 0; k < n; ++k) out[k] = s[k] < 0 ? q.value() - 1 : static_cast<u64>(s[k]);
-    ctx_->ntt(i).forward(out);
+    ctx_->tables().ntt(i).forward(out);
   });
   sodium_memzero(s.data(), s.size());
 }
 
 KeyGenerator::KeyGenerator(ContextPtr ctx, const SecretKey& secret)
-    : ctx_(std::move(ctx)), secret_(secret) {
+    : ctx_(std::move(ctx)), secret_(secret), rng_(std::make_unique<SecureRandom>()) {
   if (secret_.params() != ctx_->fingerprint()) {
     throw MismatchError("secret key was made under different parameters");
   }
 }
+
+KeyGenerator::~KeyGenerator() = default;
+KeyGenerator::KeyGenerator(KeyGenerator&&) noexcept = default;
+KeyGenerator& KeyGenerator::operator=(KeyGenerator&&) noexcept = default;
 
 PublicKey KeyGenerator::create_public_key() {
   const std::size_t n = ctx_->poly_degree();
@@ -57,15 +64,15 @@ PublicKey KeyGenerator::create_public_key() {
   PublicKey pk;
   pk.data_ = Ciphertext(*ctx_, 2, level, 1.0, secret_.id());
   std::vector<std::int64_t> e(n);
-  rng_.gaussian(e.data(), n);
+  rng_->gaussian(e.data(), n);
   for (std::size_t i = 0; i <= level; ++i) {
-    const Modulus& q = ctx_->modulus(i);
+    const Modulus& q = ctx_->tables().modulus(i);
     u64* b = pk.data_.poly(0, i);
     u64* a = pk.data_.poly(1, i);
-    rng_.uniform_mod(q, a, n);
+    rng_->uniform_mod(q, a, n);
     for (std::size_t k = 0; k < n; ++k) b[k] = e[k] < 0 ? q.value() - static_cast<u64>(-e[k])
                                                         : static_cast<u64>(e[k]);
-    ctx_->ntt(i).forward(b);
+    ctx_->tables().ntt(i).forward(b);
     const u64* s = secret_.prime(i);
     for (std::size_t k = 0; k < n; ++k) b[k] = q.sub(b[k], q.mul(a[k], s[k]));
   }
@@ -84,22 +91,22 @@ KeySwitchKey KeyGenerator::make_switch_key(const std::vector<u64>& source) {
   key.data_.assign(key.digits_ * 2 * primes * n, 0);
   std::vector<std::int64_t> e(n);
   for (std::size_t d = 0; d < key.digits_; ++d) {
-    rng_.gaussian(e.data(), n);
+    rng_->gaussian(e.data(), n);
     for (std::size_t i = 0; i < primes; ++i) {
-      const Modulus& q = ctx_->modulus(i);
+      const Modulus& q = ctx_->tables().modulus(i);
       u64* b = key.data_.data() + ((d * 2 + 0) * primes + i) * n;
       u64* a = key.data_.data() + ((d * 2 + 1) * primes + i) * n;
-      rng_.uniform_mod(q, a, n);
+      rng_->uniform_mod(q, a, n);
       for (std::size_t k = 0; k < n; ++k) b[k] = e[k] < 0 ? q.value() - static_cast<u64>(-e[k])
                                                           : static_cast<u64>(e[k]);
-      ctx_->ntt(i).forward(b);
+      ctx_->tables().ntt(i).forward(b);
       const u64* s = secret_.prime(i);
       for (std::size_t k = 0; k < n; ++k) b[k] = q.sub(b[k], q.mul(a[k], s[k]));
       // The gadget: P * s' on the digit's own primes (P * g_d = P mod q_i there, 0 elsewhere).
       if (i < chain && i / alpha == d) {
         u64 p_mod = 1;
         for (std::size_t sp = chain; sp < primes; ++sp) {
-          p_mod = q.mul(p_mod, q.reduce(ctx_->modulus(sp).value()));
+          p_mod = q.mul(p_mod, q.reduce(ctx_->tables().modulus(sp).value()));
         }
         const u64* src = source.data() + i * n;
         for (std::size_t k = 0; k < n; ++k) b[k] = q.add(b[k], q.mul(p_mod, src[k]));
@@ -115,7 +122,7 @@ RelinKey KeyGenerator::create_relin_key() {
   const std::size_t primes = ctx_->key_size();
   std::vector<u64> s2(primes * n);
   for (std::size_t i = 0; i < primes; ++i) {
-    const Modulus& q = ctx_->modulus(i);
+    const Modulus& q = ctx_->tables().modulus(i);
     const u64* s = secret_.prime(i);
     for (std::size_t k = 0; k < n; ++k) s2[i * n + k] = q.mul(s[k], s[k]);
   }
@@ -141,7 +148,7 @@ GaloisKeys KeyGenerator::create_galois_keys(const std::vector<long>& steps, bool
   gk.params_ = ctx_->fingerprint();
   std::vector<u64> rotated(primes * n);
   for (std::uint64_t g : elements) {
-    const auto perm = ctx_->galois_permutation(g);
+    const auto perm = ctx_->tables().galois_permutation(g);
     for (std::size_t i = 0; i < primes; ++i) {
       const u64* s = secret_.prime(i);
       u64* out = rotated.data() + i * n;

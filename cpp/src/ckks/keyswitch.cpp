@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "ckks/context_tables.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "fheprune/ckks/evaluator.hpp"
 #include "kernels.hpp"
@@ -21,7 +22,7 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = a.level();
   const std::size_t alpha = ctx_->digit_size();
-  const LevelData& ld = ctx_->level_data(l);
+  const LevelData& ld = ctx_->tables().level_data(l);
   Decomposition dec;
   dec.level = l;
   dec.digits = ctx_->digit_count(l);
@@ -30,9 +31,9 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
 
   // Coefficient form of the component, one prime at a time.
   std::vector<u64> coef(a.primes() * n);
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
     std::memcpy(coef.data() + i * n, a.poly(component, i), n * sizeof(u64));
-    ctx_->ntt(i).inverse(coef.data() + i * n);
+    ctx_->tables().ntt(i).inverse(coef.data() + i * n);
   });
 
   // Extended-prime slot e of a key-prime index: chain primes keep theirs, special primes follow.
@@ -41,7 +42,7 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
   };
   // One task per (digit, extended prime): either copy the digit's own NTT residue or convert
   // and transform.
-  ctx_->pool().parallel_for(dec.digits * dec.extended, [&](std::size_t task) {
+  ctx_->tables().pool().parallel_for(dec.digits * dec.extended, [&](std::size_t task) {
     const std::size_t d = task / dec.extended;
     const std::size_t e = task % dec.extended;
     const std::size_t begin = d * alpha;
@@ -57,7 +58,7 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
     std::vector<const u64*> sources(end - begin);
     for (std::size_t j = begin; j < end; ++j) sources[j - begin] = coef.data() + j * n;
     ld.mod_up[d].convert_to(sources.data(), out, t, n);
-    ctx_->ntt(targets[t]).forward(out);
+    ctx_->tables().ntt(targets[t]).forward(out);
   });
   return dec;
 }
@@ -69,12 +70,12 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
   const std::size_t l = dec.level;
   const std::size_t chain = ctx_->chain_size();
   const std::size_t specials = ctx_->special_size();
-  const LevelData& ld = ctx_->level_data(l);
+  const LevelData& ld = ctx_->tables().level_data(l);
   auto key_index = [&](std::size_t e) { return e <= l ? e : chain + (e - (l + 1)); };
 
   // Inner products <digits, key> at every extended prime, reduced to [0, q).
   std::vector<u64> prod(2 * dec.extended * n);
-  ctx_->pool().parallel_for(dec.extended, [&](std::size_t e) {
+  ctx_->tables().pool().parallel_for(dec.extended, [&](std::size_t e) {
     const std::size_t ki = key_index(e);
     std::vector<const u64*> x(dec.digits), b(dec.digits), a(dec.digits);
     for (std::size_t d = 0; d < dec.digits; ++d) {
@@ -82,30 +83,30 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
       b[d] = key.b(d, ki);
       a[d] = key.a(d, ki);
     }
-    kernels::inner_product(x.data(), b.data(), a.data(), dec.digits, n, ctx_->modulus(ki),
+    kernels::inner_product(x.data(), b.data(), a.data(), dec.digits, n, ctx_->tables().modulus(ki),
                            prod.data() + (0 * dec.extended + e) * n,
                            prod.data() + (1 * dec.extended + e) * n);
   });
 
   // ModDown: bring the special-prime part to coefficient form...
-  ctx_->pool().parallel_for(2 * specials, [&](std::size_t task) {
+  ctx_->tables().pool().parallel_for(2 * specials, [&](std::size_t task) {
     const std::size_t k = task / specials;
     const std::size_t s = task % specials;
-    ctx_->ntt(chain + s).inverse(prod.data() + (k * dec.extended + l + 1 + s) * n);
+    ctx_->tables().ntt(chain + s).inverse(prod.data() + (k * dec.extended + l + 1 + s) * n);
   });
   // ...then out_k += (r_k - BaseConv_P->q_i(r_k)) * P^-1 at each chain prime, read through the
   // automorphism's permutation when there is one (the key was stored pre-permuted).
-  ctx_->pool().parallel_for(2 * (l + 1), [&](std::size_t task) {
+  ctx_->tables().pool().parallel_for(2 * (l + 1), [&](std::size_t task) {
     const std::size_t k = task / (l + 1);
     const std::size_t i = task % (l + 1);
-    const Modulus& q = ctx_->modulus(i);
+    const Modulus& q = ctx_->tables().modulus(i);
     std::vector<const u64*> sources(specials);
     for (std::size_t s = 0; s < specials; ++s) {
       sources[s] = prod.data() + (k * dec.extended + l + 1 + s) * n;
     }
     std::vector<u64> t(n);
     ld.mod_down.convert_to(sources.data(), t.data(), i, n);
-    ctx_->ntt(i).forward(t.data());
+    ctx_->tables().ntt(i).forward(t.data());
     const u64* r = prod.data() + (k * dec.extended + i) * n;
     u64* o = out.poly(k, i);
     const MultiplyOperand& inv = ld.inv_special_mod[i];
@@ -168,9 +169,9 @@ Ciphertext Evaluator::apply_galois(const Ciphertext& a, const Decomposition& c1,
                                    const GaloisKeys& gk) const {
   const KeySwitchKey& key = galois_key(a, g, 0, gk);
   const std::size_t n = ctx_->poly_degree();
-  const auto perm = ctx_->galois_permutation(g);
+  const auto perm = ctx_->tables().galois_permutation(g);
   Ciphertext out(*ctx_, 2, a.level(), a.scale(), a.key_id());
-  ctx_->pool().parallel_for(a.primes(), [&](std::size_t i) {
+  ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
     const u64* c0 = a.poly(0, i);
     u64* o = out.poly(0, i);
     const std::uint32_t* p = perm->data();
@@ -207,7 +208,7 @@ std::vector<Ciphertext> Evaluator::rotate_hoisted(const Ciphertext& a,
     out[i] = elements[i] == 1 ? a : apply_galois(a, *dec, elements[i], gk);
   };
   if (elements.size() >= ctx_->threads()) {
-    ctx_->pool().parallel_for(elements.size(), one);
+    ctx_->tables().pool().parallel_for(elements.size(), one);
   } else {
     for (std::size_t i = 0; i < elements.size(); ++i) one(i);
   }

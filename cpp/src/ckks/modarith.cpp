@@ -1,4 +1,4 @@
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 #include <bit>
 

@@ -1,10 +1,10 @@
-#include "fheprune/ckks/ntt.hpp"
+#include "ckks/ntt.hpp"
 
 #include <atomic>
 #include <bit>
 
 #include "fheprune/ckks/errors.hpp"
-#include "fheprune/ckks/primes.hpp"
+#include "ckks/primes.hpp"
 
 namespace fheprune::ckks {
 

@@ -5,7 +5,7 @@
 // of a 64x64 product built from four 32x32 products, Shoup constants scaled by 2^64). Layers
 // with t >= 8 run on contiguous vectors; the last three (t = 4, 2, 1) gather the x and y halves
 // of consecutive groups with permutes.
-#include "fheprune/ckks/ntt.hpp"
+#include "ckks/ntt.hpp"
 #include "simd.hpp"
 
 namespace fheprune::ckks {

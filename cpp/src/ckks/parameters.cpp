@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "fheprune/ckks/errors.hpp"
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 namespace fheprune::ckks {
 

@@ -1,4 +1,4 @@
-#include "fheprune/ckks/primes.hpp"
+#include "ckks/primes.hpp"
 
 #include <algorithm>
 #include <string>

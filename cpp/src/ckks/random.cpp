@@ -1,4 +1,4 @@
-#include "fheprune/ckks/random.hpp"
+#include "ckks/random.hpp"
 
 #include <sodium.h>
 

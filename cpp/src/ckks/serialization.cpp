@@ -7,8 +7,9 @@
 #include <cstring>
 #include <string>
 
+#include "ckks/context_tables.hpp"
 #include "fheprune/ckks/errors.hpp"
-#include "fheprune/ckks/wire.hpp"
+#include "ckks/wire.hpp"
 
 namespace fheprune::ckks {
 
@@ -126,7 +127,7 @@ void read_residues(Reader& r, const Context& ctx, std::uint64_t* out, std::size_
       std::uint64_t* dst = out + (b * primes + i) * n;
       r.words(dst, n);
       const std::size_t pi = i;
-      const std::uint64_t q = ctx.modulus(pi).value();
+      const std::uint64_t q = ctx.tables().modulus(pi).value();
       for (std::size_t k = 0; k < n; ++k) {
         if (dst[k] >= q) {
           throw SerializationError("corrupted data: residue out of range for prime " +

@@ -8,7 +8,7 @@
 
 #include <immintrin.h>
 
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 #define FHEPRUNE_AVX512 __attribute__((target("avx512f,avx512dq,avx512ifma")))
 // GCC 12 reports a false 'maybe uninitialized' inside _mm512_min_epu64's own header.

@@ -1,4 +1,4 @@
-#include "fheprune/ckks/thread_pool.hpp"
+#include "ckks/thread_pool.hpp"
 
 namespace fheprune::ckks {
 

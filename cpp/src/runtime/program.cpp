@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "ckks/wire.hpp"
 #include "fheprune/ckks/serialization.hpp"
 
 namespace fheprune::runtime {

@@ -205,7 +205,7 @@ def encrypted_run(
             for row, lay in zip(cost_rows, stats["layers"], strict=True)
         ],
         "memory": {
-            "plaintext_bytes": int(server.executor.plaintext_bytes),
+            "plaintext_bytes": server.plaintext_bytes,
             "evaluation_key_bytes": len(keys_bytes),
             "peak_ciphertext_bytes": int(stats["peak_ciphertext_bytes"]),
             "input_ciphertext_bytes": sum(

@@ -344,19 +344,32 @@ class Server:
         threads: int = 1,
         encode_on_demand: bool = False,
     ):
-        self.program = _core.Program.load(program_bytes)
-        self.context = _core.Context(self.program.parameters, threads)
-        if _core.peek_kind(evaluation_keys_bytes) != "evaluation_keys":
-            raise _core.SerializationError(
-                "the server takes an evaluation-key bundle (public, relinearization and Galois "
-                f"keys), got {_core.peek_kind(evaluation_keys_bytes)} data"
-            )
-        # MismatchError here if the keys were made for other parameters.
-        self.keys = _core.load_evaluation_keys(self.context, evaluation_keys_bytes)
-        self.executor = _core.EngineExecutor(
-            self.program, self.context, self.keys, encode_on_demand=encode_on_demand
+        # The C++ server (fheprune/runtime/server.hpp) does every check: the bundle is an
+        # evaluation-key bundle made under the program's parameters by one client, with every
+        # rotation key the program uses; each run checks its inputs.
+        self._server = _core.Server(
+            program_bytes,
+            evaluation_keys_bytes,
+            threads=threads,
+            encode_on_demand=encode_on_demand,
         )
+        self.program = self._server.program
+        self.context = self._server.context
         self.last_stats: dict[str, Any] = {}
+
+    @property
+    def plaintext_bytes(self) -> int:
+        """Bytes of the plaintexts encoded at set-up."""
+        return int(self._server.plaintext_bytes)
+
+    @property
+    def plaintext_count(self) -> int:
+        return int(self._server.plaintext_count)
+
+    @property
+    def program_fingerprint(self) -> str:
+        """BLAKE2b-256 of the program file, hex (compare with ``Program.fingerprint``)."""
+        return bytes(self._server.program_fingerprint).hex()
 
     @classmethod
     def from_files(
@@ -375,15 +388,21 @@ class Server:
         )
 
     def run(self, inputs: Sequence[Any]) -> list[Any | None]:
-        outputs, stats = self.executor.run(list(inputs))
+        outputs, stats = self._server.run(list(inputs))
         self.last_stats = stats
         return list(outputs)
 
     def run_folder(self, inputs: str | os.PathLike[str], outputs: str | os.PathLike[str]) -> None:
-        cts = _load_cts(self.context, Path(inputs))
-        if any(c is None for c in cts):
-            raise _core.SerializationError("an input ciphertext file is missing")
-        _save_cts(self.context, self.run([c for c in cts if c is not None]), Path(outputs))
+        paths = sorted(Path(inputs).glob("*.ct"))
+        if not paths:
+            raise FileNotFoundError(f"no .ct files in {inputs}")
+        cts = []
+        for path in paths:
+            data = path.read_bytes()
+            if not data:
+                raise _core.SerializationError(f"input ciphertext file {path} is empty")
+            cts.append(self._server.load_ciphertext(data))
+        _save_cts(self.context, self.run(cts), Path(outputs))
 
 
 def _save_cts(context: Any, cts: Sequence[Any | None], folder: Path) -> list[Path]:

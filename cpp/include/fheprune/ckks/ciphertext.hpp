@@ -9,10 +9,6 @@
 
 namespace fheprune::ckks {
 
-// Identifies the secret key a ciphertext or evaluation key belongs to (random, not derived
-// from the key), so that mixing two clients' objects fails with a clear error.
-using KeyId = std::array<unsigned char, 16>;
-
 // A polynomial encoded at `level` (chain primes 0..level), evaluation (NTT) form.
 class Plaintext {
  public:

@@ -3,10 +3,13 @@
 
 #include <optional>
 
+#include <memory>
+
 #include "fheprune/ckks/keys.hpp"
-#include "fheprune/ckks/random.hpp"
 
 namespace fheprune::ckks {
+
+class SecureRandom;  // internal: the CSPRNG (cpp/src/ckks/random.hpp)
 
 class Encryptor {
  public:
@@ -15,13 +18,17 @@ class Encryptor {
   // Symmetric encryption under the secret key (smaller noise; client side only).
   Encryptor(ContextPtr ctx, const SecretKey& secret_key);
 
+  ~Encryptor();
+  Encryptor(Encryptor&&) noexcept;
+  Encryptor& operator=(Encryptor&&) noexcept;
+
   Ciphertext encrypt(const Plaintext& pt);
 
  private:
   ContextPtr ctx_;
   std::optional<PublicKey> public_key_;
   std::optional<SecretKey> secret_key_;
-  SecureRandom rng_;
+  std::unique_ptr<SecureRandom> rng_;
 };
 
 class Decryptor {

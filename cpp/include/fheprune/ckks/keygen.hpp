@@ -4,10 +4,13 @@
 #include <cstdint>
 #include <vector>
 
+#include <memory>
+
 #include "fheprune/ckks/keys.hpp"
-#include "fheprune/ckks/random.hpp"
 
 namespace fheprune::ckks {
+
+class SecureRandom;  // internal: the CSPRNG (cpp/src/ckks/random.hpp)
 
 class KeyGenerator {
  public:
@@ -15,6 +18,10 @@ class KeyGenerator {
   explicit KeyGenerator(ContextPtr ctx);
   // Derive further keys for an existing secret (e.g. one loaded on the client).
   KeyGenerator(ContextPtr ctx, const SecretKey& secret);
+
+  ~KeyGenerator();
+  KeyGenerator(KeyGenerator&&) noexcept;
+  KeyGenerator& operator=(KeyGenerator&&) noexcept;
 
   const SecretKey& secret_key() const { return secret_; }
   PublicKey create_public_key();
@@ -30,7 +37,7 @@ class KeyGenerator {
 
   ContextPtr ctx_;
   SecretKey secret_;
-  SecureRandom rng_;
+  std::unique_ptr<SecureRandom> rng_;
 };
 
 }  // namespace fheprune::ckks

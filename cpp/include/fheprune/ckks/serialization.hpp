@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "fheprune/ckks/keys.hpp"
-#include "fheprune/ckks/wire.hpp"
+#include "fheprune/ckks/types.hpp"
 
 namespace fheprune::ckks {
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -29,16 +30,16 @@ class EngineBackend {
   using Ct = ckks::Ciphertext;
   using Pt = ckks::Plaintext;
 
-  // `keys` must outlive the backend.
-  EngineBackend(ckks::ContextPtr ctx, const ckks::EvaluationKeys& keys)
-      : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_), keys_(keys),
-        encryptor_(ctx_, keys.public_key) {}
+  // Shares ownership of the keys: they live as long as any backend that uses them.
+  EngineBackend(ckks::ContextPtr ctx, std::shared_ptr<const ckks::EvaluationKeys> keys)
+      : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_), keys_(checked(std::move(keys))),
+        encryptor_(ctx_, keys_->public_key) {}
 
   const ckks::Context& context() const { return *ctx_; }
   std::size_t top_level() const { return ctx_->max_level(); }
   double default_scale() const { return ctx_->default_scale(); }
   double prime(std::size_t level) const {
-    return static_cast<double>(ctx_->modulus(level).value());
+    return static_cast<double>(ctx_->prime(level));
   }
 
   Pt encode(const std::vector<double>& v, std::size_t level, double scale) const {
@@ -54,22 +55,28 @@ class EngineBackend {
   void add_plain_inplace(Ct& a, const Pt& p) const { evaluator_.add_plain_inplace(a, p); }
   Ct rescale(const Ct& a) const { return evaluator_.rescale(a); }
   Ct rotate(const Ct& a, long step) const {
-    return evaluator_.rotate(a, step, keys_.galois_keys);
+    return evaluator_.rotate(a, step, keys_->galois_keys);
   }
   std::vector<Ct> rotate_hoisted(const Ct& a, const std::vector<long>& steps) const {
-    return evaluator_.rotate_hoisted(a, steps, keys_.galois_keys);
+    return evaluator_.rotate_hoisted(a, steps, keys_->galois_keys);
   }
-  Ct square(const Ct& a) const { return evaluator_.multiply_relin(a, a, keys_.relin_key); }
+  Ct square(const Ct& a) const { return evaluator_.multiply_relin(a, a, keys_->relin_key); }
   std::size_t level(const Ct& a) const { return a.level(); }
   double scale(const Ct& a) const { return a.scale(); }
   static std::size_t bytes(const Pt& p) { return p.data().size() * sizeof(ckks::u64); }
   static std::size_t bytes(const Ct& c) { return c.data().size() * sizeof(ckks::u64); }
 
  private:
+  static std::shared_ptr<const ckks::EvaluationKeys> checked(
+      std::shared_ptr<const ckks::EvaluationKeys> keys) {
+    if (!keys) throw ckks::MissingKeyError("the engine backend needs evaluation keys, got none");
+    return keys;
+  }
+
   ckks::ContextPtr ctx_;
   ckks::Encoder encoder_;
   ckks::Evaluator evaluator_;
-  const ckks::EvaluationKeys& keys_;
+  std::shared_ptr<const ckks::EvaluationKeys> keys_;
   ckks::Encryptor encryptor_;
 };
 
@@ -94,7 +101,7 @@ class SlotBackend {
   std::size_t top_level() const { return ctx_->max_level(); }
   double default_scale() const { return ctx_->default_scale(); }
   double prime(std::size_t level) const {
-    return static_cast<double>(ctx_->modulus(level).value());
+    return static_cast<double>(ctx_->prime(level));
   }
 
   Pt encode(const std::vector<double>& v, std::size_t level, double scale) const {

@@ -46,7 +46,7 @@
 
 #include "fheprune/ckks/errors.hpp"
 #include "fheprune/ckks/parameters.hpp"
-#include "fheprune/ckks/wire.hpp"
+#include "fheprune/ckks/types.hpp"
 
 namespace fheprune::runtime {
 

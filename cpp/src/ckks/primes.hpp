@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <vector>
 
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 namespace fheprune::ckks {
 

@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <vector>
 
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 namespace fheprune::ckks {
 

@@ -8,9 +8,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "fheprune/ckks/types.hpp"
+
 namespace fheprune::ckks {
 
-using u64 = std::uint64_t;
 __extension__ using u128 = unsigned __int128;  // GCC/Clang builtin
 
 inline constexpr int kMaxPrimeBits = 60;

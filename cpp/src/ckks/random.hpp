@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "fheprune/ckks/modarith.hpp"
+#include "ckks/modarith.hpp"
 
 namespace fheprune::ckks {
 

@@ -10,10 +10,9 @@
 #include <vector>
 
 #include "fheprune/ckks/errors.hpp"
+#include "fheprune/ckks/types.hpp"
 
 namespace fheprune::ckks {
-
-using Bytes = std::vector<std::uint8_t>;
 
 namespace detail {
 

@@ -1,0 +1,107 @@
+// The server role: one compiled program, the context of its parameters and one client's
+// evaluation keys, checked to belong together before any work is done, and the executor that
+// runs ciphertexts through the program.
+//
+// Everything a server may hold and nothing more: the keys come as an evaluation-key bundle
+// (public, relinearization and Galois keys), which by construction holds no secret key, and
+// `from_bytes` refuses any other kind of object. The Python `Server` wraps this class, so a
+// C++ deployment gets exactly the same checks:
+//
+//  * set-up: the keys' parameter fingerprint is the program's, the public, relinearization and
+//    Galois keys belong to one secret key (one key id), and every rotation step the program
+//    performs has its Galois key (missing ones are named);
+//  * every run: each input is present (no null pointer), made under the program's parameters,
+//    encrypted under the registered key, a fresh size-2 ciphertext at the program's input level
+//    with the default scale; the count is a whole number of groups of input ciphertexts.
+//
+// Keys and program are held by shared ownership; nothing the server refers to can dangle.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "fheprune/ckks/ciphertext.hpp"
+#include "fheprune/ckks/context.hpp"
+#include "fheprune/ckks/keys.hpp"
+#include "fheprune/ckks/types.hpp"
+#include "fheprune/runtime/executor.hpp"
+#include "fheprune/runtime/program.hpp"
+
+namespace fheprune::runtime {
+
+struct ServerOptions {
+  std::size_t threads = 1;                   // engine threads for every run
+  Encoding encoding = Encoding::kAtSetup;    // kOnDemand: programs too large to pre-encode
+};
+
+class Server {
+ public:
+  // Throws ckks::MismatchError (keys made under other parameters or for different secret keys),
+  // ckks::MissingKeyError (a rotation step without its Galois key, no keys at all), and the
+  // context's ParameterError / InsecureParametersError for the program's parameters.
+  Server(std::shared_ptr<const Program> program, std::shared_ptr<const ckks::EvaluationKeys> keys,
+         ServerOptions options = {});
+
+  // The same on a context the caller already has (it must have the program's parameters;
+  // ckks::MismatchError otherwise); its threads run the program.
+  Server(std::shared_ptr<const Program> program, ckks::ContextPtr context,
+         std::shared_ptr<const ckks::EvaluationKeys> keys, Encoding encoding = Encoding::kAtSetup);
+
+  // From the files a client and a compiler hand over: a program file and an evaluation-key
+  // bundle. Throws ckks::SerializationError for corrupt data or another kind of object.
+  static Server from_bytes(std::span<const std::uint8_t> program,
+                           std::span<const std::uint8_t> evaluation_keys,
+                           ServerOptions options = {});
+  static Server from_files(const std::filesystem::path& program,
+                           const std::filesystem::path& evaluation_keys,
+                           ServerOptions options = {});
+
+  Server(Server&&) noexcept;
+  Server& operator=(Server&&) noexcept;
+  ~Server();
+
+  const Program& program() const;
+  const ckks::ContextPtr& context() const;
+  const ckks::EvaluationKeys& keys() const;
+  // The secret key every input must be encrypted under.
+  const ckks::KeyId& key_id() const;
+  // BLAKE2b-256 of the program file (Program::save()): what a client compares with its spec.
+  ckks::Fingerprint program_fingerprint() const;
+  // Plaintexts encoded at set-up (with Encoding::kOnDemand: only biases and masks).
+  std::size_t plaintext_bytes() const;
+  std::size_t plaintext_count() const;
+
+  // Checks every input as described above, then runs the program: output_ciphertexts() per
+  // group of inputs; nullopt marks an output the program knows to be zero. Runs are serialized
+  // (one at a time); the engine's threads work within a run.
+  std::vector<std::optional<ckks::Ciphertext>> run(std::span<const ckks::Ciphertext* const> inputs,
+                                                   RunStats* stats = nullptr) const;
+  std::vector<std::optional<ckks::Ciphertext>> run(const std::vector<ckks::Ciphertext>& inputs,
+                                                   RunStats* stats = nullptr) const;
+
+  // A serialized input ciphertext, loaded under the program's parameters and checked like a run
+  // input; and an output ciphertext, serialized for the client.
+  ckks::Ciphertext load_ciphertext(std::span<const std::uint8_t> bytes) const;
+  ckks::Bytes save_ciphertext(const ckks::Ciphertext& ct) const;
+
+ private:
+  struct State;
+  void check_input(const ckks::Ciphertext* ct, std::size_t index) const;
+  std::unique_ptr<State> state_;
+};
+
+// Throws ckks::MismatchError unless `ctx` has the parameters `program` was compiled for.
+void check_context(const Program& program, const ckks::Context& ctx);
+
+// BLAKE2b-256 of a program's file bytes.
+ckks::Fingerprint program_fingerprint(std::span<const std::uint8_t> program_bytes);
+
+// Reads a whole file; throws ckks::SerializationError naming the path if it cannot.
+ckks::Bytes read_file(const std::filesystem::path& path);
+
+}  // namespace fheprune::runtime

@@ -1,0 +1,238 @@
+#include "fheprune/runtime/server.hpp"
+
+#include <sodium.h>
+
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "fheprune/ckks/errors.hpp"
+#include "fheprune/ckks/serialization.hpp"
+
+namespace fheprune::runtime {
+
+namespace ck = fheprune::ckks;
+
+namespace {
+
+std::string kind_name(ck::ObjectKind kind) {
+  switch (kind) {
+    case ck::ObjectKind::kParameters: return "parameters";
+    case ck::ObjectKind::kPlaintext: return "a plaintext";
+    case ck::ObjectKind::kCiphertext: return "a ciphertext";
+    case ck::ObjectKind::kPublicKey: return "a public key";
+    case ck::ObjectKind::kRelinKey: return "a relinearization key";
+    case ck::ObjectKind::kGaloisKeys: return "Galois keys";
+    case ck::ObjectKind::kEvaluationKeys: return "an evaluation-key bundle";
+    case ck::ObjectKind::kSecretKey: return "a secret key";
+    case ck::ObjectKind::kProgram: return "a program";
+  }
+  return "unknown data";
+}
+
+bool uses_squares(const Program& p) {
+  for (const Layer& l : p.layers()) {
+    if (std::holds_alternative<Square>(l)) return true;
+  }
+  return false;
+}
+
+// The bundle belongs to the program's parameters and to one secret key, and holds every key
+// the program will use.
+void check_keys(const Program& program, const ck::Context& ctx, const ck::EvaluationKeys& keys) {
+  const ck::Fingerprint& fp = ctx.fingerprint();
+  if (keys.public_key.data().params() != fp || keys.relin_key.params() != fp ||
+      keys.galois_keys.params() != fp) {
+    throw ck::MismatchError("the evaluation keys were made under other parameters than the "
+                            "program's (" + program.parameters().describe() +
+                            "); generate them from the program's client spec");
+  }
+  const ck::KeyId& id = keys.public_key.id();
+  if (keys.relin_key.id() != id || keys.galois_keys.id() != id) {
+    throw ck::MismatchError("the evaluation-key bundle mixes keys of different secret keys "
+                            "(public, relinearization and Galois keys must come from one client)");
+  }
+  if (uses_squares(program) && keys.relin_key.key().digits() == 0) {
+    throw ck::MissingKeyError("the program squares ciphertexts but the bundle has no "
+                              "relinearization key");
+  }
+  std::string missing;
+  for (long step : program.rotation_steps()) {
+    const std::uint64_t g = ctx.galois_element(step);
+    if (g != 1 && !keys.galois_keys.has(g)) {
+      missing += (missing.empty() ? "" : ", ") + std::to_string(step);
+    }
+  }
+  if (!missing.empty()) {
+    throw ck::MissingKeyError("the evaluation keys lack Galois keys for the program's rotation "
+                              "steps " + missing + "; generate the bundle with exactly "
+                              "Program::rotation_steps()");
+  }
+}
+
+// The context a server builds for its program; validates the parameters (128-bit bound
+// included) and the thread count.
+ck::ContextPtr make_server_context(const Program* program, const ServerOptions& options) {
+  if (!program) throw CompileError("the server needs a program, got none");
+  if (options.threads == 0) {
+    throw ck::ParameterError("the server needs at least one engine thread, got 0");
+  }
+  return ck::make_context(program->parameters(), options.threads);
+}
+
+}  // namespace
+
+struct Server::State {
+  std::shared_ptr<const Program> program;
+  ck::ContextPtr context;
+  std::shared_ptr<const ck::EvaluationKeys> keys;
+  EngineBackend backend;
+  Executor<EngineBackend> executor;
+  std::mutex run_mutex;  // the executor's runs are not reentrant
+
+  State(std::shared_ptr<const Program> p, ck::ContextPtr ctx,
+        std::shared_ptr<const ck::EvaluationKeys> k, Encoding encoding)
+      : program(std::move(p)),
+        context(std::move(ctx)),
+        keys(std::move(k)),
+        backend(context, keys),
+        executor(*program, backend, encoding) {}
+};
+
+Server::Server(std::shared_ptr<const Program> program,
+               std::shared_ptr<const ck::EvaluationKeys> keys, ServerOptions options)
+    : Server(program, make_server_context(program.get(), options), std::move(keys),
+             options.encoding) {}
+
+Server::Server(std::shared_ptr<const Program> program, ck::ContextPtr context,
+               std::shared_ptr<const ck::EvaluationKeys> keys, Encoding encoding) {
+  if (!program) throw CompileError("the server needs a program, got none");
+  if (!context) throw ck::ParameterError("the server needs a context, got none");
+  if (!keys) throw ck::MissingKeyError("the server needs evaluation keys, got none");
+  check_context(*program, *context);
+  check_keys(*program, *context, *keys);
+  state_ = std::make_unique<State>(std::move(program), std::move(context), std::move(keys),
+                                   encoding);
+}
+
+void check_context(const Program& program, const ck::Context& ctx) {
+  const ck::Parameters& want = program.parameters();
+  const ck::Parameters& have = ctx.parameters();
+  if (want.poly_degree != have.poly_degree || want.chain_bits != have.chain_bits ||
+      want.special_bits != have.special_bits || want.scale_bits != have.scale_bits) {
+    throw ck::MismatchError("the program was compiled for " + want.describe() +
+                            " but the context has " + have.describe());
+  }
+}
+
+Server Server::from_bytes(std::span<const std::uint8_t> program,
+                          std::span<const std::uint8_t> evaluation_keys, ServerOptions options) {
+  auto loaded = std::make_shared<const Program>(Program::load(program));
+  const ck::ObjectKind kind = ck::Serializer::peek_kind(evaluation_keys);
+  if (kind != ck::ObjectKind::kEvaluationKeys) {
+    throw ck::SerializationError("the server takes an evaluation-key bundle (public, "
+                                 "relinearization and Galois keys), got " + kind_name(kind));
+  }
+  // Parsing needs the context's primes; the Server constructor builds its own for the run.
+  const auto ctx = ck::make_context(loaded->parameters(), 1);
+  auto keys = std::make_shared<const ck::EvaluationKeys>(
+      ck::Serializer::load_evaluation_keys(*ctx, evaluation_keys));
+  return Server(std::move(loaded), std::move(keys), options);
+}
+
+Server Server::from_files(const std::filesystem::path& program,
+                          const std::filesystem::path& evaluation_keys, ServerOptions options) {
+  const ck::Bytes p = read_file(program);
+  const ck::Bytes k = read_file(evaluation_keys);
+  return from_bytes(p, k, options);
+}
+
+Server::Server(Server&&) noexcept = default;
+Server& Server::operator=(Server&&) noexcept = default;
+Server::~Server() = default;
+
+const Program& Server::program() const { return *state_->program; }
+const ck::ContextPtr& Server::context() const { return state_->context; }
+const ck::EvaluationKeys& Server::keys() const { return *state_->keys; }
+const ck::KeyId& Server::key_id() const { return state_->keys->public_key.id(); }
+std::size_t Server::plaintext_bytes() const { return state_->executor.plaintext_bytes(); }
+std::size_t Server::plaintext_count() const { return state_->executor.plaintext_count(); }
+
+ck::Fingerprint Server::program_fingerprint() const {
+  return runtime::program_fingerprint(state_->program->save());
+}
+
+void Server::check_input(const ck::Ciphertext* ct, std::size_t index) const {
+  const std::string which = "input ciphertext " + std::to_string(index);
+  if (ct == nullptr) throw ck::MismatchError(which + " is missing (a null pointer)");
+  const ck::Context& ctx = *state_->context;
+  if (ct->params() != ctx.fingerprint()) {
+    throw ck::MismatchError(which + " was made under other parameters than the program's (" +
+                            state_->program->parameters().describe() + ")");
+  }
+  if (ct->key_id() != key_id()) {
+    throw ck::MismatchError(which + " is encrypted under another secret key than the one whose "
+                            "evaluation keys this server holds");
+  }
+  if (ct->size() != 2) {
+    throw ck::MismatchError(which + " has " + std::to_string(ct->size()) +
+                            " components; the server takes fresh (size-2) encryptions");
+  }
+  if (ct->level() != state_->executor.input_level()) {
+    throw ck::LevelError(which + " is at level " + std::to_string(ct->level()) +
+                         ", the program expects inputs at level " +
+                         std::to_string(state_->executor.input_level()) +
+                         " (encrypt at the top level)");
+  }
+  const double want = ctx.default_scale();
+  if (!std::isfinite(ct->scale()) || std::abs(ct->scale() - want) > 1e-9 * want) {
+    throw ck::ScaleError(which + " has scale " + std::to_string(ct->scale()) +
+                         ", the program expects the default scale " + std::to_string(want));
+  }
+}
+
+std::vector<std::optional<ck::Ciphertext>> Server::run(
+    std::span<const ck::Ciphertext* const> inputs, RunStats* stats) const {
+  for (std::size_t i = 0; i < inputs.size(); ++i) check_input(inputs[i], i);
+  std::vector<const ck::Ciphertext*> view(inputs.begin(), inputs.end());
+  std::lock_guard lock(state_->run_mutex);
+  return state_->executor.run(view, stats);
+}
+
+std::vector<std::optional<ck::Ciphertext>> Server::run(const std::vector<ck::Ciphertext>& inputs,
+                                                       RunStats* stats) const {
+  std::vector<const ck::Ciphertext*> view;
+  view.reserve(inputs.size());
+  for (const ck::Ciphertext& c : inputs) view.push_back(&c);
+  return run(std::span<const ck::Ciphertext* const>(view), stats);
+}
+
+ck::Ciphertext Server::load_ciphertext(std::span<const std::uint8_t> bytes) const {
+  ck::Ciphertext ct = ck::Serializer::load_ciphertext(*state_->context, bytes);
+  check_input(&ct, 0);
+  return ct;
+}
+
+ck::Bytes Server::save_ciphertext(const ck::Ciphertext& ct) const {
+  return ck::Serializer::save(*state_->context, ct);
+}
+
+ck::Fingerprint program_fingerprint(std::span<const std::uint8_t> program_bytes) {
+  ck::Fingerprint out{};
+  crypto_generichash(out.data(), out.size(), program_bytes.data(), program_bytes.size(), nullptr,
+                     0);
+  return out;
+}
+
+ck::Bytes read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ck::SerializationError("cannot open " + path.string() + " for reading");
+  ck::Bytes out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw ck::SerializationError("error reading " + path.string());
+  return out;
+}
+
+}  // namespace fheprune::runtime

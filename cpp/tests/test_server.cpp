@@ -1,0 +1,226 @@
+// runtime::Server: the checks that keep a server safe (parameters, key ids, rotation keys,
+// every run input), shared ownership of keys and program, and results equal to the executor's.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "fheprune/ckks/ckks.hpp"
+#include "fheprune/runtime/server.hpp"
+#include "test_util.hpp"
+
+namespace fheprune::runtime {
+namespace {
+
+using ckks::testing::small_params;
+
+// 12 -> 6 (square) -> 3 in the tile layout with 4x4 tiles: rotations, a square, a rescale chain.
+Program make_program(const ckks::Parameters& prm, std::uint64_t seed = 1) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> val(-0.5, 0.5);
+  auto random = [&](std::size_t n) {
+    std::vector<double> v(n);
+    for (double& x : v) x = val(gen);
+    return v;
+  };
+  Program p = Program::tile(prm, {4, 4, prm.poly_degree / 2 / 16}, 12);
+  p.add_linear("fc1", 6, 12, random(6 * 12), random(6));
+  p.add_square("act");
+  p.add_linear("fc2", 3, 6, random(3 * 6), random(3));
+  return p;
+}
+
+struct ServerSetup {
+  ckks::Parameters prm = small_params();
+  std::shared_ptr<const Program> program = std::make_shared<const Program>(make_program(prm));
+  ckks::testing::Fixture client{prm};
+  std::shared_ptr<const ckks::EvaluationKeys> keys =
+      std::make_shared<const ckks::EvaluationKeys>(
+          client.keygen.create_evaluation_keys(program->rotation_steps()));
+
+  std::vector<ckks::Ciphertext> encrypt(std::size_t count) {
+    const auto x = ckks::testing::random_reals(count * program->in_features(), 7);
+    std::vector<ckks::Ciphertext> out;
+    for (const auto& slots : program->pack_inputs(x, count)) {
+      out.push_back(client.encryptor.encrypt(client.encoder.encode(slots)));
+    }
+    return out;
+  }
+};
+
+std::vector<std::vector<double>> decrypt(ServerSetup& s, const std::vector<std::optional<ckks::Ciphertext>>& out) {
+  std::vector<std::vector<double>> rows;
+  for (const auto& c : out) {
+    rows.push_back(c ? s.client.encoder.decode(s.client.decryptor.decrypt(*c))
+                     : std::vector<double>(s.prm.poly_degree / 2, 0.0));
+  }
+  return rows;
+}
+
+TEST(Server, RunsLikeTheExecutorOnTheSameKeys) {
+  ServerSetup s;
+  const Server server(s.program, s.keys);
+  const auto inputs = s.encrypt(5);
+  RunStats stats;
+  const auto got = decrypt(s, server.run(inputs, &stats));
+
+  EngineBackend backend(s.client.ctx, s.keys);
+  Executor<EngineBackend> exec(*s.program, backend);
+  RunStats want_stats;
+  const auto want = decrypt(s, exec.run(inputs, &want_stats));
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_LT(ckks::testing::max_abs_diff(got[i], want[i]), 1e-6);
+  }
+  EXPECT_EQ(stats.total(), want_stats.total());
+  EXPECT_EQ(server.key_id(), s.client.keygen.secret_key().id());
+}
+
+TEST(Server, SharesOwnershipOfKeysAndProgram) {
+  ServerSetup s;
+  std::weak_ptr<const ckks::EvaluationKeys> watch = s.keys;
+  const auto inputs = s.encrypt(2);
+  std::optional<Server> server;
+  server.emplace(s.program, s.keys);
+  s.keys.reset();
+  s.program.reset();
+  ASSERT_FALSE(watch.expired());  // the server keeps them alive
+  EXPECT_EQ(server->run(inputs).size(), server->program().output_ciphertexts());
+  Server moved = std::move(*server);
+  server.reset();
+  EXPECT_FALSE(watch.expired());
+  EXPECT_EQ(moved.run(inputs).size(), moved.program().output_ciphertexts());
+}
+
+TEST(Server, RefusesKeysOfOtherParameters) {
+  ServerSetup s;
+  ckks::testing::Fixture other(small_params({50, 40, 40, 40, 40}));  // one more level
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      other.keygen.create_evaluation_keys(s.program->rotation_steps()));
+  EXPECT_THROW(Server(s.program, keys), ckks::MismatchError);
+}
+
+TEST(Server, RefusesABundleMixingTwoClientsKeys) {
+  ServerSetup s;
+  ckks::testing::Fixture stranger(s.prm);
+  ckks::EvaluationKeys mixed = *s.keys;
+  mixed.galois_keys = stranger.keygen.create_galois_keys(s.program->rotation_steps());
+  try {
+    Server(s.program, std::make_shared<const ckks::EvaluationKeys>(mixed));
+    FAIL() << "a bundle of two clients' keys was accepted";
+  } catch (const ckks::MismatchError& e) {
+    EXPECT_NE(std::string(e.what()).find("different secret keys"), std::string::npos);
+  }
+}
+
+TEST(Server, NamesTheMissingRotationKeys) {
+  ServerSetup s;
+  std::vector<long> steps = s.program->rotation_steps();
+  ASSERT_FALSE(steps.empty());
+  const long dropped = steps.back();
+  steps.pop_back();
+  const auto keys =
+      std::make_shared<const ckks::EvaluationKeys>(s.client.keygen.create_evaluation_keys(steps));
+  try {
+    Server(s.program, keys);
+    FAIL() << "a bundle without every rotation key was accepted";
+  } catch (const ckks::MissingKeyError& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(dropped)), std::string::npos) << e.what();
+  }
+}
+
+TEST(Server, RefusesNullArgumentsAndZeroThreads) {
+  ServerSetup s;
+  EXPECT_THROW(Server(nullptr, s.keys), CompileError);
+  EXPECT_THROW(Server(s.program, std::shared_ptr<const ckks::EvaluationKeys>()),
+               ckks::MissingKeyError);
+  EXPECT_THROW(Server(s.program, s.keys, ServerOptions{.threads = 0}), ckks::ParameterError);
+}
+
+TEST(Server, RefusesAContextOfOtherParameters) {
+  ServerSetup s;
+  const auto other = ckks::make_context(small_params({50, 40, 40, 40, 40}));
+  EXPECT_THROW(Server(s.program, other, s.keys), ckks::MismatchError);
+  EXPECT_NO_THROW(Server(s.program, s.client.ctx, s.keys));
+}
+
+TEST(Server, ChecksEveryInput) {
+  ServerSetup s;
+  const Server server(s.program, s.keys);
+  auto inputs = s.encrypt(1);
+  ASSERT_EQ(inputs.size(), s.program->input_ciphertexts());
+
+  // A null pointer: a typed error, not a crash.
+  std::vector<const ckks::Ciphertext*> with_null{nullptr};
+  for (std::size_t i = 1; i < inputs.size(); ++i) with_null.push_back(&inputs[i]);
+  EXPECT_THROW(server.run(std::span<const ckks::Ciphertext* const>(with_null)),
+               ckks::MismatchError);
+
+  // Encrypted under another client's key.
+  ckks::testing::Fixture stranger(s.prm);
+  auto foreign = inputs;
+  foreign[0] = stranger.encryptor.encrypt(stranger.encoder.encode(std::vector<double>{1.0}));
+  EXPECT_THROW(server.run(foreign), ckks::MismatchError);
+
+  // Below the input level, or at another scale.
+  auto low = inputs;
+  low[0] = s.client.evaluator.mod_switch_to(inputs[0], inputs[0].level() - 1);
+  EXPECT_THROW(server.run(low), ckks::LevelError);
+  for (double bad : {0.0, 2.0, std::nan("")}) {
+    auto scaled = inputs;
+    scaled[0].set_scale(bad * scaled[0].scale());
+    EXPECT_THROW(server.run(scaled), ckks::ScaleError) << bad;
+  }
+
+  // Size 3 (a product not relinearized).
+  auto big = inputs;
+  big[0] = s.client.evaluator.multiply(inputs[0], inputs[0]);
+  EXPECT_THROW(server.run(big), ckks::MismatchError);
+
+  // Not a whole group of input ciphertexts.
+  if (inputs.size() == 1) {
+    EXPECT_THROW(server.run(std::vector<ckks::Ciphertext>{}), CompileError);
+  } else {
+    inputs.pop_back();
+    EXPECT_THROW(server.run(inputs), CompileError);
+  }
+}
+
+TEST(Server, LoadsFromBytesAndRefusesOtherObjects) {
+  ServerSetup s;
+  const ckks::Bytes program = s.program->save();
+  const ckks::Bytes keys = ckks::Serializer::save(*s.client.ctx, *s.keys);
+  const Server server = Server::from_bytes(program, keys);
+  EXPECT_EQ(server.program_fingerprint(), program_fingerprint(program));
+  EXPECT_NE(server.program_fingerprint(), program_fingerprint(make_program(s.prm, 2).save()));
+
+  const ckks::Bytes secret =
+      ckks::Serializer::save_secret_key(*s.client.ctx, s.client.keygen.secret_key());
+  try {
+    Server::from_bytes(program, secret);
+    FAIL() << "a secret key was accepted as evaluation keys";
+  } catch (const ckks::SerializationError& e) {
+    EXPECT_NE(std::string(e.what()).find("got a secret key"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Server::from_bytes(keys, keys), ckks::SerializationError);  // not a program
+  ckks::Bytes corrupt = keys;
+  corrupt[corrupt.size() / 2] ^= 1;
+  EXPECT_THROW(Server::from_bytes(program, corrupt), ckks::SerializationError);
+
+  // A serialized input goes through the same checks as a run input.
+  const auto inputs = s.encrypt(1);
+  const ckks::Ciphertext back =
+      server.load_ciphertext(ckks::Serializer::save(*s.client.ctx, inputs[0]));
+  EXPECT_EQ(back.data(), inputs[0].data());
+  ckks::testing::Fixture stranger(s.prm);
+  const auto foreign = stranger.encryptor.encrypt(stranger.encoder.encode(std::vector<double>{1}));
+  EXPECT_THROW(server.load_ciphertext(ckks::Serializer::save(*stranger.ctx, foreign)),
+               ckks::MismatchError);
+}
+
+TEST(Server, MissingFilesAreTypedErrors) {
+  EXPECT_THROW(read_file("/nonexistent/fheprune/program.fhp"), ckks::SerializationError);
+  EXPECT_THROW(Server::from_files("/nonexistent/a", "/nonexistent/b"), ckks::SerializationError);
+}
+
+}  // namespace
+}  // namespace fheprune::runtime
