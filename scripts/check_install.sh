@@ -6,7 +6,9 @@
 #   3. build examples/ as a separate project against that prefix with find_package(fheprune)
 #      (no C++ standard set there: the targets carry it), compiling every installed header on
 #      its own;
-#   4. run the examples end to end (examples/run_examples.sh).
+#   4. run the examples end to end (examples/run_examples.sh);
+#   5. add fheprune to a parent project with add_subdirectory: the parent gets the libraries,
+#      not the tests or examples.
 # Build trees go to build/install-check/; the prefixes are temporary and removed afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,4 +49,23 @@ for kind in static shared; do
   cmake --build "$build/consumer" -j "$jobs" >/dev/null
   bash examples/run_examples.sh "$build/consumer"
 done
+echo "-- as a subproject (add_subdirectory): only the libraries, no tests or examples"
+parent="build/install-check/subproject"
+mkdir -p "$parent/src"
+cat >"$parent/src/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.21)
+project(parent LANGUAGES CXX)
+add_subdirectory("$PWD" fheprune)
+foreach(target fheprune_tests encrypt_compute_decrypt)
+  if(TARGET \${target})
+    message(FATAL_ERROR "a parent project got fheprune's \${target}")
+  endif()
+endforeach()
+add_executable(engine_demo "$PWD/examples/encrypt_compute_decrypt.cpp")
+target_link_libraries(engine_demo PRIVATE fheprune::core)
+CMAKE
+cmake -S "$parent/src" -B "$parent/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$parent/build" --target engine_demo -j "$jobs" >/dev/null
+"$parent/build/engine_demo"
+
 echo "-- check_install: the installed package builds and runs the examples (static and shared)"
