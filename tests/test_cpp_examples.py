@@ -46,12 +46,13 @@ def inputs(count: int, seed: int = 1) -> np.ndarray:
 
 
 def compiled_mlp() -> tuple[torch.nn.Module, CompiledModel]:
-    """A float64 MLP 20 -> 12 (square) -> 5 in the tile layout, N = 1024 (insecure, tests only)."""
+    """A float64 MLP 20 -> 12 (square) -> 5 in the tile layout at 128-bit parameters (the
+    example binaries, like any process that has not opted in, refuse insecure files)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = MLPClassifier(in_features=IN, hidden=(12,), classes=OUT, activation="square")
     model = model.double().eval()
-    parameters = _core.Parameters(1024, [50] + [40] * 4, [50], 40, insecure_for_testing=True)
+    parameters = _core.Parameters(8192, [53, 33, 33, 33], [53], 33)
     compiled = compile_model(model, parameters=parameters, layout="tile", tile=(4, 4))
     return model, compiled
 
@@ -80,7 +81,7 @@ def test_cpp_server_runs_a_program_compiled_in_python(tmp_path: Path) -> None:
     y_cpp = client.decrypt(client.load_ciphertexts(tmp_path / "out"), len(x))
     python_server = Server(compiled.program.save(), client.evaluation_keys_bytes())
     y_py = client.decrypt(python_server.run(cts), len(x))
-    np.testing.assert_allclose(y_cpp, y_py, atol=1e-6)
+    np.testing.assert_allclose(y_cpp, y_py, atol=1e-4)  # a 33-bit scale: ~1e-5 noise
     np.testing.assert_allclose(y_cpp, expected(model, x), atol=1e-3)
     # The C++ server reports the fingerprint the Python program computes.
     assert python_server.program_fingerprint == bytes(compiled.program.fingerprint).hex()

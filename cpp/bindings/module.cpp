@@ -64,6 +64,12 @@ NB_MODULE(_core, m) {
   nb::exception<MismatchError>(m, "MismatchError", fhe_error.ptr());
   nb::exception<EncodingError>(m, "EncodingError", fhe_error.ptr());
   nb::exception<SerializationError>(m, "SerializationError", fhe_error.ptr());
+
+  m.def("allow_insecure_parameter_files", &allow_insecure_parameter_files, "allow"_a,
+        "Opt this process in (or out) to loading parameter, program and client-spec files "
+        "whose parameters switch off the 128-bit check. For test suites only: a file can "
+        "never lower the security level on its own.");
+  m.def("insecure_parameter_files_allowed", &insecure_parameter_files_allowed);
   // Exception translators run in registration order from the most recent, so the subclasses
   // registered above are matched before their bases.
 

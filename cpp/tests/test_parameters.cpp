@@ -70,5 +70,28 @@ TEST(Context, GaloisElementsArePowersOfFive) {
   EXPECT_THROW(ctx->tables().galois_permutation(4), ParameterError);
 }
 
+TEST(Context, ThreadCountsAreBoundedByTheMachine) {
+  // One OS thread per requested thread: a huge count is refused by name, not a hang.
+  try {
+    make_context(testing::small_params(), 1'000'000);
+    FAIL() << "a million engine threads were accepted";
+  } catch (const ParameterError& e) {
+    EXPECT_NE(std::string(e.what()).find("hardware threads"), std::string::npos) << e.what();
+  }
+  const auto ctx = make_context(testing::small_params(), 2);
+  EXPECT_THROW(ctx->set_threads(std::size_t{1} << 40), ParameterError);
+  EXPECT_EQ(ctx->threads(), 2u);  // unchanged by the refused request
+}
+
+TEST(Ciphertext, ScalesArePositiveAndFinite) {
+  const auto ctx = make_context(testing::small_params());
+  Plaintext p(*ctx, 0, 1.0);
+  for (double bad : {0.0, -2.0, std::nan(""), HUGE_VAL}) {
+    EXPECT_THROW(p.set_scale(bad), ScaleError) << bad;
+  }
+  p.set_scale(1024.0);
+  EXPECT_EQ(p.scale(), 1024.0);
+}
+
 }  // namespace
 }  // namespace fheprune::ckks

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "fheprune/runtime/program.hpp"
 #include "test_util.hpp"
 
 namespace fheprune::ckks {
@@ -106,7 +107,27 @@ TEST(SerializationParameters, InsecureFilesAreRefusedOnLoad) {
   p.special_bits = {60};
   p.security = SecurityLevel::kNoneInsecureTestingOnly;
   Bytes bytes = Serializer::save(p);
-  EXPECT_NO_THROW(Serializer::load_parameters(bytes));
+  EXPECT_NO_THROW(Serializer::load_parameters(bytes));  // this test process opted in
+  {
+    // Without the opt-in, a file cannot switch the 128-bit check off: the insecure flag (here
+    // written by a valid envelope, as anyone can rewrite one) is refused by name.
+    testing::RefuseInsecureFiles refuse;
+    try {
+      Serializer::load_parameters(bytes);
+      FAIL() << "a file lowered the security level";
+    } catch (const InsecureParametersError& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot lower the security level"), std::string::npos);
+    }
+    // The same refusal reaches programs and their loaders.
+    runtime::Program program = runtime::Program::diagonal(testing::small_params(), 4);
+    const Bytes program_bytes = program.save();
+    EXPECT_THROW(runtime::Program::load(program_bytes), InsecureParametersError);
+    // Secure parameters still load.
+    Parameters secure = p;
+    secure.chain_bits = {60, 40, 40};
+    secure.security = SecurityLevel::kClassical128;
+    EXPECT_NO_THROW(Serializer::load_parameters(Serializer::save(secure)));
+  }
   // Writing validates too: insecure parameters without the opt-in never reach a file.
   p.security = SecurityLevel::kClassical128;
   EXPECT_THROW(Serializer::save(p), InsecureParametersError);

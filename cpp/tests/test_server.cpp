@@ -165,10 +165,14 @@ TEST(Server, ChecksEveryInput) {
   auto low = inputs;
   low[0] = s.client.evaluator.mod_switch_to(inputs[0], inputs[0].level() - 1);
   EXPECT_THROW(server.run(low), ckks::LevelError);
-  for (double bad : {0.0, 2.0, std::nan("")}) {
+  for (double bad : {0.5, 2.0, 1.0 + 1e-6}) {
     auto scaled = inputs;
     scaled[0].set_scale(bad * scaled[0].scale());
     EXPECT_THROW(server.run(scaled), ckks::ScaleError) << bad;
+  }
+  // No ciphertext can carry a scale of 0, a negative one, inf or NaN.
+  for (double bad : {0.0, -1.0, std::nan(""), HUGE_VAL}) {
+    EXPECT_THROW(inputs[0].set_scale(bad), ckks::ScaleError) << bad;
   }
 
   // Size 3 (a product not relinearized).

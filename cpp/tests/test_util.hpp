@@ -11,6 +11,21 @@
 
 namespace fheprune::ckks::testing {
 
+// The tests build toy ring sizes and write them to files, so this test process opts in to
+// loading files whose parameters are marked insecure; tests of the refusal switch it off for
+// their scope with RefuseInsecureFiles.
+[[maybe_unused]] inline const bool kInsecureFilesAllowed = [] {
+  allow_insecure_parameter_files(true);
+  return true;
+}();
+
+struct RefuseInsecureFiles {
+  RefuseInsecureFiles() { allow_insecure_parameter_files(false); }
+  ~RefuseInsecureFiles() { allow_insecure_parameter_files(true); }
+  RefuseInsecureFiles(const RefuseInsecureFiles&) = delete;
+  RefuseInsecureFiles& operator=(const RefuseInsecureFiles&) = delete;
+};
+
 // Small ring for fast tests; the insecure switch is named for what it is.
 inline Parameters small_params(std::vector<int> chain = {50, 40, 40, 40},
                                std::vector<int> special = {50}, std::size_t n = 2048) {

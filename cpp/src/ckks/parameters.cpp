@@ -1,5 +1,6 @@
 #include "fheprune/ckks/parameters.hpp"
 
+#include <atomic>
 #include <bit>
 #include <numeric>
 #include <sstream>
@@ -8,6 +9,18 @@
 #include "ckks/modarith.hpp"
 
 namespace fheprune::ckks {
+
+namespace {
+std::atomic<bool> g_insecure_files_allowed{false};
+}  // namespace
+
+void allow_insecure_parameter_files(bool allow) {
+  g_insecure_files_allowed.store(allow, std::memory_order_relaxed);
+}
+
+bool insecure_parameter_files_allowed() {
+  return g_insecure_files_allowed.load(std::memory_order_relaxed);
+}
 
 int max_modulus_bits_128(std::size_t poly_degree) {
   switch (poly_degree) {

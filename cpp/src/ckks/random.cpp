@@ -1,7 +1,9 @@
 #include "ckks/random.hpp"
 
+#include <pthread.h>
 #include <sodium.h>
 
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -41,11 +43,35 @@ const GaussianTable& gaussian_table() {
   return table;
 }
 
+// Incremented in every child process right after fork() (pthread_atfork runs the handler for
+// fork() in any thread, and Python's os.fork() and multiprocessing call fork()).
+std::atomic<std::uint64_t> g_fork_generation{0};
+
+std::uint64_t fork_generation() {
+  static const bool registered = [] {
+    if (pthread_atfork(nullptr, nullptr, [] {
+          g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+        }) != 0) {
+      throw FheError("could not register the CSPRNG's fork handler (pthread_atfork failed)");
+    }
+    return true;
+  }();
+  (void)registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
+}
+
 }  // namespace
 
 SecureRandom::SecureRandom() : buffer_(kBufferBytes) {
   if (sodium_init() < 0) throw FheError("libsodium failed to initialise");
-  randombytes_buf(key_.data(), key_.size());
+  rekey();
+}
+
+void SecureRandom::rekey() {
+  generation_ = fork_generation();
+  randombytes_buf(key_.data(), key_.size());  // getrandom(2): independent in every process
+  nonce_ = 0;
+  sodium_memzero(buffer_.data(), buffer_.size());
   used_ = buffer_.size();
 }
 
@@ -64,6 +90,8 @@ void SecureRandom::refill() {
 }
 
 void SecureRandom::fill(unsigned char* out, std::size_t size) {
+  // After a fork, never continue the parent's stream (see random.hpp).
+  if (generation_ != g_fork_generation.load(std::memory_order_relaxed)) rekey();
   while (size > 0) {
     if (used_ == buffer_.size()) refill();
     const std::size_t take = std::min(size, buffer_.size() - used_);

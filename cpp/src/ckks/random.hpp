@@ -1,6 +1,12 @@
 // Randomness for keys and encryption: a ChaCha20 stream (libsodium) keyed from OS entropy.
 //
 // Every sampler draws from this generator; nothing uses rand() or a non-cryptographic PRNG.
+//
+// Safe across fork(): a child process inherits the parent's key, nonce and buffered bytes, and
+// drawing the same stream in both would give two encryptions the same mask (their difference
+// would reveal m1 - m2) and two key generations the same keys. A fork handler bumps a process
+// generation counter in the child; every draw compares it with the generation the stream was
+// keyed in and, after a fork, rekeys from the OS (and drops the buffered bytes) first.
 #pragma once
 
 #include <array>
@@ -34,7 +40,9 @@ class SecureRandom {
 
  private:
   void refill();
+  void rekey();  // fresh key from the OS, nonce 0, buffer dropped
   std::array<unsigned char, 32> key_{};
+  std::uint64_t generation_ = 0;  // the process generation (fork count) the key was drawn in
   std::uint64_t nonce_ = 0;
   std::vector<unsigned char> buffer_;
   std::size_t used_ = 0;

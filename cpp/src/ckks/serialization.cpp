@@ -194,6 +194,12 @@ Parameters Serializer::load_parameters(std::span<const std::uint8_t> bytes) {
   p.security =
       security == 128 ? SecurityLevel::kClassical128 : SecurityLevel::kNoneInsecureTestingOnly;
   r.expect_end();
+  if (p.security != SecurityLevel::kClassical128 && !insecure_parameter_files_allowed()) {
+    throw InsecureParametersError(
+        "the file's parameters (" + p.describe() + ") switch off the 128-bit security check "
+        "(testing only); a file cannot lower the security level. Use parameters that pass "
+        "it, or, in a test suite only, call allow_insecure_parameter_files(true) first");
+  }
   p.validate();
   return p;
 }

@@ -1,5 +1,10 @@
 #include "ckks/thread_pool.hpp"
 
+#include <algorithm>
+#include <string>
+
+#include "fheprune/ckks/errors.hpp"
+
 namespace fheprune::ckks {
 
 namespace {
@@ -14,7 +19,20 @@ struct TaskScope {
 };
 }  // namespace
 
+std::size_t ThreadPool::max_threads() {
+  const std::size_t hardware = std::thread::hardware_concurrency();
+  return std::max<std::size_t>(8, 4 * hardware);
+}
+
 ThreadPool::ThreadPool(std::size_t threads) {
+  // One OS thread per requested thread: an absurd count would hang the process creating them.
+  if (threads > max_threads()) {
+    throw ParameterError("asked for " + std::to_string(threads) + " engine threads; this machine "
+                         "has " + std::to_string(std::thread::hardware_concurrency()) +
+                         " hardware threads and the engine allows at most " +
+                         std::to_string(max_threads()) + " (use at most that many, usually "
+                         "one per core)");
+  }
   const std::size_t extra = threads > 1 ? threads - 1 : 0;
   workers_.reserve(extra);
   for (std::size_t i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });

@@ -22,6 +22,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   std::size_t threads() const { return workers_.size() + 1; }
+  // The most threads a pool may have: four per hardware thread, at least 8 (ParameterError
+  // above it).
+  static std::size_t max_threads();
 
   // Runs body(i) for every i in [0, count), spread over the pool; returns when all are done.
   // Exceptions thrown by body are rethrown here (the first one). Called from inside a task,

@@ -205,8 +205,8 @@ class ClientSpec:
                 output_map=_output_map_field(d.get("output_map")),
             )
             spec.shape_program()  # validates the shape against the parameters
-        except SpecError:
-            raise
+        except (SpecError, _core.InsecureParametersError):
+            raise  # a spec cannot switch the 128-bit check off: say so, not "corrupt"
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             # ValueError covers the engine's FheError family (CompileError, ParameterError...).
             raise SpecError(f"corrupt client spec: {exc}") from exc

@@ -2,12 +2,24 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "fheprune/ckks/context.hpp"
+#include "fheprune/ckks/errors.hpp"
 
 namespace fheprune::ckks {
+
+// A scale must be a positive finite number: 0, a negative number, inf or NaN would make every
+// decoding of the object inf or NaN.
+inline double checked_scale(double scale) {
+  if (!(std::isfinite(scale) && scale > 0.0)) {
+    throw ScaleError("a scale must be a positive finite number, got " + std::to_string(scale));
+  }
+  return scale;
+}
 
 // A polynomial encoded at `level` (chain primes 0..level), evaluation (NTT) form.
 class Plaintext {
@@ -19,7 +31,7 @@ class Plaintext {
   std::size_t primes() const { return level_ + 1; }
   std::size_t poly_degree() const { return n_; }
   double scale() const { return scale_; }
-  void set_scale(double scale) { scale_ = scale; }
+  void set_scale(double scale) { scale_ = checked_scale(scale); }
   const Fingerprint& params() const { return params_; }
 
   u64* prime(std::size_t i) { return data_.data() + i * n_; }
@@ -48,7 +60,7 @@ class Ciphertext {
   std::size_t primes() const { return level_ + 1; }
   std::size_t poly_degree() const { return n_; }
   double scale() const { return scale_; }
-  void set_scale(double scale) { scale_ = scale; }
+  void set_scale(double scale) { scale_ = checked_scale(scale); }
   const Fingerprint& params() const { return params_; }
   const KeyId& key_id() const { return key_id_; }
 

@@ -18,6 +18,8 @@ class ContextTables;  // internal (cpp/src/ckks/context_tables.hpp)
 
 class Context {
  public:
+  // `threads`: engine threads for every operation on this context (0 means 1); more than four
+  // per hardware thread is a ParameterError.
   explicit Context(const Parameters& params, std::size_t threads = 1);
   ~Context();
   Context(const Context&) = delete;

@@ -25,6 +25,13 @@ struct Parameters {
   std::string describe() const;
 };
 
+// The security level is the decision of whoever loads a file, never of the file: parameters
+// read from a file (parameter files, program files, client specs) that say "no security, testing
+// only" are refused with InsecureParametersError unless this process has opted in. For test
+// suites with toy ring sizes; a deployment never calls it. Process-wide, thread-safe.
+void allow_insecure_parameter_files(bool allow);
+bool insecure_parameter_files_allowed();
+
 // Largest log2(QP) with 128-bit classical security for a ternary secret (HE standard table;
 // 2^16 from the lattice-estimator tables that libraries publish). 0 for unsupported N.
 int max_modulus_bits_128(std::size_t poly_degree);

@@ -1,0 +1,156 @@
+"""Security hardening: randomness independent across fork(), and no file can lower the
+security level."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+_core = pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
+
+from fheprune.models.zoo import MLPClassifier  # noqa: E402
+from fheprune.runtime import Client, ClientSpec, Server, compile_model  # noqa: E402
+from fheprune.runtime.compiler import CompiledModel  # noqa: E402
+
+
+def toy_compiled() -> CompiledModel:
+    """A float64 MLP 20 -> 12 (square) -> 5 in the tile layout at N = 1024 (insecure)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
+    parameters = _core.Parameters(1024, [50] + [40] * 4, [50], 40, insecure_for_testing=True)
+    return compile_model(model.double().eval(), parameters=parameters, layout="tile", tile=(4, 4))
+
+
+def in_child(work: object) -> bytes:
+    """Runs ``work()`` (returning bytes) in a forked child and returns what it produced."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        status = 1
+        try:
+            os.close(read_fd)
+            data = work()  # type: ignore[operator]
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as src:
+        data = src.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return data
+
+
+# ---- Randomness across fork() ---------------------------------------------------------------
+
+
+def test_forked_processes_encrypt_with_independent_masks() -> None:
+    client = Client(ClientSpec.from_compiled(toy_compiled()))
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 20))
+    client.encrypt(x)  # the generator is in use before the fork
+
+    def encrypt() -> bytes:
+        return bytes(_core.save(client.context, client.encrypt(x)[0]))
+
+    child = in_child(encrypt)
+    parent = encrypt()
+    assert len(child) == len(parent)
+    assert child != parent
+    # Both still decrypt to the same slots.
+    def slots(data: bytes) -> np.ndarray:
+        ct = _core.load_ciphertext(client.context, data)
+        return np.asarray(client._encoder.decode(client._decryptor.decrypt(ct)))
+
+    np.testing.assert_allclose(slots(child), slots(parent), atol=1e-6)
+
+
+def test_forked_processes_generate_different_keys() -> None:
+    client = Client(ClientSpec.from_compiled(toy_compiled()))
+    client.evaluation_keys_bytes()
+    child = in_child(client.evaluation_keys_bytes)
+    parent = client.evaluation_keys_bytes()
+    assert len(child) == len(parent)
+    assert child != parent
+
+
+# ---- The security level is the loader's decision, never a file's ----------------------------
+
+
+@pytest.mark.usefixtures("refuse_insecure_files")
+def test_no_file_can_switch_off_the_security_check() -> None:
+    assert not _core.insecure_parameter_files_allowed()
+    compiled = toy_compiled()  # built in code: a local decision, allowed
+    program_bytes = compiled.program.save()
+    with pytest.raises(_core.InsecureParametersError, match="cannot lower the security level"):
+        _core.Program.load(program_bytes)
+    with pytest.raises(_core.InsecureParametersError):
+        Server(program_bytes, b"")
+    with pytest.raises(_core.InsecureParametersError):
+        _core.Parameters.from_bytes(compiled.program.parameters.to_bytes())
+
+
+def test_a_rewritten_client_spec_cannot_lower_the_security_level() -> None:
+    # A genuine spec at 128-bit parameters, rewritten by whoever carried it to N = 1024 with
+    # the check switched off (the envelope's checksum is unkeyed, so anyone can re-seal it).
+    secure = _core.Parameters(8192, [53, 33, 33, 33], [53], 33)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
+    spec = ClientSpec.from_compiled(
+        compile_model(model.double().eval(), parameters=secure, layout="tile", tile=(8, 8))
+    )
+    toy = toy_compiled().program.parameters
+    text = spec.to_json().replace(secure.to_bytes().hex(), toy.to_bytes().hex())
+    assert text != spec.to_json()
+    _core.allow_insecure_parameter_files(False)
+    try:
+        with pytest.raises(_core.InsecureParametersError):
+            ClientSpec.from_json(text)
+        assert ClientSpec.from_json(spec.to_json()).parameters.poly_degree == 8192
+    finally:
+        _core.allow_insecure_parameter_files(True)
+
+
+def test_run_with_missing_inputs_is_an_error_not_a_crash() -> None:
+    compiled = toy_compiled()
+    client = Client(ClientSpec.from_compiled(compiled))
+    server = Server(compiled.program.save(), client.evaluation_keys_bytes())
+    with pytest.raises((TypeError, _core.FheError)):
+        server.run(None)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, _core.FheError)):
+        server.run([None])
+
+
+# ---- Resources and object state --------------------------------------------------------------
+
+
+def test_absurd_thread_counts_are_refused_not_a_hang() -> None:
+    params = _core.Parameters(1024, [50, 40], [50], 40, insecure_for_testing=True)
+    with pytest.raises(_core.ParameterError, match="hardware threads"):
+        _core.Context(params, 1_000_000)
+    ctx = _core.Context(params, 2)
+    with pytest.raises(_core.ParameterError):
+        ctx.set_threads(10**9)
+    assert ctx.threads == 2
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_ciphertext_scale_cannot_be_set_to_garbage(bad: float) -> None:
+    params = _core.Parameters(1024, [50, 40], [50], 40, insecure_for_testing=True)
+    ctx = _core.Context(params)
+    keygen = _core.KeyGenerator(ctx)
+    encoder = _core.Encoder(ctx)
+    ct = _core.Encryptor(ctx, keygen.secret_key).encrypt(encoder.encode(np.ones(4)))
+    scale = ct.scale
+    with pytest.raises(_core.ScaleError, match="positive finite"):
+        ct.scale = bad
+    assert ct.scale == scale  # unchanged
+    pt = encoder.encode(np.ones(4))
+    with pytest.raises(_core.ScaleError):
+        pt.scale = bad
