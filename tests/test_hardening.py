@@ -4,6 +4,8 @@ security level."""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +156,100 @@ def test_a_ciphertext_scale_cannot_be_set_to_garbage(bad: float) -> None:
     pt = encoder.encode(np.ones(4))
     with pytest.raises(_core.ScaleError):
         pt.scale = bad
+
+
+# ---- The CLI checks every argument before any work -------------------------------------------
+
+BAD_ARGUMENTS = [
+    (["run", "--tile", "3"], "powers of two"),
+    (["run", "--tile", "0"], "must be >= 1"),
+    (["run", "--threads", "1000000"], "engine threads on this machine"),
+    (["run", "--images", "many"], "whole number"),
+    (["run", "--scheme", "P9"], "unknown HE-PEx scheme"),
+    (["demo", "--threads", "0"], "must be >= 1"),
+    (["prune", "--budget", "-1", "--out", "x.npz"], "positive percentage"),
+    (["prune", "--budget", "0", "--out", "x.npz"], "positive percentage"),
+    (["prune", "--budget", "nan", "--out", "x.npz"], "finite"),
+    (["prune", "--fractions", "0.5", "1.5", "--out", "x.npz"], "fraction in (0, 1)"),
+    (["prune", "--input-fraction", "0", "--out", "x.npz"], "fraction in (0, 1)"),
+    (["prune", "--tile", "3x4", "--out", "x.npz"], "square tiles"),
+    (["prune", "--tile", "big", "--out", "x.npz"], "must look like"),
+    (["prune", "--scheme", "P5", "--out", "x.npz"], "unknown HE-PEx scheme"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS)
+def test_cli_refuses_bad_arguments_at_once(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fheprune.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_unwritable_outputs_before_any_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fheprune.cli import EXIT_DATA, main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    start = time.perf_counter()
+    assert main(["run", "--out", str(blocker / "report.json")]) == EXIT_DATA
+    assert main(["demo", "--out", str(tmp_path)]) == EXIT_DATA  # a folder, not a file
+    assert main(["prune", "--out", str(tmp_path / "x.npz"), "--work-dir", str(blocker)]) == (
+        EXIT_DATA
+    )
+    assert main(["prune", "--fractions", "0.9", "0.5", "--out", str(tmp_path / "y")]) == (
+        EXIT_DATA
+    )
+    assert time.perf_counter() - start < 5  # refused before any training or data loading
+    text = caplog.text
+    assert "--out" in text and "is a file, not a folder" in text
+    assert "is a folder, expected a file name" in text
+    assert "--work-dir" in text
+    assert "must increase strictly" in text
+
+
+# ---- One root exception ----------------------------------------------------------------------
+
+
+def test_every_package_exception_is_a_fheprune_error() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import fheprune
+    from fheprune.errors import FhepruneError
+
+    modules = [fheprune]
+    for info in pkgutil.walk_packages(fheprune.__path__, "fheprune."):
+        modules.append(importlib.import_module(info.name))
+    classes = {
+        cls
+        for module in modules
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, BaseException) and cls.__module__.startswith("fheprune")
+    }
+    assert _core.FheError in classes and _core.CompileError in classes
+    assert len(classes) >= 20
+    outside = sorted(c.__qualname__ for c in classes if not issubclass(c, FhepruneError))
+    assert outside == []
+    # The engine's errors keep their built-in base for existing handlers.
+    assert issubclass(_core.SerializationError, ValueError)
+
+
+def test_the_package_raises_no_bare_builtin_errors() -> None:
+    # Bad input is an InputError / InputTypeError (still a ValueError / TypeError), so that
+    # `except FhepruneError` catches every refusal.
+    root = Path(__file__).resolve().parent.parent / "src" / "fheprune"
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for path in root.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "raise ValueError(" in line or "raise TypeError(" in line
+    ]
+    assert offenders == []

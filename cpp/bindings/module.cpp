@@ -54,8 +54,10 @@ NB_MODULE(_core, m) {
   m.doc() = "fheprune CKKS engine (C++ core)";
   m.attr("__version__") = FHEPRUNE_VERSION;
 
-  // Errors: one Python class per C++ class, all under FheError (a ValueError: bad input).
-  auto fhe_error = nb::exception<FheError>(m, "FheError", PyExc_ValueError);
+  // Errors: one Python class per C++ class, all under FheError, which sits under the package's
+  // root: fheprune.errors.InputError (a FhepruneError and a ValueError: bad input).
+  const nb::object input_error = nb::module_::import_("fheprune.errors").attr("InputError");
+  auto fhe_error = nb::exception<FheError>(m, "FheError", input_error.ptr());
   auto parameter_error = nb::exception<ParameterError>(m, "ParameterError", fhe_error.ptr());
   nb::exception<InsecureParametersError>(m, "InsecureParametersError", parameter_error.ptr());
   nb::exception<LevelError>(m, "LevelError", fhe_error.ptr());
@@ -106,6 +108,8 @@ NB_MODULE(_core, m) {
                   [](const nb::bytes& b) { return Serializer::load_parameters(as_span(b)); });
 
   m.def("max_modulus_bits_128", &max_modulus_bits_128, "poly_degree"_a);
+  m.def("max_threads", &max_threads,
+        "The most engine threads a context may have on this machine (ParameterError above).");
 
   nb::class_<Context>(m, "Context")
       .def(

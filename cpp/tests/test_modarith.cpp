@@ -117,5 +117,15 @@ TEST(BaseConversion, ReconstructsSmallIntegersUpToAMultipleOfTheSource) {
   }
 }
 
+TEST(LiftSigned, SmallSignedIntegersBecomeResiduesWithoutBranching) {
+  for (const u64 q : {u64{3}, u64{65537}, (u64{1} << 60) - 93}) {
+    for (std::int64_t v = -40; v <= 40; ++v) {
+      if (static_cast<u64>(v < 0 ? -v : v) >= q) continue;
+      const u64 want = v < 0 ? q - static_cast<u64>(-v) : static_cast<u64>(v);
+      EXPECT_EQ(lift_signed(v, q), want) << v << " mod " << q;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fheprune::ckks

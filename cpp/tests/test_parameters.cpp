@@ -70,6 +70,20 @@ TEST(Context, GaloisElementsArePowersOfFive) {
   EXPECT_THROW(ctx->tables().galois_permutation(4), ParameterError);
 }
 
+TEST(Parameters, RingOf65536UsesTheMostConservativeBound) {
+  EXPECT_EQ(max_modulus_bits_128(65536), 1747);
+  Parameters p;
+  p.poly_degree = 65536;
+  p.special_bits = {60};
+  p.chain_bits.assign(28, 60);  // 28 * 60 + 60 = 1740 bits: within
+  p.chain_bits.push_back(27);  // 1767 bits: within the old bound (1772), above 1747
+  EXPECT_THROW(p.validate(), InsecureParametersError);
+  p.chain_bits.back() = 20;  // 1760 bits
+  EXPECT_THROW(p.validate(), InsecureParametersError);
+  p.chain_bits.pop_back();
+  EXPECT_NO_THROW(p.validate());
+}
+
 TEST(Context, ThreadCountsAreBoundedByTheMachine) {
   // One OS thread per requested thread: a huge count is refused by name, not a hang.
   try {

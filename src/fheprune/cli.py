@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,11 +34,124 @@ EXIT_NO_ENGINE = 3
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+# Every argument is checked here, before any work starts: a bad value must not cost minutes of
+# training before it fails.
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _power_of_two(text: str) -> int:
+    value = _positive(text)
+    if value & (value - 1):
+        below = 1 << (value.bit_length() - 1)
+        raise argparse.ArgumentTypeError(
+            f"tile sides must be powers of two (they divide the slot count), got {value}; "
+            f"try {below} or {2 * below}"
+        )
+    return value
+
+
+def _threads(text: str) -> int:
+    value = _positive(text)
+    try:
+        from fheprune import _core
+    except ImportError:  # reported by the command itself
+        return value
+    most = int(_core.max_threads())
+    if value > most:
+        raise argparse.ArgumentTypeError(
+            f"at most {most} engine threads on this machine (usually one per core), got {value}"
+        )
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive percentage, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {value}")
+    return value
+
+
+def _square_tile(text: str) -> str:
+    from fheprune.layouts import TileShape
+
+    try:
+        tile = TileShape.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if tile.t1 != tile.t2 or tile.t1 < 1:
+        raise argparse.ArgumentTypeError(f"the sweep uses square tiles (t1 = t2 >= 1), got {text}")
+    return text
+
+
+def _scheme(text: str) -> str:
+    from fheprune.pruning.schemes import SCHEME_NAMES  # lazy: torch is only needed here
+
+    name = text.upper()
+    if name not in SCHEME_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown HE-PEx scheme {text!r}; choose one of {', '.join(SCHEME_NAMES)}"
+        )
+    return name
+
+
+def _unwritable(path: Path | None) -> str | None:
+    """Why ``path`` cannot be written (None: it can), checked before any work."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"{path} is a folder, expected a file name"
+    parent = path.parent
+    ancestor = parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create {parent}: {ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot write into {ancestor}"
+    return None
+
+
+def _check_outputs(folders: Sequence[str] = (), **paths: Path | None) -> bool:
+    """Logs each output that cannot be written (as --name); True when all can. ``folders``
+    names the paths that are folders to create rather than files."""
+    ok = True
+    for name, path in paths.items():
+        # A folder is writable when a file inside it would be.
+        problem = _unwritable(path / "file" if name in folders and path else path)
+        if problem is not None:
+            LOG.error("--%s: %s", name.replace("_", "-"), problem)
+            ok = False
+    return ok
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data-dir", default=None, help=f"folder holding mnist/ (default ${DATA_ENV_VAR})"
     )
-    run.add_argument("--tile", type=_positive, default=8, help="square tile side (default 8)")
-    run.add_argument("--scheme", default="P4E", help="HE-PEx scheme (default P4E)")
+    run.add_argument(
+        "--tile", type=_power_of_two, default=8, help="square tile side, a power of two (default 8)"
+    )
+    run.add_argument("--scheme", type=_scheme, default="P4E", help="HE-PEx scheme (default P4E)")
     run.add_argument(
         "--target",
         default="neuron",
@@ -69,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--scope", default="global", choices=("local", "global"))
     run.add_argument("--images", type=_positive, default=1024, help="test images (default 1024)")
-    run.add_argument("--threads", type=_positive, default=1, help="engine threads (default 1)")
+    run.add_argument("--threads", type=_threads, default=1, help="engine threads (default 1)")
     run.add_argument("--retrain-epochs", type=_positive, default=2)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--work-dir", type=Path, default=Path("results/runtime"))
@@ -91,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"folder holding mnist/ (default: ${DATA_ENV_VAR}, else a shared/data folder nearby)",
     )
     demo.add_argument("--images", type=_positive, default=64, help="test images (default 64)")
-    demo.add_argument("--threads", type=_positive, default=1, help="engine threads (default 1)")
+    demo.add_argument("--threads", type=_threads, default=1, help="engine threads (default 1)")
     demo.add_argument("--seed", type=int, default=0, help="seed recorded in the report")
     demo.add_argument(
         "--no-seal", action="store_true", help="skip the SEAL comparison (needs tenseal)"
@@ -110,10 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--model", default="mlp", help="mlp, cnn, ae-compressor, ae-denoiser, lenet")
     prune.add_argument("--dataset", default="mnist", help="mnist, cifar10 or svhn")
-    prune.add_argument("--scheme", default="P4E", help="P2, P2T, P3, P3E, P4 or P4E")
-    prune.add_argument("--tile", default="16x16", help="tile shape t1xt2 (default 16x16)")
     prune.add_argument(
-        "--budget", type=float, default=2.5, help="max degradation in percent (default 2.5)"
+        "--scheme", type=_scheme, default="P4E", help="P2, P2T, P3, P3E, P4 or P4E"
+    )
+    prune.add_argument(
+        "--tile", type=_square_tile, default="16x16", help="tile shape t1xt2 (default 16x16)"
+    )
+    prune.add_argument(
+        "--budget", type=_percent, default=2.5, help="max degradation in percent (default 2.5)"
     )
     prune.add_argument("--scope", default="local", choices=("local", "global"))
     prune.add_argument(
@@ -126,14 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--reduction", default="avg", choices=("avg", "max", "min"))
     prune.add_argument(
         "--input-fraction",
-        type=float,
+        type=_fraction,
         default=None,
         help="neuron+input: fraction of input features pruned, ranked among themselves "
         "(default: ranked with the neurons)",
     )
     prune.add_argument(
         "--fractions",
-        type=float,
+        type=_fraction,
         nargs="+",
         default=[0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99],
         help="pruning fractions to try (increasing)",
@@ -150,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_main_job(args: argparse.Namespace) -> int:
+    if not _check_outputs(
+        ["work_dir"], out=args.out, plot=args.plot, work_dir=args.work_dir
+    ):
+        return EXIT_DATA
     from fheprune.runtime import CompileError
     from fheprune.runtime.pipeline import MainJobConfig, format_table, run_main_job
 
@@ -181,6 +305,8 @@ def _run_main_job(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if not _check_outputs(out=args.out):
+        return EXIT_DATA
     from fheprune.demo import DemoConfigError, run_engine_demo  # lazy: keeps --help instant
 
     try:
@@ -203,6 +329,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    if list(args.fractions) != sorted(set(args.fractions)):
+        LOG.error("--fractions must increase strictly, got %s", args.fractions)
+        return EXIT_DATA
+    if not _check_outputs(["work_dir"], out=args.out, work_dir=args.work_dir):
+        return EXIT_DATA
     from fheprune.experiments.hepex import (  # lazy: torch is only needed here
         Experiment,
         SchemeSpec,
@@ -212,14 +343,7 @@ def _run_prune(args: argparse.Namespace) -> int:
     )
     from fheprune.layouts import TileShape
 
-    try:
-        tile = TileShape.parse(args.tile)
-    except ValueError as exc:
-        LOG.error("bad --tile %r: %s", args.tile, exc)
-        return EXIT_DATA
-    if tile.t1 != tile.t2:
-        LOG.error("--tile: the sweep uses square tiles (t1 = t2); got %s", args.tile)
-        return EXIT_DATA
+    tile = TileShape.parse(args.tile)  # checked by the parser
     spec = SchemeSpec(
         args.scheme.upper(),
         args.scope,

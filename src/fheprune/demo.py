@@ -29,6 +29,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from fheprune.data import load_mnist, to_float
+from fheprune.errors import InputError
 from fheprune.reporting import machine_info, write_json_atomic
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ TIMING_NOTE = (
 )
 
 
-class DemoConfigError(ValueError):
+class DemoConfigError(InputError):
     """An argument of run_engine_demo is out of range (the CLI reports it as a usage error)."""
 
 
@@ -107,7 +108,7 @@ def pack_images(x: FloatArray, slots: int) -> FloatArray:
     """Place image ``b`` of ``x`` [k, 784] in slots ``[1024 b, 1024 b + 784)``, zeros elsewhere."""
     per_ct = slots // BLOCK
     if x.ndim != 2 or x.shape[1] != PIXELS or not 0 < len(x) <= per_ct:
-        raise ValueError(f"expected 1..{per_ct} images of {PIXELS} pixels, got shape {x.shape}")
+        raise InputError(f"expected 1..{per_ct} images of {PIXELS} pixels, got shape {x.shape}")
     out = np.zeros(slots, dtype=np.float64)
     for b, image in enumerate(x):
         out[b * BLOCK : b * BLOCK + PIXELS] = image

@@ -250,6 +250,8 @@ std::shared_ptr<const std::vector<std::uint32_t>> ContextTables::galois_permutat
   return perm;
 }
 
+std::size_t max_threads() { return ThreadPool::max_threads(); }
+
 ContextPtr make_context(const Parameters& params, std::size_t threads) {
   return std::make_shared<const Context>(params, threads);
 }

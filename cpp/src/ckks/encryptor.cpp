@@ -19,9 +19,7 @@ void check_params(const Context& ctx, const Fingerprint& fp, const char* what) {
 }
 
 // Signed small integers into [0, q).
-inline u64 lift(std::int64_t v, const Modulus& q) {
-  return v < 0 ? q.value() - static_cast<u64>(-v) : static_cast<u64>(v);
-}
+inline u64 lift(std::int64_t v, const Modulus& q) { return lift_signed(v, q.value()); }
 
 }  // namespace
 

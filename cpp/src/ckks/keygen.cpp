@@ -41,7 +41,7 @@ KeyGenerator::KeyGenerator(ContextPtr ctx)
   ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) {
     const Modulus& q = ctx_->tables().modulus(i);
     u64* out = secret_.data_.data() + i * n;
-    for (std::size_t k = 0; k < n; ++k) out[k] = s[k] < 0 ? q.value() - 1 : static_cast<u64>(s[k]);
+    for (std::size_t k = 0; k < n; ++k) out[k] = lift_signed(s[k], q.value());
     ctx_->tables().ntt(i).forward(out);
   });
   sodium_memzero(s.data(), s.size());
@@ -70,12 +70,12 @@ PublicKey KeyGenerator::create_public_key() {
     u64* b = pk.data_.poly(0, i);
     u64* a = pk.data_.poly(1, i);
     rng_->uniform_mod(q, a, n);
-    for (std::size_t k = 0; k < n; ++k) b[k] = e[k] < 0 ? q.value() - static_cast<u64>(-e[k])
-                                                        : static_cast<u64>(e[k]);
+    for (std::size_t k = 0; k < n; ++k) b[k] = lift_signed(e[k], q.value());
     ctx_->tables().ntt(i).forward(b);
     const u64* s = secret_.prime(i);
     for (std::size_t k = 0; k < n; ++k) b[k] = q.sub(b[k], q.mul(a[k], s[k]));
   }
+  sodium_memzero(e.data(), e.size() * sizeof(std::int64_t));  // the error would reveal s
   return pk;
 }
 
@@ -97,8 +97,7 @@ KeySwitchKey KeyGenerator::make_switch_key(const std::vector<u64>& source) {
       u64* b = key.data_.data() + ((d * 2 + 0) * primes + i) * n;
       u64* a = key.data_.data() + ((d * 2 + 1) * primes + i) * n;
       rng_->uniform_mod(q, a, n);
-      for (std::size_t k = 0; k < n; ++k) b[k] = e[k] < 0 ? q.value() - static_cast<u64>(-e[k])
-                                                          : static_cast<u64>(e[k]);
+      for (std::size_t k = 0; k < n; ++k) b[k] = lift_signed(e[k], q.value());
       ctx_->tables().ntt(i).forward(b);
       const u64* s = secret_.prime(i);
       for (std::size_t k = 0; k < n; ++k) b[k] = q.sub(b[k], q.mul(a[k], s[k]));

@@ -16,6 +16,15 @@ __extension__ using u128 = unsigned __int128;  // GCC/Clang builtin
 
 inline constexpr int kMaxPrimeBits = 60;
 
+// A small signed integer (a secret or error coefficient, |v| < q) as a residue in [0, q),
+// without a branch on its sign: the arithmetic shift gives all ones for a negative v, and
+// 2^64 + v + q wraps to q - |v|. Secret-derived values go through here so that the release
+// build does not branch on them.
+inline u64 lift_signed(std::int64_t v, u64 q) {
+  const u64 negative_mask = static_cast<u64>(v >> 63);
+  return static_cast<u64>(v) + (q & negative_mask);
+}
+
 // A prime modulus with its Barrett constant floor(2^128 / q) split in two words.
 class Modulus {
  public:

@@ -30,7 +30,7 @@ int max_modulus_bits_128(std::size_t poly_degree) {
     case 8192: return 218;
     case 16384: return 438;
     case 32768: return 881;
-    case 65536: return 1772;
+    case 65536: return 1747;  // the most conservative published bound (OpenFHE's table)
     default: return 0;
   }
 }

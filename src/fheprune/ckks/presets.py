@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fheprune._core import Parameters
+from fheprune.errors import UnknownNameError
 
 # name -> (N, chain bits with the decryption prime first, special primes, scale bits)
 _PRESETS: dict[str, tuple[int, list[int], list[int], int]] = {
@@ -18,5 +19,6 @@ def preset(name: str) -> Parameters:
     try:
         n, chain, special, scale = _PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; known: {', '.join(sorted(_PRESETS))}") from None
+        known = ", ".join(sorted(_PRESETS))
+        raise UnknownNameError(f"unknown preset {name!r}; known: {known}") from None
     return Parameters(poly_degree=n, chain_bits=chain, special_bits=special, scale_bits=scale)

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from fheprune.errors import InputError
+
 from .dataset import Dataset
 from .errors import CorruptDatasetError, DatasetNotFoundError
 from .integrity import KnownFile, check_file
@@ -268,7 +270,7 @@ def load_cifar10(
     so ``verify=True`` needs the archive.
     """
     if split not in _BATCHES:
-        raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     names = _BATCHES[split]
     root = resolve_data_dir(data_dir, expected=[f"{BATCH_DIR}/{names[0]}", ARCHIVE_NAME])
     source = _find_source(root, names, verify)

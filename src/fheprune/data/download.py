@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 from typing import Protocol
 
+from fheprune.errors import InputError
+
 from .errors import ChecksumMismatchError, DataError, DownloadError
 from .integrity import digest_file
 from .paths import StrPath
@@ -106,16 +108,16 @@ def download(
     """
     rel = PurePath(name)
     if not rel.parts or rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"name must be a relative path inside data_dir, got {name!r}")
+        raise InputError(f"name must be a relative path inside data_dir, got {name!r}")
     expected = sha256.lower()
     if not _SHA256.fullmatch(expected):
-        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+        raise InputError(f"sha256 must be 64 hex digits, got {sha256!r}")
     if not urls:
-        raise ValueError("at least one URL is required")
+        raise InputError("at least one URL is required")
     for url in urls:
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme not in _SCHEMES:
-            raise ValueError(f"unsupported URL scheme {scheme!r} in {url}; use {_SCHEMES}")
+            raise InputError(f"unsupported URL scheme {scheme!r} in {url}; use {_SCHEMES}")
 
     target = Path(data_dir) / rel
     if target.is_file():

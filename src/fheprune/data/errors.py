@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from fheprune.errors import FhepruneError
+
 __all__ = [
     "ChecksumMismatchError",
     "CorruptDatasetError",
@@ -21,7 +23,7 @@ __all__ = [
 _Reduced = tuple[type[Exception], tuple[object, ...]]
 
 
-class DataError(Exception):
+class DataError(FhepruneError):
     """Base class for every dataset problem (missing, corrupt, unverifiable, ...)."""
 
 

@@ -20,6 +20,8 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from fheprune.errors import InputError
+
 from .dataset import Dataset
 from .errors import CorruptDatasetError, DatasetNotFoundError
 from .integrity import KnownFile, check_file
@@ -204,7 +206,7 @@ def load_mnist(
     official name and size, ``True`` insists on official files, ``False`` skips hashing.
     """
     if split not in _STEMS:
-        raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"MNIST split must be 'train' or 'test', got {split!r}")
     stems = _STEMS[split]
     root = resolve_data_dir(data_dir, expected=[f"mnist/{s}.gz" for s in stems])
     images_path, labels_path = _locate(root, split)

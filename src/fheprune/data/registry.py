@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fheprune.errors import InputError
+
 from .cifar import load_cifar10
 from .dataset import Dataset
 from .mnist import load_mnist
@@ -27,6 +29,6 @@ def load_dataset(
     """Load split ``split`` of dataset ``name`` (case-insensitive, e.g. "MNIST")."""
     loader: Callable[..., Any] | None = DATASETS.get(name.lower())
     if loader is None:
-        raise ValueError(f"unknown dataset {name!r}; supported: {', '.join(sorted(DATASETS))}")
+        raise InputError(f"unknown dataset {name!r}; supported: {', '.join(sorted(DATASETS))}")
     dataset: Dataset = loader(data_dir, split=split, verify=verify)
     return dataset

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fheprune.errors import InputError
+
 from .dataset import Dataset
 from .errors import CorruptDatasetError, DataError, DatasetNotFoundError
 from .integrity import KnownFile, check_file
@@ -57,7 +59,7 @@ def load_svhn(
     mapped to 0, so files whose labels were already remapped load unchanged.
     """
     if split not in _SPLITS:
-        raise ValueError(f"SVHN split must be one of {', '.join(_SPLITS)}, got {split!r}")
+        raise InputError(f"SVHN split must be one of {', '.join(_SPLITS)}, got {split!r}")
     name = f"{split}_32x32.mat"
     root = resolve_data_dir(data_dir, expected=[f"svhn/{name}"])
     candidates = [root / sub / name for sub in _SUBDIRS]

@@ -70,6 +70,8 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
+from fheprune.errors import InputError
+
 __all__ = [
     "ChannelPacking",
     "LayoutError",
@@ -89,7 +91,7 @@ IntArray = NDArray[np.int64]
 UnitKind = Literal["position", "diagonal"]
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """A network or shape the multi-channel layout cannot hold (the message says what fits)."""
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
+from fheprune.errors import InputError, InputTypeError, UnknownNameError
+
 __all__ = [
     "PRUNABLE_TYPES",
     "layer_module",
@@ -36,7 +38,7 @@ def prunable_layer_names(model: nn.Module) -> list[str]:
         for name in names:
             layer_module(model, name)  # fail early on a stale or mistyped name
         if len(set(names)) != len(names):
-            raise ValueError(f"prunable_layers() lists a layer twice: {names}")
+            raise InputError(f"prunable_layers() lists a layer twice: {names}")
         return names
     return [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
@@ -46,9 +48,9 @@ def layer_module(model: nn.Module, name: str) -> nn.Linear | nn.Conv2d:
     try:
         module = model.get_submodule(name)
     except AttributeError as exc:
-        raise KeyError(f"model has no submodule {name!r}") from exc
+        raise UnknownNameError(f"model has no submodule {name!r}") from exc
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
-        raise TypeError(
+        raise InputTypeError(
             f"layer {name!r} is a {type(module).__name__}; only nn.Linear and nn.Conv2d are "
             "prunable"
         )

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fheprune.errors import InputError, InputTypeError
+
 from .layers import layer_weights
 
 __all__ = [
@@ -57,16 +59,16 @@ class TileShape:
             value = getattr(self, name)
             # bool is an int subclass; TileShape(True, 8) is a bug, not a 1x8 tile.
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"TileShape.{name} must be an int, got {type(value).__name__}")
+                raise InputTypeError(f"TileShape.{name} must be an int, got {type(value).__name__}")
             if value < 1:
-                raise ValueError(f"TileShape.{name} must be positive, got {value}")
+                raise InputError(f"TileShape.{name} must be positive, got {value}")
 
     @classmethod
     def parse(cls, text: str) -> TileShape:
         """Parse ``"16x16"`` / ``"4x8"`` (the notation used in reports and on the CLI)."""
         match = _SHAPE_TEXT.match(text)
         if match is None:
-            raise ValueError(f"tile shape must look like '16x16', got {text!r}")
+            raise InputError(f"tile shape must look like '16x16', got {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))
 
     @property
@@ -86,11 +88,11 @@ def _check_weight_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     """(P, R, C) for a weight shape; rejects shapes that have no matrix view."""
     dims = tuple(int(d) for d in shape)
     if len(dims) < 2:
-        raise ValueError(
+        raise InputError(
             f"a prunable weight has at least 2 dims ([out, in] or [out, in, kh, kw]), got {dims}"
         )
     if any(d < 0 for d in dims):
-        raise ValueError(f"negative dimension in weight shape {dims}")
+        raise InputError(f"negative dimension in weight shape {dims}")
     return math.prod(dims[2:]), dims[0], dims[1]
 
 
@@ -111,7 +113,7 @@ def from_matrices(matrices: Tensor, weight_shape: Sequence[int]) -> Tensor:
     dims = tuple(int(d) for d in weight_shape)
     p, r, c = _check_weight_shape(dims)
     if tuple(matrices.shape) != (p, r, c):
-        raise ValueError(
+        raise InputError(
             f"matrices of shape {tuple(matrices.shape)} do not fit weight shape {dims} "
             f"(expected {(p, r, c)})"
         )
@@ -165,7 +167,7 @@ def expand_tile_mask(tile_mask: Tensor, weight_shape: Sequence[int], shape: Tile
     """
     expected = grid_shape(weight_shape, shape)
     if tuple(tile_mask.shape) != expected:
-        raise ValueError(
+        raise InputError(
             f"tile mask of shape {tuple(tile_mask.shape)} does not match the {shape} tile grid "
             f"{expected} of a weight of shape {tuple(int(d) for d in weight_shape)}"
         )

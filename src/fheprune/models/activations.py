@@ -15,6 +15,8 @@ import torch
 from numpy.polynomial import polynomial as npoly
 from torch import nn
 
+from fheprune.errors import InputError
+
 __all__ = [
     "ACTIVATIONS",
     "PolyActivation",
@@ -64,7 +66,7 @@ def fit_tanh_poly2(low: float = -5.0, high: float = 5.0) -> tuple[float, float, 
     L2 fit). Returns ``(a, b, c)``; coefficients below 1e-9 in magnitude are set to exactly 0.
     """
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"need a finite interval low < high, got [{low}, {high}]")
+        raise InputError(f"need a finite interval low < high, got [{low}, {high}]")
     grid = np.linspace(low, high, 200_001)
     c, b, a = (float(v) for v in npoly.polyfit(grid, np.tanh(grid), 2))
     a, b, c = (0.0 if abs(v) < _FIT_NOISE else v for v in (a, b, c))
@@ -90,7 +92,7 @@ class TanhPoly2(PolyActivation):
     def __init__(self, bound: float = 5.0) -> None:
         super().__init__()
         if not (math.isfinite(bound) and bound > 0):
-            raise ValueError(f"bound must be a positive finite number, got {bound}")
+            raise InputError(f"bound must be a positive finite number, got {bound}")
         self.bound = float(bound)
         a, b, c = fit_tanh_poly2(-self.bound, self.bound)
         # A buffer, so the coefficients travel in state_dict to the HE compiler.
@@ -146,7 +148,7 @@ def make_activation(name: str) -> PolyActivation:
     """A fresh activation module by name: "square", "tanh2" or "poly" (case-insensitive)."""
     cls = ACTIVATIONS.get(name.lower())
     if cls is None:
-        raise ValueError(
+        raise InputError(
             f"unknown activation {name!r}; supported: {', '.join(sorted(ACTIVATIONS))}"
         )
     return cls()

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from fheprune.errors import InputError, InputTypeError
+
 from .activations import make_activation
 
 __all__ = [
@@ -103,7 +105,7 @@ def _fc_stack(
 ) -> OrderedDict[str, nn.Module]:
     """fc1, act1, fc2, act2, ..., fc{k+1}: activations between layers, none after the last."""
     if in_features < 1 or out_features < 1 or any(w < 1 for w in widths):
-        raise ValueError(
+        raise InputError(
             f"layer widths must be positive, got in={in_features}, hidden={tuple(widths)}, "
             f"out={out_features}"
         )
@@ -159,7 +161,7 @@ class AutoEncoder(HEModel):
         activation: str = "tanh2",
     ) -> None:
         if not hidden:
-            raise ValueError("an autoencoder needs at least one hidden layer")
+            raise InputError("an autoencoder needs at least one hidden layer")
         act = _activation_name(activation)
         super().__init__(_fc_stack(in_features, hidden, in_features, act), (in_features,))
         self.arch = {
@@ -199,9 +201,9 @@ class CNNClassifier(HEModel):
         pool: int = 2,
     ) -> None:
         if not channels:
-            raise ValueError("a CNN needs at least one convolution width in `channels`")
+            raise InputError("a CNN needs at least one convolution width in `channels`")
         if min(in_channels, image_size, kernel, classes, pool, *channels) < 1 or padding < 0:
-            raise ValueError("channels, sizes, kernel, classes and pool must be positive")
+            raise InputError("channels, sizes, kernel, classes and pool must be positive")
         act = _activation_name(activation)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         size, prev = image_size, in_channels
@@ -211,7 +213,7 @@ class CNNClassifier(HEModel):
             layers[f"pool{i}"] = nn.AvgPool2d(pool)
             size = _conv_out(size, kernel, padding) // pool
             if size < 1:
-                raise ValueError(
+                raise InputError(
                     f"image_size {image_size} is too small for {len(channels)} conv blocks "
                     f"(kernel {kernel}, padding {padding}, pool {pool})"
                 )
@@ -258,9 +260,9 @@ class LeNetLike(HEModel):
     ) -> None:
         c1, c2 = channels
         if min(in_channels, image_size, classes, c1, c2, hidden, kernel, conv2_groups) < 1:
-            raise ValueError("channels, sizes, kernel, classes and groups must be positive")
+            raise InputError("channels, sizes, kernel, classes and groups must be positive")
         if c1 % conv2_groups or c2 % conv2_groups:
-            raise ValueError(
+            raise InputError(
                 f"conv2_groups={conv2_groups} must divide both conv widths {c1} and {c2}"
             )
         act = _activation_name(activation)
@@ -268,7 +270,7 @@ class LeNetLike(HEModel):
         size = _conv_out(image_size, kernel, pad1) // 2
         size = _conv_out(size, kernel, 0)
         if size < 1:
-            raise ValueError(f"image_size {image_size} is too small for LeNetLike")
+            raise InputError(f"image_size {image_size} is too small for LeNetLike")
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             [
                 ("conv1", nn.Conv2d(in_channels, c1, kernel, padding=pad1)),
@@ -300,10 +302,10 @@ class LeNetLike(HEModel):
 
 def _check_groups(groups: int, widths: Sequence[int]) -> None:
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+        raise InputError(f"groups must be a positive integer, got {groups!r}")
     bad = [w for w in widths if w % groups]
     if bad:
-        raise ValueError(f"groups={groups} must divide every grouped conv width, not {bad}")
+        raise InputError(f"groups={groups} must divide every grouped conv width, not {bad}")
 
 
 def _conv_chain(
@@ -330,7 +332,7 @@ def _conv_chain(
             layers[f"pool{i}"] = nn.AvgPool2d(2)
             size //= 2
         if size < 1:
-            raise ValueError(f"image_size {image_size} is too small for {len(channels)} convs")
+            raise InputError(f"image_size {image_size} is too small for {len(channels)} convs")
         prev = width
     return layers, size
 
@@ -362,7 +364,7 @@ class HEFNet(HEModel):
     ) -> None:
         widths = tuple(int(c) for c in channels)
         if len(widths) != 4 or min(in_channels, image_size, classes, kernel, *widths) < 1:
-            raise ValueError("HEFNet takes four positive conv widths and positive sizes")
+            raise InputError("HEFNet takes four positive conv widths and positive sizes")
         _check_groups(groups, widths)
         act = _activation_name(activation)
         layers, size = _conv_chain(
@@ -415,9 +417,9 @@ class VGG5(HEModel):
         widths = tuple(int(c) for c in channels)
         fc = tuple(int(h) for h in hidden)
         if len(widths) != 3 or len(fc) != 2:
-            raise ValueError("VGG5 takes three conv widths and two hidden FC widths")
+            raise InputError("VGG5 takes three conv widths and two hidden FC widths")
         if min(in_channels, image_size, classes, kernel, *widths, *fc) < 1:
-            raise ValueError("channels, widths, sizes, kernel and classes must be positive")
+            raise InputError("channels, widths, sizes, kernel and classes must be positive")
         _check_groups(groups, widths)
         act = _activation_name(activation)
         layers, size = _conv_chain(
@@ -481,7 +483,7 @@ def normalize_dataset(dataset: str) -> str:
     key = dataset.lower()
     key = _DATASET_ALIASES.get(key, key)
     if key not in DATASET_SHAPES:
-        raise ValueError(
+        raise InputError(
             f"unknown dataset {dataset!r}; supported: {', '.join(sorted(DATASET_SHAPES))}"
         )
     return key
@@ -490,7 +492,7 @@ def normalize_dataset(dataset: str) -> str:
 def _normalize_model(name: str) -> str:
     key = name.lower()
     if key not in _MODEL_CLASSES:
-        raise ValueError(f"unknown model {name!r}; supported: {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; supported: {', '.join(MODEL_NAMES)}")
     return key
 
 
@@ -546,7 +548,7 @@ def build_model(
                 torch.manual_seed(seed)
                 model = cls(**kwargs)
     except TypeError as exc:  # unknown override: name what is accepted
-        raise TypeError(f"bad arguments for model {key!r}: {exc}") from exc
+        raise InputTypeError(f"bad arguments for model {key!r}: {exc}") from exc
     model.model_name = key
     model.dataset = ds
     return model

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import layer_module, layer_weights
 
 __all__ = [
@@ -102,7 +103,7 @@ class Target(str, Enum):
         return self is not Target.WEIGHT
 
 
-class MaskError(ValueError):
+class MaskError(InputError):
     """Masks that do not fit the weights (names, shapes, dtype) or that un-prune entries."""
 
 
@@ -305,9 +306,9 @@ def weight_sparsity(masks_or_model: Mapping[str, Tensor] | nn.Module) -> Sparsit
 def check_fraction(fraction: float) -> float:
     """A pruning fraction in [0, 1] (bools and NaN rejected)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-        raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
+        raise InputTypeError(f"fraction must be a number, got {type(fraction).__name__}")
     if not 0.0 <= float(fraction) <= 1.0:  # NaN fails this too
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise InputError(f"fraction must be in [0, 1], got {fraction}")
     return float(fraction)
 
 
@@ -316,7 +317,7 @@ def check_input_fraction(input_fraction: float | None, target: Target) -> float 
     if input_fraction is None:
         return None
     if target is not Target.NEURON_INPUT:
-        raise ValueError(
+        raise InputError(
             f"input_fraction applies to the 'neuron+input' target, not {target.value!r}"
         )
     return check_fraction(input_fraction)

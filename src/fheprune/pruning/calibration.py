@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from fheprune.errors import InputError
 from fheprune.layouts import layer_module, prunable_layer_names
 
 __all__ = ["input_rms", "observe_inputs"]
@@ -81,7 +82,7 @@ def input_rms(
     observe_inputs(model, names, batches, accumulate)
     missing = [name for name in names if counts[name] == 0]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"no calibration input reached layers {missing}: pass at least one non-empty batch "
             "of model inputs"
         )

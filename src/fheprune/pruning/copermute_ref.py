@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from fheprune.errors import InputError
+
 __all__ = ["copermute_rows_blocks", "count_nonzero_tiles_blocks", "group_occupancy"]
 
 BoolArray = NDArray[np.bool_]
@@ -34,9 +36,9 @@ _LLOYD_PATIENCE = 2
 
 def _check(blocks: Sequence[ArrayLike], tilings: Sequence[Tiling]) -> list[BoolArray]:
     if len(blocks) == 0:
-        raise ValueError("copermute_rows needs at least one block")
+        raise InputError("copermute_rows needs at least one block")
     if len(blocks) != len(tilings):
-        raise ValueError(
+        raise InputError(
             f"got {len(blocks)} blocks but {len(tilings)} tilings: give one "
             "(strip_rows, group_cols, segment_cols) per block"
         )
@@ -44,19 +46,19 @@ def _check(blocks: Sequence[ArrayLike], tilings: Sequence[Tiling]) -> list[BoolA
     rows = arrays[0].shape[0] if arrays[0].ndim == 2 else -1
     for i, (a, (strip, group, segment)) in enumerate(zip(arrays, tilings, strict=True)):
         if a.ndim != 2:
-            raise ValueError(f"block {i} must be 2-D, got shape {a.shape}")
+            raise InputError(f"block {i} must be 2-D, got shape {a.shape}")
         if a.shape[0] != rows:
-            raise ValueError(
+            raise InputError(
                 f"block {i} has {a.shape[0]} rows, but block 0 has {rows}: all blocks must "
                 "share the rows being permuted"
             )
         if a.shape[1] == 0:
-            raise ValueError(f"block {i} has no columns")
+            raise InputError(f"block {i} has no columns")
         if strip <= 0 or group <= 0:
-            raise ValueError(f"block {i}: tile dimensions must be positive, got {strip}, {group}")
+            raise InputError(f"block {i}: tile dimensions must be positive, got {strip}, {group}")
         seg = segment or a.shape[1]
         if a.shape[1] % seg:
-            raise ValueError(f"block {i}: segment_cols={seg} must divide its {a.shape[1]} columns")
+            raise InputError(f"block {i}: segment_cols={seg} must divide its {a.shape[1]} columns")
     return arrays
 
 
@@ -90,7 +92,7 @@ def count_nonzero_tiles_blocks(
     if row_perm is not None:
         perm = np.asarray(row_perm, dtype=np.int64)
         if sorted(perm.tolist()) != list(range(rows)):
-            raise ValueError(f"row_perm is not a permutation of 0..{rows - 1}")
+            raise InputError(f"row_perm is not a permutation of 0..{rows - 1}")
     nonzero = total = 0
     for a, (strip, group, segment) in zip(arrays, tilings, strict=True):
         occ = group_occupancy(a, group, segment)
@@ -304,7 +306,7 @@ def copermute_rows_blocks(
     levels = sorted(set(strips), reverse=True)
     for hi, lo in itertools.pairwise(levels):
         if hi % lo:
-            raise ValueError(
+            raise InputError(
                 f"strip heights {hi} and {lo} do not nest: each must divide the next larger one"
             )
     level_occ = [

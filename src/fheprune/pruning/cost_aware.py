@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import layer_module
 from fheprune.layouts.channels import ChannelPacking, plan_layout
 
@@ -243,7 +244,7 @@ def unit_scores(
     index = {name: i for i, (name, _) in enumerate(children)}
     x, y = (t.cpu() for t in calibration)
     if len(y) == 0:
-        raise ValueError("the calibration batch is empty; give a few hundred training samples")
+        raise InputError("the calibration batch is empty; give a few hundred training samples")
     acts = [x]
     for _, m in children:
         acts.append(m(acts[-1]))
@@ -259,7 +260,7 @@ def unit_scores(
     scores: dict[str, Tensor] = {}
     for name, u in units.items():
         if name not in index:
-            raise ValueError(f"layer {name!r} is not a direct child of the Sequential model")
+            raise InputError(f"layer {name!r} is not a direct child of the Sequential model")
         weight = layer_module(work, name).weight
         saved = weight.detach().clone()
         alive = alive_units(masks[name], u)
@@ -395,9 +396,9 @@ def cost_aware_prune(
     """
     budget = _check_budget(budget)
     if per_iteration < 1 or finetune_epochs < 0 or min_alive < 1:
-        raise ValueError("per_iteration and min_alive must be positive, finetune_epochs >= 0")
+        raise InputError("per_iteration and min_alive must be positive, finetune_epochs >= 0")
     if coarse_epochs is not None and coarse_epochs < 0:
-        raise ValueError(f"coarse_epochs must be >= 0, got {coarse_epochs}")
+        raise InputError(f"coarse_epochs must be >= 0, got {coarse_epochs}")
     shape = _input_shape(model, input_shape)
     units = model_units(model, slots=slots, input_shape=shape, layers="all")
     _, ct_prices = _savings(model, units, slots, shape, client_shifts)
@@ -522,7 +523,7 @@ def polish(result: RotationAwareResult, harness: Harness, epochs: int) -> Rotati
     steps fine-tune one epoch each); kept only if the harness' accuracy does not drop and
     the training did not diverge."""
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise InputError(f"epochs must be >= 0, got {epochs}")
     if epochs == 0:
         return result
     candidate, acc = _fine_tuned(harness, result.model, dict(result.masks), epochs)
@@ -564,9 +565,9 @@ def prune_in_rounds(
     not modified.
     """
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+        raise InputError(f"rounds must be >= 1, got {rounds}")
     if "masks" in prune_options:
-        raise TypeError("prune_in_rounds starts from the model's own zeros; pass no masks")
+        raise InputTypeError("prune_in_rounds starts from the model's own zeros; pass no masks")
     result: RotationAwareResult | None = None
     saved = None if load_round is None else load_round(1)
     for round_ in range(1, rounds + 1):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fheprune.errors import InputTypeError
 from fheprune.layouts import TileShape, expand_tile_mask, zero_tile_mask
 
 __all__ = ["expand_masks"]
@@ -27,7 +28,7 @@ def expand_masks(masks: Mapping[str, Tensor], tile_shape: TileShape) -> dict[str
     revived = 0
     for name, mask in masks.items():
         if mask.dtype != torch.bool:
-            raise TypeError(f"mask of {name!r} must be torch.bool, got {mask.dtype}")
+            raise InputTypeError(f"mask of {name!r} must be torch.bool, got {mask.dtype}")
         keep_tiles = ~zero_tile_mask(mask, tile_shape)
         out[name] = expand_tile_mask(keep_tiles, mask.shape, tile_shape).to(mask.device)
         revived += int((out[name] & ~mask).sum())

@@ -46,6 +46,8 @@ from collections.abc import Collection, Mapping
 import torch
 from torch import Tensor
 
+from fheprune.errors import InputError, InputTypeError
+
 from .base import (
     Criterion,
     PruningMethod,
@@ -82,12 +84,12 @@ class MagnitudePruning(PruningMethod):
         self.criterion = Criterion(criterion)
         self.target = Target(target)
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+            raise InputTypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.protected = None if protected is None else frozenset(protected)
         self.input_fraction = check_input_fraction(input_fraction, self.target)
         if self.criterion is Criterion.ACTIVATION and input_rms is None:
-            raise ValueError(
+            raise InputError(
                 "criterion 'act' scores |w| by the RMS of its input: pass input_rms (from "
                 "fheprune.pruning.calibration.input_rms on a few batches of training inputs)"
             )
@@ -137,7 +139,7 @@ class MagnitudePruning(PruningMethod):
                     magnitudes[first].t(), current[first].t(), generator
                 )
             elif self.input_fraction is not None:
-                raise ValueError(
+                raise InputError(
                     "input_fraction prunes the input features of a first Linear layer; this "
                     "model's first layer is not one (a conv's input channels are not pruned)"
                 )
@@ -170,7 +172,7 @@ class MagnitudePruning(PruningMethod):
         assert self.input_rms is not None  # checked in __init__
         rms = self.input_rms.get(name)
         if rms is None:
-            raise ValueError(
+            raise InputError(
                 f"criterion 'act' needs the input RMS of layer {name!r}; input_rms has "
                 f"{sorted(self.input_rms)}"
             )
@@ -178,7 +180,7 @@ class MagnitudePruning(PruningMethod):
         per_group = weight.shape[1]  # a grouped conv's weight holds C_in / groups inputs
         groups = rms.numel() // per_group if rms.numel() % per_group == 0 else 0
         if groups < 1 or weight.shape[0] % groups != 0 or (groups > 1 and weight.dim() != 4):
-            raise ValueError(
+            raise InputError(
                 f"input_rms[{name!r}] has {rms.numel()} entries, but the layer has "
                 f"{weight.shape[1]} inputs (features or channels); were the statistics taken "
                 "on another model?"

@@ -33,6 +33,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from fheprune.errors import InputError, InputTypeError, UnknownNameError
 from fheprune.layouts import TileShape, expand_tile_mask, tile_entry_counts, tile_nonzero_counts
 
 from .base import PruningMethod, Scope, complete_masks
@@ -46,9 +47,9 @@ DEFAULT_PACK_THRESHOLD = 0.938
 
 def _check_threshold(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+        raise InputTypeError(f"{what} must be a number, got {type(value).__name__}")
     if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{what} must be in [0, 1], got {value}")
+        raise InputError(f"{what} must be in [0, 1], got {value}")
     return float(value)
 
 
@@ -71,13 +72,13 @@ class PackPruning(PruningMethod):
         default_threshold: float = DEFAULT_PACK_THRESHOLD,
     ) -> None:
         if not isinstance(tile_shape, TileShape):
-            raise TypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
+            raise InputTypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
         self.tile_shape = tile_shape
         self.scope = Scope(scope)
         self.default_threshold = _check_threshold(default_threshold, "default_threshold")
         if isinstance(threshold, Mapping):
             if self.scope is Scope.GLOBAL:
-                raise ValueError(
+                raise InputError(
                     "per-layer thresholds need scope='local'; global scope means one threshold "
                     "for every tile"
                 )
@@ -110,7 +111,7 @@ class PackPruning(PruningMethod):
         if isinstance(self.threshold, dict):
             unknown = sorted(set(self.threshold) - set(weights))
             if unknown:
-                raise KeyError(f"pack thresholds for unknown layers {unknown}")
+                raise UnknownNameError(f"pack thresholds for unknown layers {unknown}")
         out: dict[str, Tensor] = {}
         for name, mask in current.items():
             threshold = self.threshold_for(name)

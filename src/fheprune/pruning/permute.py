@@ -66,6 +66,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from fheprune.errors import InputError
 from fheprune.layouts import TileShape, zero_tile_mask
 
 from . import copermute_ref
@@ -92,7 +93,7 @@ Backend = Literal["auto", "cpp", "numpy"]
 Layer = nn.Linear | nn.Conv2d
 
 
-class PermuteError(ValueError):
+class PermuteError(InputError):
     """The model or masks cannot be co-permuted as given (the message says why and what to do)."""
 
 
@@ -180,7 +181,7 @@ class PermutationResult:
 def kernel_backend(backend: Backend = "auto") -> tuple[str, _Kernel]:
     """The clustering kernel: the C++ one (``fheprune._core``) or the numpy reference."""
     if backend not in ("auto", "cpp", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'cpp' or 'numpy', got {backend!r}")
+        raise InputError(f"backend must be 'auto', 'cpp' or 'numpy', got {backend!r}")
     if backend != "numpy":
         try:
             from fheprune import _core
@@ -218,7 +219,7 @@ def _tile_dims(tile_shape: tuple[int, int] | _HasTileDims) -> tuple[int, int]:
         t1, t2 = tile_shape.t1, tile_shape.t2
     for name, value in (("t1", t1), ("t2", t2)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"tile {name} must be a positive int, got {value!r}")
+            raise InputError(f"tile {name} must be a positive int, got {value!r}")
     return t1, t2
 
 
@@ -656,7 +657,7 @@ def copermute_network(
     """
     t1, t2 = _tile_dims(tile_shape)
     if rounds < 0 or network_restarts < 0:
-        raise ValueError(
+        raise InputError(
             f"rounds and network_restarts must be >= 0, got {rounds}, {network_restarts}"
         )
     layers = _layers(model)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import layer_module, layer_weights, output_layer_names
 from fheprune.layouts.channels import (
     ChannelPacking,
@@ -197,7 +198,7 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
         plaintexts = _distinct_per_unit(dense, plaintext, uniq.shape[0])
         lkind = kind
     else:
-        raise TypeError(f"layer {name!r} ({type(m).__name__}) has no units")
+        raise InputTypeError(f"layer {name!r} ({type(m).__name__}) has no units")
     sizes = np.bincount(dense.ravel(), minlength=uniq.shape[0]).astype(np.int64)
     return LayerUnits(
         name=name,
@@ -213,7 +214,7 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
 def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, int, int]:
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     if shape is None or len(shape) != 3:
-        raise ValueError(
+        raise InputError(
             f"need the (C, H, W) input shape of the model (give input_shape), got {shape!r}"
         )
     c, h, w = (int(v) for v in shape)
@@ -232,9 +233,9 @@ def model_units(
     """Units of the model's conv layers (``kind``) and, with ``layers="all"``, its Linear layers
     (fc diagonals), from ``plan_layout(model, slots, input_shape)``; input order."""
     if layers not in ("conv", "all"):
-        raise ValueError(f'layers must be "conv" or "all", got {layers!r}')
+        raise InputError(f'layers must be "conv" or "all", got {layers!r}')
     if kind not in ("position", "diagonal"):
-        raise ValueError(f'kind must be "position" or "diagonal", got {kind!r}')
+        raise InputError(f'kind must be "position" or "diagonal", got {kind!r}')
     if plan is None:
         plan = plan_layout(model, slots, _input_shape(model, input_shape))
     out: dict[str, LayerUnits] = {}
@@ -266,7 +267,7 @@ def unit_norms(weight: Tensor, units: LayerUnits, norm: Norm = "l2") -> Tensor:
         return l2 / sizes
     if norm == "rms":
         return l2 / sizes.sqrt()
-    raise ValueError(f"unknown norm {norm!r}")
+    raise InputError(f"unknown norm {norm!r}")
 
 
 def alive_units(tensor: Tensor, units: LayerUnits) -> Tensor:
@@ -282,7 +283,7 @@ def alive_units(tensor: Tensor, units: LayerUnits) -> Tensor:
 def unit_mask(units: LayerUnits, alive: Tensor) -> Tensor:
     """Bool mask shaped like the weight: True exactly on the weights of alive units."""
     if alive.shape != (units.count,):
-        raise ValueError(f"alive must have shape ({units.count},), got {tuple(alive.shape)}")
+        raise InputError(f"alive must have shape ({units.count},), got {tuple(alive.shape)}")
     return alive.to(torch.bool).cpu()[units.ids]
 
 
@@ -358,7 +359,7 @@ def group_weights(units: LayerUnits, ptm_cost: float = PTM_COST) -> Tensor:
     (p = 0, r = 0, k = 0) in the penalty, at the low price of what they actually cost.
     """
     if not (math.isfinite(ptm_cost) and ptm_cost >= 0):
-        raise ValueError(f"ptm_cost must be a non-negative finite number, got {ptm_cost}")
+        raise InputError(f"ptm_cost must be a non-negative finite number, got {ptm_cost}")
     return units.rotations + ptm_cost * units.plaintexts.to(torch.float64)
 
 
@@ -445,7 +446,7 @@ class TrainerHarness:
     def evaluate(self, model: nn.Module) -> float:
         loader = self.loaders.val if self.split == "val" else self.loaders.test
         if loader is None:
-            raise ValueError(f"the loaders have no {self.split} split to evaluate on")
+            raise InputError(f"the loaders have no {self.split} split to evaluate on")
         return float(evaluate(model, loader, self.loaders.spec.task, device=self.device))
 
     def train(
@@ -521,7 +522,7 @@ def _groups_of(model: nn.Module) -> int:
 
 def _check_budget(budget: float) -> float:
     if not (math.isfinite(budget) and 0 <= budget <= 1):
-        raise ValueError(f"budget must be an accuracy drop in [0, 1], got {budget}")
+        raise InputError(f"budget must be an accuracy drop in [0, 1], got {budget}")
     return float(budget)
 
 
@@ -575,7 +576,7 @@ def _search_fraction(
     whose fine-tuned accuracy is within ``budget`` wins (accuracy assumed monotone), None if
     none is."""
     if steps < 1:
-        raise ValueError(f"search_steps must be positive, got {steps}")
+        raise InputError(f"search_steps must be positive, got {steps}")
     lo, hi = 0.0, check_fraction(high)
     best: tuple[float, nn.Module, Masks, float] | None = None
     for step in range(steps):
@@ -625,7 +626,7 @@ def subblock_prune(
     """
     budget = _check_budget(budget)
     if per_iteration < 1 or finetune_epochs < 0 or min_alive < 1:
-        raise ValueError("per_iteration and min_alive must be positive, finetune_epochs >= 0")
+        raise InputError("per_iteration and min_alive must be positive, finetune_epochs >= 0")
     units = model_units(model, slots=slots, input_shape=input_shape, layers=layers)
     current = copy.deepcopy(model)
     state = _start_masks(current, masks)
@@ -698,7 +699,7 @@ def in_group_mask(shape: Sequence[int], groups: int) -> Tensor:
     a ``groups``-grouped convolution keeps (output o reads input c iff same group)."""
     c_out, c_in = int(shape[0]), int(shape[1])
     if groups < 1 or c_out % groups or c_in % groups:
-        raise ValueError(f"{groups} groups do not divide {c_out} outputs and {c_in} inputs")
+        raise InputError(f"{groups} groups do not divide {c_out} outputs and {c_in} inputs")
     g_out = torch.arange(c_out) // (c_out // groups)
     g_in = torch.arange(c_in) // (c_in // groups)
     keep = g_out[:, None] == g_in[None, :]
@@ -720,7 +721,7 @@ def grouped_from_dense(dense: nn.Module, grouped: nn.Module) -> nn.Module:
     dst = grouped.state_dict()
     for key, value in dst.items():
         if key not in src:
-            raise ValueError(f"the dense model has no {key!r}")
+            raise InputError(f"the dense model has no {key!r}")
         source = src[key]
         owner = modules.get(key.rpartition(".")[0])
         if (
@@ -731,13 +732,13 @@ def grouped_from_dense(dense: nn.Module, grouped: nn.Module) -> nn.Module:
         ):
             c_out, c_in_g = int(value.shape[0]), int(value.shape[1])
             if source.shape[0] != c_out or source.shape[1] != c_in_g * owner.groups:
-                raise ValueError(f"{key}: dense {tuple(source.shape)} vs {tuple(value.shape)}")
+                raise InputError(f"{key}: dense {tuple(source.shape)} vs {tuple(value.shape)}")
             g = torch.arange(c_out) // (c_out // owner.groups)
             cols = g[:, None] * c_in_g + torch.arange(c_in_g)[None, :]
             index = cols[:, :, None, None].expand_as(value).to(source.device)
             value.copy_(torch.gather(source, 1, index))
         elif source.shape != value.shape:
-            raise ValueError(f"{key}: dense {tuple(source.shape)} vs {tuple(value.shape)}")
+            raise InputError(f"{key}: dense {tuple(source.shape)} vs {tuple(value.shape)}")
         else:
             value.copy_(source)
     return grouped
@@ -824,7 +825,7 @@ class GroupLasso:
         ptm_cost: float = PTM_COST,
     ) -> None:
         if not (math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a non-negative finite number, got {lam}")
+            raise InputError(f"lam must be a non-negative finite number, got {lam}")
         self.units = dict(units)
         self.lam = float(lam)
         self.weights = {
@@ -833,7 +834,7 @@ class GroupLasso:
         }
         for name, w in self.weights.items():
             if w.shape != (self.units[name].count,):
-                raise ValueError(f"group weights of {name!r} must have one entry per unit")
+                raise InputError(f"group weights of {name!r} must have one entry per unit")
 
     def penalty(self, model: nn.Module) -> Tensor:
         """``sum_g w_g ||theta_g||_2`` (without ``lam``), differentiable."""

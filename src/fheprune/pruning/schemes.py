@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from torch import Tensor, nn
 
+from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import (
     TileShape,
     TileStats,
@@ -139,7 +140,7 @@ class PruneConfig:
         object.__setattr__(self, "target", Target(self.target))
         object.__setattr__(self, "reduction", TileReduction(self.reduction))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+            raise InputTypeError(f"seed must be an int, got {type(self.seed).__name__}")
         fraction = check_input_fraction(self.input_fraction, self.target)
         object.__setattr__(self, "input_fraction", fraction)
 
@@ -153,7 +154,7 @@ class PruneConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown prune config keys {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown prune config keys {unknown}; known: {sorted(known)}")
         return cls(**dict(config))
 
     def label(self, *, tiled: bool = False) -> str:
@@ -266,10 +267,10 @@ class Scheme:
     def __init__(self, name: str, steps: Sequence[Step]) -> None:
         steps = tuple(steps)
         if not steps:
-            raise ValueError(f"scheme {name!r} has no steps")
+            raise InputError(f"scheme {name!r} has no steps")
         for step in steps:
             if not isinstance(step, (Prune, Permute, Expand, PrunePack, Retrain)):
-                raise TypeError(f"not a scheme step: {step!r}")
+                raise InputTypeError(f"not a scheme step: {step!r}")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "steps", steps)
 
@@ -317,10 +318,10 @@ def build_scheme(
     """
     key = name.upper()
     if key not in SCHEME_NAMES:
-        raise ValueError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEME_NAMES)}")
+        raise InputError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEME_NAMES)}")
     is_p4 = key in ("P4", "P4E")
     if permute is not None and not is_p4:
-        raise ValueError(
+        raise InputError(
             f"permute is only optional in P4/P4E; {key} "
             + ("always permutes" if key.startswith("P3") else "never permutes")
         )
@@ -328,7 +329,7 @@ def build_scheme(
         pack_threshold != DEFAULT_PACK_THRESHOLD or Scope(pack_scope) is not Scope.GLOBAL
     )
     if custom_pack and not is_p4:
-        raise ValueError(f"pack_threshold/pack_scope only apply to P4/P4E, not {key}")
+        raise InputError(f"pack_threshold/pack_scope only apply to P4/P4E, not {key}")
     pack = PrunePack(
         dict(pack_threshold) if isinstance(pack_threshold, Mapping) else float(pack_threshold),
         Scope(pack_scope),
@@ -341,7 +342,7 @@ def build_scheme(
     steps: list[Step] = [first]
     if retrain_after_prune:
         if not does_permute:
-            raise ValueError(f"retrain_after_prune needs a scheme that permutes, not {key}")
+            raise InputError(f"retrain_after_prune needs a scheme that permutes, not {key}")
         steps.append(Retrain())
     if does_permute:
         steps.append(Permute())
@@ -458,7 +459,7 @@ def run_scheme(
     activation-aware criterion; its statistics are taken once, before the first step.
     """
     if not isinstance(tile_shape, TileShape):
-        raise TypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
+        raise InputTypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
     config = (
         PruneConfig.from_mapping(prune_config)
         if isinstance(prune_config, Mapping)
@@ -466,12 +467,12 @@ def run_scheme(
     )
     for step in scheme.steps:
         if isinstance(step, Permute) and permute_fn is None:
-            raise ValueError(
+            raise InputError(
                 f"scheme {scheme.name} has a Permute step but no permute_fn was given (pass "
                 "one, or build P4/P4E with permute=False)"
             )
         if isinstance(step, Prune) and step.method is None and config is None:
-            raise ValueError(f"scheme {scheme.name} needs a prune_config for its Prune step")
+            raise InputError(f"scheme {scheme.name} needs a prune_config for its Prune step")
     calibrated = (
         config is not None
         and config.needs_calibration
@@ -481,12 +482,12 @@ def run_scheme(
         )
     )
     if calibrated and calibration is None:
-        raise ValueError(
+        raise InputError(
             "criterion 'act' needs calibration data: pass calibration= a few batches of "
             "training inputs"
         )
     if calibrated and any(isinstance(step, Permute) for step in _before_prune(scheme)):
-        raise ValueError(
+        raise InputError(
             "calibration statistics are taken before the first step; a Prune with criterion "
             "'act' after a Permute would read them in the wrong order"
         )

@@ -34,6 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from fheprune.errors import InputError, InputTypeError
 from fheprune.fileio import atomic_write
 from fheprune.layouts import TileShape, layer_module, layer_weights, prunable_layer_names
 
@@ -67,7 +68,7 @@ _MAX_META_BYTES = 64 * 1024 * 1024
 StrPath = str | os.PathLike[str]
 
 
-class PrunedModelFormatError(ValueError):
+class PrunedModelFormatError(InputError):
     """A pruned-model file is unreadable, of an unknown version, or does not match the model."""
 
 
@@ -119,7 +120,7 @@ def _json_default(obj: Any) -> Any:
     to_dict = getattr(obj, "to_dict", None)
     if callable(to_dict):
         return to_dict()
-    raise TypeError(f"cannot store a {type(obj).__name__} in pruned-model metadata")
+    raise InputTypeError(f"cannot store a {type(obj).__name__} in pruned-model metadata")
 
 
 def _digest(array: NDArray[Any]) -> str:
@@ -129,7 +130,7 @@ def _digest(array: NDArray[Any]) -> str:
 def _to_numpy(tensor: Tensor, what: str) -> NDArray[Any]:
     name = str(tensor.dtype).removeprefix("torch.")
     if name not in _DTYPES:  # e.g. bfloat16 has no numpy dtype
-        raise ValueError(f"{what}: dtype {name} cannot be stored (allowed: {sorted(_DTYPES)})")
+        raise InputError(f"{what}: dtype {name} cannot be stored (allowed: {sorted(_DTYPES)})")
     # copy(order="C"), not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
     return tensor.detach().cpu().numpy().copy(order="C")
 
@@ -165,7 +166,7 @@ def save_pruned_model(
     """
     target = Path(path)
     if not isinstance(model_name, str) or not model_name:
-        raise ValueError("model_name must be a non-empty string")
+        raise InputError("model_name must be a non-empty string")
     layers = prunable_layer_names(model)
     full = complete_masks(layer_weights(model, layers), masks)
     arrays: dict[str, NDArray[Any]] = {}
@@ -176,11 +177,11 @@ def save_pruned_model(
     for name, perm in (permutations or {}).items():
         values = np.asarray(perm.detach().cpu().numpy() if isinstance(perm, Tensor) else perm)
         if values.dtype.kind not in "iu":
-            raise ValueError(f"permutation {name!r} must hold integers, got {values.dtype}")
+            raise InputError(f"permutation {name!r} must hold integers, got {values.dtype}")
         values = values.astype(np.int64)
         problem = _permutation_problem(values)
         if problem is not None:
-            raise ValueError(f"permutation {name!r}: {problem}")
+            raise InputError(f"permutation {name!r}: {problem}")
         arrays[_PERM + str(name)] = values
     meta = {
         "format": FORMAT_NAME,
@@ -200,7 +201,7 @@ def save_pruned_model(
     try:
         text = json.dumps(meta, default=_json_default, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not storable as JSON: {exc}") from exc
+        raise InputError(f"metadata is not storable as JSON: {exc}") from exc
     arrays[_META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     atomic_write(target, lambda handle: np.savez_compressed(handle, allow_pickle=False, **arrays))
@@ -307,7 +308,7 @@ def _parse_metadata(path: Path, meta: Mapping[str, Any]) -> PrunedModelMetadata:
     if raw_tile is not None:
         try:
             if not isinstance(raw_tile, list) or len(raw_tile) != 2:
-                raise ValueError("expected [t1, t2]")
+                raise InputError("expected [t1, t2]")
             tile = TileShape(raw_tile[0], raw_tile[1])
         except (TypeError, ValueError) as exc:
             raise _fail(path, f"invalid tile_shape {raw_tile!r} ({exc})") from exc

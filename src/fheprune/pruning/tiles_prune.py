@@ -16,6 +16,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from fheprune.errors import InputTypeError
 from fheprune.layouts import (
     TileShape,
     expand_tile_mask,
@@ -61,7 +62,7 @@ class TilePruning(PruningMethod):
         scope: Scope | str = Scope.LOCAL,
     ) -> None:
         if not isinstance(tile_shape, TileShape):
-            raise TypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
+            raise InputTypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
         self.fraction = check_fraction(fraction)
         self.tile_shape = tile_shape
         self.reduction = TileReduction(reduction)

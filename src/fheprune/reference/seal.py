@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fheprune.errors import InputError
+
 try:
     import tenseal
     import tenseal.sealapi as sealapi
@@ -94,15 +96,15 @@ class SealParams:
 
     def __post_init__(self) -> None:
         if self.poly_degree < 2 or self.poly_degree & (self.poly_degree - 1):
-            raise ValueError(f"poly_degree must be a power of two, got {self.poly_degree}")
+            raise InputError(f"poly_degree must be a power of two, got {self.poly_degree}")
         if not self.chain_bits:
-            raise ValueError("chain_bits must hold at least one prime")
+            raise InputError("chain_bits must hold at least one prime")
         if len(self.special_bits) != 1:
-            raise ValueError(
+            raise InputError(
                 f"SEAL supports exactly one special prime, got special_bits={self.special_bits}"
             )
         if self.security not in _SECURITY:
-            raise ValueError(f"security must be one of {sorted(_SECURITY)}, got {self.security!r}")
+            raise InputError(f"security must be one of {sorted(_SECURITY)}, got {self.security!r}")
 
     @property
     def coeff_bits(self) -> list[int]:
@@ -148,7 +150,7 @@ class SealCKKS:
         parms.set_coeff_modulus(sealapi.CoeffModulus.Create(params.poly_degree, params.coeff_bits))
         self.context = sealapi.SEALContext(parms, True, _SECURITY[params.security])
         if not self.context.parameters_set():
-            raise ValueError(
+            raise InputError(
                 "SEAL rejected the parameters: "
                 f"{self.context.parameters_error_name()}: "
                 f"{self.context.parameters_error_message()} ({params})"
@@ -191,7 +193,7 @@ class SealCKKS:
         try:
             return self._parms_ids[level]
         except KeyError:
-            raise ValueError(f"level must be in [0, {self.max_level}], got {level}") from None
+            raise InputError(f"level must be in [0, {self.max_level}], got {level}") from None
 
     def level(self, obj: Ciphertext | Plaintext) -> int:
         """Data level (SEAL ``chain_index``) of a ciphertext or plaintext."""
@@ -237,13 +239,13 @@ class SealCKKS:
     def _galois(self, step: int | None) -> Any:
         galois = self.keys.galois
         if galois is None:
-            raise ValueError("no Galois keys: call create_galois_keys(steps) first")
+            raise InputError("no Galois keys: call create_galois_keys(steps) first")
         if step is not None and step % self.slots not in self.keys.galois_steps:
-            raise ValueError(
+            raise InputError(
                 f"no Galois key for rotation step {step}; have {self.keys.galois_steps}"
             )
         if step is None and not self.keys.conjugate:
-            raise ValueError(
+            raise InputError(
                 "no Galois key for conjugation; use create_galois_keys(..., conjugate=True)"
             )
         return galois
@@ -255,13 +257,13 @@ class SealCKKS:
         else:
             arr = np.asarray(values)
             if arr.ndim != 1:
-                raise ValueError(f"expected a 1-D vector, got shape {arr.shape}")
+                raise InputError(f"expected a 1-D vector, got shape {arr.shape}")
             if np.iscomplexobj(arr):
                 seq = arr.astype(np.complex128).tolist()
             else:
                 seq = arr.astype(np.float64).tolist()
         if len(seq) > self.slots:
-            raise ValueError(f"{len(seq)} values do not fit in {self.slots} slots")
+            raise InputError(f"{len(seq)} values do not fit in {self.slots} slots")
         return seq
 
     def encode(
@@ -386,7 +388,7 @@ class SealCKKS:
         """Overwrite ct's scale after rescale drift (refuses if that would be a real change)."""
         current = float(ct.scale)
         if abs(current - scale) > rel_tol * abs(scale):
-            raise ValueError(f"scale {current:.6g} is not within rel_tol of {scale:.6g}")
+            raise InputError(f"scale {current:.6g} is not within rel_tol of {scale:.6g}")
         ct.scale = float(scale)
 
     def rotate(self, ct: Ciphertext, step: int) -> Ciphertext:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fheprune import _core
+from fheprune.errors import InputError
 
 __all__ = ["ParameterChoice", "choose_parameters", "max_levels"]
 
@@ -50,7 +51,7 @@ def choose_parameters(
     bootstrapping-free inference), naming the levels needed and the most any ring gives.
     """
     if levels < 0:
-        raise ValueError(f"levels must be >= 0, got {levels}")
+        raise InputError(f"levels must be >= 0, got {levels}")
     scales = (scale_bits,) if scale_bits is not None else SCALE_BITS
     rings = (poly_degree,) if poly_degree is not None else RING_DEGREES
     notes = []

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fheprune.errors import InputError
 from fheprune.reporting import machine_info, write_json_atomic
 
 from .compiler import CompiledModel, compile_model
@@ -270,7 +271,7 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
         retrain_epochs=cfg.retrain_epochs,
     )
     if pm.experiment.task(cfg.model) != "classification":
-        raise ValueError(
+        raise InputError(
             f"the main job reports classification accuracy; {cfg.model!r} is not a classifier "
             "(benchmarks/runtime_pruned_vs_dense.py measures autoencoders)"
         )

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fheprune import _core
+from fheprune.errors import InputError, MissingFileError
 from fheprune.fileio import atomic_write
 
 from .compiler import CompiledModel, LinearStep
@@ -39,7 +40,7 @@ SPEC_FORMAT = "fheprune.client-spec"
 SPEC_VERSION = 1
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A client spec file that is unreadable, of another version, or inconsistent."""
 
 
@@ -395,7 +396,7 @@ class Server:
     def run_folder(self, inputs: str | os.PathLike[str], outputs: str | os.PathLike[str]) -> None:
         paths = sorted(Path(inputs).glob("*.ct"))
         if not paths:
-            raise FileNotFoundError(f"no .ct files in {inputs}")
+            raise MissingFileError(f"no .ct files in {inputs}")
         cts = []
         for path in paths:
             data = path.read_bytes()
@@ -426,7 +427,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def _load_cts(context: Any, folder: Path) -> list[Any | None]:
     paths = sorted(folder.glob("*.ct"))
     if not paths:
-        raise FileNotFoundError(f"no .ct files in {folder}")
+        raise MissingFileError(f"no .ct files in {folder}")
     out: list[Any | None] = []
     for path in paths:
         data = path.read_bytes()

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fheprune.errors import InputError, InputTypeError
+
 from ..fileio import atomic_write
 from ..models import zoo
 
@@ -38,7 +40,7 @@ _CLASSES: dict[str, type[zoo.HEModel]] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint or model file is unreadable, of the wrong kind, or does not fit."""
 
 
@@ -69,7 +71,7 @@ def save_model(
     """
     cls_name = type(model).__name__
     if cls_name not in _CLASSES:
-        raise TypeError(f"save_model handles zoo models only, got {cls_name}")
+        raise InputTypeError(f"save_model handles zoo models only, got {cls_name}")
     payload = {
         "format": MODEL_FORMAT,
         "version": _MODEL_VERSION,

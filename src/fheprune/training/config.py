@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fheprune.errors import InputError
+
 from ..models.zoo import MODEL_NAMES, normalize_dataset
 
 __all__ = ["OptimizerName", "SchedulerName", "TrainConfig", "default_config"]
@@ -88,7 +90,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
+            raise InputError(f"unknown TrainConfig fields: {', '.join(unknown)}")
         return cls(**data)
 
 
@@ -107,7 +109,7 @@ def default_config(model_name: str, dataset: str = "mnist") -> TrainConfig:
     """Published hyper-parameters for ``model_name`` on ``dataset`` (see the module doc)."""
     key, ds = model_name.lower(), normalize_dataset(dataset)
     if key not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {model_name!r}; supported: {', '.join(MODEL_NAMES)}")
     if key in ("lenet", "hefnet-mnist", "vgg5-mnist"):  # SpENCNN Sec. 4, all its models
         return TrainConfig(
             epochs=100,

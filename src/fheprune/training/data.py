@@ -26,6 +26,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 from torch.utils.data import Dataset as TorchDataset
 
+from fheprune.errors import InputError, InputTypeError
+
 from ..data import Dataset, load_dataset
 from ..models.zoo import MODEL_NAMES, Task, normalize_dataset
 from .config import TrainConfig
@@ -71,7 +73,7 @@ def data_spec(model_name: str) -> DataSpec:
     """The :class:`DataSpec` of a zoo model name ("mlp", "ae-denoiser", ...)."""
     spec = _SPECS.get(model_name.lower())
     if spec is None:
-        raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {model_name!r}; supported: {', '.join(MODEL_NAMES)}")
     return spec
 
 
@@ -84,7 +86,7 @@ class TensorPairs(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if len(inputs) != len(targets):
-            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+            raise InputError(f"{len(inputs)} inputs but {len(targets)} targets")
         self.inputs = inputs
         self.targets = targets
 
@@ -163,7 +165,7 @@ def make_tensors(
         return images, torch.from_numpy(ds.labels.copy())
     if spec.noisy:
         if noise_std <= 0:
-            raise ValueError("a denoiser needs noise_std > 0 (its inputs must be noisy)")
+            raise InputError("a denoiser needs noise_std > 0 (its inputs must be noisy)")
         return _noisy(images, noise_std, seed), images
     return images, images
 
@@ -201,7 +203,7 @@ def permute_loaders(
             return None
         data = loader.dataset
         if not isinstance(data, TensorPairs):
-            raise TypeError("permute_loaders needs loaders built by make_loaders")
+            raise InputTypeError("permute_loaders needs loaders built by make_loaders")
         inputs, targets = data.inputs, data.targets
         if in_idx is not None:
             inputs = inputs.index_select(1, in_idx)
@@ -225,7 +227,7 @@ def permute_loaders(
 
 def _check_limit(name: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        raise InputError(f"{name} must be a positive integer or None, got {value!r}")
 
 
 def make_loaders(
@@ -252,7 +254,7 @@ def make_loaders(
         order = order[:limit]
     n_val = math.floor(len(order) * config.val_fraction)
     if len(order) - n_val < 1:
-        raise ValueError(f"no training samples left ({len(order)} total, {n_val} held out)")
+        raise InputError(f"no training samples left ({len(order)} total, {n_val} held out)")
     kept = np.sort(order)
     if len(kept) < len(train):
         # Convert (and draw noise for) only the samples a quick run keeps.

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fheprune.errors import InputError
+
 from ..models.zoo import Task
 
 __all__ = [
@@ -34,7 +36,7 @@ DEFAULT_BUDGET = 0.025
 
 def _check_task(task: str) -> None:
     if task not in ("classification", "reconstruction"):
-        raise ValueError(f'task must be "classification" or "reconstruction", got {task!r}')
+        raise InputError(f'task must be "classification" or "reconstruction", got {task!r}')
 
 
 def higher_is_better(task: Task) -> bool:
@@ -53,7 +55,7 @@ def degradation(baseline: float, value: float, task: Task) -> float:
     if higher_is_better(task):
         return baseline - value
     if baseline <= 0:
-        raise ValueError(f"relative degradation needs a positive baseline loss, got {baseline}")
+        raise InputError(f"relative degradation needs a positive baseline loss, got {baseline}")
     return (value - baseline) / baseline
 
 
@@ -95,5 +97,5 @@ def evaluate(
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError("cannot evaluate on an empty loader")
+        raise InputError("cannot evaluate on an empty loader")
     return total / count

@@ -40,6 +40,8 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from tqdm import tqdm
 
+from fheprune.errors import FhepruneError, InputError
+
 from ..models.zoo import Task
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .config import TrainConfig
@@ -70,7 +72,7 @@ _CKPT_VERSION = 1
 Regularizer = Callable[[nn.Module], torch.Tensor]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(FhepruneError, RuntimeError):
     """The training loss became NaN or infinite (polynomial activations can blow up)."""
 
 
@@ -123,15 +125,15 @@ def check_masks(
         module = modules.get(name)
         if not isinstance(module, nn.Linear | nn.Conv2d):
             prunable = [n for n, m in modules.items() if isinstance(m, nn.Linear | nn.Conv2d)]
-            raise ValueError(
+            raise InputError(
                 f"mask for {name!r}: not a prunable layer of this model "
                 f"(prunable: {', '.join(prunable)})"
             )
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"mask for {name!r} must be a bool tensor, got {got}")
+            raise InputError(f"mask for {name!r} must be a bool tensor, got {got}")
         if tuple(mask.shape) != tuple(module.weight.shape):
-            raise ValueError(
+            raise InputError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, "
                 f"the layer's weight has {tuple(module.weight.shape)}"
             )
@@ -158,9 +160,9 @@ class Distillation:
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.weight <= 1.0):
-            raise ValueError(f"distillation weight must lie in [0, 1], got {self.weight}")
+            raise InputError(f"distillation weight must lie in [0, 1], got {self.weight}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise InputError(f"temperature must be positive, got {self.temperature}")
 
     def loss(
         self, task_loss: torch.Tensor, out: torch.Tensor, inputs: torch.Tensor
@@ -328,12 +330,12 @@ def train(
     """
     task: Task = loaders.spec.task
     if distill is not None and task != "classification":
-        raise ValueError("distillation is for classifiers; this task is " + repr(task))
+        raise InputError("distillation is for classifiers; this task is " + repr(task))
     model_task = getattr(model, "task", task)
     if model_task != task:
-        raise ValueError(f"model task is {model_task!r} but the loaders are for {task!r}")
+        raise InputError(f"model task is {model_task!r} but the loaders are for {task!r}")
     if stop_after_epochs is not None and stop_after_epochs < 1:
-        raise ValueError(f"stop_after_epochs must be positive, got {stop_after_epochs}")
+        raise InputError(f"stop_after_epochs must be positive, got {stop_after_epochs}")
     checked = check_masks(model, masks or {})
     model.to(device)
     if distill is not None:
@@ -356,7 +358,7 @@ def train(
 
     n_batches = len(loaders.train)
     if n_batches == 0:
-        raise ValueError("the training loader is empty")
+        raise InputError("the training loader is empty")
     show = progress and sys.stderr.isatty()
     for ran, epoch in enumerate(range(start, config.epochs)):
         if stop_after_epochs is not None and ran >= stop_after_epochs:

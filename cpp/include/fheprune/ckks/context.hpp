@@ -68,6 +68,10 @@ class Context {
 
 using ContextPtr = std::shared_ptr<const Context>;
 
+// The most engine threads a context may have on this machine (four per hardware thread, at
+// least 8).
+std::size_t max_threads();
+
 // Convenience: validate and build a shared context.
 ContextPtr make_context(const Parameters& params, std::size_t threads = 1);
 

@@ -31,4 +31,17 @@ struct LayerCost {
 // `input_level` (the top level of the parameters the program runs under).
 std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_level);
 
+// The largest input magnitude a program holds: CKKS wraps a value around its modulus, without
+// any error, once value * scale reaches half the modulus of its level; decryption then returns
+// garbage. Bounds |x| <= B through every layer (linear: max row sum of |W| times B plus the
+// largest |bias|; map layers: the sum of each term's largest |value|; square: B^2; window sum:
+// B times the window size) and returns the largest B for which every layer's output, times the
+// default scale, stays `margin_bits` below half the modulus of the level it sits at (primes are
+// taken at bits - 1, so the bound is conservative).
+struct InputRange {
+  double max_input = 0.0;      // the largest |x| the client may encrypt
+  std::string limiting_layer;  // the layer whose level runs out first ("input": the input)
+};
+InputRange input_range(const Program& program, std::size_t input_level, double margin_bits = 4.0);
+
 }  // namespace fheprune::runtime

@@ -1,0 +1,121 @@
+// input_range (cost.hpp): the largest input magnitude a program holds at its parameters.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "fheprune/runtime/cost.hpp"
+
+namespace fheprune::runtime {
+
+namespace {
+
+// y <= gain * x + offset for |x| <= x_max (or y = x^2 for a square).
+struct Transfer {
+  std::string name;
+  bool square = false;
+  double gain = 1.0;
+  double offset = 0.0;
+  std::size_t out_level = 0;
+};
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// Largest row sum of |W| for a dense [out][in] source.
+double row_sum_max(const std::vector<double>& w, std::size_t out, std::size_t in) {
+  double m = 0.0;
+  for (std::size_t r = 0; r < out; ++r) {
+    double s = 0.0;
+    for (std::size_t c = 0; c < in; ++c) s += std::abs(w[r * in + c]);
+    m = std::max(m, s);
+  }
+  return m;
+}
+
+Transfer transfer(const Layer& layer) {
+  Transfer t;
+  t.name = layer_name(layer);
+  if (const auto* l = std::get_if<TileLinear>(&layer)) {
+    t.gain = row_sum_max(l->weight, l->out_features, l->in_features);
+    t.offset = max_abs(l->bias_source);
+  } else if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
+    t.gain = row_sum_max(d->weight, d->out_features, d->in_features);
+    t.offset = max_abs(d->bias_source);
+  } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
+    std::vector<double> per_out(m->out_ciphertexts, 0.0);
+    for (const MapTerm& term : m->terms) per_out[term.out] += max_abs(term.values);
+    t.gain = per_out.empty() ? 0.0 : *std::max_element(per_out.begin(), per_out.end());
+    for (const auto& b : m->bias) t.offset = std::max(t.offset, max_abs(b));
+  } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
+    for (const auto& [count, stride] : r->windows) t.gain *= static_cast<double>(count);
+  } else {
+    t.square = true;  // Square
+  }
+  return t;
+}
+
+}  // namespace
+
+InputRange input_range(const Program& program, std::size_t input_level, double margin_bits) {
+  const ckks::Parameters& params = program.parameters();
+  // log2 of half the modulus at each level, primes taken at bits - 1 (an NTT prime of b bits
+  // lies in [2^(b-1), 2^b)).
+  std::vector<double> log2_half_q(params.chain_bits.size());
+  double acc = 0.0;
+  for (std::size_t l = 0; l < params.chain_bits.size(); ++l) {
+    acc += params.chain_bits[l] - 1;
+    log2_half_q[l] = acc - 1.0;
+  }
+  const double log2_scale = params.scale_bits;
+
+  const std::vector<LayerCost> costs = estimate_cost(program, input_level);
+  std::vector<Transfer> layers;
+  for (std::size_t i = 0; i < program.layers().size(); ++i) {
+    Transfer t = transfer(program.layers()[i]);
+    t.out_level = i + 1 < costs.size() ? costs[i + 1].level : input_level - program.levels();
+    layers.push_back(std::move(t));
+  }
+
+  // How far past its limit the worst point goes (in bits) for inputs up to 2^log2_x, and where.
+  auto excess = [&](double log2_x, std::string* where) {
+    double worst = log2_x + log2_scale + margin_bits - log2_half_q[input_level];
+    if (where) *where = "input";
+    double bound = std::exp2(log2_x);
+    for (const Transfer& t : layers) {
+      bound = t.square ? bound * bound : t.gain * bound + t.offset;
+      const double over = (bound > 0.0 ? std::log2(bound) : -1e9) + log2_scale + margin_bits -
+                          log2_half_q[t.out_level];
+      if (over > worst) {
+        worst = over;
+        if (where) *where = t.name;
+      }
+    }
+    return worst;
+  };
+
+  // Bisection on log2 |x|: the bounds grow with |x|, so the excess does too.
+  double lo = -64.0, hi = 256.0;
+  if (excess(lo, nullptr) > 0.0) {
+    std::string where;
+    excess(lo, &where);
+    throw CompileError("the program cannot hold any input at these parameters: layer '" + where +
+                       "' overflows its level even for inputs of 2^-64 (its bias alone is too "
+                       "large for the modulus); use a larger first prime or smaller weights");
+  }
+  for (int i = 0; i < 80; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (excess(mid, nullptr) > 0.0 ? hi : lo) = mid;
+  }
+  InputRange out;
+  out.max_input = std::exp2(lo);
+  excess(hi, &out.limiting_layer);
+  return out;
+}
+
+}  // namespace fheprune::runtime
