@@ -19,6 +19,7 @@
 
 #include "common.hpp"
 #include "fheprune/ckks/ckks.hpp"
+#include "fheprune/runtime/cost.hpp"
 #include "fheprune/runtime/program.hpp"
 #include "fheprune/runtime/server.hpp"
 
@@ -58,6 +59,20 @@ int encrypt(const rt::Program& program, const ck::ContextPtr& ctx, const fs::pat
                               std::to_string(program.in_features()));
     }
     flat.insert(flat.end(), r.begin(), r.end());
+  }
+  // Inputs beyond the program's range would wrap around the modulus and decrypt to garbage.
+  try {
+    const double bound = rt::input_range(program, program.parameters().chain_bits.size() - 1)
+                             .max_input;
+    for (double v : flat) {
+      if (!std::isfinite(v) || std::abs(v) > bound) {
+        throw ck::EncodingError("input " + std::to_string(v) + " is outside the range this "
+                                "program holds at its parameters (|x| <= " +
+                                std::to_string(bound) + ")");
+      }
+    }
+  } catch (const rt::CompileError&) {
+    // No range can be proven for this program (deep networks): inputs are not checked.
   }
   const auto slots = program.pack_inputs(flat, rows.size());
   ck::Encoder encoder(ctx);

@@ -4,6 +4,7 @@ security level."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def test_forked_processes_encrypt_with_independent_masks() -> None:
     parent = encrypt()
     assert len(child) == len(parent)
     assert child != parent
+
     # Both still decrypt to the same slots.
     def slots(data: bytes) -> np.ndarray:
         ct = _core.load_ciphertext(client.context, data)
@@ -203,9 +205,7 @@ def test_cli_refuses_unwritable_outputs_before_any_work(
     assert main(["prune", "--out", str(tmp_path / "x.npz"), "--work-dir", str(blocker)]) == (
         EXIT_DATA
     )
-    assert main(["prune", "--fractions", "0.9", "0.5", "--out", str(tmp_path / "y")]) == (
-        EXIT_DATA
-    )
+    assert main(["prune", "--fractions", "0.9", "0.5", "--out", str(tmp_path / "y")]) == (EXIT_DATA)
     assert time.perf_counter() - start < 5  # refused before any training or data loading
     text = caplog.text
     assert "--out" in text and "is a file, not a folder" in text
@@ -253,3 +253,112 @@ def test_the_package_raises_no_bare_builtin_errors() -> None:
         if "raise ValueError(" in line or "raise TypeError(" in line
     ]
     assert offenders == []
+
+
+# ---- Inputs the program cannot hold are refused, not decrypted to garbage --------------------
+
+
+def test_inputs_beyond_the_programs_range_are_refused() -> None:
+    compiled = toy_compiled()
+    spec = ClientSpec.from_compiled(compiled)
+    assert spec.max_input is not None and spec.max_input > 1.0
+    assert ClientSpec.from_json(spec.to_json()).max_input == spec.max_input
+    client = Client(spec)
+    server = Server(compiled.program.save(), client.evaluation_keys_bytes())
+    x = np.random.default_rng(2).uniform(-1.0, 1.0, (4, 20))
+
+    from fheprune.runtime import InputRangeError
+
+    with pytest.raises(InputRangeError, match=re.escape(f"{spec.max_input:.4g}")):
+        client.encrypt(x * 1e9)
+    # At the bound the encrypted result is still right.
+    edge = x / np.max(np.abs(x)) * spec.max_input
+    with torch.no_grad():
+        model = compiled_model_torch()
+        want = model(torch.from_numpy(edge)).numpy()
+    got = client.decrypt(server.run(client.encrypt(edge)), len(edge))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.max(np.abs(want)))
+
+
+def compiled_model_torch() -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
+    return model.double().eval()
+
+
+@pytest.mark.parametrize(
+    ("samples", "error"),
+    [
+        (np.zeros((2, 20), dtype=complex), "InputTypeError"),
+        (np.array([["a"] * 20]), "InputTypeError"),
+        (np.zeros((0, 20)), "InputError"),
+        (np.full((1, 20), np.nan), "InputError"),
+        (np.full((1, 20), np.inf), "InputError"),
+    ],
+)
+def test_unusable_inputs_are_refused(samples: np.ndarray, error: str) -> None:
+    from fheprune import errors
+
+    client = Client(ClientSpec.from_compiled(toy_compiled()))
+    with pytest.raises(getattr(errors, error)):
+        client.encrypt(samples)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0, "big", float("inf"), True])
+def test_a_client_spec_with_a_bad_input_range_is_refused(bad: object) -> None:
+    import json
+
+    from fheprune.runtime import SpecError
+
+    data = json.loads(ClientSpec.from_compiled(toy_compiled()).to_json())
+    data["max_input"] = bad
+    with pytest.raises(SpecError, match="max_input"):
+        ClientSpec.from_json(json.dumps(data))
+
+
+# ---- Files from another party are authenticated ----------------------------------------------
+
+
+def test_a_signed_client_spec_is_checked_against_the_owners_key() -> None:
+    from fheprune.errors import InputError
+    from fheprune.runtime import SigningKey
+
+    owner = SigningKey.generate()
+    text = ClientSpec.from_compiled(toy_compiled()).to_json()
+    signature = owner.sign(text.encode())
+    spec = ClientSpec.from_json(text, signature=signature, owner_key=owner.verify_key)
+    assert spec.in_features == 20
+
+    tampered = text.replace('"in_features": 20', '"in_features": 20 ')
+    assert tampered != text  # the same spec to a parser, another text to the signature
+    with pytest.raises(_core.MismatchError, match="changed after signing"):
+        ClientSpec.from_json(tampered, signature=signature, owner_key=owner.verify_key)
+    stranger = SigningKey.generate()
+    with pytest.raises(_core.MismatchError):
+        ClientSpec.from_json(
+            text, signature=stranger.sign(text.encode()), owner_key=owner.verify_key
+        )
+    with pytest.raises(_core.MismatchError, match="no signature"):
+        ClientSpec.from_json(text, owner_key=owner.verify_key)
+    with pytest.raises(InputError, match="needs the owner's key"):
+        ClientSpec.from_json(text, signature=signature)
+    # The key travels as hex and rebuilds from its private seed.
+    assert SigningKey.from_seed(owner.seed).verify_key == owner.verify_key
+    with pytest.raises(_core.MismatchError):
+        ClientSpec.from_json(text, signature=signature, owner_key="00" * 31)
+
+
+def test_a_signed_program_is_checked_by_the_server() -> None:
+    from fheprune.runtime import SigningKey
+
+    compiled = toy_compiled()
+    owner = SigningKey.generate()
+    program = bytes(compiled.program.save())
+    keys = Client(ClientSpec.from_compiled(compiled)).evaluation_keys_bytes()
+    signature = owner.sign(program)
+    Server(program, keys, signature=signature, owner_key=owner.verify_key)
+    changed = bytearray(program)
+    changed[len(changed) // 2] ^= 1
+    with pytest.raises(_core.MismatchError):
+        Server(bytes(changed), keys, signature=signature, owner_key=owner.verify_key)

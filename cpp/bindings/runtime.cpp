@@ -9,6 +9,8 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -20,6 +22,7 @@
 #include "fheprune/runtime/executor.hpp"
 #include "fheprune/runtime/program.hpp"
 #include "fheprune/runtime/server.hpp"
+#include "fheprune/runtime/signing.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -289,6 +292,19 @@ void bind_runtime(nb::module_& m) {
                    "BLAKE2b-256 of the program file (what a Server reports).")
       .def_static("load", [](const nb::bytes& b) { return rt::Program::load(as_span(b)); })
       .def(
+          "input_range",
+          [](const rt::Program& p, double margin_bits) {
+            const rt::InputRange r =
+                rt::input_range(p, p.parameters().chain_bits.size() - 1, margin_bits);
+            nb::dict d;
+            d["max_input"] = r.max_input;
+            d["limiting_layer"] = r.limiting_layer;
+            return d;
+          },
+          "margin_bits"_a = 1.0,
+          "The largest input magnitude the program holds at its parameters (inputs beyond it "
+          "wrap around a modulus and decrypt to garbage) and the layer that limits it.")
+      .def(
           "cost",
           [](const rt::Program& p, std::optional<std::size_t> input_level) {
             const std::size_t level = input_level.value_or(p.parameters().chain_bits.size() - 1);
@@ -384,6 +400,46 @@ void bind_runtime(nb::module_& m) {
           "save_ciphertext",
           [](const rt::Server& s, const ck::Ciphertext& c) { return to_bytes(s.save_ciphertext(c)); },
           "ciphertext"_a);
+  nb::class_<rt::SigningKey>(
+      m, "SigningKey",
+      "A model owner's Ed25519 signing key: signs program files and client specs so that the "
+      "server and the client can check where they come from (fheprune/runtime/signing.hpp).")
+      .def_static("generate", &rt::SigningKey::generate)
+      .def_static("from_seed",
+                  [](const nb::bytes& b) {
+                    if (b.size() != 32) {
+                      throw ck::MismatchError("a signing key seed is 32 bytes, got " +
+                                              std::to_string(b.size()));
+                    }
+                    std::array<std::uint8_t, 32> seed{};
+                    std::memcpy(seed.data(), b.c_str(), seed.size());
+                    return rt::SigningKey::from_seed(seed);
+                  })
+      .def_prop_ro("seed",
+                   [](const rt::SigningKey& k) {
+                     const auto seed = k.seed();
+                     return to_bytes(seed);
+                   },
+                   "The 32 secret bytes the key is rebuilt from; keep them private.")
+      .def_prop_ro("verify_key", [](const rt::SigningKey& k) { return k.verify_key().hex(); },
+                   "The public verification key (64 hex digits) to give the other parties.")
+      .def("sign", [](const rt::SigningKey& k, const nb::bytes& data) {
+        const auto sig = k.sign(as_span(data));
+        return to_bytes(sig);
+      }, "data"_a)
+      .def("__repr__", [](const rt::SigningKey& k) {
+        return "<SigningKey " + k.verify_key().hex().substr(0, 16) + "... (owner only)>";
+      });
+  m.def(
+      "verify_signature",
+      [](const nb::bytes& data, const nb::bytes& signature, const std::string& owner,
+         const std::string& what) {
+        rt::verify_signature(as_span(data), as_span(signature), rt::VerifyKey::from_hex(owner),
+                             what);
+      },
+      "data"_a, "signature"_a, "verify_key"_a, "what"_a = "file",
+      "MismatchError unless `signature` is the owner's signature of exactly `data`.");
+
   // The name earlier releases used for the same object.
   m.attr("EngineExecutor") = m.attr("Server");
 

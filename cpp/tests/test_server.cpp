@@ -221,6 +221,33 @@ TEST(Server, LoadsFromBytesAndRefusesOtherObjects) {
                ckks::MismatchError);
 }
 
+TEST(Server, ASignedProgramIsCheckedAgainstItsOwnersKey) {
+  ServerSetup s;
+  const ckks::Bytes program = s.program->save();
+  const ckks::Bytes keys = ckks::Serializer::save(*s.client.ctx, *s.keys);
+  const SigningKey owner = SigningKey::generate();
+  const Signature sig = owner.sign(program);
+  EXPECT_NO_THROW(Server::from_signed_bytes(program, sig, owner.verify_key(), keys));
+
+  ckks::Bytes changed = program;  // a file rewritten on the way (checksum re-sealed or not)
+  changed[changed.size() / 2] ^= 1;
+  EXPECT_THROW(Server::from_signed_bytes(changed, sig, owner.verify_key(), keys),
+               ckks::MismatchError);
+  const SigningKey other = SigningKey::generate();
+  EXPECT_THROW(Server::from_signed_bytes(program, other.sign(program), owner.verify_key(), keys),
+               ckks::MismatchError);
+  EXPECT_THROW(Server::from_signed_bytes(program, std::span<const std::uint8_t>(sig).first(10),
+                                         owner.verify_key(), keys),
+               ckks::MismatchError);
+
+  // Keys survive a round trip through their seed and hex forms.
+  const SigningKey again = SigningKey::from_seed(owner.seed());
+  EXPECT_EQ(again.verify_key(), owner.verify_key());
+  EXPECT_EQ(VerifyKey::from_hex(owner.verify_key().hex()), owner.verify_key());
+  EXPECT_THROW(VerifyKey::from_hex("xyz"), ckks::MismatchError);
+  EXPECT_THROW(VerifyKey::from_hex(std::string(64, 'g')), ckks::MismatchError);
+}
+
 TEST(Server, MissingFilesAreTypedErrors) {
   EXPECT_THROW(read_file("/nonexistent/fheprune/program.fhp"), ckks::SerializationError);
   EXPECT_THROW(Server::from_files("/nonexistent/a", "/nonexistent/b"), ckks::SerializationError);

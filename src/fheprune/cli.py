@@ -226,9 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--model", default="mlp", help="mlp, cnn, ae-compressor, ae-denoiser, lenet")
     prune.add_argument("--dataset", default="mnist", help="mnist, cifar10 or svhn")
-    prune.add_argument(
-        "--scheme", type=_scheme, default="P4E", help="P2, P2T, P3, P3E, P4 or P4E"
-    )
+    prune.add_argument("--scheme", type=_scheme, default="P4E", help="P2, P2T, P3, P3E, P4 or P4E")
     prune.add_argument(
         "--tile", type=_square_tile, default="16x16", help="tile shape t1xt2 (default 16x16)"
     )
@@ -270,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_main_job(args: argparse.Namespace) -> int:
-    if not _check_outputs(
-        ["work_dir"], out=args.out, plot=args.plot, work_dir=args.work_dir
-    ):
+    if not _check_outputs(["work_dir"], out=args.out, plot=args.plot, work_dir=args.work_dir):
         return EXIT_DATA
     from fheprune.runtime import CompileError
     from fheprune.runtime.pipeline import MainJobConfig, format_table, run_main_job

@@ -41,6 +41,7 @@ double row_sum_max(const std::vector<double>& w, std::size_t out, std::size_t in
 Transfer transfer(const Layer& layer) {
   Transfer t;
   t.name = layer_name(layer);
+  t.gain = 0.0;
   if (const auto* l = std::get_if<TileLinear>(&layer)) {
     t.gain = row_sum_max(l->weight, l->out_features, l->in_features);
     t.offset = max_abs(l->bias_source);
@@ -48,11 +49,27 @@ Transfer transfer(const Layer& layer) {
     t.gain = row_sum_max(d->weight, d->out_features, d->in_features);
     t.offset = max_abs(d->bias_source);
   } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
-    std::vector<double> per_out(m->out_ciphertexts, 0.0);
-    for (const MapTerm& term : m->terms) per_out[term.out] += max_abs(term.values);
-    t.gain = per_out.empty() ? 0.0 : *std::max_element(per_out.begin(), per_out.end());
+    // Per output ciphertext and slot, the sum of |d_t| over the terms that reach it: terms of
+    // different channels sit in different slots and must not be added up.
+    std::size_t period = 1;
+    for (const MapTerm& term : m->terms) period = std::max(period, term.period);
+    std::vector<std::vector<double>> reach(m->out_ciphertexts);
+    for (const MapTerm& term : m->terms) {
+      auto& acc = reach[term.out];
+      if (acc.empty()) acc.assign(period, 0.0);
+      // Periods are powers of two, so `period` is a multiple of every term's.
+      for (std::size_t k = 0; k < term.at.size(); ++k) {
+        for (std::size_t s = term.at[k]; s < period; s += term.period) {
+          acc[s] += std::abs(term.values[k]);
+        }
+      }
+    }
+    for (const auto& acc : reach) {
+      for (double v : acc) t.gain = std::max(t.gain, v);
+    }
     for (const auto& b : m->bias) t.offset = std::max(t.offset, max_abs(b));
   } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
+    t.gain = 1.0;
     for (const auto& [count, stride] : r->windows) t.gain *= static_cast<double>(count);
   } else {
     t.square = true;  // Square
@@ -104,9 +121,10 @@ InputRange input_range(const Program& program, std::size_t input_level, double m
   if (excess(lo, nullptr) > 0.0) {
     std::string where;
     excess(lo, &where);
-    throw CompileError("the program cannot hold any input at these parameters: layer '" + where +
-                       "' overflows its level even for inputs of 2^-64 (its bias alone is too "
-                       "large for the modulus); use a larger first prime or smaller weights");
+    throw CompileError("no input range can be proven for this program: even inputs of 2^-64 "
+                       "overflow layer '" + where + "', because its biases and activation "
+                       "constants, bounded for the worst signs through every layer before it, "
+                       "exceed its level's modulus (a larger first prime gives room)");
   }
   for (int i = 0; i < 80; ++i) {
     const double mid = 0.5 * (lo + hi);

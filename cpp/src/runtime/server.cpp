@@ -143,6 +143,14 @@ Server Server::from_bytes(std::span<const std::uint8_t> program,
   return Server(std::move(loaded), std::move(keys), options);
 }
 
+Server Server::from_signed_bytes(std::span<const std::uint8_t> program,
+                                 std::span<const std::uint8_t> signature, const VerifyKey& owner,
+                                 std::span<const std::uint8_t> evaluation_keys,
+                                 ServerOptions options) {
+  verify_signature(program, signature, owner, "program file");
+  return from_bytes(program, evaluation_keys, options);
+}
+
 Server Server::from_files(const std::filesystem::path& program,
                           const std::filesystem::path& evaluation_keys, ServerOptions options) {
   const ck::Bytes p = read_file(program);

@@ -8,11 +8,18 @@
 The C++ core (``fheprune._core``) holds the Program, the executor and the slot simulator.
 """
 
-from fheprune._core import CompileError, EngineExecutor, Program, SimulatedExecutor
+from fheprune._core import (
+    CompileError,
+    EngineExecutor,
+    Program,
+    SigningKey,
+    SimulatedExecutor,
+    verify_signature,
+)
 
 from .compiler import CompiledModel, compile_model, fold_activations, lower_model
 from .params import ParameterChoice, choose_parameters, max_levels
-from .roles import Client, ClientSpec, Server, SpecError
+from .roles import Client, ClientSpec, InputRangeError, Server, SpecError
 
 __all__ = [
     "Client",
@@ -20,9 +27,11 @@ __all__ = [
     "CompileError",
     "CompiledModel",
     "EngineExecutor",
+    "InputRangeError",
     "ParameterChoice",
     "Program",
     "Server",
+    "SigningKey",
     "SimulatedExecutor",
     "SpecError",
     "choose_parameters",
@@ -30,4 +39,5 @@ __all__ = [
     "fold_activations",
     "lower_model",
     "max_levels",
+    "verify_signature",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,18 +27,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fheprune import _core
-from fheprune.errors import InputError, MissingFileError
+from fheprune.errors import InputError, InputTypeError, MissingFileError
 from fheprune.fileio import atomic_write
 
 from .compiler import CompiledModel, LinearStep
 
-__all__ = ["Client", "ClientSpec", "Server", "SpecError"]
+__all__ = ["Client", "ClientSpec", "InputRangeError", "Server", "SpecError"]
 
 log = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
 SPEC_FORMAT = "fheprune.client-spec"
 SPEC_VERSION = 1
+
+
+class InputRangeError(InputError):
+    """Inputs larger than the program holds at its parameters (ClientSpec.max_input)."""
 
 
 class SpecError(InputError):
@@ -63,6 +68,9 @@ class ClientSpec:
     input_packing: dict[str, Any] | None = None
     output_ciphertexts: int = 0
     output_map: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # The largest |input| the program holds at its parameters (Program.input_range()); the
+    # client refuses larger inputs, which would decrypt to garbage. None: not checked.
+    max_input: float | None = None
 
     @classmethod
     def from_compiled(cls, compiled: CompiledModel) -> ClientSpec:
@@ -95,10 +103,13 @@ class ClientSpec:
             output_perm=None
             if compiled.output_perm is None
             else tuple(int(v) for v in compiled.output_perm),
+            max_input=_proven_input_bound(p),
         )
 
     def shape_program(self) -> Any:
         """A weightless program of the same shape: packs inputs and unpacks outputs."""
+        if self.layout not in LAYOUTS:
+            raise SpecError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
         if self.layout == "map":
             return self._map_shape_program()
         if self.layout == "tile":
@@ -165,11 +176,17 @@ class ClientSpec:
                 "rotation_steps": list(self.rotation_steps),
                 "input_perm": None if self.input_perm is None else list(self.input_perm),
                 "output_perm": None if self.output_perm is None else list(self.output_perm),
+                "max_input": self.max_input,
             }
         )
 
     @classmethod
-    def from_json(cls, text: str) -> ClientSpec:
+    def from_json(
+        cls, text: str, *, signature: bytes | None = None, owner_key: str | None = None
+    ) -> ClientSpec:
+        """Parse a spec; with the owner's verification key (hex), only if ``signature`` is the
+        owner's signature of exactly this text (UTF-8), e.g. ``owner.sign(text.encode())``."""
+        _check_signed(text.encode(), signature, owner_key, "client spec")
         try:
             d = json.loads(text)
             if not isinstance(d, dict):
@@ -204,8 +221,11 @@ class ClientSpec:
                 input_packing=_packing_field(d.get("input_packing")),
                 output_ciphertexts=_int_field(d.get("output_ciphertexts", 0), "output_ciphertexts"),
                 output_map=_output_map_field(d.get("output_map")),
+                max_input=_max_input_field(d.get("max_input")),
             )
-            spec.shape_program()  # validates the shape against the parameters
+            program = spec.shape_program()  # validates the shape against the parameters
+            _check_permutation(spec.input_perm, int(program.in_features), "input_perm")
+            _check_permutation(spec.output_perm, int(program.out_features), "output_perm")
         except (SpecError, _core.InsecureParametersError):
             raise  # a spec cannot switch the 128-bit check off: say so, not "corrupt"
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
@@ -222,6 +242,52 @@ def _packing_field(value: Any) -> dict[str, Any] | None:
     from fheprune.layouts.channels import ChannelPacking
 
     return ChannelPacking.from_dict(value).to_dict()  # validates every field
+
+
+LAYOUTS = ("tile", "diagonal", "map")
+
+
+def _check_signed(data: bytes, signature: bytes | None, owner_key: str | None, what: str) -> None:
+    """Checks the owner's signature when the caller has the owner's key (MismatchError)."""
+    if owner_key is None:
+        if signature is not None:
+            raise InputError(f"a signature for the {what} needs the owner's key to check it")
+        return
+    if signature is None:
+        raise _core.MismatchError(
+            f"the {what} must be signed by the owner's key {owner_key[:16]}..., got no signature"
+        )
+    _core.verify_signature(data, signature, owner_key, what)
+
+
+def _check_permutation(perm: tuple[int, ...] | None, size: int, what: str) -> None:
+    """A permutation of range(size): every index once (None: no permutation)."""
+    if perm is not None and sorted(perm) != list(range(size)):
+        raise SpecError(
+            f"{what} must be a permutation of 0..{size - 1} (each index once), got "
+            f"{len(perm)} entries" + ("" if len(perm) != size else " with repeats or gaps")
+        )
+
+
+def _proven_input_bound(program: Any) -> float | None:
+    """The program's input bound, or None (with a warning) where the interval analysis cannot
+    prove any input safe: it bounds every layer for the worst signs, so deep programs at small
+    moduli can fail it although their real inputs fit."""
+    try:
+        return float(program.input_range()["max_input"])
+    except _core.CompileError as exc:
+        log.warning("inputs will not be range-checked: %s", exc)
+        return None
+
+
+def _max_input_field(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"max_input must be a number or null, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise SpecError(f"max_input must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def _int_field(value: Any, what: str) -> int:
@@ -274,11 +340,12 @@ class Client:
         """
         if self.spec.layout == "map":
             return self._encrypt_images(samples)
-        x = np.ascontiguousarray(samples, dtype=np.float64)
+        x = np.ascontiguousarray(self._real(samples))
         if x.ndim != 2 or x.shape[1] != self.spec.in_features:
             raise _core.CompileError(
                 f"inputs must be [count, {self.spec.in_features}], got {list(x.shape)}"
             )
+        self._check_values(x)
         if self.spec.input_perm is not None:
             x = np.ascontiguousarray(x[:, list(self.spec.input_perm)])
         slots = self._program.pack_inputs(x)
@@ -286,9 +353,36 @@ class Client:
             self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots
         ]
 
+    @staticmethod
+    def _real(samples: Any) -> FloatArray:
+        """The samples as float64; complex or non-numeric arrays are refused."""
+        x = np.asarray(samples)
+        if np.iscomplexobj(x):
+            raise InputTypeError("inputs must be real numbers, got a complex array")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise InputTypeError(f"inputs must be a numeric array, got dtype {x.dtype}")
+        result: FloatArray = x.astype(np.float64, copy=False)
+        return result
+
+    def _check_values(self, x: FloatArray) -> None:
+        """Non-empty, finite, and within the program's input range (ClientSpec.max_input)."""
+        if x.size == 0:
+            raise InputError(f"inputs are empty (shape {list(x.shape)}); give at least one sample")
+        if not np.all(np.isfinite(x)):
+            raise InputError("inputs hold NaN or infinite values")
+        bound = self.spec.max_input
+        peak = float(np.max(np.abs(x)))
+        if bound is not None and peak > bound:
+            raise InputRangeError(
+                f"inputs reach |x| = {peak:.4g}, but this program holds inputs up to {bound:.4g} "
+                "at its parameters (beyond it a value wraps around the ciphertext modulus and "
+                "decrypts to garbage); scale the inputs down, or compile with a larger first "
+                "prime"
+            )
+
     def _encrypt_images(self, samples: FloatArray) -> list[Any]:
         packing = self.spec.packing()
-        x = np.asarray(samples, dtype=np.float64)
+        x = self._real(samples)
         per_image = packing.channels * packing.height * packing.width
         image = (packing.channels, packing.height, packing.width)
         if (
@@ -301,6 +395,7 @@ class Client:
                 f"inputs must be images [count, {packing.channels}, {packing.height}, "
                 f"{packing.width}] (or [count, {per_image}]), count >= 1, got {list(x.shape)}"
             )
+        self._check_values(x)
         images = x.reshape(-1, packing.channels, packing.height, packing.width)
         rows = packing.pack(images).reshape(images.shape[0], -1)
         slots = self._program.pack_inputs(np.ascontiguousarray(rows))
@@ -344,7 +439,12 @@ class Server:
         *,
         threads: int = 1,
         encode_on_demand: bool = False,
+        signature: bytes | None = None,
+        owner_key: str | None = None,
     ):
+        # A program file from another party: with the owner's verification key, the server runs
+        # it only if `signature` is the owner's signature of exactly these bytes.
+        _check_signed(program_bytes, signature, owner_key, "program file")
         # The C++ server (fheprune/runtime/server.hpp) does every check: the bundle is an
         # evaluation-key bundle made under the program's parameters by one client, with every
         # rotation key the program uses; each run checks its inputs.
@@ -393,6 +493,10 @@ class Server:
         self.last_stats = stats
         return list(outputs)
 
+    def load_ciphertext(self, data: bytes) -> Any:
+        """A client's serialized input ciphertext, checked like a run input."""
+        return self._server.load_ciphertext(data)
+
     def run_folder(self, inputs: str | os.PathLike[str], outputs: str | os.PathLike[str]) -> None:
         paths = sorted(Path(inputs).glob("*.ct"))
         if not paths:
@@ -402,7 +506,7 @@ class Server:
             data = path.read_bytes()
             if not data:
                 raise _core.SerializationError(f"input ciphertext file {path} is empty")
-            cts.append(self._server.load_ciphertext(data))
+            cts.append(self.load_ciphertext(data))
         _save_cts(self.context, self.run(cts), Path(outputs))
 
 

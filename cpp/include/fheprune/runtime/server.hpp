@@ -31,6 +31,7 @@
 #include "fheprune/ckks/types.hpp"
 #include "fheprune/runtime/executor.hpp"
 #include "fheprune/runtime/program.hpp"
+#include "fheprune/runtime/signing.hpp"
 
 namespace fheprune::runtime {
 
@@ -57,6 +58,13 @@ class Server {
   static Server from_bytes(std::span<const std::uint8_t> program,
                            std::span<const std::uint8_t> evaluation_keys,
                            ServerOptions options = {});
+  // The same for a program file that comes from another party: first checks that `signature`
+  // is the model owner's Ed25519 signature of exactly these bytes (signing.hpp);
+  // ckks::MismatchError if not.
+  static Server from_signed_bytes(std::span<const std::uint8_t> program,
+                                  std::span<const std::uint8_t> signature, const VerifyKey& owner,
+                                  std::span<const std::uint8_t> evaluation_keys,
+                                  ServerOptions options = {});
   static Server from_files(const std::filesystem::path& program,
                            const std::filesystem::path& evaluation_keys,
                            ServerOptions options = {});
