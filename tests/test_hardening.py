@@ -362,3 +362,26 @@ def test_a_signed_program_is_checked_by_the_server() -> None:
     changed[len(changed) // 2] ^= 1
     with pytest.raises(_core.MismatchError):
         Server(bytes(changed), keys, signature=signature, owner_key=owner.verify_key)
+
+
+# ---- Decryptions that leave the client are flooded --------------------------------------------
+
+
+def test_decrypt_for_sharing_floods_each_output_at_a_known_precision_cost() -> None:
+    compiled = toy_compiled()
+    client = Client(ClientSpec.from_compiled(compiled))
+    server = Server(compiled.program.save(), client.evaluation_keys_bytes())
+    x = np.random.default_rng(4).uniform(-1.0, 1.0, (6, 20))
+    outputs = server.run(client.encrypt(x))
+    private = client.decrypt(outputs, len(x))
+    shared = client.decrypt_for_sharing(outputs, len(x), statistical_security=32)
+    reports = client.last_flooding
+    assert reports and all(
+        r["flooding_std"] == pytest.approx(2**16 * r["noise_std"]) for r in reports
+    )
+    sigma = max(r["flooding_std"] for r in reports)
+    difference = np.abs(shared - private)
+    assert np.all(difference < 8 * sigma)  # Gaussian: beyond 8 sigma is impossible in practice
+    assert np.max(difference) > 0.05 * sigma  # and it was added
+    with pytest.raises(_core.ParameterError):
+        client.decrypt_for_sharing(outputs, len(x), statistical_security=2)

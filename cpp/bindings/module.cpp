@@ -220,6 +220,34 @@ NB_MODULE(_core, m) {
         return to_numpy(std::move(out));
       });
 
+  nb::class_<NoiseFlooder>(
+      m, "NoiseFlooder",
+      "Decodes with Gaussian noise 2^(s/2) times the noise measured on the plaintext, for "
+      "decryptions that leave the client (fheprune/ckks/flooding.hpp).")
+      .def(
+          "__init__",
+          [](NoiseFlooder* f, std::shared_ptr<Context> ctx, int bits) {
+            new (f) NoiseFlooder(ctx, bits);
+          },
+          "context"_a, "statistical_security_bits"_a = 32)
+      .def_prop_ro("statistical_security_bits", &NoiseFlooder::statistical_security_bits)
+      .def(
+          "decode",
+          [](NoiseFlooder& f, const Plaintext& pt) {
+            FloodingReport report;
+            std::vector<double> out;
+            {
+              nb::gil_scoped_release release;
+              out = f.decode(pt, &report);
+            }
+            nb::dict d;
+            d["noise_std"] = report.noise_std;
+            d["flooding_std"] = report.flooding_std;
+            return nb::make_tuple(to_numpy(std::move(out)), d);
+          },
+          "plaintext"_a,
+          "(flooded real slots, {'noise_std', 'flooding_std'}) of a decrypted plaintext.");
+
   nb::class_<Encryptor>(m, "Encryptor")
       .def(
           "__init__",

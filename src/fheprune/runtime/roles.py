@@ -323,6 +323,7 @@ class Client:
         self._encoder = _core.Encoder(self.context)
         self._encryptor = _core.Encryptor(self.context, self._keygen.secret_key)
         self._decryptor = _core.Decryptor(self.context, self._keygen.secret_key)
+        self.last_flooding: list[dict[str, float]] = []
 
     def evaluation_keys(self) -> Any:
         """The server bundle: public, relinearization and exactly the program's Galois keys."""
@@ -404,13 +405,42 @@ class Client:
         ]
 
     def decrypt(self, outputs: Sequence[Any | None], count: int) -> FloatArray:
-        """Output ciphertexts (None = known zero) -> outputs [count, out_features]."""
-        rows = [
-            np.zeros(self.context.slots)
-            if c is None
-            else np.asarray(self._encoder.decode(self._decryptor.decrypt(c)))
-            for c in outputs
-        ]
+        """Output ciphertexts (None = known zero) -> outputs [count, out_features].
+
+        The results keep the ciphertexts' noise, which depends on the secret key: they must stay
+        with the client. To hand results to anyone who holds the ciphertexts (the server, or
+        whoever may collude with it), use :meth:`decrypt_for_sharing`."""
+        return self._unpack(
+            [
+                np.zeros(self.context.slots)
+                if c is None
+                else np.asarray(self._encoder.decode(self._decryptor.decrypt(c)))
+                for c in outputs
+            ],
+            count,
+        )
+
+    def decrypt_for_sharing(
+        self, outputs: Sequence[Any | None], count: int, *, statistical_security: int = 32
+    ) -> FloatArray:
+        """Like :meth:`decrypt`, with noise flooding: Gaussian noise 2^(s/2) times the noise
+        measured on each output is added, so that the shared values do not give away the
+        secret key (whoever holds a ciphertext and its plain decryption can solve for the key;
+        docs/security.md). Costs about s/2 bits of precision; ``last_flooding`` reports the
+        noise levels."""
+        flooder = _core.NoiseFlooder(self.context, statistical_security)
+        rows, reports = [], []
+        for c in outputs:
+            if c is None:
+                rows.append(np.zeros(self.context.slots))
+                continue
+            values, report = flooder.decode(self._decryptor.decrypt(c))
+            rows.append(np.asarray(values))
+            reports.append(report)
+        self.last_flooding = reports
+        return self._unpack(rows, count)
+
+    def _unpack(self, rows: list[FloatArray], count: int) -> FloatArray:
         y: FloatArray = self._program.unpack_outputs(np.ascontiguousarray(np.stack(rows)), count)
         if self.spec.output_perm is not None:
             y = np.ascontiguousarray(y[:, np.argsort(np.asarray(self.spec.output_perm))])

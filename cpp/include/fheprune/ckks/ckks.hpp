@@ -9,6 +9,7 @@
 #include "fheprune/ckks/encryptor.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "fheprune/ckks/evaluator.hpp"
+#include "fheprune/ckks/flooding.hpp"
 #include "fheprune/ckks/keygen.hpp"
 #include "fheprune/ckks/keys.hpp"
 #include "fheprune/ckks/parameters.hpp"
