@@ -125,10 +125,14 @@ def test_run_with_missing_inputs_is_an_error_not_a_crash() -> None:
     compiled = toy_compiled()
     client = Client(ClientSpec.from_compiled(compiled))
     server = Server(compiled.program.save(), client.evaluation_keys_bytes())
-    with pytest.raises((TypeError, _core.FheError)):
+    from fheprune.errors import InputTypeError
+
+    with pytest.raises(InputTypeError, match="list of Ciphertext"):
         server.run(None)  # type: ignore[arg-type]
-    with pytest.raises((TypeError, _core.FheError)):
+    with pytest.raises(InputTypeError, match="item 0 is NoneType"):
         server.run([None])
+    with pytest.raises(InputTypeError, match="item 1 is str"):
+        client.decrypt([None, "ct"], 2)
 
 
 # ---- Resources and object state --------------------------------------------------------------
@@ -385,3 +389,21 @@ def test_decrypt_for_sharing_floods_each_output_at_a_known_precision_cost() -> N
     assert np.max(difference) > 0.05 * sigma  # and it was added
     with pytest.raises(_core.ParameterError):
         client.decrypt_for_sharing(outputs, len(x), statistical_security=2)
+
+
+def test_unreadable_pruned_model_files_are_typed_errors(tmp_path: Path) -> None:
+    from fheprune.errors import FhepruneError, MissingFileError
+    from fheprune.models import build_model
+    from fheprune.pruning import load_pruned_model
+
+    with pytest.raises(MissingFileError, match="no pruned-model file"):
+        load_pruned_model(tmp_path / "missing.npz", build_model)
+    for name, data in {
+        "garbage": b"\x00garbage",
+        "empty": b"",
+        "zip": b"PK\x03\x04" + bytes(40),
+    }.items():
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(data)
+        with pytest.raises(FhepruneError, match="not a pruned-model file"):
+            load_pruned_model(path, build_model)

@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from fheprune.errors import InputError, InputTypeError
+from fheprune.errors import InputError, InputTypeError, MissingFileError
 from fheprune.fileio import atomic_write
 from fheprune.layouts import TileShape, layer_module, layer_weights, prunable_layer_names
 
@@ -232,7 +232,9 @@ class _Archive:
         try:
             loaded = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise
+            raise MissingFileError(
+                f"no pruned-model file at {path} (write one with `fheprune prune --out`)"
+            ) from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise _fail(path, f"not a pruned-model file ({exc})") from exc
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -364,7 +366,7 @@ def load_pruned_model(path: StrPath, builder: ModelBuilder) -> LoadedPrunedModel
 
     Raises :class:`PrunedModelFormatError` for an unreadable or corrupted file, an unknown
     format version, and any disagreement between metadata, arrays and the built model;
-    ``FileNotFoundError`` when there is no file.
+    :class:`~fheprune.errors.MissingFileError` (a ``FileNotFoundError``) when there is none.
     """
     archive = _Archive(Path(path))
     where = archive.path

@@ -247,6 +247,21 @@ def _packing_field(value: Any) -> dict[str, Any] | None:
 LAYOUTS = ("tile", "diagonal", "map")
 
 
+def _ciphertexts(values: Any, where: str, *, allow_none: bool) -> list[Any]:
+    """``values`` as a list of ciphertexts (None allowed for known-zero outputs), or an
+    InputTypeError naming what was expected (instead of the bindings' generic TypeError)."""
+    if values is None or isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
+        raise InputTypeError(
+            f"{where} takes a list of Ciphertext objects, got {type(values).__name__}"
+        )
+    items = list(values)
+    for i, c in enumerate(items):
+        if not (isinstance(c, _core.Ciphertext) or (allow_none and c is None)):
+            allowed = "a Ciphertext or None" if allow_none else "a Ciphertext"
+            raise InputTypeError(f"{where}: item {i} is {type(c).__name__}, expected {allowed}")
+    return items
+
+
 def _check_signed(data: bytes, signature: bytes | None, owner_key: str | None, what: str) -> None:
     """Checks the owner's signature when the caller has the owner's key (MismatchError)."""
     if owner_key is None:
@@ -415,7 +430,7 @@ class Client:
                 np.zeros(self.context.slots)
                 if c is None
                 else np.asarray(self._encoder.decode(self._decryptor.decrypt(c)))
-                for c in outputs
+                for c in _ciphertexts(outputs, "Client.decrypt", allow_none=True)
             ],
             count,
         )
@@ -430,7 +445,7 @@ class Client:
         noise levels."""
         flooder = _core.NoiseFlooder(self.context, statistical_security)
         rows, reports = [], []
-        for c in outputs:
+        for c in _ciphertexts(outputs, "Client.decrypt_for_sharing", allow_none=True):
             if c is None:
                 rows.append(np.zeros(self.context.slots))
                 continue
@@ -519,7 +534,9 @@ class Server:
         )
 
     def run(self, inputs: Sequence[Any]) -> list[Any | None]:
-        outputs, stats = self._server.run(list(inputs))
+        """Input ciphertexts (input_ciphertexts() per group of samples) -> output ciphertexts
+        (None = known zero)."""
+        outputs, stats = self._server.run(_ciphertexts(inputs, "Server.run", allow_none=False))
         self.last_stats = stats
         return list(outputs)
 
