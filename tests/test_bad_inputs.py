@@ -38,6 +38,7 @@ class World:
     spec: str
     client: Client
     context: Any
+    model: torch.nn.Module
 
 
 @cache
@@ -59,6 +60,7 @@ def world() -> World:
         spec=spec.to_json(),
         client=client,
         context=client.context,
+        model=model.double().eval(),
     )
 
 
@@ -234,3 +236,58 @@ def test_bad_thread_counts_are_refused(threads: int) -> None:
         refused(lambda: Server(w.program, w.keys, threads=0))
     else:
         refused(lambda: Server(w.program, w.keys, threads=threads))
+
+
+# ---- Property-based: anything in, a result or a FhepruneError out ------------------------------
+
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+DTYPES = st.sampled_from(
+    [np.float64, np.float32, np.int64, np.int8, np.uint8, np.bool_, np.complex128, np.float16]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    array=hnp.arrays(
+        dtype=DTYPES, shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=24)
+    )
+)
+def test_any_array_is_computed_correctly_or_refused(array: np.ndarray) -> None:
+    w = world()
+    try:
+        cts = w.client.encrypt(array)
+    except FhepruneError:
+        return
+    # Accepted: real, finite, [count, 20], within the range; the result must be right.
+    x = array.astype(np.float64)
+    assert x.ndim == 2 and x.shape[1] == 20 and len(x) >= 1
+    assert np.all(np.isfinite(x)) and np.max(np.abs(x)) <= (w.client.spec.max_input or np.inf)
+    y = w.client.decrypt(Server(w.program, w.keys).run(cts), len(x))
+    with torch.no_grad():
+        want = w.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-3 * (1 + np.max(np.abs(want))))
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(sorted(READERS)), data=st.binary(min_size=0, max_size=512))
+def test_random_bytes_are_refused_by_every_reader(kind: str, data: bytes) -> None:
+    w = world()
+    refused(lambda: READERS[kind][1](w, data))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(READERS)),
+    edits=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=8),
+)
+def test_randomly_edited_files_are_refused(kind: str, edits: list[tuple[int, int]]) -> None:
+    w = world()
+    get, read = READERS[kind]
+    data = bytearray(get(w))
+    for at, mask in edits:
+        data[at % len(data)] ^= mask
+    assume(bytes(data) != get(w))  # edits at one offset can cancel out
+    refused(lambda: read(w, bytes(data)))
