@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what fheprune needs on a fresh Debian machine, then builds the package into .venv.
 # Safe to run again: it only installs what is missing and rebuilds only what changed.
-#   Debian packages: compiler toolchain, CMake, libsodium, GoogleTest, clang (for fuzzing)
+#   Debian packages: compiler toolchain, CMake, libsodium, GoogleTest, clang (for fuzzing),
+#                    valgrind (the constant-time check)
 #   Python: a virtual environment in .venv with the package and its test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config libsodium-dev libgtest-dev clang
-              libclang-rt-14-dev)
+              libclang-rt-14-dev valgrind)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -25,7 +25,15 @@ inline u64 lift_signed(std::int64_t v, u64 q) {
   return static_cast<u64>(v) + (q & negative_mask);
 }
 
-// A prime modulus with its Barrett constant floor(2^128 / q) split in two words.
+// x - bound if x >= bound, else x, with a mask instead of a branch: residues of secret
+// polynomials pass through here, and the release build must not branch on them
+// (cpp/tools/ct_check.cpp checks it under valgrind).
+inline u64 subtract_if_at_least(u64 x, u64 bound) {
+  return x - (bound & (u64{0} - static_cast<u64>(x >= bound)));
+}
+
+// A prime modulus with its Barrett constant floor(2^128 / q) split in two words. The modular
+// operations are branch-free.
 class Modulus {
  public:
   Modulus() = default;
@@ -37,8 +45,7 @@ class Modulus {
   // x mod q for any 64-bit x.
   u64 reduce(u64 x) const {
     const u64 quot = static_cast<u64>((static_cast<u128>(x) * ratio_hi_) >> 64);
-    u64 r = x - quot * q_;
-    return r >= q_ ? r - q_ : r;
+    return subtract_if_at_least(x - quot * q_, q_);
   }
 
   // x mod q for a 128-bit x < q * 2^64 (e.g. a sum of up to 2^64/q products of residues).
@@ -50,17 +57,13 @@ class Modulus {
     const u128 b = static_cast<u128>(x0) * ratio_hi_ + (a >> 64);
     const u128 c = static_cast<u128>(x1) * ratio_lo_ + static_cast<u64>(b);
     const u64 quot = x1 * ratio_hi_ + static_cast<u64>(b >> 64) + static_cast<u64>(c >> 64);
-    u64 r = x0 - quot * q_;
-    return r >= q_ ? r - q_ : r;
+    return subtract_if_at_least(x0 - quot * q_, q_);
   }
 
   u64 mul(u64 a, u64 b) const { return reduce128(static_cast<u128>(a) * b); }
-  u64 add(u64 a, u64 b) const {
-    const u64 s = a + b;
-    return s >= q_ ? s - q_ : s;
-  }
-  u64 sub(u64 a, u64 b) const { return a >= b ? a - b : a + q_ - b; }
-  u64 neg(u64 a) const { return a == 0 ? 0 : q_ - a; }
+  u64 add(u64 a, u64 b) const { return subtract_if_at_least(a + b, q_); }
+  u64 sub(u64 a, u64 b) const { return subtract_if_at_least(a + q_ - b, q_); }
+  u64 neg(u64 a) const { return (q_ - a) & (u64{0} - static_cast<u64>(a != 0)); }
   u64 pow(u64 base, u64 exp) const;
   // Inverse of a non-zero residue (q is prime); throws ParameterError on zero.
   u64 inv(u64 a) const;

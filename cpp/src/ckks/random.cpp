@@ -129,26 +129,33 @@ void SecureRandom::ternary(std::int8_t* out, std::size_t n) {
   while (i < n) {
     fill(bytes, sizeof bytes);
     for (unsigned char b : bytes) {
-      if (b >= 255) continue;  // 255 = 3 * 85: reject to keep {0,1,2} exactly uniform
+      // 255 = 3 * 85: rejecting it keeps {0,1,2} exactly uniform. The branch is on a byte
+      // that is thrown away, so it says nothing about the values kept.
+      if (b >= 255) continue;
       if (i == n) break;
-      out[i++] = static_cast<std::int8_t>(static_cast<int>(b % 3) - 1);
+      out[i++] = ternary_from_byte(b);
     }
   }
 }
 
-void SecureRandom::gaussian(std::int64_t* out, std::size_t n) {
+std::int8_t SecureRandom::ternary_from_byte(unsigned char byte) {
+  return static_cast<std::int8_t>(static_cast<int>(byte % 3) - 1);
+}
+
+std::int64_t SecureRandom::gaussian_from_bits(u64 bits) {
   const auto& cdf = gaussian_table().cdf;
-  for (std::size_t i = 0; i < n; ++i) {
-    const u64 r = next_u64();
-    const u64 u = r >> 1;          // 63 uniform bits
-    const u64 sign = r & 1;
-    // Scan the whole table (no early exit) so timing does not depend on the sample.
-    std::int64_t magnitude = 0;
-    for (int k = 0; k < kTailCut; ++k) magnitude += static_cast<std::int64_t>(u >= cdf[k]);
-    // Magnitude 0 must not be doubled by the sign: map -0 to 0.
-    const std::int64_t neg = -static_cast<std::int64_t>(sign);
-    out[i] = (magnitude ^ neg) - neg;
-  }
+  const u64 u = bits >> 1;  // 63 uniform bits
+  const u64 sign = bits & 1;
+  // Scan the whole table (no early exit) so timing does not depend on the sample.
+  std::int64_t magnitude = 0;
+  for (int k = 0; k < kTailCut; ++k) magnitude += static_cast<std::int64_t>(u >= cdf[k]);
+  // Magnitude 0 must not be doubled by the sign: map -0 to 0.
+  const std::int64_t neg = -static_cast<std::int64_t>(sign);
+  return (magnitude ^ neg) - neg;
+}
+
+void SecureRandom::gaussian(std::int64_t* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = gaussian_from_bits(next_u64());
 }
 
 }  // namespace fheprune::ckks

@@ -38,6 +38,12 @@ class SecureRandom {
 
   static constexpr double kErrorSigma = 3.19;
 
+  // The per-sample maps behind the samplers, out of line so that the constant-time check
+  // (cpp/tools/ct_check.cpp, under valgrind) examines the code the library runs:
+  // 64 random bits -> a discrete Gaussian sample; a byte below 255 -> a ternary value.
+  static std::int64_t gaussian_from_bits(u64 bits);
+  static std::int8_t ternary_from_byte(unsigned char byte);
+
  private:
   void refill();
   void rekey();  // fresh key from the OS, nonce 0, buffer dropped
