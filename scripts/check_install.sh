@@ -32,8 +32,9 @@ for kind in static shared; do
   cmake --build "$build/lib" -j "$jobs" >/dev/null
   cmake --install "$build/lib" >/dev/null
 
-  test -f "$prefix/lib/cmake/fheprune/fhepruneConfig.cmake"
-  test -f "$prefix/lib/cmake/fheprune/fhepruneConfigVersion.cmake"
+  # lib/ or lib64/, as GNUInstallDirs chooses for the platform.
+  config="$(find "$prefix" -path '*/cmake/fheprune/fhepruneConfig.cmake' | head -1)"
+  test -n "$config" && test -f "$(dirname "$config")/fhepruneConfigVersion.cmake"
   test -f "$prefix/include/fheprune/version.hpp"
   for name in "${internal[@]}"; do
     if [ -n "$(find "$prefix/include" -name "$name.hpp")" ]; then
@@ -56,7 +57,7 @@ cat >"$parent/src/CMakeLists.txt" <<CMAKE
 cmake_minimum_required(VERSION 3.21)
 project(parent LANGUAGES CXX)
 add_subdirectory("$PWD" fheprune)
-foreach(target fheprune_tests encrypt_compute_decrypt)
+foreach(target fheprune_tests fheprune_bench fheprune_ct_check encrypt_compute_decrypt)
   if(TARGET \${target})
     message(FATAL_ERROR "a parent project got fheprune's \${target}")
   endif()

@@ -380,8 +380,9 @@ def test_decrypt_for_sharing_floods_each_output_at_a_known_precision_cost() -> N
     private = client.decrypt(outputs, len(x))
     shared = client.decrypt_for_sharing(outputs, len(x), statistical_security=32)
     reports = client.last_flooding
+    factor = 2**16 * np.sqrt(1024 * 1) * 6  # 2^(s/2) * sqrt(N * k) * 6
     assert reports and all(
-        r["flooding_std"] == pytest.approx(2**16 * r["noise_std"]) for r in reports
+        r["flooding_std"] == pytest.approx(factor * r["noise_std"]) for r in reports
     )
     sigma = max(r["flooding_std"] for r in reports)
     difference = np.abs(shared - private)
@@ -389,6 +390,11 @@ def test_decrypt_for_sharing_floods_each_output_at_a_known_precision_cost() -> N
     assert np.max(difference) > 0.05 * sigma  # and it was added
     with pytest.raises(_core.ParameterError):
         client.decrypt_for_sharing(outputs, len(x), statistical_security=2)
+    # k shared decryptions of the same outputs: sqrt(k) times the flooding.
+    client.decrypt_for_sharing(outputs, len(x), shared_decryptions=16)
+    assert client.last_flooding[0]["flooding_std"] == pytest.approx(
+        4 * factor * client.last_flooding[0]["noise_std"]
+    )
 
 
 def test_unreadable_pruned_model_files_are_typed_errors(tmp_path: Path) -> None:

@@ -222,14 +222,14 @@ NB_MODULE(_core, m) {
 
   nb::class_<NoiseFlooder>(
       m, "NoiseFlooder",
-      "Decodes with Gaussian noise 2^(s/2) times the noise measured on the plaintext, for "
-      "decryptions that leave the client (fheprune/ckks/flooding.hpp).")
+      "Decodes with Gaussian noise 2^(s/2) * sqrt(N k) * 6 times the noise measured on the "
+      "plaintext, for decryptions that leave the client (fheprune/ckks/flooding.hpp).")
       .def(
           "__init__",
-          [](NoiseFlooder* f, std::shared_ptr<Context> ctx, int bits) {
-            new (f) NoiseFlooder(ctx, bits);
+          [](NoiseFlooder* f, std::shared_ptr<Context> ctx, int bits, std::size_t queries) {
+            new (f) NoiseFlooder(ctx, bits, queries);
           },
-          "context"_a, "statistical_security_bits"_a = 32)
+          "context"_a, "statistical_security_bits"_a = 32, "shared_decryptions"_a = 1)
       .def_prop_ro("statistical_security_bits", &NoiseFlooder::statistical_security_bits)
       .def(
           "decode",

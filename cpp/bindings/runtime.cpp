@@ -341,6 +341,9 @@ void bind_runtime(nb::module_& m) {
           "__init__",
           [](rt::Server* s, const nb::bytes& program, const nb::bytes& evaluation_keys,
              std::size_t threads, bool encode_on_demand) {
+            // The bytes objects stay referenced by the caller's frame; set-up (context,
+            // plaintext encoding) can take seconds, so other Python threads run meanwhile.
+            nb::gil_scoped_release release;
             new (s) rt::Server(rt::Server::from_bytes(
                 as_span(program), as_span(evaluation_keys),
                 {.threads = threads, .encoding = encoding(encode_on_demand)}));
@@ -351,7 +354,11 @@ void bind_runtime(nb::module_& m) {
           "__init__",
           [](rt::Server* s, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
              const ck::EvaluationKeys& keys, bool encode_on_demand) {
-            auto shared_keys = shared_from_python(keys, nb::find(&keys));
+            // Shared with the Python object that owns them; a bundle no Python object owns (a
+            // temporary) is copied, so the server never refers to memory it does not keep alive.
+            const nb::handle owner = nb::find(&keys);
+            auto shared_keys = owner ? shared_from_python(keys, owner)
+                                     : std::make_shared<const ck::EvaluationKeys>(keys);
             nb::gil_scoped_release release;
             new (s) rt::Server(std::make_shared<const rt::Program>(p), std::move(ctx),
                                std::move(shared_keys), encoding(encode_on_demand));
@@ -359,12 +366,14 @@ void bind_runtime(nb::module_& m) {
           "program"_a, "context"_a, "evaluation_keys"_a, "encode_on_demand"_a = false,
           "From loaded objects: the context must have the program's parameters; the keys are "
           "shared, not copied.")
-      .def_prop_ro("program", &rt::Server::program, nb::rv_policy::reference_internal)
-      .def_prop_ro("context",
-                   [](const rt::Server& s) {
-                     return std::const_pointer_cast<ck::Context>(s.context());
-                   })
-      .def_prop_ro("keys", &rt::Server::keys, nb::rv_policy::reference_internal)
+      // What the server holds stays inside it: Python gets the parameters and facts, never a
+      // reference to the program, the keys or the context a run is using.
+      .def_prop_ro("parameters", [](const rt::Server& s) { return s.program().parameters(); })
+      .def_prop_ro("input_ciphertexts",
+                   [](const rt::Server& s) { return s.program().input_ciphertexts(); })
+      .def_prop_ro("output_ciphertexts",
+                   [](const rt::Server& s) { return s.program().output_ciphertexts(); })
+      .def_prop_ro("threads", [](const rt::Server& s) { return s.context()->threads(); })
       .def_prop_ro("key_id",
                    [](const rt::Server& s) {
                      return nb::bytes(reinterpret_cast<const char*>(s.key_id().data()),
@@ -408,7 +417,7 @@ void bind_runtime(nb::module_& m) {
       .def_static("from_seed",
                   [](const nb::bytes& b) {
                     if (b.size() != 32) {
-                      throw ck::MismatchError("a signing key seed is 32 bytes, got " +
+                      throw ck::ParameterError("a signing key seed is 32 bytes, got " +
                                               std::to_string(b.size()));
                     }
                     std::array<std::uint8_t, 32> seed{};

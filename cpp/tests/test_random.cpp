@@ -86,5 +86,26 @@ TEST(SecureRandom, ForkedKeyGenerationsDiffer) {
   EXPECT_NE(std::vector<unsigned char>(parent.begin(), parent.end()), child);
 }
 
+TEST(SecureRandom, AForkedChildComputesWithAThreadedContext) {
+  // The child has none of the parent's worker threads: the pool must run inline there, not
+  // wait for workers that do not exist (a pre-fork server would hang on its first request).
+  testing::Fixture f(testing::small_params(), /*threads=*/2);
+  const Plaintext pt = f.encoder.encode(testing::random_reals(f.ctx->slots(), 9));
+  const Ciphertext ct = f.encryptor.encrypt(pt);
+  const auto child = in_child(8, [&] {
+    alarm(30);  // a hang kills the child, and the parent sees it did not exit cleanly
+    const Ciphertext sq = f.evaluator.rescale(f.evaluator.multiply_relin(ct, ct, f.rk));
+    const auto out = f.encoder.decode(f.decryptor.decrypt(sq));
+    std::vector<unsigned char> v(8);
+    std::memcpy(v.data(), &out[0], 8);
+    return v;
+  });
+  ASSERT_EQ(child.size(), 8u);
+  double first = 0.0;
+  std::memcpy(&first, child.data(), 8);
+  const auto x = testing::random_reals(f.ctx->slots(), 9);
+  EXPECT_NEAR(first, x[0] * x[0], 1e-4);
+}
+
 }  // namespace
 }  // namespace fheprune::ckks

@@ -9,12 +9,17 @@
 
 namespace fheprune::ckks {
 
-NoiseFlooder::NoiseFlooder(ContextPtr ctx, int statistical_security_bits)
+NoiseFlooder::NoiseFlooder(ContextPtr ctx, int statistical_security_bits,
+                           std::size_t shared_decryptions)
     : ctx_(std::move(ctx)), encoder_(ctx_), bits_(statistical_security_bits),
-      rng_(std::make_unique<SecureRandom>()) {
+      queries_(shared_decryptions), rng_(std::make_unique<SecureRandom>()) {
   if (bits_ < 8 || bits_ > 80) {
     throw ParameterError("the statistical security of noise flooding must be 8 to 80 bits, got " +
                          std::to_string(bits_));
+  }
+  if (queries_ < 1 || queries_ > (std::size_t{1} << 20)) {
+    throw ParameterError("the number of shared decryptions must be 1 to 2^20, got " +
+                         std::to_string(queries_));
   }
 }
 
@@ -28,7 +33,9 @@ std::vector<double> NoiseFlooder::decode(const Plaintext& pt, FloodingReport* re
   for (const auto& z : slots) sum_sq += z.imag() * z.imag();
   const double measured = std::sqrt(sum_sq / static_cast<double>(slots.size()));
   const double floor = 1.0 / pt.scale();
-  const double sigma = std::exp2(0.5 * bits_) * std::max(measured, floor);
+  const double spread = std::sqrt(static_cast<double>(ctx_->poly_degree()) *
+                                  static_cast<double>(queries_));
+  const double sigma = std::exp2(0.5 * bits_) * spread * 6.0 * std::max(measured, floor);
 
   // Box-Muller on 53-bit uniforms from the CSPRNG: two normals per pair of draws.
   auto uniform = [&] {

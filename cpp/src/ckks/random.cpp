@@ -47,6 +47,8 @@ const GaussianTable& gaussian_table() {
 // fork() in any thread, and Python's os.fork() and multiprocessing call fork()).
 std::atomic<std::uint64_t> g_fork_generation{0};
 
+}  // namespace
+
 std::uint64_t fork_generation() {
   static const bool registered = [] {
     if (pthread_atfork(nullptr, nullptr, [] {
@@ -59,8 +61,6 @@ std::uint64_t fork_generation() {
   (void)registered;
   return g_fork_generation.load(std::memory_order_relaxed);
 }
-
-}  // namespace
 
 SecureRandom::SecureRandom() : buffer_(kBufferBytes) {
   if (sodium_init() < 0) throw FheError("libsodium failed to initialise");

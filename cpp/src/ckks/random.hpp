@@ -18,6 +18,11 @@
 
 namespace fheprune::ckks {
 
+// How many times this process's ancestors forked to make it (0 in the original process);
+// bumped in every child by a pthread_atfork handler registered on the first call. The CSPRNG
+// and the thread pool compare it with the value they were made under.
+std::uint64_t fork_generation();
+
 class SecureRandom {
  public:
   // Keyed from the operating system's CSPRNG (libsodium's randombytes).

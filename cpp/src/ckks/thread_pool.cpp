@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ckks/random.hpp"
 #include "fheprune/ckks/errors.hpp"
 
 namespace fheprune::ckks {
@@ -33,12 +34,20 @@ ThreadPool::ThreadPool(std::size_t threads) {
                          std::to_string(max_threads()) + " (use at most that many, usually "
                          "one per core)");
   }
+  made_in_fork_generation_ = fork_generation();
   const std::size_t extra = threads > 1 ? threads - 1 : 0;
   workers_.reserve(extra);
   for (std::size_t i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
+bool ThreadPool::forked() const { return made_in_fork_generation_ != fork_generation(); }
+
 ThreadPool::~ThreadPool() {
+  if (forked()) {
+    // The threads these handles name live in the parent only.
+    for (auto& w : workers_) w.detach();
+    return;
+  }
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
@@ -81,7 +90,7 @@ void ThreadPool::worker_loop() {
 
 void ThreadPool::parallel_for(std::size_t count, const std::function<void(std::size_t)>& body) {
   if (count == 0) return;
-  if (workers_.empty() || count == 1 || t_inside_task) {
+  if (workers_.empty() || count == 1 || t_inside_task || forked()) {
     for (std::size_t i = 0; i < count; ++i) body(i);
     return;
   }

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -35,7 +36,13 @@ class ThreadPool {
   void worker_loop();
   void drain();
 
+  // After fork() the child has none of the workers (only the forking thread survives), and
+  // the pool's mutex may have been held by one: a forked child runs every loop inline and
+  // never touches the workers again.
+  bool forked() const;
+
   std::vector<std::thread> workers_;
+  std::uint64_t made_in_fork_generation_ = 0;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;

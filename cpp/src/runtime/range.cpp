@@ -81,6 +81,14 @@ Transfer transfer(const Layer& layer) {
 
 InputRange input_range(const Program& program, std::size_t input_level, double margin_bits) {
   const ckks::Parameters& params = program.parameters();
+  if (input_level >= params.chain_bits.size()) {
+    throw ckks::LevelError("input level " + std::to_string(input_level) + " is above the top level " +
+                           std::to_string(params.chain_bits.size() - 1) + " of the parameters");
+  }
+  if (!std::isfinite(margin_bits) || margin_bits < 0.0) {
+    throw ckks::ParameterError("the margin must be a finite number of bits >= 0, got " +
+                               std::to_string(margin_bits));
+  }
   // log2 of half the modulus at each level, primes taken at bits - 1 (an NTT prime of b bits
   // lies in [2^(b-1), 2^b)).
   std::vector<double> log2_half_q(params.chain_bits.size());

@@ -173,8 +173,7 @@ ck::Fingerprint Server::program_fingerprint() const {
   return runtime::program_fingerprint(state_->program->save());
 }
 
-void Server::check_input(const ck::Ciphertext* ct, std::size_t index) const {
-  const std::string which = "input ciphertext " + std::to_string(index);
+void Server::check_input(const ck::Ciphertext* ct, const std::string& which) const {
   if (ct == nullptr) throw ck::MismatchError(which + " is missing (a null pointer)");
   const ck::Context& ctx = *state_->context;
   if (ct->params() != ctx.fingerprint()) {
@@ -204,7 +203,9 @@ void Server::check_input(const ck::Ciphertext* ct, std::size_t index) const {
 
 std::vector<std::optional<ck::Ciphertext>> Server::run(
     std::span<const ck::Ciphertext* const> inputs, RunStats* stats) const {
-  for (std::size_t i = 0; i < inputs.size(); ++i) check_input(inputs[i], i);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    check_input(inputs[i], "input ciphertext " + std::to_string(i));
+  }
   std::vector<const ck::Ciphertext*> view(inputs.begin(), inputs.end());
   std::lock_guard lock(state_->run_mutex);
   return state_->executor.run(view, stats);
@@ -220,7 +221,7 @@ std::vector<std::optional<ck::Ciphertext>> Server::run(const std::vector<ck::Cip
 
 ck::Ciphertext Server::load_ciphertext(std::span<const std::uint8_t> bytes) const {
   ck::Ciphertext ct = ck::Serializer::load_ciphertext(*state_->context, bytes);
-  check_input(&ct, 0);
+  check_input(&ct, "the loaded ciphertext");
   return ct;
 }
 

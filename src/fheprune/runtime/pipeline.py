@@ -126,8 +126,9 @@ def pruned_model(
         )
     best = prune_within_budget(experiment, model_name, spec, tile, fractions)
     if best is None:
-        raise RuntimeError(
-            f"no pruning fraction in {fractions} keeps {model_name} within {budget:.1%} degradation"
+        raise InputError(
+            f"no pruning fraction in {fractions} keeps {model_name} within {budget:.1%} "
+            "degradation; allow a larger budget or try smaller fractions"
         )
     arrays = save_budget_point(cache, model_name, spec, TileShape(tile, tile), config, best)
     model, _, row = best

@@ -436,14 +436,21 @@ class Client:
         )
 
     def decrypt_for_sharing(
-        self, outputs: Sequence[Any | None], count: int, *, statistical_security: int = 32
+        self,
+        outputs: Sequence[Any | None],
+        count: int,
+        *,
+        statistical_security: int = 32,
+        shared_decryptions: int = 1,
     ) -> FloatArray:
-        """Like :meth:`decrypt`, with noise flooding: Gaussian noise 2^(s/2) times the noise
-        measured on each output is added, so that the shared values do not give away the
-        secret key (whoever holds a ciphertext and its plain decryption can solve for the key;
-        docs/security.md). Costs about s/2 bits of precision; ``last_flooding`` reports the
-        noise levels."""
-        flooder = _core.NoiseFlooder(self.context, statistical_security)
+        """Like :meth:`decrypt`, with noise flooding for results that leave the client: Gaussian
+        noise 2^(s/2) * sqrt(N * k) * 6 times the noise measured on each output is added, so
+        that the shared values do not give the secret key away (whoever holds a ciphertext and
+        its plain decryption can solve for the key; docs/security.md). ``shared_decryptions``
+        k counts the decryptions of these ciphertexts (or of ones with correlated noise) that
+        will ever be shared. ``last_flooding`` reports the noise levels; its ``noise_std``
+        depends on the key and must stay private."""
+        flooder = _core.NoiseFlooder(self.context, statistical_security, shared_decryptions)
         rows, reports = [], []
         for c in _ciphertexts(outputs, "Client.decrypt_for_sharing", allow_none=True):
             if c is None:
@@ -499,8 +506,9 @@ class Server:
             threads=threads,
             encode_on_demand=encode_on_demand,
         )
-        self.program = self._server.program
-        self.context = self._server.context
+        # A context of the program's parameters for (de)serializing ciphertexts: the server's
+        # own stays inside it.
+        self.context = _core.Context(self._server.parameters)
         self.last_stats: dict[str, Any] = {}
 
     @property
@@ -553,7 +561,10 @@ class Server:
             data = path.read_bytes()
             if not data:
                 raise _core.SerializationError(f"input ciphertext file {path} is empty")
-            cts.append(self.load_ciphertext(data))
+            try:
+                cts.append(self.load_ciphertext(data))
+            except _core.FheError as exc:  # name the file, keep the error's type
+                raise type(exc)(f"{path}: {exc}") from exc
         _save_cts(self.context, self.run(cts), Path(outputs))
 
 

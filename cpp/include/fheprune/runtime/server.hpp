@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "fheprune/ckks/ciphertext.hpp"
@@ -99,7 +100,7 @@ class Server {
 
  private:
   struct State;
-  void check_input(const ckks::Ciphertext* ct, std::size_t index) const;
+  void check_input(const ckks::Ciphertext* ct, const std::string& which) const;
   std::unique_ptr<State> state_;
 };
 
