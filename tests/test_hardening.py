@@ -413,3 +413,15 @@ def test_unreadable_pruned_model_files_are_typed_errors(tmp_path: Path) -> None:
         path.write_bytes(data)
         with pytest.raises(FhepruneError, match="not a pruned-model file"):
             load_pruned_model(path, build_model)
+
+
+def test_a_conv_networks_input_range_is_proven_and_holds_mnist_pixels() -> None:
+    # LeNet-like at its dry-run parameters: per-slot bounds and the coefficient test give a
+    # range above normalized MNIST pixels ((1 - 0.1307) / 0.3081 = 2.82).
+    from fheprune.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lenet = build_model("lenet", "mnist").double().eval()
+    spec = ClientSpec.from_compiled(compile_model(lenet, layout="map"))
+    assert spec.max_input is not None and spec.max_input > 2.82

@@ -1,11 +1,13 @@
 // input_range (cost.hpp): the largest input magnitude a program holds at its parameters.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <variant>
 #include <vector>
 
+#include "ckks/primes.hpp"
 #include "fheprune/runtime/cost.hpp"
 
 namespace fheprune::runtime {
@@ -89,12 +91,12 @@ InputRange input_range(const Program& program, std::size_t input_level, double m
     throw ckks::ParameterError("the margin must be a finite number of bits >= 0, got " +
                                std::to_string(margin_bits));
   }
-  // log2 of half the modulus at each level, primes taken at bits - 1 (an NTT prime of b bits
-  // lies in [2^(b-1), 2^b)).
-  std::vector<double> log2_half_q(params.chain_bits.size());
+  // log2 of half the modulus at each level, from the primes the engine will generate.
+  const std::vector<ckks::u64> primes = ckks::generate_ntt_primes(params.poly_degree, params.chain_bits);
+  std::vector<double> log2_half_q(primes.size());
   double acc = 0.0;
-  for (std::size_t l = 0; l < params.chain_bits.size(); ++l) {
-    acc += params.chain_bits[l] - 1;
+  for (std::size_t l = 0; l < primes.size(); ++l) {
+    acc += std::log2(static_cast<double>(primes[l]));
     log2_half_q[l] = acc - 1.0;
   }
   const double log2_scale = params.scale_bits;
@@ -108,7 +110,7 @@ InputRange input_range(const Program& program, std::size_t input_level, double m
   }
 
   // How far past its limit the worst point goes (in bits) for inputs up to 2^log2_x, and where.
-  auto excess = [&](double log2_x, std::string* where) {
+  std::function<double(double, std::string*)> excess = [&](double log2_x, std::string* where) {
     double worst = log2_x + log2_scale + margin_bits - log2_half_q[input_level];
     if (where) *where = "input";
     double bound = std::exp2(log2_x);
@@ -123,6 +125,74 @@ InputRange input_range(const Program& program, std::size_t input_level, double m
     }
     return worst;
   };
+
+  // Map programs: per ciphertext and slot. A convolution writes only its valid outputs, so
+  // bounds stay zero in the slots a map leaves empty, and a window sum adds only the slots
+  // that hold data; the overflow test then bounds the polynomial's coefficients (means over
+  // the slots) rather than the slots: much tighter than one number per layer.
+  if (program.layout() == Layout::kMap) {
+    const std::size_t slots = program.slots();
+    excess = [&, slots](double log2_x, std::string* where) {
+      double worst = log2_x + log2_scale + margin_bits - log2_half_q[input_level];
+      if (where) *where = "input";
+      std::vector<std::vector<double>> cur(program.input_ciphertexts(),
+                                           std::vector<double>(slots, std::exp2(log2_x)));
+      for (std::size_t i = 0; i < program.layers().size(); ++i) {
+        const Layer& layer = program.layers()[i];
+        if (const auto* m = std::get_if<MapLinear>(&layer)) {
+          std::vector<std::vector<double>> out(m->out_ciphertexts, std::vector<double>(slots, 0.0));
+          for (const MapTerm& t : m->terms) {
+            const std::vector<double>& in = cur[t.in];
+            std::vector<double>& o = out[t.out];
+            for (std::size_t k = 0; k < t.at.size(); ++k) {
+              const double w = std::abs(t.values[k]);
+              for (std::size_t j = t.at[k]; j < slots; j += t.period) {
+                o[j] += w * in[(j + t.shift) % slots];
+              }
+            }
+          }
+          for (std::size_t c = 0; c < m->bias.size() && c < out.size(); ++c) {
+            const std::vector<double>& b = m->bias[c];
+            for (std::size_t j = 0; !b.empty() && j < slots; ++j) out[c][j] += std::abs(b[j % b.size()]);
+          }
+          cur = std::move(out);
+        } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
+          for (auto& x : cur) {
+            for (const auto& [count, stride] : r->windows) {
+              std::vector<double> y(slots, 0.0);
+              for (std::size_t n = 0; n < count; ++n) {
+                const std::size_t offset = (n * stride) % slots;
+                for (std::size_t j = 0; j < slots; ++j) y[j] += x[(j + offset) % slots];
+              }
+              x = std::move(y);
+            }
+          }
+        } else if (std::holds_alternative<Square>(layer)) {
+          for (auto& x : cur) {
+            for (double& v : x) v *= v;
+          }
+        } else {
+          throw CompileError("layer '" + layer_name(layer) + "' is not a map-layout layer");
+        }
+        // A ciphertext wraps when a coefficient of its polynomial passes half the modulus, and
+        // a coefficient is an average over the N evaluation points (the slots and their
+        // conjugates): |coefficient| <= the mean of |slot| over the slots.
+        double peak = 0.0;
+        for (const auto& x : cur) {
+          double sum = 0.0;
+          for (double v : x) sum += v;
+          peak = std::max(peak, sum / static_cast<double>(slots));
+        }
+        const double over = (peak > 0.0 ? std::log2(peak) : -1e9) + log2_scale + margin_bits -
+                            log2_half_q[layers[i].out_level];
+        if (over > worst) {
+          worst = over;
+          if (where) *where = layers[i].name;
+        }
+      }
+      return worst;
+    };
+  }
 
   // Bisection on log2 |x|: the bounds grow with |x|, so the excess does too.
   double lo = -64.0, hi = 256.0;

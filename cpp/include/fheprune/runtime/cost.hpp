@@ -37,10 +37,11 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
 // largest |bias|; map layers: the sum of each term's largest |value|; square: B^2; window sum:
 // B times the window size) and returns the largest B for which every layer's output, times the
 // default scale, stays `margin_bits` below half the modulus of the level it sits at (one bit
-// covers the scale drift of squares and the noise; primes are taken at bits - 1). The bound is
-// sufficient, not tight: it assumes the worst signs everywhere, and a ciphertext overflows only
-// when its polynomial's coefficients (averages over slots) do. CompileError when not even the
-// biases fit.
+// covers the scale drift of squares and the noise). Map programs are bounded per ciphertext and
+// slot (empty slots stay at zero), and their overflow test bounds the polynomial's coefficients,
+// each at most the mean of |slot| over the slots; tile and diagonal programs use the largest
+// slot. The bound is sufficient, not tight: it assumes the worst signs everywhere.
+// CompileError when not even the biases fit.
 struct InputRange {
   double max_input = 0.0;      // the largest |x| the client may encrypt
   std::string limiting_layer;  // the layer whose level runs out first ("input": the input)
