@@ -153,10 +153,12 @@ NB_MODULE(_core, m) {
       .def_prop_ro("elements", &GaloisKeys::elements)
       .def_prop_ro("byte_size", &GaloisKeys::byte_size)
       .def("has", &GaloisKeys::has, "galois_element"_a);
+  // Read-only: a server may share the bundle with its Python object (EngineExecutor), so the
+  // keys must not change under a run.
   nb::class_<EvaluationKeys>(m, "EvaluationKeys")
-      .def_rw("public_key", &EvaluationKeys::public_key)
-      .def_rw("relin_key", &EvaluationKeys::relin_key)
-      .def_rw("galois_keys", &EvaluationKeys::galois_keys);
+      .def_ro("public_key", &EvaluationKeys::public_key)
+      .def_ro("relin_key", &EvaluationKeys::relin_key)
+      .def_ro("galois_keys", &EvaluationKeys::galois_keys);
 
   nb::class_<KeyGenerator>(m, "KeyGenerator")
       .def(
