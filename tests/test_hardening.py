@@ -19,13 +19,18 @@ from fheprune.runtime import Client, ClientSpec, Server, compile_model  # noqa: 
 from fheprune.runtime.compiler import CompiledModel  # noqa: E402
 
 
-def toy_compiled() -> CompiledModel:
-    """A float64 MLP 20 -> 12 (square) -> 5 in the tile layout at N = 1024 (insecure)."""
+def toy_model() -> torch.nn.Module:
+    """A seeded float64 MLP 20 -> 12 (square) -> 5."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
+    return model.double().eval()
+
+
+def toy_compiled() -> CompiledModel:
+    """The toy model in the tile layout at N = 1024 (insecure)."""
     parameters = _core.Parameters(1024, [50] + [40] * 4, [50], 40, insecure_for_testing=True)
-    return compile_model(model.double().eval(), parameters=parameters, layout="tile", tile=(4, 4))
+    return compile_model(toy_model(), parameters=parameters, layout="tile", tile=(4, 4))
 
 
 def in_child(work: object) -> bytes:
@@ -103,11 +108,8 @@ def test_a_rewritten_client_spec_cannot_lower_the_security_level() -> None:
     # A genuine spec at 128-bit parameters, rewritten by whoever carried it to N = 1024 with
     # the check switched off (the envelope's checksum is unkeyed, so anyone can re-seal it).
     secure = _core.Parameters(8192, [53, 33, 33, 33], [53], 33)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
     spec = ClientSpec.from_compiled(
-        compile_model(model.double().eval(), parameters=secure, layout="tile", tile=(8, 8))
+        compile_model(toy_model(), parameters=secure, layout="tile", tile=(8, 8))
     )
     toy = toy_compiled().program.parameters
     text = spec.to_json().replace(secure.to_bytes().hex(), toy.to_bytes().hex())
@@ -278,17 +280,10 @@ def test_inputs_beyond_the_programs_range_are_refused() -> None:
     # At the bound the encrypted result is still right.
     edge = x / np.max(np.abs(x)) * spec.max_input
     with torch.no_grad():
-        model = compiled_model_torch()
+        model = toy_model()
         want = model(torch.from_numpy(edge)).numpy()
     got = client.decrypt(server.run(client.encrypt(edge)), len(edge))
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.max(np.abs(want)))
-
-
-def compiled_model_torch() -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
-    return model.double().eval()
 
 
 @pytest.mark.parametrize(

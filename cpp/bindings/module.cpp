@@ -12,6 +12,7 @@
 #include <complex>
 #include <cstring>
 
+#include "bytes.hpp"
 #include "fheprune/ckks/ckks.hpp"
 #include "fheprune/version.hpp"
 
@@ -34,14 +35,6 @@ nb::ndarray<nb::numpy, T, nb::ndim<1>> to_numpy(std::vector<T>&& v) {
   return nb::ndarray<nb::numpy, T, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
 }
 
-nb::bytes to_bytes(const Bytes& b) { return nb::bytes(reinterpret_cast<const char*>(b.data()), b.size()); }
-
-std::span<const std::uint8_t> as_span(const nb::bytes& b) {
-  return {reinterpret_cast<const std::uint8_t*>(b.c_str()), b.size()};
-}
-
-template <typename A>
-nb::bytes id_bytes(const A& id) { return nb::bytes(reinterpret_cast<const char*>(id.data()), id.size()); }
 
 }  // namespace
 
@@ -124,7 +117,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("threads", &Context::threads)
       .def("set_threads", &Context::set_threads, "threads"_a)
       .def_prop_ro("primes", &Context::primes)
-      .def_prop_ro("fingerprint", [](const Context& c) { return id_bytes(c.fingerprint()); })
+      .def_prop_ro("fingerprint", [](const Context& c) { return to_bytes(c.fingerprint()); })
       .def("galois_element", &Context::galois_element, "step"_a);
 
   nb::class_<Plaintext>(m, "Plaintext")
@@ -136,20 +129,20 @@ NB_MODULE(_core, m) {
       .def_prop_ro("size", &Ciphertext::size)
       .def_prop_ro("level", &Ciphertext::level)
       .def_prop_rw("scale", &Ciphertext::scale, &Ciphertext::set_scale)
-      .def_prop_ro("key_id", [](const Ciphertext& c) { return id_bytes(c.key_id()); })
+      .def_prop_ro("key_id", [](const Ciphertext& c) { return to_bytes(c.key_id()); })
       .def_prop_ro("byte_size", [](const Ciphertext& c) { return c.data().size() * 8; })
       .def("copy", [](const Ciphertext& c) { return Ciphertext(c); });
 
   nb::class_<SecretKey>(m, "SecretKey")
-      .def_prop_ro("key_id", [](const SecretKey& k) { return id_bytes(k.id()); })
+      .def_prop_ro("key_id", [](const SecretKey& k) { return to_bytes(k.id()); })
       .def("__repr__", [](const SecretKey&) { return std::string("<SecretKey (client only)>"); });
   nb::class_<PublicKey>(m, "PublicKey")
-      .def_prop_ro("key_id", [](const PublicKey& k) { return id_bytes(k.id()); });
+      .def_prop_ro("key_id", [](const PublicKey& k) { return to_bytes(k.id()); });
   nb::class_<RelinKey>(m, "RelinKey")
-      .def_prop_ro("key_id", [](const RelinKey& k) { return id_bytes(k.id()); })
+      .def_prop_ro("key_id", [](const RelinKey& k) { return to_bytes(k.id()); })
       .def_prop_ro("byte_size", [](const RelinKey& k) { return k.key().byte_size(); });
   nb::class_<GaloisKeys>(m, "GaloisKeys")
-      .def_prop_ro("key_id", [](const GaloisKeys& k) { return id_bytes(k.id()); })
+      .def_prop_ro("key_id", [](const GaloisKeys& k) { return to_bytes(k.id()); })
       .def_prop_ro("elements", &GaloisKeys::elements)
       .def_prop_ro("byte_size", &GaloisKeys::byte_size)
       .def("has", &GaloisKeys::has, "galois_element"_a);

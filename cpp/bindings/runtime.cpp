@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bytes.hpp"
 #include "fheprune/ckks/ckks.hpp"
 #include "fheprune/runtime/cost.hpp"
 #include "fheprune/runtime/executor.hpp"
@@ -112,14 +113,6 @@ struct SimRun {
 
 rt::Encoding encoding(bool on_demand) {
   return on_demand ? rt::Encoding::kOnDemand : rt::Encoding::kAtSetup;
-}
-
-nb::bytes to_bytes(std::span<const std::uint8_t> b) {
-  return nb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
-}
-
-std::span<const std::uint8_t> as_span(const nb::bytes& b) {
-  return {reinterpret_cast<const std::uint8_t*>(b.c_str()), b.size()};
 }
 
 std::string layout_name(rt::Layout l) {
@@ -374,11 +367,7 @@ void bind_runtime(nb::module_& m) {
       .def_prop_ro("output_ciphertexts",
                    [](const rt::Server& s) { return s.program().output_ciphertexts(); })
       .def_prop_ro("threads", [](const rt::Server& s) { return s.context()->threads(); })
-      .def_prop_ro("key_id",
-                   [](const rt::Server& s) {
-                     return nb::bytes(reinterpret_cast<const char*>(s.key_id().data()),
-                                      s.key_id().size());
-                   })
+      .def_prop_ro("key_id", [](const rt::Server& s) { return to_bytes(s.key_id()); })
       .def_prop_ro("program_fingerprint",
                    [](const rt::Server& s) {
                      const auto fp = s.program_fingerprint();

@@ -1,7 +1,6 @@
 // input_range (cost.hpp): the largest input magnitude a program holds at its parameters.
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <string>
 #include <variant>
@@ -14,13 +13,17 @@ namespace fheprune::runtime {
 
 namespace {
 
-// y <= gain * x + offset for |x| <= x_max (or y = x^2 for a square).
-struct Transfer {
-  std::string name;
-  bool square = false;
-  double gain = 1.0;
-  double offset = 0.0;
-  std::size_t out_level = 0;
+// How far (in bits) a bound of `bound` at `level` goes past its limit: bound * scale must stay
+// `margin` bits below half the level's modulus.
+struct Limits {
+  std::vector<double> log2_half_q;  // per level, from the primes the engine will generate
+  double log2_scale = 0.0;
+  double margin_bits = 0.0;
+
+  double over(double bound, std::size_t level) const {
+    return (bound > 0.0 ? std::log2(bound) : -1e9) + log2_scale + margin_bits -
+           log2_half_q[level];
+  }
 };
 
 double max_abs(const std::vector<double>& v) {
@@ -40,43 +43,81 @@ double row_sum_max(const std::vector<double>& w, std::size_t out, std::size_t in
   return m;
 }
 
+CompileError not_in_layout(const Layer& layer) {
+  return CompileError("layer '" + layer_name(layer) + "' does not belong to its program's layout");
+}
+
+// Tile and diagonal programs: one bound per layer, y <= gain * x + offset (or x^2), tested on
+// the largest slot.
+struct Transfer {
+  bool square = false;
+  double gain = 0.0;
+  double offset = 0.0;
+};
+
 Transfer transfer(const Layer& layer) {
-  Transfer t;
-  t.name = layer_name(layer);
-  t.gain = 0.0;
   if (const auto* l = std::get_if<TileLinear>(&layer)) {
-    t.gain = row_sum_max(l->weight, l->out_features, l->in_features);
-    t.offset = max_abs(l->bias_source);
-  } else if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
-    t.gain = row_sum_max(d->weight, d->out_features, d->in_features);
-    t.offset = max_abs(d->bias_source);
-  } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
-    // Per output ciphertext and slot, the sum of |d_t| over the terms that reach it: terms of
-    // different channels sit in different slots and must not be added up.
-    std::size_t period = 1;
-    for (const MapTerm& term : m->terms) period = std::max(period, term.period);
-    std::vector<std::vector<double>> reach(m->out_ciphertexts);
-    for (const MapTerm& term : m->terms) {
-      auto& acc = reach[term.out];
-      if (acc.empty()) acc.assign(period, 0.0);
-      // Periods are powers of two, so `period` is a multiple of every term's.
-      for (std::size_t k = 0; k < term.at.size(); ++k) {
-        for (std::size_t s = term.at[k]; s < period; s += term.period) {
-          acc[s] += std::abs(term.values[k]);
-        }
+    return {false, row_sum_max(l->weight, l->out_features, l->in_features), max_abs(l->bias_source)};
+  }
+  if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
+    return {false, row_sum_max(d->weight, d->out_features, d->in_features), max_abs(d->bias_source)};
+  }
+  if (std::holds_alternative<Square>(layer)) return {true, 0.0, 0.0};
+  throw not_in_layout(layer);
+}
+
+// Map programs: a bound per ciphertext and slot, after `layer`. A convolution writes only its
+// valid outputs, so bounds stay zero in the slots a map leaves empty, and a window sum adds
+// only the slots that hold data.
+using SlotBounds = std::vector<std::vector<double>>;
+
+void apply(const Layer& layer, std::size_t slots, SlotBounds& cur) {
+  if (const auto* m = std::get_if<MapLinear>(&layer)) {
+    SlotBounds out(m->out_ciphertexts, std::vector<double>(slots, 0.0));
+    for (const MapTerm& t : m->terms) {
+      const std::vector<double>& in = cur[t.in];
+      std::vector<double>& o = out[t.out];
+      for (std::size_t k = 0; k < t.at.size(); ++k) {
+        const double w = std::abs(t.values[k]);
+        for (std::size_t j = t.at[k]; j < slots; j += t.period) o[j] += w * in[(j + t.shift) % slots];
       }
     }
-    for (const auto& acc : reach) {
-      for (double v : acc) t.gain = std::max(t.gain, v);
+    for (std::size_t c = 0; c < m->bias.size() && c < out.size(); ++c) {
+      const std::vector<double>& b = m->bias[c];
+      for (std::size_t j = 0; !b.empty() && j < slots; ++j) out[c][j] += std::abs(b[j % b.size()]);
     }
-    for (const auto& b : m->bias) t.offset = std::max(t.offset, max_abs(b));
+    cur = std::move(out);
   } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
-    t.gain = 1.0;
-    for (const auto& [count, stride] : r->windows) t.gain *= static_cast<double>(count);
+    for (auto& x : cur) {
+      for (const auto& [count, stride] : r->windows) {
+        std::vector<double> y(slots, 0.0);
+        for (std::size_t n = 0; n < count; ++n) {
+          const std::size_t offset = (n * stride) % slots;
+          for (std::size_t j = 0; j < slots; ++j) y[j] += x[(j + offset) % slots];
+        }
+        x = std::move(y);
+      }
+    }
+  } else if (std::holds_alternative<Square>(layer)) {
+    for (auto& x : cur) {
+      for (double& v : x) v *= v;
+    }
   } else {
-    t.square = true;  // Square
+    throw not_in_layout(layer);
   }
-  return t;
+}
+
+// A ciphertext wraps when a coefficient of its polynomial passes half the modulus, and a
+// coefficient is an average over the N evaluation points (the slots and their conjugates):
+// |coefficient| <= the mean of |slot| over the slots.
+double coefficient_bound(const SlotBounds& cur, std::size_t slots) {
+  double peak = 0.0;
+  for (const auto& x : cur) {
+    double sum = 0.0;
+    for (double v : x) sum += v;
+    peak = std::max(peak, sum / static_cast<double>(slots));
+  }
+  return peak;
 }
 
 }  // namespace
@@ -91,108 +132,51 @@ InputRange input_range(const Program& program, std::size_t input_level, double m
     throw ckks::ParameterError("the margin must be a finite number of bits >= 0, got " +
                                std::to_string(margin_bits));
   }
-  // log2 of half the modulus at each level, from the primes the engine will generate.
-  const std::vector<ckks::u64> primes = ckks::generate_ntt_primes(params.poly_degree, params.chain_bits);
-  std::vector<double> log2_half_q(primes.size());
+  Limits limits{{}, static_cast<double>(params.scale_bits), margin_bits};
   double acc = 0.0;
-  for (std::size_t l = 0; l < primes.size(); ++l) {
-    acc += std::log2(static_cast<double>(primes[l]));
-    log2_half_q[l] = acc - 1.0;
+  for (ckks::u64 q : ckks::generate_ntt_primes(params.poly_degree, params.chain_bits)) {
+    acc += std::log2(static_cast<double>(q));
+    limits.log2_half_q.push_back(acc - 1.0);
   }
-  const double log2_scale = params.scale_bits;
 
+  // The level each layer's output sits at: the next layer's input level (the cost model's), or
+  // what the program leaves at the end.
+  const std::vector<Layer>& layers = program.layers();
   const std::vector<LayerCost> costs = estimate_cost(program, input_level);
-  std::vector<Transfer> layers;
-  for (std::size_t i = 0; i < program.layers().size(); ++i) {
-    Transfer t = transfer(program.layers()[i]);
-    t.out_level = i + 1 < costs.size() ? costs[i + 1].level : input_level - program.levels();
-    layers.push_back(std::move(t));
+  std::vector<std::size_t> out_level(layers.size());
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    out_level[i] = i + 1 < costs.size() ? costs[i + 1].level : input_level - program.levels();
+  }
+  const bool map = program.layout() == Layout::kMap;
+  std::vector<Transfer> transfers;
+  if (!map) {
+    for (const Layer& layer : layers) transfers.push_back(transfer(layer));
   }
 
   // How far past its limit the worst point goes (in bits) for inputs up to 2^log2_x, and where.
-  std::function<double(double, std::string*)> excess = [&](double log2_x, std::string* where) {
-    double worst = log2_x + log2_scale + margin_bits - log2_half_q[input_level];
+  auto excess = [&](double log2_x, std::string* where) {
+    double worst = limits.over(std::exp2(log2_x), input_level);
     if (where) *where = "input";
+    const std::size_t slots = program.slots();
+    SlotBounds per_slot;
+    if (map) per_slot.assign(program.input_ciphertexts(), std::vector<double>(slots, std::exp2(log2_x)));
     double bound = std::exp2(log2_x);
-    for (const Transfer& t : layers) {
-      bound = t.square ? bound * bound : t.gain * bound + t.offset;
-      const double over = (bound > 0.0 ? std::log2(bound) : -1e9) + log2_scale + margin_bits -
-                          log2_half_q[t.out_level];
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      if (map) {
+        apply(layers[i], slots, per_slot);
+        bound = coefficient_bound(per_slot, slots);
+      } else {
+        const Transfer& t = transfers[i];
+        bound = t.square ? bound * bound : t.gain * bound + t.offset;
+      }
+      const double over = limits.over(bound, out_level[i]);
       if (over > worst) {
         worst = over;
-        if (where) *where = t.name;
+        if (where) *where = layer_name(layers[i]);
       }
     }
     return worst;
   };
-
-  // Map programs: per ciphertext and slot. A convolution writes only its valid outputs, so
-  // bounds stay zero in the slots a map leaves empty, and a window sum adds only the slots
-  // that hold data; the overflow test then bounds the polynomial's coefficients (means over
-  // the slots) rather than the slots: much tighter than one number per layer.
-  if (program.layout() == Layout::kMap) {
-    const std::size_t slots = program.slots();
-    excess = [&, slots](double log2_x, std::string* where) {
-      double worst = log2_x + log2_scale + margin_bits - log2_half_q[input_level];
-      if (where) *where = "input";
-      std::vector<std::vector<double>> cur(program.input_ciphertexts(),
-                                           std::vector<double>(slots, std::exp2(log2_x)));
-      for (std::size_t i = 0; i < program.layers().size(); ++i) {
-        const Layer& layer = program.layers()[i];
-        if (const auto* m = std::get_if<MapLinear>(&layer)) {
-          std::vector<std::vector<double>> out(m->out_ciphertexts, std::vector<double>(slots, 0.0));
-          for (const MapTerm& t : m->terms) {
-            const std::vector<double>& in = cur[t.in];
-            std::vector<double>& o = out[t.out];
-            for (std::size_t k = 0; k < t.at.size(); ++k) {
-              const double w = std::abs(t.values[k]);
-              for (std::size_t j = t.at[k]; j < slots; j += t.period) {
-                o[j] += w * in[(j + t.shift) % slots];
-              }
-            }
-          }
-          for (std::size_t c = 0; c < m->bias.size() && c < out.size(); ++c) {
-            const std::vector<double>& b = m->bias[c];
-            for (std::size_t j = 0; !b.empty() && j < slots; ++j) out[c][j] += std::abs(b[j % b.size()]);
-          }
-          cur = std::move(out);
-        } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
-          for (auto& x : cur) {
-            for (const auto& [count, stride] : r->windows) {
-              std::vector<double> y(slots, 0.0);
-              for (std::size_t n = 0; n < count; ++n) {
-                const std::size_t offset = (n * stride) % slots;
-                for (std::size_t j = 0; j < slots; ++j) y[j] += x[(j + offset) % slots];
-              }
-              x = std::move(y);
-            }
-          }
-        } else if (std::holds_alternative<Square>(layer)) {
-          for (auto& x : cur) {
-            for (double& v : x) v *= v;
-          }
-        } else {
-          throw CompileError("layer '" + layer_name(layer) + "' is not a map-layout layer");
-        }
-        // A ciphertext wraps when a coefficient of its polynomial passes half the modulus, and
-        // a coefficient is an average over the N evaluation points (the slots and their
-        // conjugates): |coefficient| <= the mean of |slot| over the slots.
-        double peak = 0.0;
-        for (const auto& x : cur) {
-          double sum = 0.0;
-          for (double v : x) sum += v;
-          peak = std::max(peak, sum / static_cast<double>(slots));
-        }
-        const double over = (peak > 0.0 ? std::log2(peak) : -1e9) + log2_scale + margin_bits -
-                            log2_half_q[layers[i].out_level];
-        if (over > worst) {
-          worst = over;
-          if (where) *where = layers[i].name;
-        }
-      }
-      return worst;
-    };
-  }
 
   // Bisection on log2 |x|: the bounds grow with |x|, so the excess does too.
   double lo = -64.0, hi = 256.0;

@@ -136,11 +136,11 @@ Server Server::from_bytes(std::span<const std::uint8_t> program,
     throw ck::SerializationError("the server takes an evaluation-key bundle (public, "
                                  "relinearization and Galois keys), got " + kind_name(kind));
   }
-  // Parsing needs the context's primes; the Server constructor builds its own for the run.
-  const auto ctx = ck::make_context(loaded->parameters(), 1);
+  // One context, built once: it parses the keys and then runs the program.
+  ck::ContextPtr ctx = make_server_context(loaded.get(), options);
   auto keys = std::make_shared<const ck::EvaluationKeys>(
       ck::Serializer::load_evaluation_keys(*ctx, evaluation_keys));
-  return Server(std::move(loaded), std::move(keys), options);
+  return Server(std::move(loaded), std::move(ctx), std::move(keys), options.encoding);
 }
 
 Server Server::from_signed_bytes(std::span<const std::uint8_t> program,

@@ -14,11 +14,12 @@ and ``client.json``, a validated JSON description of the program's shape.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -471,10 +472,16 @@ class Client:
     def save_ciphertexts(
         self, cts: Sequence[Any | None], folder: str | os.PathLike[str]
     ) -> list[Path]:
-        return _save_cts(self.context, cts, Path(folder))
+        return _save_cts(self._save, cts, Path(folder))
 
     def load_ciphertexts(self, folder: str | os.PathLike[str]) -> list[Any | None]:
-        return _load_cts(self.context, Path(folder))
+        return _load_cts(self._load, Path(folder))
+
+    def _save(self, ct: Any) -> bytes:
+        return bytes(_core.save(self.context, ct))
+
+    def _load(self, data: bytes) -> Any:
+        return _core.load_ciphertext(self.context, data)
 
 
 class Server:
@@ -506,10 +513,13 @@ class Server:
             threads=threads,
             encode_on_demand=encode_on_demand,
         )
-        # A context of the program's parameters for (de)serializing ciphertexts: the server's
-        # own stays inside it.
-        self.context = _core.Context(self._server.parameters)
         self.last_stats: dict[str, Any] = {}
+
+    @functools.cached_property
+    def context(self) -> Any:
+        """A context of the program's parameters, for callers that (de)serialize ciphertexts
+        themselves (the server's own stays inside it; the server loads and saves without it)."""
+        return _core.Context(self._server.parameters)
 
     @property
     def plaintext_bytes(self) -> int:
@@ -553,28 +563,22 @@ class Server:
         return self._server.load_ciphertext(data)
 
     def run_folder(self, inputs: str | os.PathLike[str], outputs: str | os.PathLike[str]) -> None:
-        paths = sorted(Path(inputs).glob("*.ct"))
-        if not paths:
-            raise MissingFileError(f"no .ct files in {inputs}")
-        cts = []
-        for path in paths:
-            data = path.read_bytes()
-            if not data:
-                raise _core.SerializationError(f"input ciphertext file {path} is empty")
-            try:
-                cts.append(self.load_ciphertext(data))
-            except _core.FheError as exc:  # name the file, keep the error's type
-                raise type(exc)(f"{path}: {exc}") from exc
-        _save_cts(self.context, self.run(cts), Path(outputs))
+        cts = _load_cts(self.load_ciphertext, Path(inputs))
+        empty = [i for i, c in enumerate(cts) if c is None]
+        if empty:
+            raise _core.SerializationError(
+                f"input ciphertext file {empty[0]:06d}.ct in {inputs} is empty"
+            )
+        _save_cts(self._server.save_ciphertext, self.run(cts), Path(outputs))
 
 
-def _save_cts(context: Any, cts: Sequence[Any | None], folder: Path) -> list[Path]:
+def _save_cts(save: Callable[[Any], bytes], cts: Sequence[Any | None], folder: Path) -> list[Path]:
+    """One file per ciphertext (an empty file for a known-zero output), written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, c in enumerate(cts):
         path = folder / f"{i:06d}.ct"
-        data = b"" if c is None else bytes(_core.save(context, c))
-        _write_bytes(path, data)
+        _write_bytes(path, b"" if c is None else bytes(save(c)))
         paths.append(path)
     return paths
 
@@ -586,12 +590,17 @@ def _write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, write)
 
 
-def _load_cts(context: Any, folder: Path) -> list[Any | None]:
+def _load_cts(load: Callable[[bytes], Any], folder: Path) -> list[Any | None]:
+    """The folder's ciphertexts in file order (None for an empty file); a file that does not
+    load is named in the error, which keeps its type."""
     paths = sorted(folder.glob("*.ct"))
     if not paths:
         raise MissingFileError(f"no .ct files in {folder}")
     out: list[Any | None] = []
     for path in paths:
         data = path.read_bytes()
-        out.append(None if not data else _core.load_ciphertext(context, data))
+        try:
+            out.append(load(data) if data else None)
+        except _core.FheError as exc:
+            raise type(exc)(f"{path}: {exc}") from exc
     return out
