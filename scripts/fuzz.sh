@@ -6,7 +6,8 @@
 # Configures and builds the libFuzzer tree build/fuzz if needed (clang; override the compiler
 # with FHEPRUNE_FUZZ_CXX, the build parallelism with FHEPRUNE_FUZZ_JOBS, default 2), writes
 # fresh seed objects into build/fuzz/corpus/<target>/, then runs each target for the given
-# time. The corpus directories keep what the fuzzer finds, so later runs start from there.
+# time. The corpus directories keep what the fuzzer finds, so later runs start from there;
+# every run also starts from the kept corpus of past campaigns (cpp/fuzz/corpus.tar.xz).
 # FHEPRUNE_FUZZ_ARGS adds libFuzzer flags to every run (they override the defaults below).
 # Crash inputs go to build/fuzz/artifacts/, logs to build/fuzz/logs/; nothing is written
 # outside build/fuzz. Exits non-zero on any finding (crash, sanitizer report, unexpected
@@ -60,6 +61,17 @@ for t in "${targets[@]}"; do
   for f in $(seed_files "$t"); do cp -f "$seeds/$f" "$build/corpus/$t/seed-$f"; done
 done
 
+# ---- The kept corpus: the minimized inputs of past campaigns (scripts/keep_fuzz_corpus.sh
+# writes it), unpacked once per archive version and read, never written, by every run. ----
+archive="$root/cpp/fuzz/corpus.tar.xz"
+kept="$build/kept"
+if [[ -f "$archive" && ( ! -d "$kept" || "$archive" -nt "$kept" ) ]]; then
+  rm -rf "$kept" && mkdir -p "$kept"
+  tar -xJf "$archive" -C "$kept"
+  touch "$kept"
+fi
+kept_dir() { if [[ -d "$kept/$1" ]]; then echo "$kept/$1"; fi; }
+
 # ---- Run. ----
 # UBSan already aborts (-fno-sanitize-recover); ask it for a stack trace too.
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
@@ -73,7 +85,7 @@ for t in "${targets[@]}"; do
   (cd "$build" && "./fuzz_$t" \
       -max_total_time="$seconds" -max_len=1048576 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$build/artifacts/fuzz_$t-" -print_final_stats=1 \
-      "${extra_args[@]}" "$build/corpus/$t") >"$log" 2>&1 || rc=$?
+      "${extra_args[@]}" "$build/corpus/$t" $(kept_dir "$t")) >"$log" 2>&1 || rc=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
   cov="$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)"

@@ -1,5 +1,5 @@
-"""Security hardening: randomness independent across fork(), and no file can lower the
-security level."""
+"""Security hardening: randomness independent across fork(), no file can lower the security
+level, and every refusal (engine argument types included) is a FhepruneError."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 _core = pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
 
+from fheprune.ckks import preset  # noqa: E402
 from fheprune.models.zoo import MLPClassifier  # noqa: E402
 from fheprune.runtime import Client, ClientSpec, Server, compile_model  # noqa: E402
 from fheprune.runtime.compiler import CompiledModel  # noqa: E402
@@ -259,6 +260,97 @@ def test_the_package_raises_no_bare_builtin_errors() -> None:
         if "raise ValueError(" in line or "raise TypeError(" in line
     ]
     assert offenders == []
+
+
+def _engine_callables() -> list[tuple[str, object, bool]]:
+    """(name, callable, is_method) for every function, method and constructor of the engine."""
+    import inspect
+
+    found: list[tuple[str, object, bool]] = []
+    seen: set[int] = set()  # aliases (EngineExecutor is Server) once
+    for name, value in vars(_core).items():
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        name = getattr(value, "__name__", name)
+        kind = type(value).__name__
+        if kind == "nb_func" and not name.startswith("_"):
+            found.append((name, value, False))
+        elif inspect.isclass(value) and not issubclass(value, BaseException):
+            found.append((f"{name}()", value, False))
+            for member, attr in vars(value).items():
+                if member.startswith("__"):
+                    continue
+                if type(attr).__name__ == "nb_method":
+                    found.append((f"{name}.{member}", getattr(value, member), True))
+                elif type(attr).__name__ == "nb_func":
+                    found.append((f"{name}.{member}", getattr(value, member), False))
+    return found
+
+
+class _Foreign:
+    """An argument no binding accepts."""
+
+
+def test_every_engine_call_with_wrong_types_raises_the_typed_error() -> None:
+    from fheprune.errors import FhepruneError, InputTypeError
+
+    callables = _engine_callables()
+    assert len(callables) > 80  # the whole engine, not a few names
+    untyped = []
+    for name, function, is_method in callables:
+        args = (_Foreign(), _Foreign()) if is_method else (_Foreign(),)
+        try:
+            function(*args)  # type: ignore[operator]
+        except InputTypeError as error:
+            # The message names the call and what it accepts, or, for a type the engine
+            # makes (Plaintext, keys, Program), the calls that make it.
+            text = str(error)
+            assert name.rstrip("()").split(".")[-1] in text, (name, text)
+            made_by = re.search(
+                r"cannot be constructed directly; they come from the engine: \w", text
+            )
+            assert ("accepted:" in text and "_Foreign" in text) or made_by, (name, text)
+            assert isinstance(error, FhepruneError) and isinstance(error, TypeError)
+        except Exception as error:
+            untyped.append(f"{name}: {type(error).__name__}: {error}")
+        else:
+            untyped.append(f"{name}: accepted a foreign object")
+    assert untyped == []
+
+
+def test_typed_argument_errors_keep_implicit_conversions() -> None:
+    # The catch-all overload binds only after every real overload had its converting try:
+    # an int for a float, a numpy integer for an int still work.
+    from fheprune.errors import InputTypeError
+
+    parameters = preset("n8192-l2")
+    context = _core.Context(parameters, np.int64(1))
+    assert context.threads == 1
+    encoder = _core.Encoder(context)
+    keys = _core.KeyGenerator(context)
+    ciphertext = _core.Encryptor(context, keys.create_public_key()).encrypt(
+        encoder.encode(np.array([0.5, -0.25]))
+    )
+    ciphertext.scale = 2**40  # int for float
+    assert ciphertext.scale == 2.0**40
+    with pytest.raises(
+        InputTypeError, match=r"Ciphertext\.scale: a value of the wrong type \(str\)"
+    ):
+        ciphertext.scale = "big"
+    with pytest.raises(InputTypeError, match=r"Context\(\): arguments of the wrong type"):
+        _core.Context(parameters, 1.5)
+
+
+def test_type_stubs_show_only_the_real_overloads() -> None:
+    # The catch-all must not reach the stubs, or mypy would accept any call.
+    import fheprune
+
+    stub = Path(fheprune.__file__).with_name("_core.pyi")
+    assert stub.is_file()
+    text = stub.read_text()
+    assert "def __init__(self, parameters: Parameters, threads: int = 1)" in text
+    assert "_second_pass" not in text and "**kwargs" not in text
 
 
 # ---- Inputs the program cannot hold are refused, not decrypted to garbage --------------------

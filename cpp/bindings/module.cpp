@@ -12,6 +12,7 @@
 #include <complex>
 #include <cstring>
 
+#include "argument_errors.hpp"
 #include "bytes.hpp"
 #include "fheprune/ckks/ckks.hpp"
 #include "fheprune/version.hpp"
@@ -331,4 +332,12 @@ NB_MODULE(_core, m) {
     }
     return std::string("unknown");
   });
+
+  // Last: turn nanobind's "incompatible function arguments" into the package's typed error.
+  // Only for the package's module: nanobind's stub generator imports the module under the
+  // bare name `_core`, and the catch-all overloads must not reach the type stubs (mypy would
+  // accept any call).
+  if (std::string(nb::str(m.attr("__name__")).c_str()) == "fheprune._core") {
+    reject_mismatched_arguments(m);
+  }
 }
