@@ -392,12 +392,56 @@ void bind_runtime(nb::module_& m) {
           "per-layer times and peak ciphertexts of this run.")
       .def(
           "load_ciphertext",
-          [](const rt::Server& s, const nb::bytes& b) { return s.load_ciphertext(as_span(b)); },
+          [](const rt::Server& s, const nb::bytes& b) {
+            nb::gil_scoped_release release;  // `b` stays referenced by the caller
+            return s.load_ciphertext(as_span(b));
+          },
           "data"_a, "A serialized input ciphertext, checked like a run input.")
       .def(
           "save_ciphertext",
-          [](const rt::Server& s, const ck::Ciphertext& c) { return to_bytes(s.save_ciphertext(c)); },
+          [](const rt::Server& s, const ck::Ciphertext& c) {
+            ck::Bytes out;
+            {
+              nb::gil_scoped_release release;
+              out = s.save_ciphertext(c);
+            }
+            return to_bytes(out);
+          },
           "ciphertext"_a);
+  nb::class_<rt::ProgramHost>(
+      m, "ProgramHost",
+      "One program for many clients (fheprune/runtime/server.hpp): the program, its context and "
+      "its plaintexts are built once; serve() gives each client's evaluation keys a Server "
+      "sharing them. Servers from one host run concurrently on Python threads.")
+      .def(
+          "__init__",
+          [](rt::ProgramHost* h, const nb::bytes& program, std::size_t threads,
+             bool encode_on_demand) {
+            nb::gil_scoped_release release;  // `program` stays referenced by the caller
+            new (h) rt::ProgramHost(rt::ProgramHost::from_bytes(
+                as_span(program), {.threads = threads, .encoding = encoding(encode_on_demand)}));
+          },
+          "program"_a, "threads"_a = 1, "encode_on_demand"_a = false,
+          "From a program file (bytes); threads: engine threads per run.")
+      .def(
+          "serve",
+          [](const rt::ProgramHost& h, const nb::bytes& evaluation_keys) {
+            nb::gil_scoped_release release;
+            return h.serve(as_span(evaluation_keys));
+          },
+          "evaluation_keys"_a,
+          "A Server for one client's evaluation-key bundle (bytes), checked like Server's.")
+      .def_prop_ro("parameters", [](const rt::ProgramHost& h) { return h.program().parameters(); })
+      .def_prop_ro("input_ciphertexts",
+                   [](const rt::ProgramHost& h) { return h.program().input_ciphertexts(); })
+      .def_prop_ro("output_ciphertexts",
+                   [](const rt::ProgramHost& h) { return h.program().output_ciphertexts(); })
+      .def_prop_ro("threads", [](const rt::ProgramHost& h) { return h.context()->threads(); })
+      .def_prop_ro("program_fingerprint",
+                   [](const rt::ProgramHost& h) { return to_bytes(h.program_fingerprint()); },
+                   "BLAKE2b-256 of the program file.")
+      .def_prop_ro("plaintext_bytes", &rt::ProgramHost::plaintext_bytes)
+      .def_prop_ro("plaintext_count", &rt::ProgramHost::plaintext_count);
   nb::class_<rt::SigningKey>(
       m, "SigningKey",
       "A model owner's Ed25519 signing key: signs program files and client specs so that the "

@@ -1,8 +1,11 @@
 // runtime::Server: the checks that keep a server safe (parameters, key ids, rotation keys,
-// every run input), shared ownership of keys and program, and results equal to the executor's.
+// every run input), shared ownership of keys and program, and results equal to the executor's;
+// runtime::ProgramHost: many clients' keys on one program's shared plaintexts.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
+#include <thread>
 
 #include "fheprune/ckks/ckks.hpp"
 #include "fheprune/runtime/server.hpp"
@@ -251,6 +254,137 @@ TEST(Server, ASignedProgramIsCheckedAgainstItsOwnersKey) {
 TEST(Server, MissingFilesAreTypedErrors) {
   EXPECT_THROW(read_file("/nonexistent/fheprune/program.fhp"), ckks::SerializationError);
   EXPECT_THROW(Server::from_files("/nonexistent/a", "/nonexistent/b"), ckks::SerializationError);
+}
+
+// ---- ProgramHost: one program, many clients ----
+
+// The tile program with the first output tile of fc1 pruned away: that tile is its bias
+// alone, an output the executor encrypts under each client's key.
+Program make_pruned_program(const ckks::Parameters& prm) {
+  Program dense = make_program(prm);
+  std::mt19937_64 gen(3);
+  std::uniform_real_distribution<double> val(-0.5, 0.5);
+  std::vector<double> w1(6 * 12), b1(6), w2(3 * 6), b2(3);
+  for (std::size_t r = 4; r < 6; ++r) {
+    for (std::size_t c = 0; c < 12; ++c) w1[r * 12 + c] = val(gen);
+  }
+  for (double& v : b1) v = val(gen);
+  for (double& v : w2) v = val(gen);
+  for (double& v : b2) v = val(gen);
+  Program p = Program::tile(prm, {4, 4, prm.poly_degree / 2 / 16}, 12);
+  p.add_linear("fc1", 6, 12, w1, b1);
+  p.add_square("act");
+  p.add_linear("fc2", 3, 6, w2, b2);
+  return p;
+}
+
+struct Client {
+  explicit Client(const ckks::Parameters& prm, const Program& program)
+      : fixture(prm),
+        keys(std::make_shared<const ckks::EvaluationKeys>(
+            fixture.keygen.create_evaluation_keys(program.rotation_steps()))) {}
+  ckks::testing::Fixture fixture;
+  std::shared_ptr<const ckks::EvaluationKeys> keys;
+
+  std::vector<ckks::Ciphertext> encrypt(const Program& program, std::uint64_t seed) {
+    const auto x = ckks::testing::random_reals(3 * program.in_features(), seed);
+    std::vector<ckks::Ciphertext> out;
+    for (const auto& slots : program.pack_inputs(x, 3)) out.push_back(fixture.encrypt(slots));
+    return out;
+  }
+  std::vector<std::vector<double>> decrypt(const std::vector<std::optional<ckks::Ciphertext>>& cts) {
+    std::vector<std::vector<double>> rows;
+    for (const auto& c : cts) {
+      rows.push_back(c ? fixture.decrypt(*c) : std::vector<double>(fixture.ctx->slots(), 0.0));
+    }
+    return rows;
+  }
+};
+
+double max_diff(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0.0;
+  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    worst = std::max(worst, ckks::testing::max_abs_diff(a[i], b[i]));
+  }
+  return worst;
+}
+
+TEST(ProgramHost, ServesClientsWithTheirOwnKeysOnSharedPlaintexts) {
+  const ckks::Parameters prm = small_params();
+  auto program = std::make_shared<const Program>(make_pruned_program(prm));
+  const ProgramHost host(program);
+  EXPECT_EQ(host.program_fingerprint(), program_fingerprint(program->save()));
+  ASSERT_GT(host.plaintext_count(), 0U);
+
+  Client alice(prm, *program), bob(prm, *program);
+  const Server for_alice = host.serve(alice.keys);
+  const Server for_bob = host.serve(bob.keys);
+  // A client costs its keys: the plaintexts are the host's.
+  EXPECT_EQ(for_alice.plaintext_bytes(), host.plaintext_bytes());
+  EXPECT_EQ(for_alice.context(), host.context());
+
+  for (Client* client : {&alice, &bob}) {
+    const Server& mine = client == &alice ? for_alice : for_bob;
+    const auto inputs = client->encrypt(*program, client == &alice ? 11 : 12);
+    RunStats stats;
+    const auto got = client->decrypt(mine.run(inputs, &stats));
+    // The same as a server of its own.
+    const Server alone(program, client->keys);
+    EXPECT_LT(max_diff(got, client->decrypt(alone.run(inputs))), 1e-6);
+    EXPECT_GT(stats.total().constant, 0U);  // the pruned tile came from the client's own key
+  }
+  // A client's ciphertexts cannot run on another client's keys.
+  EXPECT_THROW(for_bob.run(alice.encrypt(*program, 13)), ckks::MismatchError);
+}
+
+TEST(ProgramHost, ChecksKeysLikeTheServer) {
+  const ckks::Parameters prm = small_params();
+  auto program = std::make_shared<const Program>(make_program(prm));
+  const ProgramHost host(program);
+  ckks::testing::Fixture other(small_params({50, 40, 40, 40, 40}));
+  EXPECT_THROW(host.serve(std::make_shared<const ckks::EvaluationKeys>(
+                   other.keygen.create_evaluation_keys(program->rotation_steps()))),
+               ckks::MismatchError);
+  EXPECT_THROW(host.serve(std::shared_ptr<const ckks::EvaluationKeys>()), ckks::MissingKeyError);
+  Client client(prm, *program);
+  std::vector<long> steps = program->rotation_steps();
+  steps.pop_back();
+  EXPECT_THROW(host.serve(std::make_shared<const ckks::EvaluationKeys>(
+                   client.fixture.keygen.create_evaluation_keys(steps))),
+               ckks::MissingKeyError);
+  const ckks::Bytes secret = ckks::Serializer::save_secret_key(*client.fixture.ctx,
+                                                               client.fixture.keygen.secret_key());
+  EXPECT_THROW(host.serve(std::span<const std::uint8_t>(secret)), ckks::SerializationError);
+  const ckks::Bytes bundle = ckks::Serializer::save(*client.fixture.ctx, *client.keys);
+  EXPECT_NO_THROW(host.serve(std::span<const std::uint8_t>(bundle)));
+  EXPECT_THROW(ProgramHost(nullptr), CompileError);
+}
+
+TEST(ProgramHost, ClientsRunConcurrentlyWithTheSameResults) {
+  const ckks::Parameters prm = small_params();
+  auto program = std::make_shared<const Program>(make_pruned_program(prm));
+  const ProgramHost host(program);
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<Server> servers;
+  std::vector<std::vector<ckks::Ciphertext>> inputs;
+  std::vector<std::vector<std::vector<double>>> sequential, concurrent(4);
+  for (std::uint64_t i = 0; i < 4; ++i) {
+    clients.push_back(std::make_unique<Client>(prm, *program));
+    servers.push_back(host.serve(clients.back()->keys));
+    inputs.push_back(clients.back()->encrypt(*program, 20 + i));
+    sequential.push_back(clients.back()->decrypt(servers.back().run(inputs.back())));
+  }
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      for (int repeat = 0; repeat < 2; ++repeat) {
+        concurrent[i] = clients[i]->decrypt(servers[i].run(inputs[i]));
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_LT(max_diff(concurrent[i], sequential[i]), 1e-6);
 }
 
 }  // namespace

@@ -83,6 +83,17 @@ ck::ContextPtr make_server_context(const Program* program, const ServerOptions& 
   return ck::make_context(program->parameters(), options.threads);
 }
 
+// A serialized evaluation-key bundle; any other kind of object is refused by name.
+std::shared_ptr<const ck::EvaluationKeys> load_bundle(const ck::Context& ctx,
+                                                      std::span<const std::uint8_t> bytes) {
+  const ck::ObjectKind kind = ck::Serializer::peek_kind(bytes);
+  if (kind != ck::ObjectKind::kEvaluationKeys) {
+    throw ck::SerializationError("the server takes an evaluation-key bundle (public, "
+                                 "relinearization and Galois keys), got " + kind_name(kind));
+  }
+  return std::make_shared<const ck::EvaluationKeys>(ck::Serializer::load_evaluation_keys(ctx, bytes));
+}
+
 }  // namespace
 
 struct Server::State {
@@ -100,7 +111,18 @@ struct Server::State {
         keys(std::move(k)),
         backend(context, keys),
         executor(*program, backend, encoding) {}
+
+  // Shares `prepared`'s plaintexts (ProgramHost::serve).
+  State(std::shared_ptr<const Program> p, ck::ContextPtr ctx,
+        std::shared_ptr<const ck::EvaluationKeys> k, const Executor<EngineBackend>& prepared)
+      : program(std::move(p)),
+        context(std::move(ctx)),
+        keys(std::move(k)),
+        backend(context, keys),
+        executor(prepared, backend) {}
 };
+
+Server::Server(std::unique_ptr<State> state) : state_(std::move(state)) {}
 
 Server::Server(std::shared_ptr<const Program> program,
                std::shared_ptr<const ck::EvaluationKeys> keys, ServerOptions options)
@@ -131,15 +153,9 @@ void check_context(const Program& program, const ck::Context& ctx) {
 Server Server::from_bytes(std::span<const std::uint8_t> program,
                           std::span<const std::uint8_t> evaluation_keys, ServerOptions options) {
   auto loaded = std::make_shared<const Program>(Program::load(program));
-  const ck::ObjectKind kind = ck::Serializer::peek_kind(evaluation_keys);
-  if (kind != ck::ObjectKind::kEvaluationKeys) {
-    throw ck::SerializationError("the server takes an evaluation-key bundle (public, "
-                                 "relinearization and Galois keys), got " + kind_name(kind));
-  }
   // One context, built once: it parses the keys and then runs the program.
   ck::ContextPtr ctx = make_server_context(loaded.get(), options);
-  auto keys = std::make_shared<const ck::EvaluationKeys>(
-      ck::Serializer::load_evaluation_keys(*ctx, evaluation_keys));
+  auto keys = load_bundle(*ctx, evaluation_keys);
   return Server(std::move(loaded), std::move(ctx), std::move(keys), options.encoding);
 }
 
@@ -228,6 +244,61 @@ ck::Ciphertext Server::load_ciphertext(std::span<const std::uint8_t> bytes) cons
 ck::Bytes Server::save_ciphertext(const ck::Ciphertext& ct) const {
   return ck::Serializer::save(*state_->context, ct);
 }
+
+// ---- ProgramHost ----
+
+struct ProgramHost::State {
+  std::shared_ptr<const Program> program;
+  ck::ContextPtr context;
+  ck::Fingerprint fingerprint;
+  EngineBackend backend;  // no keys: it only encodes
+  Executor<EngineBackend> executor;
+
+  State(std::shared_ptr<const Program> p, ck::ContextPtr ctx, Encoding encoding)
+      : program(std::move(p)),
+        context(std::move(ctx)),
+        fingerprint(runtime::program_fingerprint(program->save())),
+        backend(context),
+        executor(*program, backend, encoding) {}
+};
+
+ProgramHost::ProgramHost(std::shared_ptr<const Program> program, ServerOptions options) {
+  ck::ContextPtr ctx = make_server_context(program.get(), options);
+  state_ = std::make_unique<State>(std::move(program), std::move(ctx), options.encoding);
+}
+
+ProgramHost ProgramHost::from_bytes(std::span<const std::uint8_t> program,
+                                    ServerOptions options) {
+  return ProgramHost(std::make_shared<const Program>(Program::load(program)), options);
+}
+
+ProgramHost ProgramHost::from_signed_bytes(std::span<const std::uint8_t> program,
+                                           std::span<const std::uint8_t> signature,
+                                           const VerifyKey& owner, ServerOptions options) {
+  verify_signature(program, signature, owner, "program file");
+  return from_bytes(program, options);
+}
+
+ProgramHost::ProgramHost(ProgramHost&&) noexcept = default;
+ProgramHost& ProgramHost::operator=(ProgramHost&&) noexcept = default;
+ProgramHost::~ProgramHost() = default;
+
+Server ProgramHost::serve(std::shared_ptr<const ck::EvaluationKeys> keys) const {
+  if (!keys) throw ck::MissingKeyError("the server needs evaluation keys, got none");
+  check_keys(*state_->program, *state_->context, *keys);
+  return Server(std::make_unique<Server::State>(state_->program, state_->context, std::move(keys),
+                                                state_->executor));
+}
+
+Server ProgramHost::serve(std::span<const std::uint8_t> evaluation_keys) const {
+  return serve(load_bundle(*state_->context, evaluation_keys));
+}
+
+const Program& ProgramHost::program() const { return *state_->program; }
+const ck::ContextPtr& ProgramHost::context() const { return state_->context; }
+const ck::Fingerprint& ProgramHost::program_fingerprint() const { return state_->fingerprint; }
+std::size_t ProgramHost::plaintext_bytes() const { return state_->executor.plaintext_bytes(); }
+std::size_t ProgramHost::plaintext_count() const { return state_->executor.plaintext_count(); }
 
 ck::Fingerprint program_fingerprint(std::span<const std::uint8_t> program_bytes) {
   ck::Fingerprint out{};

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -33,7 +34,12 @@ class EngineBackend {
   // Shares ownership of the keys: they live as long as any backend that uses them.
   EngineBackend(ckks::ContextPtr ctx, std::shared_ptr<const ckks::EvaluationKeys> keys)
       : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_), keys_(checked(std::move(keys))),
-        encryptor_(ctx_, keys_->public_key) {}
+        encryptor_(std::in_place, ctx_, keys_->public_key) {}
+
+  // Without keys: encodes plaintexts (an executor's set-up, shared by every client of a
+  // server) and adds; rotations, squares and encryptions throw MissingKeyError.
+  explicit EngineBackend(ckks::ContextPtr ctx)
+      : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_) {}
 
   const ckks::Context& context() const { return *ctx_; }
   std::size_t top_level() const { return ctx_->max_level(); }
@@ -46,7 +52,7 @@ class EngineBackend {
     return encoder_.encode(v, scale, level);
   }
   // A fresh public-key encryption of a plaintext (constant outputs of pruned-away units).
-  Ct encrypt(const Pt& p) { return encryptor_.encrypt(p); }
+  Ct encrypt(const Pt& p) { return encryptor().encrypt(p); }
   Ct mul_plain(const Ct& a, const Pt& p) const { return evaluator_.multiply_plain(a, p); }
   Ct mul_plain_sum(const std::vector<const Ct*>& a, const std::vector<const Pt*>& p) const {
     return evaluator_.multiply_plain_sum(a, p);
@@ -55,12 +61,12 @@ class EngineBackend {
   void add_plain_inplace(Ct& a, const Pt& p) const { evaluator_.add_plain_inplace(a, p); }
   Ct rescale(const Ct& a) const { return evaluator_.rescale(a); }
   Ct rotate(const Ct& a, long step) const {
-    return evaluator_.rotate(a, step, keys_->galois_keys);
+    return evaluator_.rotate(a, step, keys().galois_keys);
   }
   std::vector<Ct> rotate_hoisted(const Ct& a, const std::vector<long>& steps) const {
-    return evaluator_.rotate_hoisted(a, steps, keys_->galois_keys);
+    return evaluator_.rotate_hoisted(a, steps, keys().galois_keys);
   }
-  Ct square(const Ct& a) const { return evaluator_.multiply_relin(a, a, keys_->relin_key); }
+  Ct square(const Ct& a) const { return evaluator_.multiply_relin(a, a, keys().relin_key); }
   std::size_t level(const Ct& a) const { return a.level(); }
   double scale(const Ct& a) const { return a.scale(); }
   static std::size_t bytes(const Pt& p) { return p.data().size() * sizeof(ckks::u64); }
@@ -73,11 +79,20 @@ class EngineBackend {
     return keys;
   }
 
+  const ckks::EvaluationKeys& keys() const {
+    if (!keys_) throw ckks::MissingKeyError("this engine backend holds no evaluation keys");
+    return *keys_;
+  }
+  ckks::Encryptor& encryptor() {
+    if (!encryptor_) throw ckks::MissingKeyError("this engine backend holds no public key");
+    return *encryptor_;
+  }
+
   ckks::ContextPtr ctx_;
   ckks::Encoder encoder_;
   ckks::Evaluator evaluator_;
-  std::shared_ptr<const ckks::EvaluationKeys> keys_;
-  ckks::Encryptor encryptor_;
+  std::shared_ptr<const ckks::EvaluationKeys> keys_;  // null: encode-only
+  std::optional<ckks::Encryptor> encryptor_;
 };
 
 class SlotBackend {

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -93,7 +94,27 @@ class Executor {
 
   Executor(const Program& program, Backend& backend, Encoding encoding = Encoding::kAtSetup)
       : program_(program), backend_(backend), encoding_(encoding) {
-    prepare();
+    auto prepared = std::make_shared<std::vector<Prepared>>();
+    prepare(*prepared);
+    prepared_ = std::move(prepared);
+    constants_.resize(prepared_->size());
+  }
+
+  // An executor of the same program on another backend (another client's keys) that shares
+  // `other`'s plaintexts: they depend on the program and the parameters only, so a server
+  // encodes them once for all its clients. `backend` must have `other`'s context.
+  Executor(const Executor& other, Backend& backend)
+      : program_(other.program_),
+        backend_(backend),
+        encoding_(other.encoding_),
+        prepared_(other.prepared_),
+        plaintext_bytes_(other.plaintext_bytes_),
+        plaintext_count_(other.plaintext_count_),
+        input_level_(other.input_level_) {
+    if (&backend.context() != &other.backend_.context()) {
+      throw ckks::MismatchError("an executor sharing plaintexts must run on the same context");
+    }
+    constants_.resize(prepared_->size());
   }
 
   Encoding encoding() const { return encoding_; }
@@ -161,12 +182,14 @@ class Executor {
     std::vector<Pt> units;                 // aligned with the layer's units
     std::vector<std::optional<Pt>> bias;   // tile: per out tile; diagonal: one
     std::optional<Pt> mask;                // tile rebuild
-    std::vector<std::optional<Ct>> constant;  // outputs with no live unit but a bias
+    // Per bias: an output with no live unit, which is its bias alone. The executor encrypts
+    // such a bias once, under its own backend's key (constant()), and copies it in each run.
+    std::vector<std::uint8_t> constant;
     std::size_t level = 0;                 // map layer, on demand: where its terms are encoded
     double unit_scale = 0.0;               // ... and at which scale
   };
 
-  void prepare() {
+  void prepare(std::vector<Prepared>& prepared) {
     const std::size_t need = program_.levels();
     const std::size_t top = backend_.top_level();
     if (need > top) {
@@ -203,10 +226,8 @@ class Executor {
         for (std::size_t ot = 0; ot < t->bias_nonzero.size(); ++ot) {
           p.bias.push_back(t->bias_nonzero[ot] ? std::optional<Pt>(encode(t->bias[ot], level, scale))
                                                : std::nullopt);
-          // An output tile with no live unit is its bias: encrypt it once, here.
-          p.constant.push_back(p.bias.back() && !has_unit[ot]
-                                   ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
-                                   : std::nullopt);
+          // An output tile with no live unit is its bias alone.
+          p.constant.push_back(p.bias.back() && !has_unit[ot]);
         }
       } else if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
         const double q = backend_.prime(level);
@@ -215,9 +236,7 @@ class Executor {
         --level;
         if (!d->bias.empty()) {
           p.bias.push_back(encode(d->bias, level, scale));
-          p.constant.push_back((!live_in[0] || d->units.empty())
-                                   ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
-                                   : std::nullopt);
+          p.constant.push_back(!live_in[0] || d->units.empty());
         }
       } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
         const double q = backend_.prime(level);
@@ -238,9 +257,7 @@ class Executor {
             for (std::size_t j = 0; j < slots; ++j) full[j] = b[j % b.size()];
           }
           p.bias.push_back(biased ? std::optional<Pt>(encode(full, level, scale)) : std::nullopt);
-          p.constant.push_back(biased && !has_term[o]
-                                   ? std::optional<Ct>(backend_.encrypt(*p.bias.back()))
-                                   : std::nullopt);
+          p.constant.push_back(biased && !has_term[o]);
         }
       } else if (std::holds_alternative<RotateSum>(layer)) {
         // No plaintext, no level.
@@ -248,7 +265,7 @@ class Executor {
         scale = scale * scale / backend_.prime(level);
         --level;
       }
-      prepared_.push_back(std::move(p));
+      prepared.push_back(std::move(p));
     }
   }
 
@@ -322,7 +339,7 @@ class Executor {
   std::vector<std::optional<Ct>> run_layer(std::size_t index, const std::vector<const Ct*>& x,
                                            RunStats& st, OpCounts& ops) {
     const Layer& layer = program_.layers()[index];
-    Prepared& prep = prepared_[index];
+    const Prepared& prep = (*prepared_)[index];
     if (const auto* t = std::get_if<TileLinear>(&layer)) return run_tile(*t, prep, x, st, ops);
     if (const auto* d = std::get_if<DiagonalLinear>(&layer)) return run_diagonal(*d, prep, x, st, ops);
     if (const auto* m = std::get_if<MapLinear>(&layer)) return run_map(*m, prep, x, st, ops);
@@ -339,7 +356,7 @@ class Executor {
     return y;
   }
 
-  std::vector<std::optional<Ct>> run_tile(const TileLinear& t, Prepared& prep,
+  std::vector<std::optional<Ct>> run_tile(const TileLinear& t, const Prepared& prep,
                                           std::vector<const Ct*> x, RunStats& st,
                                           OpCounts& ops) {
     const TileShape3& s = program_.tile_shape();
@@ -384,7 +401,7 @@ class Executor {
           ++ops.add_plain;
         }
       } else if (prep.bias[ot]) {
-        acc = *prep.constant[ot];
+        acc = constant(prep, ot);
         ++ops.constant;
       }
       held_out += acc.has_value();
@@ -393,13 +410,13 @@ class Executor {
     return y;
   }
 
-  std::vector<std::optional<Ct>> run_diagonal(const DiagonalLinear& d, Prepared& prep,
+  std::vector<std::optional<Ct>> run_diagonal(const DiagonalLinear& d, const Prepared& prep,
                                               const std::vector<const Ct*>& x, RunStats& st,
                                               OpCounts& ops) {
     std::vector<std::optional<Ct>> y(1);
     if (!x[0] || d.units.empty()) {  // zero input or no diagonal: only the bias remains
       if (!prep.bias.empty()) {
-        y[0] = *prep.constant[0];
+        y[0] = constant(prep, 0);
         ++ops.constant;
       }
       return y;
@@ -443,7 +460,7 @@ class Executor {
 
   // Map layer: hoisted baby-step rotations per input, then per output one fused sum of
   // products per giant step, rescaled, rotated by the giant step and added up.
-  std::vector<std::optional<Ct>> run_map(const MapLinear& m, Prepared& prep,
+  std::vector<std::optional<Ct>> run_map(const MapLinear& m, const Prepared& prep,
                                          const std::vector<const Ct*>& x, RunStats& st,
                                          OpCounts& ops) {
     std::map<std::pair<std::uint32_t, std::size_t>, Ct> baby;  // (input, step) -> rotated
@@ -507,7 +524,7 @@ class Executor {
         backend_.add_plain_inplace(*total, *prep.bias[o]);
         ++ops.add_plain;
       } else if (!total && prep.bias[o]) {
-        total = *prep.constant[o];
+        total = constant(prep, o);
         ++ops.constant;
       }
       held_out += total.has_value();
@@ -550,10 +567,22 @@ class Executor {
     return y;
   }
 
+  // The encryption of layer `prep`'s bias `k` (an output that is its bias alone), made on
+  // first use under this executor's key and kept.
+  const Ct& constant(const Prepared& prep, std::size_t k) {
+    const auto layer = static_cast<std::size_t>(&prep - prepared_->data());
+    std::vector<std::optional<Ct>>& cache = constants_[layer];
+    if (cache.size() < prep.bias.size()) cache.resize(prep.bias.size());
+    if (!cache[k]) cache[k] = backend_.encrypt(*prep.bias[k]);
+    return *cache[k];
+  }
+
   const Program& program_;
   Backend& backend_;
   Encoding encoding_ = Encoding::kAtSetup;
-  std::vector<Prepared> prepared_;
+  // Key-independent, hence shared by executors of the same program and context.
+  std::shared_ptr<const std::vector<Prepared>> prepared_;
+  std::vector<std::vector<std::optional<Ct>>> constants_;  // per layer, per bias: constant()
   std::size_t plaintext_bytes_ = 0;
   std::size_t plaintext_count_ = 0;
   std::size_t input_level_ = 0;

@@ -41,6 +41,8 @@ struct ServerOptions {
   Encoding encoding = Encoding::kAtSetup;    // kOnDemand: programs too large to pre-encode
 };
 
+class ProgramHost;
+
 class Server {
  public:
   // Throws ckks::MismatchError (keys made under other parameters or for different secret keys),
@@ -99,8 +101,42 @@ class Server {
   ckks::Bytes save_ciphertext(const ckks::Ciphertext& ct) const;
 
  private:
+  friend class ProgramHost;
   struct State;
+  explicit Server(std::unique_ptr<State> state);
   void check_input(const ckks::Ciphertext* ct, const std::string& which) const;
+  std::unique_ptr<State> state_;
+};
+
+// One program served to many clients, each with its own keys: the program, its context and
+// its weight plaintexts are built once, and `serve` gives a client's evaluation keys a Server
+// that shares all of them, so a client costs its keys and nothing more. The keys are checked
+// as by Server's constructor. Servers made here run concurrently (each serializes its own
+// runs); with a one-thread context, N concurrent runs use N cores.
+class ProgramHost {
+ public:
+  explicit ProgramHost(std::shared_ptr<const Program> program, ServerOptions options = {});
+  static ProgramHost from_bytes(std::span<const std::uint8_t> program, ServerOptions options = {});
+  static ProgramHost from_signed_bytes(std::span<const std::uint8_t> program,
+                                       std::span<const std::uint8_t> signature,
+                                       const VerifyKey& owner, ServerOptions options = {});
+
+  ProgramHost(ProgramHost&&) noexcept;
+  ProgramHost& operator=(ProgramHost&&) noexcept;
+  ~ProgramHost();
+
+  Server serve(std::shared_ptr<const ckks::EvaluationKeys> keys) const;
+  // From a serialized evaluation-key bundle (ckks::SerializationError for anything else).
+  Server serve(std::span<const std::uint8_t> evaluation_keys) const;
+
+  const Program& program() const;
+  const ckks::ContextPtr& context() const;
+  const ckks::Fingerprint& program_fingerprint() const;
+  std::size_t plaintext_bytes() const;
+  std::size_t plaintext_count() const;
+
+ private:
+  struct State;
   std::unique_ptr<State> state_;
 };
 
