@@ -14,24 +14,10 @@ import torch
 
 _core = pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
 
+from toys import toy_compiled, toy_model  # noqa: E402
+
 from fheprune.ckks import preset  # noqa: E402
-from fheprune.models.zoo import MLPClassifier  # noqa: E402
 from fheprune.runtime import Client, ClientSpec, Server, compile_model  # noqa: E402
-from fheprune.runtime.compiler import CompiledModel  # noqa: E402
-
-
-def toy_model() -> torch.nn.Module:
-    """A seeded float64 MLP 20 -> 12 (square) -> 5."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MLPClassifier(in_features=20, hidden=(12,), classes=5, activation="square")
-    return model.double().eval()
-
-
-def toy_compiled() -> CompiledModel:
-    """The toy model in the tile layout at N = 1024 (insecure)."""
-    parameters = _core.Parameters(1024, [50] + [40] * 4, [50], 40, insecure_for_testing=True)
-    return compile_model(toy_model(), parameters=parameters, layout="tile", tile=(4, 4))
 
 
 def in_child(work: object) -> bytes:

@@ -8,6 +8,8 @@ Commands:
 * ``demo``: encrypted MNIST inference with our engine, compared with SEAL (see fheprune.demo).
 * ``prune``: prune a model with a named HE-PEx scheme and tile shape within an accuracy (or
   loss) budget; saves the pruned model, its masks and permutations (fheprune.pruning.serialize).
+* ``serve``: serve a compiled bundle over HTTP to many clients (fheprune.serving).
+* ``client``: the client side of ``serve``: keygen, register, infer, decrypt, delete.
 
 Exit status: 0 on success, 2 for a usage or data problem (bad argument, missing or corrupt
 dataset), 3 when the compiled engine cannot be imported.
@@ -264,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--work-dir", type=Path, default=Path("results/prune"))
     prune.add_argument("--out", type=Path, required=True, help="pruned model file (.npz)")
     prune.add_argument("--log-level", default="INFO", choices=_LOG_LEVELS)
+
+    from fheprune.serving.commands import add_client_parser, add_serve_parser
+
+    add_serve_parser(sub, _LOG_LEVELS)
+    add_client_parser(sub, _LOG_LEVELS)
     return parser
 
 
@@ -404,4 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_demo(args)
     if args.command == "prune":
         return _run_prune(args)
+    if args.command in ("serve", "client"):
+        from fheprune.serving.commands import run_client, run_serve
+
+        return run_serve(args) if args.command == "serve" else run_client(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects the rest

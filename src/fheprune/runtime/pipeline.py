@@ -26,6 +26,7 @@ from torch import nn
 from fheprune.errors import InputError
 from fheprune.reporting import machine_info, write_json_atomic
 
+from .bundle import save_bundle
 from .compiler import CompiledModel, compile_model
 from .cost import machine_timings, merge_counts, predict, summarize_cost
 from .roles import Client, ClientSpec, Server
@@ -320,7 +321,9 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
         ]
     ):
         log.info("stage %d/4: encrypted run, %s (%d images)", 3 + i, name, x.shape[0])
+        bundle = save_bundle(compiled, Path(cfg.work_dir) / "bundles" / name)
         run = encrypted_run(compiled, x, threads=cfg.threads)
+        run["bundle"] = str(bundle)
         y = run.pop("outputs")
         plain = _plaintext_outputs(model, x, pin, pout)
         run["agreement"] = float(np.mean(np.argmax(y, 1) == np.argmax(plain, 1)))

@@ -72,6 +72,9 @@ class ClientSpec:
     # The largest |input| the program holds at its parameters (Program.input_range()); the
     # client refuses larger inputs, which would decrypt to garbage. None: not checked.
     max_input: float | None = None
+    # BLAKE2b-256 of the program file (hex): a remote client checks that the server runs
+    # exactly this program before it sends anything (fheprune.client). None: not known.
+    program_fingerprint: str | None = None
 
     @classmethod
     def from_compiled(cls, compiled: CompiledModel) -> ClientSpec:
@@ -105,6 +108,7 @@ class ClientSpec:
             if compiled.output_perm is None
             else tuple(int(v) for v in compiled.output_perm),
             max_input=_proven_input_bound(p),
+            program_fingerprint=bytes(p.fingerprint).hex(),
         )
 
     def shape_program(self) -> Any:
@@ -178,6 +182,7 @@ class ClientSpec:
                 "input_perm": None if self.input_perm is None else list(self.input_perm),
                 "output_perm": None if self.output_perm is None else list(self.output_perm),
                 "max_input": self.max_input,
+                "program_fingerprint": self.program_fingerprint,
             }
         )
 
@@ -223,6 +228,7 @@ class ClientSpec:
                 output_ciphertexts=_int_field(d.get("output_ciphertexts", 0), "output_ciphertexts"),
                 output_map=_output_map_field(d.get("output_map")),
                 max_input=_max_input_field(d.get("max_input")),
+                program_fingerprint=_fingerprint_field(d.get("program_fingerprint")),
             )
             program = spec.shape_program()  # validates the shape against the parameters
             _check_permutation(spec.input_perm, int(program.in_features), "input_perm")
@@ -276,6 +282,12 @@ def _check_signed(data: bytes, signature: bytes | None, owner_key: str | None, w
     _core.verify_signature(data, signature, owner_key, what)
 
 
+def _bytes_arg(value: Any, what: str) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InputTypeError(f"{what} must be bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
 def _check_permutation(perm: tuple[int, ...] | None, size: int, what: str) -> None:
     """A permutation of range(size): every index once (None: no permutation)."""
     if perm is not None and sorted(perm) != list(range(size)):
@@ -294,6 +306,22 @@ def _proven_input_bound(program: Any) -> float | None:
     except _core.CompileError as exc:
         log.warning("inputs will not be range-checked: %s", exc)
         return None
+
+
+def _fingerprint_field(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or not _is_hex(value):
+        raise SpecError(f"program_fingerprint must be 64 hex digits, got {value!r}")
+    return value.lower()
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _max_input_field(value: Any) -> float | None:
@@ -329,12 +357,21 @@ def _output_map_field(value: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | N
 
 
 class Client:
-    """The data owner: keys, encryption, decryption. The secret key stays here."""
+    """The data owner: keys, encryption, decryption. The secret key stays here.
 
-    def __init__(self, spec: ClientSpec, *, threads: int = 1) -> None:
+    A new client draws a fresh secret key; ``secret_key`` (the bytes of
+    :meth:`secret_key_bytes`, kept by the client between sessions) restores one."""
+
+    def __init__(
+        self, spec: ClientSpec, *, threads: int = 1, secret_key: bytes | None = None
+    ) -> None:
         self.spec = spec
         self.context = _core.Context(spec.parameters, threads)
-        self._keygen = _core.KeyGenerator(self.context)
+        if secret_key is None:
+            self._keygen = _core.KeyGenerator(self.context)
+        else:
+            loaded = _core.load_secret_key(self.context, _bytes_arg(secret_key, "secret_key"))
+            self._keygen = _core.KeyGenerator(self.context, loaded)
         self._program = spec.shape_program()
         self._encoder = _core.Encoder(self.context)
         self._encryptor = _core.Encryptor(self.context, self._keygen.secret_key)
@@ -348,6 +385,16 @@ class Client:
     def evaluation_keys_bytes(self) -> bytes:
         data: bytes = _core.save(self.context, self.evaluation_keys())
         return data
+
+    def secret_key_bytes(self) -> bytes:
+        """The secret key, serialized, for the client's own storage (never for a server: no
+        server API takes it, and the evaluation-key bundle format cannot hold it)."""
+        return bytes(_core.save_secret_key(self.context, self._keygen.secret_key))
+
+    @property
+    def key_id(self) -> bytes:
+        """The secret key's public id (BLAKE2b of the key), as ciphertexts and servers report it."""
+        return bytes(self._keygen.secret_key.key_id)
 
     def encrypt(self, samples: FloatArray) -> list[Any]:
         """Samples [count, features] -> input ciphertexts, group by group.

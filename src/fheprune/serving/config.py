@@ -1,0 +1,48 @@
+"""The limits and sizes of an inference server (pure Python: the command line reads its
+defaults without loading the engine)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from fheprune.errors import InputError
+
+__all__ = ["ServeConfig"]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and sizes of a server; every field has a command-line option (fheprune serve)."""
+
+    workers: int = max(1, os.cpu_count() or 1)  # concurrent runs
+    engine_threads: int = 1  # engine threads per run (workers x threads <= cores is best)
+    max_queue: int = 0  # requests waiting or running; 0: 4 x workers
+    max_sessions: int = 64
+    max_key_bytes: int = 8 << 30  # all sessions' evaluation keys together
+    idle_timeout_s: float = 900.0  # an unused session is dropped after this
+    max_request_bytes: int = 1 << 30  # one inference request (its ciphertexts)
+    max_groups: int = 64  # groups of samples per inference request
+    graceful_timeout_s: float = 60.0  # on shutdown, running requests get this long
+
+    def __post_init__(self) -> None:
+        for name in (
+            "workers",
+            "engine_threads",
+            "max_sessions",
+            "max_key_bytes",
+            "max_request_bytes",
+            "max_groups",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"ServeConfig.{name} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise InputError(f"ServeConfig.max_queue must be >= 0, got {self.max_queue!r}")
+        for name in ("idle_timeout_s", "graceful_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_queue or 4 * self.workers

@@ -1,0 +1,118 @@
+"""The wire format of ciphertext batches, shared by the server and the client.
+
+A batch is a header and one frame per ciphertext::
+
+    b"FHPB" | u8 version (1) | u32 count | count x ( u32 length | length bytes )
+
+integers little-endian; each frame holds one ciphertext in the engine's checked envelope
+(``fheprune.ckks.save``). In responses a frame of length 0 is an output the program knows to be
+zero (the client decrypts it as zeros); requests must not contain one.
+
+:class:`FrameReader` takes a body in chunks of any size (a streamed or chunked upload), hands
+out each frame as soon as it is complete, and refuses a batch larger than its limits before
+reading further, so a server never holds more than the frames it will use.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+
+from fheprune.errors import InputError
+
+__all__ = ["MAGIC", "BatchFormatError", "FrameReader", "encode_batch", "iter_batch"]
+
+MAGIC = b"FHPB"
+VERSION = 1
+_HEADER = struct.Struct("<4sBI")  # magic, version, count
+_LENGTH = struct.Struct("<I")
+
+
+class BatchFormatError(InputError):
+    """A ciphertext batch that is truncated, oversized or not in the batch format."""
+
+
+def iter_batch(frames: Iterable[bytes | None], count: int) -> Iterator[bytes]:
+    """The batch's bytes, header first, one frame at a time (for streamed bodies); ``None``
+    stands for a known-zero output."""
+    yield _HEADER.pack(MAGIC, VERSION, count)
+    for frame in frames:
+        data = b"" if frame is None else bytes(frame)
+        yield _LENGTH.pack(len(data)) + data
+
+
+def encode_batch(frames: list[bytes | None]) -> bytes:
+    return b"".join(iter_batch(frames, len(frames)))
+
+
+class FrameReader:
+    """Incremental parser: ``feed`` chunks, collect frames; ``finish`` checks completeness.
+
+    ``max_frames`` and ``max_frame_bytes`` bound what a sender can make the reader hold;
+    ``allow_empty`` admits zero-length frames (known-zero outputs, responses only)."""
+
+    def __init__(self, *, max_frames: int, max_frame_bytes: int, allow_empty: bool = False):
+        self.max_frames = max_frames
+        self.max_frame_bytes = max_frame_bytes
+        self.allow_empty = allow_empty
+        self.count: int | None = None
+        self.frames: list[bytes | None] = []
+        self._buffer = bytearray()
+        self._need: int | None = None  # length of the frame being read, once known
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while True:
+            if self.count is None:
+                if len(self._buffer) < _HEADER.size:
+                    return
+                magic, version, count = _HEADER.unpack_from(self._buffer)
+                if magic != MAGIC:
+                    raise BatchFormatError(
+                        "not a ciphertext batch (the body must start with b'FHPB'; "
+                        "fheprune.serving.protocol describes the format)"
+                    )
+                if version != VERSION:
+                    raise BatchFormatError(f"batch format version {version}, expected {VERSION}")
+                if count == 0 or count > self.max_frames:
+                    raise BatchFormatError(
+                        f"a batch holds 1 to {self.max_frames} ciphertexts, this one says {count}"
+                    )
+                self.count = count
+                del self._buffer[: _HEADER.size]
+            if len(self.frames) == self.count:
+                if self._buffer:
+                    raise BatchFormatError(
+                        f"{len(self._buffer)} bytes after the batch's {self.count} ciphertexts"
+                    )
+                return
+            if self._need is None:
+                if len(self._buffer) < _LENGTH.size:
+                    return
+                (length,) = _LENGTH.unpack_from(self._buffer)
+                if length > self.max_frame_bytes:
+                    raise BatchFormatError(
+                        f"ciphertext {len(self.frames)} is {length} bytes; a ciphertext of this "
+                        f"program is at most {self.max_frame_bytes}"
+                    )
+                if length == 0 and not self.allow_empty:
+                    raise BatchFormatError(f"ciphertext {len(self.frames)} is empty")
+                self._need = length
+                del self._buffer[: _LENGTH.size]
+            if len(self._buffer) < self._need:
+                return
+            frame = bytes(self._buffer[: self._need])
+            del self._buffer[: self._need]
+            self.frames.append(frame if frame else None)
+            self._need = None
+
+    def finish(self) -> list[bytes | None]:
+        """The frames of a complete batch; BatchFormatError if the body stopped early."""
+        if self.count is None:
+            raise BatchFormatError("the body ended before the batch header (9 bytes)")
+        if len(self.frames) != self.count:
+            raise BatchFormatError(
+                f"the body ended after {len(self.frames)} of {self.count} ciphertexts "
+                "(truncated upload)"
+            )
+        return self.frames

@@ -1,0 +1,271 @@
+"""The inference service, independent of the web framework: one bundle's program, built once,
+client sessions on it, a bounded worker pool, and the metrics.
+
+Every request's heavy work (parsing keys, loading ciphertexts, running the program, saving the
+outputs) runs in the C++ core with the GIL released, on a pool of ``workers`` threads; at most
+``max_queue`` requests wait or run at once, the rest are refused at once (503) rather than
+queued without bound.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from fheprune import _core
+from fheprune.errors import InputError
+from fheprune.runtime.bundle import Bundle
+
+from .config import ServeConfig
+from .protocol import FrameReader
+from .sessions import Session, SessionStore
+
+__all__ = ["InferenceService", "OverloadedError", "RequestTooLargeError", "ServeConfig"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RequestTooLargeError(InputError):
+    """A request body beyond the server's size limit (HTTP 413)."""
+
+
+class OverloadedError(InputError):
+    """Every worker is busy and the queue is full (HTTP 503, retry later)."""
+
+
+class Metrics:
+    """Request counts by route and status, inference latencies, and the queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=4096)
+        self.run_seconds: collections.deque[float] = collections.deque(maxlen=4096)
+        self.queued = 0  # admitted requests waiting for a worker or running
+        self.running = 0
+
+    def adjust(self, *, queued: int = 0, running: int = 0) -> None:
+        with self._lock:
+            self.queued += queued
+            self.running += running
+
+    def add_run(self, seconds: float) -> None:
+        with self._lock:
+            self.run_seconds.append(seconds)
+
+    def count(self, route: str, status: int, seconds: float | None = None) -> None:
+        with self._lock:
+            self.requests[(route, status)] += 1
+            if seconds is not None and status == 200:
+                self.latencies.append(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            latencies = sorted(self.latencies)
+            runs = sorted(self.run_seconds)
+            by_route: dict[str, dict[str, int]] = {}
+            for (route, status), n in sorted(self.requests.items()):
+                by_route.setdefault(route, {})[str(status)] = n
+            return {
+                "uptime_s": time.time() - self.started,
+                "requests": by_route,
+                "requests_total": sum(self.requests.values()),
+                "infer_latency_s": _percentiles(latencies),
+                "run_s": _percentiles(runs),
+                "queue": {"admitted": self.queued, "running": self.running},
+            }
+
+
+def _percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"count": 0, "p50": None, "p90": None, "p99": None}
+
+    def at(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {"count": len(values), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so that dropped sessions' keys do not stay
+    in the server's resident memory."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+class InferenceService:
+    """One bundle served to many clients."""
+
+    def __init__(self, bundle: Bundle, config: ServeConfig | None = None) -> None:
+        self.bundle = bundle
+        self.config = config or ServeConfig()
+        start = time.perf_counter()
+        self.host = _core.ProgramHost(bundle.program, threads=self.config.engine_threads)
+        self.setup_s = time.perf_counter() - start
+        parameters = self.host.parameters
+        # A fresh ciphertext at the top level, plus the envelope: no valid input is larger.
+        self.max_ciphertext_bytes = (
+            2 * len(parameters.chain_bits) * int(parameters.poly_degree) * 8 + 4096
+        )
+        self.input_ciphertexts = int(self.host.input_ciphertexts)
+        self.sessions = SessionStore(
+            max_sessions=self.config.max_sessions,
+            max_key_bytes=self.config.max_key_bytes,
+            idle_timeout_s=self.config.idle_timeout_s,
+        )
+        self.metrics = Metrics()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.workers, thread_name_prefix="fheprune-run"
+        )
+        self._admit_lock = threading.Lock()
+        log.info(
+            "program %s: %d plaintexts (%.1f MB) ready in %.2f s; %d workers",
+            bundle.program_fingerprint[:16],
+            self.host.plaintext_count,
+            self.host.plaintext_bytes / 1e6,
+            self.setup_s,
+            self.config.workers,
+        )
+
+    # ---- what the service tells anyone ----
+
+    def program_info(self) -> dict[str, Any]:
+        """Public facts about the program (no weights, nothing about any client)."""
+        parameters = self.host.parameters
+        return {
+            "program_fingerprint": self.bundle.program_fingerprint,
+            "parameters": bytes(parameters.to_bytes()).hex(),
+            "poly_degree": int(parameters.poly_degree),
+            "input_ciphertexts": self.input_ciphertexts,
+            "output_ciphertexts": int(self.host.output_ciphertexts),
+            "limits": {
+                **{k: v for k, v in asdict(self.config).items() if k != "engine_threads"},
+                "max_queue": self.config.queue_limit,
+                "max_ciphertext_bytes": self.max_ciphertext_bytes,
+            },
+        }
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        snapshot = self.metrics.snapshot()
+        snapshot["sessions"] = {
+            "active": len(self.sessions),
+            "key_bytes": self.sessions.key_bytes,
+            "expired": self.sessions.expired_total,
+        }
+        snapshot["server_rss_bytes"] = rss_bytes()
+        snapshot["plaintext_bytes"] = int(self.host.plaintext_bytes)
+        return snapshot
+
+    # ---- admission ----
+
+    def check_capacity(self) -> None:
+        """Refuses early (before reading a body) when the queue is already full."""
+        if self.metrics.queued >= self.config.queue_limit:
+            raise OverloadedError(
+                f"the server is busy ({self.metrics.queued} requests admitted, limit "
+                f"{self.config.queue_limit}); retry shortly"
+            )
+
+    def submit(self, work: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Runs ``work`` on the pool if the queue has room (OverloadedError otherwise)."""
+        with self._admit_lock:
+            self.check_capacity()
+            self.metrics.adjust(queued=+1)
+
+        def run() -> T:
+            self.metrics.adjust(running=+1)
+            try:
+                return work()
+            finally:
+                self.metrics.adjust(running=-1, queued=-1)
+
+        try:
+            return self._pool.submit(run)
+        except RuntimeError:  # the pool is shutting down
+            self.metrics.adjust(queued=-1)
+            raise OverloadedError("the server is shutting down") from None
+
+    # ---- the work ----
+
+    def register(self, key_bundle: bytes) -> Session:
+        """A session for one client's evaluation keys (checked by the C++ host)."""
+        self.sessions.reserve(len(key_bundle))
+        server = self.host.serve(key_bundle)
+        session = self.sessions.add(server, len(key_bundle))
+        log.info("session %s registered (%d key bytes)", _short(session.token), len(key_bundle))
+        return session
+
+    def delete(self, token: str) -> None:
+        self.sessions.delete(token)
+        log.info("session %s deleted", _short(token))
+        _trim_heap()
+
+    def expire(self) -> int:
+        dropped = self.sessions.expire()
+        if dropped:
+            log.info("%d idle sessions expired", dropped)
+            _trim_heap()
+        return dropped
+
+    def frame_reader(self) -> FrameReader:
+        return FrameReader(
+            max_frames=self.input_ciphertexts * self.config.max_groups,
+            max_frame_bytes=self.max_ciphertext_bytes,
+        )
+
+    def infer(self, session: Session, frames: list[bytes | None]) -> list[bytes | None]:
+        """Input ciphertexts (serialized) -> output ciphertexts (serialized; None = zero).
+        Every input is checked by the session's C++ server: parameters, key, level, scale."""
+        if len(frames) % self.input_ciphertexts:
+            raise InputError(
+                f"the program takes {self.input_ciphertexts} input ciphertexts per group of "
+                f"samples, got {len(frames)}"
+            )
+        server = session.server
+        with session.lock:  # one run per session at a time (the C++ server serializes too)
+            inputs = [server.load_ciphertext(frame) for frame in frames]
+            start = time.perf_counter()
+            outputs, _stats = server.run(inputs)
+            elapsed = time.perf_counter() - start
+            session.runs += 1
+        self.sessions.touch(session)  # a run longer than the idle timeout is still use
+        self.metrics.add_run(elapsed)
+        return [None if c is None else bytes(server.save_ciphertext(c)) for c in outputs]
+
+    def close(self) -> None:
+        """Finishes the admitted requests, then drops every session."""
+        self._pool.shutdown(wait=True)
+        self.sessions.clear()
+        _trim_heap()
+
+
+def _short(token: str) -> str:
+    """A log-safe name for a session: never the token itself (it is the owner's credential)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
