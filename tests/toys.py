@@ -18,12 +18,14 @@ def toy_model() -> torch.nn.Module:
     return model.double().eval()
 
 
-def toy_parameters(poly_degree: int = 1024) -> object:
-    return _core.Parameters(poly_degree, [50] + [40] * 4, [50], 40, insecure_for_testing=True)
-
-
-def toy_compiled(poly_degree: int = 1024) -> CompiledModel:
-    """The toy model in the tile layout (insecure parameters)."""
-    return compile_model(
-        toy_model(), parameters=toy_parameters(poly_degree), layout="tile", tile=(4, 4)
+def toy_parameters(poly_degree: int = 1024, special_bits: int = 50) -> object:
+    return _core.Parameters(
+        poly_degree, [50] + [40] * 4, [special_bits], 40, insecure_for_testing=True
     )
+
+
+def toy_compiled(poly_degree: int = 1024, special_bits: int = 50) -> CompiledModel:
+    """The toy model in the tile layout (insecure parameters); another ``special_bits`` gives
+    other parameters with ciphertexts of the same size."""
+    parameters = toy_parameters(poly_degree, special_bits)
+    return compile_model(toy_model(), parameters=parameters, layout="tile", tile=(4, 4))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -106,5 +107,12 @@ def run_server(
                 atomic_write(ready, lambda f: f.write(payload))
 
         server.startup = startup  # type: ignore[method-assign]
+    # uvicorn handles SIGINT / SIGTERM itself (stop accepting, finish the admitted requests)
+    # and then re-raises the signal under whatever handler was there before; a handler that
+    # only notes it makes a graceful stop exit with status 0 rather than die by the signal.
+    stops: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _frame: stops.append(number))
     log.info("serving %s at %s", bundle.folder, url)
     server.run(sockets=[sock])
+    log.info("stopped (%s)", ", ".join(signal.Signals(n).name for n in stops) or "no signal")

@@ -194,6 +194,11 @@ def add_client_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     def action(name: str, text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)
         parser.add_argument("--keys", type=Path, required=True, help="the client's key folder")
+        parser.add_argument(
+            "--insecure-test-parameters",
+            action="store_true",
+            help="accept specs under parameters below 128-bit security (tests only)",
+        )
         parser.add_argument("--log-level", default="INFO", choices=log_levels)
         return parser
 
@@ -328,6 +333,12 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 
 def run_client(args: argparse.Namespace) -> int:
+    from fheprune import _core
+
+    if args.insecure_test_parameters:
+        LOG.warning("accepting insecure parameters: for tests only")
+        _core.allow_insecure_parameter_files(True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         _ACTIONS[args.action](args)
     except (FhepruneError, OSError, ValueError) as exc:

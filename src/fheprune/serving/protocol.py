@@ -64,14 +64,15 @@ class FrameReader:
         self._buffer += chunk
         while True:
             if self.count is None:
-                if len(self._buffer) < _HEADER.size:
-                    return
-                magic, version, count = _HEADER.unpack_from(self._buffer)
-                if magic != MAGIC:
+                start = bytes(self._buffer[: len(MAGIC)])
+                if not MAGIC.startswith(start):  # say so at once, not after 9 bytes
                     raise BatchFormatError(
                         "not a ciphertext batch (the body must start with b'FHPB'; "
                         "fheprune.serving.protocol describes the format)"
                     )
+                if len(self._buffer) < _HEADER.size:
+                    return
+                _magic, version, count = _HEADER.unpack_from(self._buffer)
                 if version != VERSION:
                     raise BatchFormatError(f"batch format version {version}, expected {VERSION}")
                 if count == 0 or count > self.max_frames:

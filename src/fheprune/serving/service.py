@@ -243,14 +243,14 @@ class InferenceService:
     def infer(self, session: Session, frames: list[bytes | None]) -> list[bytes | None]:
         """Input ciphertexts (serialized) -> output ciphertexts (serialized; None = zero).
         Every input is checked by the session's C++ server: parameters, key, level, scale."""
-        if len(frames) % self.input_ciphertexts:
-            raise InputError(
-                f"the program takes {self.input_ciphertexts} input ciphertexts per group of "
-                f"samples, got {len(frames)}"
-            )
         server = session.server
         with session.lock:  # one run per session at a time (the C++ server serializes too)
             inputs = [server.load_ciphertext(frame) for frame in frames]
+            if len(inputs) % self.input_ciphertexts:
+                raise InputError(
+                    f"the program takes {self.input_ciphertexts} input ciphertexts per group "
+                    f"of samples, got {len(inputs)}"
+                )
             start = time.perf_counter()
             outputs, _stats = server.run(inputs)
             elapsed = time.perf_counter() - start
