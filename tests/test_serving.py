@@ -216,7 +216,8 @@ def bad_requests(client: Client, token: str) -> list[tuple[str, dict[str, Any], 
         ("secret key upload", {"path": "/v1/sessions", "body": secret}, 400, "a secret key"),
         ("ciphertext as keys", {"path": "/v1/sessions", "body": frames[0]}, 400, "a ciphertext"),
         ("keys of other parameters",
-         {"path": "/v1/sessions", "body": other.evaluation_keys_bytes()}, 422, "different parameters"),
+         {"path": "/v1/sessions", "body": other.evaluation_keys_bytes()}, 422,
+         "different parameters"),
     ]  # fmt: skip
 
 
@@ -282,7 +283,7 @@ def test_a_client_killed_mid_upload_leaks_nothing(
     after = server.get("/v1/metrics")
     assert after["sessions"]["active"] == before["sessions"]["active"]
     assert after["sessions"]["key_bytes"] == before["sessions"]["key_bytes"]
-    assert after["queue"] == {"admitted": 0, "running": 0}
+    assert after["queue"] == {"waiting": 0, "admitted": 0, "running": 0}
     assert len(remote.infer(client.encrypt(samples(1, 3)))) > 0
 
 

@@ -37,6 +37,18 @@ nb::ndarray<nb::numpy, T, nb::ndim<1>> to_numpy(std::vector<T>&& v) {
 }
 
 
+// Serializes with the GIL released: checksumming megabytes of ciphertext should not stop the
+// other Python threads (a client encrypting for the next request, a server reading bodies).
+template <typename T>
+nb::bytes save_unlocked(const Context& c, const T& x) {
+  Bytes out;
+  {
+    nb::gil_scoped_release release;
+    out = Serializer::save(c, x);
+  }
+  return to_bytes(out);
+}
+
 }  // namespace
 
 // Pruning kernels (co-permutation clustering) live in pruning.cpp.
@@ -297,21 +309,37 @@ NB_MODULE(_core, m) {
       .def("conjugate", &E::conjugate, release_gil());
 
   // Serialization: bytes in and out; the secret key only through its own named functions.
-  m.def("save", [](const Context& c, const Ciphertext& x) { return to_bytes(Serializer::save(c, x)); });
-  m.def("save", [](const Context& c, const Plaintext& x) { return to_bytes(Serializer::save(c, x)); });
-  m.def("save", [](const Context& c, const PublicKey& x) { return to_bytes(Serializer::save(c, x)); });
-  m.def("save", [](const Context& c, const RelinKey& x) { return to_bytes(Serializer::save(c, x)); });
-  m.def("save", [](const Context& c, const GaloisKeys& x) { return to_bytes(Serializer::save(c, x)); });
-  m.def("save", [](const Context& c, const EvaluationKeys& x) { return to_bytes(Serializer::save(c, x)); });
+  m.def("save", [](const Context& c, const Ciphertext& x) { return save_unlocked(c, x); });
+  m.def("save", [](const Context& c, const Plaintext& x) { return save_unlocked(c, x); });
+  m.def("save", [](const Context& c, const PublicKey& x) { return save_unlocked(c, x); });
+  m.def("save", [](const Context& c, const RelinKey& x) { return save_unlocked(c, x); });
+  m.def("save", [](const Context& c, const GaloisKeys& x) { return save_unlocked(c, x); });
+  m.def("save", [](const Context& c, const EvaluationKeys& x) { return save_unlocked(c, x); });
   m.def("save_secret_key", [](const Context& c, const SecretKey& x) {
     return to_bytes(Serializer::save_secret_key(c, x));
   });
-  m.def("load_ciphertext", [](const Context& c, const nb::bytes& b) { return Serializer::load_ciphertext(c, as_span(b)); });
-  m.def("load_plaintext", [](const Context& c, const nb::bytes& b) { return Serializer::load_plaintext(c, as_span(b)); });
-  m.def("load_public_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_public_key(c, as_span(b)); });
-  m.def("load_relin_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_relin_key(c, as_span(b)); });
-  m.def("load_galois_keys", [](const Context& c, const nb::bytes& b) { return Serializer::load_galois_keys(c, as_span(b)); });
+  m.def("load_ciphertext", [](const Context& c, const nb::bytes& b) {
+    nb::gil_scoped_release release;  // `b` stays referenced by the caller
+    return Serializer::load_ciphertext(c, as_span(b));
+  });
+  m.def("load_plaintext", [](const Context& c, const nb::bytes& b) {
+    nb::gil_scoped_release release;  // `b` stays referenced by the caller
+    return Serializer::load_plaintext(c, as_span(b));
+  });
+  m.def("load_public_key", [](const Context& c, const nb::bytes& b) {
+    nb::gil_scoped_release release;  // `b` stays referenced by the caller
+    return Serializer::load_public_key(c, as_span(b));
+  });
+  m.def("load_relin_key", [](const Context& c, const nb::bytes& b) {
+    nb::gil_scoped_release release;  // `b` stays referenced by the caller
+    return Serializer::load_relin_key(c, as_span(b));
+  });
+  m.def("load_galois_keys", [](const Context& c, const nb::bytes& b) {
+    nb::gil_scoped_release release;  // `b` stays referenced by the caller
+    return Serializer::load_galois_keys(c, as_span(b));
+  });
   m.def("load_evaluation_keys", [](const Context& c, const nb::bytes& b) {
+    nb::gil_scoped_release release;
     return Serializer::load_evaluation_keys(c, as_span(b));
   });
   m.def("load_secret_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_secret_key(c, as_span(b)); });

@@ -31,7 +31,14 @@ from .compiler import CompiledModel, compile_model
 from .cost import machine_timings, merge_counts, predict, summarize_cost
 from .roles import Client, ClientSpec, Server
 
-__all__ = ["MainJobConfig", "PrunedModel", "encrypted_run", "pruned_model", "run_main_job"]
+__all__ = [
+    "MainJobConfig",
+    "PrunedModel",
+    "encrypted_run",
+    "main_job_bundles",
+    "pruned_model",
+    "run_main_job",
+]
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +265,10 @@ def _plaintext_outputs(model: nn.Module, x: np.ndarray, perm_in: Any, perm_out: 
     return y if perm_out is None else np.asarray(y[:, np.argsort(perm_out)])
 
 
-def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
+def _main_job_model(cfg: MainJobConfig) -> PrunedModel:
     torch.manual_seed(cfg.seed)
     log.info("stage 1/4: model and %s pruning (cached after the first run)", cfg.scheme)
-    pm = pruned_model(
+    return pruned_model(
         cfg.model,
         tile=cfg.tile,
         scheme=cfg.scheme,
@@ -272,6 +279,35 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
         seed=cfg.seed,
         retrain_epochs=cfg.retrain_epochs,
     )
+
+
+def _compile_variants(pm: PrunedModel, tile: int) -> dict[str, CompiledModel]:
+    """Dense and pruned in the tile layout, on the dense model's parameters."""
+    log.info("stage 2/4: compile dense and pruned")
+    dense = compile_model(pm.dense, layout="tile", tile=(tile, tile))
+    pruned = compile_model(
+        pm.pruned,
+        layout="tile",
+        tile=(tile, tile),
+        parameters=dense.parameters,
+        input_perm=pm.input_perm,
+        output_perm=pm.output_perm,
+    )
+    return {"dense": dense, "pruned": pruned}
+
+
+def main_job_bundles(cfg: MainJobConfig) -> dict[str, Path]:
+    """The main job's deployable bundles (dense and pruned, ``WORK_DIR/bundles/<name>``), made
+    without the encrypted runs (``fheprune serve`` serves them; the pruning is cached)."""
+    variants = _compile_variants(_main_job_model(cfg), cfg.tile)
+    return {
+        name: save_bundle(compiled, Path(cfg.work_dir) / "bundles" / name)
+        for name, compiled in variants.items()
+    }
+
+
+def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
+    pm = _main_job_model(cfg)
     if pm.experiment.task(cfg.model) != "classification":
         raise InputError(
             f"the main job reports classification accuracy; {cfg.model!r} is not a classifier "
@@ -286,16 +322,8 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
     x = np.concatenate(xs)[: cfg.images]
     labels = np.concatenate(ys)[: cfg.images]
 
-    log.info("stage 2/4: compile dense and pruned")
-    dense = compile_model(pm.dense, layout="tile", tile=(cfg.tile, cfg.tile))
-    pruned = compile_model(
-        pm.pruned,
-        layout="tile",
-        tile=(cfg.tile, cfg.tile),
-        parameters=dense.parameters,
-        input_perm=pm.input_perm,
-        output_perm=pm.output_perm,
-    )
+    variants = _compile_variants(pm, cfg.tile)
+    dense, pruned = variants["dense"], variants["pruned"]
     report: dict[str, Any] = {
         "model": cfg.model,
         "dataset": "mnist",

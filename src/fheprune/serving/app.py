@@ -15,7 +15,11 @@ POST     /v1/infer                 body: a ciphertext batch (protocol.py); retur
 The session token travels in ``Authorization: Bearer <token>`` (never in a URL, so it stays out
 of access logs and proxies' caches). Bodies are read as streams with a size limit; batches are
 parsed frame by frame as they arrive. Every refusal is a 4xx with a JSON body
-``{"error": <type>, "detail": <what was wrong>}``; 503 means busy (``Retry-After``).
+``{"error": <type>, "detail": <what was wrong>}``.
+
+Admission: 2 x workers requests at a time read their bodies and run; the next ones wait with
+their bodies unread (TCP flow control holds their senders back, so memory stays bounded), up
+to ``max_queue`` of them; beyond that a request gets 503 with ``Retry-After``.
 
 Decrypted results never come back through this API: the server only ever sees ciphertexts
 (docs/serving.md explains why that matters for CKKS).
@@ -27,12 +31,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fheprune import _core
 from fheprune.errors import FhepruneError, InputError
@@ -79,16 +84,22 @@ def _error_response(error: Exception) -> JSONResponse:
     )
 
 
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise InputError(f"Content-Length must be a whole number, got {declared!r}")
+    return int(declared)
+
+
 async def _read_body(request: Request, limit: int, feed: Callable[[bytes], None]) -> int:
     """Streams the body into ``feed``, refusing it as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InputError(f"Content-Length must be a whole number, got {declared!r}")
-        if int(declared) > limit:
-            raise RequestTooLargeError(
-                f"the body is {int(declared)} bytes; this server takes at most {limit}"
-            )
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise RequestTooLargeError(
+            f"the body is {declared} bytes; this server takes at most {limit}"
+        )
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
@@ -97,6 +108,35 @@ async def _read_body(request: Request, limit: int, feed: Callable[[bytes], None]
         if chunk:
             feed(chunk)
     return total
+
+
+class _CountRequests:
+    """ASGI middleware: counts each request by route and status, with its time to the last
+    byte of the answer (a plain ASGI wrapper: it leaves request and response streams alone)."""
+
+    def __init__(self, app: ASGIApp, metrics: Any) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            # The router records the matched route in the scope it was given.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.count(route, status, time.perf_counter() - start)
 
 
 def create_app(service: InferenceService) -> FastAPI:
@@ -127,16 +167,7 @@ def create_app(service: InferenceService) -> FastAPI:
         openapi_url=None,
     )
 
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        service.metrics.count(name, response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(_CountRequests, metrics=service.metrics)
 
     @app.exception_handler(FhepruneError)
     async def refused(_request: Request, error: FhepruneError) -> JSONResponse:
@@ -146,6 +177,29 @@ def create_app(service: InferenceService) -> FastAPI:
     async def gone(_request: Request, _error: ClientDisconnect) -> Response:
         # The client went away mid-upload: nothing was stored, and nobody is left to answer.
         return Response(status_code=499)
+
+    slots = asyncio.Semaphore(service.config.admitted_limit)
+
+    @contextlib.asynccontextmanager
+    async def admitted() -> AsyncIterator[None]:
+        """Holds one of the admission slots; waits for one if the line is not too long."""
+        metrics = service.metrics
+        if slots.locked() and metrics.waiting >= service.config.max_queue:
+            raise OverloadedError(
+                f"the server is busy ({metrics.admitted} requests admitted, {metrics.waiting} "
+                "waiting); retry shortly"
+            )
+        metrics.adjust(waiting=+1)
+        try:
+            await slots.acquire()
+        finally:
+            metrics.adjust(waiting=-1)
+        metrics.adjust(admitted=+1)
+        try:
+            yield
+        finally:
+            metrics.adjust(admitted=-1)
+            slots.release()
 
     def session_of(request: Request) -> Session:
         header = request.headers.get("authorization", "")
@@ -171,18 +225,18 @@ def create_app(service: InferenceService) -> FastAPI:
 
     @app.post("/v1/sessions", status_code=201)
     async def register(request: Request) -> dict[str, Any]:
-        service.check_capacity()
-        limit = min(service.config.max_key_bytes, service.config.max_request_bytes)
-        body = bytearray()
-        await _read_body(request, limit, body.extend)
-        if not body:
-            raise InputError(
-                "the body must be an evaluation-key bundle (Client.evaluation_keys_bytes)"
-            )
-        # Reserve before the work: a full server answers at once, not after parsing the keys.
-        service.sessions.reserve(len(body))
-        future = service.submit(lambda: service.register(bytes(body)))
-        session = await asyncio.wrap_future(future)
+        # A full server answers at once, before reading megabytes of keys.
+        service.sessions.reserve(_declared_length(request) or 0)
+        async with admitted():
+            limit = min(service.config.max_key_bytes, service.config.max_request_bytes)
+            body = bytearray()
+            await _read_body(request, limit, body.extend)
+            if not body:
+                raise InputError(
+                    "the body must be an evaluation-key bundle (Client.evaluation_keys_bytes)"
+                )
+            future = service.submit(lambda: service.register(bytes(body)))
+            session = await asyncio.wrap_future(future)
         return {
             "session": session.token,
             "key_bytes": session.key_bytes,
@@ -198,12 +252,12 @@ def create_app(service: InferenceService) -> FastAPI:
     @app.post("/v1/infer")
     async def infer(request: Request) -> StreamingResponse:
         session = session_of(request)
-        service.check_capacity()
-        reader = service.frame_reader()
-        await _read_body(request, service.config.max_request_bytes, reader.feed)
-        frames = reader.finish()
-        future = service.submit(lambda: service.infer(session, frames))
-        outputs = await asyncio.wrap_future(future)
+        async with admitted():
+            reader = service.frame_reader()
+            await _read_body(request, service.config.max_request_bytes, reader.feed)
+            frames = reader.finish()
+            future = service.submit(lambda: service.infer(session, frames))
+            outputs = await asyncio.wrap_future(future)
         return StreamingResponse(iter_batch(outputs, len(outputs)), media_type=OCTETS)
 
     return app

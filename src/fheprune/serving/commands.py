@@ -100,8 +100,8 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     serve.add_argument(
         "--max-queue",
         type=_positive_int,
-        default=None,
-        help="requests admitted at once (4 x workers)",
+        default=d.max_queue,
+        help="requests that may wait for admission (2 x workers run at once); more get 503",
     )
     serve.add_argument("--max-sessions", type=_positive_int, default=d.max_sessions)
     serve.add_argument(
@@ -157,7 +157,7 @@ def run_serve(args: argparse.Namespace) -> int:
         config = ServeConfig(
             workers=args.workers,
             engine_threads=args.engine_threads,
-            max_queue=args.max_queue or 0,
+            max_queue=args.max_queue,
             max_sessions=args.max_sessions,
             max_key_bytes=args.max_key_mb,
             idle_timeout_s=args.idle_timeout,

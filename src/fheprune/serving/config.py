@@ -17,7 +17,11 @@ class ServeConfig:
 
     workers: int = max(1, os.cpu_count() or 1)  # concurrent runs
     engine_threads: int = 1  # engine threads per run (workers x threads <= cores is best)
-    max_queue: int = 0  # requests waiting or running; 0: 4 x workers
+    # Requests whose body is being read or whose run waits or runs: 2 x workers, so that the
+    # next bodies arrive while runs go on. Memory: at most this many requests' ciphertexts.
+    # Later requests wait, unread (TCP holds their senders back), up to max_queue of them;
+    # beyond that they are refused with 503.
+    max_queue: int = 64
     max_sessions: int = 64
     max_key_bytes: int = 8 << 30  # all sessions' evaluation keys together
     idle_timeout_s: float = 900.0  # an unused session is dropped after this
@@ -44,5 +48,5 @@ class ServeConfig:
                 raise InputError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
     @property
-    def queue_limit(self) -> int:
-        return self.max_queue or 4 * self.workers
+    def admitted_limit(self) -> int:
+        return 2 * self.workers

@@ -2,9 +2,9 @@
 client sessions on it, a bounded worker pool, and the metrics.
 
 Every request's heavy work (parsing keys, loading ciphertexts, running the program, saving the
-outputs) runs in the C++ core with the GIL released, on a pool of ``workers`` threads; at most
-``max_queue`` requests wait or run at once, the rest are refused at once (503) rather than
-queued without bound.
+outputs) runs in the C++ core with the GIL released, on a pool of ``workers`` threads. The web
+layer (app.py) admits 2 x workers requests at a time (reading their bodies, waiting for or
+using a worker); later ones wait unread, up to ``max_queue``, and beyond that get 503.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class RequestTooLargeError(InputError):
 
 
 class OverloadedError(InputError):
-    """Every worker is busy and the queue is full (HTTP 503, retry later)."""
+    """Every admission slot is taken and the waiting line is full (HTTP 503, retry later)."""
 
 
 class Metrics:
@@ -53,12 +53,14 @@ class Metrics:
         self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
         self.latencies: collections.deque[float] = collections.deque(maxlen=4096)
         self.run_seconds: collections.deque[float] = collections.deque(maxlen=4096)
-        self.queued = 0  # admitted requests waiting for a worker or running
-        self.running = 0
+        self.waiting = 0  # requests waiting for admission, bodies unread
+        self.admitted = 0  # requests reading their body, waiting for a worker, or running
+        self.running = 0  # requests on a worker
 
-    def adjust(self, *, queued: int = 0, running: int = 0) -> None:
+    def adjust(self, *, waiting: int = 0, admitted: int = 0, running: int = 0) -> None:
         with self._lock:
-            self.queued += queued
+            self.waiting += waiting
+            self.admitted += admitted
             self.running += running
 
     def add_run(self, seconds: float) -> None:
@@ -84,7 +86,11 @@ class Metrics:
                 "requests_total": sum(self.requests.values()),
                 "infer_latency_s": _percentiles(latencies),
                 "run_s": _percentiles(runs),
-                "queue": {"admitted": self.queued, "running": self.running},
+                "queue": {
+                    "waiting": self.waiting,
+                    "admitted": self.admitted,
+                    "running": self.running,
+                },
             }
 
 
@@ -144,7 +150,6 @@ class InferenceService:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="fheprune-run"
         )
-        self._admit_lock = threading.Lock()
         log.info(
             "program %s: %d plaintexts (%.1f MB) ready in %.2f s; %d workers",
             bundle.program_fingerprint[:16],
@@ -167,7 +172,7 @@ class InferenceService:
             "output_ciphertexts": int(self.host.output_ciphertexts),
             "limits": {
                 **{k: v for k, v in asdict(self.config).items() if k != "engine_threads"},
-                "max_queue": self.config.queue_limit,
+                "admitted": self.config.admitted_limit,
                 "max_ciphertext_bytes": self.max_ciphertext_bytes,
             },
         }
@@ -183,33 +188,21 @@ class InferenceService:
         snapshot["plaintext_bytes"] = int(self.host.plaintext_bytes)
         return snapshot
 
-    # ---- admission ----
-
-    def check_capacity(self) -> None:
-        """Refuses early (before reading a body) when the queue is already full."""
-        if self.metrics.queued >= self.config.queue_limit:
-            raise OverloadedError(
-                f"the server is busy ({self.metrics.queued} requests admitted, limit "
-                f"{self.config.queue_limit}); retry shortly"
-            )
+    # ---- the worker pool ----
 
     def submit(self, work: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Runs ``work`` on the pool if the queue has room (OverloadedError otherwise)."""
-        with self._admit_lock:
-            self.check_capacity()
-            self.metrics.adjust(queued=+1)
+        """Runs ``work`` on the worker pool (admission is the web layer's: app.py)."""
 
         def run() -> T:
             self.metrics.adjust(running=+1)
             try:
                 return work()
             finally:
-                self.metrics.adjust(running=-1, queued=-1)
+                self.metrics.adjust(running=-1)
 
         try:
             return self._pool.submit(run)
         except RuntimeError:  # the pool is shutting down
-            self.metrics.adjust(queued=-1)
             raise OverloadedError("the server is shutting down") from None
 
     # ---- the work ----
