@@ -185,7 +185,14 @@ def over_network(
             latencies.append(time.perf_counter() - start)
 
     wall = run_threads([(work, pair) for pair in remotes])
-    rss_end = metrics(url)["server_rss_bytes"]
+    after = metrics(url)
+    rss_end = after["server_rss_bytes"]
+    # Where a request's time goes: the client's serialization of one batch, and the server's
+    # stages (median over its recent requests).
+    client, inputs = remotes[0][0].client, remotes[0][1]
+    start = time.perf_counter()
+    batch_bytes = sum(len(_core.save(client.context, c)) for c in inputs)
+    client_save_s = time.perf_counter() - start
     for remote, _ in remotes:
         remote.close()
     return {
@@ -200,6 +207,11 @@ def over_network(
         "server_rss_bytes": rss_end,
         "server_rss_start_bytes": rss_start,
         "wall_s": wall,
+        "request_bytes": batch_bytes,
+        "profile_s": {
+            "client_serialize": client_save_s,
+            **{f"server_{k}": v["p50"] for k, v in after["infer_stages_s"].items()},
+        },
     }
 
 

@@ -254,8 +254,10 @@ def create_app(service: InferenceService) -> FastAPI:
         session = session_of(request)
         async with admitted():
             reader = service.frame_reader()
+            start = time.perf_counter()
             await _read_body(request, service.config.max_request_bytes, reader.feed)
             frames = reader.finish()
+            service.metrics.add_stage("read", time.perf_counter() - start)
             future = service.submit(lambda: service.infer(session, frames))
             outputs = await asyncio.wrap_future(future)
         return StreamingResponse(iter_batch(outputs, len(outputs)), media_type=OCTETS)

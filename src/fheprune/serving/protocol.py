@@ -37,8 +37,10 @@ def iter_batch(frames: Iterable[bytes | None], count: int) -> Iterator[bytes]:
     stands for a known-zero output."""
     yield _HEADER.pack(MAGIC, VERSION, count)
     for frame in frames:
-        data = b"" if frame is None else bytes(frame)
-        yield _LENGTH.pack(len(data)) + data
+        data = b"" if frame is None else frame
+        yield _LENGTH.pack(len(data))
+        if data:
+            yield data  # as it is: a ciphertext is megabytes, not copied to prefix it
 
 
 def encode_batch(frames: list[bytes | None]) -> bytes:
@@ -57,22 +59,36 @@ class FrameReader:
         self.allow_empty = allow_empty
         self.count: int | None = None
         self.frames: list[bytes | None] = []
+        # Unparsed bytes are self._buffer[self._start:]; consumed bytes are dropped in one move
+        # when they make up most of the buffer, not after every frame.
         self._buffer = bytearray()
+        self._start = 0
         self._need: int | None = None  # length of the frame being read, once known
 
     def feed(self, chunk: bytes) -> None:
+        if self._start and self._start * 2 >= len(self._buffer):
+            del self._buffer[: self._start]
+            self._start = 0
         self._buffer += chunk
+        view = memoryview(self._buffer)
+        try:
+            self._parse(view)
+        finally:
+            view.release()  # the buffer may grow again only without views on it
+
+    def _parse(self, view: memoryview) -> None:
         while True:
+            available = len(view) - self._start
             if self.count is None:
-                start = bytes(self._buffer[: len(MAGIC)])
+                start = bytes(view[self._start : self._start + len(MAGIC)])
                 if not MAGIC.startswith(start):  # say so at once, not after 9 bytes
                     raise BatchFormatError(
                         "not a ciphertext batch (the body must start with b'FHPB'; "
                         "fheprune.serving.protocol describes the format)"
                     )
-                if len(self._buffer) < _HEADER.size:
+                if available < _HEADER.size:
                     return
-                _magic, version, count = _HEADER.unpack_from(self._buffer)
+                _magic, version, count = _HEADER.unpack_from(view, self._start)
                 if version != VERSION:
                     raise BatchFormatError(f"batch format version {version}, expected {VERSION}")
                 if count == 0 or count > self.max_frames:
@@ -80,17 +96,18 @@ class FrameReader:
                         f"a batch holds 1 to {self.max_frames} ciphertexts, this one says {count}"
                     )
                 self.count = count
-                del self._buffer[: _HEADER.size]
+                self._start += _HEADER.size
+                continue
             if len(self.frames) == self.count:
-                if self._buffer:
+                if available:
                     raise BatchFormatError(
-                        f"{len(self._buffer)} bytes after the batch's {self.count} ciphertexts"
+                        f"{available} bytes after the batch's {self.count} ciphertexts"
                     )
                 return
             if self._need is None:
-                if len(self._buffer) < _LENGTH.size:
+                if available < _LENGTH.size:
                     return
-                (length,) = _LENGTH.unpack_from(self._buffer)
+                (length,) = _LENGTH.unpack_from(view, self._start)
                 if length > self.max_frame_bytes:
                     raise BatchFormatError(
                         f"ciphertext {len(self.frames)} is {length} bytes; a ciphertext of this "
@@ -99,12 +116,13 @@ class FrameReader:
                 if length == 0 and not self.allow_empty:
                     raise BatchFormatError(f"ciphertext {len(self.frames)} is empty")
                 self._need = length
-                del self._buffer[: _LENGTH.size]
-            if len(self._buffer) < self._need:
+                self._start += _LENGTH.size
+                continue
+            if available < self._need:
                 return
-            frame = bytes(self._buffer[: self._need])
-            del self._buffer[: self._need]
-            self.frames.append(frame if frame else None)
+            end = self._start + self._need
+            self.frames.append(bytes(view[self._start : end]) if self._need else None)
+            self._start = end
             self._need = None
 
     def finish(self) -> list[bytes | None]:

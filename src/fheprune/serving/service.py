@@ -52,7 +52,10 @@ class Metrics:
         self.started = time.time()
         self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
         self.latencies: collections.deque[float] = collections.deque(maxlen=4096)
-        self.run_seconds: collections.deque[float] = collections.deque(maxlen=4096)
+        # Where an inference's time goes, per stage (the profile of the server's side).
+        self.stages: dict[str, collections.deque[float]] = {
+            stage: collections.deque(maxlen=4096) for stage in ("read", "load", "run", "save")
+        }
         self.waiting = 0  # requests waiting for admission, bodies unread
         self.admitted = 0  # requests reading their body, waiting for a worker, or running
         self.running = 0  # requests on a worker
@@ -63,9 +66,9 @@ class Metrics:
             self.admitted += admitted
             self.running += running
 
-    def add_run(self, seconds: float) -> None:
+    def add_stage(self, stage: str, seconds: float) -> None:
         with self._lock:
-            self.run_seconds.append(seconds)
+            self.stages[stage].append(seconds)
 
     def count(self, route: str, status: int, seconds: float | None = None) -> None:
         with self._lock:
@@ -76,7 +79,7 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             latencies = sorted(self.latencies)
-            runs = sorted(self.run_seconds)
+            stages = {name: _percentiles(sorted(v)) for name, v in self.stages.items()}
             by_route: dict[str, dict[str, int]] = {}
             for (route, status), n in sorted(self.requests.items()):
                 by_route.setdefault(route, {})[str(status)] = n
@@ -85,7 +88,7 @@ class Metrics:
                 "requests": by_route,
                 "requests_total": sum(self.requests.values()),
                 "infer_latency_s": _percentiles(latencies),
-                "run_s": _percentiles(runs),
+                "infer_stages_s": stages,
                 "queue": {
                     "waiting": self.waiting,
                     "admitted": self.admitted,
@@ -237,20 +240,25 @@ class InferenceService:
         """Input ciphertexts (serialized) -> output ciphertexts (serialized; None = zero).
         Every input is checked by the session's C++ server: parameters, key, level, scale."""
         server = session.server
+        clock = time.perf_counter
         with session.lock:  # one run per session at a time (the C++ server serializes too)
+            start = clock()
             inputs = [server.load_ciphertext(frame) for frame in frames]
+            self.metrics.add_stage("load", clock() - start)
             if len(inputs) % self.input_ciphertexts:
                 raise InputError(
                     f"the program takes {self.input_ciphertexts} input ciphertexts per group "
                     f"of samples, got {len(inputs)}"
                 )
-            start = time.perf_counter()
+            start = clock()
             outputs, _stats = server.run(inputs)
-            elapsed = time.perf_counter() - start
+            self.metrics.add_stage("run", clock() - start)
             session.runs += 1
         self.sessions.touch(session)  # a run longer than the idle timeout is still use
-        self.metrics.add_run(elapsed)
-        return [None if c is None else bytes(server.save_ciphertext(c)) for c in outputs]
+        start = clock()
+        saved = [None if c is None else bytes(server.save_ciphertext(c)) for c in outputs]
+        self.metrics.add_stage("save", clock() - start)
+        return saved
 
     def close(self) -> None:
         """Finishes the admitted requests, then drops every session."""
