@@ -184,7 +184,22 @@ def over_network(
                 continue
             latencies.append(time.perf_counter() - start)
 
-    wall = run_threads([(work, pair) for pair in remotes])
+    # The server's resident memory through the run, sampled twice a second.
+    trace: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        origin = time.perf_counter()
+        while not done.wait(0.5):
+            trace.append((time.perf_counter() - origin, metrics(url)["server_rss_bytes"]))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        wall = run_threads([(work, pair) for pair in remotes])
+    finally:
+        done.set()
+        sampler.join()
     after = metrics(url)
     rss_end = after["server_rss_bytes"]
     # Where a request's time goes: the client's serialization of one batch, and the server's
@@ -206,6 +221,10 @@ def over_network(
         "error_samples": errors[:3],
         "server_rss_bytes": rss_end,
         "server_rss_start_bytes": rss_start,
+        # Growth is what the second half of the run adds over the first half's peak (the
+        # first requests at full concurrency set up the buffers a steady state reuses).
+        "server_rss_growth_second_half_bytes": halves_growth(trace),
+        "server_rss_trace": trace[:: max(1, len(trace) // 20)],
         "wall_s": wall,
         "request_bytes": batch_bytes,
         "profile_s": {
@@ -233,6 +252,13 @@ def run_threads(jobs: list[tuple[Any, tuple[Any, ...]]]) -> float:
     return time.perf_counter() - start
 
 
+def halves_growth(trace: list[tuple[float, int]]) -> int | None:
+    if len(trace) < 4:
+        return None
+    half = len(trace) // 2
+    return max(r for _, r in trace[half:]) - max(r for _, r in trace[:half])
+
+
 def metrics(url: str) -> dict[str, Any]:
     result: dict[str, Any] = httpx.get(url + "/v1/metrics", timeout=30).json()
     return result
@@ -251,7 +277,8 @@ def summarize(rows: list[dict[str, Any]], clients: int) -> dict[str, Any]:
     median["ratio_to_inprocess"] = statistics.median(ratios)
     median["repeats"] = [
         {k: r[k] for k in ("throughput_rps", "inprocess_throughput_rps", "ratio_to_inprocess",
-                           "p50_s", "p99_s", "errors", "server_rss_bytes")}
+                           "p50_s", "p99_s", "errors", "server_rss_bytes",
+                           "server_rss_growth_second_half_bytes")}
         for r in rows
     ]  # fmt: skip
     median["ratio_spread"] = [min(ratios), max(ratios)]

@@ -449,3 +449,45 @@ def test_the_client_surfaces_server_refusals_as_typed_errors(
     assert caught.value.status == 404 and caught.value.kind == "UnknownSessionError"
     remote.token = None
     remote.close()
+
+
+# ---- bundles ------------------------------------------------------------------------------------
+
+
+def test_a_bundle_is_checked_before_it_is_served(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from fheprune.errors import MissingFileError
+    from fheprune.runtime import BundleError, SigningKey, load_bundle
+
+    assert load_bundle(bundle).program_fingerprint == spec_of(bundle).program_fingerprint
+    with pytest.raises(MissingFileError, match="does not exist"):
+        load_bundle(tmp_path / "nowhere")
+    lacking = Path(shutil.copytree(bundle, tmp_path / "lacking"))
+    (lacking / "client.json").unlink()
+    with pytest.raises(MissingFileError, match=r"lacks client\.json"):
+        load_bundle(lacking)
+    mixed = Path(shutil.copytree(bundle, tmp_path / "mixed"))
+    other = save_bundle(toy_compiled(special_bits=51), tmp_path / "other")
+    shutil.copy(other / "client.json", mixed / "client.json")
+    with pytest.raises(BundleError, match="different compiles"):
+        load_bundle(mixed)
+    owner = SigningKey.generate()
+    signed = save_bundle(toy_compiled(), tmp_path / "signed", signing_key=owner)
+    assert (
+        load_bundle(signed, owner_key=owner.verify_key).spec.to_json() == spec_of(bundle).to_json()
+    )
+    with pytest.raises(MissingFileError, match="no signature"):
+        load_bundle(bundle, owner_key=owner.verify_key)
+    program = bytearray((signed / "program.bin").read_bytes())
+    program[-40] ^= 1
+    (signed / "program.bin").write_bytes(bytes(program))
+    with pytest.raises(_core.MismatchError):
+        load_bundle(signed, owner_key=owner.verify_key)
+
+
+def test_serve_refuses_a_missing_bundle_at_once(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "fheprune", "serve", str(tmp_path / "nowhere"), "--port", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
