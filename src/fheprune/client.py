@@ -31,7 +31,7 @@ import httpx
 from fheprune import _core
 from fheprune.errors import FhepruneError, InputError
 from fheprune.runtime.roles import Client
-from fheprune.serving.protocol import FrameReader, iter_batch
+from fheprune.serving.protocol import FrameReader, iter_batch, max_ciphertext_bytes
 
 __all__ = ["ProgramMismatchError", "RemoteSession", "ServerError", "ServerUnavailableError"]
 
@@ -160,13 +160,7 @@ class RemoteSession:
             return iter_batch(frames, len(frames))
 
         response = self._call("POST", "/v1/infer", content=body, retry=True)
-        limit = (
-            2
-            * len(self.client.spec.parameters.chain_bits)
-            * int(self.client.spec.parameters.poly_degree)
-            * 8
-            + 4096
-        )
+        limit = max_ciphertext_bytes(self.client.spec.parameters)
         reader = FrameReader(max_frames=1 << 20, max_frame_bytes=limit, allow_empty=True)
         reader.feed(response.content)
         return [

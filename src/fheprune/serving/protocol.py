@@ -17,10 +17,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from fheprune.errors import InputError
 
-__all__ = ["MAGIC", "BatchFormatError", "FrameReader", "encode_batch", "iter_batch"]
+__all__ = [
+    "MAGIC",
+    "BatchFormatError",
+    "FrameReader",
+    "encode_batch",
+    "iter_batch",
+    "max_ciphertext_bytes",
+]
 
 MAGIC = b"FHPB"
 VERSION = 1
@@ -30,6 +38,12 @@ _LENGTH = struct.Struct("<I")
 
 class BatchFormatError(InputError):
     """A ciphertext batch that is truncated, oversized or not in the batch format."""
+
+
+def max_ciphertext_bytes(parameters: Any) -> int:
+    """The largest serialized ciphertext under ``parameters`` (``_core.Parameters``): a fresh
+    one at the top level, plus the envelope. No frame of a valid batch is larger."""
+    return 2 * len(parameters.chain_bits) * int(parameters.poly_degree) * 8 + 4096
 
 
 def iter_batch(frames: Iterable[bytes | None], count: int) -> Iterator[bytes]:

@@ -27,7 +27,7 @@ from fheprune.errors import InputError
 from fheprune.runtime.bundle import Bundle
 
 from .config import ServeConfig
-from .protocol import FrameReader
+from .protocol import FrameReader, max_ciphertext_bytes
 from .sessions import Session, SessionStore
 
 __all__ = ["InferenceService", "OverloadedError", "RequestTooLargeError", "ServeConfig"]
@@ -138,11 +138,7 @@ class InferenceService:
         start = time.perf_counter()
         self.host = _core.ProgramHost(bundle.program, threads=self.config.engine_threads)
         self.setup_s = time.perf_counter() - start
-        parameters = self.host.parameters
-        # A fresh ciphertext at the top level, plus the envelope: no valid input is larger.
-        self.max_ciphertext_bytes = (
-            2 * len(parameters.chain_bits) * int(parameters.poly_degree) * 8 + 4096
-        )
+        self.max_ciphertext_bytes = max_ciphertext_bytes(self.host.parameters)
         self.input_ciphertexts = int(self.host.input_ciphertexts)
         self.sessions = SessionStore(
             max_sessions=self.config.max_sessions,
