@@ -363,6 +363,38 @@ TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {
   EXPECT_NEAR(features[1], y[7], 1e-12);
 }
 
+// Output ciphertexts run on the context's threads: the same bits, counts and held ciphertexts
+// as on one thread, with plaintexts encoded at set-up and on demand.
+TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
+  const std::size_t slots = 512;
+  Program p = Program::map(params(2 * slots, 3), 2);
+  add(p, "conv", conv_terms(slots, 128, 16, 4, 3, 2, 2));
+  p.add_square("act");
+  add(p, "fc", random_terms(2, 3, 12, slots, slots, 4, true));
+  ckks::testing::Fixture f(p.parameters());
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
+  std::vector<ckks::Ciphertext> in;
+  for (const auto& v : random_inputs(2, slots, 5)) in.push_back(f.encrypt(v));
+  for (const Encoding encoding : {Encoding::kAtSetup, Encoding::kOnDemand}) {
+    EngineBackend one(f.ctx, keys);
+    EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
+    RunStats one_stats, two_stats;
+    const auto want = Executor<EngineBackend>(p, one, encoding).run(in, &one_stats);
+    const auto got = Executor<EngineBackend>(p, two, encoding).run(in, &two_stats);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t o = 0; o < got.size(); ++o) {
+      ASSERT_EQ(got[o].has_value(), want[o].has_value());
+      if (got[o]) {
+        EXPECT_EQ(got[o]->data(), want[o]->data()) << "output " << o;
+      }
+    }
+    EXPECT_EQ(two_stats.total(), one_stats.total());
+    EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
+    EXPECT_EQ(two_stats.encoded, one_stats.encoded);
+  }
+}
+
 TEST(MapLayout, FilesRoundTrip) {
   const std::size_t slots = 512;
   Program p = Program::map(params(2 * slots, 2), 2);

@@ -387,5 +387,43 @@ TEST(ProgramHost, ClientsRunConcurrentlyWithTheSameResults) {
   for (std::size_t i = 0; i < 4; ++i) EXPECT_LT(max_diff(concurrent[i], sequential[i]), 1e-6);
 }
 
+TEST(Executor, OutputTilesOnTwoThreadsGiveTheSameResultsAndCounts) {
+  const ckks::Parameters prm = small_params();
+  // One output tile of eight units: with fewer working tiles than threads, the tile splits
+  // its sum of products over the threads instead.
+  std::mt19937_64 gen(5);
+  std::uniform_real_distribution<double> val(-0.5, 0.5);
+  std::vector<double> w(4 * 32), b(4);
+  for (double& v : w) v = val(gen);
+  for (double& v : b) v = val(gen);
+  Program narrow = Program::tile(prm, {4, 4, prm.poly_degree / 2 / 16}, 32);
+  narrow.add_linear("fc", 4, 32, w, b);
+  // Dense: the same bits. Pruned: an output tile that is its bias alone is a fresh encryption
+  // in each executor, so compare what decrypts.
+  for (const int variant : {0, 1, 2}) {
+    const bool pruned = variant == 1;
+    const Program program =
+        variant == 0 ? make_program(prm) : (pruned ? make_pruned_program(prm) : narrow);
+    Client client(prm, program);
+    const auto inputs = client.encrypt(program, 31);
+    RunStats one_stats, two_stats;
+    EngineBackend one(client.fixture.ctx, client.keys);
+    const auto want = Executor<EngineBackend>(program, one).run(inputs, &one_stats);
+    EngineBackend two(ckks::make_context(prm, 2), client.keys);
+    const auto got = Executor<EngineBackend>(program, two).run(inputs, &two_stats);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t i = 0; i < got.size() && !pruned; ++i) {
+      ASSERT_EQ(got[i].has_value(), want[i].has_value());
+      if (got[i]) {
+        EXPECT_EQ(got[i]->data(), want[i]->data()) << "output " << i;
+      }
+    }
+    EXPECT_LT(max_diff(client.decrypt(got), client.decrypt(want)), 1e-6);
+    EXPECT_EQ(two_stats.total(), one_stats.total());
+    EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
+    EXPECT_EQ(one_stats.total().constant > 0, pruned);
+  }
+}
+
 }  // namespace
 }  // namespace fheprune::runtime

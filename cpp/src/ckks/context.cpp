@@ -140,6 +140,11 @@ std::size_t Context::threads() const { return tables_->pool().threads(); }
 
 void Context::set_threads(std::size_t threads) const { tables_->set_threads(threads); }
 
+void Context::parallel_for(std::size_t count,
+                           const std::function<void(std::size_t)>& body) const {
+  tables_->pool().parallel_for(count, body);
+}
+
 std::uint64_t Context::galois_element(long step) const {
   const long slots = static_cast<long>(n_ / 2);
   long s = step % slots;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -52,6 +53,11 @@ class Context {
   std::size_t threads() const;
   // Not safe while another thread runs operations on this context.
   void set_threads(std::size_t threads) const;
+  // Runs body(i) for i in [0, count) on this context's threads and returns when all are done
+  // (the first exception is rethrown). Engine operations inside `body` run on the calling
+  // thread only, so independent operations (output tiles of a layer) spread over the threads
+  // instead of each splitting its primes across them.
+  void parallel_for(std::size_t count, const std::function<void(std::size_t)>& body) const;
 
   // Engine internals; their header is not installed.
   const ContextTables& tables() const { return *tables_; }

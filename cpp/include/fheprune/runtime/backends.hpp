@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fheprune/ckks/context.hpp"
@@ -42,6 +43,12 @@ class EngineBackend {
       : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_) {}
 
   const ckks::Context& context() const { return *ctx_; }
+  // Independent work items (output tiles) on the context's threads.
+  template <class Body>
+  void parallel_for(std::size_t count, Body&& body) const {
+    ctx_->parallel_for(count, std::forward<Body>(body));
+  }
+  std::size_t threads() const { return ctx_->threads(); }
   std::size_t top_level() const { return ctx_->max_level(); }
   double default_scale() const { return ctx_->default_scale(); }
   double prime(std::size_t level) const {
@@ -113,6 +120,12 @@ class SlotBackend {
   }
 
   const ckks::Context& context() const { return *ctx_; }
+  // Serial: the simulator's values are cheap; results do not depend on the order.
+  template <class Body>
+  void parallel_for(std::size_t count, Body&& body) const {
+    for (std::size_t i = 0; i < count; ++i) body(i);
+  }
+  static std::size_t threads() { return 1; }
   std::size_t top_level() const { return ctx_->max_level(); }
   double default_scale() const { return ctx_->default_scale(); }
   double prime(std::size_t level) const {

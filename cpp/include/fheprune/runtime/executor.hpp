@@ -305,6 +305,26 @@ class Executor {
     return backend_.mul_plain_sum(cts, pts);
   }
 
+  // The same sum with its terms split across the backend's threads when there are enough of
+  // them: each thread fuses a share, the shares are added. Exact arithmetic: the same bits,
+  // and the same counts (n products, n - 1 additions).
+  Ct parallel_sum_of_products(const std::vector<const Ct*>& cts,
+                              const std::vector<const Pt*>& pts, OpCounts& ops) {
+    const std::size_t threads = backend_.threads();
+    if (threads < 2 || cts.size() < 2 * threads) return sum_of_products(cts, pts, ops);
+    std::vector<std::optional<Ct>> shares(threads);
+    backend_.parallel_for(threads, [&](std::size_t k) {
+      const std::size_t lo = cts.size() * k / threads, hi = cts.size() * (k + 1) / threads;
+      shares[k] = backend_.mul_plain_sum(
+          std::vector<const Ct*>(cts.begin() + static_cast<long>(lo), cts.begin() + static_cast<long>(hi)),
+          std::vector<const Pt*>(pts.begin() + static_cast<long>(lo), pts.begin() + static_cast<long>(hi)));
+    });
+    for (std::size_t k = 1; k < threads; ++k) backend_.add_inplace(*shares[0], *shares[k]);
+    ops.mul_plain += cts.size();
+    ops.add += cts.size() - 1;
+    return std::move(*shares[0]);
+  }
+
   // One giant-step block of a baby-step giant-step layer (diagonal or map): the fused sum of
   // products, rescaled once, rotated by the giant step, added into `total`. Returns true when
   // the block started `total`.
@@ -356,6 +376,10 @@ class Executor {
     return y;
   }
 
+  // Output tiles (and the rebuilt input tiles) are independent: they run on the backend's
+  // threads, each tile's operations on one thread. Counts are summed per tile, and the held
+  // ciphertexts are those of the serial order (one accumulator at a time), so both are the
+  // same for every thread count; so are the results (the arithmetic is exact).
   std::vector<std::optional<Ct>> run_tile(const TileLinear& t, const Prepared& prep,
                                           std::vector<const Ct*> x, RunStats& st,
                                           OpCounts& ops) {
@@ -363,49 +387,74 @@ class Executor {
     std::vector<std::optional<Ct>> rebuilt;
     if (t.rebuild_input) {
       rebuilt.resize(x.size());
-      for (std::size_t i = 0; i < x.size(); ++i) {
-        if (!x[i]) continue;
+      std::vector<OpCounts> rebuild_ops(x.size());
+      backend_.parallel_for(x.size(), [&](std::size_t i) {
+        if (!x[i]) return;
+        OpCounts& o = rebuild_ops[i];
         rebuilt[i] = backend_.rescale(backend_.mul_plain(*x[i], *prep.mask));
-        ++ops.mul_plain;
-        ++ops.rescale;
-        rotate_and_add(*rebuilt[i], s.inner, -static_cast<long>(s.batch), ops);
-        x[i] = &*rebuilt[i];
+        ++o.mul_plain;
+        ++o.rescale;
+        rotate_and_add(*rebuilt[i], s.inner, -static_cast<long>(s.batch), o);
+      });
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        ops += rebuild_ops[i];
+        if (rebuilt[i]) x[i] = &*rebuilt[i];
       }
     }
     const bool outer = t.sum == SumDim::kOuter;
     const std::size_t extent = outer ? s.outer : s.inner;
     const long stride = static_cast<long>(outer ? s.inner * s.batch : s.batch);
     const std::size_t held_in = live(x);
-    std::vector<std::optional<Ct>> y(t.out_tiles);
-    std::size_t u = 0, held_out = 0;
+
+    // Each output tile's live terms (units are sorted by output tile).
+    std::vector<std::vector<const Ct*>> cts(t.out_tiles);
+    std::vector<std::vector<const Pt*>> pts(t.out_tiles);
+    for (std::size_t u = 0; u < t.units.size(); ++u) {
+      const Ct* in = x[t.units[u].in_tile];
+      if (!in) continue;
+      cts[t.units[u].out_tile].push_back(in);
+      pts[t.units[u].out_tile].push_back(&prep.units[u]);
+    }
+    // Tiles that are their bias alone: encrypted here, so that the threads only read them.
     for (std::size_t ot = 0; ot < t.out_tiles; ++ot) {
-      std::optional<Ct> acc;
-      std::vector<const Ct*> cts;
-      std::vector<const Pt*> pts;
-      for (; u < t.units.size() && t.units[u].out_tile == ot; ++u) {
-        const Ct* in = x[t.units[u].in_tile];
-        if (!in) continue;
-        cts.push_back(in);
-        pts.push_back(&prep.units[u]);
-      }
-      if (!cts.empty()) {
-        acc = sum_of_products(cts, pts, ops);
-        note_held(st, held_in + held_out + 1, backend_.level(*acc));
-      }
-      if (acc) {
-        acc = backend_.rescale(*acc);
-        ++ops.rescale;
-        rotate_and_add(*acc, extent, stride, ops);
+      if (cts[ot].empty() && prep.bias[ot]) constant(prep, ot);
+    }
+
+    // With as many working tiles as threads, the tiles run in parallel; with fewer (a pruned
+    // layer may keep one), they run one by one and each splits its terms over the threads.
+    std::size_t working = 0;
+    for (const auto& c : cts) working += !c.empty();
+    const bool by_tile = working >= backend_.threads();
+    std::vector<std::optional<Ct>> y(t.out_tiles);
+    std::vector<OpCounts> tile_ops(t.out_tiles);
+    auto run_one = [&](std::size_t ot) {
+      OpCounts& o = tile_ops[ot];
+      if (!cts[ot].empty()) {
+        Ct acc = backend_.rescale(by_tile ? sum_of_products(cts[ot], pts[ot], o)
+                                          : parallel_sum_of_products(cts[ot], pts[ot], o));
+        ++o.rescale;
+        rotate_and_add(acc, extent, stride, o);
         if (prep.bias[ot]) {
-          backend_.add_plain_inplace(*acc, *prep.bias[ot]);
-          ++ops.add_plain;
+          backend_.add_plain_inplace(acc, *prep.bias[ot]);
+          ++o.add_plain;
         }
+        y[ot] = std::move(acc);
       } else if (prep.bias[ot]) {
-        acc = constant(prep, ot);
-        ++ops.constant;
+        y[ot] = constant(prep, ot);
+        ++o.constant;
       }
-      held_out += acc.has_value();
-      y[ot] = std::move(acc);
+    };
+    if (by_tile) {
+      backend_.parallel_for(t.out_tiles, run_one);
+    } else {
+      for (std::size_t ot = 0; ot < t.out_tiles; ++ot) run_one(ot);
+    }
+    std::size_t held_out = 0;
+    for (std::size_t ot = 0; ot < t.out_tiles; ++ot) {
+      ops += tile_ops[ot];
+      // Before its rescale, the accumulator sits one level above its output.
+      if (!cts[ot].empty()) note_held(st, held_in + held_out + 1, backend_.level(*y[ot]) + 1);
+      held_out += y[ot].has_value();
     }
     return y;
   }
@@ -482,19 +531,37 @@ class Executor {
       }
     }
     if (!baby.empty()) note_held(st, held, backend_.level(baby.begin()->second));
+
+    // Output ciphertexts are independent once the baby steps exist: they run on the backend's
+    // threads (terms are sorted by output, then giant step). As for tiles, counts and held
+    // ciphertexts are summed in the serial order afterwards.
+    std::vector<std::size_t> begin(m.out_ciphertexts + 1, 0);
+    for (const MapTerm& t : m.terms) ++begin[t.out + 1];
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) begin[o + 1] += begin[o];
+    std::vector<std::uint8_t> has_live(m.out_ciphertexts, 0);
+    for (const MapTerm& t : m.terms) has_live[t.out] |= x[t.in] != nullptr;
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
+      if (!has_live[o] && prep.bias[o]) constant(prep, o);  // the threads only read them
+    }
+    struct OutputWork {
+      OpCounts ops;
+      std::size_t encoded = 0;
+      double encode_seconds = 0.0;
+    };
+    std::vector<OutputWork> work(m.out_ciphertexts);
     std::vector<std::optional<Ct>> y(m.out_ciphertexts);
     const bool on_demand = encoding_ == Encoding::kOnDemand;
-    std::vector<Pt> block;  // on demand: this giant step's plaintexts
-    std::vector<double> full(on_demand ? program_.slots() : 0);
-    std::size_t u = 0, held_out = 0;
-    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
+    backend_.parallel_for(m.out_ciphertexts, [&](std::size_t o) {
+      OutputWork& w = work[o];
+      std::vector<Pt> block;  // on demand: this giant step's plaintexts
+      std::vector<double> full(on_demand ? program_.slots() : 0);
       std::optional<Ct> total;
-      while (u < m.terms.size() && m.terms[u].out == o) {
+      for (std::size_t u = begin[o]; u < begin[o + 1];) {
         const std::size_t giant = m.terms[u].giant;
         std::vector<const Ct*> cts;
         std::vector<const Pt*> pts;
         std::vector<std::size_t> live_terms;
-        for (; u < m.terms.size() && m.terms[u].out == o && m.terms[u].giant == giant; ++u) {
+        for (; u < begin[o + 1] && m.terms[u].giant == giant; ++u) {
           const MapTerm& t = m.terms[u];
           if (!x[t.in]) continue;
           cts.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
@@ -510,25 +577,30 @@ class Executor {
                                             prep.unit_scale));
           }
           for (const Pt& pt : block) pts.push_back(&pt);
-          st.encoded += block.size();
-          st.encode_seconds +=
+          w.encoded += block.size();
+          w.encode_seconds +=
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         } else {
           for (std::size_t t : live_terms) pts.push_back(&prep.units[t]);
         }
-        if (add_giant_block(cts, pts, static_cast<long>(giant), total, ops)) {
-          note_held(st, held + held_out + 1, backend_.level(*total));
-        }
+        add_giant_block(cts, pts, static_cast<long>(giant), total, w.ops);
       }
       if (total && prep.bias[o]) {
         backend_.add_plain_inplace(*total, *prep.bias[o]);
-        ++ops.add_plain;
+        ++w.ops.add_plain;
       } else if (!total && prep.bias[o]) {
         total = constant(prep, o);
-        ++ops.constant;
+        ++w.ops.constant;
       }
-      held_out += total.has_value();
       y[o] = std::move(total);
+    });
+    std::size_t held_out = 0;
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
+      ops += work[o].ops;
+      st.encoded += work[o].encoded;
+      st.encode_seconds += work[o].encode_seconds;
+      if (has_live[o] && y[o]) note_held(st, held + held_out + 1, backend_.level(*y[o]));
+      held_out += y[o].has_value();
     }
     return y;
   }
