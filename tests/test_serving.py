@@ -80,7 +80,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("server")
     process = ServerProcess(
-        bundle, folder, "--max-sessions", str(MAX_SESSIONS), "--max-request-mb", "4"
+        bundle,
+        folder,
+        *("--max-sessions", str(MAX_SESSIONS), "--max-request-mb", "4", "--body-timeout", "2"),
     )
     yield process
     assert process.stop() == 0, process.log.read_text()  # graceful: exit status 0
@@ -287,6 +289,28 @@ def test_a_client_killed_mid_upload_leaks_nothing(
     assert len(remote.infer(client.encrypt(samples(1, 3)))) > 0
 
 
+def test_a_body_that_trickles_in_is_cut_off(
+    server: ServerProcess, session: tuple[RemoteSession, Client]
+) -> None:
+    remote, client = session
+    body = encode_batch(valid_frames(client))  # type: ignore[arg-type]
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(
+            (
+                f"POST /v1/infer HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                f"Authorization: Bearer {remote.token}\r\n\r\n"
+            ).encode()
+            + body[:100]
+        )
+        start = time.monotonic()
+        answer = raw.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert "did not arrive within 2 s" in answer
+    assert time.monotonic() - start < 20
+    assert server.get("/v1/metrics")["queue"]["admitted"] == 0
+
+
 def test_sessions_are_limited_deleted_by_their_owner_and_memory_stays_bounded(
     server: ServerProcess, bundle: Path
 ) -> None:
@@ -336,6 +360,7 @@ def test_the_client_commands_keep_the_secret_key_local(
 
     client("keygen", "--spec", str(bundle / "client.json"))
     assert (keys / "secret_key.bin").stat().st_mode & 0o077 == 0  # owner only
+    assert keys.stat().st_mode & 0o077 == 0
     client("register", "--url", server.url)
     client("infer", "--input", str(tmp_path / "x.npy"), "--out", str(outputs))
     client("decrypt", "--outputs", str(outputs), "--out", str(tmp_path / "y.npy"))

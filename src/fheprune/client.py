@@ -2,9 +2,11 @@
 
 The secret key never leaves this process: the server gets the evaluation-key bundle and
 ciphertexts, and answers with ciphertexts. Before sending anything, :meth:`RemoteSession.open`
-checks that the server runs exactly the program the client spec names (its BLAKE2b-256
-fingerprint), so a client never encrypts for, or registers keys with, a program it did not
-agree to.
+checks that the server reports exactly the program the client spec names (its BLAKE2b-256
+fingerprint). That catches a server deployed with another model or version; it cannot catch a
+dishonest server, which can report any fingerprint (the client's data stays encrypted either
+way). Use an https:// URL (``fheprune serve --ssl-certfile``, or a TLS proxy) whenever the
+connection leaves the machine: the session token travels with every request.
 
 ::
 
@@ -14,8 +16,9 @@ agree to.
     y = client.decrypt(outputs, len(x))
 
 Calls that change nothing on the server (program, health, inference, deleting a session) are
-retried with exponential backoff on connection errors and 503; registering keys is not (a
-retry could leave a second session behind).
+retried with exponential backoff when the connection could not be made and on 502/503/504;
+registering keys is not (a retry could leave a second session behind), and nothing is resent
+after a timeout (the server may still be computing the first copy).
 """
 
 from __future__ import annotations
@@ -109,17 +112,26 @@ class RemoteSession:
         self.close()
 
     def close(self) -> None:
-        """Deletes the session on the server (its keys go at once), then the connection."""
+        """Deletes the session on the server (its keys go at once; if that fails, they expire
+        after the server's idle timeout), then the connection."""
         try:
             if self.token is not None:
                 try:
-                    self._call("DELETE", "/v1/sessions/current", retry=True, expect=(204, 404))
-                except (ServerError, httpx.HTTPError) as error:  # the keys expire anyway
+                    self.delete()
+                except (ServerError, httpx.HTTPError) as error:
                     log.warning("could not delete the session: %s", error)
                 self.token = None
         finally:
             if self._owns_http:
                 self._http.close()
+
+    def delete(self) -> None:
+        """Deletes the session on the server now; ServerError if the server refuses (an
+        already expired session counts as deleted)."""
+        if self.token is None:
+            raise InputError("no session to delete")
+        self._call("DELETE", "/v1/sessions/current", retry=True, expect=(204, 404))
+        self.token = None
 
     # ---- calls ----
 
@@ -154,14 +166,19 @@ class RemoteSession:
         """Input ciphertexts -> output ciphertexts (None = known zero), computed remotely."""
         if self.token is None:
             raise InputError("no session: call register() (or use RemoteSession.open) first")
+        if not self.program:
+            self.check_program()  # nothing goes to a server that reports another program
         frames = [bytes(_core.save(self.client.context, c)) for c in inputs]
 
         def body() -> Iterator[bytes]:  # streamed: sent chunk by chunk, never joined
             return iter_batch(frames, len(frames))
 
         response = self._call("POST", "/v1/infer", content=body, retry=True)
+        # The answer holds exactly the program's outputs for these groups, no more.
+        groups = max(1, len(frames) // int(self.program["input_ciphertexts"]))
+        expected = groups * int(self.program["output_ciphertexts"])
         limit = max_ciphertext_bytes(self.client.spec.parameters)
-        reader = FrameReader(max_frames=1 << 20, max_frame_bytes=limit, allow_empty=True)
+        reader = FrameReader(max_frames=expected, max_frame_bytes=limit, allow_empty=True)
         reader.feed(response.content)
         return [
             None if frame is None else _core.load_ciphertext(self.client.context, frame)
@@ -194,11 +211,13 @@ class RemoteSession:
                 response = self._http.request(
                     method, self.url + path, content=body, headers=headers
                 )
-            except httpx.TransportError as error:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # nothing was sent
                 if last:
                     raise ServerUnavailableError(0, type(error).__name__, str(error)) from error
                 self._sleep(attempt)
                 continue
+            except httpx.TransportError as error:  # maybe sent: a retry could do it twice
+                raise ServerUnavailableError(0, type(error).__name__, str(error)) from error
             if response.status_code in expect:
                 return response
             if response.status_code in _RETRY_STATUS and not last:

@@ -12,8 +12,12 @@ from typing import BinaryIO
 __all__ = ["atomic_write"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it into place."""
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], object], *, mode: int = 0o644
+) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it into place
+    with permissions ``mode`` (0o600 for secrets: the file is never readable by others, not
+    even for a moment)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -22,7 +26,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600
+        os.chmod(tmp_name, mode)  # mkstemp creates 0600
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):

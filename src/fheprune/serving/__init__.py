@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -61,11 +62,14 @@ def run_server(
     owner_key: str | None = None,
     ready_file: str | os.PathLike[str] | None = None,
     log_level: str = "info",
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str] | None] | None = None,
 ) -> None:
     """Serve a bundle until interrupted. The program is built before the port is opened;
     ``port=0`` takes a free port, and ``ready_file`` receives ``{"url": ...}`` once the server
     accepts connections. SIGTERM / SIGINT stop accepting, finish the admitted requests (up to
-    ``config.graceful_timeout_s``), then exit."""
+    ``config.graceful_timeout_s``), then exit. ``tls`` = (certificate file, key file) serves
+    HTTPS; without it, put the server behind a TLS-terminating proxy before it leaves the
+    machine (the session token and the ciphertexts would travel in clear text)."""
     import uvicorn
 
     from fheprune.runtime.bundle import load_bundle
@@ -83,14 +87,17 @@ def run_server(
     sock.bind((host, port))
     sock.listen(128)
     bound_port = sock.getsockname()[1]
-    url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
     app = create_app(service)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             log_level=log_level,
             access_log=False,
-            timeout_graceful_shutdown=int(config.graceful_timeout_s),
+            timeout_graceful_shutdown=math.ceil(config.graceful_timeout_s),
+            ssl_certfile=None if tls is None else str(tls[0]),
+            ssl_keyfile=None if tls is None or tls[1] is None else str(tls[1]),
             # Bodies are streamed into the service's own limits; nothing else buffers them.
             h11_max_incomplete_event_size=64 * 1024,
         )

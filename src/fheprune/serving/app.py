@@ -57,10 +57,15 @@ class AuthError(InputError):
     """No usable session token in the request (HTTP 401)."""
 
 
+class RequestTimeoutError(InputError):
+    """A body that did not arrive within the server's time limit (HTTP 408)."""
+
+
 def _status(error: Exception) -> int:
     """The HTTP status of a refusal."""
     table: list[tuple[type[Exception], int]] = [
         (AuthError, 401),
+        (RequestTimeoutError, 408),
         (UnknownSessionError, 404),
         (RequestTooLargeError, 413),
         (SessionLimitError, 429),
@@ -93,20 +98,34 @@ def _declared_length(request: Request) -> int | None:
     return int(declared)
 
 
-async def _read_body(request: Request, limit: int, feed: Callable[[bytes], None]) -> int:
-    """Streams the body into ``feed``, refusing it as soon as it passes ``limit`` bytes."""
+async def _read_body(
+    request: Request, limit: int, feed: Callable[[bytes], None], timeout_s: float
+) -> int:
+    """Streams the body into ``feed``, refusing it as soon as it passes ``limit`` bytes, and
+    giving up (408) if it takes longer than ``timeout_s``: a sender dripping bytes must not
+    hold an admission slot for ever."""
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         raise RequestTooLargeError(
             f"the body is {declared} bytes; this server takes at most {limit}"
         )
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise RequestTooLargeError(f"the body passes {limit} bytes, this server's limit")
-        if chunk:
-            feed(chunk)
+
+    async def read() -> None:
+        nonlocal total
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise RequestTooLargeError(f"the body passes {limit} bytes, this server's limit")
+            if chunk:
+                feed(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the body did not arrive within {timeout_s:g} s ({total} bytes came)"
+        ) from None
     return total
 
 
@@ -225,12 +244,13 @@ def create_app(service: InferenceService) -> FastAPI:
 
     @app.post("/v1/sessions", status_code=201)
     async def register(request: Request) -> dict[str, Any]:
-        # A full server answers at once, before reading megabytes of keys.
+        # A full server answers at once, before reading megabytes of keys; the body may be no
+        # larger than the key memory left.
         service.sessions.reserve(_declared_length(request) or 0)
         async with admitted():
-            limit = min(service.config.max_key_bytes, service.config.max_request_bytes)
+            limit = min(service.sessions.room(), service.config.max_request_bytes)
             body = bytearray()
-            await _read_body(request, limit, body.extend)
+            await _read_body(request, limit, body.extend, service.config.body_timeout_s)
             if not body:
                 raise InputError(
                     "the body must be an evaluation-key bundle (Client.evaluation_keys_bytes)"
@@ -252,12 +272,20 @@ def create_app(service: InferenceService) -> FastAPI:
     @app.post("/v1/infer")
     async def infer(request: Request) -> StreamingResponse:
         session = session_of(request)
-        async with admitted():
+        # One request per session at a time: a client sending many at once waits here, not on
+        # a worker (it would hold the workers other sessions need).
+        async with session.turn, admitted():
             reader = service.frame_reader()
             start = time.perf_counter()
-            await _read_body(request, service.config.max_request_bytes, reader.feed)
+            await _read_body(
+                request,
+                service.config.max_request_bytes,
+                reader.feed,
+                service.config.body_timeout_s,
+            )
             frames = reader.finish()
             service.metrics.add_stage("read", time.perf_counter() - start)
+            service.sessions.touch(session)  # a long upload is use too
             future = service.submit(lambda: service.infer(session, frames))
             outputs = await asyncio.wrap_future(future)
         return StreamingResponse(iter_batch(outputs, len(outputs)), media_type=OCTETS)

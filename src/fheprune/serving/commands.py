@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -95,11 +104,14 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
         "--workers", type=_positive_int, default=d.workers, help="concurrent runs (default: cores)"
     )
     serve.add_argument(
-        "--engine-threads", type=_positive_int, default=1, help="engine threads per run"
+        "--engine-threads",
+        type=_positive_int,
+        default=1,
+        help="threads of the engine context all sessions share (keep 1 with several workers)",
     )
     serve.add_argument(
         "--max-queue",
-        type=_positive_int,
+        type=_non_negative_int,
         default=d.max_queue,
         help="requests that may wait for admission (2 x workers run at once); more get 503",
     )
@@ -134,6 +146,14 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
         default=d.graceful_timeout_s,
         help="on SIGTERM, seconds the admitted requests get to finish",
     )
+    serve.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=d.body_timeout_s,
+        help="seconds a request body may take to arrive (408 after)",
+    )
+    serve.add_argument("--ssl-certfile", type=Path, default=None, help="serve HTTPS: certificate")
+    serve.add_argument("--ssl-keyfile", type=Path, default=None, help="serve HTTPS: private key")
     serve.add_argument("--owner-key", default=None, help="verify the bundle's signatures (hex)")
     serve.add_argument("--ready-file", type=Path, default=None, help="write the URL here once up")
     serve.add_argument(
@@ -164,6 +184,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_mb,
             max_groups=args.max_groups,
             graceful_timeout_s=args.graceful_timeout,
+            body_timeout_s=args.body_timeout,
         )
         run_server(
             args.bundle,
@@ -172,6 +193,7 @@ def run_serve(args: argparse.Namespace) -> int:
             config=config,
             owner_key=args.owner_key,
             ready_file=args.ready_file,
+            tls=None if args.ssl_certfile is None else (args.ssl_certfile, args.ssl_keyfile),
             log_level=args.log_level.lower(),
         )
     except (FhepruneError, OSError) as exc:
@@ -240,8 +262,7 @@ def _session(folder: Path) -> dict[str, str]:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-    os.chmod(path, 0o600)
+    atomic_write(path, lambda f: f.write(data), mode=0o600)
 
 
 def _keygen(args: argparse.Namespace) -> None:
@@ -251,7 +272,7 @@ def _keygen(args: argparse.Namespace) -> None:
     signature = args.spec_signature.read_bytes() if args.spec_signature else None
     spec = ClientSpec.from_json(text, signature=signature, owner_key=args.owner_key)
     client = Client(spec)
-    args.keys.mkdir(parents=True, exist_ok=True)
+    args.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(args.keys / SECRET_KEY_FILE, client.secret_key_bytes())
     keys = client.evaluation_keys_bytes()
     atomic_write(args.keys / EVALUATION_KEYS_FILE, lambda f: f.write(keys))
@@ -318,7 +339,11 @@ def _delete(args: argparse.Namespace) -> None:
     session = _session(args.keys)
     remote = RemoteSession(session["url"], client)
     remote.token = session["session"]
-    remote.close()  # deletes the session on the server
+    try:
+        remote.delete()  # raises if the server refuses: the session file stays then
+    finally:
+        remote.token = None
+        remote.close()
     (args.keys / SESSION_FILE).unlink()
     print("session deleted")
 

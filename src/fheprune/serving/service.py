@@ -73,7 +73,7 @@ class Metrics:
     def count(self, route: str, status: int, seconds: float | None = None) -> None:
         with self._lock:
             self.requests[(route, status)] += 1
-            if seconds is not None and status == 200:
+            if seconds is not None and status == 200 and route == "/v1/infer":
                 self.latencies.append(seconds)
 
     def snapshot(self) -> dict[str, Any]:

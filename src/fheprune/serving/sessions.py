@@ -8,6 +8,7 @@ the bytes of their keys, and how long an unused session lives.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -36,7 +37,10 @@ class Session:
     created: float
     last_used: float
     runs: int = 0
+    # Held while a run uses the keys (a session in use never expires).
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # One request of this session at a time (taken on the event loop, before a worker).
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
 class SessionStore:
@@ -66,6 +70,11 @@ class SessionStore:
     def key_bytes(self) -> int:
         with self._lock:
             return sum(s.key_bytes for s in self._sessions.values())
+
+    def room(self) -> int:
+        """Key bytes a new session may still bring."""
+        with self._lock:
+            return max(0, self.max_key_bytes - sum(s.key_bytes for s in self._sessions.values()))
 
     def reserve(self, key_bytes: int) -> None:
         """Refuses a new session of ``key_bytes`` if it would break a limit (after expiring
@@ -127,8 +136,9 @@ class SessionStore:
             self._sessions.clear()
 
     def _is_idle(self, session: Session, now: float) -> bool:
-        # A session whose run is in progress is in use, however long the run takes.
-        return now - session.last_used > self.idle_timeout_s and not session.lock.locked()
+        # A session whose request is in progress is in use, however long it takes.
+        busy = session.lock.locked() or session.turn.locked()
+        return now - session.last_used > self.idle_timeout_s and not busy
 
     def _check_room(self, key_bytes: int) -> None:
         if len(self._sessions) >= self.max_sessions:

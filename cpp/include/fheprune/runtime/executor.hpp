@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -37,7 +38,7 @@ struct OpCounts {
   std::uint64_t multiply = 0;   // ciphertext x ciphertext
   std::uint64_t relinearize = 0;
   std::uint64_t constant = 0;   // outputs of pruned-away units: a copy of a constant ciphertext
-                                // the server encrypted once, at set-up
+                                // the executor encrypted once, on first use
 
   OpCounts& operator+=(const OpCounts& o) {
     mul_plain += o.mul_plain;
@@ -69,7 +70,9 @@ struct RunStats {
   std::vector<LayerStats> layers;
   std::size_t encoded = 0;       // plaintexts encoded during the run (Encoding::kOnDemand)
   double encode_seconds = 0.0;   // the time that took (included in the layers' seconds)
-  std::size_t peak_ciphertexts = 0;       // ciphertexts the executor held at once
+  // Ciphertexts held at once in the serial order (one accumulator at a time): the same for
+  // every thread count; with T threads up to T - 1 more accumulators (or shares) are alive.
+  std::size_t peak_ciphertexts = 0;
   std::size_t peak_ciphertext_bytes = 0;  // their size at the levels they were held
   OpCounts total() const {
     OpCounts t;
@@ -83,7 +86,7 @@ std::string layer_name(const Layer& layer);
 // When the executor encodes the weight plaintexts of map layers.
 enum class Encoding : std::uint8_t {
   kAtSetup,   // once, when the executor is built: runs only multiply (the default)
-  kOnDemand,  // in every run, one giant-step block at a time: memory for one block only
+  kOnDemand,  // in every run, one giant-step block at a time: memory for one block per thread
 };
 
 template <class Backend>
@@ -417,7 +420,7 @@ class Executor {
     }
     // Tiles that are their bias alone: encrypted here, so that the threads only read them.
     for (std::size_t ot = 0; ot < t.out_tiles; ++ot) {
-      if (cts[ot].empty() && prep.bias[ot]) constant(prep, ot);
+      if (cts[ot].empty() && prep.bias[ot]) ensure_constant(prep, ot);
     }
 
     // With as many working tiles as threads, the tiles run in parallel; with fewer (a pruned
@@ -541,7 +544,7 @@ class Executor {
     std::vector<std::uint8_t> has_live(m.out_ciphertexts, 0);
     for (const MapTerm& t : m.terms) has_live[t.out] |= x[t.in] != nullptr;
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
-      if (!has_live[o] && prep.bias[o]) constant(prep, o);  // the threads only read them
+      if (!has_live[o] && prep.bias[o]) ensure_constant(prep, o);  // the threads only copy them
     }
     struct OutputWork {
       OpCounts ops;
@@ -640,8 +643,18 @@ class Executor {
   }
 
   // The encryption of layer `prep`'s bias `k` (an output that is its bias alone), made on
-  // first use under this executor's key and kept.
-  const Ct& constant(const Prepared& prep, std::size_t k) {
+  // first use under this executor's key and kept. Runs of one executor may overlap (several
+  // Python threads), hence the lock and the copy out.
+  Ct constant(const Prepared& prep, std::size_t k) {
+    const std::lock_guard lock(*constants_mutex_);
+    return cached_constant(prep, k);
+  }
+  // Makes it now (before a parallel section, whose threads then only copy it).
+  void ensure_constant(const Prepared& prep, std::size_t k) {
+    const std::lock_guard lock(*constants_mutex_);
+    cached_constant(prep, k);
+  }
+  const Ct& cached_constant(const Prepared& prep, std::size_t k) {
     const auto layer = static_cast<std::size_t>(&prep - prepared_->data());
     std::vector<std::optional<Ct>>& cache = constants_[layer];
     if (cache.size() < prep.bias.size()) cache.resize(prep.bias.size());
@@ -655,6 +668,7 @@ class Executor {
   // Key-independent, hence shared by executors of the same program and context.
   std::shared_ptr<const std::vector<Prepared>> prepared_;
   std::vector<std::vector<std::optional<Ct>>> constants_;  // per layer, per bias: constant()
+  std::unique_ptr<std::mutex> constants_mutex_ = std::make_unique<std::mutex>();
   std::size_t plaintext_bytes_ = 0;
   std::size_t plaintext_count_ = 0;
   std::size_t input_level_ = 0;
