@@ -46,7 +46,13 @@ import torch
 
 from fheprune.reporting import machine_info, write_json_atomic
 from fheprune.runtime.compiler import compile_model
-from fheprune.runtime.pipeline import PrunedModel, _plaintext_outputs, encrypted_run, pruned_model
+from fheprune.runtime.pipeline import (
+    PrunedModel,
+    _plaintext_outputs,
+    compile_variants,
+    encrypted_run,
+    pruned_model,
+)
 
 LOG = logging.getLogger("runtime_pruned_vs_dense")
 
@@ -177,15 +183,8 @@ def _ours_runs(
     fraction = pruned_fraction(pm, model, tile)
     load_1m = os.getloadavg()[0]
     start = time.perf_counter()
-    dense = compile_model(pm.dense, layout="tile", tile=(tile, tile))
-    pruned = compile_model(
-        pm.pruned,
-        layout="tile",
-        tile=(tile, tile),
-        parameters=dense.parameters,
-        input_perm=pm.input_perm,
-        output_perm=pm.output_perm,
-    )
+    compiled = compile_variants(pm, tile)
+    dense, pruned = compiled["dense"], compiled["pruned"]
     compile_s = time.perf_counter() - start
     LOG.info(
         "%s %dx%d: %s (compiled both in %.1f s)", model, tile, tile, dense.choice.message, compile_s

@@ -49,6 +49,13 @@ nb::bytes save_unlocked(const Context& c, const T& x) {
   return to_bytes(out);
 }
 
+// Loads with the GIL released (`b` stays referenced by the caller while it is read).
+template <auto Load>
+auto load_unlocked(const Context& c, const nb::bytes& b) {
+  nb::gil_scoped_release release;
+  return Load(c, as_span(b));
+}
+
 }  // namespace
 
 // Pruning kernels (co-permutation clustering) live in pruning.cpp.
@@ -318,30 +325,12 @@ NB_MODULE(_core, m) {
   m.def("save_secret_key", [](const Context& c, const SecretKey& x) {
     return to_bytes(Serializer::save_secret_key(c, x));
   });
-  m.def("load_ciphertext", [](const Context& c, const nb::bytes& b) {
-    nb::gil_scoped_release release;  // `b` stays referenced by the caller
-    return Serializer::load_ciphertext(c, as_span(b));
-  });
-  m.def("load_plaintext", [](const Context& c, const nb::bytes& b) {
-    nb::gil_scoped_release release;  // `b` stays referenced by the caller
-    return Serializer::load_plaintext(c, as_span(b));
-  });
-  m.def("load_public_key", [](const Context& c, const nb::bytes& b) {
-    nb::gil_scoped_release release;  // `b` stays referenced by the caller
-    return Serializer::load_public_key(c, as_span(b));
-  });
-  m.def("load_relin_key", [](const Context& c, const nb::bytes& b) {
-    nb::gil_scoped_release release;  // `b` stays referenced by the caller
-    return Serializer::load_relin_key(c, as_span(b));
-  });
-  m.def("load_galois_keys", [](const Context& c, const nb::bytes& b) {
-    nb::gil_scoped_release release;  // `b` stays referenced by the caller
-    return Serializer::load_galois_keys(c, as_span(b));
-  });
-  m.def("load_evaluation_keys", [](const Context& c, const nb::bytes& b) {
-    nb::gil_scoped_release release;
-    return Serializer::load_evaluation_keys(c, as_span(b));
-  });
+  m.def("load_ciphertext", &load_unlocked<&Serializer::load_ciphertext>);
+  m.def("load_plaintext", &load_unlocked<&Serializer::load_plaintext>);
+  m.def("load_public_key", &load_unlocked<&Serializer::load_public_key>);
+  m.def("load_relin_key", &load_unlocked<&Serializer::load_relin_key>);
+  m.def("load_galois_keys", &load_unlocked<&Serializer::load_galois_keys>);
+  m.def("load_evaluation_keys", &load_unlocked<&Serializer::load_evaluation_keys>);
   m.def("load_secret_key", [](const Context& c, const nb::bytes& b) { return Serializer::load_secret_key(c, as_span(b)); });
   bind_pruning(m);
   bind_runtime(m);

@@ -145,6 +145,26 @@ std::span<const std::size_t> as_sizes(const Index64& a) {
   return {reinterpret_cast<const std::size_t*>(a.data()), a.shape(0)};
 }
 
+// The facts about its program that a Server or ProgramHost tells Python. What it holds stays
+// inside it: never a reference to the program, the keys or the context a run is using.
+template <class Holder>
+void bind_program_facts(nb::class_<Holder>& cls) {
+  cls.def_prop_ro("parameters", [](const Holder& h) { return h.program().parameters(); })
+      .def_prop_ro("input_ciphertexts",
+                   [](const Holder& h) { return h.program().input_ciphertexts(); })
+      .def_prop_ro("output_ciphertexts",
+                   [](const Holder& h) { return h.program().output_ciphertexts(); })
+      .def_prop_ro("threads", [](const Holder& h) { return h.context()->threads(); })
+      .def_prop_ro("program_fingerprint",
+                   [](const Holder& h) {
+                     const auto fp = h.program_fingerprint();
+                     return to_bytes(fp);
+                   },
+                   "BLAKE2b-256 of the program file.")
+      .def_prop_ro("plaintext_bytes", &Holder::plaintext_bytes)
+      .def_prop_ro("plaintext_count", &Holder::plaintext_count);
+}
+
 }  // namespace
 
 void bind_runtime(nb::module_& m) {
@@ -323,7 +343,7 @@ void bind_runtime(nb::module_& m) {
           "Per layer and per group of samples: the operations the executor will perform, the "
           "lower bounds, and the plaintexts it stores.");
 
-  nb::class_<rt::Server>(
+  auto server = nb::class_<rt::Server>(
       m, "Server",
       "The server role (fheprune/runtime/server.hpp): a program and one client's evaluation keys, "
       "checked to belong together (parameters, key ids, every rotation key) before any work, "
@@ -358,24 +378,9 @@ void bind_runtime(nb::module_& m) {
           },
           "program"_a, "context"_a, "evaluation_keys"_a, "encode_on_demand"_a = false,
           "From loaded objects: the context must have the program's parameters; the keys are "
-          "shared, not copied.")
-      // What the server holds stays inside it: Python gets the parameters and facts, never a
-      // reference to the program, the keys or the context a run is using.
-      .def_prop_ro("parameters", [](const rt::Server& s) { return s.program().parameters(); })
-      .def_prop_ro("input_ciphertexts",
-                   [](const rt::Server& s) { return s.program().input_ciphertexts(); })
-      .def_prop_ro("output_ciphertexts",
-                   [](const rt::Server& s) { return s.program().output_ciphertexts(); })
-      .def_prop_ro("threads", [](const rt::Server& s) { return s.context()->threads(); })
-      .def_prop_ro("key_id", [](const rt::Server& s) { return to_bytes(s.key_id()); })
-      .def_prop_ro("program_fingerprint",
-                   [](const rt::Server& s) {
-                     const auto fp = s.program_fingerprint();
-                     return to_bytes(fp);
-                   },
-                   "BLAKE2b-256 of the program file.")
-      .def_prop_ro("plaintext_bytes", &rt::Server::plaintext_bytes)
-      .def_prop_ro("plaintext_count", &rt::Server::plaintext_count)
+          "shared, not copied.");
+  bind_program_facts(server);
+  server.def_prop_ro("key_id", [](const rt::Server& s) { return to_bytes(s.key_id()); })
       .def(
           "run",
           [](const rt::Server& s, const std::vector<const ck::Ciphertext*>& inputs) {
@@ -408,7 +413,7 @@ void bind_runtime(nb::module_& m) {
             return to_bytes(out);
           },
           "ciphertext"_a);
-  nb::class_<rt::ProgramHost>(
+  auto host = nb::class_<rt::ProgramHost>(
       m, "ProgramHost",
       "One program for many clients (fheprune/runtime/server.hpp): the program, its context and "
       "its plaintexts are built once; serve() gives each client's evaluation keys a Server "
@@ -430,18 +435,8 @@ void bind_runtime(nb::module_& m) {
             return h.serve(as_span(evaluation_keys));
           },
           "evaluation_keys"_a,
-          "A Server for one client's evaluation-key bundle (bytes), checked like Server's.")
-      .def_prop_ro("parameters", [](const rt::ProgramHost& h) { return h.program().parameters(); })
-      .def_prop_ro("input_ciphertexts",
-                   [](const rt::ProgramHost& h) { return h.program().input_ciphertexts(); })
-      .def_prop_ro("output_ciphertexts",
-                   [](const rt::ProgramHost& h) { return h.program().output_ciphertexts(); })
-      .def_prop_ro("threads", [](const rt::ProgramHost& h) { return h.context()->threads(); })
-      .def_prop_ro("program_fingerprint",
-                   [](const rt::ProgramHost& h) { return to_bytes(h.program_fingerprint()); },
-                   "BLAKE2b-256 of the program file.")
-      .def_prop_ro("plaintext_bytes", &rt::ProgramHost::plaintext_bytes)
-      .def_prop_ro("plaintext_count", &rt::ProgramHost::plaintext_count);
+          "A Server for one client's evaluation-key bundle (bytes), checked like Server's.");
+  bind_program_facts(host);
   nb::class_<rt::SigningKey>(
       m, "SigningKey",
       "A model owner's Ed25519 signing key: signs program files and client specs so that the "

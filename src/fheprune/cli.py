@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fheprune.argtypes import number, positive
 from fheprune.data import DATA_ENV_VAR, DataError
 
 __all__ = ["EXIT_DATA", "EXIT_NO_ENGINE", "build_parser", "main"]
@@ -40,22 +41,8 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # training before it fails.
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _power_of_two(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value & (value - 1):
         below = 1 << (value.bit_length() - 1)
         raise argparse.ArgumentTypeError(
@@ -66,7 +53,7 @@ def _power_of_two(text: str) -> int:
 
 
 def _threads(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     try:
         from fheprune import _core
     except ImportError:  # reported by the command itself
@@ -79,25 +66,15 @@ def _threads(text: str) -> int:
     return value
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def _percent(text: str) -> float:
-    value = _number(text)
+    value = number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive percentage, got {value}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = _number(text)
+    value = number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {value}")
     return value
@@ -186,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="first-prune target (default neuron: dead neurons also drop rotations)",
     )
     run.add_argument("--scope", default="global", choices=("local", "global"))
-    run.add_argument("--images", type=_positive, default=1024, help="test images (default 1024)")
+    run.add_argument("--images", type=positive, default=1024, help="test images (default 1024)")
     run.add_argument("--threads", type=_threads, default=1, help="engine threads (default 1)")
-    run.add_argument("--retrain-epochs", type=_positive, default=2)
+    run.add_argument("--retrain-epochs", type=positive, default=2)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--work-dir", type=Path, default=Path("results/runtime"))
     run.add_argument("--out", type=Path, default=Path("results/main_job.json"))
@@ -208,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"folder holding mnist/ (default: ${DATA_ENV_VAR}, else a shared/data folder nearby)",
     )
-    demo.add_argument("--images", type=_positive, default=64, help="test images (default 64)")
+    demo.add_argument("--images", type=positive, default=64, help="test images (default 64)")
     demo.add_argument("--threads", type=_threads, default=1, help="engine threads (default 1)")
     demo.add_argument("--seed", type=int, default=0, help="seed recorded in the report")
     demo.add_argument(
@@ -258,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99],
         help="pruning fractions to try (increasing)",
     )
-    prune.add_argument("--train-epochs", type=_positive, default=None)
-    prune.add_argument("--retrain-epochs", type=_positive, default=2)
-    prune.add_argument("--limit", type=_positive, default=None, help="training samples")
+    prune.add_argument("--train-epochs", type=positive, default=None)
+    prune.add_argument("--retrain-epochs", type=positive, default=2)
+    prune.add_argument("--limit", type=positive, default=None, help="training samples")
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--data-dir", default=None)
     prune.add_argument("--work-dir", type=Path, default=Path("results/prune"))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_write_bytes"]
 
 
 def atomic_write(
@@ -39,3 +39,12 @@ def atomic_write(
         finally:
             os.close(dir_fd)
     return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
+    """:func:`atomic_write` of ``data`` as it is."""
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    return atomic_write(path, write, mode=mode)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from fheprune import _core
 from fheprune.errors import InputError, MissingFileError
-from fheprune.fileio import atomic_write
+from fheprune.fileio import atomic_write_bytes
 
 from .compiler import CompiledModel
 from .roles import ClientSpec
@@ -66,15 +66,8 @@ def save_bundle(
         files[PROGRAM_SIGNATURE] = bytes(signing_key.sign(program))
         files[SPEC_SIGNATURE] = bytes(signing_key.sign(spec_text.encode()))
     for name, data in files.items():
-        _write(target / name, data)
+        atomic_write_bytes(target / name, data)
     return target
-
-
-def _write(path: Path, data: bytes) -> None:
-    def write(f: BinaryIO) -> None:
-        f.write(data)
-
-    atomic_write(path, write)
 
 
 def load_bundle(folder: str | os.PathLike[str], *, owner_key: str | None = None) -> Bundle:

@@ -34,6 +34,7 @@ from .roles import Client, ClientSpec, Server
 __all__ = [
     "MainJobConfig",
     "PrunedModel",
+    "compile_variants",
     "encrypted_run",
     "main_job_bundles",
     "pruned_model",
@@ -281,9 +282,9 @@ def _main_job_model(cfg: MainJobConfig) -> PrunedModel:
     )
 
 
-def _compile_variants(pm: PrunedModel, tile: int) -> dict[str, CompiledModel]:
-    """Dense and pruned in the tile layout, on the dense model's parameters."""
-    log.info("stage 2/4: compile dense and pruned")
+def compile_variants(pm: PrunedModel, tile: int) -> dict[str, CompiledModel]:
+    """Dense and pruned in the tile layout, both on the dense model's parameters (the pruned
+    one with the co-permutation's input and output permutations)."""
     dense = compile_model(pm.dense, layout="tile", tile=(tile, tile))
     pruned = compile_model(
         pm.pruned,
@@ -299,7 +300,7 @@ def _compile_variants(pm: PrunedModel, tile: int) -> dict[str, CompiledModel]:
 def main_job_bundles(cfg: MainJobConfig) -> dict[str, Path]:
     """The main job's deployable bundles (dense and pruned, ``WORK_DIR/bundles/<name>``), made
     without the encrypted runs (``fheprune serve`` serves them; the pruning is cached)."""
-    variants = _compile_variants(_main_job_model(cfg), cfg.tile)
+    variants = compile_variants(_main_job_model(cfg), cfg.tile)
     return {
         name: save_bundle(compiled, Path(cfg.work_dir) / "bundles" / name)
         for name, compiled in variants.items()
@@ -322,7 +323,8 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
     x = np.concatenate(xs)[: cfg.images]
     labels = np.concatenate(ys)[: cfg.images]
 
-    variants = _compile_variants(pm, cfg.tile)
+    log.info("stage 2/4: compile dense and pruned")
+    variants = compile_variants(pm, cfg.tile)
     dense, pruned = variants["dense"], variants["pruned"]
     report: dict[str, Any] = {
         "model": cfg.model,

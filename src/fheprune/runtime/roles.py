@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from fheprune import _core
 from fheprune.errors import InputError, InputTypeError, MissingFileError
-from fheprune.fileio import atomic_write
+from fheprune.fileio import atomic_write_bytes
 
 from .compiler import CompiledModel, LinearStep
 
@@ -625,16 +625,9 @@ def _save_cts(save: Callable[[Any], bytes], cts: Sequence[Any | None], folder: P
     paths = []
     for i, c in enumerate(cts):
         path = folder / f"{i:06d}.ct"
-        _write_bytes(path, b"" if c is None else bytes(save(c)))
+        atomic_write_bytes(path, b"" if c is None else bytes(save(c)))
         paths.append(path)
     return paths
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    def write(f: Any) -> None:
-        f.write(data)
-
-    atomic_write(path, write)
 
 
 def _load_cts(load: Callable[[bytes], Any], folder: Path) -> list[Any | None]:

@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fheprune.fileio import atomic_write
+from fheprune.fileio import atomic_write_bytes
 
 from .config import ServeConfig
 from .protocol import BatchFormatError, FrameReader, encode_batch, iter_batch
@@ -111,7 +111,7 @@ def run_server(
             await original_startup(sockets=sockets)
             if server.started:
                 payload = json.dumps({"url": url, "pid": os.getpid()}).encode()
-                atomic_write(ready, lambda f: f.write(payload))
+                atomic_write_bytes(ready, payload)
 
         server.startup = startup  # type: ignore[method-assign]
     # uvicorn handles SIGINT / SIGTERM itself (stop accepting, finish the admitted requests)

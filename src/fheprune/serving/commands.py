@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fheprune.argtypes import integer, non_negative, number, positive
 from fheprune.errors import FhepruneError, InputError, MissingFileError
-from fheprune.fileio import atomic_write
+from fheprune.fileio import atomic_write, atomic_write_bytes
 
 LOG = logging.getLogger("fheprune")
 
@@ -34,48 +35,22 @@ SPEC_FILE = "client.json"
 SESSION_FILE = "session.json"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    value = integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, got {value}")
     return value
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    value = number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
 
 
 def _megabytes(text: str) -> int:
-    return _positive_int(text) << 20
+    return positive(text) << 20
 
 
 def _url(text: str) -> str:
@@ -101,21 +76,21 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=_port, default=8470, help="port (0: any free port)")
     serve.add_argument(
-        "--workers", type=_positive_int, default=d.workers, help="concurrent runs (default: cores)"
+        "--workers", type=positive, default=d.workers, help="concurrent runs (default: cores)"
     )
     serve.add_argument(
         "--engine-threads",
-        type=_positive_int,
+        type=positive,
         default=1,
         help="threads of the engine context all sessions share (keep 1 with several workers)",
     )
     serve.add_argument(
         "--max-queue",
-        type=_non_negative_int,
+        type=non_negative,
         default=d.max_queue,
         help="requests that may wait for admission (2 x workers run at once); more get 503",
     )
-    serve.add_argument("--max-sessions", type=_positive_int, default=d.max_sessions)
+    serve.add_argument("--max-sessions", type=positive, default=d.max_sessions)
     serve.add_argument(
         "--max-key-mb",
         type=_megabytes,
@@ -136,7 +111,7 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     )
     serve.add_argument(
         "--max-groups",
-        type=_positive_int,
+        type=positive,
         default=d.max_groups,
         help="groups of samples per inference request",
     )
@@ -261,10 +236,6 @@ def _session(folder: Path) -> dict[str, str]:
     return {"url": str(data["url"]), "session": str(data["session"])}
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data), mode=0o600)
-
-
 def _keygen(args: argparse.Namespace) -> None:
     from fheprune.runtime.roles import Client, ClientSpec
 
@@ -273,10 +244,10 @@ def _keygen(args: argparse.Namespace) -> None:
     spec = ClientSpec.from_json(text, signature=signature, owner_key=args.owner_key)
     client = Client(spec)
     args.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(args.keys / SECRET_KEY_FILE, client.secret_key_bytes())
+    atomic_write_bytes(args.keys / SECRET_KEY_FILE, client.secret_key_bytes(), mode=0o600)
     keys = client.evaluation_keys_bytes()
-    atomic_write(args.keys / EVALUATION_KEYS_FILE, lambda f: f.write(keys))
-    atomic_write(args.keys / SPEC_FILE, lambda f: f.write(text.encode()))
+    atomic_write_bytes(args.keys / EVALUATION_KEYS_FILE, keys)
+    atomic_write_bytes(args.keys / SPEC_FILE, text.encode())
     print(f"keys in {args.keys}: secret key (stays here), evaluation keys ({len(keys)} bytes)")
 
 
@@ -291,9 +262,8 @@ def _register(args: argparse.Namespace) -> None:
     finally:
         remote.token = None  # the session outlives this command
         remote.close()
-    _write_private(
-        args.keys / SESSION_FILE, json.dumps({"url": args.url, "session": token}).encode()
-    )
+    session = json.dumps({"url": args.url, "session": token}).encode()
+    atomic_write_bytes(args.keys / SESSION_FILE, session, mode=0o600)
     print(f"registered with {args.url}; session saved in {args.keys / SESSION_FILE}")
 
 
@@ -315,7 +285,7 @@ def _infer(args: argparse.Namespace) -> None:
         remote.close()
     client.save_ciphertexts(outputs, args.out)
     count = json.dumps({"count": int(samples.shape[0])}).encode()
-    atomic_write(args.out / "count.json", lambda f: f.write(count))
+    atomic_write_bytes(args.out / "count.json", count)
     print(f"{len(outputs)} output ciphertexts for {samples.shape[0]} samples in {args.out}")
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import logging
 import threading
@@ -119,14 +119,25 @@ def rss_bytes() -> int:
     return 0
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None elsewhere."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # AttributeError: not glibc
+        return None
+    return trim
+
+
 def _trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc), so that dropped sessions' keys do not stay
     in the server's resident memory."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
-        ctypes.CDLL(name).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class InferenceService:
