@@ -10,6 +10,8 @@ Commands:
   loss) budget; saves the pruned model, its masks and permutations (fheprune.pruning.serialize).
 * ``serve``: serve a compiled bundle over HTTP to many clients (fheprune.serving).
 * ``client``: the client side of ``serve``: keygen, register, infer, decrypt, delete.
+* ``optimize``: search pruning methods and layouts for the best program under constraints
+  (fheprune.optimize).
 
 Exit status: 0 on success, 2 for a usage or data problem (bad argument, missing or corrupt
 dataset), 3 when the compiled engine cannot be imported.
@@ -248,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub, _LOG_LEVELS)
     add_client_parser(sub, _LOG_LEVELS)
+    from fheprune.optimize.commands import add_optimize_parser
+
+    add_optimize_parser(sub, _LOG_LEVELS)
     return parser
 
 
@@ -388,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_demo(args)
     if args.command == "prune":
         return _run_prune(args)
+    if args.command == "optimize":
+        from fheprune.optimize.commands import run_optimize
+
+        return run_optimize(args)
     if args.command in ("serve", "client"):
         from fheprune.serving.commands import run_client, run_serve
 

@@ -243,66 +243,20 @@ class Experiment:
         base_model, base_metric = self.baseline(model_name)
         loaders = self.loaders(model_name)
         task = loaders.spec.task
-        model = copy.deepcopy(base_model)
-        shape = TileShape(tile, tile)
-        retrain_cfg = self.train_config(model_name).replace(epochs=self.config.retrain_epochs)
-        # After a co-permutation the model expects permuted inputs and yields permuted outputs
-        # (the client applies input_perm / output_perm in the clear); retraining and evaluation
-        # must see the data the same way.
-        current = {"loaders": loaders}
-
-        def retrain(m: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-            train(m, current["loaders"], retrain_cfg, masks=masks, progress=False)
-
-        permute = None
-        if self.permute_fn is not None:
-            inner = self.permute_fn
-
-            def permute(
-                m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileShape
-            ) -> tuple[Mapping[str, torch.Tensor], Any]:
-                new_masks, info = inner(m, masks, s)
-                current["loaders"] = permute_loaders(
-                    current["loaders"],
-                    getattr(info, "input_perm", None),
-                    getattr(info, "output_perm", None),
-                )
-                return new_masks, info
-
-        pack_threshold: float | dict[str, float] = DEFAULT_PACK_THRESHOLD
-        pack_scope = "global"
-        if spec.conv_pack_threshold is not None:
-            pack_scope = "local"
-            pack_threshold = {
-                name: (
-                    spec.conv_pack_threshold
-                    if isinstance(mod, nn.Conv2d)
-                    else DEFAULT_PACK_THRESHOLD
-                )
-                for name, mod in model.named_modules()
-                if isinstance(mod, (nn.Conv2d, nn.Linear))
-            }
-        kwargs: dict[str, Any] = {}
-        if spec.scheme in ("P4", "P4E"):
-            kwargs = {"pack_threshold": pack_threshold, "pack_scope": pack_scope}
-            if permute is None:
-                kwargs["permute"] = False
-        scheme = build_scheme(spec.scheme, **kwargs)
-        prune_config = spec.prune_config(fraction, self.config.seed)
-        calibration = None
-        if prune_config.needs_calibration:  # input statistics from the first training batches
-            calibration = [x for x, _ in itertools.islice(loaders.train, CALIBRATION_BATCHES)]
         started = time.perf_counter()
-        result = run_scheme(
-            scheme,
-            model,
-            shape,
-            prune_config=prune_config,
-            retrain_fn=retrain,
-            permute_fn=permute,
-            calibration=calibration,
+        model, result, permuted = run_hepex_scheme(
+            base_model,
+            loaders,
+            spec,
+            tile,
+            fraction,
+            retrain_config=self.train_config(model_name).replace(
+                epochs=self.config.retrain_epochs
+            ),
+            seed=self.config.seed,
+            permute_fn=self.permute_fn,
         )
-        test_loader = current["loaders"].test
+        test_loader = permuted.test
         assert test_loader is not None
         metric = evaluate(model, test_loader, task)
         row = {
@@ -321,6 +275,79 @@ class Experiment:
             "seconds": time.perf_counter() - started,
         }
         return model, result, row
+
+
+def run_hepex_scheme(
+    base_model: nn.Module,
+    loaders: Loaders,
+    spec: SchemeSpec,
+    tile: int | TileShape,
+    fraction: float,
+    *,
+    retrain_config: TrainConfig,
+    seed: int,
+    permute_fn: PermuteFn | None,
+) -> tuple[nn.Module, SchemeResult, Loaders]:
+    """Run one HE-PEx scheme on a copy of ``base_model`` (``base_model`` is not modified).
+
+    Returns the pruned model, the scheme's result and the loaders as the pruned model sees
+    the data: after a co-permutation the model expects permuted inputs and yields permuted
+    outputs (the client applies ``input_perm`` / ``output_perm`` in the clear), so retraining
+    and every later evaluation must read the permuted loaders.
+    """
+    model = copy.deepcopy(base_model)
+    shape = tile if isinstance(tile, TileShape) else TileShape(tile, tile)
+    current = {"loaders": loaders}
+
+    def retrain(m: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        train(m, current["loaders"], retrain_config, masks=masks, progress=False)
+
+    permute = None
+    if permute_fn is not None:
+        inner = permute_fn
+
+        def permute(
+            m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileShape
+        ) -> tuple[Mapping[str, torch.Tensor], Any]:
+            new_masks, info = inner(m, masks, s)
+            current["loaders"] = permute_loaders(
+                current["loaders"],
+                getattr(info, "input_perm", None),
+                getattr(info, "output_perm", None),
+            )
+            return new_masks, info
+
+    pack_threshold: float | dict[str, float] = DEFAULT_PACK_THRESHOLD
+    pack_scope = "global"
+    if spec.conv_pack_threshold is not None:
+        pack_scope = "local"
+        pack_threshold = {
+            name: (
+                spec.conv_pack_threshold if isinstance(mod, nn.Conv2d) else DEFAULT_PACK_THRESHOLD
+            )
+            for name, mod in model.named_modules()
+            if isinstance(mod, (nn.Conv2d, nn.Linear))
+        }
+    kwargs: dict[str, Any] = {}
+    if spec.scheme in ("P4", "P4E"):
+        kwargs = {"pack_threshold": pack_threshold, "pack_scope": pack_scope}
+        if permute is None:
+            kwargs["permute"] = False
+    scheme = build_scheme(spec.scheme, **kwargs)
+    prune_config = spec.prune_config(fraction, seed)
+    calibration = None
+    if prune_config.needs_calibration:  # input statistics from the first training batches
+        calibration = [x for x, _ in itertools.islice(loaders.train, CALIBRATION_BATCHES)]
+    result = run_scheme(
+        scheme,
+        model,
+        shape,
+        prune_config=prune_config,
+        retrain_fn=retrain,
+        permute_fn=permute,
+        calibration=calibration,
+    )
+    return model, result, current["loaders"]
 
 
 def prune_within_budget(
