@@ -385,3 +385,17 @@ def test_an_unsupported_onnx_node_stops_the_command_with_its_name(tmp_path: Path
     )
     assert done.returncode == 2
     assert "Relu" in done.stderr and "TanhPoly2" in done.stderr
+
+
+def test_a_program_that_cannot_hold_the_data_is_refused_at_screening() -> None:
+    from toys import toy_compiled
+
+    from fheprune.optimize.trial import _check_input_range
+    from fheprune.runtime import ClientSpec
+
+    compiled = toy_compiled()
+    bound = ClientSpec.from_compiled(compiled).max_input
+    assert bound is not None
+    _check_input_range(compiled, bound)  # data at the bound: fine
+    with pytest.raises(InputError, match="InputRangeError"):
+        _check_input_range(compiled, 2 * bound)

@@ -17,6 +17,8 @@ from typing import Literal
 
 from torch import nn
 
+from fheprune.errors import InputError
+
 __all__ = ["Poly", "PolyError", "PolyValue", "binary", "negate", "power"]
 
 MAX_DEGREE = 2
@@ -25,8 +27,9 @@ PolyErrorKind = Literal["degree", "two-tensors", "not-polynomial"]
 BinaryOp = Literal["add", "sub", "mul", "div"]
 
 
-class PolyError(Exception):
-    """Arithmetic that leaves the degree-2 polynomials of one tensor (``kind`` says how)."""
+class PolyError(InputError):
+    """Arithmetic that leaves the degree-2 polynomials of one tensor (``kind`` says how); the
+    front-ends turn it into an error naming the graph node."""
 
     def __init__(self, kind: PolyErrorKind, problem: str, bases: tuple[int, ...] = ()) -> None:
         super().__init__(problem)

@@ -536,6 +536,28 @@ def _screen_ray(
     finally:
         if started_here:
             ray.shutdown()
+            _wait_for_ray_exit()
+
+
+def _ray_processes() -> int:
+    """Ray processes still alive on this machine (Linux /proc; 0 where there is none)."""
+    count = 0
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = entry.read_bytes()
+        except OSError:
+            continue
+        if b"ray::" in command or b"raylet" in command or b"gcs_server" in command:
+            count += 1
+    return count
+
+
+def _wait_for_ray_exit(timeout_s: float = 30.0) -> None:
+    """Wait until the local Ray instance's processes are gone: the measurement stage that
+    follows times the engine, and exiting workers would share its cores."""
+    deadline = time.monotonic() + timeout_s
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 # ----------------------------------------------------------------- stage 4: measurement
@@ -666,6 +688,9 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> dict[str, Any]:
         threads=cfg.threads,
     )
     _calibrate(setup, candidates, cfg.threads)
+    loaders = m.load_loaders()
+    images = _validation_images(loaders, batch)
+    setup.input_max = max(float(xb.abs().max()) for xb, _ in loaders.val)
     setup.search_id = _search_id(cfg, m, setup)
     store = TrialStore(cfg.out_dir)
     # The long trials first (the unpruned ones take no training): less idle tail at the end.
@@ -705,7 +730,6 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> dict[str, Any]:
 
     # Stage 4: measure the most promising candidates, one at a time.
     chosen = _finalists(ok, cfg)
-    images = _validation_images(m.load_loaders(), batch)
     measure_started = time.perf_counter()
     fresh: dict[str, OpTimings] = {}
     failures: list[str] = []

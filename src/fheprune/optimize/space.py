@@ -4,8 +4,8 @@ Two families, by the layout the model compiles to:
 
 * **tile layout** (fully connected models): an HE-PEx scheme (by default P2, P2T, P3E and
   P4E with its first-prune scope / criterion / target; see :data:`HEPEX_SCHEMES`) at one
-  pruning fraction and one square tile shape. The tile shape is also the program's tile, so it changes both the units pruning can
-  empty and the cost of every unit;
+  pruning fraction and one square tile shape. The tile shape is also the program's tile, so
+  it changes both the units pruning can empty and the cost of every unit;
 * **map layout** (convolutional models): a rotation-aware method (Hunter-style, SpENCNN
   sub-block, Artemis positional / diagonal) at a number of HE groups. With more than one
   group the model first becomes an HE-group convolution (warm-started from the dense

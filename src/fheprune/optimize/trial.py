@@ -65,6 +65,7 @@ class SearchSetup:
     train_config: TrainConfig  # fine-tuning schedule; ``epochs`` is set per step below
     budget: float  # max degradation on validation
     batch: int  # images per measured batch (latency is per batch)
+    input_max: float = 0.0  # the largest |input| of the data (validation split)
     retrain_epochs: int = 2  # HE-PEx schemes: epochs per retrain step
     finetune_epochs: int = 1  # rotation-aware methods: epochs per fine-tune
     group_epochs: int = 2  # HE-group convolution warm-up
@@ -251,22 +252,35 @@ def fingerprint(parameters: Any) -> str:
 
 
 def predicted_metrics(compiled: CompiledModel, setup: SearchSetup) -> dict[str, Any]:
-    """Latency, memory and throughput the cost model predicts for one batch."""
+    """Latency, memory and throughput the cost model predicts for one batch.
+
+    Latency: the program's operation counts times the calibrated per-operation seconds.
+    Memory: plaintexts and evaluation keys (their sizes from the program and the calibrated
+    key sizes) plus the peak of ciphertexts held, which the slot simulator reports for the
+    batch: it runs the same executor on cleartext vectors, in a fraction of a second.
+    """
+    from fheprune import _core
+    from fheprune.runtime import SimulatedExecutor
+
     program = compiled.program
     key = fingerprint(compiled.parameters)
     groups = -(-setup.batch // int(program.samples_per_group))
     seconds = float(predict(program, setup.timings[key], groups)["seconds"])
     base, per_rotation = setup.key_bytes[key]
-    rows = summarize_cost(program, groups)
-    plaintext = sum(int(r["plaintext_bytes"]) for r in rows)
-    n = int(compiled.parameters.poly_degree)
-    ciphertext = int(program.input_ciphertexts) * groups * 2 * (int(program.levels) + 1) * n * 8
-    memory = plaintext + base + per_rotation * len(program.rotation_steps()) + ciphertext
+    plaintext = sum(int(r["plaintext_bytes"]) for r in summarize_cost(program, groups))
+    context = _core.Context(compiled.parameters, 1)
+    simulator = SimulatedExecutor(program, context, encode_on_demand=True)
+    inputs = np.zeros((int(program.input_ciphertexts) * groups, int(context.slots)))
+    _, stats = simulator.run(inputs)
+    ciphertext = int(stats["peak_ciphertext_bytes"])
+    keys = base + per_rotation * len(program.rotation_steps())
     return {
         "latency_s": seconds,
-        "memory_bytes": memory,
+        "memory_bytes": plaintext + keys + ciphertext,
         "throughput": setup.batch / seconds if seconds > 0 else math.inf,
         "plaintext_bytes": plaintext,
+        "evaluation_key_bytes": keys,
+        "peak_ciphertext_bytes": ciphertext,
         "rotation_keys": len(program.rotation_steps()),
     }
 
@@ -287,6 +301,19 @@ def _layers(compiled: CompiledModel) -> list[dict[str, Any]]:
         }
         for r in summarize_cost(compiled.program, 1)
     ]
+
+
+def _check_input_range(compiled: CompiledModel, input_max: float) -> None:
+    """A program whose proven input range (``Program.input_range``, the bound clients check
+    before encrypting) is below the data's cannot be deployed: refuse it at screening."""
+    from fheprune.runtime.roles import ClientSpec
+
+    bound = ClientSpec.from_compiled(compiled).max_input
+    if bound is not None and bound < input_max:
+        raise InputError(
+            f"the program holds inputs up to |x| = {bound:.3g} at its parameters, but the data "
+            f"reach {input_max:.3g}: clients would be refused (InputRangeError)"
+        )
 
 
 def _live_units(
@@ -356,6 +383,7 @@ def screen(candidate: Candidate, setup: SearchSetup, folder: Path) -> dict[str, 
         val = float(evaluate(model, seen.val, setup.task))
         params = setup.parameters_for(candidate)
         compiled = compile_candidate(candidate, model, params, pin, pout)
+        _check_input_range(compiled, setup.input_max)
         save_artifacts(folder, TrialArtifacts(model, pin, pout))
         record.update(facts)
         record["val_metric"] = val
@@ -423,7 +451,6 @@ def measure(
         "latency_runs_s": run["latency_runs_s"],
         "memory_bytes": run["memory_bytes"],
         "memory": run["memory"],
-        # Predicted memory counts the input ciphertexts, the measurement the peak held.
         "memory_prediction_error": (record["predicted"]["memory_bytes"] - run["memory_bytes"])
         / run["memory_bytes"],
         "throughput": images.shape[0] / run["latency_s"],
