@@ -300,7 +300,7 @@ def _document(
         "parameters": {
             "quick": args.quick,
             "seed": args.seed,
-            "models": args.models,
+            "models": sorted({r["model"] for r in runs}),
             "workers": args.workers,
         },
         "runs": runs,

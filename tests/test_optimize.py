@@ -90,6 +90,8 @@ def test_candidates_round_trip_and_have_stable_distinct_keys() -> None:
         {"family": "map", "method": "relu-prune"},
         {"family": "grid", "method": "dense"},
         {"family": "map", "method": "hunter", "groups": 0},
+        {"family": "diagonal", "method": "P4E", "fraction": 0.5},
+        {"family": "diagonal", "method": "dense", "tile": 8},
     ],
 )
 def test_bad_candidates_are_typed_errors(kwargs: dict[str, Any]) -> None:
@@ -150,11 +152,14 @@ def _config(out: Path, **kwargs: Any) -> OptimizeConfig:
 def test_search_finds_the_known_best_point(tmp_path: Path) -> None:
     # Without an accuracy constraint the pruned program (about a tenth of the rotations and
     # plaintext multiplies) is the fastest; with no degradation allowed only dense qualifies.
+    # The diagonal layout (one sample per ciphertext) is screened too, and loses at 64 images.
     loose = optimize(
         _config(tmp_path / "a", executor="local", constraints=Constraints(max_degradation=1.0)),
         progress=False,
     )
     assert loose["best"]["candidate"]["method"] == "P4E"
+    diagonal = next(r for r in loose["screened"] if r["candidate"]["family"] == "diagonal")
+    assert diagonal["unit_sparsity"] == 0.0 and diagonal["predicted"]["latency_s"] > 0
     measured = [r for r in loose["screened"] if r.get("measured")]
     assert len(measured) == 2
     fastest = min(measured, key=lambda r: r["measured"]["latency_s"])
@@ -294,7 +299,7 @@ def test_an_interrupted_search_resumes_without_losing_trials(tmp_path: Path) -> 
     for path, content in first.items():
         assert path.read_bytes() == content  # kept, not redone
     result = json.loads((out / "result.json").read_text())
-    assert len(result["screened"]) == result["trials"] == 3 * 3 + 1
+    assert len(result["screened"]) == result["trials"] == 3 * 3 + 2  # + dense tile, diagonal
 
 
 @needs_mnist
@@ -306,7 +311,11 @@ def test_the_optuna_searcher_samples_the_space_on_ray(tmp_path: Path) -> None:
     # The unpruned program is evaluated first; every sampled point is a grid candidate.
     grid = {Candidate.from_dict(r["candidate"]).label for r in result["screened"]}
     assert "dense 8x8" in grid
-    assert grid <= {"dense 8x8", *(f"P4E global/l1/neuron 8x8 f={f:g}" for f in (0.85, 0.9))}
+    assert grid <= {
+        "dense 8x8",
+        "dense diagonal",
+        *(f"P4E global/l1/neuron 8x8 f={f:g}" for f in (0.85, 0.9)),
+    }
     assert result["best"] is not None
 
 

@@ -44,6 +44,8 @@ def _png(draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 4.0)) ->
 def _family(r: dict[str, Any]) -> str:
     c = r["candidate"]
     method = str(c["method"])
+    if c["family"] == "diagonal":
+        return "dense diagonal"
     if c["family"] == "tile":
         return method if method == "dense" else f"{method} {c['target']}"
     return method + (f" G={c['groups']}" if c["groups"] > 1 else "")

@@ -386,7 +386,7 @@ def _candidate_from(config: dict[str, Any]) -> Candidate:
         scope,
         criterion,
         target,
-        tile=config.get("tile"),
+        tile=config.get("tile") if family == "tile" else None,
         fraction=None if method == "dense" or family == "map" else config.get("fraction"),
         groups=config.get("groups", 1),
     )
@@ -425,8 +425,8 @@ def _optuna_space(candidates: Sequence[Candidate]) -> dict[str, Any]:
         {"|".join((c.family, c.method, c.scope, c.criterion, c.target)) for c in candidates}
     )
     space: dict[str, Any] = {"config": tune.choice(configs)}
-    if candidates[0].family == "tile":
-        space["tile"] = tune.choice(sorted({c.tile for c in candidates}))
+    if any(c.family == "tile" for c in candidates):
+        space["tile"] = tune.choice(sorted({c.tile for c in candidates if c.tile is not None}))
         space["fraction"] = tune.choice(
             sorted({c.fraction for c in candidates if c.fraction is not None})
         )
@@ -498,8 +498,11 @@ def _screen_ray(
             {
                 "config": "|".join((c.family, c.method, c.scope, c.criterion, c.target)),
                 **(
-                    {"tile": c.tile, "fraction": min(param_space["fraction"].categories)}
-                    if c.family == "tile"
+                    {
+                        "tile": c.tile or min(param_space["tile"].categories),
+                        "fraction": min(param_space["fraction"].categories),
+                    }
+                    if "tile" in param_space
                     else {"groups": c.groups}
                 ),
             }

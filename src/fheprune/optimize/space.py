@@ -6,6 +6,9 @@ Two families, by the layout the model compiles to:
   P4E with its first-prune scope / criterion / target; see :data:`HEPEX_SCHEMES`) at one
   pruning fraction and one square tile shape. The tile shape is also the program's tile, so
   it changes both the units pruning can empty and the cost of every unit;
+* **diagonal layout** (fully connected models): the unpruned model with its weights as
+  generalized diagonals, one sample per ciphertext (a batch costs one run per sample, but a
+  single sample needs no tile replication);
 * **map layout** (convolutional models): a rotation-aware method (Hunter-style, SpENCNN
   sub-block, Artemis positional / diagonal) at a number of HE groups. With more than one
   group the model first becomes an HE-group convolution (warm-started from the dense
@@ -34,7 +37,7 @@ __all__ = [
     "map_space",
 ]
 
-Family = Literal["tile", "map"]
+Family = Literal["tile", "diagonal", "map"]
 
 #: HE-PEx scheme configurations the optimizer knows (scheme, scope, criterion, target).
 HEPEX_SCHEMES: tuple[tuple[str, str, str, str], ...] = (
@@ -69,8 +72,12 @@ class Candidate:
     groups: int = 1  # HE groups of the grouped convolutions (map family)
 
     def __post_init__(self) -> None:
-        if self.family not in ("tile", "map"):
-            raise InputError(f"unknown candidate family {self.family!r}; 'tile' or 'map'")
+        if self.family not in ("tile", "diagonal", "map"):
+            raise InputError(
+                f"unknown candidate family {self.family!r}; 'tile', 'diagonal' or 'map'"
+            )
+        if self.family == "diagonal" and (self.method != "dense" or self.tile is not None):
+            raise InputError("diagonal-layout candidates are the unpruned model, with no tile")
         if self.family == "tile":
             if self.tile is None or self.tile < 1 or self.tile & (self.tile - 1):
                 raise InputError(f"tile candidates need a power-of-two tile side, got {self.tile}")
@@ -78,7 +85,9 @@ class Candidate:
                 self.fraction is not None and 0.0 < self.fraction < 1.0
             ):
                 raise InputError(f"{self.method} needs a fraction in (0, 1), got {self.fraction}")
-        elif self.method != "dense" and self.method not in ROTATION_METHODS:
+        elif (
+            self.family == "map" and self.method != "dense" and self.method not in ROTATION_METHODS
+        ):
             raise InputError(
                 f"unknown map-layout method {self.method!r}; supported: "
                 f"{', '.join(ROTATION_METHODS)}"
@@ -95,6 +104,8 @@ class Candidate:
             if self.method == "P2T":
                 prune = f"{self.scope}/T-avg"
             return f"{self.method} {prune} {self.tile}x{self.tile} f={self.fraction:g}"
+        if self.family == "diagonal":
+            return "dense diagonal"
         groups = f" G={self.groups}" if self.groups > 1 else ""
         return f"{self.method}{groups}"
 
@@ -121,8 +132,10 @@ def fc_space(
     fractions: Sequence[float] = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97),
     schemes: Sequence[tuple[str, str, str, str]] = HEPEX_SCHEMES,
 ) -> list[Candidate]:
-    """Every scheme x fraction x tile, plus the dense model at every tile."""
-    out = [Candidate("tile", "dense", tile=t) for t in tiles]
+    """Every scheme x fraction x tile, plus the dense model at every tile and in the diagonal
+    layout."""
+    out = [Candidate("diagonal", "dense")]
+    out += [Candidate("tile", "dense", tile=t) for t in tiles]
     for scheme, scope, criterion, target in schemes:
         for t in tiles:
             for f in fractions:

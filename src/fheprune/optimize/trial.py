@@ -114,8 +114,8 @@ def _loaders(setup: SearchSetup) -> Loaders:
 
 
 def parameters_key(candidate: Candidate) -> str:
-    """Candidates of one tile shape (tile family) or of the map family share parameters."""
-    return f"tile{candidate.tile}" if candidate.family == "tile" else "map"
+    """Candidates of one tile shape (tile family), or of one other layout, share parameters."""
+    return f"tile{candidate.tile}" if candidate.family == "tile" else candidate.family
 
 
 def _architecture(setup: SearchSetup, groups: int) -> nn.Module:
@@ -134,6 +134,8 @@ def _prune(
 ) -> tuple[nn.Module, Loaders, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """The pruned model, the loaders as it sees the data, its permutations and facts."""
     torch.manual_seed(setup.seed)
+    if candidate.family == "diagonal":
+        return copy.deepcopy(setup.model), loaders, None, None, {}
     if candidate.family == "tile":
         if candidate.method == "dense":
             return copy.deepcopy(setup.model), loaders, None, None, {}
@@ -243,6 +245,8 @@ def compile_candidate(
             input_perm=input_perm,
             output_perm=output_perm,
         )
+    if candidate.family == "diagonal":
+        return compile_model(model, layout="diagonal", parameters=parameters)
     return compile_model(model, layout="map", parameters=parameters)
 
 
@@ -319,9 +323,10 @@ def _check_input_range(compiled: CompiledModel, input_max: float) -> None:
 def _live_units(
     candidate: Candidate, record: dict[str, Any], model: nn.Module, params: Any
 ) -> dict[str, list[int]]:
-    """Per layer, [live, total] pruning units: weight tiles of the tile layout (as the program
-    keeps them), or the rotation-aware methods' units of the map layout."""
-    if candidate.family == "tile":
+    """Per layer, [live, total] pruning units: weight tiles of the tile layout or diagonals of
+    the diagonal layout (as the program keeps them), or the rotation-aware methods' units of
+    the map layout."""
+    if candidate.family in ("tile", "diagonal"):  # weight tiles / diagonals the program keeps
         return {
             r["name"]: [r["units"], r["total_units"]] for r in record["layers"] if r["total_units"]
         }
