@@ -311,6 +311,7 @@ def test_the_optuna_searcher_samples_the_space_on_ray(tmp_path: Path) -> None:
     # The unpruned program is evaluated first; every sampled point is a grid candidate.
     grid = {Candidate.from_dict(r["candidate"]).label for r in result["screened"]}
     assert "dense 8x8" in grid
+    assert result["space"] == 4 and 1 <= result["trials"] <= 3  # samples, repeats screened once
     assert grid <= {
         "dense 8x8",
         "dense diagonal",

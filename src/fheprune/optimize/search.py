@@ -776,7 +776,8 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> dict[str, Any]:
         "model": m.name,
         "objective": cfg.objective,
         "constraints": cfg.constraints.to_dict(),
-        "trials": len(candidates),
+        "trials": len(records),  # screened (the grid: every candidate; Optuna: its samples)
+        "space": len(candidates),
         "failed_trials": len(records) - len(ok),
         "batch": batch,
         "baseline": {"val_metric": m.baseline_val},
