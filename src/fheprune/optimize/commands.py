@@ -177,7 +177,8 @@ def add_optimize_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    """The final table: the latency Pareto front (measured where measured) and the verdict."""
+    """The final table: the latency Pareto front (on predictions; measurements beside them)
+    and the verdict."""
     lines = [
         f"{result['model']}: {result['trials']} candidates ({result['failed_trials']} failed), "
         f"{result['workers']} worker(s), {result['wall_s']:.0f} s; objective "
@@ -187,14 +188,14 @@ def format_result(result: dict[str, Any]) -> str:
     front = [by_key[k] for k in result["pareto"]["latency"] if k in by_key]
     width = max([len(r["label"]) for r in front] + [9])
     lines.append(
-        f"{'candidate':{width}}  {'val degr.':>9}  {'sparsity':>8}  {'predicted':>9}  "
+        f"{'candidate':{width}}  {'val pts':>9}  {'sparsity':>8}  {'predicted':>9}  "
         f"{'measured':>9}  {'memory':>9}"
     )
     for r in front:
         measured = r.get("measured")
         memory = (measured or r["predicted"])["memory_bytes"] / 2**20
         lines.append(
-            f"{r['label']:{width}}  {100 * r['degradation']:>+8.2f}%  "
+            f"{r['label']:{width}}  {100 * r['degradation']:>+9.2f}  "
             f"{100 * r['unit_sparsity']:>7.1f}%  {r['predicted']['latency_s']:>8.4f}s  "
             + (f"{measured['latency_s']:>8.4f}s" if measured else f"{'-':>9}")
             + f"  {memory:>6.1f}MiB"

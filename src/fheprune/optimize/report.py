@@ -74,17 +74,27 @@ def _front_plot(
     rows: list[dict[str, Any]], front: list[str], what: str, scale: float, unit: str
 ) -> Callable[[Any], None]:
     def draw(ax: Any) -> None:
-        for measured, marker, label in ((False, "o", "predicted"), (True, "s", "measured")):
-            sel = [r for r in rows if _cost(r, what)[1] is measured]
-            ax.scatter(
-                [100 * r["degradation"] for r in sel],
-                [_cost(r, what)[0] * scale for r in sel],
-                marker=marker,
-                label=label,
-                alpha=0.7,
-            )
+        # Every candidate at its prediction (the front is drawn on those, comparable numbers);
+        # the finalists also at their measurement.
+        ax.scatter(
+            [100 * r["degradation"] for r in rows],
+            [r["predicted"][what] * scale for r in rows],
+            marker="o",
+            label="predicted",
+            alpha=0.7,
+        )
+        finalists = [r for r in rows if r.get("measured")]
+        ax.scatter(
+            [100 * r["degradation"] for r in finalists],
+            [r["measured"][what] * scale for r in finalists],
+            marker="s",
+            label="measured",
+            alpha=0.8,
+        )
         pts = sorted(
-            (100 * r["degradation"], _cost(r, what)[0] * scale) for r in rows if r["key"] in front
+            (100 * r["degradation"], r["predicted"][what] * scale)
+            for r in rows
+            if r["key"] in front
         )
         ax.step(
             [p[0] for p in pts],
@@ -92,7 +102,7 @@ def _front_plot(
             where="post",
             color="k",
             lw=1,
-            label="Pareto front",
+            label="Pareto front (predicted)",
         )
         ax.set_yscale("log")
         ax.set_xlabel("validation degradation (accuracy points)")
