@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fheprune.argtypes import number, positive
+from fheprune.argtypes import number, positive, seconds
 from fheprune.errors import FhepruneError
 
 from .constraints import OBJECTIVES
@@ -26,10 +26,8 @@ def _percent(text: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    value = number(text.rstrip("s"))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+    """'0.2' or '0.2s' -> 0.2 (argtypes.seconds, with an optional unit)."""
+    return seconds(text.removesuffix("s"))
 
 
 _UNITS = {"": 1, "b": 1, "kb": 2**10, "k": 2**10, "mb": 2**20, "m": 2**20, "gb": 2**30, "g": 2**30}

@@ -56,6 +56,7 @@ from .trial import (
     measure,
     parameters_key,
     screen,
+    share_loaders,
 )
 
 __all__ = ["OptimizeConfig", "optimize", "resolve_model"]
@@ -135,7 +136,8 @@ class _Model:
     name: str
     task: Task
     baseline_val: float
-    load_loaders: Callable[[], Any]
+    loaders: Any  # the train / validation loaders, loaded once here
+    load_loaders: Callable[[], Any]  # how a Ray worker loads them again
     load_test: Callable[[], Any]
     train_config: Any
     make_grouped: Callable[[int], nn.Module] | None
@@ -227,6 +229,7 @@ def resolve_model(cfg: OptimizeConfig) -> _Model:
             name=name,
             task=task,
             baseline_val=float(evaluate(model, loaders.val, task)),
+            loaders=loaders,
             load_loaders=factory,
             load_test=lambda: factory(with_test=True),
             train_config=config,
@@ -248,6 +251,7 @@ def resolve_model(cfg: OptimizeConfig) -> _Model:
         name=source.stem,
         task="classification",
         baseline_val=float(evaluate(model, loaders.val, "classification")),
+        loaders=loaders,
         load_loaders=ifactory,
         load_test=lambda: ifactory(with_test=True),
         train_config=config,
@@ -625,6 +629,15 @@ def _shortfall(record: dict[str, Any], constraints: Constraints, source: str) ->
     )
 
 
+def _front_keys(records: Sequence[dict[str, Any]], cost: str) -> list[str]:
+    """The Pareto front of validation degradation against a predicted cost (every candidate
+    has a prediction, and predictions compare with each other), as candidate keys."""
+    front = pareto_front(
+        records, lambda r: float(r["degradation"]), lambda r: float(r["predicted"][cost])
+    )
+    return [str(r["key"]) for r in front]
+
+
 def _validation_images(loaders: Any, count: int) -> np.ndarray:
     """``count`` validation images (flattened); a validation split smaller than the batch is
     repeated, so that latency is always measured on the batch the constraints speak of."""
@@ -691,9 +704,9 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> dict[str, Any]:
         threads=cfg.threads,
     )
     _calibrate(setup, candidates, cfg.threads)
-    loaders = m.load_loaders()
-    images = _validation_images(loaders, batch)
-    setup.input_max = max(float(xb.abs().max()) for xb, _ in loaders.val)
+    share_loaders(setup, m.loaders)
+    images = _validation_images(m.loaders, batch)
+    setup.input_max = max(float(xb.abs().max()) for xb, _ in m.loaders.val)
     setup.search_id = _search_id(cfg, m, setup)
     store = TrialStore(cfg.out_dir)
     # The long trials first (the unpruned ones take no training): less idle tail at the end.
@@ -785,22 +798,8 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> dict[str, Any]:
         "infeasible": None,
         "screened": [_summary(r) for r in records],
         "pareto": {
-            "latency": [
-                r["key"]
-                for r in pareto_front(
-                    ok,
-                    lambda r: r["degradation"],
-                    lambda r: _metrics(r, "predicted")["latency_s"],
-                )
-            ],
-            "memory": [
-                r["key"]
-                for r in pareto_front(
-                    ok,
-                    lambda r: r["degradation"],
-                    lambda r: _metrics(r, "predicted")["memory_bytes"],
-                )
-            ],
+            "latency": _front_keys(ok, "latency_s"),
+            "memory": _front_keys(ok, "memory_bytes"),
         },
         "selection": "validation split; test read once, for the chosen program only",
         "pareto_basis": "predicted latency and memory (every candidate, comparable); the "
@@ -867,9 +866,10 @@ def _finish(
     for name in ("weights.pt", "permutations.npz"):
         shutil.copy2(folder / name, model_dir / name)
     write_json_atomic(model_dir / "candidate.json", best["candidate"])
-    test = permute_loaders(m.load_test(), art.input_perm, art.output_perm).test
+    with_test = m.load_test()
+    test = permute_loaders(with_test, art.input_perm, art.output_perm).test
     test_metric = float(evaluate(art.model, test, m.task)) if test is not None else math.nan
-    base_test = m.load_test().test
+    base_test = with_test.test
     base_metric = float(evaluate(m.model, base_test, m.task)) if base_test is not None else math.nan
     return {
         **_summary(best),

@@ -103,10 +103,21 @@ class TrialArtifacts:
 _LOADERS: dict[str, Loaders] = {}
 
 
+def _loaders_key(setup: SearchSetup) -> str:
+    # Keyed by what the factory loads, not by its identity: a Ray worker runs many trials,
+    # each with its own unpickled copy of the setup.
+    return repr(getattr(setup.load_loaders, "args", id(setup.load_loaders)))
+
+
+def share_loaders(setup: SearchSetup, loaders: Loaders) -> None:
+    """Hand this process's already loaded data to the trials it runs (in-process screening)."""
+    _LOADERS.clear()
+    _LOADERS[_loaders_key(setup)] = loaders
+
+
 def _loaders(setup: SearchSetup) -> Loaders:
-    # One data load per worker process (a Ray worker runs many trials, each with its own
-    # unpickled copy of the setup): keyed by what the factory loads, not by its identity.
-    key = repr(getattr(setup.load_loaders, "args", id(setup.load_loaders)))
+    """One data load per process."""
+    key = _loaders_key(setup)
     if key not in _LOADERS:
         _LOADERS.clear()
         _LOADERS[key] = setup.load_loaders()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fheprune.argtypes import integer, non_negative, number, positive
+from fheprune.argtypes import integer, non_negative, positive, seconds
 from fheprune.errors import FhepruneError, InputError, MissingFileError
 from fheprune.fileio import atomic_write, atomic_write_bytes
 
@@ -39,13 +39,6 @@ def _port(text: str) -> int:
     value = integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
 
 
@@ -99,7 +92,7 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     )
     serve.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=seconds,
         default=d.idle_timeout_s,
         help="seconds before an unused session is dropped",
     )
@@ -117,13 +110,13 @@ def add_serve_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     )
     serve.add_argument(
         "--graceful-timeout",
-        type=_seconds,
+        type=seconds,
         default=d.graceful_timeout_s,
         help="on SIGTERM, seconds the admitted requests get to finish",
     )
     serve.add_argument(
         "--body-timeout",
-        type=_seconds,
+        type=seconds,
         default=d.body_timeout_s,
         help="seconds a request body may take to arrive (408 after)",
     )
