@@ -222,8 +222,10 @@ void bind_runtime(nb::module_& m) {
           "values"_a, "period"_a, "bias"_a = nb::none(), "baby"_a = nb::none(),
           "add_map_linear with sparse values: term t's non-zero values are "
           "values[offsets[t]:offsets[t + 1]], at slots at[...] of its period.")
-      .def("add_rotate_sum", &rt::Program::add_rotate_sum, "name"_a, "windows"_a,
-           "Per ciphertext, the sum over windows [(count, stride), ...] by rotate-and-add.")
+      .def("add_rotate_sum", &rt::Program::add_rotate_sum, "name"_a, "windows"_a, "fold"_a = 1,
+           "Average pooling: add the input ciphertexts in `fold` equal groups (output o sums "
+           "inputs o + m * n/fold), then per ciphertext the sum over windows "
+           "[(count, stride), ...] by rotate-and-add.")
       .def(
           "set_outputs",
           [](rt::Program& p, const Index32& ct, const Index64& slot) {

@@ -126,6 +126,14 @@ std::vector<std::vector<double>> map_reference(const rt::Program& p,
         for (double& e : v) e *= e;
       }
     } else if (const auto* r = std::get_if<rt::RotateSum>(&layer)) {
+      if (r->fold > 1) {
+        const std::size_t n_out = x.size() / r->fold;
+        std::vector<std::vector<double>> folded(n_out, std::vector<double>(slots, 0.0));
+        for (std::size_t k = 0; k < x.size(); ++k) {
+          for (std::size_t j = 0; j < slots; ++j) folded[k % n_out][j] += x[k][j];
+        }
+        x = std::move(folded);
+      }
       for (auto& v : x) {
         for (const auto& [count, stride] : r->windows) {
           std::vector<double> y(slots, 0.0);

@@ -395,6 +395,85 @@ TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   }
 }
 
+// A folded pool adds its sub-maps (ciphertexts o + m * n/fold) before the window sums: on the
+// simulator against the direct sum, on the engine against the simulator with the cost
+// model's counts; known-zero members add nothing, the range bound covers it, files
+// round-trip, and a fold that does not divide the ciphertexts is refused.
+TEST(MapLayout, FoldedPoolsAddTheirSubMaps) {
+  const std::size_t slots = 512;
+  // 4 inputs -> 6 ciphertexts (3 sub-maps of 2), folded to 2, then a window sum.
+  Terms a = random_terms(4, 6, 30, slots, slots, 21, true);
+  // No term and no bias into ciphertext 5: a known zero that the fold must skip.
+  for (std::size_t k = 0; k < a.out.size(); ++k) {
+    if (a.out[k] == 5) a.out[k] = 4;
+  }
+  for (std::size_t j = 0; j < a.bias_period; ++j) a.bias[5 * a.bias_period + j] = 0.0;
+  const std::vector<std::pair<std::size_t, std::size_t>> windows{{2, 1}, {2, 16}};
+  Program p = Program::map(params(2 * slots, 2), 4);
+  add(p, "conv", a);
+  EXPECT_THROW(p.add_rotate_sum("pool", windows, 4), CompileError);  // 4 does not divide 6
+  EXPECT_THROW(p.add_rotate_sum("pool", windows, 0), CompileError);
+  p.add_rotate_sum("pool", windows, 3);
+  p.add_square("act");
+  EXPECT_EQ(p.levels(), 2u);
+  EXPECT_EQ(p.output_ciphertexts(), 2u);
+  std::vector<std::uint32_t> ct{0, 1};
+  std::vector<std::size_t> at{3, 40};
+  p.set_outputs(ct, at);
+
+  const Slots x = random_inputs(4, slots, 31);
+  const Slots conv = apply_terms(a, x);
+  Slots folded(2, std::vector<double>(slots, 0.0));
+  for (std::size_t k = 0; k < 6; ++k) {
+    for (std::size_t j = 0; j < slots; ++j) folded[k % 2][j] += conv[k][j];
+  }
+  Slots want = window_sum(folded, windows);
+  for (auto& v : want) {
+    for (double& e : v) e *= e;
+  }
+  const SimRun sim = simulate(p, x);
+  ASSERT_EQ(sim.y.size(), 2u);
+  for (std::size_t o = 0; o < 2; ++o) EXPECT_LT(max_abs_diff(sim.y[o], want[o]), 1e-9) << o;
+  EXPECT_EQ(sim.stats.total(), model_total(p));
+  // Output 1 folds ciphertexts 1, 3 and 5 (5 a known zero): one addition; output 0 two.
+  EXPECT_EQ(sim.stats.layers[1].ops.add, 3u + 2u * window_sum_steps(std::get<RotateSum>(p.layers()[1])).size());
+
+  ckks::testing::Fixture f(p.parameters());
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
+  EngineBackend backend(f.ctx, keys);
+  Executor<EngineBackend> exec(p, backend);
+  std::vector<ckks::Ciphertext> in;
+  for (const auto& v : x) in.push_back(f.encrypt(v));
+  RunStats stats;
+  const auto out = exec.run(in, &stats);
+  for (std::size_t o = 0; o < 2; ++o) {
+    ASSERT_TRUE(out[o].has_value());
+    const auto y = f.decrypt(*out[o]);
+    double peak = 0.0;
+    for (double v : sim.y[o]) peak = std::max(peak, std::abs(v));
+    EXPECT_LT(max_abs_diff(y, sim.y[o]), 1e-4 * (1.0 + peak)) << o;
+  }
+  EXPECT_EQ(stats.total(), sim.stats.total());
+  // The fold is in the range bound: three sub-maps summed allow less input than one.
+  Program unfolded = Program::map(params(2 * slots, 2), 4);
+  add(unfolded, "conv", a);
+  unfolded.add_rotate_sum("pool", windows);
+  unfolded.add_square("act");
+  EXPECT_LT(input_range(p, 2).max_input, input_range(unfolded, 2).max_input);
+
+  const ckks::Bytes bytes = p.save();
+  const Program q = Program::load(bytes);
+  EXPECT_EQ(q.save(), bytes);
+  EXPECT_EQ(simulate(q, x).y, sim.y);
+  // A fold alone (no window) is a valid pool too.
+  Program only = Program::map(params(2 * slots, 1), 4);
+  only.add_rotate_sum("sum", {}, 2);
+  EXPECT_EQ(only.output_ciphertexts(), 2u);
+  EXPECT_EQ(Program::load(only.save()).save(), only.save());
+  EXPECT_THROW(only.add_rotate_sum("none", {}, 1), CompileError);
+}
+
 TEST(MapLayout, FilesRoundTrip) {
   const std::size_t slots = 512;
   Program p = Program::map(params(2 * slots, 2), 2);

@@ -165,13 +165,20 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       --level;
     } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
       c.kind = "window_sum";
+      // Folding adds the live members of each group; the windows then run per live output.
+      const std::size_t n_out = live_in.size() / r->fold;
+      std::vector<std::size_t> members(n_out, 0);
+      for (std::size_t k = 0; k < live_in.size(); ++k) members[k % n_out] += live_in[k];
       std::size_t live = 0;
-      for (auto v : live_in) live += v;
+      for (std::size_t count : members) {
+        live += count > 0;
+        c.ops.add += count > 0 ? count - 1 : 0;
+      }
       const std::size_t per_ct = window_sum_steps(*r).size();
       std::size_t area = 1;
       for (const auto& w : r->windows) area *= w.first;
       c.ops.rotate = live * per_ct;
-      c.ops.add = live * per_ct;
+      c.ops.add += live * per_ct;
       // Summing `area` slots needs at least log2(area) rotations per ciphertext.
       c.rotation_lower_bound = static_cast<double>(live * log2_ceil(area));
     } else {

@@ -324,11 +324,20 @@ void Program::add_map_linear_sparse(const std::string& name, std::size_t out_cip
 }
 
 void Program::add_rotate_sum(const std::string& name,
-                             const std::vector<std::pair<std::size_t, std::size_t>>& windows) {
+                             const std::vector<std::pair<std::size_t, std::size_t>>& windows,
+                             std::size_t fold) {
   if (layout_ != Layout::kMap) {
     throw CompileError("layer '" + name + "': window sums need a map-layout program");
   }
-  if (windows.empty()) throw CompileError("layer '" + name + "': no window to sum over");
+  const std::size_t cts = current_ciphertexts();
+  if (fold == 0 || cts % fold != 0) {
+    throw CompileError("layer '" + name + "': fold " + std::to_string(fold) +
+                       " must be a positive divisor of the " + std::to_string(cts) +
+                       " ciphertexts it reads");
+  }
+  if (windows.empty() && fold == 1) {
+    throw CompileError("layer '" + name + "': no window to sum over and nothing to fold");
+  }
   std::size_t area = 1;
   for (const auto& [count, stride] : windows) {
     if (count == 0 || stride == 0 || stride >= slots() || count > slots()) {
@@ -342,7 +351,7 @@ void Program::add_rotate_sum(const std::string& name,
                          std::to_string(slots()) + " slots");
     }
   }
-  layers_.push_back(RotateSum{name, windows});
+  layers_.push_back(RotateSum{name, windows, fold});
 }
 
 void Program::set_outputs(std::span<const std::uint32_t> ct, std::span<const std::size_t> slot) {

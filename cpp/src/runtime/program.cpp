@@ -101,10 +101,12 @@ Program Program::map(const ckks::Parameters& params, std::size_t input_ciphertex
 }
 
 std::size_t Program::current_ciphertexts() const {
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
-    if (const auto* m = std::get_if<MapLinear>(&*it)) return m->out_ciphertexts;
+  std::size_t n = map_inputs_;
+  for (const Layer& layer : layers_) {
+    if (const auto* m = std::get_if<MapLinear>(&layer)) n = m->out_ciphertexts;
+    if (const auto* r = std::get_if<RotateSum>(&layer)) n /= r->fold;
   }
-  return map_inputs_;
+  return n;
 }
 
 std::size_t Program::current_features() const {
@@ -368,8 +370,16 @@ std::vector<std::uint8_t> Program::live_inputs(std::size_t layer) const {
   }
   if (layout_ == Layout::kMap) {
     // An output ciphertext is live when a term reads a live input, or its bias is non-zero.
+    // A folded window sum's output is live when any ciphertext folded into it is.
     std::vector<std::uint8_t> live(map_inputs_, 1);
     for (std::size_t i = 0; i < layer; ++i) {
+      if (const auto* r = std::get_if<RotateSum>(&layers_[i]); r && r->fold > 1) {
+        const std::size_t n_out = live.size() / r->fold;
+        std::vector<std::uint8_t> next(n_out, 0);
+        for (std::size_t c = 0; c < live.size(); ++c) next[c % n_out] |= live[c];
+        live = std::move(next);
+        continue;
+      }
       const auto* m = std::get_if<MapLinear>(&layers_[i]);
       if (!m) continue;
       std::vector<std::uint8_t> next(m->out_ciphertexts, 0);
@@ -625,8 +635,10 @@ Bytes Program::save() const {
       continue;
     }
     if (const auto* rs = std::get_if<RotateSum>(&layer)) {
-      w.u16(5);
+      // Kind 7: a window sum that folds sub-maps first (kind 5, fold 1, keeps its format).
+      w.u16(rs->fold == 1 ? 5 : 7);
       write_string(w, rs->name);
+      if (rs->fold != 1) w.u64(rs->fold);
       w.u64(rs->windows.size());
       for (const auto& [count, stride] : rs->windows) {
         w.u64(count);
@@ -765,15 +777,17 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
                          baby);
         continue;
       }
-      if (kind == 5 && p.layout() == Layout::kMap) {
-        const std::uint64_t n = read_bounded(r, 1, 64, "window count");
+      if ((kind == 5 || kind == 7) && p.layout() == Layout::kMap) {
+        const std::size_t fold =
+            kind == 7 ? read_bounded(r, 2, kMaxMapCiphertexts, "fold") : std::size_t{1};
+        const std::uint64_t n = read_bounded(r, kind == 7 ? 0 : 1, 64, "window count");
         std::vector<std::pair<std::size_t, std::size_t>> windows;
         for (std::uint64_t k = 0; k < n; ++k) {
           const std::size_t count = read_bounded(r, 1, slots, "window size");
           const std::size_t stride = read_bounded(r, 1, slots, "window stride");
           windows.emplace_back(count, stride);
         }
-        p.add_rotate_sum(name, windows);
+        p.add_rotate_sum(name, windows, fold);
         continue;
       }
       if (kind != 1) {

@@ -88,6 +88,14 @@ void apply(const Layer& layer, std::size_t slots, SlotBounds& cur) {
     }
     cur = std::move(out);
   } else if (const auto* r = std::get_if<RotateSum>(&layer)) {
+    if (r->fold > 1) {
+      const std::size_t n_out = cur.size() / r->fold;
+      SlotBounds folded(n_out, std::vector<double>(slots, 0.0));
+      for (std::size_t k = 0; k < cur.size(); ++k) {
+        for (std::size_t j = 0; j < slots; ++j) folded[k % n_out][j] += cur[k][j];
+      }
+      cur = std::move(folded);
+    }
     for (auto& x : cur) {
       for (const auto& [count, stride] : r->windows) {
         std::vector<double> y(slots, 0.0);

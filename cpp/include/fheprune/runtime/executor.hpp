@@ -613,10 +613,30 @@ class Executor {
   std::vector<std::optional<Ct>> run_window_sum(const RotateSum& r,
                                                 const std::vector<const Ct*>& x, RunStats& st,
                                                 OpCounts& ops) {
-    std::vector<std::optional<Ct>> y(x.size());
-    for (std::size_t c = 0; c < x.size(); ++c) {
-      if (!x[c]) continue;
-      Ct acc = *x[c];
+    // Fold the sub-maps first (additions; a known zero adds nothing), then sum the windows.
+    const std::size_t n_out = x.size() / r.fold;
+    std::vector<std::optional<Ct>> folded(r.fold > 1 ? n_out : 0);
+    std::vector<const Ct*> in = x;
+    if (r.fold > 1) {
+      in.assign(n_out, nullptr);
+      for (std::size_t o = 0; o < n_out; ++o) {
+        for (std::size_t m = 0; m < r.fold; ++m) {
+          const Ct* part = x[o + m * n_out];
+          if (!part) continue;
+          if (!folded[o]) {
+            folded[o] = *part;
+          } else {
+            backend_.add_inplace(*folded[o], *part);
+            ++ops.add;
+          }
+        }
+        if (folded[o]) in[o] = &*folded[o];
+      }
+    }
+    std::vector<std::optional<Ct>> y(n_out);
+    for (std::size_t c = 0; c < n_out; ++c) {
+      if (!in[c]) continue;
+      Ct acc = *in[c];
       for (const auto& [count, stride] : r.windows) {
         const Ct base = acc;
         std::size_t m = 1;
@@ -637,7 +657,7 @@ class Executor {
         }
       }
       y[c] = std::move(acc);
-      note_held(st, live(x) + 3, backend_.level(*y[c]));
+      note_held(st, live(x) + live(in) * (r.fold > 1) + 3, backend_.level(*y[c]));
     }
     return y;
   }

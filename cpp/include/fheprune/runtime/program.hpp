@@ -134,11 +134,15 @@ struct MapLinear {
   std::vector<std::vector<double>> bias;  // per output: one period; empty: no bias
 };
 
-// Per ciphertext, y[j] = sum of x[j + sum_d n_d * stride_d] over n_d < count_d (a window sum
-// by rotate-and-add; no level). Average pooling; its 1/area is folded into the next layer.
+// Average pooling (no level; its 1/area is folded into the next layer). First the `fold`
+// sub-maps are added: with n input ciphertexts, output o is the sum of inputs o + m * n/fold,
+// m < fold (a map split into sub-maps by pixel phase pools by adding them). Then, per
+// ciphertext, y[j] = sum of x[j + sum_d n_d * stride_d] over n_d < count_d (a window sum by
+// rotate-and-add).
 struct RotateSum {
   std::string name;
   std::vector<std::pair<std::size_t, std::size_t>> windows;  // (count, stride)
+  std::size_t fold = 1;
 };
 
 // x -> x^2 on every live ciphertext (the compiler folds a*x^2 + b*x + c's constants into the
@@ -186,8 +190,11 @@ class Program {
                              std::size_t period, std::span<const double> bias,
                              std::size_t bias_period,
                              std::span<const std::size_t> baby_hint = {});
+  // `fold` > 1: add the input ciphertexts in `fold` equal groups first (see RotateSum); it
+  // must divide the ciphertexts the program holds at this point. `windows` may then be empty.
   void add_rotate_sum(const std::string& name,
-                      const std::vector<std::pair<std::size_t, std::size_t>>& windows);
+                      const std::vector<std::pair<std::size_t, std::size_t>>& windows,
+                      std::size_t fold = 1);
   // Map layout: output feature f is slot slot[f] of output ciphertext ct[f].
   void set_outputs(std::span<const std::uint32_t> ct, std::span<const std::size_t> slot);
 
