@@ -26,20 +26,24 @@ def params(n: int, levels: int) -> _core.Parameters:
     return _core.Parameters(n, [50] + [40] * levels, [50], 40, insecure_for_testing=True)
 
 
-def small_cnn(groups: int = 1, seed: int = 0) -> HEModel:
+def small_cnn(groups: int = 1, seed: int = 0, channels: tuple[int, int] = (4, 8)) -> HEModel:
     """1x8x8 -> conv 3x3 pad 1 (4 ch) -> poly -> pool 2 -> conv 3x3 (8 ch, groups) -> poly ->
-    global pool -> flatten -> fc 8 -> 3."""
+    global pool -> flatten -> fc 8 -> 3 (``channels``: the two conv widths).
+
+    Map layout at N = 2048: the padded 10x10 input, pooled by 2 after conv1, is split into
+    2x2 sub-maps of 8x8 blocks, 16 per ciphertext (``compact=False``: 16x16 blocks, 4)."""
     torch.manual_seed(seed)
+    c1, c2 = channels
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         [
-            ("conv1", nn.Conv2d(1, 4, 3, padding=1)),
+            ("conv1", nn.Conv2d(1, c1, 3, padding=1)),
             ("act1", TrainablePoly(0.3, 0.8, 0.1)),
             ("pool1", nn.AvgPool2d(2)),
-            ("conv2", nn.Conv2d(4, 8, 3, groups=groups)),
+            ("conv2", nn.Conv2d(c1, c2, 3, groups=groups)),
             ("act2", TrainablePoly(-0.2, 1.1, 0.05)),
             ("pool2", nn.AvgPool2d(2)),
             ("flatten", nn.Flatten()),
-            ("fc1", nn.Linear(8, 3)),
+            ("fc1", nn.Linear(c2, 3)),
         ]
     )
     model = HEModel(layers, (1, 8, 8))
@@ -80,19 +84,33 @@ def test_compiled_conv_net_matches_torch_simulated_and_encrypted(groups: int) ->
     assert server.last_stats["ops"]["mul_plain"] == model_ops["mul_plain"] * 2
 
 
-def test_grouped_conv_at_lanes_has_no_outer_rotations() -> None:
-    """HE-group convolution with G = channel blocks per ciphertext: no channel rotations."""
-    dense = compile_model(small_cnn(1), layout="map", parameters=params(2048, 5))
-    grouped = compile_model(small_cnn(4), layout="map", parameters=params(2048, 5))
+@pytest.mark.parametrize(
+    ("compact", "groups", "channels"),
+    [(True, 16, (16, 16)), (False, 4, (4, 8))],  # G = lanes: 16 (8x8 blocks) or 4 (16x16)
+)
+def test_grouped_conv_at_lanes_has_no_outer_rotations(
+    compact: bool, groups: int, channels: tuple[int, int]
+) -> None:
+    """HE-group convolution with G = channel blocks per ciphertext: no channel rotations, and
+    1/G of the dense convolution's plaintext products (one of its G channel offsets)."""
+    dense, grouped = (
+        compile_model(
+            small_cnn(g, channels=channels),
+            layout="map",
+            parameters=params(2048, 5),
+            compact=compact,
+        )
+        for g in (1, groups)
+    )
     lanes = grouped.map_spec.input.lanes
-    assert lanes >= 4
+    assert lanes == groups
     for spec, want in ((grouped.map_spec, True), (dense.map_spec, False)):
         op = next(o for o in spec.ops if getattr(o, "name", "") == "conv2")
         # Every term's channel offset r is 0 (the unit id's last digit, base lanes).
         assert bool(np.all(term_units(spec, op, "diagonal") % lanes == 0)) is want
     conv = {c["name"]: c for c in dense.program.cost()}["conv2"]
     gconv = {c["name"]: c for c in grouped.program.cost()}["conv2"]
-    assert gconv["ops"]["mul_plain"] * 4 == conv["ops"]["mul_plain"]
+    assert gconv["ops"]["mul_plain"] * groups == conv["ops"]["mul_plain"]
     assert gconv["ops"]["rotate"] < conv["ops"]["rotate"]
 
 
@@ -128,17 +146,22 @@ def test_lenet_like_plans_seven_levels_on_n16384() -> None:
     for name, layer in cost.items():
         if layer["ops"]["rotate"]:
             assert layer["ops"]["rotate"] <= 1.2 * layer["rotation_lower_bound"] + 1e-9, name
-    assert cost["conv2"]["ops"]["mul_plain"] == 32 * 64 * 25 // 8 // 8
+    # One term per (output ct, input ct, channel offset, kernel position): C_in * C_out * f^2
+    # weights, lanes = 32 per term (the pooled map is compact: 16x16 blocks), and 1/G of
+    # the channel offsets
+    assert compiled.map_spec.input.lanes == 32
+    assert cost["conv2"]["ops"]["mul_plain"] == 32 * 64 * 25 // 32 // 8
 
 
 def test_dense_lenet_conv2_takes_the_kernel_position_split() -> None:
-    """With phase-packed outputs no modulus splits conv2 into kernel positions (babies) and
-    channel offsets (giants); the lowering's hint does, and it is cheaper: 4 inputs x 24
-    inner rotations + 2 outputs x (8 offsets x 4 phases - 1) outer ones. Zeroing one
-    position unit then removes exactly its inner rotation."""
+    """Dilated layout (``compact=False``: only there are conv2's outputs phase-packed): with
+    phase-packed outputs no modulus splits conv2 into kernel positions (babies) and channel
+    offsets (giants); the lowering's hint does, and it is cheaper: 4 inputs x 24 inner
+    rotations + 2 outputs x (8 offsets x 4 phases - 1) outer ones. Zeroing one position unit
+    then removes exactly its inner rotation."""
     torch.manual_seed(1)
     model = LeNetLike().double().eval()
-    compiled = compile_model(model, layout="map")
+    compiled = compile_model(model, layout="map", compact=False)
     conv2 = next(m for m in compiled.program.map_layers() if m["name"] == "conv2")
     assert conv2["hinted"]
     cost = {c["name"]: c for c in compiled.program.cost()}
@@ -150,7 +173,9 @@ def test_dense_lenet_conv2_takes_the_kernel_position_split() -> None:
         assert isinstance(conv, nn.Conv2d)
         ct_in, _ = unit.inputs.place(np.arange(32))
         conv.weight[:, torch.as_tensor(ct_in == 1), 1, 2] = 0.0
-    pruned = {c["name"]: c for c in compile_model(model, layout="map").program.cost()}
+    pruned = {
+        c["name"]: c for c in compile_model(model, layout="map", compact=False).program.cost()
+    }
     assert pruned["conv2"]["ops"]["rotate"] == cost["conv2"]["ops"]["rotate"] - 1
 
 
@@ -199,21 +224,50 @@ def test_map_layout_errors_are_typed() -> None:
         ClientSpec.from_json(json.dumps(d))
 
 
-@pytest.mark.parametrize("pruned", [False, True])
-def test_client_shifts_move_the_first_convolutions_rotations_to_the_client(pruned: bool) -> None:
-    """With client shifts the client sends one pre-rotated copy of its image per live kernel
-    position of conv1; conv1 then has no rotation, the rest of the program is unchanged, the
-    result is the same (simulated and encrypted through client and server files), and every
-    term keeps its unit."""
-    model = small_cnn(1)
-    if pruned:  # kernel positions 0 and 4 of conv1 are zero: their copies are not sent
+@pytest.mark.parametrize(
+    ("compact", "pruned", "shifts"),
+    [(False, False, 9), (False, True, 7), (True, False, 4), (True, True, 2)],
+)
+def test_client_shifts_move_the_first_convolutions_rotations_to_the_client(
+    compact: bool, pruned: bool, shifts: int
+) -> None:
+    """With client shifts the client sends one pre-rotated copy of its image per inner
+    rotation of conv1 (per ciphertext); conv1 then has no rotation, the rest of the program is
+    unchanged, the result is the same (simulated and encrypted through client and server
+    files), and every term keeps its unit.
+
+    Dilated layout: one copy per live kernel position (9; kernel positions 0 and 4 zero: 7).
+    Compact layout (2x2 sub-maps): output sub-map row a at kernel row dy reads input row
+    a + dy, i.e. block row (a + dy) div 2 of a sub-map, so the 3x3 kernel needs block offsets
+    {0, 1} per side: 4 copies of each sub-map; with kernel rows 1 and 2 zero only block row 0
+    is read (a + 0 < 2): offsets (0, 0) and (0, 1), 2 copies. (16 -> 8 channels: the plan
+    splits that network; at 4 -> 8 the dilated layout needs fewer dense products.)"""
+    model = small_cnn(1, channels=(16, 8) if compact else (4, 8))
+    conv1 = model.get_submodule("conv1")
+    assert isinstance(conv1, nn.Conv2d)
+    if pruned:
         with torch.no_grad():
-            model.conv1.weight[:, :, 0, 0] = 0.0
-            model.conv1.weight[:, :, 1, 1] = 0.0
-    plain = compile_model(model, layout="map", parameters=params(2048, 5))
-    shifted = compile_model(model, layout="map", parameters=params(2048, 5), client_shifts=True)
+            if compact:
+                conv1.weight[:, :, 1:, :] = 0.0
+            else:
+                conv1.weight[:, :, 0, 0] = 0.0
+                conv1.weight[:, :, 1, 1] = 0.0
+    plain, shifted = (
+        compile_model(
+            model,
+            layout="map",
+            parameters=params(2048, 5),
+            client_shifts=client,
+            compact=compact,
+        )
+        for client in (False, True)
+    )
     packing = shifted.map_spec.input
-    assert len(packing.shifts) == (7 if pruned else 9)
+    assert packing.split == (2 if compact else 1)
+    assert len(packing.shifts) == shifts
+    if compact:
+        grid_w = packing.grid_w
+        assert packing.shifts == ((0, 1) if pruned else (0, 1, grid_w, grid_w + 1))
     assert packing.client_ciphertexts == len(packing.shifts) * plain.map_spec.input.ciphertexts
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     packed = shifted.map_spec.pack(x.numpy())

@@ -41,14 +41,15 @@ from fheprune.training.trainer import Regularizer
 
 torch.set_num_threads(2)
 
-SLOTS = 512  # 16x16 blocks (12x12 + padding 2): two channel blocks per ciphertext
+SLOTS = 512  # 8x8 blocks (12x12 + padding 2, split in 2x2 sub-maps): 8 per ciphertext
 SHAPE = (1, 12, 12)
 
 
 def tiny(groups: int = 1, seed: int = 0) -> LeNetLike:
-    """conv1 writes 4 channels into 2 ciphertexts, so conv2 has two ciphertext units."""
+    """conv1 writes 16 channels into 2 ciphertexts (per sub-map; pool1 adds the four), so
+    conv2 has two ciphertext units."""
     torch.manual_seed(seed)
-    return LeNetLike(image_size=12, channels=(4, 8), hidden=8, conv2_groups=groups)
+    return LeNetLike(image_size=12, channels=(16, 8), hidden=8, conv2_groups=groups)
 
 
 def batch(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +113,7 @@ def test_unit_prices_count_the_lowered_terms() -> None:
             for t in range(ops["conv2"].terms)
             if ops["conv2"].in_ct[t] == i
             and ops["conv2"].baby is not None
-            and ops["conv2"].baby[t] == ((p // 5) * 16 + p % 5) * 2  # pool1 dilates by 2
+            and ops["conv2"].baby[t] == (p // 5) * 8 + p % 5  # pool1's output is compact
         )
         assert terms > 0
         assert float(prices["conv2"][j]) == pytest.approx(terms * mulp + (p != 0) * hoisted)
@@ -170,15 +171,16 @@ def test_a_pruned_ciphertext_unit_removes_its_producer_work() -> None:
         SHAPE,
     )
     # conv2 no longer reads input ciphertext 0 (all its positions), conv1 no longer writes
-    # the channels that live there (channels 0 and 1: two lanes per ciphertext).
+    # the channels that live there (channels 0 to 7: eight lanes per ciphertext).
     assert not bool(alive_units(masks["conv2"], units["conv2"])[:25].any())
     assert bool(alive_units(masks["conv2"], units["conv2"])[25:].all())
-    assert not bool(masks["conv1"][:2].any()) and bool(masks["conv1"][2:].all())
+    assert not bool(masks["conv1"][:8].any()) and bool(masks["conv1"][8:].all())
     assert is_unit_aligned(masks["conv2"], units["conv2"])
     apply_masks(model, masks)
     spec = lower_conv_model(copy.deepcopy(model).double(), SLOTS, SHAPE)
     conv1 = next(op for op in spec.ops if op.name == "conv1")
-    assert isinstance(conv1, MapLinearOp) and set(conv1.out_ct.tolist()) == {1}
+    # Ciphertext 1 of each of the four sub-maps that pool1 adds into conv2's input 1.
+    assert isinstance(conv1, MapLinearOp) and set(conv1.out_ct.tolist()) == {1, 3, 5, 7}
 
 
 def test_the_loop_prunes_whole_units_until_the_budget() -> None:
@@ -334,7 +336,8 @@ def test_with_client_shifts_a_first_layer_position_saves_products_only() -> None
     mulp, _, hoisted = op_seconds(7)
     p = 6  # kernel position (1, 1): rotated on the server unless the client shifts
     assert float(plain["conv1"][p] - shifted["conv1"][p]) == pytest.approx(hoisted)
-    assert float(shifted["conv1"][p]) == pytest.approx(2 * mulp)  # one product per output ct
+    # One product per output ciphertext: 2 per sub-map, 4 sub-maps.
+    assert float(shifted["conv1"][p]) == pytest.approx(8 * mulp)
     torch.testing.assert_close(plain["conv2"], shifted["conv2"])
 
 

@@ -1,10 +1,13 @@
 """Rotation-aware pruning (fheprune.pruning.rotation_aware) on the multi-channel conv layout.
 
-Tiny LeNetLike networks (12x12 inputs, widths 4 / 8) on a 512-slot ring: two channel blocks
-per ciphertext, so conv2 has two input and four output ciphertexts and every unit kind has
-real structure. Methods run against a fake harness (no training, an accuracy that is a known
-function of the pruned units) so the loops are checked exactly; one test runs the real trainer
-for one epoch on random data.
+Tiny LeNetLike networks (12x12 inputs, widths 16 / 8) on a 512-slot ring. conv1 is pooled by
+2, so the default (compact) layout splits the input and conv1's output into 2x2 sub-maps of
+8x8 blocks, 8 channel blocks per ciphertext (G_base = 8); conv2 reads the compact pooled map
+from two ciphertexts and writes its 8 channels (2x2 at dilation 1, unphased) into one, so
+every unit kind has real structure. Tests of the phase-packed outputs use the dilated layout
+(``compact=False``: 16x16 blocks, 2 per ciphertext). Methods run against a fake harness (no
+training, an accuracy that is a known function of the pruned units) so the loops are checked
+exactly; one test runs the real trainer for one epoch on random data.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from fheprune.layouts.channels import (
     ChannelPacking,
     LayoutError,
     UnitKind,
+    _chain,
+    _plan,
+    dense_products,
     layer_units,
     plan_layout,
 )
@@ -61,18 +67,20 @@ from fheprune.pruning.rotation_aware import (
     unit_mask,
     unit_norms,
 )
+from fheprune.runtime.conv_lowering import MapLinearOp, lower_conv_model, term_units
 from fheprune.training import TrainConfig, make_loaders, train
 from fheprune.training.trainer import Regularizer
 
 torch.set_num_threads(2)
 
-SLOTS = 512  # 16x16 blocks (12x12 + padding 2), two blocks per ciphertext
+SLOTS = 512  # 8x8 blocks (12x12 + padding 2, split in 2x2 sub-maps), 8 per ciphertext
 SHAPE = (1, 12, 12)
 
 
 def tiny(groups: int = 1, seed: int = 0) -> LeNetLike:
+    """conv1's 16 channels fill two ciphertexts per sub-map, so conv2 reads two."""
     torch.manual_seed(seed)
-    return LeNetLike(image_size=12, channels=(4, 8), hidden=8, conv2_groups=groups)
+    return LeNetLike(image_size=12, channels=(16, 8), hidden=8, conv2_groups=groups)
 
 
 def conv(model: nn.Module, name: str = "conv2") -> nn.Conv2d:
@@ -177,19 +185,34 @@ def test_units_are_the_layout_units_relabelled() -> None:
     assert set(units_of(model, layers="conv")) == {"conv1", "conv2"}
 
 
-def test_rotation_counts_match_the_layout_formulas() -> None:
+@pytest.mark.parametrize(
+    ("compact", "conv2_shape", "conv1_shape"),
+    [
+        # 8x8 blocks: 8 lanes; conv2 reads 16 / 8 = 2 ciphertexts and writes 8 / 8 = 1 at
+        # dilation 1 (nothing to phase-pack); conv1 writes 16 / 8 = 2 per sub-map, 2x2 of them
+        (True, (2, 1, 8, 1), (2, 4)),
+        # 16x16 blocks: 2 lanes; conv2 reads 16 / 2 = 8 ciphertexts and writes its 8 outputs at
+        # dilation 2 with 2x2 phases, 2 lanes * 4 phases = 8 per ciphertext: 1
+        (False, (8, 1, 2, 4), (8, 1)),
+    ],
+)
+def test_rotation_counts_match_the_layout_formulas(
+    compact: bool, conv2_shape: tuple[int, int, int, int], conv1_shape: tuple[int, int]
+) -> None:
     """Sum of the rotations over all units = the dense layer's rotations (DESIGN.md):
     inner n_in*(f^2-1) for position units; outer n_out*(lanes*phases-1) for diagonal units
-    (conv2's outputs are phase-packed: one outer rotation per (offset, phase))."""
+    (in the dilated layout conv2's outputs are phase-packed: one outer rotation per (offset,
+    phase)). A split layer (conv1 in the compact layout) repeats every term per sub-map."""
     model = tiny()
-    plan = plan_layout(model, SLOTS, SHAPE)
-    pos, diag = units_of(model, "position"), units_of(model, "diagonal")
+    plan = plan_layout(model, SLOTS, SHAPE, compact=compact)
+    pos = model_units(model, kind="position", plan=plan)
+    diag = model_units(model, kind="diagonal", plan=plan)
     conv2 = plan.layers["conv2"]
     assert isinstance(conv2.inputs, ChannelPacking)
     assert isinstance(conv2.outputs, ChannelPacking)
     n_in, n_out = conv2.inputs.ciphertexts, conv2.outputs.ciphertexts
     lanes, phases = conv2.inputs.lanes, conv2.outputs.phases
-    assert (n_in, n_out, lanes, phases) == (2, 1, 2, 4)
+    assert (n_in, n_out, lanes, phases) == conv2_shape
     assert float(pos["conv2"].rotations.sum()) == n_in * (25 - 1)
     assert float(diag["conv2"].rotations.sum()) == pytest.approx(n_out * (lanes * phases - 1))
     # position unit (i, p): one inner rotation unless p = 0 (the unrotated input)
@@ -204,36 +227,103 @@ def test_rotation_counts_match_the_layout_formulas() -> None:
     assert float(diag["conv1"].rotations.sum()) == 0.0
     # plaintexts: a position unit spans every (output ct, channel offset, phase); a diagonal
     # unit every tap and phase
-    assert pos["conv2"].plaintexts.tolist() == [n_out * lanes * phases] * 50
+    assert pos["conv2"].plaintexts.tolist() == [n_out * lanes * phases] * n_in * 25
     assert diag["conv2"].plaintexts.tolist() == [25 * phases] * diag["conv2"].count
+    # conv1 (replicated input: channel offset 0 only) writes one plaintext per (output base
+    # ciphertext, output sub-map): a position unit spans all of them, a diagonal unit (one
+    # per output base ciphertext) every tap of every sub-map
+    conv1 = plan.layers["conv1"].outputs
+    assert isinstance(conv1, ChannelPacking)
+    out1, submaps = conv1.base_ciphertexts, conv1.submaps
+    assert (out1, submaps) == conv1_shape
+    assert pos["conv1"].plaintexts.tolist() == [out1 * submaps] * 25
+    assert diag["conv1"].plaintexts.tolist() == [25 * submaps] * out1
     # fc diagonals: rotation unless k = 0, one plaintext each
     k = pos["fc1"].layout_ids % SLOTS
     assert pos["fc1"].rotations.tolist() == [0.0 if q == 0 else 1.0 for q in k]
     assert pos["fc1"].plaintexts.tolist() == [1] * pos["fc1"].count
 
 
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_unit_costs_match_the_lowered_program(compact: bool, in_channels: int) -> None:
+    """What the units claim is what the compiler builds (dense weights, every term kept): a
+    unit's plaintexts are the terms the lowering gives it (on split layers one per output
+    sub-map), the diagonal units' rotations add up to the op's outer rotations (distinct
+    (output ct, giant step != 0)) and, on unsplit inputs, the position units' rotations to
+    its inner ones (distinct (input ct, baby step != 0)). Three input channels do not
+    replicate, so conv1 has channel offsets r != 0 on its split outputs too."""
+    torch.manual_seed(0)
+    model = LeNetLike(image_size=12, in_channels=in_channels, channels=(16, 8), hidden=8)
+    shape = (in_channels, 12, 12)
+    spec = lower_conv_model(model.double().eval(), SLOTS, shape, drop_unread=False, compact=compact)
+    assert spec.plan is not None
+    assert spec.plan.layers["conv1"].outputs.split == (2 if compact else 1)  # type: ignore[union-attr]
+    kinds: tuple[UnitKind, ...] = ("position", "diagonal")
+    for kind in kinds:
+        units = model_units(model, kind=kind, layers="conv", plan=spec.plan)
+        for op in spec.ops:
+            if not isinstance(op, MapLinearOp) or op.name not in units:
+                continue
+            u = units[op.name]
+            owner = np.searchsorted(u.layout_ids, term_units(spec, op, kind))
+            terms = np.bincount(owner, minlength=u.count)
+            assert u.plaintexts.tolist() == terms.tolist(), (kind, op.name)
+            baby = np.zeros_like(op.shift) if op.baby is None else op.baby
+            giant = (op.shift - baby) % SLOTS
+            if kind == "diagonal":
+                outer = {(int(o), int(g)) for o, g in zip(op.out_ct, giant, strict=True) if g}
+                assert float(u.rotations.sum()) == pytest.approx(len(outer)), op.name
+            elif spec.plan.layers[op.name].inputs.split == 1:  # type: ignore[union-attr]
+                inner = {(int(i), int(b)) for i, b in zip(op.in_ct, baby, strict=True) if b}
+                assert float(u.rotations.sum()) == pytest.approx(len(inner)), op.name
+
+
 def test_group_weights_are_rotations_plus_plaintext_cost() -> None:
+    """conv2 (compact layout): 2 input cts, 1 output ct, 8 lanes, no phases; conv1: 2 output
+    base cts, each in 2x2 sub-maps."""
     pos, diag = units_of(tiny(), "position"), units_of(tiny(), "diagonal")
     w = group_weights(pos["conv2"]).tolist()
     p = pos["conv2"].layout_ids % 25
+    # (i, p): one inner rotation unless p = 0; a plaintext per (output ct, offset): 1 * 8
     assert w == pytest.approx([(0.0 if q == 0 else 1.0) + PTM_COST * 8 for q in p])
     w = group_weights(diag["conv2"], ptm_cost=0.1).tolist()
-    r = diag["conv2"].layout_ids % 2
-    assert w == pytest.approx([(1.5 if q == 0 else 2.0) + 0.1 * 25 * 4 for q in r])
+    r = diag["conv2"].layout_ids % 8
+    # (o, i, r): half (2 inputs share it) of o's outer rotation r (none for r = 0); 25 taps
+    assert w == pytest.approx([(0.0 if q == 0 else 0.5) + 0.1 * 25 for q in r])
+    w = group_weights(pos["conv1"], ptm_cost=0.1).tolist()
+    p = pos["conv1"].layout_ids % 25
+    # (0, p): a plaintext per (output base ct, output sub-map): 2 * 4
+    assert w == pytest.approx([(0.0 if q == 0 else 1.0) + 0.1 * 2 * 4 for q in p])
     assert group_weights(pos["fc2"], ptm_cost=0.0).tolist() == pos["fc2"].rotations.tolist()
     with pytest.raises(ValueError, match="ptm_cost"):
         group_weights(pos["fc2"], ptm_cost=-1.0)
 
 
 def test_outer_rotations_vanish_at_g_base() -> None:
-    grouped = tiny(groups=2)
-    assert g_base(grouped, SLOTS, SHAPE) == 2
+    # G_base = lanes: 8 of the 8x8 blocks of the compact layout (2 of 16x16 dilated); LeNet
+    # (28x28, padding 2: 32x32 -> 16x16 sub-map blocks) at 8192 slots: 32 (8 dilated)
+    assert g_base(tiny(), SLOTS, SHAPE) == 8
+    assert g_base(LeNetLike(), 8192) == 32
+    assert plan_layout(LeNetLike(), 8192, (1, 28, 28), compact=False).input.lanes == 8
+    grouped = tiny(groups=8)
     diag = units_of(grouped, "diagonal")
-    # every channel offset is r = 0: only the phase shifts of the packed outputs remain
-    phases = plan_layout(grouped, SLOTS, SHAPE).layers["conv2"].outputs.phases  # type: ignore[union-attr]
+    # every channel offset is r = 0 and the outputs are unphased: no outer rotation at all
     conv2_diag = diag["conv2"]
+    assert bool(np.all(conv2_diag.layout_ids % 8 == 0))
+    assert float(conv2_diag.rotations.sum()) == 0.0
+    assert conv2_diag.count == units_of(tiny(), "diagonal")["conv2"].count // 8
+    # dilated layout at its G_base = 2: only the phase shifts of the packed outputs remain
+    dilated = tiny(groups=2)
+    plan = plan_layout(dilated, SLOTS, SHAPE, compact=False)
+    assert plan.input.lanes == 2
+    phases = plan.layers["conv2"].outputs.phases  # type: ignore[union-attr]
+    assert phases == 4
+    conv2_diag = model_units(dilated, kind="diagonal", plan=plan)["conv2"]
     assert float(conv2_diag.rotations.sum()) == pytest.approx(phases - 1)
-    assert diag["conv2"].count == units_of(tiny(), "diagonal")["conv2"].count // 2
+    dense_plan = plan_layout(tiny(), SLOTS, SHAPE, compact=False)
+    dense_count = model_units(tiny(), kind="diagonal", plan=dense_plan)["conv2"].count
+    assert conv2_diag.count == dense_count // 2
 
 
 @settings(max_examples=30, deadline=None)
@@ -398,7 +488,8 @@ def test_subblock_prunes_the_least_important_sub_blocks() -> None:
 
 def test_subblock_importance_is_the_average_l2_norm() -> None:
     """All weights equal: ||w_p|| / dim(w_p) = 1/sqrt(size) is lowest for the largest units
-    (conv2: 16 weights) -- a plain L2 or mean-|w| ranking would pick another layer."""
+    (conv2: 8 outputs x 8 inputs per ciphertext = 64 weights) -- a plain L2 or mean-|w|
+    ranking would pick another layer."""
     model = tiny()
     with torch.no_grad():
         for w in layer_weights(model).values():
@@ -452,15 +543,15 @@ def test_subblock_with_the_real_trainer() -> None:
 # -------------------------------------------------------------------------- HE-group
 
 
-@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
 def test_grouped_conversion_keeps_exactly_the_in_group_weights(groups: int) -> None:
     dense, grouped = tiny(seed=1), tiny(groups, seed=2)
     grouped_from_dense(dense, grouped)
     keep = in_group_mask(conv(dense).weight.shape, groups)
     wd, wg = conv(dense).weight.detach(), conv(grouped).weight.detach()
-    per_out, per_in = 8 // groups, 4 // groups
+    per_out, per_in = 8 // groups, 16 // groups
     for o in range(8):
-        for c in range(4):
+        for c in range(16):
             same = o // per_out == c // per_in
             assert bool(keep[o, c].all()) == same and bool(keep[o, c].any()) == same
             if same:
@@ -491,9 +582,11 @@ def test_he_group_conv_trains_the_grouped_model() -> None:
     assert all(bool(m.all()) for m in result.masks.values())
     # cross-group weights count as pruned against the dense network
     dense_total = sum(w.numel() for w in layer_weights(dense).values())
-    assert result.weight_sparsity == pytest.approx((8 * 4 * 25 / 2) / dense_total)
+    assert result.weight_sparsity == pytest.approx((8 * 16 * 25 / 2) / dense_total)
+    # at 32 slots only the most split layout fits (4x4 blocks for the 16x16 padded input
+    # split by both pools): 2 per ciphertext, G = 8 > G_base = 2
     with pytest.raises(LayoutError, match="G_base"):
-        he_group_conv(build, 4, harness, epochs=1, slots=SLOTS, input_shape=SHAPE)
+        he_group_conv(build, 8, harness, epochs=1, slots=32, input_shape=SHAPE)
 
 
 def test_grouped_builder_uses_the_zoo_group_option() -> None:
@@ -646,21 +739,21 @@ def test_magnitude_baseline_is_unstructured() -> None:
 def test_channel_masks_remove_channels_and_their_consumer_inputs(groups: int) -> None:
     model = tiny(groups)
     dead = {
-        "conv1": torch.tensor([False, False, True, False]),
+        "conv1": torch.arange(16) == 10,
         "conv2": torch.tensor([True] + [False] * 7),
         "fc1": torch.tensor([False] * 7 + [True]),
     }
     masks = channel_masks(model, dead)
-    assert torch.equal(masks["conv1"].reshape(4, -1).all(1), ~dead["conv1"])
-    assert not bool(masks["conv1"][2].any()) and bool(masks["conv1"][[0, 1, 3]].all())
-    # conv2 reads input channel 2: (ungrouped) column 2 of every output; (G = 2) column 0 of
-    # the outputs of group 1
+    assert torch.equal(masks["conv1"].reshape(16, -1).all(1), ~dead["conv1"])
+    assert not bool(masks["conv1"][10].any()) and bool(masks["conv1"][~dead["conv1"]].all())
+    # conv2 reads input channel 10: (ungrouped) column 10 of every output; (G = 2, 8 inputs
+    # per group) column 2 of the outputs of group 1
     expect = torch.ones_like(masks["conv2"])
     expect[0] = False
     if groups == 1:
-        expect[:, 2] = False
+        expect[:, 10] = False
     else:
-        expect[4:, 0] = False
+        expect[4:, 2] = False
     assert torch.equal(masks["conv2"], expect)
     expect_fc1 = torch.ones(8, 8, dtype=torch.bool)
     expect_fc1[7] = False
@@ -673,15 +766,18 @@ def test_channel_masks_remove_channels_and_their_consumer_inputs(groups: int) ->
 
 def test_channel_prune_removes_whole_channels() -> None:
     model = tiny()
+    total = sum(w.numel() for w in layer_weights(model).values())  # 3744
+    # budget 0.02: at most 20% of the weights zero (a conv1 channel costs 25 + 8*25 weights,
+    # a conv2 channel 16*25 + 8)
     harness = FakeHarness(
-        lambda m: 1.0 - 0.1 * sum(int((w == 0).sum()) for w in layer_weights(m).values()) / 1500
+        lambda m: 1.0 - 0.1 * sum(int((w == 0).sum()) for w in layer_weights(m).values()) / total
     )
     result = channel_prune(model, harness, budget=0.02, slots=SLOTS, input_shape=SHAPE)
     m = result.masks
-    c1_dead = ~m["conv1"].reshape(4, -1).any(1)
+    c1_dead = ~m["conv1"].reshape(16, -1).any(1)
     c2_dead = ~m["conv2"].reshape(8, -1).any(1)
     assert bool(c1_dead.any() or c2_dead.any())
-    assert torch.equal(m["conv1"].reshape(4, -1).all(1), ~c1_dead)  # whole rows only
+    assert torch.equal(m["conv1"].reshape(16, -1).all(1), ~c1_dead)  # whole rows only
     for c in torch.nonzero(c1_dead).reshape(-1).tolist():
         assert not bool(m["conv2"][:, c].any())
     for c in torch.nonzero(c2_dead).reshape(-1).tolist():
@@ -694,7 +790,7 @@ def test_channel_prune_removes_whole_channels() -> None:
 
 def test_spencnn_groups_at_g_base_then_prunes_sub_blocks() -> None:
     dense = tiny()
-    grouped_units = units_of(tiny(2))
+    grouped_units = units_of(tiny(8))  # G_base = 8 lanes
     harness = FakeHarness(lambda m: 1.0 - 0.01 * dead_units(m, units_of(m)))
     result = spencnn_prune(
         dense,
@@ -707,8 +803,8 @@ def test_spencnn_groups_at_g_base_then_prunes_sub_blocks() -> None:
         slots=SLOTS,
         input_shape=SHAPE,
     )
-    assert result.method == "spencnn" and result.groups == 2
-    assert result.history[0]["g_base"] == 2 and result.history[0]["warm_start"]
+    assert result.method == "spencnn" and result.groups == 8
+    assert result.history[0]["g_base"] == 8 and result.history[0]["warm_start"]
     assert dead_units(result.model, grouped_units) == 2
     assert_whole_units(result, grouped_units)
 
@@ -736,10 +832,24 @@ def test_new_models_build_run_and_fit_the_layout(name: str) -> None:
         else [(1, 64), (64, 128), (128, 128)]
     )
     for slots in (8192, 16384):
+        # 28x28 + padding 1 = 30: conv1 and conv2 are pooled by 2, so the input can split
+        # into 2x2 sub-maps of 16x16 blocks or 4x4 of 8x8 (32x32 without splitting); the plan
+        # takes the one with the fewest dense products: at 8192 slots (N = 16384, where the
+        # models compile) both pools add sub-maps
         plan = plan_layout(model, slots, (1, 28, 28))
-        assert plan.input.lanes == 8192 // 1024 * slots // 8192
+        side = {(): 32, (2,): 16, (2, 2): 8}[plan.input.factors]
+        assert plan.input.lanes == slots // side**2
+        cheapest = min(
+            dense_products(_plan(_chain(model), slots, (1, 28, 28), True, f))
+            for f in [(), (2,), (2, 2)]
+        )
+        assert dense_products(plan) == cheapest
+        if slots == 8192:
+            assert plan.input.factors == (2, 2)
+        dilated = plan_layout(model, slots, (1, 28, 28), compact=False)
+        assert dilated.input.lanes == slots // 1024
     gb = g_base(model, 8192)
-    assert gb == 8
+    assert gb == 64  # 128 lanes, capped by the first grouped width (64 channels)
     grouped = build_model(name, "mnist", seed=0, groups=gb)
     assert [c.groups for c in grouped.modules() if isinstance(c, nn.Conv2d)][1:] == [gb] * (
         len(convs) - 1

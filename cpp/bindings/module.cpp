@@ -301,6 +301,10 @@ NB_MODULE(_core, m) {
       .def("multiply_plain", &E::multiply_plain, release_gil())
       .def("multiply_plain_sum", &E::multiply_plain_sum, "ciphertexts"_a, "plaintexts"_a,
            release_gil(), "sum_i ciphertexts[i] * plaintexts[i] in one fused pass")
+      .def("multiply_plain_sums", &E::multiply_plain_sums, "ciphertexts"_a, "plaintexts"_a,
+           release_gil(),
+           "[multiply_plain_sum(c, p) for c, p in zip(ciphertexts, plaintexts)], a slice of "
+           "coefficients at a time (ciphertexts shared by the sums are read once per slice)")
       .def("multiply", &E::multiply, release_gil())
       .def("square", &E::square, release_gil())
       .def("relinearize", &E::relinearize, release_gil())

@@ -58,6 +58,39 @@ TEST_F(EvaluatorTest, MultiplyPlainSumEqualsSumOfProducts) {
   EXPECT_THROW(f.evaluator.multiply_plain_sum(cp, pp), FheError);
 }
 
+// Many sums at once, sharing ciphertexts across sums (a layer's baby steps), give exactly the
+// sums made one by one; blocks at a lower level and bad blocks are handled like single sums.
+TEST_F(EvaluatorTest, MultiplyPlainSumsEqualsOneSumEach) {
+  std::vector<Ciphertext> cts;
+  std::vector<Plaintext> pts;
+  for (std::uint64_t t = 0; t < 6; ++t) {
+    cts.push_back(f.encrypt(random_reals(x.size(), 70 + t)));
+    pts.push_back(f.encoder.encode(random_reals(x.size(), 80 + t)));
+  }
+  const Ciphertext low = f.evaluator.mod_switch_to(cts[0], cts[0].level() - 1);
+  std::vector<std::vector<const Ciphertext*>> cp{{&cts[0], &cts[1], &cts[2]},
+                                                 {&cts[2], &cts[0]},
+                                                 {&cts[5]},
+                                                 {&low, &low}};
+  std::vector<std::vector<const Plaintext*>> pp{{&pts[0], &pts[1], &pts[2]},
+                                                {&pts[3], &pts[4]},
+                                                {&pts[5]},
+                                                {&pts[1], &pts[2]}};
+  const std::vector<Ciphertext> sums = f.evaluator.multiply_plain_sums(cp, pp);
+  ASSERT_EQ(sums.size(), cp.size());
+  for (std::size_t b = 0; b < cp.size(); ++b) {
+    const Ciphertext one = f.evaluator.multiply_plain_sum(cp[b], pp[b]);
+    EXPECT_EQ(sums[b].data(), one.data()) << b;
+    EXPECT_EQ(sums[b].level(), one.level()) << b;
+    EXPECT_DOUBLE_EQ(sums[b].scale(), one.scale()) << b;
+  }
+  EXPECT_TRUE(f.evaluator.multiply_plain_sums({}, {}).empty());
+  pp[1].pop_back();
+  EXPECT_THROW(f.evaluator.multiply_plain_sums(cp, pp), FheError);
+  pp.pop_back();
+  EXPECT_THROW(f.evaluator.multiply_plain_sums(cp, pp), FheError);
+}
+
 TEST_F(EvaluatorTest, FreshEncryptionsDiffer) {
   const auto a = f.encrypt(x);
   const auto b = f.encrypt(x);

@@ -160,10 +160,10 @@ void Evaluator::multiply_plain_inplace(Ciphertext& a, const Plaintext& p) const 
   a.set_scale(a.scale() * p.scale());
 }
 
-Ciphertext Evaluator::multiply_plain_sum(const std::vector<const Ciphertext*>& cts,
-                                         const std::vector<const Plaintext*>& pts) const {
+void Evaluator::check_sum(const std::vector<const Ciphertext*>& cts,
+                          const std::vector<const Plaintext*>& pts, const char* what) const {
   if (cts.empty() || cts.size() != pts.size()) {
-    throw FheError("multiply_plain_sum takes as many plaintexts as ciphertexts (at least one), got " +
+    throw FheError(std::string(what) + " takes as many plaintexts as ciphertexts (at least one), got " +
                    std::to_string(cts.size()) + " and " + std::to_string(pts.size()));
   }
   const Ciphertext& first = *cts[0];
@@ -172,13 +172,63 @@ Ciphertext Evaluator::multiply_plain_sum(const std::vector<const Ciphertext*>& c
     if (i) {
       check_pair(first, *cts[i], true);
       if (!scales_match(pts[0]->scale(), pts[i]->scale())) {
-        throw ScaleError("multiply_plain_sum: plaintext scales differ; encode them at one scale");
+        throw ScaleError(std::string(what) + ": plaintext scales differ; encode them at one scale");
       }
     }
     if (cts[i]->size() != 2) {
-      throw FheError("multiply_plain_sum takes size-2 ciphertexts; relinearize first");
+      throw FheError(std::string(what) + " takes size-2 ciphertexts; relinearize first");
     }
   }
+}
+
+std::vector<Ciphertext> Evaluator::multiply_plain_sums(
+    const std::vector<std::vector<const Ciphertext*>>& cts,
+    const std::vector<std::vector<const Plaintext*>>& pts) const {
+  if (cts.size() != pts.size()) {
+    throw FheError("multiply_plain_sums takes one plaintext list per ciphertext list, got " +
+                   std::to_string(cts.size()) + " and " + std::to_string(pts.size()));
+  }
+  std::vector<Ciphertext> out;
+  out.reserve(cts.size());
+  std::size_t primes = 0;
+  for (std::size_t b = 0; b < cts.size(); ++b) {
+    check_sum(cts[b], pts[b], "multiply_plain_sums");
+    const Ciphertext& first = *cts[b][0];
+    out.emplace_back(*ctx_, 2, first.level(), first.scale() * pts[b][0]->scale(), first.key_id());
+    primes = std::max(primes, first.primes());
+  }
+  // A slice of 512 coefficients of every baby step of a layer (tens of ciphertexts) stays in
+  // the L2 cache while all the sums that read it go by; the plaintexts stream through once.
+  constexpr std::size_t kSlice = 512;
+  const std::size_t n = ctx_->poly_degree();
+  ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) {
+    std::vector<const u64*> x, c0, c1;
+    for (std::size_t start = 0; start < n; start += kSlice) {
+      const std::size_t len = std::min(kSlice, n - start);
+      for (std::size_t b = 0; b < cts.size(); ++b) {
+        if (i >= out[b].primes()) continue;
+        const std::size_t terms = cts[b].size();
+        x.resize(terms);
+        c0.resize(terms);
+        c1.resize(terms);
+        for (std::size_t t = 0; t < terms; ++t) {
+          x[t] = pts[b][t]->prime(i) + start;
+          c0[t] = cts[b][t]->poly(0, i) + start;
+          c1[t] = cts[b][t]->poly(1, i) + start;
+        }
+        kernels::inner_product(x.data(), c0.data(), c1.data(), terms, len,
+                               ctx_->tables().modulus(i), out[b].poly(0, i) + start,
+                               out[b].poly(1, i) + start);
+      }
+    }
+  });
+  return out;
+}
+
+Ciphertext Evaluator::multiply_plain_sum(const std::vector<const Ciphertext*>& cts,
+                                         const std::vector<const Plaintext*>& pts) const {
+  check_sum(cts, pts, "multiply_plain_sum");
+  const Ciphertext& first = *cts[0];
   const std::size_t n = ctx_->poly_degree();
   const std::size_t terms = cts.size();
   Ciphertext out(*ctx_, 2, first.level(), first.scale() * pts[0]->scale(), first.key_id());

@@ -83,7 +83,37 @@ FHEPRUNE_AVX512 void inner_product_ifma(
     const u64* const* x, const u64* const* b, const u64* const* a, std::size_t digits,
     std::size_t n, const Modulus& q, u64* r0, u64* r1) {
   alignas(64) u64 lo0[8], hi0[8], lo1[8], hi1[8];
-  for (std::size_t j = 0; j < n; j += 8) {
+  std::size_t j = 0;
+  // Four vectors of coefficients per pass: sixteen independent accumulators hide the
+  // multiply-add latency, and each digit's three pointers are loaded once per 32 coefficients.
+  alignas(64) u64 wide[16][8];
+  for (; j + 32 <= n; j += 32) {
+    __m512i acc[16];
+    for (auto& v : acc) v = _mm512_setzero_si512();
+    for (std::size_t d = 0; d < digits; ++d) {
+      const u64* xd = x[d] + j;
+      const u64* bd = b[d] + j;
+      const u64* ad = a[d] + j;
+      for (int k = 0; k < 4; ++k) {
+        const __m512i vx = _mm512_loadu_si512(xd + 8 * k);
+        const __m512i vb = _mm512_loadu_si512(bd + 8 * k);
+        const __m512i va = _mm512_loadu_si512(ad + 8 * k);
+        acc[4 * k] = _mm512_madd52lo_epu64(acc[4 * k], vx, vb);
+        acc[4 * k + 1] = _mm512_madd52hi_epu64(acc[4 * k + 1], vx, vb);
+        acc[4 * k + 2] = _mm512_madd52lo_epu64(acc[4 * k + 2], vx, va);
+        acc[4 * k + 3] = _mm512_madd52hi_epu64(acc[4 * k + 3], vx, va);
+      }
+    }
+    for (int v = 0; v < 16; ++v) _mm512_store_si512(wide[v], acc[v]);
+    for (int k = 0; k < 4; ++k) {
+      for (int e = 0; e < 8; ++e) {
+        const std::size_t at = j + 8 * static_cast<std::size_t>(k) + static_cast<std::size_t>(e);
+        r0[at] = q.reduce128((static_cast<u128>(wide[4 * k + 1][e]) << 52) + wide[4 * k][e]);
+        r1[at] = q.reduce128((static_cast<u128>(wide[4 * k + 3][e]) << 52) + wide[4 * k + 2][e]);
+      }
+    }
+  }
+  for (; j < n; j += 8) {
     __m512i l0 = _mm512_setzero_si512();
     __m512i h0 = _mm512_setzero_si512();
     __m512i l1 = _mm512_setzero_si512();

@@ -250,9 +250,7 @@ class Experiment:
             spec,
             tile,
             fraction,
-            retrain_config=self.train_config(model_name).replace(
-                epochs=self.config.retrain_epochs
-            ),
+            retrain_config=self.train_config(model_name).replace(epochs=self.config.retrain_epochs),
             seed=self.config.seed,
             permute_fn=self.permute_fn,
         )

@@ -32,6 +32,24 @@ phase_offset(c) + offset``.
   window sum of kernel ``k`` adds only multiples of the dilation to a valid position, so each
   phase sums its own pixels and the phases stay exact (``p`` still divides the new dilation
   ``k*d``). The client's input is never phased.
+* Sub-map splitting (compact packing before pools, ``factors = (k1, k2, ...)``, ``s = k1 * k2
+  * ...``): the map lives on a *virtual* grid ``s`` times larger per side, cut by pixel phase
+  into ``s*s`` sub-maps of the physical ``grid_h x grid_w`` block: virtual position ``(vy, vx)``
+  (``origin + pixel * dilation``) goes to block offset ``(vy div s) * grid_w + vx div s`` of the
+  sub-map of its residues ``(vy mod s, vx mod s)``, in ciphertext ``submap * base_ciphertexts +
+  ct(c)``. The residues' digits in the mixed radix of the factors, ``a_i``, name the sub-map,
+  ``a_1`` most significant (:meth:`ChannelPacking.submap_of`). A stride-1 convolution from a
+  split input to a split output is still one rotation per (input sub-map, offset): output
+  residue ``a`` at kernel row ``dy`` reads input residue ``(a + dy*d) mod s``, ``(a + dy*d) div
+  s`` block rows further (columns alike). An average pool of kernel ``k1`` then adds the
+  ``k1*k1`` sub-map groups of digit ``a_1`` (ciphertext additions, no rotation), and leaves the
+  map split by ``(k2, ...)``; after the last factor the map is *compact*: pixels next to each
+  other in a block ``s`` times smaller per side, ``s*s`` times more channels per ciphertext,
+  instead of a dilated map that wastes all but one slot in ``s*s``. *When*
+  (:func:`plan_layout`): the network opens with stride-1 convolutions and average pools; the
+  client packs its image any way it likes, so its input can be split by the kernels of the
+  first pools, and the plan takes the number of pools to absorb that needs the fewest
+  plaintext products (the choice depends on the shapes only).
 
 Convolution ``C_in -> C_out`` with ``f x f`` kernels (runtime: a map of diagonals) is
 ``y_o = sum_i sum_(p, r) w[o, i, p, r] * rot(x_i, p_offset + r * block)``, evaluated as two
@@ -79,9 +97,13 @@ __all__ = [
     "PlannedLayer",
     "UnitKind",
     "VectorPacking",
+    "block_slots",
+    "conv_term_keys",
     "conv_term_shifts",
     "conv_units",
+    "dense_products",
     "fc_units",
+    "kernel_reads",
     "layer_units",
     "plan_layout",
     "unit_count",
@@ -115,6 +137,7 @@ class ChannelPacking:
     replicas: int = 1  # > 1 only for a client-packed input with fewer channels than lanes
     phases: int = 1  # p*p channels per block, p | dilation (see the module docstring)
     shifts: tuple[int, ...] = ()  # client input only: pre-rotated copies (see `pack`)
+    factors: tuple[int, ...] = ()  # sub-map splitting, s = product (see the module docstring)
 
     def __post_init__(self) -> None:
         for v in (self.grid_h, self.grid_w, self.lanes):
@@ -143,6 +166,11 @@ class ChannelPacking:
             )
         if self.phases > 1 and self.replicas > 1:
             raise LayoutError("a replicated input cannot be phase-packed")
+        if any(int(k) < 2 for k in self.factors) or (self.factors and self.phases > 1):
+            raise LayoutError(
+                f"split factors must be integers >= 2 and exclude phase packing, got "
+                f"{self.factors} with {self.phases} phases"
+            )
         if self.shifts and (
             self.phases > 1
             or not all(isinstance(k, int | np.integer) for k in self.shifts)
@@ -155,10 +183,10 @@ class ChannelPacking:
             )
         last_y = self.origin[0] + (p - 1) + (self.height - 1) * self.dilation
         last_x = self.origin[1] + (p - 1) + (self.width - 1) * self.dilation
-        if last_y >= self.grid_h or last_x >= self.grid_w:
+        if last_y >= self.grid_h * self.split or last_x >= self.grid_w * self.split:
             raise LayoutError(
                 f"a {self.height}x{self.width} map (dilation {self.dilation}, origin "
-                f"{self.origin}, {self.phases} phases) does not fit a "
+                f"{self.origin}, {self.phases} phases, split {self.split}) does not fit a "
                 f"{self.grid_h}x{self.grid_w} block"
             )
 
@@ -185,9 +213,49 @@ class ChannelPacking:
         return self.per_group_lanes * self.phases
 
     @property
-    def ciphertexts(self) -> int:
+    def split(self) -> int:
+        """``s``: the product of the split factors (1 without splitting)."""
+        return math.prod(self.factors)
+
+    def submap_of(self, ry: IntArray | int, rx: IntArray | int) -> IntArray:
+        """Sub-map index of virtual residues ``(ry, rx)`` in ``[0, s)``: their digits in the
+        factors' mixed radix, the first factor's digit pair most significant (so a pool by
+        the first factor adds equal groups of consecutive sub-maps)."""
+        ry, rx = np.asarray(ry, dtype=np.int64), np.asarray(rx, dtype=np.int64)
+        index = np.zeros(np.broadcast(ry, rx).shape, dtype=np.int64)
+        for k in self.factors:
+            index = index * (k * k) + (ry % k) * k + rx % k
+            ry, rx = ry // k, rx // k
+        return index
+
+    def residues_of(self, submap: IntArray | int) -> tuple[IntArray, IntArray]:
+        """The inverse of :meth:`submap_of`: virtual residues ``(ry, rx)`` of each sub-map."""
+        q = np.asarray(submap, dtype=np.int64)
+        pairs = []
+        for k in reversed(self.factors):
+            q, d = np.divmod(q, k * k)
+            pairs.append(d)
+        ry, rx = np.zeros_like(q), np.zeros_like(q)
+        place = 1
+        for k, d in zip(self.factors, reversed(pairs), strict=True):
+            ay, ax = np.divmod(d, k)
+            ry, rx = ry + ay * place, rx + ax * place
+            place *= k
+        return ry, rx
+
+    @property
+    def base_ciphertexts(self) -> int:
+        """Ciphertexts of one sub-map (all of them without splitting)."""
         per_group = self.channels // self.groups
         return max(1, math.ceil(per_group / self.capacity))
+
+    @property
+    def submaps(self) -> int:
+        return self.split * self.split
+
+    @property
+    def ciphertexts(self) -> int:
+        return self.base_ciphertexts * self.submaps
 
     @property
     def client_ciphertexts(self) -> int:
@@ -203,7 +271,8 @@ class ChannelPacking:
         return ct, lane, v // self.per_group_lanes
 
     def place(self, channels: IntArray | Sequence[int]) -> tuple[IntArray, IntArray]:
-        """(ciphertext, block) of each channel (the first replica when replicated)."""
+        """(ciphertext, block) of each channel (the first replica when replicated); with
+        sub-maps, the ciphertext within one sub-map (add ``submap * base_ciphertexts``)."""
         ct, lane, _ = self._locate(channels)
         return ct, lane
 
@@ -222,20 +291,34 @@ class ChannelPacking:
         return self.phase_offsets()[self.phase(channels)]
 
     def offset(self, y: IntArray | int, x: IntArray | int) -> IntArray:
-        """Slot offset of pixel (y, x) inside its channel block."""
+        """Slot offset of pixel (y, x) inside its channel block (of its sub-map)."""
         yy = self.origin[0] + np.asarray(y, dtype=np.int64) * self.dilation
         xx = self.origin[1] + np.asarray(x, dtype=np.int64) * self.dilation
-        return np.asarray(yy * self.grid_w + xx, dtype=np.int64)
+        s = self.split
+        return np.asarray((yy // s) * self.grid_w + xx // s, dtype=np.int64)
+
+    def submap(self, y: IntArray | int, x: IntArray | int) -> IntArray:
+        """Sub-map of pixel (y, x) (:meth:`submap_of` its residues; 0 without splitting)."""
+        yy = self.origin[0] + np.asarray(y, dtype=np.int64) * self.dilation
+        xx = self.origin[1] + np.asarray(x, dtype=np.int64) * self.dilation
+        s = self.split
+        return self.submap_of(yy % s, xx % s)
+
+    def pixels(self) -> tuple[IntArray, IntArray]:
+        """(ciphertext offset, slot offset) of every pixel ``y * width + x`` of a channel in
+        ciphertext 0, block 0: add ``place``'s ciphertext and ``lane * block + phase offset``."""
+        ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
+        y, x = ys.ravel(), xs.ravel()
+        return self.submap(y, x) * self.base_ciphertexts, self.offset(y, x)
 
     def valid_mask(self) -> NDArray[np.bool_]:
         """[ciphertexts, slots]: True where a real (channel, y, x) value lives."""
         out = np.zeros((self.ciphertexts, self.slots), dtype=bool)
-        ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
-        off = self.offset(ys.ravel(), xs.ravel())
+        sub, off = self.pixels()
         phase_off = self.phase_offset(np.arange(self.channels))
         for c in range(self.channels):
             for ct, lane in self._replica_places(c):
-                out[ct, lane * self.block + phase_off[c] + off] = True
+                out[ct + sub, lane * self.block + phase_off[c] + off] = True
         return out
 
     def _replica_places(self, c: int) -> list[tuple[int, int]]:
@@ -257,12 +340,12 @@ class ChannelPacking:
                 f"got {list(x.shape)}"
             )
         out = np.zeros((x.shape[0], self.ciphertexts, self.slots))
-        ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
-        off = self.offset(ys.ravel(), xs.ravel())
+        sub, off = self.pixels()
         phase_off = self.phase_offset(np.arange(self.channels))  # 0: inputs are never phased
         for c in range(self.channels):
             for ct, lane in self._replica_places(c):
-                out[:, ct, lane * self.block + phase_off[c] + off] = x[:, c].reshape(x.shape[0], -1)
+                pixels = x[:, c].reshape(x.shape[0], -1)
+                out[:, ct + sub, lane * self.block + phase_off[c] + off] = pixels
         if not self.shifts:
             return out
         copies = [np.roll(out, -int(k), axis=2) for k in self.shifts]
@@ -283,12 +366,14 @@ class ChannelPacking:
             "replicas": self.replicas,
             "phases": self.phases,
             "shifts": [int(k) for k in self.shifts],
+            "factors": [int(k) for k in self.factors],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> ChannelPacking:
         """The inverse of :meth:`to_dict`; every field is checked by the constructor
-        (``phases`` may be absent: 1, as written before phase packing existed)."""
+        (``phases`` and ``factors`` may be absent: 1 and none, as written before they
+        existed)."""
         origin = d["origin"]
         if not isinstance(origin, list) or len(origin) != 2:
             raise LayoutError(f"origin must be a list of two integers, got {origin!r}")
@@ -299,6 +384,11 @@ class ChannelPacking:
                 raise LayoutError(f"{key} must be an integer, got {v!r}")
             return v
 
+        factors = d.get("factors", [])
+        if not isinstance(factors, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) for k in factors
+        ):
+            raise LayoutError(f"factors must be a list of integers, got {factors!r}")
         shifts = d.get("shifts", [])
         if not isinstance(shifts, list) or not all(
             isinstance(k, int) and not isinstance(k, bool) for k in shifts
@@ -317,6 +407,7 @@ class ChannelPacking:
             replicas=num("replicas"),
             phases=num("phases", 1),
             shifts=tuple(shifts),
+            factors=tuple(factors),
         )
 
     def flatten(self) -> VectorPacking:
@@ -328,6 +419,7 @@ class ChannelPacking:
             indexing="ij",
         )
         ct, lane = self.place(c.ravel())
+        ct = ct + self.submap(y.ravel(), x.ravel()) * self.base_ciphertexts
         slot = lane * self.block + self.phase_offset(c.ravel()) + self.offset(y.ravel(), x.ravel())
         return VectorPacking(
             ct.astype(np.int64), slot.astype(np.int64), self.slots, self.ciphertexts
@@ -457,28 +549,52 @@ def _phase_packed(inp: ChannelPacking, out: ChannelPacking, kh: int, kw: int) ->
     return best
 
 
-def plan_layout(
-    model: nn.Module,
-    slots: int,
-    input_shape: tuple[int, int, int],
-    *,
-    phases: bool = True,
-) -> LayoutPlan:
-    """Lay a conv chain (Conv2d, AvgPool2d, activations, Flatten, Linear) out on ``slots``.
+def _pool_kernel(m: nn.Module) -> int | None:
+    """The kernel of a square average pool with stride = kernel (None for anything else)."""
+    if not isinstance(m, nn.AvgPool2d):
+        return None
 
-    The block grid is the smallest power-of-two square holding the padded input; every later
-    map keeps it (strides and pools dilate instead of moving data). Padding is supported on
-    the first convolution only (the client writes the zeros). ``phases``: phase-pack the
-    outputs of convolutions where it pays (see the module docstring); ``False`` never does.
-    """
+    def side(v: object) -> int | None:
+        if isinstance(v, int):
+            return v
+        if isinstance(v, tuple | list) and len(v) == 2 and v[0] == v[1]:
+            return int(v[0])
+        return None
+
+    k, stride = side(m.kernel_size), side(m.stride)
+    return k if k is not None and k == stride else None
+
+
+def _split_factors(children: list[tuple[str, nn.Module]]) -> tuple[int, ...]:
+    """The kernels of the average pools the client's input could be split for: walking from
+    a first stride-1 convolution through stride-1 convolutions, activations and pools (stride
+    = kernel >= 2), up to the first other layer."""
+    from fheprune.models.activations import PolyActivation
+
+    if not children or not isinstance(children[0][1], nn.Conv2d):
+        return ()
+    factors: list[int] = []
+    for _, m in children:
+        if isinstance(m, PolyActivation):
+            continue
+        if isinstance(m, nn.Conv2d) and tuple(m.stride) == (1, 1):
+            continue
+        k = _pool_kernel(m)
+        if k is None or k < 2:
+            break
+        factors.append(k)
+    return tuple(factors)
+
+
+def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, nn.Sequential):
         raise LayoutError(
             f"the conv layout takes an nn.Sequential chain, got {type(model).__name__}"
         )
-    from fheprune.models.activations import PolyActivation
+    return [(n, m) for n, m in model.named_children() if not isinstance(m, nn.Identity)]
 
-    channels, height, width = input_shape
-    children = [(n, m) for n, m in model.named_children() if not isinstance(m, nn.Identity)]
+
+def _first_padding(children: list[tuple[str, nn.Module]]) -> int:
     first_conv = next((m for _, m in children if isinstance(m, nn.Conv2d)), None)
     pad = 0
     if isinstance(first_conv, nn.Conv2d):
@@ -487,7 +603,83 @@ def plan_layout(
                 f"give the first convolution's padding as numbers, not {first_conv.padding!r}"
             )
         pad = int(first_conv.padding[0])
-    grid = _pow2_at_least(max(height, width) + 2 * pad)
+    return pad
+
+
+def _grid(input_shape: tuple[int, int, int], pad: int, factors: tuple[int, ...]) -> int:
+    """Side of the channel block: the padded image, divided by the split, to a power of two."""
+    side = max(input_shape[1], input_shape[2]) + 2 * pad
+    return _pow2_at_least(math.ceil(side / math.prod(factors)))
+
+
+def _candidates(children: list[tuple[str, nn.Module]], compact: bool) -> list[tuple[int, ...]]:
+    """Split factors to consider: none, and each prefix of :func:`_split_factors`."""
+    factors = _split_factors(children) if compact else ()
+    return [factors[:i] for i in range(len(factors) + 1)]
+
+
+def block_slots(
+    model: nn.Module, input_shape: tuple[int, int, int], *, compact: bool = True
+) -> int:
+    """The fewest slots (ring degree / 2) one of :func:`plan_layout`'s candidate layouts can
+    run on: one channel block."""
+    children = _chain(model)
+    pad = _first_padding(children)
+    return min(_grid(input_shape, pad, f) ** 2 for f in _candidates(children, compact))
+
+
+def plan_layout(
+    model: nn.Module,
+    slots: int,
+    input_shape: tuple[int, int, int],
+    *,
+    phases: bool = True,
+    compact: bool = True,
+) -> LayoutPlan:
+    """Lay a conv chain (Conv2d, AvgPool2d, activations, Flatten, Linear) out on ``slots``.
+
+    The block grid is the smallest power-of-two square holding the padded input; every later
+    map keeps it (strides and pools dilate instead of moving data). Padding is supported on
+    the first convolution only (the client writes the zeros). ``phases``: phase-pack the
+    outputs of convolutions where it pays (see the module docstring); ``False`` never does.
+    ``compact``: split the input into sub-maps for the first pools (:func:`_split_factors`;
+    each prefix of them is a candidate, and the one whose dense weights need the fewest
+    plaintext products wins, ties to fewer factors), so those pools add sub-maps and the maps
+    after them are compact; ``False`` never splits.
+    """
+    children = _chain(model)
+    best: tuple[int, LayoutPlan] | None = None
+    failure: LayoutError | None = None
+    for factors in _candidates(children, compact):
+        try:
+            plan = _plan(children, slots, input_shape, phases, factors)
+        except LayoutError as exc:
+            # Raised when no candidate fits: the most split one's reason (the smallest block,
+            # so a size error there is the real limit, and any other error is the network's).
+            failure = exc
+            continue
+        cost = dense_products(plan)
+        if best is None or cost < best[0]:
+            best = (cost, plan)
+    if best is None:
+        assert failure is not None
+        raise failure
+    return best[1]
+
+
+def _plan(
+    children: list[tuple[str, nn.Module]],
+    slots: int,
+    input_shape: tuple[int, int, int],
+    phases: bool,
+    factors: tuple[int, ...],
+) -> LayoutPlan:
+    """:func:`plan_layout` for one choice of split factors."""
+    from fheprune.models.activations import PolyActivation
+
+    channels, height, width = input_shape
+    pad = _first_padding(children)
+    grid = _grid(input_shape, pad, factors)
     if grid * grid > slots:
         raise LayoutError(
             f"a {height + 2 * pad}x{width + 2 * pad} padded image needs {grid * grid} slots per "
@@ -508,6 +700,7 @@ def plan_layout(
         groups=groups,
         origin=(pad, pad),
         replicas=replicas,
+        factors=factors,
     )
     plan = LayoutPlan(slots)
     seen_conv = False
@@ -561,8 +754,14 @@ def plan_layout(
                 groups=int(m.groups) if m.groups > 1 else _conv_groups_of_next(children, index + 1),
                 dilation=d * sh,
                 origin=origin,
+                factors=current.factors,
             )
-            if phases and out.dilation > 1 and _flattened_before_conv(children, index + 1):
+            if (
+                phases
+                and out.split == 1
+                and out.dilation > 1
+                and _flattened_before_conv(children, index + 1)
+            ):
                 out = _phase_packed(current, out, kh, kw)
             plan.layers[name] = PlannedLayer(name, "conv", m, current, out)
             current = out
@@ -583,12 +782,30 @@ def plan_layout(
                     f"pool '{name}': average pooling with a square kernel, stride = kernel, no "
                     "padding and no divisor_override only"
                 )
-            out = replace(
-                current,
-                height=current.height // k,
-                width=current.width // k,
-                dilation=current.dilation * k,
-            )
+            if current.factors:
+                # Adding sub-maps pools by the first factor f: legal when the window is one
+                # pixel of each digit a_1 (kernel f, dilation 1, windows aligned on f).
+                f = current.factors[0]
+                aligned = current.origin[0] % f == 0 and current.origin[1] % f == 0
+                if k != f or current.dilation != 1 or not aligned:
+                    raise LayoutError(
+                        f"pool '{name}': a map split by {current.factors} pools by {f} only "
+                        f"(got kernel {k}, dilation {current.dilation}, origin {current.origin})"
+                    )
+                out = replace(
+                    current,
+                    height=current.height // k,
+                    width=current.width // k,
+                    origin=(current.origin[0] // f, current.origin[1] // f),
+                    factors=current.factors[1:],
+                )
+            else:
+                out = replace(
+                    current,
+                    height=current.height // k,
+                    width=current.width // k,
+                    dilation=current.dilation * k,
+                )
             plan.layers[name] = PlannedLayer(name, "pool", m, current, out)
             current = out
         elif isinstance(m, PolyActivation):
@@ -649,6 +866,76 @@ def conv_term_shifts(inputs: ChannelPacking, outputs: ChannelPacking, kh: int, k
     return np.asarray(shift % inputs.slots, dtype=np.int64)
 
 
+def kernel_reads(
+    inp: ChannelPacking, out: ChannelPacking, kh: int, kw: int
+) -> list[tuple[int, IntArray, IntArray, IntArray]]:
+    """Per output sub-map holding pixels: (its index, its pixels as indices ``y * width + x``,
+    and per kernel position ``[kh, kw]`` the input sub-map read and the in-block offset of the
+    read). Without splitting: one sub-map 0 and ``(dy * grid_w + dx) * dilation``. With a split
+    ``s``, output residue ``a`` at kernel row ``dy`` reads input residue ``(a + dy*d) mod s``,
+    ``(a + dy*d) div s`` block rows further (columns alike)."""
+    s, d = inp.split, inp.dilation
+    ys, xs = np.meshgrid(np.arange(out.height), np.arange(out.width), indexing="ij")
+    vy = out.origin[0] + ys.ravel() * out.dilation
+    vx = out.origin[1] + xs.ravel() * out.dilation
+    dy, dx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    reads = []
+    for ay in range(s):
+        for ax in range(s):
+            pixels = np.flatnonzero((vy % s == ay) & (vx % s == ax))
+            if pixels.size == 0:
+                continue
+            ty, tx = ay + dy * d, ax + dx * d
+            q_in = inp.submap_of(ty % s, tx % s)
+            offset = (ty // s) * inp.grid_w + tx // s
+            q_out = int(out.submap_of(ay, ax))
+            reads.append((q_out, pixels, q_in.astype(np.int64), offset.astype(np.int64)))
+    return reads
+
+
+def conv_term_keys(
+    inp: ChannelPacking, out: ChannelPacking, weight_shape: Sequence[int], groups: int
+) -> list[tuple[IntArray, IntArray, IntArray]]:
+    """Where every weight of a convolution lands, per output sub-map: (the sub-map's pixels,
+    the term key ``(out_ct * n_in + in_ct) * slots + shift`` of every weight ``[C_out,
+    C_in/g, kh, kw]``, and its inner rotation, the compiler's baby step). Weights with equal
+    keys share one plaintext product."""
+    c_out, _, kh, kw = (int(v) for v in weight_shape)
+    ci = _conv_in_channels(weight_shape, groups)  # [C_out, C_in/g]
+    ct_in, lane_in = (a.reshape(ci.shape) for a in inp.place(ci.ravel()))
+    ct_out, lane_out = out.place(np.arange(c_out))
+    mod = inp.channels if inp.replicas > 1 else inp.lanes
+    r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated (conv_units)
+    phase = inp.phase_offset(ci) - out.phase_offset(np.arange(c_out))[:, None]
+    keys = []
+    for q_out, pixels, q_in, p_offset in kernel_reads(inp, out, kh, kw):
+        shift = (p_offset[None, None] + (r * inp.block + phase)[:, :, None, None]) % inp.slots
+        o_ct = ct_out[:, None, None, None] + q_out * out.base_ciphertexts
+        i_ct = ct_in[:, :, None, None] + q_in[None, None] * inp.base_ciphertexts
+        key = (o_ct * inp.ciphertexts + i_ct) * inp.slots + shift
+        inner = (p_offset[None, None] + inp.phase_offset(ci)[:, :, None, None]) % inp.slots
+        keys.append((pixels, key, np.broadcast_to(inner, key.shape)))
+    return keys
+
+
+def dense_products(plan: LayoutPlan) -> int:
+    """Plaintext products of the plan's network with every weight non-zero: the terms of its
+    convolutions and fully connected layers (a function of the shapes only)."""
+    total = 0
+    for layer in plan.layers.values():
+        m = layer.module
+        if isinstance(m, nn.Conv2d):
+            assert isinstance(layer.inputs, ChannelPacking)
+            assert isinstance(layer.outputs, ChannelPacking)
+            keys = conv_term_keys(layer.inputs, layer.outputs, tuple(m.weight.shape), m.groups)
+            total += int(np.unique(np.concatenate([k.ravel() for _, k, _ in keys])).size)
+        elif isinstance(m, nn.Linear):
+            assert isinstance(layer.inputs, VectorPacking)
+            assert isinstance(layer.outputs, VectorPacking)
+            total += _fc_diagonals(layer.inputs, layer.outputs)
+    return total
+
+
 def conv_units(
     weight_shape: Sequence[int],
     groups: int,
@@ -672,7 +959,7 @@ def conv_units(
         r = (lane_in - lane_out[:, None]) % inputs.channels
     else:
         r = (lane_in - lane_out[:, None]) % inputs.lanes
-    unit = (ct_out[:, None] * inputs.ciphertexts + ct_in) * inputs.lanes + r
+    unit = (ct_out[:, None] * inputs.base_ciphertexts + ct_in) * inputs.lanes + r
     return np.broadcast_to(unit[:, :, None, None], (c_out, ci.shape[1], kh, kw)).astype(np.int64)
 
 

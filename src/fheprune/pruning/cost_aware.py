@@ -181,7 +181,11 @@ def _savings(
             continue
         mulp, rotation, hoisted = op_seconds(levels[op.name])
         p_mulp, _, _ = op_seconds(levels[producer.name])
-        for ct in range(int(layer.inputs.ciphertexts)):
+        # A pool that adds sub-maps folds `fold` producer ciphertexts (ct + m * n) into input
+        # ct of the consumer; the squares before it work on each of them.
+        fold = math.prod(mid.fold for mid in between if isinstance(mid, RotateSumOp))
+        n_in = int(layer.inputs.ciphertexts)
+        for ct in range(n_in):
             reads = op.in_ct == ct
             if not reads.any():
                 continue
@@ -190,10 +194,16 @@ def _savings(
             else:  # an FC layer: its diagonals from this input, half a rotation each
                 shifts = np.count_nonzero(np.unique(op.shift[reads]))
                 price = reads.sum() * mulp + 0.5 * rotation * shifts
-            price += np.count_nonzero(producer.out_ct == ct) * p_mulp
-            for mid in between:
+            members = ct + n_in * np.arange(fold)
+            price += np.count_nonzero(np.isin(producer.out_ct, members)) * p_mulp
+            copies = fold
+            for mid in reversed(between):  # forward order, from the producer on
                 _, rot, _ = op_seconds(levels[mid.name])
-                price += rot * (1 if isinstance(mid, SquareOp) else _window_rotations(mid.windows))
+                if isinstance(mid, SquareOp):
+                    price += rot * copies
+                else:
+                    copies //= mid.fold
+                    price += rot * copies * _window_rotations(mid.windows)
             ct_prices[CiphertextUnit(op.name, producer.name, ct)] = float(price)
     return prices, ct_prices
 

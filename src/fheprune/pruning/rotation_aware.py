@@ -126,6 +126,10 @@ class LayerUnits:
     n_input_ciphertexts for a dense conv); 0 for unrotated units (p = 0, k = 0).
     ``plaintexts[j]``: plaintext multiplies removed (distinct plaintexts the unit's weights
     sit in; a conv plaintext is (o, i, r, p, output phase), an fc plaintext its diagonal).
+    A conv whose output is split into sub-maps (:mod:`fheprune.layouts.channels`) has every
+    term, so every plaintext and outer rotation, once per output sub-map. (Its inner
+    rotations, one per (input sub-map, block offset), are shared by kernel positions of
+    different output sub-maps; a position unit still counts 1 for p != 0 there.)
     """
 
     name: str
@@ -175,12 +179,16 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
         # One plaintext per (o, i, r, p, output phase): phase-packed outputs of one block
         # meet the input at different shifts.
         plaintext = (diag * taps + tap) * phases_out + out_phase
+        # A split output (sub-maps, see channels.py) repeats every term once per output
+        # sub-map: its ciphertexts q * base_ciphertexts + o each get their own plaintexts and
+        # outer rotations, while unit ids name the base ciphertexts o.
+        submaps = int(np.unique(layer.outputs.pixels()[0]).size)
         raw = diag if kind == "diagonal" else layer_units(plan, name, "position")
         uniq, dense = _dense(raw)
         lanes = layer.inputs.lanes
         if kind == "diagonal":
             r = uniq % lanes
-            out_ct = uniq // lanes // layer.inputs.ciphertexts
+            out_ct = uniq // lanes // layer.inputs.base_ciphertexts
             key = out_ct * lanes + r
             _, key_inv, key_count = np.unique(key, return_inverse=True, return_counts=True)
             sharing = key_count[key_inv.ravel()]
@@ -188,14 +196,14 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
             # r * block - phase offset; only (r = 0, phase 0) needs none.
             ct_out, _ = layer.outputs.place(np.arange(shape[0]))
             ph_out = layer.outputs.phase(np.arange(shape[0]))
-            used = np.zeros((layer.outputs.ciphertexts, phases_out), dtype=bool)
+            used = np.zeros((layer.outputs.base_ciphertexts, phases_out), dtype=bool)
             used[ct_out, ph_out] = True
             phases_of = used.sum(axis=1)[out_ct]
             first_free = used[out_ct, 0]
-            rotations = (phases_of - ((r == 0) & first_free)) / sharing
+            rotations = submaps * (phases_of - ((r == 0) & first_free)) / sharing
         else:
             rotations = (uniq % taps != 0).astype(np.float64)
-        plaintexts = _distinct_per_unit(dense, plaintext, uniq.shape[0])
+        plaintexts = submaps * _distinct_per_unit(dense, plaintext, uniq.shape[0])
         lkind = kind
     else:
         raise InputTypeError(f"layer {name!r} ({type(m).__name__}) has no units")
@@ -690,8 +698,14 @@ def g_base(
     model: nn.Module, slots: int = DEFAULT_SLOTS, input_shape: Sequence[int] | None = None
 ) -> int:
     """SpENCNN's G_base: channel blocks per ciphertext (``lanes``) of the model's layout; at
-    G = G_base every outer rotation of the grouped convolutions vanishes."""
-    return plan_layout(model, slots, _input_shape(model, input_shape)).input.lanes
+    G = G_base every outer rotation of the grouped convolutions vanishes. Capped by the
+    channel widths of the convolutions after the first (the ones a grouped model groups; G
+    must divide them): compact layouts can hold more blocks per ciphertext than a network
+    has channels."""
+    lanes = plan_layout(model, slots, _input_shape(model, input_shape)).input.lanes
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1:]
+    widths = [w for m in convs for w in (int(m.in_channels), int(m.out_channels))]
+    return math.gcd(lanes, *widths) if widths else lanes
 
 
 def in_group_mask(shape: Sequence[int], groups: int) -> Tensor:

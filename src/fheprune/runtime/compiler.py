@@ -290,6 +290,7 @@ def compile_model(
     scale_bits: int | None = None,
     poly_degree: int | None = None,
     client_shifts: bool = False,
+    compact: bool = True,
 ) -> CompiledModel:
     """Compile ``model`` for ``layout``.
 
@@ -299,16 +300,20 @@ def compile_model(
     automatically (the dry-run report is logged and kept in ``choice.message``).
     ``client_shifts`` (map layout): the client sends one pre-rotated copy of its image per
     kernel position of the first convolution, which then needs no rotation (more upload, less
-    server time; see :func:`fheprune.runtime.conv_lowering.lower_conv_model`).
+    server time; see :func:`fheprune.runtime.conv_lowering.lower_conv_model`). ``compact``
+    (map layout): compact maps after the first pool (sub-maps, see
+    :mod:`fheprune.layouts.channels`); ``False`` keeps every map dilated in place.
     """
     if layout not in ("tile", "diagonal", "map"):
         raise CompileError(f"unknown layout {layout!r}; choose 'tile', 'diagonal' or 'map'")
     if layout == "map":
         if input_perm is not None or output_perm is not None:
             raise CompileError("the map layout takes no input / output permutations")
-        return _compile_map(model, parameters, scale_bits, poly_degree, client_shifts)
+        return _compile_map(model, parameters, scale_bits, poly_degree, client_shifts, compact)
     if client_shifts:
         raise CompileError("client_shifts is an option of the map layout only")
+    if not compact:
+        raise CompileError("compact is an option of the map layout only")
     if layout == "tile":
         if tile is None or len(tile) != 2:
             raise CompileError("the tile layout needs tile=(t1, t2)")
@@ -369,10 +374,11 @@ def _compile_map(
     scale_bits: int | None,
     poly_degree: int | None,
     client_shifts: bool = False,
+    compact: bool = True,
 ) -> CompiledModel:
     """Conv networks (single sample, several ciphertexts): the multi-channel layout of
     :mod:`fheprune.layouts.channels`, lowered by :mod:`fheprune.runtime.conv_lowering`."""
-    from fheprune.layouts.channels import LayoutError
+    from fheprune.layouts.channels import LayoutError, block_slots
 
     from .conv_lowering import build_program, lower_conv_model
 
@@ -382,14 +388,10 @@ def _compile_map(
             "the map layout needs the model's input shape (C, H, W) as model.input_shape"
         )
     levels = _map_levels(model)
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    pad = (
-        int(first.padding[0])
-        if isinstance(first, nn.Conv2d) and not isinstance(first.padding, str)
-        else 0
-    )
-    side = max(int(shape[1]), int(shape[2])) + 2 * pad
-    min_slots = (1 << (side - 1).bit_length()) ** 2
+    try:
+        min_slots = block_slots(model, tuple(int(v) for v in shape), compact=compact)  # type: ignore[arg-type]
+    except LayoutError as exc:
+        raise CompileError(str(exc)) from exc
     choice = _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
     slots = int(choice.parameters.poly_degree) // 2
     try:
@@ -398,6 +400,7 @@ def _compile_map(
             slots,
             tuple(int(v) for v in shape),  # type: ignore[arg-type]
             client_shifts=client_shifts,
+            compact=compact,
         )
     except LayoutError as exc:
         raise CompileError(str(exc)) from exc

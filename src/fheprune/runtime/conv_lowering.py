@@ -49,7 +49,7 @@ from fheprune.layouts.channels import (
     LayoutPlan,
     UnitKind,
     VectorPacking,
-    _conv_in_channels,
+    conv_term_keys,
     conv_term_shifts,
     plan_layout,
 )
@@ -254,11 +254,13 @@ class MapLinearOp:
 
 @dataclass
 class RotateSumOp:
-    """Window sum on every ciphertext: ``y[j] = sum_(n_d < count_d) x[j + sum_d n_d *
-    stride_d]``."""
+    """Average pooling (no level): first the ``fold`` sub-maps are added (output ciphertext
+    ``o`` sums inputs ``o + m * n / fold``), then per ciphertext the window sum ``y[j] =
+    sum_(n_d < count_d) x[j + sum_d n_d * stride_d]``."""
 
     name: str
     windows: list[tuple[int, int]]  # (count, stride)
+    fold: int = 1
 
 
 @dataclass
@@ -324,17 +326,20 @@ class _Fold:
 def _terms(
     keys: IntArray,
     weights: FloatArray,
-    cols: IntArray,
+    cols: IntArray | list[IntArray],
     in_ciphertexts: int,
     slots: int,
 ) -> tuple[Int32Array, Int32Array, IntArray, TermValues]:
     """Merge weights by key ``(out_ct * in_cts + in_ct) * slots + shift``; ``cols[n]`` are
-    the slots weight ``n`` fills in its term (no two weights of a term share a slot)."""
+    the slots weight ``n`` fills in its term (no two weights of a term share a slot). ``cols``
+    may be a list of ``[n_k, fills_k]`` blocks covering the weights in order (sub-maps of
+    different sizes)."""
     uniq, term_of = np.unique(keys, return_inverse=True)
-    fills = cols.shape[1]
+    blocks = cols if isinstance(cols, list) else [cols]
+    fills = np.concatenate([np.full(b.shape[0], b.shape[1], dtype=np.int64) for b in blocks])
     values = TermValues.from_entries(
         np.repeat(term_of.ravel(), fills),
-        np.asarray(cols, dtype=np.int64).ravel(),
+        np.concatenate([np.asarray(b, dtype=np.int64).ravel() for b in blocks]),
         np.repeat(weights.ravel(), fills),
         int(uniq.size),
         slots,
@@ -346,20 +351,19 @@ def _terms(
 
 
 def _conv_valid(out: ChannelPacking, c_out: int) -> tuple[IntArray, IntArray, IntArray]:
-    """(ciphertext [C_out, 1], slots [C_out, H*W]) of every valid output, and the lanes."""
-    ys, xs = np.meshgrid(np.arange(out.height), np.arange(out.width), indexing="ij")
-    off = out.offset(ys.ravel(), xs.ravel())
+    """(ciphertext, slot) [C_out, H*W] of every valid output, and the lanes."""
+    sub, off = out.pixels()
     channels = np.arange(c_out)
     ct_out, lane_out = out.place(channels)
     start = lane_out * out.block + out.phase_offset(channels)
-    return ct_out[:, None], start[:, None] + off[None, :], lane_out
+    return ct_out[:, None] + sub[None, :], start[:, None] + off[None, :], lane_out
 
 
 def _lower_conv(
     name: str, m: nn.Conv2d, inp: ChannelPacking, out: ChannelPacking, fold: _Fold
 ) -> _Linear:
     w0 = m.weight.detach().to(torch.float64).cpu().numpy()
-    c_out, _, kh, kw = w0.shape
+    c_out = int(w0.shape[0])
     b0 = m.bias.detach().to(torch.float64).cpu().numpy() if m.bias is not None else np.zeros(c_out)
     bias_map = np.broadcast_to(b0[:, None, None], (c_out, out.height, out.width)).copy()
     if fold.const != 0.0:  # a constant on every real input pixel (padding stays zero)
@@ -372,27 +376,22 @@ def _lower_conv(
             )[0].numpy()
     w = w0 * fold.scale
 
-    ci = _conv_in_channels(w.shape, int(m.groups))  # [C_out, C_in/g]
-    ct_in, lane_in = (a.reshape(ci.shape) for a in inp.place(ci.ravel()))
-    ct_rows, valid_cols, lane_out = _conv_valid(out, c_out)
-    ct_out = ct_rows[:, 0]
-    mod = inp.channels if inp.replicas > 1 else inp.lanes
-    r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated (conv_units)
-    dy, dx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
-    p_offset = (dy * inp.grid_w + dx) * inp.dilation  # [kh, kw]
-    phase = inp.phase_offset(ci) - out.phase_offset(np.arange(c_out))[:, None]  # [C_out, C_in/g]
-    shift = (p_offset[None, None] + (r * inp.block + phase)[:, :, None, None]) % inp.slots
-    n_in = inp.ciphertexts
-    key = (ct_out[:, None, None, None] * n_in + ct_in[:, :, None, None]) * inp.slots + shift
+    if inp.factors != out.factors:
+        raise LayoutError(
+            f"conv '{name}': input split {inp.factors} and output split {out.factors} differ"
+        )
+    rows, valid_cols, _ = _conv_valid(out, c_out)
     nz = w != 0.0
     co = np.broadcast_to(np.arange(c_out)[:, None, None, None], w.shape)[nz]
-    out_ct, in_ct, shifts, values = _terms(key[nz], w[nz], valid_cols[co], n_in, inp.slots)
-    inner = (p_offset[None, None] + inp.phase_offset(ci)[:, :, None, None]) % inp.slots
-    _, first = np.unique(key[nz], return_index=True)  # the order _terms uses
-    baby = np.asarray(np.broadcast_to(inner, w.shape)[nz][first], dtype=np.int64)
+    reads = conv_term_keys(inp, out, w.shape, int(m.groups))
+    key = np.concatenate([k[nz] for _, k, _ in reads])
+    cols = [valid_cols[:, pixels][co] for pixels, _, _ in reads]
+    weights = np.concatenate([w[nz]] * len(reads))
+    out_ct, in_ct, shifts, values = _terms(key, weights, cols, inp.ciphertexts, inp.slots)
+    _, first = np.unique(key, return_index=True)  # the order _terms uses
+    baby = np.asarray(np.concatenate([b[nz] for _, _, b in reads])[first], dtype=np.int64)
 
     bias = np.zeros((out.ciphertexts, out.slots))
-    rows = np.broadcast_to(ct_rows, valid_cols.shape)
     bias[rows, valid_cols] = bias_map.reshape(c_out, -1)
     op = MapLinearOp(name, out.ciphertexts, out_ct, in_ct, shifts, values, bias, baby)
     return _Linear(op, rows.ravel(), valid_cols.ravel())
@@ -458,6 +457,7 @@ def lower_conv_model(
     phases: bool = True,
     drop_unread: bool = True,
     client_shifts: bool = False,
+    compact: bool = True,
 ) -> MapProgramSpec:
     """Lower an ``nn.Sequential`` conv chain (see :func:`plan_layout`) to a map program.
 
@@ -466,7 +466,9 @@ def lower_conv_model(
     never compute a ciphertext no later layer reads (``False`` keeps every term of every
     non-zero weight, for inspecting the raw lowering); ``client_shifts``: the client sends one
     copy of its input per live kernel position of the first convolution, pre-rotated, so that
-    convolution needs no inner rotation at all (:func:`_shift_inputs`). Unsupported
+    convolution needs no inner rotation at all (:func:`_shift_inputs`); ``compact``: split
+    the input into sub-maps so the first pool leaves a compact map (:func:`plan_layout`;
+    ``False``: the dilated layout throughout). Unsupported
     layers or shapes raise ``LayoutError``; activations that cannot fold raise ``CompileError``.
     """
     if input_shape is None:
@@ -479,7 +481,7 @@ def lower_conv_model(
         input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     from fheprune.models.activations import PolyActivation
 
-    plan = plan_layout(model, slots, input_shape, phases=phases)
+    plan = plan_layout(model, slots, input_shape, phases=phases, compact=compact)
     ops: list[MapOp] = []
     linears: list[_Linear] = []
     fold = _Fold()
@@ -506,6 +508,12 @@ def lower_conv_model(
         elif layer.kind == "pool":
             assert isinstance(layer.inputs, ChannelPacking)
             assert isinstance(layer.outputs, ChannelPacking)
+            if layer.inputs.factors:  # add the sub-maps of the first factor's digit
+                k = layer.inputs.factors[0]
+                ops.append(RotateSumOp(name, [], fold=k * k))
+                fold.scale /= k * k
+                fold.gain *= k * k
+                continue
             k = layer.outputs.dilation // layer.inputs.dilation
             if k > 1:
                 d, grid_w = layer.inputs.dilation, layer.inputs.grid_w
@@ -535,7 +543,7 @@ def lower_conv_model(
         last.op.bias *= fold.scale
         last.op.bias[last.rows, last.cols] += fold.const / fold.gain
     if drop_unread:
-        _drop_unread(ops, plan.output.ct)
+        _drop_unread(ops, plan.output.ct, plan.input.ciphertexts)
     for lin in linears:
         _finish(lin.op)
     inputs = _shift_inputs(ops, plan.input) if client_shifts else plan.input
@@ -567,7 +575,7 @@ def _shift_inputs(ops: list[MapOp], packing: ChannelPacking) -> ChannelPacking:
     return replace(packing, shifts=tuple(int(k) for k in shifts))
 
 
-def _drop_unread(ops: list[MapOp], output_ct: IntArray) -> None:
+def _drop_unread(ops: list[MapOp], output_ct: IntArray, input_ciphertexts: int) -> None:
     """Backward liveness: an output ciphertext that nothing later reads is never computed.
 
     Walks the ops from the last: a linear op keeps only the terms (and bias rows) of the
@@ -575,10 +583,24 @@ def _drop_unread(ops: list[MapOp], output_ct: IntArray) -> None:
     window sums act on each ciphertext alone, so they pass the set through. Pruning can empty
     every term that reads a ciphertext (e.g. all kernel positions of one input ciphertext);
     then the layers that produce it (convolution, activation, pool) skip it too: it becomes a
-    known zero, which the executor neither squares nor rotates.
+    known zero, which the executor neither squares nor rotates. A pool that folds sub-maps
+    reads, for each output it must produce, every ciphertext it adds into it.
     """
+    counts = [input_ciphertexts]  # ciphertexts before each op
+    for op in ops:
+        if isinstance(op, MapLinearOp):
+            counts.append(op.out_ciphertexts)
+        elif isinstance(op, RotateSumOp):
+            counts.append(counts[-1] // op.fold)
+        else:
+            counts.append(counts[-1])
     read = np.unique(output_ct)
-    for op in reversed(ops):
+    for index in range(len(ops) - 1, -1, -1):
+        op = ops[index]
+        if isinstance(op, RotateSumOp) and op.fold > 1:
+            n_out = counts[index + 1]
+            read = np.unique(read[:, None] + n_out * np.arange(op.fold)[None, :])
+            continue
         if not isinstance(op, MapLinearOp):
             continue
         keep = np.isin(op.out_ct, read)
@@ -647,6 +669,8 @@ def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position
     out = layer.outputs
     assert isinstance(m, nn.Conv2d) and isinstance(out, ChannelPacking)
     kh, kw = (int(v) for v in m.kernel_size)
+    if inp.split > 1:
+        return _split_term_units(op, inp, out, in_ct, shift, kh, kw, kind)
     table = conv_term_shifts(inp, out, kh, kw)  # [lanes, kh*kw, phases_in, phases_out]
     flat = table.ravel()
     order = np.argsort(flat, kind="stable")
@@ -661,6 +685,38 @@ def term_units(spec: MapProgramSpec, op: MapLinearOp, kind: UnitKind = "position
             dtype=np.int64,
         )
     return np.asarray(in_ct * (kh * kw) + p, dtype=np.int64)
+
+
+def _split_term_units(
+    op: MapLinearOp,
+    inp: ChannelPacking,
+    out: ChannelPacking,
+    in_ct: IntArray,
+    shift: IntArray,
+    kh: int,
+    kw: int,
+    kind: UnitKind,
+) -> IntArray:
+    """:func:`term_units` on sub-maps: a term's output and input ciphertexts name their
+    sub-maps ``q_out``, ``q_in``, its shift the channel offset ``r`` and the block offset
+    ``(by, bx)``; with the sub-maps' residues, the kernel row is ``dy = (s * by + r_in -
+    r_out) / d`` (columns alike, :func:`~fheprune.layouts.channels.kernel_reads`). Units are
+    those of the sub-map-free layout (base ciphertexts): a unit owns one term per output
+    sub-map."""
+    s, d = inp.split, inp.dilation
+    q_out, o_base = np.divmod(op.out_ct.astype(np.int64), out.base_ciphertexts)
+    q_in, i_base = np.divmod(in_ct, inp.base_ciphertexts)
+    (ay, ax), (ry, rx) = out.residues_of(q_out), inp.residues_of(q_in)
+    r, rest = np.divmod(shift, inp.block)
+    by, bx = np.divmod(rest, inp.grid_w)
+    ty, tx = s * by + ry - ay, s * bx + rx - ax
+    dy, dy_rem = np.divmod(ty, d)
+    dx, dx_rem = np.divmod(tx, d)
+    if np.any(dy_rem) or np.any(dx_rem) or np.any((dy < 0) | (dy >= kh) | (dx < 0) | (dx >= kw)):
+        raise CompileError(f"map-linear '{op.name}': its shifts do not name one unit each")
+    if kind == "diagonal":
+        return np.asarray((o_base * inp.base_ciphertexts + i_base) * inp.lanes + r, dtype=np.int64)
+    return np.asarray(i_base * (kh * kw) + dy * kw + dx, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -680,6 +736,8 @@ def simulate(spec: MapProgramSpec, packed: NDArray[np.float64]) -> FloatArray:
         if isinstance(op, SquareOp):
             x = x * x
         elif isinstance(op, RotateSumOp):
+            if op.fold > 1:
+                x = x.reshape(x.shape[0], op.fold, -1, slots).sum(axis=1)
             for count, stride in op.windows:
                 acc = x.copy()
                 for n in range(1, count):
@@ -729,7 +787,7 @@ def build_program(spec: MapProgramSpec, parameters: Any) -> Any:
                 None if op.baby is None else np.ascontiguousarray(op.baby, dtype=np.uint64),
             )
         elif isinstance(op, RotateSumOp):
-            program.add_rotate_sum(op.name, [(int(c), int(s)) for c, s in op.windows])
+            program.add_rotate_sum(op.name, [(int(c), int(s)) for c, s in op.windows], op.fold)
         else:
             program.add_square(op.name)
     program.set_outputs(

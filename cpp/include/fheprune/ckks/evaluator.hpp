@@ -39,6 +39,12 @@ class Evaluator {
   // every packed linear layer. Ciphertexts share level and scale; plaintexts share scale.
   Ciphertext multiply_plain_sum(const std::vector<const Ciphertext*>& cts,
                                 const std::vector<const Plaintext*>& pts) const;
+  // Several such sums at once (sum b is sum_i cts[b][i] * pts[b][i]), computed a slice of
+  // coefficients at a time: ciphertexts shared by many sums (a layer's baby steps) are read
+  // from memory once per slice instead of once per sum. The same values as one call each.
+  std::vector<Ciphertext> multiply_plain_sums(
+      const std::vector<std::vector<const Ciphertext*>>& cts,
+      const std::vector<std::vector<const Plaintext*>>& pts) const;
 
   // Size-3 product; relinearize before rotating or multiplying again.
   Ciphertext multiply(const Ciphertext& a, const Ciphertext& b) const;
@@ -70,6 +76,8 @@ class Evaluator {
  private:
   void check_operand(const Ciphertext& a) const;
   void check_pair(const Ciphertext& a, const Ciphertext& b, bool same_scale) const;
+  void check_sum(const std::vector<const Ciphertext*>& cts,
+                 const std::vector<const Plaintext*>& pts, const char* what) const;
   void check_plain(const Ciphertext& a, const Plaintext& p, bool same_scale) const;
   const KeySwitchKey& galois_key(const Ciphertext& a, std::uint64_t g, long step,
                                  const GaloisKeys& gk) const;

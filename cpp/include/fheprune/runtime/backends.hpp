@@ -64,6 +64,10 @@ class EngineBackend {
   Ct mul_plain_sum(const std::vector<const Ct*>& a, const std::vector<const Pt*>& p) const {
     return evaluator_.multiply_plain_sum(a, p);
   }
+  std::vector<Ct> mul_plain_sums(const std::vector<std::vector<const Ct*>>& a,
+                                 const std::vector<std::vector<const Pt*>>& p) const {
+    return evaluator_.multiply_plain_sums(a, p);
+  }
   void add_inplace(Ct& a, const Ct& b) const { evaluator_.add_inplace(a, b); }
   void add_plain_inplace(Ct& a, const Pt& p) const { evaluator_.add_plain_inplace(a, p); }
   Ct rescale(const Ct& a) const { return evaluator_.rescale(a); }
@@ -152,6 +156,12 @@ class SlotBackend {
   Ct mul_plain_sum(const std::vector<const Ct*>& a, const std::vector<const Pt*>& p) const {
     Value out = mul_plain(*a.at(0), *p.at(0));
     for (std::size_t t = 1; t < a.size(); ++t) add_inplace(out, mul_plain(*a[t], *p[t]));
+    return out;
+  }
+  std::vector<Ct> mul_plain_sums(const std::vector<std::vector<const Ct*>>& a,
+                                 const std::vector<std::vector<const Pt*>>& p) const {
+    std::vector<Ct> out;
+    for (std::size_t b = 0; b < a.size(); ++b) out.push_back(mul_plain_sum(a[b], p.at(b)));
     return out;
   }
   void add_inplace(Ct& a, const Ct& b) const {

@@ -559,7 +559,10 @@ class Executor {
       std::vector<Pt> block;  // on demand: this giant step's plaintexts
       std::vector<double> full(on_demand ? program_.slots() : 0);
       std::optional<Ct> total;
-      for (std::size_t u = begin[o]; u < begin[o + 1];) {
+      if (!on_demand) {
+        total = run_map_output(m, prep, x, baby, begin[o], begin[o + 1], w.ops);
+      }
+      for (std::size_t u = on_demand ? begin[o] : begin[o + 1]; u < begin[o + 1];) {
         const std::size_t giant = m.terms[u].giant;
         std::vector<const Ct*> cts;
         std::vector<const Pt*> pts;
@@ -606,6 +609,62 @@ class Executor {
       held_out += y[o].has_value();
     }
     return y;
+  }
+
+  // One output of a map layer with resident plaintexts: the sums of products of up to
+  // kBlocksAtOnce giant-step blocks at once (multiply_plain_sums reads the baby steps once per
+  // slice of coefficients for all of them), then per block the rescale, giant rotation and
+  // addition of add_giant_block, in the same order: the same bits and counts.
+  std::optional<Ct> run_map_output(const MapLinear& m, const Prepared& prep,
+                                   const std::vector<const Ct*>& x,
+                                   const std::map<std::pair<std::uint32_t, std::size_t>, Ct>& baby,
+                                   std::size_t lo, std::size_t hi, OpCounts& ops) {
+    constexpr std::size_t kBlocksAtOnce = 32;
+    std::optional<Ct> total;
+    std::vector<std::vector<const Ct*>> cts;
+    std::vector<std::vector<const Pt*>> pts;
+    std::vector<long> giants;
+    const auto flush = [&] {
+      if (cts.empty()) return;
+      std::vector<Ct> sums = backend_.mul_plain_sums(cts, pts);
+      for (std::size_t b = 0; b < sums.size(); ++b) {
+        ops.mul_plain += cts[b].size();
+        ops.add += cts[b].size() - 1;
+        Ct block = backend_.rescale(sums[b]);
+        ++ops.rescale;
+        if (giants[b] != 0) {
+          block = backend_.rotate(block, giants[b]);
+          ++ops.rotate;
+        }
+        if (total) {
+          backend_.add_inplace(*total, block);
+          ++ops.add;
+        } else {
+          total = std::move(block);
+        }
+      }
+      cts.clear();
+      pts.clear();
+      giants.clear();
+    };
+    for (std::size_t u = lo; u < hi;) {
+      const std::size_t giant = m.terms[u].giant;
+      std::vector<const Ct*> c;
+      std::vector<const Pt*> p;
+      for (; u < hi && m.terms[u].giant == giant; ++u) {
+        const MapTerm& t = m.terms[u];
+        if (!x[t.in]) continue;
+        c.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
+        p.push_back(&prep.units[u]);
+      }
+      if (c.empty()) continue;
+      cts.push_back(std::move(c));
+      pts.push_back(std::move(p));
+      giants.push_back(static_cast<long>(giant));
+      if (cts.size() == kBlocksAtOnce) flush();
+    }
+    flush();
+    return total;
   }
 
   // Window sums, each by the binary method: W_2m = W_m + rot(W_m, m * stride) and
