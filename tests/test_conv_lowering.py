@@ -27,6 +27,9 @@ from fheprune.layouts.channels import (  # noqa: E402
     ChannelPacking,
     LayoutError,
     VectorPacking,
+    _chain,
+    _plan,
+    dense_products,
     layer_units,
 )
 from fheprune.models.activations import Square, TrainablePoly  # noqa: E402
@@ -450,8 +453,8 @@ def test_grouped_conv_at_all_lanes_has_no_outer_rotations() -> None:
 
 
 def small_lenet(groups: int, channels: tuple[int, int] = (16, 16)) -> nn.Module:
-    """16 -> 16 channels: the dense products favour the dilated layout (no split); 16 -> 32:
-    the split one (:func:`plan_layout` compares them)."""
+    """LeNet-like with 16 -> 16 channels (``channels``): (16, 32) splits the input in 2x2
+    sub-maps and copies conv1's 16 channels twice into the 32 blocks of a ciphertext."""
     torch.manual_seed(10 + groups)
     model = LeNetLike(channels=channels, hidden=8, conv2_groups=groups)
     set_poly(model, "act1", 0.3, 0.7, -0.2)
@@ -492,9 +495,6 @@ def test_zeroing_one_unit_removes_exactly_its_terms(
         assert (conv1_out.split, conv2_out.phases, conv2_out.dilation) == (2, 1, 1)
     else:
         assert conv2_out.phases == 4  # 16 ch in 1 ct
-    if not compact:  # the same network: the dilated layout has fewer dense products
-        plan = lower_conv_model(model, 8192, drop_unread=False).plan
-        assert plan is not None and plan.input.factors == ()
     units = layer_units(spec.plan, name, kind)  # type: ignore[arg-type]
     unit = data.draw(st.sampled_from(sorted(set(units.ravel().tolist()))), label="unit")
     with torch.no_grad():
@@ -1167,3 +1167,45 @@ def test_sparse_and_dense_terms_build_the_same_program() -> None:
     # program holds only the rest.
     conv2 = next(op for op in spec.ops if isinstance(op, MapLinearOp) and op.name == "conv2")
     assert conv2.values.data.size == conv2.terms * 100 * 4  # 4 blocks of 256 in 1024 slots
+
+
+# ---- Replicated first-convolution outputs --------------------------------------------------
+
+
+def test_first_conv_replicates_its_outputs_into_free_blocks() -> None:
+    """1x8x8 -> conv 3x3 pad 1 (4 ch) -> pool 2 -> conv 3x3 (8 ch) -> global pool -> fc, at 1024
+    slots: the input splits into 2x2 sub-maps of 8x8 blocks, 16 per ciphertext, and conv1's 4
+    channels fill them 4 times over (its input is one replicated channel, so every copy is the
+    same term: no extra product). conv2 then reads the nearest copy: 4 channel offsets instead
+    of 16, 9 x 4 = 36 terms into its one output ciphertext instead of 144."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        TrainablePoly(0.3, 0.8, 0.1),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 8, 3),
+        TrainablePoly(-0.2, 1.1, 0.05),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).double()
+    spec = lower_conv_model(model, 1024, (1, 8, 8))
+    assert spec.plan is not None
+    conv1_out = spec.plan.layers["0"].outputs
+    assert isinstance(conv1_out, ChannelPacking)
+    assert (spec.input.factors, conv1_out.replicas, conv1_out.lanes) == ((2,), 4, 16)
+    plain = lower_conv_model(model, 1024, (1, 8, 8), compact=False)
+    unreplicated = _plan(_chain(model), 1024, (1, 8, 8), True, (2,))
+    assert unreplicated.layers["0"].outputs.replicas == 1  # type: ignore[union-attr]
+    ops = linear_ops(spec)
+    assert ops["3"].terms == 9 * 4
+    assert ops["0"].terms == 4 * 9 // 4 * 4  # 4 sub-maps x 9 positions, copies merged
+    assert dense_products(spec.plan) < dense_products(unreplicated)
+    x = np.random.default_rng(3).normal(size=(3, 1, 8, 8))
+    assert_matches_torch(model, spec, x)
+    assert_matches_torch(model, plain, x)
+    check_units(spec, model)
+    check_valid_region(spec, x[:1])
+    # Every copy holds the channel: the valid mask covers all four blocks of each channel.
+    mask = conv1_out.valid_mask()
+    assert int(mask.sum()) == 4 * 4 * 8 * 8  # 4 channels x 4 copies x 8x8 pixels

@@ -12,6 +12,7 @@ exactly; one test runs the real trainer for one epoch on random data.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 
@@ -583,10 +584,10 @@ def test_he_group_conv_trains_the_grouped_model() -> None:
     # cross-group weights count as pruned against the dense network
     dense_total = sum(w.numel() for w in layer_weights(dense).values())
     assert result.weight_sparsity == pytest.approx((8 * 16 * 25 / 2) / dense_total)
-    # at 32 slots only the most split layout fits (4x4 blocks for the 16x16 padded input
-    # split by both pools): 2 per ciphertext, G = 8 > G_base = 2
+    # at 64 slots only the split layout fits (8x8 blocks for the 16x16 padded input split by
+    # pool1): 1 per ciphertext, G = 8 > G_base = 1
     with pytest.raises(LayoutError, match="G_base"):
-        he_group_conv(build, 8, harness, epochs=1, slots=32, input_shape=SHAPE)
+        he_group_conv(build, 8, harness, epochs=1, slots=64, input_shape=SHAPE)
 
 
 def test_grouped_builder_uses_the_zoo_group_option() -> None:
@@ -839,10 +840,16 @@ def test_new_models_build_run_and_fit_the_layout(name: str) -> None:
         plan = plan_layout(model, slots, (1, 28, 28))
         side = {(): 32, (2,): 16, (2, 2): 8}[plan.input.factors]
         assert plan.input.lanes == slots // side**2
-        cheapest = min(
-            dense_products(_plan(_chain(model), slots, (1, 28, 28), True, f))
-            for f in [(), (2,), (2, 2)]
-        )
+        # (and conv1's 64 outputs copied into the free blocks when that pays)
+        costs = []
+        for f, copy in itertools.product([(), (2,), (2, 2)], (False, True)):
+            try:
+                costs.append(
+                    dense_products(_plan(_chain(model), slots, (1, 28, 28), True, f, copy))
+                )
+            except LayoutError:  # nothing to copy: 64 channels fill a ciphertext's blocks
+                assert copy
+        cheapest = min(costs)
         assert dense_products(plan) == cheapest
         if slots == 8192:
             assert plan.input.factors == (2, 2)

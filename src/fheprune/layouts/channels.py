@@ -78,6 +78,7 @@ methods and the cost model all take their units from here.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -565,10 +566,11 @@ def _pool_kernel(m: nn.Module) -> int | None:
     return k if k is not None and k == stride else None
 
 
-def _split_factors(children: list[tuple[str, nn.Module]]) -> tuple[int, ...]:
+def _split_factors(children: list[tuple[str, nn.Module]], size: int) -> tuple[int, ...]:
     """The kernels of the average pools the client's input could be split for: walking from
     a first stride-1 convolution through stride-1 convolutions, activations and pools (stride
-    = kernel >= 2), up to the first other layer."""
+    = kernel >= 2), up to the first other layer or a global pool (one pixel per sub-map
+    would be all a split could give it). ``size``: the input's side."""
     from fheprune.models.activations import PolyActivation
 
     if not children or not isinstance(children[0][1], nn.Conv2d):
@@ -578,10 +580,14 @@ def _split_factors(children: list[tuple[str, nn.Module]]) -> tuple[int, ...]:
         if isinstance(m, PolyActivation):
             continue
         if isinstance(m, nn.Conv2d) and tuple(m.stride) == (1, 1):
+            if isinstance(m.padding, str):
+                break
+            size = size + 2 * int(m.padding[0]) - int(m.kernel_size[0]) + 1
             continue
         k = _pool_kernel(m)
-        if k is None or k < 2:
+        if k is None or k < 2 or size // k <= 1:
             break
+        size //= k
         factors.append(k)
     return tuple(factors)
 
@@ -612,9 +618,11 @@ def _grid(input_shape: tuple[int, int, int], pad: int, factors: tuple[int, ...])
     return _pow2_at_least(math.ceil(side / math.prod(factors)))
 
 
-def _candidates(children: list[tuple[str, nn.Module]], compact: bool) -> list[tuple[int, ...]]:
+def _candidates(
+    children: list[tuple[str, nn.Module]], size: int, compact: bool
+) -> list[tuple[int, ...]]:
     """Split factors to consider: none, and each prefix of :func:`_split_factors`."""
-    factors = _split_factors(children) if compact else ()
+    factors = _split_factors(children, size) if compact else ()
     return [factors[:i] for i in range(len(factors) + 1)]
 
 
@@ -625,7 +633,8 @@ def block_slots(
     run on: one channel block."""
     children = _chain(model)
     pad = _first_padding(children)
-    return min(_grid(input_shape, pad, f) ** 2 for f in _candidates(children, compact))
+    candidates = _candidates(children, max(input_shape[1:]), compact)
+    return min(_grid(input_shape, pad, f) ** 2 for f in candidates)
 
 
 def plan_layout(
@@ -650,13 +659,17 @@ def plan_layout(
     children = _chain(model)
     best: tuple[int, LayoutPlan] | None = None
     failure: LayoutError | None = None
-    for factors in _candidates(children, compact):
+    candidates = _candidates(children, max(input_shape[1:]), compact)
+    for factors, replicate in itertools.product(candidates, (False, True)):
+        if replicate and not compact:
+            continue
         try:
-            plan = _plan(children, slots, input_shape, phases, factors)
+            plan = _plan(children, slots, input_shape, phases, factors, replicate)
         except LayoutError as exc:
             # Raised when no candidate fits: the most split one's reason (the smallest block,
             # so a size error there is the real limit, and any other error is the network's).
-            failure = exc
+            if not replicate:
+                failure = exc
             continue
         cost = dense_products(plan)
         if best is None or cost < best[0]:
@@ -673,8 +686,13 @@ def _plan(
     input_shape: tuple[int, int, int],
     phases: bool,
     factors: tuple[int, ...],
+    replicate: bool = False,
 ) -> LayoutPlan:
-    """:func:`plan_layout` for one choice of split factors."""
+    """:func:`plan_layout` for one choice of split factors; ``replicate``: the first
+    convolution writes each output channel into every block it leaves free (when its channels
+    divide the blocks of a ciphertext), so the next convolution reads the nearest copy and
+    needs only as many channel offsets as there are channels. Raises ``LayoutError`` when
+    ``replicate`` changes nothing (the candidate is then the unreplicated one)."""
     from fheprune.models.activations import PolyActivation
 
     channels, height, width = input_shape
@@ -704,6 +722,7 @@ def _plan(
     )
     plan = LayoutPlan(slots)
     seen_conv = False
+    replicated = False
     for index, (name, m) in enumerate(children):
         if isinstance(m, nn.Conv2d):
             if not isinstance(current, ChannelPacking):
@@ -756,9 +775,15 @@ def _plan(
                 origin=origin,
                 factors=current.factors,
             )
+            if replicate and current.replicas > 1:  # the first conv: its input is replicated
+                copies = out.lanes // m.out_channels
+                if out.groups == 1 and copies > 1 and out.lanes % m.out_channels == 0:
+                    out = replace(out, replicas=copies)
+                    replicated = True
             if (
                 phases
                 and out.split == 1
+                and out.replicas == 1
                 and out.dilation > 1
                 and _flattened_before_conv(children, index + 1)
             ):
@@ -833,6 +858,8 @@ def _plan(
             )
     if not isinstance(current, VectorPacking):
         raise LayoutError("the network must end in a Linear layer (logits in a vector layout)")
+    if replicate and not replicated:
+        raise LayoutError("no convolution output to replicate")
     return plan
 
 
@@ -895,26 +922,35 @@ def kernel_reads(
 
 def conv_term_keys(
     inp: ChannelPacking, out: ChannelPacking, weight_shape: Sequence[int], groups: int
-) -> list[tuple[IntArray, IntArray, IntArray]]:
-    """Where every weight of a convolution lands, per output sub-map: (the sub-map's pixels,
-    the term key ``(out_ct * n_in + in_ct) * slots + shift`` of every weight ``[C_out,
-    C_in/g, kh, kw]``, and its inner rotation, the compiler's baby step). Weights with equal
-    keys share one plaintext product."""
+) -> list[tuple[IntArray, IntArray, IntArray, int]]:
+    """Where every weight of a convolution lands, per output sub-map and output replica: (the
+    sub-map's pixels, the term key ``(out_ct * n_in + in_ct) * slots + shift`` of every weight
+    ``[C_out, C_in/g, kh, kw]``, its inner rotation (the compiler's baby step), and the slot
+    offset of the replica, ``replica * channels * block``). Weights with equal keys share
+    one plaintext product."""
     c_out, _, kh, kw = (int(v) for v in weight_shape)
     ci = _conv_in_channels(weight_shape, groups)  # [C_out, C_in/g]
     ct_in, lane_in = (a.reshape(ci.shape) for a in inp.place(ci.ravel()))
-    ct_out, lane_out = out.place(np.arange(c_out))
+    ct_out, first_lane = out.place(np.arange(c_out))
     mod = inp.channels if inp.replicas > 1 else inp.lanes
-    r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated (conv_units)
     phase = inp.phase_offset(ci) - out.phase_offset(np.arange(c_out))[:, None]
+    inner = [
+        (p_offset[None, None] + inp.phase_offset(ci)[:, :, None, None]) % inp.slots
+        for _, _, _, p_offset in kernel_reads(inp, out, kh, kw)
+    ]
     keys = []
-    for q_out, pixels, q_in, p_offset in kernel_reads(inp, out, kh, kw):
-        shift = (p_offset[None, None] + (r * inp.block + phase)[:, :, None, None]) % inp.slots
-        o_ct = ct_out[:, None, None, None] + q_out * out.base_ciphertexts
-        i_ct = ct_in[:, :, None, None] + q_in[None, None] * inp.base_ciphertexts
-        key = (o_ct * inp.ciphertexts + i_ct) * inp.slots + shift
-        inner = (p_offset[None, None] + inp.phase_offset(ci)[:, :, None, None]) % inp.slots
-        keys.append((pixels, key, np.broadcast_to(inner, key.shape)))
+    for replica in range(out.replicas):
+        lane_out = first_lane + replica * out.channels
+        r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated
+        for read, (q_out, pixels, q_in, p_offset) in zip(
+            inner, kernel_reads(inp, out, kh, kw), strict=True
+        ):
+            shift = (p_offset[None, None] + (r * inp.block + phase)[:, :, None, None]) % inp.slots
+            o_ct = ct_out[:, None, None, None] + q_out * out.base_ciphertexts
+            i_ct = ct_in[:, :, None, None] + q_in[None, None] * inp.base_ciphertexts
+            key = (o_ct * inp.ciphertexts + i_ct) * inp.slots + shift
+            offset = replica * out.channels * out.block
+            keys.append((pixels, key, np.broadcast_to(read, key.shape), offset))
     return keys
 
 
@@ -928,7 +964,7 @@ def dense_products(plan: LayoutPlan) -> int:
             assert isinstance(layer.inputs, ChannelPacking)
             assert isinstance(layer.outputs, ChannelPacking)
             keys = conv_term_keys(layer.inputs, layer.outputs, tuple(m.weight.shape), m.groups)
-            total += int(np.unique(np.concatenate([k.ravel() for _, k, _ in keys])).size)
+            total += int(np.unique(np.concatenate([k.ravel() for _, k, _, _ in keys])).size)
         elif isinstance(m, nn.Linear):
             assert isinstance(layer.inputs, VectorPacking)
             assert isinstance(layer.outputs, VectorPacking)

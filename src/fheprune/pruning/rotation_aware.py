@@ -182,7 +182,9 @@ def _layer_units(plan: LayoutPlan, name: str, kind: UnitKind) -> LayerUnits:
         # A split output (sub-maps, see channels.py) repeats every term once per output
         # sub-map: its ciphertexts q * base_ciphertexts + o each get their own plaintexts and
         # outer rotations, while unit ids name the base ciphertexts o.
-        submaps = int(np.unique(layer.outputs.pixels()[0]).size)
+        # A replicated output (the first convolution's, channels.py) writes each term once
+        # per copy as well.
+        submaps = int(np.unique(layer.outputs.pixels()[0]).size) * layer.outputs.replicas
         raw = diag if kind == "diagonal" else layer_units(plan, name, "position")
         uniq, dense = _dense(raw)
         lanes = layer.inputs.lanes

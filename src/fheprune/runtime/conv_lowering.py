@@ -384,15 +384,19 @@ def _lower_conv(
     nz = w != 0.0
     co = np.broadcast_to(np.arange(c_out)[:, None, None, None], w.shape)[nz]
     reads = conv_term_keys(inp, out, w.shape, int(m.groups))
-    key = np.concatenate([k[nz] for _, k, _ in reads])
-    cols = [valid_cols[:, pixels][co] for pixels, _, _ in reads]
+    key = np.concatenate([k[nz] for _, k, _, _ in reads])
+    cols = [valid_cols[:, pixels][co] + offset for pixels, _, _, offset in reads]
     weights = np.concatenate([w[nz]] * len(reads))
     out_ct, in_ct, shifts, values = _terms(key, weights, cols, inp.ciphertexts, inp.slots)
     _, first = np.unique(key, return_index=True)  # the order _terms uses
-    baby = np.asarray(np.concatenate([b[nz] for _, _, b in reads])[first], dtype=np.int64)
+    baby = np.asarray(np.concatenate([b[nz] for _, _, b, _ in reads])[first], dtype=np.int64)
 
+    # Every replica of an output holds its bias (and, through _Linear, any folded constant).
+    copies = np.arange(out.replicas) * out.channels * out.block
+    rows = np.concatenate([rows] * out.replicas, axis=1)
+    valid_cols = np.concatenate([valid_cols + c for c in copies], axis=1)
     bias = np.zeros((out.ciphertexts, out.slots))
-    bias[rows, valid_cols] = bias_map.reshape(c_out, -1)
+    bias[rows, valid_cols] = np.tile(bias_map.reshape(c_out, -1), (1, out.replicas))
     op = MapLinearOp(name, out.ciphertexts, out_ct, in_ct, shifts, values, bias, baby)
     return _Linear(op, rows.ravel(), valid_cols.ravel())
 
