@@ -14,8 +14,10 @@ class KernelTest : public ::testing::TestWithParam<int> {};
 TEST_P(KernelTest, InnerProductMatchesWideArithmetic) {
   const Modulus q(generate_ntt_primes(1024, {GetParam()}).front());
   std::mt19937_64 gen(static_cast<unsigned>(GetParam()));
-  const std::size_t n = 256;
-  for (std::size_t digits : {1u, 3u, 8u, 17u}) {  // 17 > 16 exercises the lazy flush
+  const std::size_t n = 264;  // 32-coefficient passes and one 8-coefficient tail
+  // 17 > 16 exercises the lazy flush; 2047 and 2048 the two reductions of the IFMA path
+  // (in vector lanes below 2^11 digits, scalar above), with residues near q in every digit.
+  for (std::size_t digits : {1u, 3u, 8u, 17u, 2047u, 2048u}) {
     std::vector<std::vector<u64>> x(digits, std::vector<u64>(n)), b = x, a = x;
     std::vector<const u64*> px, pb, pa;
     for (std::size_t d = 0; d < digits; ++d) {
@@ -25,6 +27,7 @@ TEST_P(KernelTest, InnerProductMatchesWideArithmetic) {
         a[d][j] = j == 0 ? q.value() - 1 : gen() % q.value();
       }
       x[d][1] = q.value() - 1;
+      x[d][2] = b[d][2] = a[d][2] = q.value() - 1;  // the largest sums
       px.push_back(x[d].data());
       pb.push_back(b[d].data());
       pa.push_back(a[d].data());

@@ -77,12 +77,45 @@ FHEPRUNE_AVX512 void sub_scale_avx512(const u64* c, const u64* t, const Multiply
   }
 }
 
+// (lo + hi * 2^52) mod q for q < 2^50 and lo, hi < 2^63, in vector lanes: with lo = l0 +
+// l1 * 2^52 and hi + l1 = h0 + h1 * 2^52 (all parts below 2^52), the value is l0 + h0 * 2^52
+// + h1 * 2^104, three Shoup products by the constants 1, 2^52 and 2^104 mod q.
+struct Reduce104 {
+  simd::Ifma52 m;
+  __m512i q, mask, one, one_s, c52, c52_s, c104, c104_s;
+  FHEPRUNE_AVX512 explicit Reduce104(u64 qv)
+      : m(qv), q(simd::set1(qv)), mask(simd::set1((u64{1} << 52) - 1)) {
+    const auto shoup = [qv](u64 w) { return static_cast<u64>((static_cast<u128>(w) << 52) / qv); };
+    const u64 w52 = static_cast<u64>((u128{1} << 52) % qv);
+    const u64 w104 = static_cast<u64>(static_cast<u128>(w52) * w52 % qv);
+    one = simd::set1(1);
+    one_s = simd::set1(shoup(1));
+    c52 = simd::set1(w52);
+    c52_s = simd::set1(shoup(w52));
+    c104 = simd::set1(w104);
+    c104_s = simd::set1(shoup(w104));
+  }
+  FHEPRUNE_AVX512 __m512i operator()(__m512i lo, __m512i hi) const {
+    const __m512i l0 = _mm512_and_si512(lo, mask);
+    const __m512i h = _mm512_add_epi64(hi, _mm512_srli_epi64(lo, 52));
+    const __m512i h0 = _mm512_and_si512(h, mask);
+    const __m512i h1 = _mm512_srli_epi64(h, 52);
+    __m512i r = simd::reduce_once(m.mul(l0, one, one_s), q);
+    r = simd::reduce_once(_mm512_add_epi64(r, simd::reduce_once(m.mul(h0, c52, c52_s), q)), q);
+    return simd::reduce_once(_mm512_add_epi64(r, simd::reduce_once(m.mul(h1, c104, c104_s), q)),
+                             q);
+  }
+};
+
 // Residues below 2^50: each 100-bit product splits into its low and high 52 bits, summed in
-// separate 64-bit lanes (no carries to track for up to 2^12 digits).
+// separate 64-bit lanes (no carries to track for up to 2^12 digits). Below 2^11 digits both
+// sums stay under 2^63 and the reduction runs in vector lanes too (Reduce104).
 FHEPRUNE_AVX512 void inner_product_ifma(
     const u64* const* x, const u64* const* b, const u64* const* a, std::size_t digits,
     std::size_t n, const Modulus& q, u64* r0, u64* r1) {
   alignas(64) u64 lo0[8], hi0[8], lo1[8], hi1[8];
+  const bool vector_reduce = digits < (1u << 11);
+  const Reduce104 reduce(q.value());
   std::size_t j = 0;
   // Four vectors of coefficients per pass: sixteen independent accumulators hide the
   // multiply-add latency, and each digit's three pointers are loaded once per 32 coefficients.
@@ -103,6 +136,13 @@ FHEPRUNE_AVX512 void inner_product_ifma(
         acc[4 * k + 2] = _mm512_madd52lo_epu64(acc[4 * k + 2], vx, va);
         acc[4 * k + 3] = _mm512_madd52hi_epu64(acc[4 * k + 3], vx, va);
       }
+    }
+    if (vector_reduce) {
+      for (int k = 0; k < 4; ++k) {
+        _mm512_storeu_si512(r0 + j + 8 * k, reduce(acc[4 * k], acc[4 * k + 1]));
+        _mm512_storeu_si512(r1 + j + 8 * k, reduce(acc[4 * k + 2], acc[4 * k + 3]));
+      }
+      continue;
     }
     for (int v = 0; v < 16; ++v) _mm512_store_si512(wide[v], acc[v]);
     for (int k = 0; k < 4; ++k) {
@@ -126,6 +166,11 @@ FHEPRUNE_AVX512 void inner_product_ifma(
       h0 = _mm512_madd52hi_epu64(h0, vx, vb);
       l1 = _mm512_madd52lo_epu64(l1, vx, va);
       h1 = _mm512_madd52hi_epu64(h1, vx, va);
+    }
+    if (vector_reduce) {
+      _mm512_storeu_si512(r0 + j, reduce(l0, h0));
+      _mm512_storeu_si512(r1 + j, reduce(l1, h1));
+      continue;
     }
     _mm512_store_si512(lo0, l0);
     _mm512_store_si512(hi0, h0);
