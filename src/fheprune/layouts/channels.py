@@ -652,9 +652,11 @@ def plan_layout(
     the first convolution only (the client writes the zeros). ``phases``: phase-pack the
     outputs of convolutions where it pays (see the module docstring); ``False`` never does.
     ``compact``: split the input into sub-maps for the first pools (:func:`_split_factors`;
-    each prefix of them is a candidate, and the one whose dense weights need the fewest
-    plaintext products wins, ties to fewer factors), so those pools add sub-maps and the maps
-    after them are compact; ``False`` never splits.
+    each prefix of them, with and without copies of the first convolution's outputs in the
+    blocks it leaves free (:func:`_plan`), is a candidate, and the one whose dense weights
+    need the fewest plaintext products wins, ties to the earlier candidate: fewer factors, no
+    copies), so those pools add sub-maps and the maps after them are compact; ``False`` never
+    splits nor copies.
     """
     children = _chain(model)
     best: tuple[int, LayoutPlan] | None = None
