@@ -108,6 +108,24 @@ SimRun simulate(const Program& p, const Slots& x, Encoding encoding = Encoding::
   return r;
 }
 
+// The same program encrypted: fresh keys, the engine backend, the decrypted outputs (empty
+// for a known zero) and the run's counts and plaintext bytes.
+SimRun run_encrypted(const Program& p, const Slots& x) {
+  ckks::testing::Fixture f(p.parameters());
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
+  EngineBackend backend(f.ctx, keys);
+  Executor<EngineBackend> exec(p, backend);
+  std::vector<ckks::Ciphertext> in;
+  for (const auto& v : x) in.push_back(f.encrypt(v));
+  SimRun r;
+  for (const auto& c : exec.run(in, &r.stats)) {
+    r.y.push_back(c ? f.decrypt(*c) : std::vector<double>{});
+  }
+  r.plaintext_bytes = exec.plaintext_bytes();
+  return r;
+}
+
 OpCounts model_total(const Program& p) {
   OpCounts t;
   for (const auto& c : estimate_cost(p, p.parameters().chain_bits.size() - 1)) t += c.ops;
@@ -344,21 +362,12 @@ TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {
   p.set_outputs(ct, at);
   const Slots x = random_inputs(2, slots, 11);
   const SimRun sim = simulate(p, x);
-
-  ckks::testing::Fixture f(p.parameters());
-  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
-      f.keygen.create_evaluation_keys(p.rotation_steps()));
-  EngineBackend backend(f.ctx, keys);
-  Executor<EngineBackend> exec(p, backend);
-  std::vector<ckks::Ciphertext> in;
-  for (const auto& v : x) in.push_back(f.encrypt(v));
-  RunStats stats;
-  const auto out = exec.run(in, &stats);
-  ASSERT_TRUE(out[0].has_value());
-  const auto y = f.decrypt(*out[0]);
+  const SimRun enc = run_encrypted(p, x);
+  ASSERT_FALSE(enc.y[0].empty());
+  const auto& y = enc.y[0];
   EXPECT_LT(max_abs_diff(y, sim.y[0]), 1e-4 * (1.0 + *std::max_element(sim.y[0].begin(), sim.y[0].end())));
-  EXPECT_EQ(stats.total(), sim.stats.total());
-  EXPECT_EQ(exec.plaintext_bytes(), sim.plaintext_bytes);
+  EXPECT_EQ(enc.stats.total(), sim.stats.total());
+  EXPECT_EQ(enc.plaintext_bytes, sim.plaintext_bytes);
   const auto features = p.unpack_outputs({y}, 1);
   EXPECT_NEAR(features[1], y[7], 1e-12);
 }
@@ -438,23 +447,14 @@ TEST(MapLayout, FoldedPoolsAddTheirSubMaps) {
   // Output 1 folds ciphertexts 1, 3 and 5 (5 a known zero): one addition; output 0 two.
   EXPECT_EQ(sim.stats.layers[1].ops.add, 3u + 2u * window_sum_steps(std::get<RotateSum>(p.layers()[1])).size());
 
-  ckks::testing::Fixture f(p.parameters());
-  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
-      f.keygen.create_evaluation_keys(p.rotation_steps()));
-  EngineBackend backend(f.ctx, keys);
-  Executor<EngineBackend> exec(p, backend);
-  std::vector<ckks::Ciphertext> in;
-  for (const auto& v : x) in.push_back(f.encrypt(v));
-  RunStats stats;
-  const auto out = exec.run(in, &stats);
+  const SimRun enc = run_encrypted(p, x);
   for (std::size_t o = 0; o < 2; ++o) {
-    ASSERT_TRUE(out[o].has_value());
-    const auto y = f.decrypt(*out[o]);
+    ASSERT_FALSE(enc.y[o].empty());
     double peak = 0.0;
     for (double v : sim.y[o]) peak = std::max(peak, std::abs(v));
-    EXPECT_LT(max_abs_diff(y, sim.y[o]), 1e-4 * (1.0 + peak)) << o;
+    EXPECT_LT(max_abs_diff(enc.y[o], sim.y[o]), 1e-4 * (1.0 + peak)) << o;
   }
-  EXPECT_EQ(stats.total(), sim.stats.total());
+  EXPECT_EQ(enc.stats.total(), sim.stats.total());
   // The fold is in the range bound: three sub-maps summed allow less input than one.
   Program unfolded = Program::map(params(2 * slots, 2), 4);
   add(unfolded, "conv", a);

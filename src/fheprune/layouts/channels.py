@@ -550,19 +550,20 @@ def _phase_packed(inp: ChannelPacking, out: ChannelPacking, kh: int, kw: int) ->
     return best
 
 
+def _square_side(v: object) -> int | None:
+    """The side of a square pooling argument (an int or two equal ints); None otherwise."""
+    if isinstance(v, int):
+        return v
+    if isinstance(v, tuple | list) and len(v) == 2 and v[0] == v[1]:
+        return int(v[0])
+    return None
+
+
 def _pool_kernel(m: nn.Module) -> int | None:
     """The kernel of a square average pool with stride = kernel (None for anything else)."""
     if not isinstance(m, nn.AvgPool2d):
         return None
-
-    def side(v: object) -> int | None:
-        if isinstance(v, int):
-            return v
-        if isinstance(v, tuple | list) and len(v) == 2 and v[0] == v[1]:
-            return int(v[0])
-        return None
-
-    k, stride = side(m.kernel_size), side(m.stride)
+    k, stride = _square_side(m.kernel_size), _square_side(m.stride)
     return k if k is not None and k == stride else None
 
 
@@ -795,15 +796,7 @@ def _plan(
         elif isinstance(m, nn.AvgPool2d):
             if not isinstance(current, ChannelPacking):
                 raise LayoutError(f"pool '{name}' after a flatten is not supported")
-
-            def square(v: object) -> int | None:
-                if isinstance(v, int):
-                    return v
-                if isinstance(v, tuple | list) and len(v) == 2 and v[0] == v[1]:
-                    return int(v[0])
-                return None
-
-            k, s, p = square(m.kernel_size), square(m.stride), square(m.padding)
+            k, s, p = (_square_side(v) for v in (m.kernel_size, m.stride, m.padding))
             if k is None or p or s != k or m.ceil_mode or m.divisor_override is not None:
                 raise LayoutError(
                     f"pool '{name}': average pooling with a square kernel, stride = kernel, no "
@@ -936,17 +929,16 @@ def conv_term_keys(
     ct_out, first_lane = out.place(np.arange(c_out))
     mod = inp.channels if inp.replicas > 1 else inp.lanes
     phase = inp.phase_offset(ci) - out.phase_offset(np.arange(c_out))[:, None]
+    reads = kernel_reads(inp, out, kh, kw)
     inner = [
         (p_offset[None, None] + inp.phase_offset(ci)[:, :, None, None]) % inp.slots
-        for _, _, _, p_offset in kernel_reads(inp, out, kh, kw)
+        for _, _, _, p_offset in reads
     ]
     keys = []
     for replica in range(out.replicas):
         lane_out = first_lane + replica * out.channels
         r = (lane_in - lane_out[:, None]) % mod  # the nearest replica when replicated
-        for read, (q_out, pixels, q_in, p_offset) in zip(
-            inner, kernel_reads(inp, out, kh, kw), strict=True
-        ):
+        for read, (q_out, pixels, q_in, p_offset) in zip(inner, reads, strict=True):
             shift = (p_offset[None, None] + (r * inp.block + phase)[:, :, None, None]) % inp.slots
             o_ct = ct_out[:, None, None, None] + q_out * out.base_ciphertexts
             i_ct = ct_in[:, :, None, None] + q_in[None, None] * inp.base_ciphertexts

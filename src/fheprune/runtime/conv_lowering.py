@@ -350,13 +350,13 @@ def _terms(
     return out_ct, in_ct, shift, values
 
 
-def _conv_valid(out: ChannelPacking, c_out: int) -> tuple[IntArray, IntArray, IntArray]:
-    """(ciphertext, slot) [C_out, H*W] of every valid output, and the lanes."""
+def _conv_valid(out: ChannelPacking, c_out: int) -> tuple[IntArray, IntArray]:
+    """(ciphertext, slot) [C_out, H*W] of every valid output (first copy of each channel)."""
     sub, off = out.pixels()
     channels = np.arange(c_out)
     ct_out, lane_out = out.place(channels)
     start = lane_out * out.block + out.phase_offset(channels)
-    return ct_out[:, None] + sub[None, :], start[:, None] + off[None, :], lane_out
+    return ct_out[:, None] + sub[None, :], start[:, None] + off[None, :]
 
 
 def _lower_conv(
@@ -380,7 +380,7 @@ def _lower_conv(
         raise LayoutError(
             f"conv '{name}': input split {inp.factors} and output split {out.factors} differ"
         )
-    rows, valid_cols, _ = _conv_valid(out, c_out)
+    rows, valid_cols = _conv_valid(out, c_out)
     nz = w != 0.0
     co = np.broadcast_to(np.arange(c_out)[:, None, None, None], w.shape)[nz]
     reads = conv_term_keys(inp, out, w.shape, int(m.groups))

@@ -333,7 +333,13 @@ class Executor {
   // the block started `total`.
   bool add_giant_block(const std::vector<const Ct*>& cts, const std::vector<const Pt*>& pts,
                        long giant, std::optional<Ct>& total, OpCounts& ops) {
-    Ct block = backend_.rescale(sum_of_products(cts, pts, ops));
+    return add_block_sum(sum_of_products(cts, pts, ops), giant, total, ops);
+  }
+
+  // The rest of a giant-step block once its sum of products exists: rescale, rotate by the
+  // giant step, add into `total`. Returns true when the block started `total`.
+  bool add_block_sum(const Ct& sum, long giant, std::optional<Ct>& total, OpCounts& ops) {
+    Ct block = backend_.rescale(sum);
     ++ops.rescale;
     if (giant != 0) {
       block = backend_.rotate(block, giant);
@@ -556,13 +562,14 @@ class Executor {
     const bool on_demand = encoding_ == Encoding::kOnDemand;
     backend_.parallel_for(m.out_ciphertexts, [&](std::size_t o) {
       OutputWork& w = work[o];
-      std::vector<Pt> block;  // on demand: this giant step's plaintexts
-      std::vector<double> full(on_demand ? program_.slots() : 0);
       std::optional<Ct> total;
       if (!on_demand) {
         total = run_map_output(m, prep, x, baby, begin[o], begin[o + 1], w.ops);
       }
-      for (std::size_t u = on_demand ? begin[o] : begin[o + 1]; u < begin[o + 1];) {
+      // On demand: one giant step's plaintexts at a time, encoded right before their products.
+      std::vector<Pt> block;
+      std::vector<double> full(on_demand ? program_.slots() : 0);
+      for (std::size_t u = begin[o]; on_demand && u < begin[o + 1];) {
         const std::size_t giant = m.terms[u].giant;
         std::vector<const Ct*> cts;
         std::vector<const Pt*> pts;
@@ -574,21 +581,17 @@ class Executor {
           live_terms.push_back(u);
         }
         if (cts.empty()) continue;
-        if (on_demand) {
-          const auto start = std::chrono::steady_clock::now();
-          block.clear();
-          block.reserve(live_terms.size());
-          for (std::size_t t : live_terms) {
-            block.push_back(backend_.encode(term_slots(m.terms[t], full), prep.level,
-                                            prep.unit_scale));
-          }
-          for (const Pt& pt : block) pts.push_back(&pt);
-          w.encoded += block.size();
-          w.encode_seconds +=
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        } else {
-          for (std::size_t t : live_terms) pts.push_back(&prep.units[t]);
+        const auto start = std::chrono::steady_clock::now();
+        block.clear();
+        block.reserve(live_terms.size());
+        for (std::size_t t : live_terms) {
+          block.push_back(
+              backend_.encode(term_slots(m.terms[t], full), prep.level, prep.unit_scale));
         }
+        for (const Pt& pt : block) pts.push_back(&pt);
+        w.encoded += block.size();
+        w.encode_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         add_giant_block(cts, pts, static_cast<long>(giant), total, w.ops);
       }
       if (total && prep.bias[o]) {
@@ -626,22 +629,11 @@ class Executor {
     std::vector<long> giants;
     const auto flush = [&] {
       if (cts.empty()) return;
-      std::vector<Ct> sums = backend_.mul_plain_sums(cts, pts);
+      const std::vector<Ct> sums = backend_.mul_plain_sums(cts, pts);
       for (std::size_t b = 0; b < sums.size(); ++b) {
-        ops.mul_plain += cts[b].size();
+        ops.mul_plain += cts[b].size();  // as sum_of_products counts them
         ops.add += cts[b].size() - 1;
-        Ct block = backend_.rescale(sums[b]);
-        ++ops.rescale;
-        if (giants[b] != 0) {
-          block = backend_.rotate(block, giants[b]);
-          ++ops.rotate;
-        }
-        if (total) {
-          backend_.add_inplace(*total, block);
-          ++ops.add;
-        } else {
-          total = std::move(block);
-        }
+        add_block_sum(sums[b], giants[b], total, ops);
       }
       cts.clear();
       pts.clear();
