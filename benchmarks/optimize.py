@@ -266,8 +266,9 @@ def versus_hand_picked(bundle_dir: Path, data_dir: str | None, repeats: int) -> 
         "speedup_iqr": [q[0], q[2]],
         "hand_picked": {
             "tile_sparsity": pm.tile_sparsity,
-            "degradation_test": pm.degradation,
-            "selection": "pipeline.pruned_model (fraction chosen on test)",
+            "degradation_val": pm.val_degradation,
+            "degradation_test": pm.test_degradation,
+            "selection": "pipeline.pruned_model (fraction chosen on validation)",
         },
     }
 

@@ -149,20 +149,6 @@ def quality(task: str, y: np.ndarray, plain: np.ndarray, target: np.ndarray) -> 
 
 
 # --------------------------------------------------------------------------- our runtime
-def pruned_fraction(pm: PrunedModel, model: str, tile: int) -> float | None:
-    """The pruning fraction the cached model was selected at (from the .npz metadata)."""
-    from fheprune.models import build_model
-    from fheprune.pruning import load_pruned_model
-
-    label = pm.scheme.replace(" ", "_").replace("/", "-")
-    path = Path(pm.experiment.config.out_dir) / f"{model}-{label}-{tile}x{tile}.npz"
-    if not path.exists():
-        return None
-    meta = load_pruned_model(path, lambda name, **kw: build_model(name, "mnist", **kw)).metadata
-    value = meta.config.get("fraction")
-    return None if value is None else float(value)
-
-
 def run_key(run: dict[str, Any]) -> str:
     tile = run.get("tile")
     tile_s = "-" if tile is None else f"{tile[0]}x{tile[1]}"
@@ -180,7 +166,6 @@ def _ours_runs(
 ) -> list[dict[str, Any]]:
     """Dense and pruned encrypted runs at one tile shape (repeats interleaved; median kept)."""
     task = pm.experiment.task(model)
-    fraction = pruned_fraction(pm, model, tile)
     load_1m = os.getloadavg()[0]
     start = time.perf_counter()
     compiled = compile_variants(pm, tile)
@@ -274,18 +259,23 @@ def _ours_runs(
             "loadavg_1m_before": load_1m,
             "pruning": {
                 "scheme": pm.scheme,
-                "fraction": fraction,
+                "fraction": pm.fraction,
+                "selection": "validation",
                 # What this run asked for; a cached .npz keeps the choice it was made with.
                 "fractions_requested": list(args.fractions_requested),
                 "tile_sparsity": pm.tile_sparsity,
                 "weight_sparsity": pm.weight_sparsity,
-                "baseline_metric": pm.baseline_metric,
-                "pruned_metric": pm.metric,
-                "degradation": pm.degradation,
+                "val_baseline_metric": pm.val_baseline_metric,
+                "val_pruned_metric": pm.val_metric,
+                "val_degradation": pm.val_degradation,
+                "baseline_metric": pm.test_baseline_metric,
+                "pruned_metric": pm.test_metric,
+                "degradation": pm.test_degradation,
             },
         }
         row["tile_sparsity"] = pm.tile_sparsity
-        row["degradation"] = pm.degradation
+        row["val_degradation"] = pm.val_degradation
+        row["degradation"] = pm.test_degradation
         out.append(row)
     return out
 
@@ -881,13 +871,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 save("partial")
                 continue
             LOG.info(
-                "%s %dx%d: %s tile sparsity %.1f%%, degradation %+.4f (%.1f s)",
+                "%s %dx%d: %s tile sparsity %.1f%%, degradation %+.4f validation (chose), "
+                "%+.4f test (%.1f s)",
                 model,
                 tile,
                 tile,
                 pm.scheme,
                 100 * pm.tile_sparsity,
-                pm.degradation,
+                pm.val_degradation,
+                pm.test_degradation,
                 time.perf_counter() - start,
             )
             if model == "mlp" and mlp_pm is None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -31,7 +33,9 @@ def _mnist_available() -> bool:
 needs_mnist = pytest.mark.skipif(not _mnist_available(), reason="MNIST data directory not found")
 
 
-def _row(config: str, scheme: str, tiles: float, degradation: float) -> dict[str, object]:
+def _row(
+    config: str, scheme: str, tiles: float, degradation: float, test: float = 0.0
+) -> dict[str, object]:
     return {
         "model": "mlp",
         "scheme": scheme,
@@ -40,9 +44,12 @@ def _row(config: str, scheme: str, tiles: float, degradation: float) -> dict[str
         "fraction": 0.9,
         "tile_sparsity": tiles,
         "weight_sparsity": 0.9,
-        "metric": 0.9,
-        "baseline_metric": 0.92,
-        "degradation": degradation,
+        "val_metric": 0.9,
+        "val_baseline_metric": 0.92,
+        "val_degradation": degradation,
+        "test_metric": 0.9,
+        "test_baseline_metric": 0.92,
+        "test_degradation": test,
         "task": "classification",
     }
 
@@ -59,6 +66,98 @@ def test_best_within_budget_picks_sparsest_point_inside_the_budget() -> None:
     summary = summarize(best)["mlp@16x16"]
     assert summary["best_hepex"]["tile_sparsity"] == 0.70
     assert summary["hepex_over_p2t"] == pytest.approx(0.70 / 0.40)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["P4E a", "P2T b", "P3 c"]),
+            st.floats(0, 1),
+            st.floats(-0.05, 0.1),
+            st.floats(-0.05, 0.1),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.floats(-0.05, 0.1),
+)
+def test_selection_ignores_test_fields(
+    points: list[tuple[str, float, float, float]], replacement: float
+) -> None:
+    """The chosen points depend on validation only: rewriting every test field changes none."""
+    rows = [_row(c, c.split()[0], t, v, test) for c, t, v, test in points]
+    rewritten = [{**r, "test_degradation": replacement, "test_metric": replacement} for r in rows]
+    chosen = [(r["config"], r["tile_sparsity"]) for r in best_within_budget(rows, 0.025)]
+    again = [(r["config"], r["tile_sparsity"]) for r in best_within_budget(rewritten, 0.025)]
+    assert chosen == again
+    assert all(r["val_degradation"] <= 0.025 for r in best_within_budget(rows, 0.025))
+
+
+@needs_mnist
+def test_choosing_the_fraction_never_reads_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fheprune.experiments import hepex
+
+    config = SweepConfig(
+        models=["mlp"],
+        tiles=[16],
+        train_epochs=1,
+        retrain_epochs=1,
+        limit=1000,
+        test_limit=200,
+        budget=1.0,
+        out_dir=tmp_path,
+    )
+    experiment = hepex.Experiment(config)
+    honest = hepex._split_loader
+
+    def guarded(loaders: object, split: str) -> object:
+        if split == "test":
+            raise AssertionError("selection read the test split")
+        return honest(loaders, split)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hepex, "_split_loader", guarded)
+    spec = SchemeSpec("P4E", "global")
+    chosen = hepex.choose_within_budget(experiment, "mlp", spec, 16, [0.5, 0.9])
+    assert chosen is not None
+    row = chosen[2]
+    assert row["fraction"] == 0.9 and not any(k.startswith("test") for k in row)
+    # Reporting is the one step that reads test, after the choice.
+    with pytest.raises(AssertionError, match="selection read the test split"):
+        hepex.prune_within_budget(experiment, "mlp", spec, 16, [0.9])
+    monkeypatch.setattr(hepex, "_split_loader", honest)
+    _, _, reported = hepex.prune_within_budget(experiment, "mlp", spec, 16, [0.9])
+    assert {"val_degradation", "test_degradation"} <= set(reported)
+
+
+def test_only_the_reporting_helpers_touch_the_test_split() -> None:
+    """Statically: in the experiment module, ``.test`` is read in ``_split_loader`` alone, and
+    only ``test_fields`` and ``baseline_metric`` ask it for the test split (so the runtime
+    guard above sees every path to the test data)."""
+    import ast
+    import inspect
+
+    from fheprune.experiments import hepex
+
+    tree = ast.parse(inspect.getsource(hepex))
+    readers: set[str] = set()
+    test_split_callers: set[str] = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Attribute) and node.attr == "test":
+                readers.add(fn.name)
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "_split_loader"
+                and any(isinstance(a, ast.Constant) and a.value == "test" for a in node.args)
+            ):
+                test_split_callers.add(fn.name)
+    assert readers == {"_split_loader"}
+    assert test_split_callers == {"test_fields"}
 
 
 @needs_mnist
@@ -82,7 +181,9 @@ def test_sweep_writes_reports_and_resumes(tmp_path: Path) -> None:
     assert data["seed"] == 0 and "machine" in data and data["config"]["tiles"] == [16]
     for row in data["all_points"]:
         assert 0.0 <= row["tile_sparsity"] <= 1.0
-        assert row["baseline_metric"] == data["all_points"][0]["baseline_metric"]
+        first = data["all_points"][0]
+        assert row["val_baseline_metric"] == first["val_baseline_metric"]
+        assert row["test_baseline_metric"] == first["test_baseline_metric"]
         # P2T prunes whole tiles: at fraction f (local) at least ~f of the tiles are zero.
         if row["scheme"] == "P2T":
             assert row["tile_sparsity"] >= row["fraction"] - 0.05
@@ -90,7 +191,10 @@ def test_sweep_writes_reports_and_resumes(tmp_path: Path) -> None:
     for row in data["all_points"]:
         if row["scheme"] in ("P3E", "P4E"):
             assert row["tile_sparsity"] >= row["tile_sparsity_after_first_prune"]
-    assert "HE-PEx tile sparsity" in (tmp_path / "hepex_sparsity.md").read_text()
+    assert data["selection"] == "validation" and data["points_tried"] == 9
+    assert data["configs_tried"] == 4
+    md = (tmp_path / "hepex_sparsity.md").read_text()
+    assert "HE-PEx tile sparsity" in md and "4 / 9" in md and "test degradation" in md
     # A second run finds every point done and recomputes nothing.
     again = run_sweep(config)
     assert len(read_points(tmp_path / "points.jsonl")) == 9

@@ -365,7 +365,9 @@ def _run_prune(args: argparse.Namespace) -> int:
         return EXIT_DATA
     if best is None:
         LOG.error(
-            "no pruning fraction in %s stays within %.2f%% degradation", args.fractions, args.budget
+            "no pruning fraction in %s stays within %.2f%% degradation on the validation split",
+            args.fractions,
+            args.budget,
         )
         return 1
     save_budget_point(args.out, args.model, spec, tile, config, best)
@@ -373,9 +375,11 @@ def _run_prune(args: argparse.Namespace) -> int:
     print(
         f"{args.model} {spec.label} {tile.t1}x{tile.t2}: fraction {row['fraction']:.2f}, "
         f"tile sparsity {100 * row['tile_sparsity']:.1f}%, weight sparsity "
-        f"{100 * row['weight_sparsity']:.1f}%, metric {row['metric']:.4f} "
-        f"(baseline {row['baseline_metric']:.4f}, degradation {row['degradation']:+.4f}) "
-        f"-> {args.out}"
+        f"{100 * row['weight_sparsity']:.1f}%; validation {row['val_metric']:.4f} "
+        f"(baseline {row['val_baseline_metric']:.4f}, degradation "
+        f"{row['val_degradation']:+.4f}, chose the fraction); test {row['test_metric']:.4f} "
+        f"(baseline {row['test_baseline_metric']:.4f}, degradation "
+        f"{row['test_degradation']:+.4f}) -> {args.out}"
     )
     return 0
 

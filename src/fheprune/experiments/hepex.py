@@ -2,9 +2,12 @@
 
 For each model a baseline is trained once (cached), then each (scheme, fraction, tile) point
 starts from a copy of it, runs the scheme (prune / permute / expand / pack / retrain) and is
-evaluated on the test set. The best point per (model, scheme, tile) is the one with the
-highest tile sparsity whose degradation stays within the budget (2.5%: accuracy points for
-classifiers, relative loss increase for autoencoders), as in HE-PEx Fig. 9.
+evaluated on the validation split (held out of the training images) and on the test set.
+The best point per (model, scheme, tile) is the one with the highest tile sparsity whose
+*validation* degradation stays within the budget (2.5%: accuracy points for classifiers,
+relative loss increase for autoencoders), as in HE-PEx Fig. 9; its test degradation is only
+reported beside it. Nothing that selects (``best_within_budget``, ``prune_within_budget``)
+reads a test field or the test loader.
 
 Points are appended to ``points.jsonl`` as they finish, so an interrupted sweep resumes where
 it stopped; the summary is rewritten atomically at the end.
@@ -22,11 +25,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from fheprune.errors import InputError
 from fheprune.layouts import TileShape
 from fheprune.models import build_model
 from fheprune.pruning import PruneConfig, build_scheme, run_scheme
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 #: average gain over P2T (Hunter adapted).
 PAPER_TILE_SPARSITY = {"mlp": 0.95, "cnn": 0.61, "ae-compressor": 0.41, "ae-denoiser": 0.47}
 PAPER_GAIN_OVER_P2T = 1.70
+
+#: The two evaluation splits: "val" (held out of the training images) chooses, "test" reports.
+Split = Literal["val", "test"]
 
 #: Training batches whose inputs calibrate the activation-aware criterion ("act").
 CALIBRATION_BATCHES = 16
@@ -179,7 +186,8 @@ class Experiment:
         self.config = config
         self.permute_fn = permute_fn if permute_fn is not None else default_permute_fn()
         self._loaders: dict[str, Loaders] = {}
-        self._baselines: dict[str, tuple[nn.Module, float]] = {}
+        self._baselines: dict[str, nn.Module] = {}
+        self._baseline_metrics: dict[tuple[str, Split], float] = {}
 
     def train_config(self, model_name: str) -> TrainConfig:
         cfg = default_config(model_name, self.config.dataset).replace(seed=self.config.seed)
@@ -202,8 +210,8 @@ class Experiment:
     def task(self, model_name: str) -> str:
         return str(self.loaders(model_name).spec.task)
 
-    def baseline(self, model_name: str) -> tuple[nn.Module, float]:
-        """The trained, unpruned model and its test metric (cached on disk)."""
+    def baseline(self, model_name: str) -> nn.Module:
+        """The trained, unpruned model (cached on disk)."""
         if model_name in self._baselines:
             return self._baselines[model_name]
         cfg = self.train_config(model_name)
@@ -224,23 +232,37 @@ class Experiment:
                 progress=True,
             )
             save_model(model, path, metadata={"config": cfg.to_dict()})
-        assert loaders.test is not None
-        metric = evaluate(model, loaders.test, loaders.spec.task)
-        log.info("%s: baseline test metric %.4f", model_name, metric)
-        self._baselines[model_name] = (model, metric)
-        return model, metric
+        self._baselines[model_name] = model
+        return model
+
+    def baseline_metric(self, model_name: str, split: Split) -> float:
+        """The baseline's metric on the validation split or the test set (cached)."""
+        key = (model_name, split)
+        if key not in self._baseline_metrics:
+            loader = _split_loader(self.loaders(model_name), split)
+            task = self.loaders(model_name).spec.task
+            metric = evaluate(self.baseline(model_name), loader, task)
+            log.info("%s: baseline %s metric %.4f", model_name, split, metric)
+            self._baseline_metrics[key] = metric
+        return self._baseline_metrics[key]
 
     def run_point(
         self, model_name: str, spec: SchemeSpec, tile: int, fraction: float
     ) -> dict[str, Any]:
-        """One sweep point: copy the baseline, run the scheme, evaluate; a JSON row."""
-        return self.prune_point(model_name, spec, tile, fraction)[2]
+        """One sweep point: copy the baseline, run the scheme, evaluate (validation and test)."""
+        model, _, row, permuted = self.prune_point(model_name, spec, tile, fraction)
+        return {**row, **self.test_fields(model_name, model, permuted)}
 
     def prune_point(
         self, model_name: str, spec: SchemeSpec, tile: int, fraction: float
-    ) -> tuple[nn.Module, SchemeResult, dict[str, Any]]:
-        """Copy the baseline, run the scheme at this fraction, evaluate it."""
-        base_model, base_metric = self.baseline(model_name)
+    ) -> tuple[nn.Module, SchemeResult, dict[str, Any], Loaders]:
+        """Copy the baseline, run the scheme at this fraction, evaluate it on validation.
+
+        Returns the pruned model, the scheme's result, its row (``val_*`` fields only) and
+        the loaders as the pruned model sees the data (permuted when the scheme permuted).
+        """
+        base_model = self.baseline(model_name)
+        base_metric = self.baseline_metric(model_name, "val")
         loaders = self.loaders(model_name)
         task = loaders.spec.task
         started = time.perf_counter()
@@ -254,9 +276,7 @@ class Experiment:
             seed=self.config.seed,
             permute_fn=self.permute_fn,
         )
-        test_loader = permuted.test
-        assert test_loader is not None
-        metric = evaluate(model, test_loader, task)
+        metric = evaluate(model, _split_loader(permuted, "val"), task)
         row = {
             "model": model_name,
             "scheme": spec.scheme,
@@ -266,13 +286,37 @@ class Experiment:
             "tile_sparsity": result.tile_stats.sparsity,
             "tile_sparsity_after_first_prune": _first_prune_tiles(result),
             "weight_sparsity": result.weight_sparsity.sparsity,
-            "metric": metric,
-            "baseline_metric": base_metric,
-            "degradation": degradation(base_metric, metric, task),
+            "val_metric": metric,
+            "val_baseline_metric": base_metric,
+            "val_degradation": degradation(base_metric, metric, task),
             "task": task,
             "seconds": time.perf_counter() - started,
         }
-        return model, result, row
+        return model, result, row, permuted
+
+    def test_fields(self, model_name: str, model: nn.Module, permuted: Loaders) -> dict[str, float]:
+        """The reported test metrics of a pruned model (never used to choose anything)."""
+        base = self.baseline_metric(model_name, "test")
+        task = permuted.spec.task
+        metric = evaluate(model, _split_loader(permuted, "test"), task)
+        return {
+            "test_metric": metric,
+            "test_baseline_metric": base,
+            "test_degradation": degradation(base, metric, task),
+        }
+
+
+def _split_loader(loaders: Loaders, split: Split) -> Any:
+    loader = loaders.val if split == "val" else loaders.test
+    if loader is None:
+        what = "a validation split (val_fraction > 0)" if split == "val" else "a test split"
+        raise InputError(f"the HE-PEx experiment needs {what}; the loaders have none")
+    return loader
+
+
+#: A point chosen on validation: the pruned model, the scheme's result, its row (validation
+#: and test fields) and the loaders the pruned model reads.
+BudgetPoint = tuple[nn.Module, SchemeResult, dict[str, Any]]
 
 
 def run_hepex_scheme(
@@ -348,30 +392,31 @@ def run_hepex_scheme(
     return model, result, current["loaders"]
 
 
-def prune_within_budget(
+def choose_within_budget(
     experiment: Experiment,
     model_name: str,
     spec: SchemeSpec,
     tile: int,
     fractions: Sequence[float],
-) -> tuple[nn.Module, SchemeResult, dict[str, Any]] | None:
-    """The highest-tile-sparsity point within the budget over ``fractions`` (None if none is).
+) -> tuple[nn.Module, SchemeResult, dict[str, Any], Loaders] | None:
+    """The highest-tile-sparsity point whose *validation* degradation is within the budget.
 
+    Reads the validation split only (a test asserts it never touches the test loader).
     Fractions are tried in increasing order and the search stops after two consecutive points
     over budget: degradation grows with the fraction, so later ones will not qualify either.
     """
-    best: tuple[nn.Module, SchemeResult, dict[str, Any]] | None = None
+    best: tuple[nn.Module, SchemeResult, dict[str, Any], Loaders] | None = None
     misses = 0
     for fraction in sorted(fractions):
         point = experiment.prune_point(model_name, spec, tile, fraction)
         row = point[2]
         log.info(
-            "fraction %.3f: tile sparsity %.1f%%, degradation %+.4f",
+            "fraction %.3f: tile sparsity %.1f%%, validation degradation %+.4f",
             fraction,
             100 * row["tile_sparsity"],
-            row["degradation"],
+            row["val_degradation"],
         )
-        if row["degradation"] <= experiment.config.budget:
+        if row["val_degradation"] <= experiment.config.budget:
             misses = 0
             if best is None or row["tile_sparsity"] > best[2]["tile_sparsity"]:
                 best = point
@@ -382,13 +427,35 @@ def prune_within_budget(
     return best
 
 
+def prune_within_budget(
+    experiment: Experiment,
+    model_name: str,
+    spec: SchemeSpec,
+    tile: int,
+    fractions: Sequence[float],
+) -> BudgetPoint | None:
+    """:func:`choose_within_budget`, then the chosen point's test metrics, measured once."""
+    chosen = choose_within_budget(experiment, model_name, spec, tile, fractions)
+    if chosen is None:
+        return None
+    model, result, row, permuted = chosen
+    test = experiment.test_fields(model_name, model, permuted)
+    log.info(
+        "chosen fraction %.3f: validation degradation %+.4f, test degradation %+.4f",
+        row["fraction"],
+        row["val_degradation"],
+        test["test_degradation"],
+    )
+    return model, result, {**row, **test}
+
+
 def save_budget_point(
     path: str | os.PathLike[str],
     model_name: str,
     spec: SchemeSpec,
     tile: TileShape,
     config: SweepConfig,
-    best: tuple[nn.Module, SchemeResult, dict[str, Any]],
+    best: BudgetPoint,
 ) -> dict[str, Any] | None:
     """Save a :func:`prune_within_budget` point (weights, masks, client-side permutations).
 
@@ -409,19 +476,23 @@ def save_budget_point(
         tile_shape=tile,
         scheme=spec.label,
         config={"fraction": row["fraction"], **config.to_dict()},
-        metrics={
-            k: float(row[k])
-            for k in (
-                "metric",
-                "baseline_metric",
-                "degradation",
-                "tile_sparsity",
-                "weight_sparsity",
-            )
-        },
+        metrics={k: float(row[k]) for k in POINT_METRICS},
         permutations=arrays,
     )
     return arrays
+
+
+#: The numbers a saved budget point keeps (validation chose it; test is reported).
+POINT_METRICS = (
+    "val_metric",
+    "val_baseline_metric",
+    "val_degradation",
+    "test_metric",
+    "test_baseline_metric",
+    "test_degradation",
+    "tile_sparsity",
+    "weight_sparsity",
+)
 
 
 def _first_prune_tiles(result: SchemeResult) -> float | None:
@@ -437,14 +508,27 @@ def read_points(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
+    stale = 0
     with path.open(encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line:
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
                     log.warning("skipping a torn line in %s (an interrupted write)", path)
+                    continue
+                if "val_degradation" not in row:
+                    stale += 1
+                    continue
+                rows.append(row)
+    if stale:
+        log.warning(
+            "%s: %d points from before validation selection (no val_degradation) are ignored "
+            "and will be rerun",
+            path,
+            stale,
+        )
     return rows
 
 
@@ -490,29 +574,35 @@ def sweep(
             f.flush()
             os.fsync(f.fileno())
         log.info(
-            "%s %s %dx%d f=%.2f: tiles %.1f%%, metric %.4f (degradation %+.4f)",
+            "%s %s %dx%d f=%.2f: tiles %.1f%%, validation %.4f (degradation %+.4f)",
             model_name,
             spec.label,
             tile,
             tile,
             fraction,
             100 * row["tile_sparsity"],
-            row["metric"],
-            row["degradation"],
+            row["val_metric"],
+            row["val_degradation"],
         )
     return rows
 
 
 def best_within_budget(rows: Sequence[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
-    """Per (model, config, tile): the row with the highest tile sparsity within the budget."""
+    """Per (model, config, tile): the row with the highest tile sparsity within the budget.
+
+    The budget is checked on the validation degradation; test fields are never read.
+    """
     best: dict[tuple[str, str, int], dict[str, Any]] = {}
     for row in rows:
-        if row["degradation"] > budget:
+        if row["val_degradation"] > budget:
             continue
         key = (row["model"], row["config"], row["tile"][0])
         if key not in best or row["tile_sparsity"] > best[key]["tile_sparsity"]:
             best[key] = row
     return sorted(best.values(), key=lambda r: (r["model"], r["tile"][0], r["config"]))
+
+
+_SUMMARY_FIELDS = ("config", "tile_sparsity", "val_degradation", "test_degradation")
 
 
 def summarize(best: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -530,9 +620,8 @@ def summarize(best: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if top and top_p2t and top_p2t["tile_sparsity"] > 0:
             ratio = top["tile_sparsity"] / top_p2t["tile_sparsity"]
         out[f"{model}@{tile}x{tile}"] = {
-            "best_hepex": top and {k: top[k] for k in ("config", "tile_sparsity", "degradation")},
-            "best_p2t": top_p2t
-            and {k: top_p2t[k] for k in ("config", "tile_sparsity", "degradation")},
+            "best_hepex": top and {k: top[k] for k in _SUMMARY_FIELDS},
+            "best_p2t": top_p2t and {k: top_p2t[k] for k in _SUMMARY_FIELDS},
             "hepex_over_p2t": ratio,
             "paper_tile_sparsity": PAPER_TILE_SPARSITY.get(model),
         }
@@ -543,26 +632,52 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def markdown_table(best: Sequence[dict[str, Any]], summary: dict[str, Any], budget: float) -> str:
+def _deg(row: Mapping[str, Any], split: Split) -> str:
+    return f"{row[f'{split}_degradation']:+.4f}" if row else "-"
+
+
+def markdown_table(
+    best: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    budget: float,
+    rows: Sequence[dict[str, Any]] = (),
+) -> str:
+    """The report: best HE-PEx scheme vs best P2T per (model, tile), then every best point.
+
+    Points are chosen on validation; test degradation is shown beside it, never used. The
+    number of configurations and points tried per (model, tile) says how much was searched.
+    """
+    tried: dict[str, tuple[set[str], int]] = {}
+    for r in rows:
+        configs, count = tried.get(f"{r['model']}@{r['tile'][0]}x{r['tile'][0]}", (set(), 0))
+        configs.add(r["config"])
+        tried[f"{r['model']}@{r['tile'][0]}x{r['tile'][0]}"] = (configs, count + 1)
     lines = [
         f"# HE-PEx tile sparsity within {100 * budget:.1f}% degradation",
         "",
-        "| model | tile | best HE-PEx scheme | tile sparsity | degradation "
-        "| best P2T | P2T tile sparsity | HE-PEx / P2T | paper (HE-PEx) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Each point is chosen by its degradation on the validation split (held out of the "
+        "training images); the test degradation is reported beside it and chose nothing.",
+        "",
+        "| model | tile | tried (configs / points) | best HE-PEx scheme | tile sparsity "
+        "| val degradation | test degradation | best P2T | P2T tile sparsity "
+        "| HE-PEx / P2T | paper (HE-PEx) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in summary.items():
         model, tile = key.split("@")
         h, p = s["best_hepex"] or {}, s["best_p2t"] or {}
         ratio = s["hepex_over_p2t"]
+        configs, count = tried.get(key, (set(), 0))
         lines.append(
             " | ".join(
                 [
                     f"| {model}",
                     tile,
+                    f"{len(configs)} / {count}" if count else "-",
                     h.get("config", "-"),
                     _pct(h.get("tile_sparsity")),
-                    f"{h['degradation']:+.4f}" if h else "-",
+                    _deg(h, "val"),
+                    _deg(h, "test"),
                     p.get("config", "-"),
                     _pct(p.get("tile_sparsity")),
                     f"{ratio:.2f}x" if ratio else "-",
@@ -581,13 +696,17 @@ def markdown_table(best: Sequence[dict[str, Any]], summary: dict[str, Any], budg
             f"Average best-HE-PEx / best-P2T tile sparsity at {tile} ({len(ratios)} models): "
             f"{sum(ratios) / len(ratios):.2f}x (paper: +70%, i.e. {PAPER_GAIN_OVER_P2T:.2f}x)."
         )
-    lines += ["", "Best point within budget per scheme configuration:", ""]
-    lines += ["| model | tile | scheme | fraction | tile sparsity | weight sparsity | metric |"]
-    lines += ["|---|---|---|---|---|---|---|"]
+    lines += ["", "Best point within budget (on validation) per scheme configuration:", ""]
+    lines += [
+        "| model | tile | scheme | fraction | tile sparsity | weight sparsity "
+        "| val metric | test metric | test degradation |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
     for r in best:
         lines.append(
             f"| {r['model']} | {r['tile'][0]} | {r['config']} | {r['fraction']:.2f} | "
-            f"{_pct(r['tile_sparsity'])} | {_pct(r['weight_sparsity'])} | {r['metric']:.4f} |"
+            f"{_pct(r['tile_sparsity'])} | {_pct(r['weight_sparsity'])} | "
+            f"{r['val_metric']:.4f} | {r['test_metric']:.4f} | {r['test_degradation']:+.4f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -598,7 +717,7 @@ def zero_fraction_histograms(
     """Per-tile zero fractions after the first prune, before and after the permutation."""
     if experiment.permute_fn is None:
         return {}
-    model = copy.deepcopy(experiment.baseline(model_name)[0])
+    model = copy.deepcopy(experiment.baseline(model_name))
     shape = TileShape(tile, tile)
     scheme = build_scheme("P3")
     captured: dict[str, list[float]] = {}
@@ -651,7 +770,7 @@ def plot(
             configs = sorted({r["config"] for r in rows if r["model"] == model})
             for index, config in enumerate(configs):
                 pts = sorted(
-                    (r["tile_sparsity"], r["metric"])
+                    (r["tile_sparsity"], r["val_metric"])
                     for r in rows
                     if r["model"] == model and r["tile"][0] == tile and r["config"] == config
                 )
@@ -669,7 +788,8 @@ def plot(
             ax.set_title(f"{model}, {tile}x{tile} tiles")
             ax.set_xlabel("tile sparsity (% zero tiles)")
             task = next(r["task"] for r in rows if r["model"] == model)
-            ax.set_ylabel("test accuracy" if task == "classification" else "test MSE")
+            # The curves the choice was made on: validation, not test.
+            ax.set_ylabel("validation accuracy" if task == "classification" else "validation MSE")
         axes[0][-1].legend(fontsize=6)
         fig.tight_layout()
         path = out_dir / f"metric_vs_tiles_{model}.png"
@@ -711,6 +831,9 @@ def write_report(
     summary = summarize(best)
     result = {
         "results": best,
+        "selection": "validation",
+        "points_tried": len(rows),
+        "configs_tried": len({(r["model"], r["config"]) for r in rows}),
         "all_points": list(rows),
         "summary": summary,
         "paper": {"tile_sparsity": PAPER_TILE_SPARSITY, "gain_over_p2t": PAPER_GAIN_OVER_P2T},
@@ -720,7 +843,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "hepex_sparsity.json", out_dir / "hepex_sparsity.md"]
     write_json_atomic(files[0], result, sort_keys=True)
-    write_text_atomic(files[1], markdown_table(best, summary, budget))
+    write_text_atomic(files[1], markdown_table(best, summary, budget, rows))
     return SweepReport(list(rows), best, summary, files)
 
 
