@@ -326,3 +326,41 @@ def test_prune_command_prunes_input_pixels_at_their_own_fraction(tmp_path: Path)
     assert int((~mask.any(dim=1)).sum()) == round(0.75 * 128)  # hidden neurons
     bad = [*common, "--input-fraction", "0.5", "--out", str(tmp_path / "x.npz")]
     assert main(bad) == 2  # input_fraction needs the neuron+input target
+
+
+@needs_mnist
+def test_the_same_seed_prunes_the_same_model(tmp_path: Path) -> None:
+    """Two runs from nothing (no caches) with one seed and one torch thread count give the
+    same baseline, the same chosen fraction and bit-identical pruned weights; the thread
+    count is part of the cache names, since another count trains another model."""
+    import hashlib
+
+    from fheprune.runtime.pipeline import pruned_model
+
+    def digest(model: torch.nn.Module) -> str:
+        h = hashlib.sha256()
+        for name, value in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(value.detach().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    runs = [
+        pruned_model(
+            "mlp",
+            tile=8,
+            target="neuron",
+            fractions=(0.5, 0.6),
+            budget=1.0,
+            retrain_epochs=1,
+            train_epochs=1,
+            limit=1500,
+            work_dir=tmp_path / name,
+        )
+        for name in ("a", "b")
+    ]
+    assert digest(runs[0].dense) == digest(runs[1].dense)
+    assert digest(runs[0].pruned) == digest(runs[1].pruned)
+    assert runs[0].fraction == runs[1].fraction == 0.6
+    assert runs[0].val_degradation == runs[1].val_degradation
+    threads = torch.get_num_threads()
+    assert any(p.name.endswith(f"-t{threads}.pt") for p in (tmp_path / "a" / "baselines").iterdir())

@@ -215,7 +215,12 @@ class Experiment:
         if model_name in self._baselines:
             return self._baselines[model_name]
         cfg = self.train_config(model_name)
-        tag = f"{self.config.dataset}-{model_name}-e{cfg.epochs}-s{cfg.seed}-l{self.config.limit}"
+        # Torch's thread count changes the order of float reductions, so the same seed trains
+        # a different model under another count: it is part of the cache name.
+        tag = (
+            f"{self.config.dataset}-{model_name}-e{cfg.epochs}-s{cfg.seed}-l{self.config.limit}"
+            f"-t{torch.get_num_threads()}"
+        )
         path = self.config.out_dir / "baselines" / f"{tag}.pt"
         loaders = self.loaders(model_name)
         if path.exists():

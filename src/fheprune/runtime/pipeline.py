@@ -116,8 +116,18 @@ def pruned_model(
     label = spec.label.replace(" ", "_").replace("/", "-")
     # Everything that changes the result is in the name, so a cache made under another
     # schedule, budget, fraction list or seed is never reused by mistake.
+    # Torch's thread count is in it too: reductions in another order train another model.
     settings = json.dumps(
-        ["val-select", train_epochs, retrain_epochs, limit, budget, list(fractions), seed],
+        [
+            "val-select",
+            train_epochs,
+            retrain_epochs,
+            limit,
+            budget,
+            list(fractions),
+            seed,
+            torch.get_num_threads(),
+        ],
         sort_keys=True,
     )
     digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
@@ -353,7 +363,7 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
         },
         "variants": {},
         "seed": cfg.seed,
-        "machine": machine_info(threads=cfg.threads),
+        "machine": machine_info(threads=cfg.threads, torch_threads=torch.get_num_threads()),
     }
     for i, (name, compiled, model, pin, pout) in enumerate(
         [
