@@ -3,9 +3,12 @@
 For N = 8192 and 16384, with the same modulus bit sizes on both sides, it times: encode, encrypt,
 add, multiply_plain, multiply+relinearize, rescale, rotate (one step), decrypt, decode, and 16
 rotations of one ciphertext (ours: one hoisted call; SEAL: 16 separate ``rotate_vector`` calls).
-Ours runs on 1 and on 2 threads; SEAL's evaluator is single-threaded. Measurements of the
-variants (ours 1 thread, SEAL, ours 2 threads) are interleaved round-robin, after a warm-up, and
-each reported figure is the median over ``--repeats`` samples of ``time.perf_counter``.
+Ours runs on 1 and on 2 threads, and on 1 thread with its AVX-512 IFMA kernels switched off
+(``ours_scalar``: the portable path, the fair row against a SEAL build without AVX-512 or
+Intel HEXL, which is what the TenSEAL wheel ships; ``builds`` in the JSON says what each
+side's library holds). SEAL's evaluator is single-threaded. Measurements of the variants are
+interleaved round-robin, after a warm-up, and each reported figure is the median over
+``--repeats`` samples of ``time.perf_counter``.
 
 It also cross-checks numerics: a random 64x64 matrix-vector product by the diagonal
 (Halevi-Shoup) method followed by a square, in both engines, against numpy.
@@ -23,9 +26,12 @@ import contextlib
 import dataclasses
 import gc
 import importlib
+import importlib.util
 import logging
 import math
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -121,6 +127,9 @@ class Backend(abc.ABC):
         if threads != 1:
             raise ValueError(f"{self.name} runs single-threaded only")
 
+    def enter(self) -> None:  # noqa: B027 - most backends have no process-wide state
+        """Put process-wide engine state the way this backend measures it (not timed)."""
+
     @property
     @abc.abstractmethod
     def slots(self) -> int: ...
@@ -194,10 +203,13 @@ class Backend(abc.ABC):
 
 
 class OursBackend(Backend):
-    """Adapter over ``fheprune.ckks``; keep every engine API name in this class."""
+    """Adapter over ``fheprune.ckks``; keep every engine API name in this class.
 
-    name = "ours"
-    thread_counts = (1, 2)
+    ``vector=False`` measures the engine's portable scalar path (the AVX-512 IFMA kernels
+    switched off for the whole process while it runs, and its NTT tables built scalar): the
+    row to compare with a SEAL build that has neither AVX-512 nor Intel HEXL.
+    """
+
     ctx: Any
     relin_key: Any
     galois_keys: Any
@@ -206,10 +218,16 @@ class OursBackend(Backend):
     decryptor: Any
     evaluator: Any
 
-    def __init__(self, ckks: Any) -> None:
+    def __init__(self, ckks: Any, vector: bool = True) -> None:
         self._ck = ckks
         self._threads = 1
+        self.vector = vector
+        self.name = "ours" if vector else "ours_scalar"
+        self.thread_counts = (1, 2) if vector else (1,)
         self.close()
+
+    def enter(self) -> None:
+        self._ck.set_vector_kernels(self.vector)
 
     def setup(self, params: BenchParams) -> None:
         ck = self._ck
@@ -219,6 +237,7 @@ class OursBackend(Backend):
             special_bits=list(params.special_bits),
             scale_bits=params.scale_bits,
         )
+        self.enter()  # the NTT tables follow the switch at context creation
         self.ctx = ck.Context(parameters, threads=1)
         self._threads = 1
         keygen = ck.KeyGenerator(self.ctx)
@@ -364,6 +383,65 @@ def engine_version() -> str | None:
     return None if version is None else str(version)
 
 
+def _seal_library() -> Path | None:
+    spec = importlib.util.find_spec("_sealapi_cpp")
+    return None if spec is None or spec.origin is None else Path(spec.origin)
+
+
+def describe_builds(backends: Sequence[Backend]) -> dict[str, Any]:
+    """What each side's machine code can use, so a ratio says which builds it compares.
+
+    SEAL comes compiled inside the TenSEAL wheel; whether that build links Intel HEXL or
+    holds AVX-512 instructions is read from the library itself (``objdump``, when installed).
+    """
+    out: dict[str, Any] = {}
+    for b in backends:
+        if isinstance(b, OursBackend):
+            ck = b._ck
+            vector = b.vector and bool(ck.vector_kernels_available())
+            out[b.name] = {
+                "avx512_ifma_kernels": vector,
+                "summary": "ours, "
+                + (
+                    "AVX-512 IFMA kernels (NTT, key-switch inner products, products)"
+                    if vector
+                    else "portable scalar kernels only (AVX-512 switched off)"
+                ),
+            }
+    lib = _seal_library()
+    seal: dict[str, Any] = {"library": None if lib is None else lib.name}
+    try:
+        import tenseal
+
+        seal["tenseal"] = tenseal.__version__
+    except ImportError:
+        pass
+    if lib is not None:
+        data = lib.read_bytes()
+        seal["links_intel_hexl"] = b"hexl" in data.lower()
+        if shutil.which("objdump"):
+            dump = subprocess.run(
+                ["objdump", "-d", "--no-show-raw-insn", str(lib)],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            seal["avx512_instructions"] = dump.count("%zmm")
+            seal["avx2_instructions"] = dump.count("%ymm")
+    seal["summary"] = (
+        f"SEAL from the TenSEAL {seal.get('tenseal', '?')} wheel: "
+        f"Intel HEXL {'linked' if seal.get('links_intel_hexl') else 'not linked'}, "
+        + (
+            f"{seal['avx512_instructions']} AVX-512 (zmm) and {seal['avx2_instructions']} AVX2 "
+            "(ymm) instructions in its library"
+            if "avx512_instructions" in seal
+            else "instruction set not inspected (no objdump)"
+        )
+    )
+    out["seal"] = seal
+    return out
+
+
 # --------------------------------------------------------------------------- timing
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -373,6 +451,7 @@ class Variant:
     fn: Callable[[], object]
 
     def activate(self) -> None:
+        self.backend.enter()
         self.backend.set_threads(self.threads)
 
 
@@ -520,11 +599,15 @@ def run_size(
     rng = np.random.default_rng([seed, n])  # inputs depend on (seed, N) only, not on --sizes
     x1 = rng.uniform(-1.0, 1.0, params.slots)
     x2 = rng.uniform(-1.0, 1.0, params.slots)
-    inputs = {b.name: make_inputs(b, x1, x2) for b in backends}
+    inputs = {}
+    for b in backends:
+        b.enter()
+        inputs[b.name] = make_inputs(b, x1, x2)
 
     ok = True
     results["sanity"][str(n)] = {}
     for b in backends:
+        b.enter()
         errs = sanity_errors(b, inputs[b.name], x1, x2)
         worst = max(errs.values())
         results["sanity"][str(n)][b.name] = errs
@@ -542,11 +625,15 @@ def run_size(
         variants = variants_for(backends, inputs, make)
         medians, inner = measure(variants, repeats, min_sample_s)
         ours, seal = medians.get("ours_s"), medians.get("seal_s")
+        scalar = medians.get("ours_scalar_s")
         entry: dict[str, Any] = {
             "ours_s": ours,
             "seal_s": seal,
             "ratio": _ratio(ours, seal),
             "ours_2t_s": medians.get("ours_2t_s"),
+            "ours_scalar_s": scalar,
+            "scalar_ratio": _ratio(scalar, seal),
+            "simd_speedup": _ratio(scalar, ours),
             "inner": inner,
             "repeats": repeats,
         }
@@ -588,6 +675,7 @@ def run_crosscheck(backends: Sequence[Backend], seed: int, results: dict[str, An
     for b in backends:
         t0 = time.perf_counter()
         b.setup(params)
+        b.enter()
         got = b.matvec_square(w, x)
         b.close()
         max_err = float(np.max(np.abs(got[: want.size] - want)))
@@ -620,17 +708,22 @@ def _fmt_time(seconds: float | None) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    header = f"{'op':<16}{'N':>7}{'ours 1t':>14}{'ours 2t':>14}{'SEAL':>14}{'ours/SEAL':>11}"
+    header = (
+        f"{'op':<16}{'N':>7}{'ours 1t':>14}{'ours 2t':>14}{'ours scalar':>14}{'SEAL':>14}"
+        f"{'ours/SEAL':>11}{'scalar/SEAL':>13}"
+    )
     lines = [header, "-" * len(header)]
     rows: list[tuple[str, dict[str, Any]]] = list(results["ops"].items())
     rows += [(k, v) for k, v in results.items() if k.startswith(f"{HOISTED_KEY}@")]
     rows.sort(key=lambda kv: int(kv[0].rsplit("@", 1)[1]))  # stable: keeps op order within N
     for key, e in rows:
         op, n = key.rsplit("@", 1)
-        ratio = e.get("ratio")
+        ratio, scalar = e.get("ratio"), e.get("scalar_ratio")
         lines.append(
             f"{op:<16}{n:>7}{_fmt_time(e.get('ours_s')):>14}{_fmt_time(e.get('ours_2t_s')):>14}"
-            f"{_fmt_time(e.get('seal_s')):>14}{'-' if ratio is None else f'{ratio:.2f}x':>11}"
+            f"{_fmt_time(e.get('ours_scalar_s')):>14}{_fmt_time(e.get('seal_s')):>14}"
+            f"{'-' if ratio is None else f'{ratio:.2g}x':>11}"
+            f"{'-' if scalar is None else f'{scalar:.2g}x':>13}"
         )
     cc = results.get("crosscheck") or {}
 
@@ -647,6 +740,9 @@ def format_table(results: dict[str, Any]) -> str:
         "hoisted16 = 16 rotations (steps 1..16) of one ciphertext: "
         "ours one hoisted call, SEAL 16 rotate_vector calls"
     )
+    builds = results.get("builds") or {}
+    for name, info in builds.items():
+        lines.append(f"{name}: {info.get('summary', info)}")
     return "\n".join(lines)
 
 
@@ -663,6 +759,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="fewer/shorter samples (under a minute)")
     ap.add_argument("--only-seal", action="store_true", help="run only the SEAL side")
+    ap.add_argument(
+        "--no-scalar",
+        action="store_true",
+        help="skip the row of our engine with its AVX-512 kernels switched off",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write results as JSON (atomically)")
     ap.add_argument("--seed", type=int, default=0, help="numpy RNG seed for the inputs")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -697,6 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_NO_ENGINE
         backends.append(OursBackend(ckks))
+        if ckks.vector_kernels_available() and not args.no_scalar:
+            backends.append(OursBackend(ckks, vector=False))
     backends.append(SealBackend())
 
     min_sample_s = QUICK_MIN_SAMPLE_S if args.quick else MIN_SAMPLE_S
@@ -712,6 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "statistic": "median seconds per call",
         },
         "machine": machine_info(engine_version=engine_version()),
+        "builds": describe_builds(backends),
         "seed": args.seed,
         "ops": {},
         "sanity": {},

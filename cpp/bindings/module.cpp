@@ -123,6 +123,14 @@ NB_MODULE(_core, m) {
   m.def("max_modulus_bits_128", &max_modulus_bits_128, "poly_degree"_a);
   m.def("max_threads", &max_threads,
         "The most engine threads a context may have on this machine (ParameterError above).");
+  m.def("vector_kernels_available", &vector_kernels_available,
+        "Whether this CPU has the AVX-512 F/DQ/IFMA kernels the engine can use.");
+  m.def("vector_kernels_enabled", &vector_kernels_enabled,
+        "Whether the AVX-512 kernels run (available, and not switched off).");
+  m.def("set_vector_kernels", &set_vector_kernels, "enabled"_a,
+        "Switch the AVX-512 kernels on or off for the whole process (same results either way); "
+        "contexts made afterwards build their NTT tables for the chosen path. "
+        "FHEPRUNE_SIMD=0 in the environment starts with them off.");
 
   nb::class_<Context>(m, "Context")
       .def(

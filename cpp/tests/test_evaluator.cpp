@@ -58,6 +58,30 @@ TEST_F(EvaluatorTest, MultiplyPlainSumEqualsSumOfProducts) {
   EXPECT_THROW(f.evaluator.multiply_plain_sum(cp, pp), FheError);
 }
 
+// The process-wide switch to the scalar kernels changes the speed only: key switching
+// (relinearize, rotate) and sums of products give the same bits on both paths.
+TEST_F(EvaluatorTest, ScalarAndVectorKernelsGiveTheSameBits) {
+  const auto gk = f.keygen.create_galois_keys(std::vector<long>{3});
+  const auto ct = f.encrypt(x);
+  const auto pt = f.encoder.encode(y);
+  const std::vector<const Ciphertext*> cp{&ct, &ct};
+  const std::vector<const Plaintext*> pp{&pt, &pt};
+  auto run = [&] {
+    auto sq = f.evaluator.multiply_relin(ct, ct, f.rk);
+    return std::make_pair(f.evaluator.rotate(sq, 3, gk).data(),
+                          f.evaluator.multiply_plain_sum(cp, pp).data());
+  };
+  const bool was = vector_kernels_enabled();
+  const auto fast = run();
+  set_vector_kernels(false);
+  EXPECT_FALSE(vector_kernels_enabled());
+  const auto slow = run();
+  set_vector_kernels(was);
+  EXPECT_EQ(vector_kernels_enabled(), was);
+  EXPECT_EQ(fast.first, slow.first);
+  EXPECT_EQ(fast.second, slow.second);
+}
+
 // Many sums at once, sharing ciphertexts across sums (a layer's baby steps), give exactly the
 // sums made one by one; blocks at a lower level and bad blocks are handled like single sums.
 TEST_F(EvaluatorTest, MultiplyPlainSumsEqualsOneSumEach) {

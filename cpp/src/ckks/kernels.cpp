@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "fheprune/ckks/context.hpp"
 #include "simd.hpp"
 
 namespace fheprune::ckks::kernels {
@@ -187,7 +188,7 @@ FHEPRUNE_AVX512 void inner_product_ifma(
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
-  if (simd::avx512_available() && q.value() < (u64{1} << 50) && n % 8 == 0 && digits < (1u << 12)) {
+  if (vector_kernels_enabled() && q.value() < (u64{1} << 50) && n % 8 == 0 && digits < (1u << 12)) {
     inner_product_ifma(x, b, a, digits, n, q, r0, r1);
   } else {
     scalar::inner_product(x, b, a, digits, n, q, r0, r1);
@@ -196,7 +197,7 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
 
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate) {
-  if (simd::avx512_available() && n % 8 == 0) {
+  if (vector_kernels_enabled() && n % 8 == 0) {
     sub_scale_avx512(c, t, w, q, out, n, accumulate);
   } else {
     scalar::sub_scale(c, t, w, q, out, n, accumulate);

@@ -2,7 +2,10 @@
 
 #include <atomic>
 #include <bit>
+#include <cstdlib>
+#include <cstring>
 
+#include "fheprune/ckks/context.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "ckks/primes.hpp"
 
@@ -10,7 +13,12 @@ namespace fheprune::ckks {
 
 namespace {
 
-std::atomic<bool> g_vector_kernels{true};
+bool simd_from_environment() {
+  const char* value = std::getenv("FHEPRUNE_SIMD");
+  return value == nullptr || (std::strcmp(value, "0") != 0 && std::strcmp(value, "off") != 0);
+}
+
+std::atomic<bool> g_vector_kernels{simd_from_environment()};
 
 u64 shoup52(u64 w, u64 q) { return static_cast<u64>((static_cast<u128>(w) << 52) / q); }
 
@@ -57,7 +65,7 @@ NttTables::NttTables(std::size_t n, const Modulus& q) : n_(n), q_(q) {
 
   // Vector kernels: IFMA (52-bit lanes) when 4q < 2^52, otherwise 64-bit lanes; both need
   // n >= 64 so that the narrow layers' 8-wide twiddle loads stay inside the tables.
-  if (n >= 64 && g_vector_kernels.load() && avx512_ntt_available()) {
+  if (n >= 64 && vector_kernels_enabled()) {
     kernel_ = qv < kIfmaPrimeBound ? Kernel::kIfma52 : Kernel::kAvx512;
   }
   if (kernel_ == Kernel::kIfma52) {
@@ -100,7 +108,13 @@ void NttTables::forward_scalar(u64* a) const {
   }
 }
 
-void NttTables::enable_vector_kernels(bool enabled) { g_vector_kernels.store(enabled); }
+void NttTables::enable_vector_kernels(bool enabled) { set_vector_kernels(enabled); }
+
+bool vector_kernels_available() { return avx512_ntt_available(); }
+
+bool vector_kernels_enabled() { return g_vector_kernels.load(std::memory_order_relaxed) && avx512_ntt_available(); }
+
+void set_vector_kernels(bool enabled) { g_vector_kernels.store(enabled); }
 
 NttVectorView NttTables::vector_view() const {
   const bool ifma = kernel_ == Kernel::kIfma52;

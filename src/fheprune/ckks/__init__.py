@@ -52,6 +52,9 @@ from fheprune._core import (
     peek_kind,
     save,
     save_secret_key,
+    set_vector_kernels,
+    vector_kernels_available,
+    vector_kernels_enabled,
 )
 from fheprune.ckks.presets import preset
 
@@ -91,4 +94,7 @@ __all__ = [
     "preset",
     "save",
     "save_secret_key",
+    "set_vector_kernels",
+    "vector_kernels_available",
+    "vector_kernels_enabled",
 ]
