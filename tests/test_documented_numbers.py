@@ -1,0 +1,169 @@
+"""Numbers in README, docs and CHANGELOG against the committed benchmark results.
+
+The rule (docs/benchmarks.md): a measured number sits in a paragraph that names where it
+comes from, a results file (``benchmarks/results/NAME.json`` or ``.md``, a results folder) or
+the benchmark script that writes it (``benchmarks/NAME.py``, whose results are ``NAME.json``
+and ``NAME_quick.json``). Every number with a unit (s, ms, us, min, GB, GiB, MB, MiB, %, x)
+in such a paragraph must equal, at the precision it is printed with, some value in those
+files (scaled to its unit). A number there that is not a result of those files (a budget,
+a threshold, an earlier run kept for comparison) is listed in ``NOT_RESULTS`` with why.
+And a paragraph that says it reports measurements must name its source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# A number with a unit: "1.40 s", "0.78 s", "10.30x", "92.8%", "1.41 GB" (not "2^27", "v1.2").
+TOKEN = re.compile(
+    r"(?<![\w.^/-])(\d[\d,]*(?:\.\d+)?)(x\b| ?(?:s|ms|us|GB|GiB|MB|MiB|min|%)(?![\w]))"
+)
+SOURCE = re.compile(r"benchmarks/(?:results/)?([\w-]+)(?:\.(?:json|md|py))?\b")
+# Words that say a paragraph reports measurements.
+MEASURED = re.compile(r"\bMeasured\b|\bmeasured (with|on|at|in|here|the same)\b")
+# A value in the results, as the unit prints it.
+SCALES = {
+    "x": (1.0,),
+    "%": (100.0, 1.0),  # fractions print as percentages; some fields are percentages already
+    "s": (1.0,),
+    "ms": (1e3, 1.0),  # seconds, or fields already in milliseconds
+    "us": (1e6,),
+    "min": (1 / 60,),
+    "GB": (1e-9,),
+    "GiB": (2.0**-30,),
+    "MB": (1e-6,),
+    "MiB": (2.0**-20,),
+}
+
+#: Numbers with a unit in a results-citing paragraph that are not results of its files:
+#: (document, the number as printed, a few words right before it) -> why.
+NOT_RESULTS: dict[tuple[str, str, str], str] = {
+    ("README.md", "2.5%", "sparsity within"): "the budget",
+    ("CHANGELOG.md", "5.66 s", "had dense at"): "the earlier dilated quick run",
+    ("CHANGELOG.md", "4.35x", "at 1.30 s ("): "the earlier dilated quick run",
+    ("CHANGELOG.md", "24 GiB", "was killed at"): "the machine's memory, where Orion was killed",
+    ("CHANGELOG.md", "1.41 GB", "plaintexts in"): "ours, from conv_dense.json (same change)",
+    ("CHANGELOG.md", "20%", "measuring is within"): "the acceptance criterion",
+    ("CHANGELOG.md", "1.20x", "(was"): "the earlier run, kept for comparison",
+    ("CHANGELOG.md", "12 GiB", "plaintexts exceed"): "a threshold of the script",
+    ("rotation_aware.md", "584 s", "per row) took"): "the earlier run, kept for comparison",
+    ("rotation_aware.md", "11.4x", "measured the same models at"): "an earlier session's run",
+    ("rotation_aware.md", "7.1 GB", "from an empty cache with a"): "peak RSS by /usr/bin/time",
+    ("CHANGELOG.md", "10.6x", "one-round result,"): "the earlier one-round run, superseded",
+    ("runtime.md", "1.20x", "gained"): "an earlier run, kept for comparison",
+    ("rotation_aware.md", "13 GB", "per row: 7.0 minutes,"): "the earlier run, kept for comparison",
+}
+
+
+def _numbers(obj: object, out: list[float]) -> None:
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        if math.isfinite(obj):
+            out.append(float(obj))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _numbers(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _numbers(v, out)
+
+
+@cache
+def _values(name: str) -> tuple[float, ...]:
+    paths = [p for p in (RESULTS / f"{name}.json", RESULTS / f"{name}_quick.json") if p.exists()]
+    if (RESULTS / name).is_dir():
+        paths += sorted((RESULTS / name).glob("*.json"))
+    out: list[float] = []
+    for path in paths:
+        _numbers(json.loads(path.read_text(encoding="utf-8")), out)
+    return tuple(out)
+
+
+def _paragraphs(text: str) -> list[tuple[str, str]]:
+    """Paragraphs and list items (a CHANGELOG entry is one item), each with the heading of
+    its section: a source a heading names holds for the whole section."""
+    out = []
+    heading = ""
+    for para in re.split(r"\n\s*\n|\n(?=\s*- )", text):
+        if not para.strip():
+            continue
+        first = para.lstrip().splitlines()[0]
+        if first.startswith("#"):
+            heading = first
+        out.append((para, heading))
+    return out
+
+
+def printed_as(value: float, text: str, unit: str) -> bool:
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    target = float(text.replace(",", ""))
+    return any(round(value * scale, decimals) == target for scale in SCALES[unit])
+
+
+def _checked_tokens() -> list[tuple[str, str, str, list[str], bool]]:
+    out = []
+    for doc in DOCUMENTS:
+        for para, heading in _paragraphs(doc.read_text(encoding="utf-8")):
+            sources = sorted({m for m in SOURCE.findall(para + heading) if _values(m)})
+            if not sources:
+                continue
+            values = [v for s in sources for v in _values(s)]
+            for m in TOKEN.finditer(para):
+                number, unit = m.group(1), m.group(2).strip()
+                before = " ".join(para[: m.start()].split())
+                ok = any(printed_as(v, number, unit) for v in values)
+                out.append((doc.name, m.group(0).strip(), before, sources, ok))
+    return out
+
+
+def test_every_number_of_a_cited_result_matches_the_results() -> None:
+    wrong = []
+    exempt_used = set()
+    for doc, token, before, sources, ok in _checked_tokens():
+        key = next(
+            (k for k in NOT_RESULTS if k[0] == doc and k[1] == token and before.endswith(k[2])),
+            None,
+        )
+        if key is not None:
+            exempt_used.add(key)
+            continue
+        if not ok:
+            wrong.append(f"{doc}: {token!r} after '...{before[-50:]}' is in none of {sources}")
+    assert not wrong, "numbers that differ from the committed results:\n" + "\n".join(wrong)
+    # An exemption for a number the text no longer has would hide nothing: drop it.
+    assert set(NOT_RESULTS) == exempt_used, set(NOT_RESULTS) - exempt_used
+
+
+def test_paragraphs_that_report_measurements_name_their_source() -> None:
+    missing = []
+    for doc in DOCUMENTS:
+        for para, heading in _paragraphs(doc.read_text(encoding="utf-8")):
+            if MEASURED.search(para) and TOKEN.search(para):
+                if not SOURCE.search(para + heading):
+                    missing.append(f"{doc.name}: {' '.join(para.split())[:120]}")
+    assert not missing, "measured numbers without a results file or script:\n" + "\n".join(
+        missing
+    )
+
+
+def test_the_checker_catches_a_changed_number() -> None:
+    """The matcher is strict: the precision printed is the precision checked."""
+    assert printed_as(10.2956, "10.30", "x")
+    assert not printed_as(10.2956, "11.4", "x")
+    assert printed_as(0.9280, "92.8", "%")
+    assert printed_as(1.4e9, "1.40", "GB") and not printed_as(1.4e9, "1.41", "GB")
+    assert printed_as(0.0123, "12.3", "ms")
+    assert [m.group(0).strip() for m in TOKEN.finditer("1.40 s, 2^27 and 4.5x of 92.8%")] == [
+        "1.40 s",
+        "4.5x",
+        "92.8%",
+    ]
