@@ -95,4 +95,49 @@ def test_larger_networks_get_the_large_schedule() -> None:
     assert b.schedule_for("lenet", quick=False) is b.FULL
     assert b.schedule_for("vgg5-mnist", quick=False) is b.LARGE
     assert b.schedule_for("hefnet-mnist", quick=True) is b.QUICK
-    assert b.LARGE.images == 1 and b.LARGE.rounds == 1
+    assert b.LARGE.rounds == 1
+    # Conv rows are medians over 10 encrypted images (with their IQR), not one run.
+    assert b.FULL.images >= 10 and b.LARGE.images >= 10
+
+
+def test_matched_effort_gives_every_pruned_row_our_recovery_epochs() -> None:
+    b = bench()
+    s = b.FULL
+    extra = b.recovery_epochs(s)
+    assert extra == s.warmup_epochs + s.rounds * s.final_epochs
+    assert b.parse_args([]).matched_effort is True
+    assert b.parse_args(["--unmatched-effort"]).matched_effort is False
+    for method in ("sub-block", "group-4", "combined", "hunter", "artemis-diagonal"):
+        assert b.training_budget(method, s, True).endswith(f"+ {extra} distilled recovery")
+        assert "recovery" not in b.training_budget(method, s, False)
+    assert "dense" in b.NO_EXTRA_TRAINING and "combined-cost-aware" in b.NO_EXTRA_TRAINING
+    ours = b.training_budget("combined-cost-aware", s, True)
+    assert f"{s.rounds} x {s.final_epochs} distilled recovery" in ours
+
+
+def test_the_table_states_budget_spread_and_both_splits() -> None:
+    b = bench()
+    row = {
+        "model": "lenet",
+        "method": "hunter",
+        "groups": 1,
+        "rot_left": 0.9,
+        "other_left": 0.8,
+        "sparsity": 0.3,
+        "accuracy": 0.975,
+        "val_degradation": 0.004,
+        "test_degradation": 0.0059,
+        "within_budget_val": True,
+        "latency_s": 1.0,
+        "latency_runs_s": [0.9, 1.0, 1.2],
+        "latency_iqr_s": [0.95, 1.1],
+        "speedup": 1.1431,
+        "encode_s": 0.0,
+        "agreement": 1.0,
+        "training": "1 epoch(s) per step + 19 distilled recovery",
+    }
+    md = b.markdown(fresh(rows=[row]))
+    line = next(x for x in md.splitlines() if x.startswith("| lenet | hunter"))
+    assert "+0.40 / +0.59" in line and "1.000 [0.950-1.100]" in line and "| 1.1x |" in line
+    assert "19 distilled recovery" in line
+    assert "(over)" in b.markdown(fresh(rows=[{**row, "within_budget_val": False}]))
