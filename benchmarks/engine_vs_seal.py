@@ -634,6 +634,7 @@ def run_size(
             "ours_scalar_s": scalar,
             "scalar_ratio": _ratio(scalar, seal),
             "simd_speedup": _ratio(scalar, ours),
+            "threads_speedup": _ratio(ours, medians.get("ours_2t_s")),
             "inner": inner,
             "repeats": repeats,
         }
