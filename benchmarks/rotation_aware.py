@@ -153,10 +153,24 @@ LARGE = Schedule(
 LARGE_MODELS = ("hefnet-mnist", "vgg5-mnist")
 
 
+def recipe_for(s: Schedule) -> ca.CostAwareRecipe:
+    """Our cost-aware method's recipe under this schedule."""
+    return ca.CostAwareRecipe(
+        warmup_epochs=s.warmup_epochs,
+        rounds=s.rounds,
+        recovery_epochs=s.final_epochs,
+        recovery_lr=s.recovery_lr,
+        tune_lr=s.tune_lr,
+        per_iteration=s.per_iteration,
+        finetune_epochs=s.finetune_epochs,
+        max_iterations=s.max_iterations,
+    )
+
+
 def recovery_epochs(s: Schedule) -> int:
     """The distilled training our cost-aware method gets beyond its pruning steps (warm-up
     plus a recovery per round): with matched effort, every other pruned row gets as much."""
-    return s.warmup_epochs + s.rounds * s.final_epochs
+    return recipe_for(s).extra_epochs
 
 
 #: Rows that get no matched recovery: dense is the reference, and ours has it built in.
@@ -387,24 +401,8 @@ def method_table(
     table["combined"] = combined
 
     def cost_aware() -> ra.RotationAwareResult:
-        """Ours: the HE-group network at G_base (trained as its row), fine-tuned with
-        distillation from the dense model for ``warmup_epochs`` at ``recovery_lr``, then
-        ``rounds`` rounds of cost-aware sub-block pruning (damage per encrypted second,
-        ciphertext units included; every fine-tuning step distilled from the dense model
-        too), each spending the budget and ending with a ``final_epochs`` recovery at
-        ``recovery_lr`` (kept only if it helps), which frees budget for the next round. When
-        the warm-up leaves G_base over the budget (VGG-5: G = 8 costs a point), G is halved
-        until its warmed-up network is within it, or down to G = 2, which is pruned either
-        way."""
-        teacher = copy.deepcopy(dense).eval()
-        warm = dataclasses.replace(
-            train_harness,
-            distill=Distillation(teacher),
-            config=train_harness.config.replace(lr=s.recovery_lr),
-        )
-        tune = dataclasses.replace(
-            harness, distill=Distillation(teacher), config=harness.config.replace(lr=s.tune_lr)
-        )
+        """Ours (``fheprune.pruning.cost_aware.combined_cost_aware``) from G_base, with this
+        schedule's recipe; its pruned stages are cached per round."""
         if calibration is None:
             raise ValueError("the cost-aware method needs a calibration batch")
         stem = "combined-cost-aware-pruned" + cost_aware_variant(
@@ -421,50 +419,26 @@ def method_table(
             if stages is not None:
                 stages.save(stage(round_), pruned)
 
-        def base_model(g: int) -> nn.Module:
+        def group_model(g: int) -> nn.Module:
             base = (group_result(g) if group_result is not None else None) or group(g)
             return copy.deepcopy(base.model)
 
-        def warmed(g: int) -> nn.Module:
-            model = base_model(g)
-            warm.train(model, epochs=s.warmup_epochs)
-            if not ra.has_finite_weights(model):
-                LOG.warning("combined-cost-aware: the warm-up diverged; pruning the base as is")
-                model = base_model(g)
-            return model
-
-        cached = load_round(1)
-        if cached is not None:  # the pruned stage knows its G; no warm-up needed
-            g = cached.groups
-            model = base_model(g)
-        else:
-            g = g_base
-            model = warmed(g)
-            while g > 2 and baseline - harness.evaluate(model) > budget - margin:
-                LOG.info("combined-cost-aware: G = %d is over the budget after its warm-up", g)
-                g //= 2
-                model = warmed(g)
-        result = ca.prune_in_rounds(
-            model,
-            tune,
-            warm,
+        return ca.combined_cost_aware(
+            dense,
+            group_model,
+            harness,
+            train_harness,
             calibration,
-            rounds=s.rounds,
-            recovery_epochs=s.final_epochs,
+            g_start=g_base,
+            budget=budget,
+            baseline=baseline,
+            slots=slots,
+            recipe=recipe_for(s),
+            client_shifts=client_shifts,
+            margin=margin,
             load_round=load_round,
             save_round=save_round,
-            budget=budget - margin,
-            baseline=baseline,
-            per_iteration=s.per_iteration,
-            finetune_epochs=s.finetune_epochs,
-            coarse_epochs=s.warmup_epochs,
-            max_iterations=s.max_iterations,
-            slots=slots,
-            client_shifts=client_shifts,
-            method="combined-cost-aware",
         )
-        result.history.insert(0, {"base": f"group-{g}", "warmup_epochs": s.warmup_epochs})
-        return result
 
     table["combined-cost-aware"] = cost_aware
     table["hunter"] = lambda: ra.hunter_prune(

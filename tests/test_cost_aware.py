@@ -514,3 +514,55 @@ def test_rounds_spend_the_budget_a_recovery_frees() -> None:
     assert set(stalled) == {1, 2}
     with pytest.raises(ValueError, match="rounds"):
         prune_in_rounds(model, tune, recovery, batch(), rounds=0)
+
+
+def test_the_combined_recipe_halves_g_until_the_warm_model_fits_and_caches_rounds() -> None:
+    """``combined_cost_aware`` (our conv method, in the package): with a budget no warmed-up
+    model meets, G halves from its start down to 2 and that network is pruned anyway; a
+    cached first round skips the warm-up and keeps its G."""
+    from fheprune.data import Dataset
+    from fheprune.pruning.cost_aware import CostAwareRecipe, combined_cost_aware
+    from fheprune.pruning.rotation_aware import TrainerHarness
+    from fheprune.training import TrainConfig
+    from fheprune.training.data import make_loaders
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(96, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=96).astype(np.int64)
+    ds = Dataset(images=images, labels=labels, name="random", classes=10, split="train")
+    config = TrainConfig(epochs=1, lr=0.01, batch_size=32, val_fraction=0.25, scheduler="constant")
+    harness = TrainerHarness(make_loaders(ds, None, "lenet", config), config, progress=False)
+    asked: list[int] = []
+
+    def group_model(g: int) -> nn.Module:
+        asked.append(g)
+        return tiny(groups=g)
+
+    recipe = CostAwareRecipe(warmup_epochs=1, rounds=1, recovery_epochs=1, max_iterations=1)
+    assert recipe.extra_epochs == 2
+    saved: dict[int, RotationAwareResult] = {}
+    kwargs: dict[str, Any] = {
+        "g_start": 8,
+        "budget": 0.0,  # nothing fits (no accuracy reaches 2): G goes 8 -> 4 -> 2
+        "baseline": 2.0,
+        "slots": SLOTS,
+        "recipe": recipe,
+    }
+    result = combined_cost_aware(
+        tiny(),
+        group_model,
+        harness,
+        harness,
+        batch(),
+        save_round=lambda r, p: saved.__setitem__(r, p),
+        **kwargs,
+    )
+    assert asked == [8, 4, 2] and result.groups == 2
+    assert result.method == "combined-cost-aware"
+    assert result.history[0] == {"base": "group-2", "warmup_epochs": 1}
+    assert set(saved) == {1}
+    asked.clear()
+    again = combined_cost_aware(
+        tiny(), group_model, harness, harness, batch(), load_round=saved.get, **kwargs
+    )
+    assert asked == [2] and again.groups == 2  # from the cached stage: no warm-up search

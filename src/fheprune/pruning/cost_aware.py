@@ -51,6 +51,7 @@ from torch.nn import functional as F
 from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import layer_module
 from fheprune.layouts.channels import ChannelPacking, plan_layout
+from fheprune.training.trainer import Distillation
 
 from .base import Masks, apply_masks
 from .rotation_aware import (
@@ -58,6 +59,7 @@ from .rotation_aware import (
     Harness,
     LayerUnits,
     RotationAwareResult,
+    TrainerHarness,
     _check_budget,
     _fine_tuned,
     _input_shape,
@@ -71,6 +73,8 @@ from .rotation_aware import (
 
 __all__ = [
     "CiphertextUnit",
+    "CostAwareRecipe",
+    "combined_cost_aware",
     "cost_aware_prune",
     "op_seconds",
     "polish",
@@ -603,4 +607,110 @@ def prune_in_rounds(
             log.info("round %d pruned nothing more; stopping", round_)
             break
     assert result is not None
+    return result
+
+
+@dataclass(frozen=True)
+class CostAwareRecipe:
+    """The schedule of our combined cost-aware method (``docs/rotation_aware.md``).
+
+    ``warmup_epochs`` of distillation from the dense model at ``recovery_lr`` first, then
+    ``rounds`` rounds of :func:`cost_aware_prune` (``per_iteration`` units a step, each step
+    fine-tuned ``finetune_epochs`` with distillation at ``tune_lr``, at most
+    ``max_iterations`` steps), each round ending with ``recovery_epochs`` of distilled
+    recovery at ``recovery_lr``.
+    """
+
+    warmup_epochs: int = 3
+    rounds: int = 2
+    recovery_epochs: int = 8
+    recovery_lr: float = 0.01
+    tune_lr: float = 3e-3
+    per_iteration: int = 12
+    finetune_epochs: int = 1
+    max_iterations: int | None = None
+
+    @property
+    def extra_epochs(self) -> int:
+        """Distilled training beyond the pruning steps: what a fair comparison gives every
+        other method too (``benchmarks/rotation_aware.py``, matched effort)."""
+        return self.warmup_epochs + self.rounds * self.recovery_epochs
+
+
+def combined_cost_aware(
+    dense: nn.Module,
+    group_model: Callable[[int], nn.Module],
+    harness: TrainerHarness,
+    train_harness: TrainerHarness,
+    calibration: tuple[Tensor, Tensor],
+    *,
+    g_start: int,
+    budget: float,
+    baseline: float,
+    slots: int = DEFAULT_SLOTS,
+    recipe: CostAwareRecipe = CostAwareRecipe(),
+    client_shifts: bool = True,
+    margin: float = 0.0,
+    load_round: Callable[[int], RotationAwareResult | None] | None = None,
+    save_round: Callable[[int, RotationAwareResult], None] | None = None,
+) -> RotationAwareResult:
+    """Our best conv method: HE-group convolution, then cost-aware sub-block pruning.
+
+    ``group_model(g)`` gives a fresh copy of the trained HE-group network at ``g`` groups
+    (SpENCNN trains it from scratch). Starting at ``g_start`` (``G_base``), the network is
+    warmed up by distillation from ``dense``; while that leaves it over ``budget - margin`` on
+    the harness' (validation) split, G is halved, down to 2, which is pruned either way.
+    Then :func:`prune_in_rounds` with distilled fine-tuning, ciphertext units included.
+    ``load_round`` / ``save_round`` cache each round's pruned stage (a cached first round
+    knows its G, so no warm-up is redone). ``dense`` is not modified.
+    """
+    teacher = copy.deepcopy(dense).eval()
+    warm = replace(
+        train_harness,
+        distill=Distillation(teacher),
+        config=train_harness.config.replace(lr=recipe.recovery_lr),
+    )
+    tune = replace(
+        harness, distill=Distillation(teacher), config=harness.config.replace(lr=recipe.tune_lr)
+    )
+
+    def warmed(g: int) -> nn.Module:
+        model = group_model(g)
+        warm.train(model, epochs=recipe.warmup_epochs)
+        if not has_finite_weights(model):
+            log.warning("combined-cost-aware: the warm-up diverged; pruning the base as is")
+            model = group_model(g)
+        return model
+
+    cached = None if load_round is None else load_round(1)
+    if cached is not None:
+        g = cached.groups
+        model = group_model(g)
+    else:
+        g = g_start
+        model = warmed(g)
+        while g > 2 and baseline - harness.evaluate(model) > budget - margin:
+            log.info("combined-cost-aware: G = %d is over the budget after its warm-up", g)
+            g //= 2
+            model = warmed(g)
+    result = prune_in_rounds(
+        model,
+        tune,
+        warm,
+        calibration,
+        rounds=recipe.rounds,
+        recovery_epochs=recipe.recovery_epochs,
+        load_round=load_round,
+        save_round=save_round,
+        budget=budget - margin,
+        baseline=baseline,
+        per_iteration=recipe.per_iteration,
+        finetune_epochs=recipe.finetune_epochs,
+        coarse_epochs=recipe.warmup_epochs,
+        max_iterations=recipe.max_iterations,
+        slots=slots,
+        client_shifts=client_shifts,
+        method="combined-cost-aware",
+    )
+    result.history.insert(0, {"base": f"group-{g}", "warmup_epochs": recipe.warmup_epochs})
     return result
