@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fheprune import _core
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import machine_info, quartiles, write_json_atomic
 from fheprune.runtime import Client, load_bundle
 from fheprune.runtime.pipeline import MainJobConfig, main_job_bundles
 
@@ -88,8 +88,7 @@ def measure(name: str, repeats: int, seed: int) -> dict[str, Any]:
 
 
 def iqr(values: list[float]) -> list[float]:
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return [q[0], q[2]]
+    return list(quartiles(values))
 
 
 if __name__ == "__main__":

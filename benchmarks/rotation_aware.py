@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import logging
 import statistics
@@ -56,13 +55,13 @@ from torch import nn
 from fheprune import _core
 from fheprune.pruning import cost_aware as ca
 from fheprune.pruning import rotation_aware as ra
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import machine_info, quartiles, sig2, write_json_atomic
 from fheprune.runtime.compiler import CompiledModel, compile_model
 from fheprune.runtime.params import choose_parameters
 from fheprune.training.config import default_config
 from fheprune.training.data import load_loaders, set_loader_epoch
 from fheprune.training.metrics import evaluate
-from fheprune.training.trainer import Distillation, train
+from fheprune.training.trainer import train
 
 LOG = logging.getLogger("rotation_aware")
 
@@ -562,18 +561,6 @@ def compile_map(
     return model, compiled, list(compiled.program.cost())
 
 
-def _sig2(x: float) -> str:
-    """Two significant digits: runs on this machine move by about 10%."""
-    return f"{float(f'{x:.2g}'):g}"
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return float(values[0]), float(values[0])
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return float(q[0]), float(q[2])
-
-
 def annotate_speedups(report: dict[str, Any]) -> None:
     """Each row's ``speedup_without_encoding``: against dense with the on-demand encoding time
     taken out of both latencies (None where nothing was encoded on demand). Stored in the
@@ -614,7 +601,7 @@ def markdown(report: dict[str, Any]) -> str:
         lat = "-" if r["latency_s"] is None else f"{r['latency_s']:.3f}"
         if r.get("latency_iqr_s") and len(r.get("latency_runs_s") or []) > 1:
             lat += f" [{r['latency_iqr_s'][0]:.3f}-{r['latency_iqr_s'][1]:.3f}]"
-        spd = "-" if r["speedup"] is None else f"{_sig2(r['speedup'])}x"
+        spd = "-" if r["speedup"] is None else f"{sig2(r['speedup'])}x"
         deg = "-"
         if r.get("val_degradation") is not None:
             over = "" if r.get("within_budget_val", True) else " (over)"
@@ -624,7 +611,7 @@ def markdown(report: dict[str, Any]) -> str:
         other = "-" if r["other_left"] is None else f"{r['other_left'] * 100:.2f}%"
         enc = f"{r['encode_s']:.3f}" if r.get("encode_s") and r["latency_s"] is not None else "-"
         without = r.get("speedup_without_encoding")
-        compute_spd = "-" if without is None else f"{_sig2(without)}x"
+        compute_spd = "-" if without is None else f"{sig2(without)}x"
         lines.append(
             f"| {r['model']} | {r['method']} | {r['groups']} | {rot} | {other} | "
             f"{r['sparsity'] * 100:.2f}% | {r['accuracy'] * 100:.2f}% | {deg} | {lat} | {spd} "
@@ -762,11 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         prepared: dict[str, tuple[ra.RotationAwareResult, Any]] = {}
         # method -> its result before any matched recovery: what later methods build on.
         bases: dict[str, ra.RotationAwareResult] = {}
-        recovery = dataclasses.replace(
-            train_harness,
-            distill=Distillation(copy.deepcopy(dense).eval()),
-            config=train_harness.config.replace(lr=s.recovery_lr),
-        )
+        # The distilled training our method's recoveries use, for matched effort.
+        recovery = ca.distilled(train_harness, copy.deepcopy(dense).eval(), s.recovery_lr)
         parameters = None
         uncompiled: dict[str, str] = {}  # method -> why its program could not be built
 
@@ -909,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                 "training": training_budget(method, s, args.matched_effort),
                 "latency_s": latency,
                 "latency_runs_s": None if run is None else run["per_image_runs_s"],
-                "latency_iqr_s": None if run is None else list(_quartiles(run["per_image_runs_s"])),
+                "latency_iqr_s": None if run is None else list(quartiles(run["per_image_runs_s"])),
                 "speedup": None
                 if latency is None or dense_latency is None
                 else dense_latency / latency,

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import machine_info, quartiles, sig2, write_json_atomic
 from fheprune.runtime.compiler import compile_model
 from fheprune.runtime.pipeline import (
     PrunedModel,
@@ -514,7 +514,7 @@ def tenseal_run(
             )  # fmt: skip
         y = _tenseal_outputs(res, mode, len(x))
         per_image = [t / len(x) for t in seconds]
-    q1, q3 = _quartiles(per_image)
+    q1, q3 = quartiles(per_image)
     return {
         "model": "mlp",
         "task": "classification",
@@ -548,19 +548,6 @@ def tenseal_run(
     }
 
 
-def _quartiles(values: Sequence[float]) -> tuple[float, float]:
-    """First and third quartiles (both the value itself for a single sample)."""
-    if len(values) < 2:
-        return float(values[0]), float(values[0])
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return float(q[0]), float(q[2])
-
-
-def sig2(x: float) -> str:
-    """A ratio to two significant digits (runs move by ~10%: more digits would be noise)."""
-    return f"{float(f'{x:.2g}'):g}"
-
-
 # --------------------------------------------------------------------------- report
 def comparisons(runs: Sequence[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     by = {(r["model"], None if r["tile"] is None else r["tile"][0], r["variant"]): r for r in runs}
@@ -576,7 +563,7 @@ def comparisons(runs: Sequence[dict[str, Any]], extra: dict[str, Any]) -> dict[s
         pvd[f"{model}@{tile}x{tile}"] = {
             "latency_ratio": p["latency_s"] / d["latency_s"],
             "speedup": statistics.median(paired),
-            "speedup_iqr": list(_quartiles(paired)),
+            "speedup_iqr": list(quartiles(paired)),
             "speedup_pairs": len(paired),
             "memory_ratio": p["memory_bytes"] / d["memory_bytes"],
             "plaintext_memory_ratio": p["memory"]["plaintext_bytes"]
@@ -640,7 +627,7 @@ def _iqr_text(iqr: Sequence[float]) -> str:
 
 
 def _with_iqr(run: dict[str, Any]) -> str:
-    lo, hi = _quartiles(run["latency_repeats_s"])
+    lo, hi = quartiles(run["latency_repeats_s"])
     return f"{run['latency_s']:.3f} [{lo:.3f}-{hi:.3f}]"
 
 

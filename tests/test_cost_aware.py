@@ -520,18 +520,13 @@ def test_the_combined_recipe_halves_g_until_the_warm_model_fits_and_caches_round
     """``combined_cost_aware`` (our conv method, in the package): with a budget no warmed-up
     model meets, G halves from its start down to 2 and that network is pruned anyway; a
     cached first round skips the warm-up and keeps its G."""
-    from fheprune.data import Dataset
-    from fheprune.pruning.cost_aware import CostAwareRecipe, combined_cost_aware
-    from fheprune.pruning.rotation_aware import TrainerHarness
-    from fheprune.training import TrainConfig
-    from fheprune.training.data import make_loaders
+    from toys import random_image_harness
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(96, 12, 12), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=96).astype(np.int64)
-    ds = Dataset(images=images, labels=labels, name="random", classes=10, split="train")
+    from fheprune.pruning.cost_aware import CostAwareRecipe, combined_cost_aware
+    from fheprune.training import TrainConfig
+
     config = TrainConfig(epochs=1, lr=0.01, batch_size=32, val_fraction=0.25, scheduler="constant")
-    harness = TrainerHarness(make_loaders(ds, None, "lenet", config), config, progress=False)
+    harness = random_image_harness(config)
     asked: list[int] = []
 
     def group_model(g: int) -> nn.Module:

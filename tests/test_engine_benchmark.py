@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 ckks = pytest.importorskip("fheprune.ckks", reason="the C++ engine is not built")
 
 
 def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_vs_seal.py"
-    spec = importlib.util.spec_from_file_location("engine_vs_seal_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("engine_vs_seal")
 
 
 def test_the_scalar_row_switches_the_vector_kernels_off_and_back() -> None:

@@ -24,6 +24,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from toys import random_image_harness
 
 from fheprune.data import Dataset
 from fheprune.layouts import layer_weights
@@ -44,7 +45,6 @@ from fheprune.pruning.rotation_aware import (
     GroupLasso,
     LayerUnits,
     RotationAwareResult,
-    TrainerHarness,
     UnitScope,
     alive_unit_counts,
     alive_units,
@@ -517,12 +517,8 @@ def test_subblock_conv_only_keeps_fc_dense_and_respects_the_floor() -> None:
 
 
 def test_subblock_with_the_real_trainer() -> None:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(96, 12, 12), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=96).astype(np.int64)
-    ds = Dataset(images=images, labels=labels, name="random", classes=10, split="train")
     config = TrainConfig(epochs=1, lr=0.01, batch_size=32, val_fraction=0.25, scheduler="constant")
-    harness = TrainerHarness(make_loaders(ds, None, "lenet", config), config, progress=False)
+    harness = random_image_harness(config)
     model = tiny()
     units = units_of(model)
     result = subblock_prune(
@@ -901,14 +897,10 @@ def test_trainer_adds_the_regularizer_to_the_loss() -> None:
 
 def test_diverging_fine_tune_rejects_the_candidate_instead_of_failing() -> None:
     """A fine-tuning run that blows up (NaN loss) must score as over budget, not crash."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(64, 12, 12), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=64).astype(np.int64)
-    ds = Dataset(images=images, labels=labels, name="random", classes=10, split="train")
     config = TrainConfig(
         epochs=1, lr=1e6, batch_size=16, val_fraction=0.25, scheduler="constant", optimizer="sgd"
     )
-    harness = TrainerHarness(make_loaders(ds, None, "lenet", config), config, progress=False)
+    harness = random_image_harness(config, count=64)
     model = tiny()
     harness.train(model, epochs=1)  # would raise TrainingDivergedError without the guard
     assert all(bool(torch.isnan(p).all()) for p in model.parameters())

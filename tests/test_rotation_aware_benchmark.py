@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
 pytest.importorskip("torch")
 
 
 def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rotation_aware.py"
-    spec = importlib.util.spec_from_file_location("rotation_aware_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("rotation_aware")
 
 
 def fresh(**overrides: Any) -> dict[str, Any]:

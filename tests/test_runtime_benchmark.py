@@ -6,27 +6,20 @@ The script runs for a quarter of an hour; these tests check what it computes fro
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("fheprune._core", reason="the C++ engine is not built")
 torch = pytest.importorskip("torch")
 
 
 def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_pruned_vs_dense.py"
-    spec = importlib.util.spec_from_file_location("runtime_pruned_vs_dense_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("runtime_pruned_vs_dense")
 
 
 def test_defaults_match_the_docstring() -> None:
@@ -55,8 +48,9 @@ def test_the_batched_tenseal_key_ignores_the_image_count() -> None:
 
 
 def test_sig2_keeps_two_significant_digits() -> None:
-    b = bench()
-    assert [b.sig2(x) for x in (4781.97, 10.30, 4.29, 1.14, 0.0123)] == [
+    from fheprune.reporting import sig2
+
+    assert [sig2(x) for x in (4781.97, 10.30, 4.29, 1.14, 0.0123)] == [
         "4800",
         "10",
         "4.3",

@@ -3,11 +3,15 @@ tests/conftest.py lets this process load them)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fheprune import _core
+from fheprune.data import Dataset
 from fheprune.models.zoo import MLPClassifier
+from fheprune.pruning.rotation_aware import TrainerHarness
 from fheprune.runtime.compiler import CompiledModel, compile_model
+from fheprune.training import TrainConfig, make_loaders
 
 
 def toy_model() -> torch.nn.Module:
@@ -29,3 +33,13 @@ def toy_compiled(poly_degree: int = 1024, special_bits: int = 50) -> CompiledMod
     other parameters with ciphertexts of the same size."""
     parameters = toy_parameters(poly_degree, special_bits)
     return compile_model(toy_model(), parameters=parameters, layout="tile", tile=(4, 4))
+
+
+def random_image_harness(config: TrainConfig, count: int = 96) -> TrainerHarness:
+    """The real trainer on ``count`` seeded random 12x12 images with random labels (the
+    LeNet-like data pipeline, no dataset on disk)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(count, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=count).astype(np.int64)
+    ds = Dataset(images=images, labels=labels, name="random", classes=10, split="train")
+    return TrainerHarness(make_loaders(ds, None, "lenet", config), config, progress=False)

@@ -7,6 +7,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,14 @@ import numpy as np
 
 from fheprune.fileio import atomic_write
 
-__all__ = ["cpu_model", "machine_info", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "cpu_model",
+    "machine_info",
+    "quartiles",
+    "sig2",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def cpu_model() -> str:
@@ -64,3 +73,17 @@ def write_json_atomic(path: Path, data: Any, *, sort_keys: bool = False) -> None
     """Write ``data`` as indented JSON to ``path`` atomically."""
     text = json.dumps(data, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """First and third quartiles of timed repeats (inclusive method; a single sample is both)."""
+    if len(values) < 2:
+        return float(values[0]), float(values[0])
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return float(q[0]), float(q[2])
+
+
+def sig2(x: float) -> str:
+    """A ratio to two significant digits: timed runs on our shared machines move by about 10%,
+    so more digits would print noise."""
+    return f"{float(f'{x:.2g}'):g}"

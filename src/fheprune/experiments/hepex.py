@@ -666,9 +666,9 @@ def markdown_table(
     """
     tried: dict[str, tuple[set[str], int]] = {}
     for r in rows:
-        configs, count = tried.get(f"{r['model']}@{r['tile'][0]}x{r['tile'][0]}", (set(), 0))
-        configs.add(r["config"])
-        tried[f"{r['model']}@{r['tile'][0]}x{r['tile'][0]}"] = (configs, count + 1)
+        key = f"{r['model']}@{r['tile'][0]}x{r['tile'][0]}"  # summary's keys
+        configs, count = tried.get(key, (set(), 0))
+        tried[key] = (configs | {r["config"]}, count + 1)
     lines = [
         f"# HE-PEx tile sparsity within {100 * budget:.1f}% degradation",
         "",

@@ -76,6 +76,7 @@ __all__ = [
     "CostAwareRecipe",
     "combined_cost_aware",
     "cost_aware_prune",
+    "distilled",
     "op_seconds",
     "polish",
     "prune_in_rounds",
@@ -637,6 +638,12 @@ class CostAwareRecipe:
         return self.warmup_epochs + self.rounds * self.recovery_epochs
 
 
+def distilled(harness: TrainerHarness, teacher: nn.Module, lr: float) -> TrainerHarness:
+    """``harness`` training at ``lr`` with distillation from ``teacher`` (in eval mode): the
+    recipe's warm-up and recoveries, and the recovery a fair comparison gives other methods."""
+    return replace(harness, distill=Distillation(teacher), config=harness.config.replace(lr=lr))
+
+
 def combined_cost_aware(
     dense: nn.Module,
     group_model: Callable[[int], nn.Module],
@@ -665,14 +672,8 @@ def combined_cost_aware(
     knows its G, so no warm-up is redone). ``dense`` is not modified.
     """
     teacher = copy.deepcopy(dense).eval()
-    warm = replace(
-        train_harness,
-        distill=Distillation(teacher),
-        config=train_harness.config.replace(lr=recipe.recovery_lr),
-    )
-    tune = replace(
-        harness, distill=Distillation(teacher), config=harness.config.replace(lr=recipe.tune_lr)
-    )
+    warm = distilled(train_harness, teacher, recipe.recovery_lr)
+    tune = distilled(harness, teacher, recipe.tune_lr)
 
     def warmed(g: int) -> nn.Module:
         model = group_model(g)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fheprune.errors import InputError
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import machine_info, sig2, write_json_atomic
 
 from .bundle import save_bundle
 from .compiler import CompiledModel, compile_model
@@ -391,10 +391,6 @@ def run_main_job(cfg: MainJobConfig) -> dict[str, Any]:
     return report
 
 
-def _sig2(x: float) -> str:
-    return f"{float(f'{x:.2g}'):g}"
-
-
 def format_table(report: dict[str, Any]) -> str:
     d, p = report["variants"]["dense"], report["variants"]["pruned"]
     pr = report["pruning"]
@@ -462,8 +458,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += [f"{a:{width}}  {b:>12}  {c:>12}" for a, b, c in rows]
     lines.append(
         # Two significant digits: one run on a shared machine moves by about 10%.
-        f"pruned vs dense: {_sig2(report['speedup'])}x faster, memory "
-        f"{_sig2(report['memory_ratio'])}x (one run; benchmarks/runtime_pruned_vs_dense.py "
+        f"pruned vs dense: {sig2(report['speedup'])}x faster, memory "
+        f"{sig2(report['memory_ratio'])}x (one run; benchmarks/runtime_pruned_vs_dense.py "
         "repeats it)"
     )
     return "\n".join(lines)
