@@ -345,6 +345,49 @@ void bind_runtime(nb::module_& m) {
           "Per layer and per group of samples: the operations the executor will perform, the "
           "lower bounds, and the plaintexts it stores.");
 
+  m.def(
+      "tile_layer_plan",
+      [](std::size_t t_outer, std::size_t t_inner, std::size_t index) {
+        const rt::TileLayerPlan plan = rt::tile_layer_plan({t_outer, t_inner, 1}, index);
+        nb::dict d;
+        d["sum"] = plan.sum == rt::SumDim::kOuter ? "outer" : "inner";
+        d["rebuild_input"] = plan.rebuild_input;
+        d["tile_rows"] = plan.tile_rows;
+        d["tile_cols"] = plan.tile_cols;
+        d["levels"] = plan.levels();
+        return d;
+      },
+      "t_outer"_a, "t_inner"_a, "index"_a,
+      "How the tile layout runs linear layer `index` of a chain on a [t_outer, t_inner, *] "
+      "ciphertext tile: the summed dimension, whether it rebuilds its input, its weight tile "
+      "(tile_rows outputs x tile_cols inputs) and its levels. The rule Program.tile applies.");
+  m.def(
+      "chain_levels",
+      [](const std::string& layout, const std::vector<std::string>& kinds) {
+        rt::Layout l;
+        if (layout == "tile") {
+          l = rt::Layout::kTile;
+        } else if (layout == "diagonal") {
+          l = rt::Layout::kDiagonal;
+        } else {
+          throw rt::CompileError("chain_levels: layout must be 'tile' or 'diagonal', got '" +
+                                 layout + "'");
+        }
+        std::vector<bool> linear;
+        linear.reserve(kinds.size());
+        for (const std::string& k : kinds) {
+          if (k != "linear" && k != "square") {
+            throw rt::CompileError("chain_levels: a layer kind is 'linear' or 'square', got '" +
+                                   k + "'");
+          }
+          linear.push_back(k == "linear");
+        }
+        return rt::chain_levels(l, linear);
+      },
+      "layout"_a, "kinds"_a,
+      "Levels a chain of 'linear' / 'square' layers needs in the tile or diagonal layout, "
+      "before any parameters exist (equal to Program.levels once built).");
+
   auto server = nb::class_<rt::Server>(
       m, "Server",
       "The server role (fheprune/runtime/server.hpp): a program and one client's evaluation keys, "

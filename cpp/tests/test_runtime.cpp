@@ -200,6 +200,51 @@ TEST(TileLayout, ConstantOutputsOfDeadTilesAreEncrypted) {
   EXPECT_EQ(r.stats.total().constant, 1u);
 }
 
+// Zero (rows x cols) blocks of a row-major [out][in] weight, tiled from the top-left corner.
+std::size_t nonzero_blocks(const Dense& d, std::size_t rows, std::size_t cols) {
+  std::size_t live = 0;
+  for (std::size_t r0 = 0; r0 < d.out; r0 += rows) {
+    for (std::size_t c0 = 0; c0 < d.in; c0 += cols) {
+      bool any = false;
+      for (std::size_t r = r0; r < std::min(d.out, r0 + rows); ++r) {
+        for (std::size_t c = c0; c < std::min(d.in, c0 + cols); ++c) any = any || d.w[r * d.in + c] != 0.0;
+      }
+      live += any ? 1 : 0;
+    }
+  }
+  return live;
+}
+
+TEST(TileLayout, PlanGivesEveryLayersUnitAndLevels) {
+  // A rectangular tile: the weight tile is inner x outer on even layers, outer x inner on odd
+  // ones. Blocks are zeroed in both orientations, so a wrong unit would count differently.
+  const TileShape3 shape{2, 8, 32};
+  const auto prm = params(shape.slots() * 2, 7);
+  std::vector<Dense> layers = {random_layer(12, 10, 1, 0.5, 8, 2), random_layer(9, 12, 2, 0.5, 2, 8),
+                               random_layer(14, 9, 3, 0.5, 8, 2), random_layer(5, 14, 4, 0.5, 2, 8)};
+  layers[1].square_after = true;
+  const Program p = build(Program::tile(prm, shape, 10), layers);
+  std::vector<bool> kinds;
+  std::size_t index = 0;
+  for (const Layer& l : p.layers()) {
+    const auto* t = std::get_if<TileLinear>(&l);
+    kinds.push_back(t != nullptr);
+    if (t == nullptr) continue;
+    const TileLayerPlan plan = tile_layer_plan(shape, index);
+    EXPECT_EQ(plan.tile_rows, index % 2 == 0 ? 8u : 2u);
+    EXPECT_EQ(t->sum, plan.sum);
+    EXPECT_EQ(t->rebuild_input, plan.rebuild_input);
+    EXPECT_EQ(t->units.size(), nonzero_blocks(layers[index], plan.tile_rows, plan.tile_cols))
+        << "layer " << index;
+    ++index;
+  }
+  EXPECT_EQ(index, 4u);
+  EXPECT_EQ(chain_levels(Layout::kTile, kinds), p.levels());
+  EXPECT_EQ(p.levels(), 6u);  // four products, one square, one rebuild (the third layer)
+  EXPECT_EQ(chain_levels(Layout::kDiagonal, kinds), 5u);
+  EXPECT_THROW(chain_levels(Layout::kMap, kinds), CompileError);
+}
+
 TEST(TileLayout, RejectsShapesThatDoNotFit) {
   const auto prm = params(1024, 2);
   EXPECT_THROW(Program::tile(prm, {2, 4, 16}, 8), CompileError);  // 128 values, 512 slots

@@ -39,6 +39,12 @@ std::size_t layer_levels(const Layer& layer) {
   return 1;
 }
 
+std::size_t tile_linear_count(const std::vector<Layer>& layers) {
+  return static_cast<std::size_t>(std::count_if(layers.begin(), layers.end(), [](const Layer& l) {
+    return std::holds_alternative<TileLinear>(l);
+  }));
+}
+
 const TileLinear* last_tile_linear(const std::vector<Layer>& layers) {
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
     if (const auto* t = std::get_if<TileLinear>(&*it)) return t;
@@ -47,6 +53,36 @@ const TileLinear* last_tile_linear(const std::vector<Layer>& layers) {
 }
 
 }  // namespace
+
+TileLayerPlan tile_layer_plan(const TileShape3& tile, std::size_t index) {
+  TileLayerPlan plan;
+  // The first layer sums over the outer dimension (the client packs its features along it,
+  // replicated along the inner one); each next layer sums over the other dimension.
+  plan.sum = index % 2 == 0 ? SumDim::kOuter : SumDim::kInner;
+  plan.rebuild_input = index > 0 && index % 2 == 0;  // its input came out of a kInner layer
+  const bool outer = plan.sum == SumDim::kOuter;
+  plan.tile_rows = outer ? tile.inner : tile.outer;
+  plan.tile_cols = outer ? tile.outer : tile.inner;
+  return plan;
+}
+
+std::size_t chain_levels(Layout layout, const std::vector<bool>& linear) {
+  if (layout == Layout::kMap) {
+    throw CompileError("chain_levels counts tile and diagonal chains; a map program's levels "
+                       "come from its lowering");
+  }
+  std::size_t levels = 0, index = 0;
+  for (const bool is_linear : linear) {
+    if (!is_linear) {
+      ++levels;
+    } else if (layout == Layout::kTile) {
+      levels += tile_layer_plan({1, 1, 1}, index++).levels();
+    } else {
+      ++levels;
+    }
+  }
+  return levels;
+}
 
 Program Program::tile(const ckks::Parameters& params, TileShape3 shape, std::size_t in_features) {
   const std::size_t slots = slots_of(params);
@@ -157,14 +193,12 @@ void Program::add_tile_linear(const std::string& name, std::size_t out, std::siz
   l.name = name;
   l.in_features = in;
   l.out_features = out;
-  const TileLinear* prev = last_tile_linear(layers_);
-  // Alternate orientations; the first layer sums over the outer dimension (the client packs
-  // its features along i, replicated along j).
-  l.sum = (prev == nullptr || prev->sum == SumDim::kInner) ? SumDim::kOuter : SumDim::kInner;
-  l.rebuild_input = prev != nullptr && prev->sum == SumDim::kInner;
+  const TileLayerPlan plan = tile_layer_plan(tile_, tile_linear_count(layers_));
+  l.sum = plan.sum;
+  l.rebuild_input = plan.rebuild_input;
   const bool outer = l.sum == SumDim::kOuter;
-  const std::size_t t_in = outer ? tile_.outer : tile_.inner;
-  const std::size_t t_out = outer ? tile_.inner : tile_.outer;
+  const std::size_t t_in = plan.tile_cols;
+  const std::size_t t_out = plan.tile_rows;
   l.in_tiles = ceil_div(in, t_in);
   l.out_tiles = ceil_div(out, t_out);
   const std::size_t to = tile_.outer, ti = tile_.inner, tb = tile_.batch;

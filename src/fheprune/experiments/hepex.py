@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fheprune.errors import InputError
-from fheprune.layouts import TileShape
+from fheprune.layouts import TileShape, TileSpec
 from fheprune.models import build_model
 from fheprune.pruning import PruneConfig, build_scheme, run_scheme
 from fheprune.pruning.pack import DEFAULT_PACK_THRESHOLD, tile_zero_fractions
@@ -354,7 +354,7 @@ def run_hepex_scheme(
         inner = permute_fn
 
         def permute(
-            m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileShape
+            m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileSpec
         ) -> tuple[Mapping[str, torch.Tensor], Any]:
             new_masks, info = inner(m, masks, s)
             current["loaders"] = permute_loaders(
@@ -743,7 +743,7 @@ def zero_fraction_histograms(
         captured[label] = values
 
     def permute(
-        m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileShape
+        m: nn.Module, masks: Mapping[str, torch.Tensor], s: TileSpec
     ) -> tuple[Mapping[str, torch.Tensor], Any]:
         capture("before", masks)
         assert experiment.permute_fn is not None

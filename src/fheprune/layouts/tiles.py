@@ -9,6 +9,11 @@ tiles, over all prunable layers (and per layer).
 
 Shapes used throughout: ``P`` matrices per weight (1 for ``nn.Linear``), ``nR = ceil(R/t1)`` tile
 rows and ``nC = ceil(C/t2)`` tile columns per matrix.
+
+A network is cut layer by layer the way the tile runtime runs it (:class:`TilePlan`): the
+orientation alternates, so with ``t1 x t2`` tiles the first, third, ... prunable layers have
+``t1 x t2`` weight tiles and the second, fourth, ... ``t2 x t1`` ones. The rule is the C++
+program's (``fheprune._core.tile_layer_plan``); for square tiles every layer has the same tile.
 """
 
 from __future__ import annotations
@@ -29,15 +34,19 @@ from .layers import layer_weights
 
 __all__ = [
     "LayerTileStats",
+    "TilePlan",
     "TileShape",
+    "TileSpec",
     "TileStats",
     "as_matrices",
     "expand_tile_mask",
     "from_matrices",
     "grid_shape",
+    "layer_tile",
     "tile_entry_counts",
     "tile_grid",
     "tile_nonzero_counts",
+    "tile_plan",
     "tile_sparsity",
     "zero_tile_mask",
 ]
@@ -82,6 +91,63 @@ class TileShape:
 
     def __str__(self) -> str:
         return f"{self.t1}x{self.t2}"
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The weight tile of every prunable layer of a network, as the tile runtime cuts it.
+
+    ``base`` is the network's tile (the first layer's, what reports call "t1 x t2");
+    ``shapes`` maps each layer name, in forward order, to its own weight tile. Build one
+    with :func:`tile_plan`.
+    """
+
+    base: TileShape
+    shapes: Mapping[str, TileShape]
+
+    def of(self, name: str) -> TileShape:
+        """The weight tile of layer ``name``."""
+        try:
+            return self.shapes[name]
+        except KeyError:
+            raise InputError(
+                f"layer {name!r} is not in this tile plan (layers: {', '.join(self.shapes)})"
+            ) from None
+
+    def __str__(self) -> str:
+        return str(self.base)
+
+
+TileSpec = TileShape | TilePlan
+"""One tile for every layer, or a network's per-layer plan."""
+
+
+def tile_plan(model_or_names: nn.Module | Sequence[str], shape: TileShape) -> TilePlan:
+    """Weight tiles of a network's prunable layers (forward order) with ``shape`` tiles.
+
+    Layer ``i`` gets the tile the runtime's program gives its ``i``-th linear layer
+    (``fheprune._core.tile_layer_plan``): ``t1 x t2`` on even ``i``, ``t2 x t1`` on odd ``i``.
+    Convolutions, which the tile runtime does not run, are counted in the same chain (each
+    kernel position is a matrix, see :func:`as_matrices`).
+    """
+    from fheprune import _core
+
+    names = (
+        list(layer_weights(model_or_names))
+        if isinstance(model_or_names, nn.Module)
+        else [str(n) for n in model_or_names]
+    )
+    shapes: dict[str, TileShape] = {}
+    for index, name in enumerate(names):
+        # Program.tile's ciphertext tile is [t_outer = t2, t_inner = t1, batch].
+        plan = _core.tile_layer_plan(shape.t2, shape.t1, index)
+        shapes[name] = TileShape(int(plan["tile_rows"]), int(plan["tile_cols"]))
+    return TilePlan(base=shape, shapes=shapes)
+
+
+def layer_tile(spec: TileSpec, name: str) -> TileShape:
+    """The weight tile of layer ``name`` under ``spec``."""
+    return spec.of(name) if isinstance(spec, TilePlan) else spec
 
 
 def _check_weight_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -228,24 +294,26 @@ class TileStats:
         }
 
 
-def tile_sparsity(model_or_masks: nn.Module | Mapping[str, Tensor], shape: TileShape) -> TileStats:
+def tile_sparsity(model_or_masks: nn.Module | Mapping[str, Tensor], shape: TileSpec) -> TileStats:
     """Zero tiles of a model's prunable weights, or of a ``{layer: mask or weight}`` mapping.
 
     For a model the actual weight values decide (what the packer would see); for a mapping
-    every non-zero / ``True`` entry counts as live.
+    every non-zero / ``True`` entry counts as live. ``shape``: one tile for every layer, or a
+    :class:`TilePlan` (each layer's own tile, as the runtime cuts it).
     """
     tensors = (
         layer_weights(model_or_masks) if isinstance(model_or_masks, nn.Module) else model_or_masks
     )
     layers: dict[str, LayerTileStats] = {}
     for name, tensor in tensors.items():
-        zero = zero_tile_mask(tensor, shape)
+        zero = zero_tile_mask(tensor, layer_tile(shape, name))
         layers[name] = LayerTileStats(
             zero_tiles=int(zero.sum().item()),
             tiles=zero.numel(),
             grid=(int(zero.shape[0]), int(zero.shape[1]), int(zero.shape[2])),
         )
-    stats = TileStats(tile_shape=shape, layers=layers)
+    base = shape.base if isinstance(shape, TilePlan) else shape
+    stats = TileStats(tile_shape=base, layers=layers)
     log.debug(
         "tile sparsity %s: %d/%d zero tiles (%.4f)",
         shape,

@@ -15,22 +15,24 @@ import torch
 from torch import Tensor
 
 from fheprune.errors import InputTypeError
-from fheprune.layouts import TileShape, expand_tile_mask, zero_tile_mask
+from fheprune.layouts import TileSpec, expand_tile_mask, layer_tile, zero_tile_mask
 
 __all__ = ["expand_masks"]
 
 log = logging.getLogger(__name__)
 
 
-def expand_masks(masks: Mapping[str, Tensor], tile_shape: TileShape) -> dict[str, Tensor]:
-    """Masks where every entry of a non-zero tile is live and every zero tile stays pruned."""
+def expand_masks(masks: Mapping[str, Tensor], tile_shape: TileSpec) -> dict[str, Tensor]:
+    """Masks where every entry of a non-zero tile is live and every zero tile stays pruned
+    (``tile_shape``: one tile, or each layer's from a :class:`~fheprune.layouts.TilePlan`)."""
     out: dict[str, Tensor] = {}
     revived = 0
     for name, mask in masks.items():
         if mask.dtype != torch.bool:
             raise InputTypeError(f"mask of {name!r} must be torch.bool, got {mask.dtype}")
-        keep_tiles = ~zero_tile_mask(mask, tile_shape)
-        out[name] = expand_tile_mask(keep_tiles, mask.shape, tile_shape).to(mask.device)
+        shape = layer_tile(tile_shape, name)
+        keep_tiles = ~zero_tile_mask(mask, shape)
+        out[name] = expand_tile_mask(keep_tiles, mask.shape, shape).to(mask.device)
         revived += int((out[name] & ~mask).sum())
     log.info("expand (%s tiles): %d pruned entries given back to live tiles", tile_shape, revived)
     return out

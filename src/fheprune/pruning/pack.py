@@ -34,7 +34,15 @@ import torch
 from torch import Tensor
 
 from fheprune.errors import InputError, InputTypeError, UnknownNameError
-from fheprune.layouts import TileShape, expand_tile_mask, tile_entry_counts, tile_nonzero_counts
+from fheprune.layouts import (
+    TilePlan,
+    TileShape,
+    TileSpec,
+    expand_tile_mask,
+    layer_tile,
+    tile_entry_counts,
+    tile_nonzero_counts,
+)
 
 from .base import PruningMethod, Scope, complete_masks
 
@@ -65,14 +73,16 @@ class PackPruning(PruningMethod):
 
     def __init__(
         self,
-        tile_shape: TileShape,
+        tile_shape: TileSpec,
         threshold: float | Mapping[str, float] = DEFAULT_PACK_THRESHOLD,
         *,
         scope: Scope | str = Scope.GLOBAL,
         default_threshold: float = DEFAULT_PACK_THRESHOLD,
     ) -> None:
-        if not isinstance(tile_shape, TileShape):
-            raise InputTypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
+        if not isinstance(tile_shape, TileShape | TilePlan):
+            raise InputTypeError(
+                f"tile_shape must be a TileShape or TilePlan, got {type(tile_shape).__name__}"
+            )
         self.tile_shape = tile_shape
         self.scope = Scope(scope)
         self.default_threshold = _check_threshold(default_threshold, "default_threshold")
@@ -115,15 +125,16 @@ class PackPruning(PruningMethod):
         out: dict[str, Tensor] = {}
         for name, mask in current.items():
             threshold = self.threshold_for(name)
-            real = tile_entry_counts(mask.shape, self.tile_shape).to(mask.device)
-            zeros = real - tile_nonzero_counts(mask, self.tile_shape)
+            shape = layer_tile(self.tile_shape, name)
+            real = tile_entry_counts(mask.shape, shape).to(mask.device)
+            zeros = real - tile_nonzero_counts(mask, shape)
             # Exact integer test of zeros/real > t: the threshold is read as the decimal the
             # user wrote (0.57 means 57/100), so a boundary tile is never flipped by float
             # rounding; for integer zeros, zeros > t*real  <=>  zeros > floor(t*real).
             exact = Fraction(repr(threshold))
             cut = (real * exact.numerator) // exact.denominator
             drop = (zeros > cut) & (real > 0)
-            out[name] = mask & expand_tile_mask(~drop, mask.shape, self.tile_shape).to(mask.device)
+            out[name] = mask & expand_tile_mask(~drop, mask.shape, shape).to(mask.device)
             log.debug(
                 "pack %s: %d of %d tiles exceed %.4f zeros",
                 name,

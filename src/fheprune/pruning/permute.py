@@ -67,7 +67,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from fheprune.errors import InputError
-from fheprune.layouts import TileShape, zero_tile_mask
+from fheprune.layouts import TilePlan, TileShape, zero_tile_mask
 
 from . import copermute_ref
 
@@ -202,9 +202,12 @@ def kernel_backend(backend: Backend = "auto") -> tuple[str, _Kernel]:
 # Tiles (the one definition: fheprune.layouts.tiles)
 
 
-def _tile_counts(mask: BoolArray, t1: int, t2: int) -> tuple[int, int]:
+Dims = tuple[int, int]  # (t1, t2): one layer's weight tile, rows x columns
+
+
+def _tile_counts(mask: BoolArray, dims: Dims) -> tuple[int, int]:
     """(non-zero tiles, all tiles) of one layer's mask."""
-    zero = zero_tile_mask(torch.from_numpy(np.ascontiguousarray(mask)), TileShape(t1, t2))
+    zero = zero_tile_mask(torch.from_numpy(np.ascontiguousarray(mask)), TileShape(*dims))
     return int(zero.numel() - int(zero.sum())), int(zero.numel())
 
 
@@ -431,16 +434,16 @@ def _per_channel_modules(
 # Blocks for the kernel and permutation of tensors
 
 
-def _producer_block(mask: BoolArray, t1: int, t2: int) -> tuple[BoolArray, Tiling]:
+def _producer_block(mask: BoolArray, dims: Dims) -> tuple[BoolArray, Tiling]:
+    t1, t2 = dims
     if mask.ndim == 2:
         return mask, (t1, t2, 0)
     co, ci, kh, kw = mask.shape
     return np.ascontiguousarray(mask.transpose(0, 2, 3, 1)).reshape(co, kh * kw * ci), (t1, t2, ci)
 
 
-def _consumer_block(
-    mask: BoolArray, spatial: int, t1: int, t2: int
-) -> tuple[BoolArray, Tiling] | None:
+def _consumer_block(mask: BoolArray, spatial: int, dims: Dims) -> tuple[BoolArray, Tiling] | None:
+    t1, t2 = dims
     if mask.ndim == 4:
         co, ci, kh, kw = mask.shape
         block = np.ascontiguousarray(mask.transpose(1, 2, 3, 0)).reshape(ci, kh * kw * co)
@@ -458,13 +461,13 @@ def _consumer_block(
 
 
 def _set_blocks(
-    s: NeuronSet, masks: Mapping[str, BoolArray], t1: int, t2: int
+    s: NeuronSet, masks: Mapping[str, BoolArray], tiles: Mapping[str, Dims]
 ) -> tuple[list[BoolArray], list[Tiling]]:
     blocks: list[tuple[BoolArray, Tiling]] = [
-        _producer_block(masks[p], t1, t2) for p in s.producers
+        _producer_block(masks[p], tiles[p]) for p in s.producers
     ]
     for consumer, spatial in zip(s.consumers, s.spatial, strict=True):
-        block = _consumer_block(masks[consumer], spatial, t1, t2)
+        block = _consumer_block(masks[consumer], spatial, tiles[consumer])
         if block is not None:
             blocks.append(block)
     # The kernel needs nested strip heights: keep the largest and those dividing it in chain.
@@ -553,8 +556,7 @@ def _search(
     masks: Mapping[str, BoolArray],
     start: Mapping[str, IntArray],
     kernel: _Kernel,
-    t1: int,
-    t2: int,
+    tiles: Mapping[str, Dims],
     *,
     rounds: int,
     max_iter: int,
@@ -569,7 +571,7 @@ def _search(
     state = _Search(
         perms={name: p.copy() for name, p in start.items()},
         masks=current,
-        counts={name: _tile_counts(m, t1, t2) for name, m in current.items()},
+        counts={name: _tile_counts(m, tiles[name]) for name, m in current.items()},
         history=[],
     )
     for rnd in range(rounds):
@@ -579,7 +581,7 @@ def _search(
             for index, s in enumerate(sets):
                 if s.depth % 2 != phase:
                     continue
-                blocks, tilings = _set_blocks(s, state.masks, t1, t2)
+                blocks, tilings = _set_blocks(s, state.masks, tiles)
                 if not blocks:
                     continue
                 perm = np.asarray(
@@ -597,7 +599,7 @@ def _search(
                     continue
                 touched = [*s.producers, *s.consumers]
                 trial = _permute_mask_set(s, state.masks, perm)
-                new_counts = {n: _tile_counts(trial[n], t1, t2) for n in touched}
+                new_counts = {n: _tile_counts(trial[n], tiles[n]) for n in touched}
                 old = sum(state.counts[n][0] for n in touched)
                 if sum(new_counts[n][0] for n in touched) >= old:
                     continue  # not strictly better on the exact count: keep the order
@@ -613,7 +615,7 @@ def _search(
 
 def copermute_network(
     model: nn.Module,
-    tile_shape: tuple[int, int] | _HasTileDims,
+    tile_shape: tuple[int, int] | _HasTileDims | TilePlan,
     masks: Mapping[str, Tensor] | None = None,
     *,
     rounds: int = 5,
@@ -633,7 +635,9 @@ def copermute_network(
         model: a model with ``prunable_layers()``, ``neuron_chain()`` and optionally
             ``flatten_after`` (see the module docstring).
         tile_shape: ``(t1, t2)`` -- rows (outputs) x columns (inputs) of a weight tile -- or an
-            object with ``t1`` / ``t2`` (``fheprune.layouts.TileShape``).
+            object with ``t1`` / ``t2`` (``fheprune.layouts.TileShape``): every layer gets
+            that tile; or a :class:`~fheprune.layouts.TilePlan`: each layer its own (the
+            runtime's alternating orientations, what the HE-PEx schemes pass).
         masks: ``{layer: bool tensor shaped like its weight}`` (True = kept); default: the
             non-zero entries of the weights. Returned permuted in the result; not modified.
         rounds: at most this many rounds (each: odd-depth sets, then even-depth sets).
@@ -655,12 +659,17 @@ def copermute_network(
     Returns:
         A :class:`PermutationResult`; ``permuted(x[:, input_perm]) == original(x)[:, output_perm]``.
     """
-    t1, t2 = _tile_dims(tile_shape)
     if rounds < 0 or network_restarts < 0:
         raise InputError(
             f"rounds and network_restarts must be >= 0, got {rounds}, {network_restarts}"
         )
     layers = _layers(model)
+    if isinstance(tile_shape, TilePlan):
+        tiles = {name: (tile_shape.of(name).t1, tile_shape.of(name).t2) for name in layers}
+        t1, t2 = tile_shape.base.t1, tile_shape.base.t2
+    else:
+        t1, t2 = _tile_dims(tile_shape)
+        tiles = dict.fromkeys(layers, (t1, t2))
     backend_name, kernel = kernel_backend(backend)
     original: dict[str, BoolArray] = {}
     for name, layer in layers.items():
@@ -687,12 +696,12 @@ def copermute_network(
         "seed": seed,
     }
     identity = {s.name: np.arange(s.size, dtype=np.int64) for s in sets}
-    before = _search(sets, original, identity, kernel, t1, t2, **{**effort, "rounds": 0})
-    best = _search(sets, original, identity, kernel, t1, t2, **effort)
+    before = _search(sets, original, identity, kernel, tiles, **{**effort, "rounds": 0})
+    best = _search(sets, original, identity, kernel, tiles, **effort)
     rng = np.random.default_rng(seed)
     for r in range(network_restarts):
         start = {s.name: rng.permutation(s.size).astype(np.int64) for s in sets}
-        found = _search(sets, original, start, kernel, t1, t2, **{**effort, "seed": seed + r + 1})
+        found = _search(sets, original, start, kernel, tiles, **{**effort, "seed": seed + r + 1})
         if found.zero_tiles() > best.zero_tiles():
             best = found
     if best.zero_tiles() < before.zero_tiles():  # cannot happen (every step is checked): guard
@@ -749,7 +758,10 @@ def unpermute_output(y: Tensor, result: PermutationResult) -> Tensor:
 
 
 def permute_fn(
-    model: nn.Module, masks: Mapping[str, Tensor], tile_shape: tuple[int, int] | _HasTileDims, /
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    tile_shape: tuple[int, int] | _HasTileDims | TilePlan,
+    /,
 ) -> tuple[dict[str, Tensor], PermutationResult]:
     """The Permute step in the form the schemes take (:class:`fheprune.pruning.PermuteFn`)."""
     result = copermute_network(model, tile_shape, masks)

@@ -41,10 +41,12 @@ from torch import Tensor, nn
 from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import (
     TileShape,
+    TileSpec,
     TileStats,
     layer_weights,
     output_layer_names,
     prunable_layer_names,
+    tile_plan,
     tile_sparsity,
 )
 
@@ -103,7 +105,7 @@ class PermuteFn(Protocol):
     """
 
     def __call__(
-        self, model: nn.Module, masks: Mapping[str, Tensor], tile_shape: TileShape, /
+        self, model: nn.Module, masks: Mapping[str, Tensor], tile_shape: TileSpec, /
     ) -> tuple[Mapping[str, Tensor], Any]: ...
 
 
@@ -164,7 +166,7 @@ class PruneConfig:
 
     def method(
         self,
-        tile_shape: TileShape,
+        tile_shape: TileSpec,
         *,
         tiled: bool = False,
         protected: Sequence[str] | None = None,
@@ -457,6 +459,8 @@ def run_scheme(
     the masks are applied, which this function does before each Retrain and at the end.
     ``calibration`` (batches of model inputs, in the model's input order) feeds the
     activation-aware criterion; its statistics are taken once, before the first step.
+    Every layer is cut the way the tile runtime cuts it (:func:`fheprune.layouts.tile_plan`:
+    with rectangular tiles, every second layer's tile is ``t2 x t1``).
     """
     if not isinstance(tile_shape, TileShape):
         raise InputTypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
@@ -496,7 +500,8 @@ def run_scheme(
     masks = complete_masks(layer_weights(model, names), initial_masks)
     protected = output_layer_names(model)
     rms = input_rms(model, calibration, names) if calibrated and calibration is not None else None
-    initial = tile_sparsity(masks, tile_shape)
+    plan = tile_plan(names, tile_shape)
+    initial = tile_sparsity(masks, plan)
     result = SchemeResult(
         scheme=scheme,
         tile_shape=tile_shape,
@@ -515,9 +520,7 @@ def run_scheme(
             method = step.method
             if method is None:
                 assert config is not None  # checked above
-                method = config.method(
-                    tile_shape, tiled=step.tiled, protected=protected, input_rms=rms
-                )
+                method = config.method(plan, tiled=step.tiled, protected=protected, input_rms=rms)
             masks = method(weights, masks)
             if isinstance(method, MagnitudePruning) and method.target.neurons:
                 # Pruned neurons output constants: fold them into the next Linear's bias and
@@ -525,20 +528,20 @@ def run_scheme(
                 masks = fold_dead_neurons(model, masks, seed=config.seed if config else 0)
         elif isinstance(step, Permute):
             assert permute_fn is not None  # checked above
-            permuted, info = permute_fn(model, masks, tile_shape)
+            permuted, info = permute_fn(model, masks, plan)
             permuted = complete_masks(layer_weights(model, names), permuted, require_all=True)
             _check_permuted(masks, permuted)
             masks = permuted
             result.permutations.append(info)
         elif isinstance(step, Expand):
-            masks = expand_masks(masks, tile_shape)
+            masks = expand_masks(masks, plan)
         elif isinstance(step, PrunePack):
-            masks = PackPruning(tile_shape, step.threshold, scope=step.scope)(weights, masks)
+            masks = PackPruning(plan, step.threshold, scope=step.scope)(weights, masks)
         else:  # Retrain
             apply_masks(model, masks)
             retrain_fn(model, masks)
             apply_masks(model, masks)  # hold the masks even if retrain_fn let weights drift
-        after = tile_sparsity(masks, tile_shape)
+        after = tile_sparsity(masks, plan)
         record = StepRecord(
             index=index,
             kind=step.kind,

@@ -18,8 +18,11 @@ from torch import Tensor
 
 from fheprune.errors import InputTypeError
 from fheprune.layouts import (
+    TilePlan,
     TileShape,
+    TileSpec,
     expand_tile_mask,
+    layer_tile,
     tile_entry_counts,
     tile_grid,
     zero_tile_mask,
@@ -56,13 +59,15 @@ class TilePruning(PruningMethod):
     def __init__(
         self,
         fraction: float,
-        tile_shape: TileShape,
+        tile_shape: TileSpec,
         *,
         reduction: TileReduction | str = TileReduction.AVG,
         scope: Scope | str = Scope.LOCAL,
     ) -> None:
-        if not isinstance(tile_shape, TileShape):
-            raise InputTypeError(f"tile_shape must be a TileShape, got {type(tile_shape).__name__}")
+        if not isinstance(tile_shape, TileShape | TilePlan):
+            raise InputTypeError(
+                f"tile_shape must be a TileShape or TilePlan, got {type(tile_shape).__name__}"
+            )
         self.fraction = check_fraction(fraction)
         self.tile_shape = tile_shape
         self.reduction = TileReduction(reduction)
@@ -78,28 +83,38 @@ class TilePruning(PruningMethod):
     def label(self) -> str:
         return f"{self.scope.label}/{self.reduction.label}/-"
 
-    def tile_scores(self, weight: Tensor, mask: Tensor) -> Tensor:
-        """Score per tile, float64 ``[P, nR, nC]``; zero tiles (by mask) score ``-inf``."""
+    def tile_scores(self, weight: Tensor, mask: Tensor, shape: TileShape | None = None) -> Tensor:
+        """Score per tile, float64 ``[P, nR, nC]``; zero tiles (by mask) score ``-inf``.
+
+        ``shape``: this layer's tile (default: the method's, which must then be one shape).
+        """
+        if shape is None:
+            if not isinstance(self.tile_shape, TileShape):
+                raise InputTypeError("tile_scores needs the layer's shape with a TilePlan")
+            shape = self.tile_shape
         live = weight.detach().masked_fill(~mask, 0).abs().to(torch.float64)
-        grid = tile_grid(live, self.tile_shape)
+        grid = tile_grid(live, shape)
         if self.reduction is TileReduction.AVG:
-            counts = tile_entry_counts(weight.shape, self.tile_shape).to(grid.device)
+            counts = tile_entry_counts(weight.shape, shape).to(grid.device)
             score = grid.sum(dim=(-2, -1)) / counts.clamp(min=1)
         elif self.reduction is TileReduction.MAX:
             score = grid.amax(dim=(-2, -1))  # padding is 0 <= |w|: cannot win
         else:
-            real = tile_grid(torch.ones_like(mask, dtype=torch.bool), self.tile_shape)
+            real = tile_grid(torch.ones_like(mask, dtype=torch.bool), shape)
             score = grid.masked_fill(~real, float("inf")).amin(dim=(-2, -1))
-        return score.masked_fill(zero_tile_mask(mask, self.tile_shape), float("-inf"))
+        return score.masked_fill(zero_tile_mask(mask, shape), float("-inf"))
 
     def compute_mask(
         self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
         current = complete_masks(weights, masks)
-        scores = {name: self.tile_scores(w, current[name]) for name, w in weights.items()}
+        shapes = {name: layer_tile(self.tile_shape, name) for name in weights}
+        scores = {
+            name: self.tile_scores(w, current[name], shapes[name]) for name, w in weights.items()
+        }
         chosen = select_by_scope(scores, self.fraction, self.scope)
         out: dict[str, Tensor] = {}
         for name, mask in current.items():
-            keep = expand_tile_mask(~chosen[name], mask.shape, self.tile_shape).to(mask.device)
+            keep = expand_tile_mask(~chosen[name], mask.shape, shapes[name]).to(mask.device)
             out[name] = mask & keep
         return out

@@ -241,17 +241,9 @@ def _build_program(
 
 
 def _levels(steps: Sequence[Step], layout: LayoutName) -> int:
-    levels, linear_seen = 0, 0
-    for step in steps:
-        if isinstance(step, SquareStep):
-            levels += 1
-            continue
-        levels += 1
-        # Tile layout: every second linear layer after the first two rebuilds its input.
-        if layout == "tile" and linear_seen >= 2 and linear_seen % 2 == 0:
-            levels += 1
-        linear_seen += 1
-    return levels
+    """Depth of the chain before parameters exist: the C++ program's own count."""
+    kinds = ["linear" if isinstance(step, LinearStep) else "square" for step in steps]
+    return int(_core.chain_levels(layout, kinds))
 
 
 def _parameter_choice(

@@ -153,6 +153,24 @@ struct Square {
 
 using Layer = std::variant<TileLinear, DiagonalLinear, Square, MapLinear, RotateSum>;
 
+// How the tile layout runs linear layer `index` (0 = the first linear layer) of a chain: THE
+// rule, read by the program builder, the compiler's dry run and pruning (through Python), so
+// the three agree on every layer's unit. Orientations alternate, so a weight tile is
+// t_inner x t_outer (rows x columns) on even layers and t_outer x t_inner on odd ones, and
+// every even layer after the first rebuilds its input (mask and replicate: one more level).
+struct TileLayerPlan {
+  SumDim sum = SumDim::kOuter;
+  bool rebuild_input = false;
+  std::size_t tile_rows = 0, tile_cols = 0;  // weight tile: output rows x input columns
+  std::size_t levels() const { return rebuild_input ? 2 : 1; }
+};
+TileLayerPlan tile_layer_plan(const TileShape3& tile, std::size_t index);
+
+// Multiplicative depth of a chain before it is built (the dry run chooses parameters with
+// it): `linear[i]` is true for a linear layer, false for a square. Equals Program::levels()
+// of the program built from the same chain in `layout` (tile or diagonal).
+std::size_t chain_levels(Layout layout, const std::vector<bool>& linear);
+
 class Program {
  public:
   Program() = default;
