@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from toys import small_cnn
 
 from fheprune import _core
-from fheprune.models.activations import TrainablePoly
 from fheprune.models.zoo import HEModel, LeNetLike
 from fheprune.runtime.compiler import compile_model
 from fheprune.runtime.conv_lowering import term_units
@@ -24,30 +24,6 @@ from fheprune.runtime.roles import Client, ClientSpec, Server, SpecError
 
 def params(n: int, levels: int) -> _core.Parameters:
     return _core.Parameters(n, [50] + [40] * levels, [50], 40, insecure_for_testing=True)
-
-
-def small_cnn(groups: int = 1, seed: int = 0, channels: tuple[int, int] = (4, 8)) -> HEModel:
-    """1x8x8 -> conv 3x3 pad 1 (4 ch) -> poly -> pool 2 -> conv 3x3 (8 ch, groups) -> poly ->
-    global pool -> flatten -> fc 8 -> 3 (``channels``: the two conv widths).
-
-    Map layout at N = 2048: the padded 10x10 input, pooled by 2 after conv1, is split into
-    2x2 sub-maps of 8x8 blocks, 16 per ciphertext (``compact=False``: 16x16 blocks, 4)."""
-    torch.manual_seed(seed)
-    c1, c2 = channels
-    layers: OrderedDict[str, nn.Module] = OrderedDict(
-        [
-            ("conv1", nn.Conv2d(1, c1, 3, padding=1)),
-            ("act1", TrainablePoly(0.3, 0.8, 0.1)),
-            ("pool1", nn.AvgPool2d(2)),
-            ("conv2", nn.Conv2d(c1, c2, 3, groups=groups)),
-            ("act2", TrainablePoly(-0.2, 1.1, 0.05)),
-            ("pool2", nn.AvgPool2d(2)),
-            ("flatten", nn.Flatten()),
-            ("fc1", nn.Linear(c2, 3)),
-        ]
-    )
-    model = HEModel(layers, (1, 8, 8))
-    return model.double().eval()
 
 
 @pytest.mark.parametrize("groups", [1, 4])

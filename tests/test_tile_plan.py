@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toys import small_cnn
 
 from fheprune import _core
 from fheprune.errors import InputError
@@ -105,7 +106,7 @@ def test_pruned_live_tiles_equal_the_programs_units(
 
 @settings(max_examples=30, deadline=None)
 @given(kinds=st.lists(st.sampled_from(["linear", "square"]), min_size=1, max_size=9))
-def test_chain_levels_equal_the_built_programs(kinds: list[str]) -> None:
+def test_layer_levels_sum_to_the_built_programs(kinds: list[str]) -> None:
     if kinds[0] != "linear":
         kinds = ["linear", *kinds]
     for layout in ("tile", "diagonal"):
@@ -120,4 +121,20 @@ def test_chain_levels_equal_the_built_programs(kinds: list[str]) -> None:
                 program.add_linear(f"l{i}", torch.ones(8, 8, dtype=torch.float64).numpy(), None)
             else:
                 program.add_square(f"s{i}")
-        assert _core.chain_levels(layout, kinds) == program.levels
+        assert sum(_core.layer_levels(layout, kinds)) == program.levels
+
+
+def test_map_levels_are_the_programs_at_every_layer() -> None:
+    """The map lowering's level of every op (what cost-aware pruning prices at) is the level
+    the C++ program's cost model runs that layer at."""
+    model = small_cnn()
+    compiled = compile_model(model, layout="map", parameters=_parameters(5))
+    spec = compiled.map_spec
+    assert spec is not None
+    assert spec.levels == compiled.program.levels == 5
+    program_levels = {str(c["name"]): int(c["level"]) for c in compiled.program.cost()}
+    assert dict(zip([op.name for op in spec.ops], spec.op_levels(), strict=True)) == program_levels
+    with pytest.raises(_core.CompileError, match="map layout only"):
+        _core.layer_levels("tile", ["linear", "rotate_sum"])
+    with pytest.raises(_core.CompileError, match="'linear', 'square' or 'rotate_sum'"):
+        _core.layer_levels("map", ["conv"])

@@ -362,31 +362,38 @@ void bind_runtime(nb::module_& m) {
       "ciphertext tile: the summed dimension, whether it rebuilds its input, its weight tile "
       "(tile_rows outputs x tile_cols inputs) and its levels. The rule Program.tile applies.");
   m.def(
-      "chain_levels",
+      "layer_levels",
       [](const std::string& layout, const std::vector<std::string>& kinds) {
         rt::Layout l;
         if (layout == "tile") {
           l = rt::Layout::kTile;
         } else if (layout == "diagonal") {
           l = rt::Layout::kDiagonal;
+        } else if (layout == "map") {
+          l = rt::Layout::kMap;
         } else {
-          throw rt::CompileError("chain_levels: layout must be 'tile' or 'diagonal', got '" +
+          throw rt::CompileError("layer_levels: layout must be 'tile', 'diagonal' or 'map', got '" +
                                  layout + "'");
         }
-        std::vector<bool> linear;
-        linear.reserve(kinds.size());
+        std::vector<rt::LayerKind> parsed;
+        parsed.reserve(kinds.size());
         for (const std::string& k : kinds) {
-          if (k != "linear" && k != "square") {
-            throw rt::CompileError("chain_levels: a layer kind is 'linear' or 'square', got '" +
-                                   k + "'");
+          if (k == "linear") {
+            parsed.push_back(rt::LayerKind::kLinear);
+          } else if (k == "square") {
+            parsed.push_back(rt::LayerKind::kSquare);
+          } else if (k == "rotate_sum") {
+            parsed.push_back(rt::LayerKind::kRotateSum);
+          } else {
+            throw rt::CompileError(
+                "layer_levels: a layer kind is 'linear', 'square' or 'rotate_sum', got '" + k + "'");
           }
-          linear.push_back(k == "linear");
         }
-        return rt::chain_levels(l, linear);
+        return rt::layer_levels(l, parsed);
       },
       "layout"_a, "kinds"_a,
-      "Levels a chain of 'linear' / 'square' layers needs in the tile or diagonal layout, "
-      "before any parameters exist (equal to Program.levels once built).");
+      "The levels each layer of a chain of 'linear' / 'square' / 'rotate_sum' layers consumes "
+      "in `layout`, before any parameters exist (their sum is Program.levels once built).");
 
   auto server = nb::class_<rt::Server>(
       m, "Server",

@@ -4,6 +4,7 @@
 // engine against the simulator; every run's operation counts must equal the cost model's.
 #include <gtest/gtest.h>
 
+#include <numeric>
 #include <random>
 
 #include "fheprune/ckks/ckks.hpp"
@@ -224,11 +225,11 @@ TEST(TileLayout, PlanGivesEveryLayersUnitAndLevels) {
                                random_layer(14, 9, 3, 0.5, 8, 2), random_layer(5, 14, 4, 0.5, 2, 8)};
   layers[1].square_after = true;
   const Program p = build(Program::tile(prm, shape, 10), layers);
-  std::vector<bool> kinds;
+  std::vector<LayerKind> kinds;
   std::size_t index = 0;
   for (const Layer& l : p.layers()) {
     const auto* t = std::get_if<TileLinear>(&l);
-    kinds.push_back(t != nullptr);
+    kinds.push_back(t != nullptr ? LayerKind::kLinear : LayerKind::kSquare);
     if (t == nullptr) continue;
     const TileLayerPlan plan = tile_layer_plan(shape, index);
     EXPECT_EQ(plan.tile_rows, index % 2 == 0 ? 8u : 2u);
@@ -239,10 +240,15 @@ TEST(TileLayout, PlanGivesEveryLayersUnitAndLevels) {
     ++index;
   }
   EXPECT_EQ(index, 4u);
-  EXPECT_EQ(chain_levels(Layout::kTile, kinds), p.levels());
+  const auto sum = [](const std::vector<std::size_t>& v) {
+    return std::accumulate(v.begin(), v.end(), std::size_t{0});
+  };
+  EXPECT_EQ(layer_levels(Layout::kTile, kinds), (std::vector<std::size_t>{1, 1, 1, 2, 1}));
+  EXPECT_EQ(sum(layer_levels(Layout::kTile, kinds)), p.levels());
   EXPECT_EQ(p.levels(), 6u);  // four products, one square, one rebuild (the third layer)
-  EXPECT_EQ(chain_levels(Layout::kDiagonal, kinds), 5u);
-  EXPECT_THROW(chain_levels(Layout::kMap, kinds), CompileError);
+  EXPECT_EQ(sum(layer_levels(Layout::kDiagonal, kinds)), 5u);
+  EXPECT_THROW(layer_levels(Layout::kTile, {LayerKind::kLinear, LayerKind::kRotateSum}),
+               CompileError);
 }
 
 TEST(TileLayout, RejectsShapesThatDoNotFit) {

@@ -33,7 +33,7 @@ void check_values(std::span<const double> v, const std::string& what) {
   }
 }
 
-std::size_t layer_levels(const Layer& layer) {
+std::size_t built_layer_levels(const Layer& layer) {
   if (const auto* t = std::get_if<TileLinear>(&layer)) return t->rebuild_input ? 2 : 1;
   if (std::holds_alternative<RotateSum>(layer)) return 0;
   return 1;
@@ -66,22 +66,28 @@ TileLayerPlan tile_layer_plan(const TileShape3& tile, std::size_t index) {
   return plan;
 }
 
-std::size_t chain_levels(Layout layout, const std::vector<bool>& linear) {
-  if (layout == Layout::kMap) {
-    throw CompileError("chain_levels counts tile and diagonal chains; a map program's levels "
-                       "come from its lowering");
-  }
-  std::size_t levels = 0, index = 0;
-  for (const bool is_linear : linear) {
-    if (!is_linear) {
-      ++levels;
-    } else if (layout == Layout::kTile) {
-      levels += tile_layer_plan({1, 1, 1}, index++).levels();
-    } else {
-      ++levels;
+std::vector<std::size_t> layer_levels(Layout layout, const std::vector<LayerKind>& kinds) {
+  std::vector<std::size_t> out;
+  out.reserve(kinds.size());
+  std::size_t linear = 0;
+  for (const LayerKind kind : kinds) {
+    switch (kind) {
+      case LayerKind::kSquare:
+        out.push_back(1);
+        break;
+      case LayerKind::kRotateSum:
+        if (layout != Layout::kMap) {
+          throw CompileError("a rotate sum (pool) exists in the map layout only");
+        }
+        out.push_back(0);
+        break;
+      case LayerKind::kLinear:
+        out.push_back(layout == Layout::kTile ? tile_layer_plan({1, 1, 1}, linear).levels() : 1);
+        ++linear;
+        break;
     }
   }
-  return levels;
+  return out;
 }
 
 Program Program::tile(const ckks::Parameters& params, TileShape3 shape, std::size_t in_features) {
@@ -341,7 +347,7 @@ std::size_t Program::output_ciphertexts() const {
 
 std::size_t Program::levels() const {
   std::size_t total = 0;
-  for (const Layer& l : layers_) total += layer_levels(l);
+  for (const Layer& l : layers_) total += built_layer_levels(l);
   return total;
 }
 

@@ -113,15 +113,8 @@ class CiphertextUnit:
 
 
 def _levels(spec: Any) -> dict[str, int]:
-    """Level each op of a lowered program runs at (linear ops and squares use one each)."""
-    from fheprune.runtime.conv_lowering import MapLinearOp, SquareOp
-
-    level, out = int(spec.levels), {}
-    for op in spec.ops:
-        out[op.name] = level
-        if isinstance(op, MapLinearOp | SquareOp):
-            level -= 1
-    return out
+    """Level each op of a lowered program runs at (the program's level rule)."""
+    return {op.name: level for op, level in zip(spec.ops, spec.op_levels(), strict=True)}
 
 
 def _window_rotations(windows: Sequence[tuple[int, int]]) -> int:

@@ -243,7 +243,7 @@ def _build_program(
 def _levels(steps: Sequence[Step], layout: LayoutName) -> int:
     """Depth of the chain before parameters exist: the C++ program's own count."""
     kinds = ["linear" if isinstance(step, LinearStep) else "square" for step in steps]
-    return int(_core.chain_levels(layout, kinds))
+    return int(sum(_core.layer_levels(layout, kinds)))
 
 
 def _parameter_choice(
@@ -350,14 +350,18 @@ def compile_model(
 
 
 def _map_levels(model: nn.Module) -> int:
-    """Depth of a conv chain after folding: each Conv2d / Linear and each activation that is
-    not affine costs one level; pools and flattens cost none."""
-    linear = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.children())
-    squares = sum(
-        isinstance(m, PolyActivation) and float(m.coefficients()[0]) != 0.0
-        for m in model.children()
-    )
-    return linear + squares
+    """Depth of a conv chain after folding, before it is lowered (the dry run needs it to pick
+    the ring the lowering then runs on): Conv2d / Linear are linear layers, an activation that
+    is not affine a square, pools rotate sums; the program's rule prices each."""
+    kinds = []
+    for m in model.children():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            kinds.append("linear")
+        elif isinstance(m, PolyActivation) and float(m.coefficients()[0]) != 0.0:
+            kinds.append("square")
+        elif isinstance(m, nn.AvgPool2d):
+            kinds.append("rotate_sum")
+    return int(sum(_core.layer_levels("map", kinds)))
 
 
 def _compile_map(

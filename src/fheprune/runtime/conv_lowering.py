@@ -271,6 +271,13 @@ class SquareOp:
 MapOp = MapLinearOp | RotateSumOp | SquareOp
 
 
+def _op_kind(op: MapOp) -> str:
+    """The op's layer kind for ``_core.layer_levels``."""
+    if isinstance(op, MapLinearOp):
+        return "linear"
+    return "square" if isinstance(op, SquareOp) else "rotate_sum"
+
+
 @dataclass
 class MapProgramSpec:
     """A lowered network: client-packed input, the op chain, and the client's output map."""
@@ -281,9 +288,18 @@ class MapProgramSpec:
     ops: list[MapOp]
     plan: LayoutPlan | None = field(default=None, repr=False)
 
+    def op_levels(self) -> list[int]:
+        """The level each op runs at (its input's), from the C++ program's level rule."""
+        used = [int(u) for u in _core.layer_levels("map", [_op_kind(op) for op in self.ops])]
+        level, out = sum(used), []
+        for u in used:
+            out.append(level)
+            level -= u
+        return out
+
     @property
     def levels(self) -> int:
-        return sum(isinstance(op, MapLinearOp | SquareOp) for op in self.ops)
+        return int(sum(_core.layer_levels("map", [_op_kind(op) for op in self.ops])))
 
     def pack(self, images: NDArray[np.float64]) -> FloatArray:
         """Client side: images [B, C, H, W] -> slot vectors [B, input ciphertexts, slots]."""

@@ -166,10 +166,12 @@ struct TileLayerPlan {
 };
 TileLayerPlan tile_layer_plan(const TileShape3& tile, std::size_t index);
 
-// Multiplicative depth of a chain before it is built (the dry run chooses parameters with
-// it): `linear[i]` is true for a linear layer, false for a square. Equals Program::levels()
-// of the program built from the same chain in `layout` (tile or diagonal).
-std::size_t chain_levels(Layout layout, const std::vector<bool>& linear);
+// The levels each layer of a chain consumes in `layout`, known before the chain is built (the
+// dry run chooses parameters with their sum; cost-aware pruning prices each layer at its
+// level). Their sum equals Program::levels() of the program built from the same chain. Rotate
+// sums (pools) exist in the map layout only.
+enum class LayerKind { kLinear, kSquare, kRotateSum };
+std::vector<std::size_t> layer_levels(Layout layout, const std::vector<LayerKind>& kinds);
 
 class Program {
  public:
