@@ -30,13 +30,43 @@ std::size_t GaloisKeys::byte_size() const {
 
 KeyGenerator::KeyGenerator(ContextPtr ctx)
     : ctx_(std::move(ctx)), rng_(std::make_unique<SecureRandom>()) {
+  std::vector<std::int8_t> s(ctx_->poly_degree());
+  rng_->ternary(s.data(), s.size());
+  set_secret(s);
+}
+
+KeyGenerator::KeyGenerator(ContextPtr ctx, std::size_t hamming_weight)
+    : ctx_(std::move(ctx)), rng_(std::make_unique<SecureRandom>()) {
+  const std::size_t n = ctx_->poly_degree();
+  if (hamming_weight == 0 || hamming_weight > n) {
+    throw ParameterError("a secret's Hamming weight must be in [1, " + std::to_string(n) +
+                         "], got " + std::to_string(hamming_weight));
+  }
+  // The first `hamming_weight` places of a uniform random permutation (partial Fisher-Yates
+  // with unbiased indices), each +1 or -1.
+  std::vector<std::uint32_t> places(n);
+  for (std::size_t i = 0; i < n; ++i) places[i] = static_cast<std::uint32_t>(i);
+  std::vector<std::int8_t> s(n, 0);
+  for (std::size_t i = 0; i < hamming_weight; ++i) {
+    const u64 range = n - i;
+    const u64 limit = ~u64{0} - (~u64{0} % range);  // reject the biased tail
+    u64 r = 0;
+    do {
+      r = rng_->next_u64();
+    } while (r >= limit);
+    std::swap(places[i], places[i + r % range]);
+    s[places[i]] = (rng_->next_u64() & 1) ? 1 : -1;
+  }
+  sodium_memzero(places.data(), places.size() * sizeof(std::uint32_t));
+  set_secret(s);
+}
+
+void KeyGenerator::set_secret(std::vector<std::int8_t>& s) {
   const std::size_t n = ctx_->poly_degree();
   const std::size_t primes = ctx_->key_size();
   secret_.n_ = n;
   secret_.params_ = ctx_->fingerprint();
   rng_->fill(secret_.id_.data(), secret_.id_.size());
-  std::vector<std::int8_t> s(n);
-  rng_->ternary(s.data(), n);
   secret_.data_.resize(primes * n);
   ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) {
     const Modulus& q = ctx_->tables().modulus(i);

@@ -3,6 +3,7 @@
 //   Encoder (values <-> Plaintext); Encryptor / Decryptor; Evaluator; Serializer.
 #pragma once
 
+#include "fheprune/ckks/bootstrapper.hpp"
 #include "fheprune/ckks/ciphertext.hpp"
 #include "fheprune/ckks/context.hpp"
 #include "fheprune/ckks/encoder.hpp"

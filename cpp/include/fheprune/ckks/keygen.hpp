@@ -16,6 +16,10 @@ class KeyGenerator {
  public:
   // A fresh ternary secret from the OS CSPRNG.
   explicit KeyGenerator(ContextPtr ctx);
+  // A fresh ternary secret with exactly `hamming_weight` non-zero coefficients (+-1 at random
+  // places), as bootstrapping wants: its ModRaise overflow then stays small. Sparse secrets
+  // are outside the HE standard's uniform-ternary tables; choose the weight with care.
+  KeyGenerator(ContextPtr ctx, std::size_t hamming_weight);
   // Derive further keys for an existing secret (e.g. one loaded on the client).
   KeyGenerator(ContextPtr ctx, const SecretKey& secret);
 
@@ -34,6 +38,7 @@ class KeyGenerator {
  private:
   // Key switching from s' (given per prime in NTT form, key_size primes) to s.
   KeySwitchKey make_switch_key(const std::vector<u64>& source);
+  void set_secret(std::vector<std::int8_t>& coefficients);  // zeroes `coefficients`
 
   ContextPtr ctx_;
   SecretKey secret_;

@@ -1,0 +1,92 @@
+// CKKS bootstrapping: refresh a ciphertext that reached the bottom of its modulus chain.
+//
+// A ciphertext at level 0 decrypts to t(X) mod q0, the message's coefficients times the scale.
+// Refreshing it has four stages (Cheon, Han, Kim, Kim, Song 2018; Chen, Chillotti, Song 2019):
+//
+//   ModRaise     read the level-0 polynomials as integers and lift them to every prime of the
+//                top level: the result decrypts to t + q0 * I, I a small integer polynomial
+//                (|I| <= K, K set by the secret's Hamming weight);
+//   CoeffToSlot  the inverse of the encoding map as a homomorphic linear transform, so that
+//                slot j holds coefficients j and j + N/2 of t + q0 * I (real and imaginary);
+//                split into two real ciphertexts (conjugation, and a free multiplication by
+//                the monomial X^(N/2), which is i in every slot);
+//   EvalMod      remove q0 * I: (q0 / 2 pi) sin(2 pi y / q0) = t for |t| << q0, evaluated as a
+//                Chebyshev approximation of a scaled cosine followed by double-angle steps;
+//   SlotToCoeff  the encoding map again, which puts the coefficients back.
+//
+// This first version takes full slots (N/2) and evaluates each homomorphic DFT as one dense
+// matrix, baby-step giant-step with hoisted baby rotations; its plaintexts are encoded as they
+// are used. Scales are managed exactly: every constant is encoded at the scale that lands each
+// term on the scale the next step needs, so the output has the input's scale.
+#pragma once
+
+#include <complex>
+#include <cstddef>
+#include <vector>
+
+#include "fheprune/ckks/encoder.hpp"
+#include "fheprune/ckks/evaluator.hpp"
+#include "fheprune/ckks/keys.hpp"
+
+namespace fheprune::ckks {
+
+struct BootstrapConfig {
+  // Bound on |I| (ModRaise's overflow): about 5 standard deviations of a sum of h uniform
+  // values in [-1/2, 1/2], h the secret's Hamming weight; 12 covers h = 64.
+  double k_bound = 12.0;
+  std::size_t chebyshev_degree = 63;  // of the scaled cosine on [-1, 1]
+  std::size_t double_angles = 3;      // cos(2x) = 2 cos(x)^2 - 1, this many times
+};
+
+class Bootstrapper {
+ public:
+  // Throws ParameterError when the chain is too short for the refresh.
+  Bootstrapper(ContextPtr ctx, BootstrapConfig config = {});
+
+  const BootstrapConfig& config() const { return config_; }
+  // Left rotation steps the evaluation keys must hold (conjugation is needed as well).
+  std::vector<long> rotation_steps() const;
+  // Levels the refresh consumes from the top; the output is at max_level - levels_consumed().
+  std::size_t levels_consumed() const;
+  std::size_t output_level() const;
+
+  // The stages, public for tests and for callers that fuse them.
+  Ciphertext mod_raise(const Ciphertext& ct) const;
+  // Real ciphertexts of coefficients [0, N/2) and [N/2, N) of t + q0 * I, each divided by
+  // q0 * (K + 1) (so in [-1, 1]), one level down, at a scale near that level's prime.
+  std::pair<Ciphertext, Ciphertext> coeff_to_slot(const Ciphertext& raised,
+                                                  const GaloisKeys& gk) const;
+  // sin(2 pi (K + 1) x) for x in [-1, 1], at `output_scale`, levels_consumed() - 2 levels down.
+  Ciphertext eval_mod(const Ciphertext& x, const RelinKey& rk, double output_scale) const;
+  // The message back in the slots: `lo` and `hi` hold sin(2 pi t / q0) for the coefficients
+  // [0, N/2) and [N/2, N) of t, the message times `message_scale`.
+  Ciphertext slot_to_coeff(const Ciphertext& lo, const Ciphertext& hi, double message_scale,
+                           const GaloisKeys& gk) const;
+
+  // The whole refresh: the same message, at output_level() and the input's scale. A
+  // ciphertext above level 0 is first switched down to it.
+  Ciphertext refresh(const Ciphertext& ct, const EvaluationKeys& keys) const;
+
+ private:
+  // factor * matrix * in (slot vectors; matrix row-major [slots][slots]), one level down at
+  // scale `out_scale`: the diagonals are encoded at the scale that lands the rescale there.
+  Ciphertext linear_transform(const Ciphertext& in, const std::vector<std::complex<double>>& matrix,
+                              std::complex<double> factor, double out_scale,
+                              const GaloisKeys& gk) const;
+  // `ct` multiplied by `value`, rescaled to scale `scale` one level down.
+  Ciphertext multiply_const_to_scale(const Ciphertext& ct, double value, double scale) const;
+  // `ct` brought to `level` and `scale` (one multiplication by a constant, then mod switches).
+  Ciphertext match(const Ciphertext& ct, std::size_t level, double scale) const;
+  Ciphertext times_i(const Ciphertext& ct) const;  // i * ct: the monomial X^(N/2), exact
+
+  ContextPtr ctx_;
+  BootstrapConfig config_;
+  Encoder encoder_;
+  Evaluator evaluator_;
+  std::size_t baby_ = 1, giant_ = 1;  // baby * giant = slots
+  std::vector<double> chebyshev_;     // coefficients of the scaled cosine
+  std::vector<std::complex<double>> encode_matrix_;   // V: coefficients -> slots
+  std::vector<std::complex<double>> decode_matrix_;   // V^-1
+};
+
+}  // namespace fheprune::ckks

@@ -1,0 +1,301 @@
+#include "fheprune/ckks/bootstrapper.hpp"
+
+#include <cmath>
+#include <numbers>
+#include <string>
+
+#include "ckks/context_tables.hpp"
+#include "ckks/modarith.hpp"
+#include "fheprune/ckks/errors.hpp"
+
+namespace fheprune::ckks {
+namespace {
+
+using cd = std::complex<double>;
+
+std::size_t ceil_log2(std::size_t v) {
+  std::size_t bits = 0;
+  while ((std::size_t{1} << bits) < v) ++bits;
+  return bits;
+}
+
+// Dense homomorphic DFTs hold slots^2 complex entries; past this the refresh needs the factored
+// transforms (not built yet).
+constexpr std::size_t kMaxDenseSlots = 4096;
+
+// Chebyshev coefficients c_0..c_d of f on [-1, 1] (interpolation at the d + 1 Chebyshev nodes).
+std::vector<double> chebyshev_coefficients(const auto& f, std::size_t degree) {
+  const std::size_t m = degree + 1;
+  const double md = static_cast<double>(m);
+  std::vector<double> values(m), out(m, 0.0);
+  for (std::size_t k = 0; k < m; ++k) {
+    values[k] = f(std::cos(std::numbers::pi * (static_cast<double>(k) + 0.5) / md));
+  }
+  for (std::size_t j = 0; j < m; ++j) {
+    const double jd = static_cast<double>(j);
+    double sum = 0;
+    for (std::size_t k = 0; k < m; ++k) {
+      sum += values[k] * std::cos(std::numbers::pi * jd * (static_cast<double>(k) + 0.5) / md);
+    }
+    out[j] = (j == 0 ? 1.0 : 2.0) * sum / md;
+  }
+  return out;
+}
+
+}  // namespace
+
+Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
+    : ctx_(std::move(ctx)), config_(config), encoder_(ctx_), evaluator_(ctx_) {
+  const std::size_t slots = ctx_->slots();
+  if (slots > kMaxDenseSlots) {
+    throw ParameterError("bootstrapping with " + std::to_string(slots) +
+                         " slots needs the factored DFTs, which are not built yet; at most " +
+                         std::to_string(kMaxDenseSlots) + " slots (N = " +
+                         std::to_string(2 * kMaxDenseSlots) + ")");
+  }
+  if (!(config_.k_bound >= 1.0) || config_.chebyshev_degree < 2 || config_.double_angles > 8) {
+    throw ParameterError("bootstrap config: k_bound >= 1, chebyshev_degree >= 2 and "
+                         "double_angles <= 8 are required");
+  }
+  if (ctx_->max_level() < levels_consumed() + 1) {
+    throw ParameterError("bootstrapping consumes " + std::to_string(levels_consumed()) +
+                         " levels and leaves at least one; the chain has " +
+                         std::to_string(ctx_->max_level()) + " (add primes or lower "
+                         "chebyshev_degree / double_angles)");
+  }
+  baby_ = std::size_t{1} << ((ceil_log2(slots) + 1) / 2);
+  giant_ = slots / baby_;
+
+  // V[j][i] = zeta_j^i with zeta_j = exp(i pi 5^j / N): slot j of the polynomial sum_i w_i X^i
+  // (for i < N/2, where X^(N/2) is i in every slot). V^-1 = V^H / slots.
+  const std::size_t n2 = 2 * ctx_->poly_degree();
+  encode_matrix_.resize(slots * slots);
+  decode_matrix_.resize(slots * slots);
+  std::size_t g = 1;
+  for (std::size_t j = 0; j < slots; ++j) {
+    for (std::size_t i = 0; i < slots; ++i) {
+      const double angle = std::numbers::pi * static_cast<double>((g * i) % n2) /
+                           static_cast<double>(ctx_->poly_degree());
+      const cd v = std::polar(1.0, angle);
+      encode_matrix_[j * slots + i] = v;
+      decode_matrix_[i * slots + j] = std::conj(v) / static_cast<double>(slots);
+    }
+    g = (g * 5) % n2;
+  }
+
+  // cos(2 pi ((K + 1) u - 1/4) / 2^r) on [-1, 1]; r double angles turn it into sin(2 pi y).
+  const double k1 = config_.k_bound + 1.0;
+  const double r = std::ldexp(1.0, -static_cast<int>(config_.double_angles));
+  chebyshev_ = chebyshev_coefficients(
+      [&](double u) { return std::cos(2.0 * std::numbers::pi * (k1 * u - 0.25) * r); },
+      config_.chebyshev_degree);
+}
+
+std::size_t Bootstrapper::levels_consumed() const {
+  // CoeffToSlot, the Chebyshev basis and its coefficients, the double angles, SlotToCoeff.
+  return 1 + ceil_log2(config_.chebyshev_degree) + 1 + config_.double_angles + 1;
+}
+
+std::size_t Bootstrapper::output_level() const { return ctx_->max_level() - levels_consumed(); }
+
+std::vector<long> Bootstrapper::rotation_steps() const {
+  std::vector<long> steps;
+  for (std::size_t b = 1; b < baby_; ++b) steps.push_back(static_cast<long>(b));
+  for (std::size_t g = 1; g < giant_; ++g) steps.push_back(static_cast<long>(g * baby_));
+  return steps;
+}
+
+Ciphertext Bootstrapper::mod_raise(const Ciphertext& ct) const {
+  if (ct.level() != 0) {
+    throw LevelError("mod_raise takes a ciphertext at level 0, got level " +
+                     std::to_string(ct.level()) + "; switch it down with mod_switch_to first");
+  }
+  if (ct.size() != 2) {
+    throw FheError("mod_raise takes a size-2 ciphertext; relinearize first");
+  }
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t top = ctx_->max_level();
+  const ContextTables& tables = ctx_->tables();
+  const u64 q0 = tables.modulus(0).value();
+  Ciphertext out(*ctx_, 2, top, ct.scale(), ct.key_id());
+  for (std::size_t k = 0; k < 2; ++k) {
+    std::vector<u64> coeffs(ct.poly(k, 0), ct.poly(k, 0) + n);
+    tables.ntt(0).inverse(coeffs.data());
+    tables.pool().parallel_for(top + 1, [&](std::size_t i) {
+      const Modulus& q = tables.modulus(i);
+      u64* dst = out.poly(k, i);
+      for (std::size_t c = 0; c < n; ++c) {
+        // The centred representative in (-q0/2, q0/2]: the smallest overflow I.
+        const u64 v = coeffs[c];
+        dst[c] = v > q0 / 2 ? q.sub(0, q.reduce(q0 - v)) : q.reduce(v);
+      }
+      tables.ntt(i).forward(dst);
+    });
+  }
+  return out;
+}
+
+Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const std::vector<cd>& matrix,
+                                          cd factor, double out_scale,
+                                          const GaloisKeys& gk) const {
+  const std::size_t n = ctx_->slots();
+  const std::size_t level = in.level();
+  const double q = static_cast<double>(ctx_->tables().modulus(level).value());
+  const double plain_scale = out_scale * q / in.scale();
+  // Baby steps: the input rotated by 0 .. baby-1, sharing one decomposition.
+  std::vector<long> steps;
+  for (std::size_t b = 1; b < baby_; ++b) steps.push_back(static_cast<long>(b));
+  std::vector<Ciphertext> babies;
+  babies.reserve(baby_);
+  babies.push_back(in);
+  for (Ciphertext& c : evaluator_.rotate_hoisted(in, steps, gk)) babies.push_back(std::move(c));
+  std::vector<const Ciphertext*> cts;
+  for (const Ciphertext& c : babies) cts.push_back(&c);
+
+  // sum_k diag_k * rot(in, k) with k = g * baby + b, as sum_g rot(sum_b rot(diag_k, -g baby) *
+  // rot(in, b), g baby): diag_k[j] = M[j][j + k].
+  Ciphertext acc;
+  std::vector<cd> diag(n);
+  for (std::size_t g = 0; g < giant_; ++g) {
+    std::vector<Plaintext> pts;
+    pts.reserve(baby_);
+    for (std::size_t b = 0; b < baby_; ++b) {
+      const std::size_t k = g * baby_ + b;
+      for (std::size_t j = 0; j < n; ++j) {
+        const std::size_t row = (j + n - (g * baby_) % n) % n;
+        diag[j] = factor * matrix[row * n + (row + k) % n];
+      }
+      pts.push_back(encoder_.encode(diag, plain_scale, level));
+    }
+    std::vector<const Plaintext*> pp;
+    for (const Plaintext& p : pts) pp.push_back(&p);
+    Ciphertext inner = evaluator_.multiply_plain_sum(cts, pp);
+    if (g > 0) inner = evaluator_.rotate(inner, static_cast<long>(g * baby_), gk);
+    if (g == 0) {
+      acc = std::move(inner);
+    } else {
+      evaluator_.add_inplace(acc, inner);
+    }
+  }
+  Ciphertext out = evaluator_.rescale(acc);
+  out.set_scale(out_scale);  // equal up to rounding of the double product
+  return out;
+}
+
+std::pair<Ciphertext, Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
+                                                              const GaloisKeys& gk) const {
+  const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
+  const double k1 = config_.k_bound + 1.0;
+  // The next level's prime as the scale: the Chebyshev products then keep it (S^2 / q ~ S).
+  const double scale =
+      static_cast<double>(ctx_->tables().modulus(raised.level() - 1).value());
+  // u = (t_j + i t_{j+N/2}) / (2 q0 (K + 1)); u + conj(u) and i (conj(u) - u) split it.
+  const Ciphertext u =
+      linear_transform(raised, decode_matrix_, cd{raised.scale() / (2.0 * q0 * k1), 0.0}, scale,
+                       gk);
+  const Ciphertext conj = evaluator_.conjugate(u, gk);
+  return {evaluator_.add(u, conj), times_i(evaluator_.sub(conj, u))};
+}
+
+Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk,
+                                  double output_scale) const {
+  const std::size_t d = config_.chebyshev_degree;
+  const ContextTables& tables = ctx_->tables();
+  const auto prime = [&](std::size_t level) {
+    return static_cast<double>(tables.modulus(level).value());
+  };
+  const auto product = [&](const Ciphertext& a, const Ciphertext& b) {
+    const std::size_t level = std::min(a.level(), b.level());
+    const Ciphertext a2 = a.level() == level ? a : evaluator_.mod_switch_to(a, level);
+    const Ciphertext b2 = b.level() == level ? b : evaluator_.mod_switch_to(b, level);
+    return evaluator_.rescale(evaluator_.multiply_relin(a2, b2, rk));
+  };
+  // Chebyshev basis: T_2k = 2 T_k^2 - 1, T_2k+1 = 2 T_k+1 T_k - T_1 (depth ceil(log2 k)).
+  std::vector<Ciphertext> t(d + 1);
+  t[1] = x;
+  for (std::size_t k = 2; k <= d; ++k) {
+    Ciphertext p = k % 2 == 0 ? product(t[k / 2], t[k / 2]) : product(t[k / 2 + 1], t[k / 2]);
+    evaluator_.add_inplace(p, Ciphertext(p));
+    if (k % 2 == 0) {
+      evaluator_.add_plain_inplace(p, encoder_.encode_constant(-1.0, p.scale(), p.level()));
+    } else {
+      evaluator_.sub_inplace(p, match(t[1], p.level(), p.scale()));
+    }
+    t[k] = std::move(p);
+  }
+  // The scale the sum must have so that the double angles end at `output_scale`.
+  const std::size_t sum_level = x.level() - ceil_log2(d) - 1;
+  double scale = output_scale;
+  for (std::size_t j = config_.double_angles; j >= 1; --j) {
+    scale = std::sqrt(scale * prime(sum_level - (j - 1)));
+  }
+  Ciphertext acc;
+  bool have = false;
+  for (std::size_t k = 1; k <= d; ++k) {
+    if (chebyshev_[k] == 0.0) continue;
+    Ciphertext term = multiply_const_to_scale(t[k], chebyshev_[k], scale);
+    if (term.level() != sum_level) term = evaluator_.mod_switch_to(term, sum_level);
+    if (have) {
+      evaluator_.add_inplace(acc, term);
+    } else {
+      acc = std::move(term);
+      have = true;
+    }
+  }
+  evaluator_.add_plain_inplace(acc, encoder_.encode_constant(chebyshev_[0], acc.scale(), sum_level));
+  for (std::size_t j = 0; j < config_.double_angles; ++j) {
+    Ciphertext sq = evaluator_.rescale(evaluator_.relinearize(evaluator_.square(acc), rk));
+    evaluator_.add_inplace(sq, Ciphertext(sq));
+    evaluator_.add_plain_inplace(sq, encoder_.encode_constant(-1.0, sq.scale(), sq.level()));
+    acc = std::move(sq);
+  }
+  acc.set_scale(output_scale);  // equal up to rounding of the double products
+  return acc;
+}
+
+Ciphertext Bootstrapper::slot_to_coeff(const Ciphertext& lo, const Ciphertext& hi,
+                                       double message_scale, const GaloisKeys& gk) const {
+  const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
+  const Ciphertext w = evaluator_.add(lo, times_i(hi));
+  return linear_transform(w, encode_matrix_,
+                          cd{q0 / (2.0 * std::numbers::pi * message_scale), 0.0}, message_scale,
+                          gk);
+}
+
+Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& keys) const {
+  const Ciphertext bottom = ct.level() == 0 ? ct : evaluator_.mod_switch_to(ct, 0);
+  const Ciphertext raised = mod_raise(bottom);
+  const auto [lo, hi] = coeff_to_slot(raised, keys.galois_keys);
+  // EvalMod ends at the scale it works at (near its primes): its output's last bits are the
+  // message's, so the scale only comes down to the input's in SlotToCoeff.
+  const Ciphertext lo_mod = eval_mod(lo, keys.relin_key, lo.scale());
+  const Ciphertext hi_mod = eval_mod(hi, keys.relin_key, lo.scale());
+  return slot_to_coeff(lo_mod, hi_mod, ct.scale(), keys.galois_keys);
+}
+
+Ciphertext Bootstrapper::multiply_const_to_scale(const Ciphertext& ct, double value,
+                                                 double scale) const {
+  const double q = static_cast<double>(ctx_->tables().modulus(ct.level()).value());
+  const Plaintext pt = encoder_.encode_constant(value, scale * q / ct.scale(), ct.level());
+  Ciphertext out = evaluator_.rescale(evaluator_.multiply_plain(ct, pt));
+  out.set_scale(scale);  // equal up to rounding of the double product
+  return out;
+}
+
+Ciphertext Bootstrapper::match(const Ciphertext& ct, std::size_t level, double scale) const {
+  if (ct.level() == level && std::fabs(ct.scale() - scale) <= 1e-9 * scale) return ct;
+  if (ct.level() <= level) {
+    throw LevelError("cannot bring a ciphertext at level " + std::to_string(ct.level()) +
+                     " to level " + std::to_string(level) + " with another scale");
+  }
+  Ciphertext out = multiply_const_to_scale(ct, 1.0, scale);
+  return out.level() == level ? out : evaluator_.mod_switch_to(out, level);
+}
+
+Ciphertext Bootstrapper::times_i(const Ciphertext& ct) const {
+  // i in every slot is the polynomial X^(N/2) exactly: scale 1, no level used.
+  const std::vector<cd> i_vec(ctx_->slots(), cd{0.0, 1.0});
+  return evaluator_.multiply_plain(ct, encoder_.encode(i_vec, 1.0, ct.level()));
+}
+
+}  // namespace fheprune::ckks

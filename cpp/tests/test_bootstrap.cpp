@@ -1,0 +1,204 @@
+// CKKS bootstrapping: each stage against its cleartext definition, then whole refreshes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <complex>
+#include <numbers>
+
+#include "ckks/context_tables.hpp"
+#include "fheprune/ckks/bootstrapper.hpp"
+#include "fheprune/ckks/ckks.hpp"
+#include "test_util.hpp"
+
+namespace fheprune::ckks {
+namespace {
+
+using testing::random_reals;
+using testing::small_params;
+using cd = std::complex<double>;
+
+constexpr std::size_t kWeight = 64;  // the secret's Hamming weight; K = 12 covers it
+
+// q0 = 55 bits against a 40-bit message scale (2^15 of room for the sine), two user levels,
+// StC at a 40-bit prime, EvalMod on 55-bit primes, CoeffToSlot on a 60-bit one (its
+// plaintexts need the precision: the raised slots are 2^20 times the message).
+Parameters bootstrap_params(std::size_t n = 1024) {
+  std::vector<int> chain = {55, 40, 40, 40};
+  for (int i = 0; i < 9; ++i) chain.push_back(55);
+  chain.push_back(60);
+  return small_params(chain, {60}, n);
+}
+
+struct Fixture {
+  ContextPtr ctx;
+  KeyGenerator keygen;
+  Bootstrapper boot;
+  EvaluationKeys keys;
+  Encoder encoder;
+  Encryptor encryptor;
+  Decryptor decryptor;
+  Evaluator evaluator;
+
+  explicit Fixture(BootstrapConfig config = {.chebyshev_degree = 31},
+                   std::size_t threads = 1)
+      : ctx(make_context(bootstrap_params(), threads)),
+        keygen(ctx, kWeight),
+        boot(ctx, config),
+        keys(keygen.create_evaluation_keys(boot.rotation_steps(), /*conjugation=*/true)),
+        encoder(ctx),
+        encryptor(ctx, keygen.secret_key()),
+        decryptor(ctx, keygen.secret_key()),
+        evaluator(ctx) {}
+
+  Ciphertext encrypt(const std::vector<cd>& values, std::size_t level, double scale) {
+    return encryptor.encrypt(encoder.encode(values, scale, level));
+  }
+  std::vector<cd> decrypt(const Ciphertext& ct) {
+    return encoder.decode_complex(decryptor.decrypt(ct));
+  }
+};
+
+Fixture& shared() {
+  static Fixture f;
+  return f;
+}
+
+std::vector<cd> random_complex(std::size_t count, std::uint64_t seed, double bound = 1.0) {
+  const auto re = random_reals(count, seed, bound), im = random_reals(count, seed + 1, bound);
+  std::vector<cd> out(count);
+  for (std::size_t i = 0; i < count; ++i) out[i] = {re[i], im[i]};
+  return out;
+}
+
+double max_error(const std::vector<cd>& a, const std::vector<cd>& b) {
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+TEST(Bootstrap, ModRaiseKeepsTheMessageModuloQ0) {
+  Fixture& f = shared();
+  const auto z = random_complex(f.ctx->slots(), 1);
+  const Ciphertext ct = f.encrypt(z, 0, f.ctx->default_scale());
+  const Ciphertext raised = f.boot.mod_raise(ct);
+  EXPECT_EQ(raised.level(), f.ctx->max_level());
+  // t + q0 I is t again modulo q0: switching back down gives the same decryption, bit for bit.
+  const Plaintext a = f.decryptor.decrypt(ct);
+  const Plaintext b = f.decryptor.decrypt(f.evaluator.mod_switch_to(raised, 0));
+  EXPECT_EQ(a.data(), b.data());
+  EXPECT_THROW(f.boot.mod_raise(f.encrypt(z, 1, f.ctx->default_scale())), LevelError);
+}
+
+TEST(Bootstrap, CoeffToSlotIsTheInverseEncodingUpToTheOverflow) {
+  Fixture& f = shared();
+  const std::size_t n = f.ctx->slots();
+  const double scale = f.ctx->default_scale();
+  const double q0 = static_cast<double>(f.ctx->primes()[0]);
+  const double k1 = f.boot.config().k_bound + 1.0;
+  const auto z = random_complex(n, 2);
+  const auto [lo, hi] = f.boot.coeff_to_slot(f.boot.mod_raise(f.encrypt(z, 0, scale)),
+                                             f.keys.galois_keys);
+  const auto got_lo = f.decrypt(lo), got_hi = f.decrypt(hi);
+  // Coefficient j (and j + N/2) of the message times the scale: w = V^-1 z, V[j][i] = zeta_j^i.
+  const std::size_t two_n = 4 * n;
+  std::size_t g = 1;
+  std::vector<cd> w(n, cd{0, 0});
+  for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double angle = std::numbers::pi * static_cast<double>((g * i) % two_n) / (2.0 * static_cast<double>(n));
+      w[i] += std::conj(std::polar(1.0, angle)) * z[j] / static_cast<double>(n);
+    }
+    g = (g * 5) % two_n;
+  }
+  double worst = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    for (const auto& [value, want] : {std::pair{got_lo[i], w[i].real()}, {got_hi[i], w[i].imag()}}) {
+      const double y = value.real() * k1;            // I + t / q0
+      const double overflow = std::round(y);
+      EXPECT_LE(std::abs(overflow), f.boot.config().k_bound);
+      worst = std::max(worst, std::abs((y - overflow) - want * scale / q0));
+      EXPECT_LT(std::abs(value.imag()), 1e-6);  // real slots
+    }
+  }
+  // In units of the message: |error| * q0 / scale.
+  EXPECT_LT(worst * q0 / scale, 1e-4);
+}
+
+TEST(Bootstrap, EvalModApproximatesTheSine) {
+  Fixture& f = shared();
+  const std::size_t n = f.ctx->slots();
+  const std::size_t level = f.ctx->max_level() - 1;
+  const double scale = static_cast<double>(f.ctx->primes()[level]);
+  const double k1 = f.boot.config().k_bound + 1.0;
+  // x = (I + e) / (K + 1): integers plus small offsets, the inputs EvalMod sees.
+  const auto off = random_reals(n, 3, 1e-3);
+  const auto ints = random_reals(n, 4, f.boot.config().k_bound);
+  std::vector<cd> x(n), want(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double y = std::round(ints[i]) + off[i];
+    x[i] = y / k1;
+    want[i] = std::sin(2.0 * std::numbers::pi * y);
+  }
+  const Ciphertext out =
+      f.boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key, f.ctx->default_scale());
+  EXPECT_EQ(out.level(), f.boot.output_level() + 1);
+  EXPECT_LT(max_error(f.decrypt(out), want), 1e-6);
+}
+
+TEST(Bootstrap, RefreshRestoresLevelsAndKeepsTheMessage) {
+  Fixture& f = shared();
+  const std::size_t n = f.ctx->slots();
+  const auto z = random_complex(n, 5);
+  const Ciphertext ct = f.encrypt(z, 0, f.ctx->default_scale());
+  const Ciphertext fresh = f.boot.refresh(ct, f.keys);
+  EXPECT_EQ(fresh.level(), f.boot.output_level());
+  EXPECT_DOUBLE_EQ(fresh.scale(), ct.scale());
+  const double err = max_error(f.decrypt(fresh), z);
+  RecordProperty("precision_bits_min", std::to_string(-std::log2(err)));
+  EXPECT_LT(err, std::ldexp(1.0, -15)) << "precision " << -std::log2(err) << " bits";
+}
+
+TEST(Bootstrap, RepeatedRefreshesDoNotDrift) {
+  Fixture& f = shared();
+  const auto z = random_complex(f.ctx->slots(), 6);
+  Ciphertext ct = f.encrypt(z, 0, f.ctx->default_scale());
+  double first = 0;
+  for (int i = 0; i < 5; ++i) {
+    ct = f.boot.refresh(ct, f.keys);
+    const double err = max_error(f.decrypt(ct), z);
+    if (i == 0) first = err;
+    EXPECT_LT(err, std::ldexp(1.0, -14)) << "refresh " << i;
+  }
+  EXPECT_LT(max_error(f.decrypt(ct), z), 8 * first + 1e-9);
+}
+
+TEST(Bootstrap, RejectsChainsTooShortAndTooManySlots) {
+  EXPECT_THROW(Bootstrapper(make_context(small_params({55, 40, 40, 40}, {60}, 1024))),
+               ParameterError);
+  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params(16384))), ParameterError);
+  EXPECT_THROW(KeyGenerator(make_context(small_params()), 0), ParameterError);
+}
+
+TEST(Bootstrap, SparseSecretHasExactlyItsWeight) {
+  const ContextPtr ctx = make_context(bootstrap_params());
+  for (const std::size_t h : {std::size_t{1}, std::size_t{64}, std::size_t{1024}}) {
+    const KeyGenerator keygen(ctx, h);
+    const Modulus& q = ctx->tables().modulus(0);
+    std::vector<u64> s(keygen.secret_key().prime(0), keygen.secret_key().prime(0) + 1024);
+    ctx->tables().ntt(0).inverse(s.data());
+    std::size_t plus = 0, minus = 0;
+    for (const u64 v : s) {
+      plus += v == 1;
+      minus += v == q.value() - 1;
+      EXPECT_TRUE(v == 0 || v == 1 || v == q.value() - 1);
+    }
+    EXPECT_EQ(plus + minus, h);
+    if (h == 1024) {  // signs are random: both occur
+      EXPECT_GT(plus, 400u);
+      EXPECT_GT(minus, 400u);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fheprune::ckks
