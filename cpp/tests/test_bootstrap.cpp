@@ -1,6 +1,7 @@
 // CKKS bootstrapping: each stage against its cleartext definition, then whole refreshes.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <complex>
 #include <numbers>
@@ -20,12 +21,13 @@ using cd = std::complex<double>;
 constexpr std::size_t kWeight = 64;  // the secret's Hamming weight; K = 12 covers it
 
 // q0 = 55 bits against a 40-bit message scale (2^15 of room for the sine), two user levels,
-// StC at a 40-bit prime, EvalMod on 55-bit primes, CoeffToSlot on a 60-bit one (its
+// SlotToCoeff on 40-bit primes, EvalMod on 55-bit ones, CoeffToSlot on 60-bit ones (its
 // plaintexts need the precision: the raised slots are 2^20 times the message).
-Parameters bootstrap_params(std::size_t n = 1024) {
-  std::vector<int> chain = {55, 40, 40, 40};
+Parameters bootstrap_params(std::size_t n = 1024, std::size_t dft_levels = 3) {
+  std::vector<int> chain = {55, 40, 40};
+  for (std::size_t i = 0; i < dft_levels; ++i) chain.push_back(40);
   for (int i = 0; i < 9; ++i) chain.push_back(55);
-  chain.push_back(60);
+  for (std::size_t i = 0; i < dft_levels; ++i) chain.push_back(60);
   return small_params(chain, {60}, n);
 }
 
@@ -70,10 +72,65 @@ std::vector<cd> random_complex(std::size_t count, std::uint64_t seed, double bou
   return out;
 }
 
+std::size_t bit_reverse(std::size_t i, std::size_t bits) {
+  std::size_t r = 0;
+  for (std::size_t b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+  return r;
+}
+
+// V w with V[j][i] = zeta^(5^j i), zeta = exp(i pi / N): the slots of sum_i w_i X^i.
+std::vector<cd> encode_dense(const std::vector<cd>& w, std::size_t poly_degree) {
+  const std::size_t n = w.size(), m = 2 * poly_degree;
+  std::vector<cd> z(n, cd{0, 0});
+  std::size_t g = 1;
+  for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t i = 0; i < n; ++i) {
+      z[j] += std::polar(1.0, std::numbers::pi * static_cast<double>((g * i) % m) /
+                                  static_cast<double>(poly_degree)) *
+              w[i];
+    }
+    g = (g * 5) % m;
+  }
+  return z;
+}
+
+std::vector<cd> apply_diagonals(const Diagonals& d, const std::vector<cd>& x) {
+  const std::size_t n = x.size();
+  std::vector<cd> y(n, cd{0, 0});
+  for (const auto& [k, diag] : d) {
+    for (std::size_t j = 0; j < n; ++j) y[j] += diag[j] * x[(j + k) % n];
+  }
+  return y;
+}
+
 double max_error(const std::vector<cd>& a, const std::vector<cd>& b) {
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
   return worst;
+}
+
+TEST(Bootstrap, ButterflyStagesFactorTheEncodingMap) {
+  for (const std::size_t poly_degree : {std::size_t{8}, std::size_t{64}, std::size_t{512}}) {
+    const std::size_t n = poly_degree / 2, bits = static_cast<std::size_t>(std::countr_zero(n));
+    const auto w = random_complex(n, poly_degree);
+    std::vector<cd> reversed(n);
+    for (std::size_t i = 0; i < n; ++i) reversed[bit_reverse(i, bits)] = w[i];
+    const auto z = encode_dense(w, poly_degree);
+    // V = stage[L-1] ... stage[0] * bit reversal, each stage three diagonals at most.
+    std::vector<cd> x = reversed;
+    for (const Diagonals& d : encoding_stages(poly_degree)) {
+      EXPECT_LE(d.size(), 3u);
+      x = apply_diagonals(d, x);
+    }
+    EXPECT_LT(max_error(x, z), 1e-9 * static_cast<double>(n));
+    // The decoding stages undo it, leaving the coefficients bit-reversed.
+    std::vector<cd> y = z;
+    for (const Diagonals& d : decoding_stages(poly_degree)) y = apply_diagonals(d, y);
+    EXPECT_LT(max_error(y, reversed), 1e-9);
+    // Merged stages are the same map.
+    EXPECT_LT(max_error(apply_diagonals(compose(encoding_stages(poly_degree), n), reversed), z),
+              1e-9 * static_cast<double>(n));
+  }
 }
 
 TEST(Bootstrap, ModRaiseKeepsTheMessageModuloQ0) {
@@ -111,8 +168,10 @@ TEST(Bootstrap, CoeffToSlotIsTheInverseEncodingUpToTheOverflow) {
     g = (g * 5) % two_n;
   }
   double worst = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    for (const auto& [value, want] : {std::pair{got_lo[i], w[i].real()}, {got_hi[i], w[i].imag()}}) {
+  const std::size_t bits = static_cast<std::size_t>(std::countr_zero(n));
+  for (std::size_t r = 0; r < n; ++r) {
+    const std::size_t i = bit_reverse(r, bits);  // CoeffToSlot leaves them bit-reversed
+    for (const auto& [value, want] : {std::pair{got_lo[r], w[i].real()}, {got_hi[r], w[i].imag()}}) {
       const double y = value.real() * k1;            // I + t / q0
       const double overflow = std::round(y);
       EXPECT_LE(std::abs(overflow), f.boot.config().k_bound);
@@ -127,7 +186,7 @@ TEST(Bootstrap, CoeffToSlotIsTheInverseEncodingUpToTheOverflow) {
 TEST(Bootstrap, EvalModApproximatesTheSine) {
   Fixture& f = shared();
   const std::size_t n = f.ctx->slots();
-  const std::size_t level = f.ctx->max_level() - 1;
+  const std::size_t level = f.ctx->max_level() - f.boot.config().cts_levels;
   const double scale = static_cast<double>(f.ctx->primes()[level]);
   const double k1 = f.boot.config().k_bound + 1.0;
   // x = (I + e) / (K + 1): integers plus small offsets, the inputs EvalMod sees.
@@ -141,7 +200,7 @@ TEST(Bootstrap, EvalModApproximatesTheSine) {
   }
   const Ciphertext out =
       f.boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key, f.ctx->default_scale());
-  EXPECT_EQ(out.level(), f.boot.output_level() + 1);
+  EXPECT_EQ(out.level(), f.boot.output_level() + f.boot.config().stc_levels);
   EXPECT_LT(max_error(f.decrypt(out), want), 1e-6);
 }
 
@@ -172,10 +231,11 @@ TEST(Bootstrap, RepeatedRefreshesDoNotDrift) {
   EXPECT_LT(max_error(f.decrypt(ct), z), 8 * first + 1e-9);
 }
 
-TEST(Bootstrap, RejectsChainsTooShortAndTooManySlots) {
+TEST(Bootstrap, RejectsChainsTooShortAndBadConfigs) {
   EXPECT_THROW(Bootstrapper(make_context(small_params({55, 40, 40, 40}, {60}, 1024))),
                ParameterError);
-  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params(16384))), ParameterError);
+  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.cts_levels = 10}), ParameterError);
+  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.stc_levels = 0}), ParameterError);
   EXPECT_THROW(KeyGenerator(make_context(small_params()), 0), ParameterError);
 }
 

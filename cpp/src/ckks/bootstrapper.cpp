@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <numbers>
+#include <set>
 #include <string>
 
 #include "ckks/context_tables.hpp"
@@ -18,10 +19,6 @@ std::size_t ceil_log2(std::size_t v) {
   while ((std::size_t{1} << bits) < v) ++bits;
   return bits;
 }
-
-// Dense homomorphic DFTs hold slots^2 complex entries; past this the refresh needs the factored
-// transforms (not built yet).
-constexpr std::size_t kMaxDenseSlots = 4096;
 
 // Chebyshev coefficients c_0..c_d of f on [-1, 1] (interpolation at the d + 1 Chebyshev nodes).
 std::vector<double> chebyshev_coefficients(const auto& f, std::size_t degree) {
@@ -42,20 +39,140 @@ std::vector<double> chebyshev_coefficients(const auto& f, std::size_t degree) {
   return out;
 }
 
+// Split `stages` (in application order) into `groups` consecutive runs and multiply each out.
+std::vector<Diagonals> merge(const std::vector<Diagonals>& stages, std::size_t groups,
+                             std::size_t slots) {
+  std::vector<Diagonals> out;
+  const std::size_t count = stages.size();
+  std::size_t begin = 0;
+  for (std::size_t g = 0; g < groups; ++g) {
+    const std::size_t end = begin + (count - begin) / (groups - g);
+    out.push_back(compose({stages.begin() + static_cast<long>(begin),
+                           stages.begin() + static_cast<long>(end)},
+                          slots));
+    begin = end;
+  }
+  return out;
+}
+
+// Baby-step size for a set of diagonals: the power of two with the fewest rotations (distinct
+// non-zero babies k mod n1 plus distinct non-zero giants k / n1).
+std::size_t best_baby(const Diagonals& d, std::size_t slots) {
+  std::size_t best = 1, best_cost = ~std::size_t{0};
+  for (std::size_t n1 = 1; n1 <= slots; n1 *= 2) {
+    std::set<std::size_t> babies, giants;
+    for (const auto& [k, _] : d) {
+      if (k % n1) babies.insert(k % n1);
+      if (k / n1) giants.insert(k / n1);
+    }
+    if (babies.size() + giants.size() < best_cost) {
+      best_cost = babies.size() + giants.size();
+      best = n1;
+    }
+  }
+  return best;
+}
+
 }  // namespace
+
+std::vector<Diagonals> encoding_stages(std::size_t poly_degree) {
+  const std::size_t slots = poly_degree / 2, m = 2 * poly_degree;
+  std::vector<Diagonals> stages;
+  for (std::size_t len = 2; len <= slots; len *= 2) {
+    const std::size_t half = len / 2, quarter_period = 4 * len;
+    std::vector<cd> same(slots), up(slots, cd{0, 0}), down(slots, cd{0, 0});
+    std::size_t g = 1;  // 5^j mod 2N
+    std::vector<cd> twiddle(half);
+    for (std::size_t j = 0; j < half; ++j) {
+      // zeta^(5^j) restricted to this stage: exp(2 pi i (5^j mod 4 len) / (4 len)).
+      twiddle[j] = std::polar(1.0, 2.0 * std::numbers::pi *
+                                       static_cast<double>(g % quarter_period) /
+                                       static_cast<double>(quarter_period));
+      g = (g * 5) % m;
+    }
+    for (std::size_t i = 0; i < slots; i += len) {
+      for (std::size_t j = 0; j < half; ++j) {
+        // out[i + j] = x[i + j] + w x[i + j + half]; out[i + j + half] = x[i + j] - w x[...].
+        same[i + j] = 1.0;
+        up[i + j] = twiddle[j];
+        down[i + j + half] = 1.0;
+        same[i + j + half] = -twiddle[j];
+      }
+    }
+    Diagonals d;
+    d[0] = same;
+    d[half % slots] = up;
+    auto& back = d[(slots - half) % slots];
+    if (back.empty()) back.assign(slots, cd{0, 0});
+    for (std::size_t r = 0; r < slots; ++r) back[r] += down[r];
+    stages.push_back(std::move(d));
+  }
+  return stages;
+}
+
+std::vector<Diagonals> decoding_stages(std::size_t poly_degree) {
+  const std::size_t slots = poly_degree / 2, m = 2 * poly_degree;
+  std::vector<Diagonals> stages;
+  for (std::size_t len = slots; len >= 2; len /= 2) {
+    const std::size_t half = len / 2, quarter_period = 4 * len;
+    std::vector<cd> same(slots), up(slots, cd{0, 0}), down(slots, cd{0, 0});
+    std::size_t g = 1;
+    std::vector<cd> twiddle(half);
+    for (std::size_t j = 0; j < half; ++j) {
+      twiddle[j] = std::polar(1.0, 2.0 * std::numbers::pi *
+                                       static_cast<double>(g % quarter_period) /
+                                       static_cast<double>(quarter_period));
+      g = (g * 5) % m;
+    }
+    for (std::size_t i = 0; i < slots; i += len) {
+      for (std::size_t j = 0; j < half; ++j) {
+        // Undo the butterfly: u = (a + b) / 2, v = (a - b) / (2 w).
+        const cd inv = 1.0 / (2.0 * twiddle[j]);
+        same[i + j] = 0.5;
+        up[i + j] = 0.5;
+        down[i + j + half] = inv;
+        same[i + j + half] = -inv;
+      }
+    }
+    Diagonals d;
+    d[0] = same;
+    d[half % slots] = up;
+    auto& back = d[(slots - half) % slots];
+    if (back.empty()) back.assign(slots, cd{0, 0});
+    for (std::size_t r = 0; r < slots; ++r) back[r] += down[r];
+    stages.push_back(std::move(d));
+  }
+  return stages;
+}
+
+Diagonals compose(const std::vector<Diagonals>& stages, std::size_t slots) {
+  Diagonals acc;
+  acc[0] = std::vector<cd>(slots, cd{1, 0});
+  for (const Diagonals& next : stages) {
+    // (B A)[j][j + a + b] += B_b[j] * A_a[j + b]: A = acc (applied first), B = next.
+    Diagonals out;
+    for (const auto& [b, db] : next) {
+      for (const auto& [a, da] : acc) {
+        auto& dst = out[(a + b) % slots];
+        if (dst.empty()) dst.assign(slots, cd{0, 0});
+        for (std::size_t j = 0; j < slots; ++j) dst[j] += db[j] * da[(j + b) % slots];
+      }
+    }
+    acc = std::move(out);
+  }
+  return acc;
+}
 
 Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
     : ctx_(std::move(ctx)), config_(config), encoder_(ctx_), evaluator_(ctx_) {
   const std::size_t slots = ctx_->slots();
-  if (slots > kMaxDenseSlots) {
-    throw ParameterError("bootstrapping with " + std::to_string(slots) +
-                         " slots needs the factored DFTs, which are not built yet; at most " +
-                         std::to_string(kMaxDenseSlots) + " slots (N = " +
-                         std::to_string(2 * kMaxDenseSlots) + ")");
-  }
-  if (!(config_.k_bound >= 1.0) || config_.chebyshev_degree < 2 || config_.double_angles > 8) {
-    throw ParameterError("bootstrap config: k_bound >= 1, chebyshev_degree >= 2 and "
-                         "double_angles <= 8 are required");
+  const std::size_t stages = ceil_log2(slots);
+  if (!(config_.k_bound >= 1.0) || config_.chebyshev_degree < 2 || config_.double_angles > 8 ||
+      config_.cts_levels < 1 || config_.cts_levels > stages || config_.stc_levels < 1 ||
+      config_.stc_levels > stages) {
+    throw ParameterError("bootstrap config: k_bound >= 1, chebyshev_degree >= 2, "
+                         "double_angles <= 8 and 1 <= cts_levels, stc_levels <= log2(slots) = " +
+                         std::to_string(stages) + " are required");
   }
   if (ctx_->max_level() < levels_consumed() + 1) {
     throw ParameterError("bootstrapping consumes " + std::to_string(levels_consumed()) +
@@ -63,25 +180,8 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
                          std::to_string(ctx_->max_level()) + " (add primes or lower "
                          "chebyshev_degree / double_angles)");
   }
-  baby_ = std::size_t{1} << ((ceil_log2(slots) + 1) / 2);
-  giant_ = slots / baby_;
-
-  // V[j][i] = zeta_j^i with zeta_j = exp(i pi 5^j / N): slot j of the polynomial sum_i w_i X^i
-  // (for i < N/2, where X^(N/2) is i in every slot). V^-1 = V^H / slots.
-  const std::size_t n2 = 2 * ctx_->poly_degree();
-  encode_matrix_.resize(slots * slots);
-  decode_matrix_.resize(slots * slots);
-  std::size_t g = 1;
-  for (std::size_t j = 0; j < slots; ++j) {
-    for (std::size_t i = 0; i < slots; ++i) {
-      const double angle = std::numbers::pi * static_cast<double>((g * i) % n2) /
-                           static_cast<double>(ctx_->poly_degree());
-      const cd v = std::polar(1.0, angle);
-      encode_matrix_[j * slots + i] = v;
-      decode_matrix_[i * slots + j] = std::conj(v) / static_cast<double>(slots);
-    }
-    g = (g * 5) % n2;
-  }
+  cts_groups_ = merge(decoding_stages(ctx_->poly_degree()), config_.cts_levels, slots);
+  stc_groups_ = merge(encoding_stages(ctx_->poly_degree()), config_.stc_levels, slots);
 
   // cos(2 pi ((K + 1) u - 1/4) / 2^r) on [-1, 1]; r double angles turn it into sin(2 pi y).
   const double k1 = config_.k_bound + 1.0;
@@ -93,16 +193,25 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
 
 std::size_t Bootstrapper::levels_consumed() const {
   // CoeffToSlot, the Chebyshev basis and its coefficients, the double angles, SlotToCoeff.
-  return 1 + ceil_log2(config_.chebyshev_degree) + 1 + config_.double_angles + 1;
+  return config_.cts_levels + ceil_log2(config_.chebyshev_degree) + 1 + config_.double_angles +
+         config_.stc_levels;
 }
 
 std::size_t Bootstrapper::output_level() const { return ctx_->max_level() - levels_consumed(); }
 
 std::vector<long> Bootstrapper::rotation_steps() const {
-  std::vector<long> steps;
-  for (std::size_t b = 1; b < baby_; ++b) steps.push_back(static_cast<long>(b));
-  for (std::size_t g = 1; g < giant_; ++g) steps.push_back(static_cast<long>(g * baby_));
-  return steps;
+  const std::size_t slots = ctx_->slots();
+  std::set<long> steps;
+  for (const auto* groups : {&cts_groups_, &stc_groups_}) {
+    for (const Diagonals& d : *groups) {
+      const std::size_t n1 = best_baby(d, slots);
+      for (const auto& [k, _] : d) {
+        if (k % n1) steps.insert(static_cast<long>(k % n1));
+        if (k / n1) steps.insert(static_cast<long>((k / n1) * n1));
+      }
+    }
+  }
+  return {steps.begin(), steps.end()};
 }
 
 Ciphertext Bootstrapper::mod_raise(const Ciphertext& ct) const {
@@ -135,46 +244,55 @@ Ciphertext Bootstrapper::mod_raise(const Ciphertext& ct) const {
   return out;
 }
 
-Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const std::vector<cd>& matrix,
+Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals& matrix,
                                           cd factor, double out_scale,
                                           const GaloisKeys& gk) const {
   const std::size_t n = ctx_->slots();
   const std::size_t level = in.level();
   const double q = static_cast<double>(ctx_->tables().modulus(level).value());
   const double plain_scale = out_scale * q / in.scale();
-  // Baby steps: the input rotated by 0 .. baby-1, sharing one decomposition.
+  // sum_k diag_k * rot(in, k) with k = g n1 + b, as sum_g rot(sum_b rot(diag_k, -g n1) *
+  // rot(in, b), g n1): baby rotations hoisted, one rotation per giant step.
+  const std::size_t n1 = best_baby(matrix, n);
+  std::map<std::size_t, std::vector<std::size_t>> by_giant;  // giant -> diagonals k
+  std::set<std::size_t> baby_set;
+  for (const auto& [k, _] : matrix) {
+    by_giant[k / n1].push_back(k);
+    baby_set.insert(k % n1);
+  }
   std::vector<long> steps;
-  for (std::size_t b = 1; b < baby_; ++b) steps.push_back(static_cast<long>(b));
-  std::vector<Ciphertext> babies;
-  babies.reserve(baby_);
-  babies.push_back(in);
-  for (Ciphertext& c : evaluator_.rotate_hoisted(in, steps, gk)) babies.push_back(std::move(c));
-  std::vector<const Ciphertext*> cts;
-  for (const Ciphertext& c : babies) cts.push_back(&c);
-
-  // sum_k diag_k * rot(in, k) with k = g * baby + b, as sum_g rot(sum_b rot(diag_k, -g baby) *
-  // rot(in, b), g baby): diag_k[j] = M[j][j + k].
+  for (std::size_t b : baby_set) {
+    if (b) steps.push_back(static_cast<long>(b));
+  }
+  std::map<std::size_t, Ciphertext> babies;
+  babies.emplace(0, in);
+  const std::vector<Ciphertext> rotated = evaluator_.rotate_hoisted(in, steps, gk);
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    babies.emplace(static_cast<std::size_t>(steps[i]), rotated[i]);
+  }
   Ciphertext acc;
+  bool have = false;
   std::vector<cd> diag(n);
-  for (std::size_t g = 0; g < giant_; ++g) {
+  for (const auto& [g, ks] : by_giant) {
+    const std::size_t shift = (g * n1) % n;
     std::vector<Plaintext> pts;
-    pts.reserve(baby_);
-    for (std::size_t b = 0; b < baby_; ++b) {
-      const std::size_t k = g * baby_ + b;
-      for (std::size_t j = 0; j < n; ++j) {
-        const std::size_t row = (j + n - (g * baby_) % n) % n;
-        diag[j] = factor * matrix[row * n + (row + k) % n];
-      }
+    std::vector<const Ciphertext*> cts;
+    pts.reserve(ks.size());
+    for (std::size_t k : ks) {
+      const std::vector<cd>& src = matrix.at(k);
+      for (std::size_t j = 0; j < n; ++j) diag[j] = factor * src[(j + n - shift) % n];
       pts.push_back(encoder_.encode(diag, plain_scale, level));
+      cts.push_back(&babies.at(k % n1));
     }
     std::vector<const Plaintext*> pp;
     for (const Plaintext& p : pts) pp.push_back(&p);
     Ciphertext inner = evaluator_.multiply_plain_sum(cts, pp);
-    if (g > 0) inner = evaluator_.rotate(inner, static_cast<long>(g * baby_), gk);
-    if (g == 0) {
-      acc = std::move(inner);
-    } else {
+    if (shift) inner = evaluator_.rotate(inner, static_cast<long>(shift), gk);
+    if (have) {
       evaluator_.add_inplace(acc, inner);
+    } else {
+      acc = std::move(inner);
+      have = true;
     }
   }
   Ciphertext out = evaluator_.rescale(acc);
@@ -182,17 +300,28 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const std::vecto
   return out;
 }
 
+Ciphertext Bootstrapper::apply_groups(const Ciphertext& in, const std::vector<Diagonals>& groups,
+                                      cd factor, double out_scale, const GaloisKeys& gk) const {
+  Ciphertext x = in;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const bool last = i + 1 == groups.size();
+    x = linear_transform(x, groups[i], last ? factor : cd{1, 0}, last ? out_scale : x.scale(),
+                         gk);
+  }
+  return x;
+}
+
 std::pair<Ciphertext, Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
                                                               const GaloisKeys& gk) const {
   const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
   const double k1 = config_.k_bound + 1.0;
-  // The next level's prime as the scale: the Chebyshev products then keep it (S^2 / q ~ S).
-  const double scale =
-      static_cast<double>(ctx_->tables().modulus(raised.level() - 1).value());
-  // u = (t_j + i t_{j+N/2}) / (2 q0 (K + 1)); u + conj(u) and i (conj(u) - u) split it.
-  const Ciphertext u =
-      linear_transform(raised, decode_matrix_, cd{raised.scale() / (2.0 * q0 * k1), 0.0}, scale,
-                       gk);
+  // The output level's prime as the scale: the Chebyshev products then keep it (S^2 / q ~ S).
+  const double scale = static_cast<double>(
+      ctx_->tables().modulus(raised.level() - config_.cts_levels).value());
+  // u = (t_j + i t_{j+N/2}) / (2 q0 (K + 1)) at bit-reversed j; u + conj(u) and
+  // i (conj(u) - u) split it.
+  const Ciphertext u = apply_groups(raised, cts_groups_,
+                                    cd{raised.scale() / (2.0 * q0 * k1), 0.0}, scale, gk);
   const Ciphertext conj = evaluator_.conjugate(u, gk);
   return {evaluator_.add(u, conj), times_i(evaluator_.sub(conj, u))};
 }
@@ -257,9 +386,8 @@ Ciphertext Bootstrapper::slot_to_coeff(const Ciphertext& lo, const Ciphertext& h
                                        double message_scale, const GaloisKeys& gk) const {
   const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
   const Ciphertext w = evaluator_.add(lo, times_i(hi));
-  return linear_transform(w, encode_matrix_,
-                          cd{q0 / (2.0 * std::numbers::pi * message_scale), 0.0}, message_scale,
-                          gk);
+  return apply_groups(w, stc_groups_, cd{q0 / (2.0 * std::numbers::pi * message_scale), 0.0},
+                      message_scale, gk);
 }
 
 Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& keys) const {

@@ -14,14 +14,18 @@
 //                Chebyshev approximation of a scaled cosine followed by double-angle steps;
 //   SlotToCoeff  the encoding map again, which puts the coefficients back.
 //
-// This first version takes full slots (N/2) and evaluates each homomorphic DFT as one dense
-// matrix, baby-step giant-step with hoisted baby rotations; its plaintexts are encoded as they
-// are used. Scales are managed exactly: every constant is encoded at the scale that lands each
-// term on the scale the next step needs, so the output has the input's scale.
+// The encoding map is a special FFT: log2(N/2) butterfly stages of three diagonals each, after
+// a bit reversal (DftStages). Each homomorphic DFT merges its stages into a few groups (one
+// level each; `cts_levels` / `stc_levels`), and evaluates every group baby-step giant-step
+// with hoisted baby rotations. CoeffToSlot leaves the coefficients bit-reversed, which EvalMod
+// (slot-wise) does not mind and SlotToCoeff expects. Full slots (N/2); plaintexts are encoded
+// as they are used. Scales are managed exactly: every constant is encoded at the scale that
+// lands each term on the scale the next step needs, so the output has the input's scale.
 #pragma once
 
 #include <complex>
 #include <cstddef>
+#include <map>
 #include <vector>
 
 #include "fheprune/ckks/encoder.hpp"
@@ -30,12 +34,28 @@
 
 namespace fheprune::ckks {
 
+// A sparse slot-space matrix by its diagonals: diagonal k holds M[j][(j + k) mod slots].
+using Diagonals = std::map<std::size_t, std::vector<std::complex<double>>>;
+
+// The encoding map V (V[j][i] = zeta_j^i, slot j of sum_i w_i X^i for i < N/2) as butterfly
+// stages: V = stage[L-1] * ... * stage[0] * (bit reversal), L = log2(slots).
+std::vector<Diagonals> encoding_stages(std::size_t poly_degree);
+// Their inverses, in the order CoeffToSlot applies them: inverse[0] undoes stage[L-1], and
+// the product of all is (bit reversal) * V^-1.
+std::vector<Diagonals> decoding_stages(std::size_t poly_degree);
+// The product of `stages` applied in order (stages[0] first).
+Diagonals compose(const std::vector<Diagonals>& stages, std::size_t slots);
+
 struct BootstrapConfig {
   // Bound on |I| (ModRaise's overflow): about 5 standard deviations of a sum of h uniform
   // values in [-1/2, 1/2], h the secret's Hamming weight; 12 covers h = 64.
   double k_bound = 12.0;
   std::size_t chebyshev_degree = 63;  // of the scaled cosine on [-1, 1]
   std::size_t double_angles = 3;      // cos(2x) = 2 cos(x)^2 - 1, this many times
+  // Levels (groups of merged butterfly stages) of each homomorphic DFT: fewer levels, more
+  // diagonals and rotations per level. 1 is the dense matrix.
+  std::size_t cts_levels = 3;
+  std::size_t stc_levels = 3;
 };
 
 class Bootstrapper {
@@ -70,9 +90,13 @@ class Bootstrapper {
  private:
   // factor * matrix * in (slot vectors; matrix row-major [slots][slots]), one level down at
   // scale `out_scale`: the diagonals are encoded at the scale that lands the rescale there.
-  Ciphertext linear_transform(const Ciphertext& in, const std::vector<std::complex<double>>& matrix,
+  Ciphertext linear_transform(const Ciphertext& in, const Diagonals& matrix,
                               std::complex<double> factor, double out_scale,
                               const GaloisKeys& gk) const;
+  // Stages applied in order, one group (level) each; `factor` and `out_scale` on the last.
+  Ciphertext apply_groups(const Ciphertext& in, const std::vector<Diagonals>& groups,
+                          std::complex<double> factor, double out_scale,
+                          const GaloisKeys& gk) const;
   // `ct` multiplied by `value`, rescaled to scale `scale` one level down.
   Ciphertext multiply_const_to_scale(const Ciphertext& ct, double value, double scale) const;
   // `ct` brought to `level` and `scale` (one multiplication by a constant, then mod switches).
@@ -83,10 +107,9 @@ class Bootstrapper {
   BootstrapConfig config_;
   Encoder encoder_;
   Evaluator evaluator_;
-  std::size_t baby_ = 1, giant_ = 1;  // baby * giant = slots
-  std::vector<double> chebyshev_;     // coefficients of the scaled cosine
-  std::vector<std::complex<double>> encode_matrix_;   // V: coefficients -> slots
-  std::vector<std::complex<double>> decode_matrix_;   // V^-1
+  std::vector<double> chebyshev_;      // coefficients of the scaled cosine
+  std::vector<Diagonals> cts_groups_;  // (bit reversal) * V^-1, one matrix per level
+  std::vector<Diagonals> stc_groups_;  // V * (bit reversal)
 };
 
 }  // namespace fheprune::ckks
