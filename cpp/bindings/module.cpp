@@ -5,6 +5,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/complex.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -192,6 +193,14 @@ NB_MODULE(_core, m) {
             new (k) KeyGenerator(ctx, sk);
           },
           "context"_a, "secret_key"_a)
+      .def(
+          "__init__",
+          [](KeyGenerator* k, std::shared_ptr<Context> ctx, std::size_t hamming_weight) {
+            new (k) KeyGenerator(ctx, hamming_weight);
+          },
+          "context"_a, "hamming_weight"_a, release_gil(),
+          "A fresh secret with exactly `hamming_weight` non-zero coefficients (for "
+          "bootstrapping; sparse secrets are outside the HE standard's tables).")
       .def_prop_ro("secret_key", &KeyGenerator::secret_key)
       .def("create_public_key", &KeyGenerator::create_public_key, release_gil())
       .def("create_relin_key", &KeyGenerator::create_relin_key, release_gil())
@@ -326,6 +335,44 @@ NB_MODULE(_core, m) {
       .def("rotate_hoisted", &E::rotate_hoisted, "ciphertext"_a, "steps"_a, "galois_keys"_a,
            release_gil())
       .def("conjugate", &E::conjugate, release_gil());
+
+  nb::class_<BootstrapConfig>(m, "BootstrapConfig")
+      .def(
+          "__init__",
+          [](BootstrapConfig* c, double k_bound, std::size_t chebyshev_degree,
+             std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels) {
+            new (c) BootstrapConfig{k_bound, chebyshev_degree, double_angles, cts_levels,
+                                    stc_levels};
+          },
+          "k_bound"_a = 12.0, "chebyshev_degree"_a = 63, "double_angles"_a = 3,
+          "cts_levels"_a = 3, "stc_levels"_a = 3)
+      .def_ro("k_bound", &BootstrapConfig::k_bound)
+      .def_ro("chebyshev_degree", &BootstrapConfig::chebyshev_degree)
+      .def_ro("double_angles", &BootstrapConfig::double_angles)
+      .def_ro("cts_levels", &BootstrapConfig::cts_levels)
+      .def_ro("stc_levels", &BootstrapConfig::stc_levels);
+
+  using B = Bootstrapper;
+  nb::class_<Bootstrapper>(m, "Bootstrapper",
+                           "CKKS bootstrapping (fheprune/ckks/bootstrapper.hpp): refresh a "
+                           "ciphertext at the bottom of the chain to output_level.")
+      .def(
+          "__init__",
+          [](Bootstrapper* b, std::shared_ptr<Context> ctx, const BootstrapConfig& config) {
+            new (b) Bootstrapper(ctx, config);
+          },
+          "context"_a, "config"_a = BootstrapConfig{}, release_gil())
+      .def_prop_ro("config", &B::config)
+      .def("rotation_steps", &B::rotation_steps,
+           "Rotation steps the evaluation keys must hold (and conjugation).")
+      .def_prop_ro("levels_consumed", &B::levels_consumed)
+      .def_prop_ro("output_level", &B::output_level)
+      .def("mod_raise", &B::mod_raise, "ciphertext"_a, release_gil())
+      .def("coeff_to_slot", &B::coeff_to_slot, "raised"_a, "galois_keys"_a, release_gil())
+      .def("eval_mod", &B::eval_mod, "x"_a, "relin_key"_a, "output_scale"_a, release_gil())
+      .def("slot_to_coeff", &B::slot_to_coeff, "lo"_a, "hi"_a, "message_scale"_a,
+           "galois_keys"_a, release_gil())
+      .def("refresh", &B::refresh, "ciphertext"_a, "evaluation_keys"_a, release_gil());
 
   // Serialization: bytes in and out; the secret key only through its own named functions.
   m.def("save", [](const Context& c, const Ciphertext& x) { return save_unlocked(c, x); });

@@ -1,6 +1,7 @@
 #include "fheprune/ckks/bootstrapper.hpp"
 
 #include <cmath>
+#include <mutex>
 #include <numbers>
 #include <set>
 #include <string>
@@ -270,22 +271,39 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
   for (std::size_t i = 0; i < steps.size(); ++i) {
     babies.emplace(static_cast<std::size_t>(steps[i]), rotated[i]);
   }
+  // The diagonals' plaintexts, encoded once per (matrix, level, factor, scale): a refresh of
+  // ciphertexts at one scale encodes them on its first call only.
+  const PlainKey key{&matrix, level, factor.real(), factor.imag(), plain_scale};
+  const std::vector<Plaintext>* plaintexts = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    auto it = plain_cache_.find(key);
+    if (it == plain_cache_.end()) {
+      std::vector<Plaintext> pts;
+      std::vector<cd> diag(n);
+      for (const auto& [g, ks] : by_giant) {
+        const std::size_t shift = (g * n1) % n;
+        for (std::size_t k : ks) {
+          const std::vector<cd>& src = matrix.at(k);
+          for (std::size_t j = 0; j < n; ++j) diag[j] = factor * src[(j + n - shift) % n];
+          pts.push_back(encoder_.encode(diag, plain_scale, level));
+        }
+      }
+      it = plain_cache_.emplace(key, std::move(pts)).first;
+    }
+    plaintexts = &it->second;
+  }
   Ciphertext acc;
   bool have = false;
-  std::vector<cd> diag(n);
+  std::size_t next = 0;
   for (const auto& [g, ks] : by_giant) {
     const std::size_t shift = (g * n1) % n;
-    std::vector<Plaintext> pts;
     std::vector<const Ciphertext*> cts;
-    pts.reserve(ks.size());
-    for (std::size_t k : ks) {
-      const std::vector<cd>& src = matrix.at(k);
-      for (std::size_t j = 0; j < n; ++j) diag[j] = factor * src[(j + n - shift) % n];
-      pts.push_back(encoder_.encode(diag, plain_scale, level));
-      cts.push_back(&babies.at(k % n1));
-    }
     std::vector<const Plaintext*> pp;
-    for (const Plaintext& p : pts) pp.push_back(&p);
+    for (std::size_t k : ks) {
+      cts.push_back(&babies.at(k % n1));
+      pp.push_back(&(*plaintexts)[next++]);
+    }
     Ciphertext inner = evaluator_.multiply_plain_sum(cts, pp);
     if (shift) inner = evaluator_.rotate(inner, static_cast<long>(shift), gk);
     if (have) {

@@ -1,7 +1,8 @@
 """The CKKS engine (C++ core), one class per concept.
 
 Parameters -> Context; KeyGenerator -> SecretKey / PublicKey / RelinKey / GaloisKeys /
-EvaluationKeys; Encoder (numpy <-> Plaintext); Encryptor / Decryptor; Evaluator; save / load_*.
+EvaluationKeys; Encoder (numpy <-> Plaintext); Encryptor / Decryptor; Evaluator; Bootstrapper
+(refresh a ciphertext at the bottom of the chain); save / load_*.
 
 Roles: the client keeps the SecretKey (``save_secret_key`` is the only way to write it); the
 server gets an EvaluationKeys bundle, which cannot hold a secret key.
@@ -18,6 +19,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
     ) from exc
 
 from fheprune._core import (
+    BootstrapConfig,
+    Bootstrapper,
     Ciphertext,
     Context,
     Decryptor,
@@ -59,6 +62,8 @@ from fheprune._core import (
 from fheprune.ckks.presets import preset
 
 __all__ = [
+    "BootstrapConfig",
+    "Bootstrapper",
     "Ciphertext",
     "Context",
     "Decryptor",

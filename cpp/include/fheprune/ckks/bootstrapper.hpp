@@ -18,14 +18,16 @@
 // a bit reversal (DftStages). Each homomorphic DFT merges its stages into a few groups (one
 // level each; `cts_levels` / `stc_levels`), and evaluates every group baby-step giant-step
 // with hoisted baby rotations. CoeffToSlot leaves the coefficients bit-reversed, which EvalMod
-// (slot-wise) does not mind and SlotToCoeff expects. Full slots (N/2); plaintexts are encoded
-// as they are used. Scales are managed exactly: every constant is encoded at the scale that
+// (slot-wise) does not mind and SlotToCoeff expects. Full slots (N/2); the diagonals'
+// plaintexts are encoded on first use and kept. Scales are managed exactly: every constant is encoded at the scale that
 // lands each term on the scale the next step needs, so the output has the input's scale.
 #pragma once
 
 #include <complex>
 #include <cstddef>
 #include <map>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "fheprune/ckks/encoder.hpp"
@@ -110,6 +112,10 @@ class Bootstrapper {
   std::vector<double> chebyshev_;      // coefficients of the scaled cosine
   std::vector<Diagonals> cts_groups_;  // (bit reversal) * V^-1, one matrix per level
   std::vector<Diagonals> stc_groups_;  // V * (bit reversal)
+  // Encoded diagonals by (matrix, level, factor re / im, plaintext scale).
+  using PlainKey = std::tuple<const Diagonals*, std::size_t, double, double, double>;
+  mutable std::mutex cache_mutex_;
+  mutable std::map<PlainKey, std::vector<Plaintext>> plain_cache_;
 };
 
 }  // namespace fheprune::ckks
