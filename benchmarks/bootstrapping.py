@@ -1,0 +1,314 @@
+"""CKKS bootstrapping: our refresh against Lattigo's, same ring, slots and levels left.
+
+    python benchmarks/bootstrapping.py [--quick] [--log-n 14] [--threads 1 2] [--out FILE]
+
+Writes JSON ``{"runs": [{"impl": "ours" | "lattigo", "log_n", "slots", "threads", "seconds",
+"levels_left", "precision_bits_mean", "precision_bits_min", "key_bytes", ...}], ...}``.
+``seconds`` is the median refresh time over ``--repeats`` runs after one warm-up (ours encodes
+its DFT diagonals on the first call, Lattigo when the bootstrapper is built); every run
+refreshes a fresh encryption of uniform random reals in [-1, 1] in every slot, and the
+precision is -log2 of the mean and of the largest absolute error after decryption.
+
+Lattigo is reached through the ``orion-fhe`` wheel (it ships a compiled Lattigo library), in its
+own environment (see ``benchmarks/orion_reference.py``); pass ``--orion-python`` or set
+``FHEPRUNE_ORION_PYTHON``. Without it the Lattigo rows are recorded as skipped. Lattigo builds
+its bootstrapping chain from its defaults (secret Hamming weight 192 with a sparse ephemeral
+secret, its own CoeffToSlot / EvalMod / SlotToCoeff primes) on top of the levels left we ask
+for; ours uses the chain described in ``docs/bootstrapping.md``. Neither chain is within the
+128-bit bound at these ring sizes (``secure_128`` says so per row): the comparison is of the
+algorithms' speed and precision, not of a deployable parameter set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ORION_PYTHON = Path("/tmp/orion_venv/bin/python")
+MAX_LOG_QP_128 = {10: 27, 11: 54, 12: 109, 13: 218, 14: 438, 15: 881, 16: 1761}
+
+
+# --------------------------------------------------------------------------------- ours
+
+
+def our_chain(levels_left: int, cts: int, stc: int, evalmod: int) -> list[int]:
+    """q0 (55 bits, 2^15 above the 40-bit message scale), the user's levels, then the
+    levels the refresh consumes from the top: SlotToCoeff (50-bit), EvalMod (60-bit),
+    CoeffToSlot (60-bit). Chosen at N = 2^13 among q0 55 / 58 / 60, SlotToCoeff 40 / 50,
+    EvalMod 55 / 60 and Chebyshev degree 31 / 63 with 2 to 4 double angles, for the mean
+    precision (docs/bootstrapping.md)."""
+    return [55] + [40] * levels_left + [50] * stc + [60] * evalmod + [60] * cts
+
+
+def run_ours(
+    log_n: int,
+    threads: int,
+    repeats: int,
+    levels_left: int,
+    hamming_weight: int,
+    seed: int,
+    special_primes: int = 4,
+) -> dict[str, Any]:
+    import numpy as np
+
+    from fheprune import ckks
+
+    config = ckks.BootstrapConfig(
+        k_bound=12.0, chebyshev_degree=31, double_angles=4, cts_levels=3, stc_levels=3
+    )
+    evalmod = math.ceil(math.log2(config.chebyshev_degree)) + 1 + config.double_angles
+    chain = our_chain(levels_left, config.cts_levels, config.stc_levels, evalmod)
+    # Key-switching digits of `special_primes` chain primes each: more special primes, fewer
+    # digits, smaller keys (at N = 2^14: 3.9 GB with one, 1.2 GB with four).
+    special = [60] * special_primes
+    log_qp = sum(chain) + sum(special)
+    secure = log_qp <= MAX_LOG_QP_128[log_n]
+    params = ckks.Parameters(1 << log_n, chain, special, 40, insecure_for_testing=not secure)
+    ctx = ckks.Context(params, threads)
+    boot = ckks.Bootstrapper(ctx, config)
+    keygen = ckks.KeyGenerator(ctx, hamming_weight)
+    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
+    encoder = ckks.Encoder(ctx)
+    encryptor = ckks.Encryptor(ctx, keygen.secret_key)
+    decryptor = ckks.Decryptor(ctx, keygen.secret_key)
+    rng = np.random.default_rng(seed)
+    errors: list[Any] = []
+    times: list[float] = []
+    level = None
+    for r in range(repeats + 1):
+        z = rng.uniform(-1.0, 1.0, ctx.slots)
+        ct = encryptor.encrypt(encoder.encode(z, level=0))
+        start = time.perf_counter()
+        out = boot.refresh(ct, keys)
+        elapsed = time.perf_counter() - start
+        if r == 0:
+            continue  # warm-up: encodes the DFT diagonals
+        times.append(elapsed)
+        level = out.level
+        errors.append(np.abs(encoder.decode(decryptor.decrypt(out)) - z))
+    err = np.concatenate(errors)
+    return {
+        "impl": "ours",
+        "log_n": log_n,
+        "slots": ctx.slots,
+        "threads": threads,
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "levels_left": level,
+        "precision_bits_mean": -math.log2(float(err.mean())),
+        "precision_bits_min": -math.log2(float(err.max())),
+        "key_bytes": len(ckks.save(ctx, keys)),
+        "hamming_weight": hamming_weight,
+        "chain_bits": chain,
+        "special_bits": special,
+        "log_qp": log_qp,
+        "secure_128": secure,
+        "config": {
+            "k_bound": config.k_bound,
+            "chebyshev_degree": config.chebyshev_degree,
+            "double_angles": config.double_angles,
+            "cts_levels": config.cts_levels,
+            "stc_levels": config.stc_levels,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------ lattigo
+
+
+def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs inside the orion-fhe environment: Lattigo's bootstrapping through Orion."""
+    import orion  # type: ignore[import-not-found]
+    import torch  # type: ignore[import-not-found]
+
+    log_n, levels_left = int(spec["log_n"]), int(spec["levels_left"])
+    log_q = [55] + [40] * levels_left
+    config = {
+        "ckks_params": {
+            "LogN": log_n,
+            "LogQ": log_q,
+            "LogP": [61, 61],
+            "LogScale": 40,
+            "H": 192,
+            "RingType": "standard",
+        },
+        "boot_params": {"LogP": [61, 61, 61, 61]},
+        "orion": {
+            "margin": 2,
+            "embedding_method": "hybrid",
+            "backend": "lattigo",
+            "fuse_modules": True,
+            "debug": False,
+            "io_mode": "none",
+        },
+    }
+    scheme = orion.init_scheme(config)
+    slots = 1 << (log_n - 1)
+    start = time.perf_counter()
+    scheme.bootstrapper.generate_bootstrapper(slots)
+    setup = time.perf_counter() - start
+    gen = torch.Generator().manual_seed(int(spec["seed"]))
+    times, errors, level = [], [], None
+    for r in range(int(spec["repeats"]) + 1):
+        x = torch.rand(slots, generator=gen, dtype=torch.float64) * 2 - 1
+        ct = scheme.encryptor.encrypt(scheme.encoder.encode(x, level=0))
+        start = time.perf_counter()
+        out = ct.bootstrap()
+        elapsed = time.perf_counter() - start
+        if r == 0:
+            continue
+        times.append(elapsed)
+        level = out.level()
+        y = scheme.encoder.decode(out.decrypt()).flatten()[:slots].double()
+        errors.append((y - x).abs())
+    err = torch.cat(errors)
+    return {
+        "impl": "lattigo",
+        "log_n": log_n,
+        "slots": slots,
+        "threads": int(spec["threads"]),
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "levels_left": level,
+        "precision_bits_mean": -math.log2(float(err.mean())),
+        "precision_bits_min": -math.log2(float(err.max())),
+        "key_bytes": None,  # Orion does not expose the bootstrapping keys' size
+        "hamming_weight": 192,
+        "log_q_user": log_q,
+        "setup_seconds": setup,
+        "secure_128": False,
+        "via": "orion-fhe (Lattigo), GOMAXPROCS = threads",
+    }
+
+
+def run_lattigo(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ, GOMAXPROCS=str(spec["threads"]))
+    proc = subprocess.run(
+        [str(python), __file__, "--lattigo-worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-800:]
+        return {"impl": "lattigo", **spec, "skipped": f"worker failed: {tail}"}
+    return dict(json.loads(lines[-1]))
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N = 2^13, 2 repeats, 1 thread")
+    p.add_argument("--log-n", type=int, default=None, help="default 14 (13 with --quick)")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="default 1 2")
+    p.add_argument("--repeats", type=int, default=None, help="default 3 (2 with --quick)")
+    p.add_argument("--levels-left", type=int, default=2)
+    p.add_argument("--hamming-weight", type=int, default=64)
+    p.add_argument("--special-primes", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--orion-python", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--lattigo-worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.log_n = args.log_n or (13 if args.quick else 14)
+    args.threads = args.threads or ([1] if args.quick else [1, 2])
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    if args.orion_python is None:
+        env = os.environ.get("FHEPRUNE_ORION_PYTHON")
+        if env:
+            args.orion_python = Path(env)
+        elif DEFAULT_ORION_PYTHON.exists():
+            args.orion_python = DEFAULT_ORION_PYTHON
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.lattigo_worker is not None:
+        print(json.dumps(lattigo_worker(json.loads(args.lattigo_worker))))
+        return 0
+    from fheprune.fileio import atomic_write_bytes
+
+    runs: list[dict[str, Any]] = []
+    for threads in args.threads:
+        spec = {
+            "log_n": args.log_n,
+            "threads": threads,
+            "repeats": args.repeats,
+            "levels_left": args.levels_left,
+            "seed": args.seed,
+        }
+        row = run_ours(
+            args.log_n,
+            threads,
+            args.repeats,
+            args.levels_left,
+            args.hamming_weight,
+            args.seed,
+            args.special_primes,
+        )
+        runs.append(row)
+        print(
+            json.dumps({k: row[k] for k in ("impl", "threads", "seconds", "precision_bits_mean")})
+        )
+        if args.orion_python is None:
+            runs.append({"impl": "lattigo", **spec, "skipped": "orion-fhe not found"})
+        else:
+            row = run_lattigo(args.orion_python, spec)
+            runs.append(row)
+            print(json.dumps({k: row.get(k) for k in ("impl", "threads", "seconds", "skipped")}))
+    report = {
+        "runs": runs,
+        "quick": args.quick,
+        "seed": args.seed,
+        "machine": machine(),
+        "ratio_ours_over_lattigo": {str(t): _ratio(runs, t) for t in args.threads},
+    }
+    if args.out is not None:
+        atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
+    return 0
+
+
+def _ratio(runs: list[dict[str, Any]], threads: int) -> float | None:
+    ours = [r for r in runs if r["impl"] == "ours" and r["threads"] == threads]
+    theirs = [r for r in runs if r["impl"] == "lattigo" and r.get("threads") == threads]
+    if not ours or not theirs or "seconds" not in theirs[0]:
+        return None
+    return float(ours[0]["seconds"]) / float(theirs[0]["seconds"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
