@@ -41,6 +41,12 @@ MAX_LOG_QP_128 = {10: 27, 11: 54, 12: 109, 13: 218, 14: 438, 15: 881, 16: 1761}
 # --------------------------------------------------------------------------------- ours
 
 
+def k_bound(hamming_weight: int) -> float:
+    """ModRaise's overflow |I| is a sum of about h uniform values in [-1/2, 1/2] (h the
+    secret's weight): 5 standard deviations, rounded up (12 for h = 64, 20 for h = 192)."""
+    return float(math.ceil(5.0 * math.sqrt(hamming_weight / 12.0)))
+
+
 def our_chain(levels_left: int, cts: int, stc: int, evalmod: int) -> list[int]:
     """q0 (55 bits, 2^15 above the 40-bit message scale), the user's levels, then the
     levels the refresh consumes from the top: SlotToCoeff (50-bit), EvalMod (60-bit),
@@ -64,7 +70,11 @@ def run_ours(
     from fheprune import ckks
 
     config = ckks.BootstrapConfig(
-        k_bound=12.0, chebyshev_degree=31, double_angles=4, cts_levels=3, stc_levels=3
+        k_bound=k_bound(hamming_weight),
+        chebyshev_degree=31,
+        double_angles=4,
+        cts_levels=3,
+        stc_levels=3,
     )
     evalmod = math.ceil(math.log2(config.chebyshev_degree)) + 1 + config.double_angles
     chain = our_chain(levels_left, config.cts_levels, config.stc_levels, evalmod)
@@ -72,7 +82,9 @@ def run_ours(
     # digits, smaller keys (at N = 2^14: 3.9 GB with one, 1.2 GB with four).
     special = [60] * special_primes
     log_qp = sum(chain) + sum(special)
-    secure = log_qp <= MAX_LOG_QP_128[log_n]
+    # The HE standard's bound holds for uniform ternary secrets; for sparse ones we follow
+    # Lattigo's default (weight 192 at N = 2^16) and call lighter secrets insecure.
+    secure = log_qp <= MAX_LOG_QP_128[log_n] and hamming_weight >= 192
     params = ckks.Parameters(1 << log_n, chain, special, 40, insecure_for_testing=not secure)
     ctx = ckks.Context(params, threads)
     boot = ckks.Bootstrapper(ctx, config)
