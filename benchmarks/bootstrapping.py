@@ -198,7 +198,7 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "hamming_weight": 192,
         "log_q_user": log_q,
         "setup_seconds": setup,
-        "secure_128": False,
+        "secure_128": None,  # Orion does not expose the chain Lattigo appends for the refresh
         "via": "orion-fhe (Lattigo), GOMAXPROCS = threads",
     }
 
