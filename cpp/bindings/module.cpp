@@ -369,7 +369,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("output_level", &B::output_level)
       .def("mod_raise", &B::mod_raise, "ciphertext"_a, release_gil())
       .def("coeff_to_slot", &B::coeff_to_slot, "raised"_a, "galois_keys"_a, release_gil())
-      .def("eval_mod", &B::eval_mod, "x"_a, "relin_key"_a, "output_scale"_a, release_gil())
+      .def("eval_mod", &B::eval_mod, "x"_a, "relin_key"_a, release_gil())
       .def("slot_to_coeff", &B::slot_to_coeff, "lo"_a, "hi"_a, "message_scale"_a,
            "galois_keys"_a, release_gil())
       .def("refresh", &B::refresh, "ciphertext"_a, "evaluation_keys"_a, release_gil());

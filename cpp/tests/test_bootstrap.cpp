@@ -198,8 +198,7 @@ TEST(Bootstrap, EvalModApproximatesTheSine) {
     x[i] = y / k1;
     want[i] = std::sin(2.0 * std::numbers::pi * y);
   }
-  const Ciphertext out =
-      f.boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key, f.ctx->default_scale());
+  const Ciphertext out = f.boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key);
   EXPECT_EQ(out.level(), f.boot.output_level() + f.boot.config().stc_levels);
   EXPECT_LT(max_error(f.decrypt(out), want), 1e-6);
 }

@@ -344,59 +344,95 @@ std::pair<Ciphertext, Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& 
   return {evaluator_.add(u, conj), times_i(evaluator_.sub(conj, u))};
 }
 
-Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk,
-                                  double output_scale) const {
+Ciphertext Bootstrapper::add_matched(const Ciphertext& a, const Ciphertext& b) const {
+  // Bring the shallower operand to the deeper one's level and scale; at one level with
+  // different scales, both go one level down.
+  if (a.level() > b.level()) return evaluator_.add(match(a, b.level(), b.scale()), b);
+  if (b.level() > a.level()) return evaluator_.add(a, match(b, a.level(), a.scale()));
+  if (std::fabs(a.scale() - b.scale()) <= 1e-9 * a.scale()) return evaluator_.add(a, b);
+  return evaluator_.add(match(a, a.level() - 1, b.scale()),
+                        evaluator_.mod_switch_to(b, b.level() - 1));
+}
+
+Ciphertext Bootstrapper::product(const Ciphertext& a, const Ciphertext& b,
+                                 const RelinKey& rk) const {
+  const std::size_t level = std::min(a.level(), b.level());
+  const Ciphertext a2 = a.level() == level ? a : evaluator_.mod_switch_to(a, level);
+  const Ciphertext b2 = b.level() == level ? b : evaluator_.mod_switch_to(b, level);
+  return evaluator_.rescale(evaluator_.multiply_relin(a2, b2, rk));
+}
+
+Ciphertext Bootstrapper::chebyshev_sum(const std::vector<double>& c,
+                                       const std::vector<Ciphertext>& basis,
+                                       const std::map<std::size_t, Ciphertext>& giants,
+                                       double scale, const RelinKey& rk) const {
+  const std::size_t degree = c.size() - 1;
+  if (degree < basis.size()) {
+    // A leaf: sum_i c_i T_i with scalar products only, every term landed on `scale`.
+    Ciphertext acc;
+    bool have = false;
+    std::size_t level = ~std::size_t{0};
+    for (std::size_t i = 1; i <= degree; ++i) level = std::min(level, basis[i].level() - 1);
+    for (std::size_t i = 1; i <= degree; ++i) {
+      if (c[i] == 0.0) continue;
+      Ciphertext term = multiply_const_to_scale(basis[i], c[i], scale);
+      if (term.level() != level) term = evaluator_.mod_switch_to(term, level);
+      if (have) {
+        evaluator_.add_inplace(acc, term);
+      } else {
+        acc = std::move(term);
+        have = true;
+      }
+    }
+    if (!have) acc = multiply_const_to_scale(basis[1], 0.0, scale);
+    evaluator_.add_plain_inplace(acc, encoder_.encode_constant(c[0], acc.scale(), acc.level()));
+    return acc;
+  }
+  // p = q T_g + r with g the largest giant <= degree: T_{g+k} = 2 T_g T_k - T_{g-k}.
+  auto it = giants.upper_bound(degree);
+  --it;
+  const std::size_t g = it->first;
+  std::vector<double> q(degree - g + 1, 0.0), r(c.begin(), c.begin() + static_cast<long>(g));
+  q[0] = c[g];
+  for (std::size_t k = 1; k <= degree - g; ++k) {
+    q[k] = 2.0 * c[g + k];
+    r[g - k] -= c[g + k];
+  }
+  const Ciphertext high = product(chebyshev_sum(q, basis, giants, scale, rk), it->second, rk);
+  return add_matched(high, chebyshev_sum(r, basis, giants, scale, rk));
+}
+
+Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk) const {
   const std::size_t d = config_.chebyshev_degree;
-  const ContextTables& tables = ctx_->tables();
-  const auto prime = [&](std::size_t level) {
-    return static_cast<double>(tables.modulus(level).value());
-  };
-  const auto product = [&](const Ciphertext& a, const Ciphertext& b) {
-    const std::size_t level = std::min(a.level(), b.level());
-    const Ciphertext a2 = a.level() == level ? a : evaluator_.mod_switch_to(a, level);
-    const Ciphertext b2 = b.level() == level ? b : evaluator_.mod_switch_to(b, level);
-    return evaluator_.rescale(evaluator_.multiply_relin(a2, b2, rk));
-  };
-  // Chebyshev basis: T_2k = 2 T_k^2 - 1, T_2k+1 = 2 T_k+1 T_k - T_1 (depth ceil(log2 k)).
-  std::vector<Ciphertext> t(d + 1);
-  t[1] = x;
-  for (std::size_t k = 2; k <= d; ++k) {
-    Ciphertext p = k % 2 == 0 ? product(t[k / 2], t[k / 2]) : product(t[k / 2 + 1], t[k / 2]);
+  const auto next = [&](const Ciphertext& a, const Ciphertext& b, const Ciphertext* minus) {
+    // 2 a b - (minus or 1)
+    Ciphertext p = product(a, b, rk);
     evaluator_.add_inplace(p, Ciphertext(p));
-    if (k % 2 == 0) {
+    if (minus == nullptr) {
       evaluator_.add_plain_inplace(p, encoder_.encode_constant(-1.0, p.scale(), p.level()));
-    } else {
-      evaluator_.sub_inplace(p, match(t[1], p.level(), p.scale()));
+      return p;
     }
-    t[k] = std::move(p);
+    return evaluator_.sub(p, match(*minus, p.level(), p.scale()));
+  };
+  // Baby steps T_1 .. T_{b-1} and giant steps T_b, T_2b, T_4b, ... (Paterson-Stockmeyer in the
+  // Chebyshev basis): about 2 sqrt(d) + log2(d) products instead of d.
+  const std::size_t b = std::size_t{1} << ((ceil_log2(d + 1) + 1) / 2);
+  std::vector<Ciphertext> basis(std::min(b, d + 1));
+  basis[1] = x;
+  for (std::size_t k = 2; k < basis.size(); ++k) {
+    basis[k] = k % 2 == 0 ? next(basis[k / 2], basis[k / 2], nullptr)
+                          : next(basis[k / 2 + 1], basis[k / 2], &basis[1]);
   }
-  // The scale the sum must have so that the double angles end at `output_scale`.
-  const std::size_t sum_level = x.level() - ceil_log2(d) - 1;
-  double scale = output_scale;
-  for (std::size_t j = config_.double_angles; j >= 1; --j) {
-    scale = std::sqrt(scale * prime(sum_level - (j - 1)));
-  }
-  Ciphertext acc;
-  bool have = false;
-  for (std::size_t k = 1; k <= d; ++k) {
-    if (chebyshev_[k] == 0.0) continue;
-    Ciphertext term = multiply_const_to_scale(t[k], chebyshev_[k], scale);
-    if (term.level() != sum_level) term = evaluator_.mod_switch_to(term, sum_level);
-    if (have) {
-      evaluator_.add_inplace(acc, term);
-    } else {
-      acc = std::move(term);
-      have = true;
+  std::map<std::size_t, Ciphertext> giants;
+  if (b <= d) {
+    Ciphertext t = next(basis[b / 2], basis[b / 2], nullptr);
+    for (std::size_t g = b; g <= d; g *= 2) {
+      giants.emplace(g, t);
+      if (2 * g <= d) t = next(t, t, nullptr);
     }
   }
-  evaluator_.add_plain_inplace(acc, encoder_.encode_constant(chebyshev_[0], acc.scale(), sum_level));
-  for (std::size_t j = 0; j < config_.double_angles; ++j) {
-    Ciphertext sq = evaluator_.rescale(evaluator_.relinearize(evaluator_.square(acc), rk));
-    evaluator_.add_inplace(sq, Ciphertext(sq));
-    evaluator_.add_plain_inplace(sq, encoder_.encode_constant(-1.0, sq.scale(), sq.level()));
-    acc = std::move(sq);
-  }
-  acc.set_scale(output_scale);  // equal up to rounding of the double products
+  Ciphertext acc = chebyshev_sum(chebyshev_, basis, giants, x.scale(), rk);
+  for (std::size_t j = 0; j < config_.double_angles; ++j) acc = next(acc, acc, nullptr);
   return acc;
 }
 
@@ -414,8 +450,8 @@ Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& key
   const auto [lo, hi] = coeff_to_slot(raised, keys.galois_keys);
   // EvalMod ends at the scale it works at (near its primes): its output's last bits are the
   // message's, so the scale only comes down to the input's in SlotToCoeff.
-  const Ciphertext lo_mod = eval_mod(lo, keys.relin_key, lo.scale());
-  const Ciphertext hi_mod = eval_mod(hi, keys.relin_key, lo.scale());
+  const Ciphertext lo_mod = eval_mod(lo, keys.relin_key);
+  const Ciphertext hi_mod = eval_mod(hi, keys.relin_key);
   return slot_to_coeff(lo_mod, hi_mod, ct.scale(), keys.galois_keys);
 }
 

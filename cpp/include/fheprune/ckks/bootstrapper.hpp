@@ -78,8 +78,9 @@ class Bootstrapper {
   // q0 * (K + 1) (so in [-1, 1]), one level down, at a scale near that level's prime.
   std::pair<Ciphertext, Ciphertext> coeff_to_slot(const Ciphertext& raised,
                                                   const GaloisKeys& gk) const;
-  // sin(2 pi (K + 1) x) for x in [-1, 1], at `output_scale`, levels_consumed() - 2 levels down.
-  Ciphertext eval_mod(const Ciphertext& x, const RelinKey& rk, double output_scale) const;
+  // sin(2 pi (K + 1) x) for x in [-1, 1], at a scale near x's; ceil(log2 d) + 1 + double
+  // angles levels down.
+  Ciphertext eval_mod(const Ciphertext& x, const RelinKey& rk) const;
   // The message back in the slots: `lo` and `hi` hold sin(2 pi t / q0) for the coefficients
   // [0, N/2) and [N/2, N) of t, the message times `message_scale`.
   Ciphertext slot_to_coeff(const Ciphertext& lo, const Ciphertext& hi, double message_scale,
@@ -104,6 +105,12 @@ class Bootstrapper {
   // `ct` brought to `level` and `scale` (one multiplication by a constant, then mod switches).
   Ciphertext match(const Ciphertext& ct, std::size_t level, double scale) const;
   Ciphertext times_i(const Ciphertext& ct) const;  // i * ct: the monomial X^(N/2), exact
+  Ciphertext add_matched(const Ciphertext& a, const Ciphertext& b) const;
+  Ciphertext product(const Ciphertext& a, const Ciphertext& b, const RelinKey& rk) const;
+  // sum_i c_i T_i(x) from the baby basis T_1 .. T_{b-1} and the giants T_g, recursively.
+  Ciphertext chebyshev_sum(const std::vector<double>& c, const std::vector<Ciphertext>& basis,
+                           const std::map<std::size_t, Ciphertext>& giants, double scale,
+                           const RelinKey& rk) const;
 
   ContextPtr ctx_;
   BootstrapConfig config_;
