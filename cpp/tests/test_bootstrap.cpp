@@ -144,6 +144,12 @@ TEST(Bootstrap, ModRaiseKeepsTheMessageModuloQ0) {
   const Plaintext b = f.decryptor.decrypt(f.evaluator.mod_switch_to(raised, 0));
   EXPECT_EQ(a.data(), b.data());
   EXPECT_THROW(f.boot.mod_raise(f.encrypt(z, 1, f.ctx->default_scale())), LevelError);
+  // A ciphertext of other parameters (another q0) is refused, not raised into garbage.
+  const ContextPtr other = make_context(small_params({50, 40}, {60}, 1024));
+  KeyGenerator other_keys(other);
+  Encryptor other_enc(other, other_keys.secret_key());
+  const Ciphertext foreign = other_enc.encrypt(Encoder(other).encode(std::vector<double>{0.5}, std::nullopt, 0));
+  EXPECT_THROW(f.boot.mod_raise(foreign), MismatchError);
 }
 
 TEST(Bootstrap, CoeffToSlotIsTheInverseEncodingUpToTheOverflow) {
@@ -201,6 +207,22 @@ TEST(Bootstrap, EvalModApproximatesTheSine) {
   const Ciphertext out = f.boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key);
   EXPECT_EQ(out.level(), f.boot.output_level() + f.boot.config().stc_levels);
   EXPECT_LT(max_error(f.decrypt(out), want), 1e-6);
+}
+
+TEST(Bootstrap, DepthMatchesTheLevelBudgetForEveryDegree) {
+  // The Chebyshev sum's baby-step giant-step depth is at most ceil(log2 d) + 1, and EvalMod
+  // ends exactly where levels_consumed() says for every degree.
+  Fixture& f = shared();
+  const std::size_t level = f.ctx->max_level() - f.boot.config().cts_levels;
+  const double scale = static_cast<double>(f.ctx->primes()[level]);
+  const std::vector<cd> x(f.ctx->slots(), cd{0.25, 0});
+  for (const std::size_t d : {std::size_t{3}, std::size_t{7}, std::size_t{15}, std::size_t{20},
+                              std::size_t{31}}) {
+    const Bootstrapper boot(f.ctx, {.chebyshev_degree = d, .double_angles = 1});
+    const Ciphertext out = boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key);
+    const std::size_t used = level - out.level();
+    EXPECT_EQ(used, static_cast<std::size_t>(std::bit_width(d - 1)) + 1 + 1) << "degree " << d;
+  }
 }
 
 TEST(Bootstrap, RefreshRestoresLevelsAndKeepsTheMessage) {

@@ -223,6 +223,10 @@ Ciphertext Bootstrapper::mod_raise(const Ciphertext& ct) const {
   if (ct.size() != 2) {
     throw FheError("mod_raise takes a size-2 ciphertext; relinearize first");
   }
+  if (ct.params() != ctx_->fingerprint()) {
+    throw MismatchError("the ciphertext was made under different parameters than the "
+                        "bootstrapper's context");
+  }
   const std::size_t n = ctx_->poly_degree();
   const std::size_t top = ctx_->max_level();
   const ContextTables& tables = ctx_->tables();
@@ -433,6 +437,9 @@ Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk) const
   }
   Ciphertext acc = chebyshev_sum(chebyshev_, basis, giants, x.scale(), rk);
   for (std::size_t j = 0; j < config_.double_angles; ++j) acc = next(acc, acc, nullptr);
+  // Some degrees need a level less than ceil(log2 d) + 1; end where levels_consumed() says.
+  const std::size_t planned = x.level() - (ceil_log2(d) + 1 + config_.double_angles);
+  if (acc.level() > planned) acc = evaluator_.mod_switch_to(acc, planned);
   return acc;
 }
 
@@ -452,7 +459,13 @@ Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& key
   // message's, so the scale only comes down to the input's in SlotToCoeff.
   const Ciphertext lo_mod = eval_mod(lo, keys.relin_key);
   const Ciphertext hi_mod = eval_mod(hi, keys.relin_key);
-  return slot_to_coeff(lo_mod, hi_mod, ct.scale(), keys.galois_keys);
+  Ciphertext out = slot_to_coeff(lo_mod, hi_mod, ct.scale(), keys.galois_keys);
+  if (out.level() != output_level()) {  // levels_consumed() is the promise callers plan with
+    throw FheError("bootstrapping ended at level " + std::to_string(out.level()) +
+                   " instead of " + std::to_string(output_level()) + "; please report this "
+                   "configuration");
+  }
+  return out;
 }
 
 Ciphertext Bootstrapper::multiply_const_to_scale(const Ciphertext& ct, double value,
