@@ -52,7 +52,7 @@ def test_refresh_keeps_the_message_and_restores_levels() -> None:
 
 def test_a_hundred_refreshes_stay_within_a_linear_drift() -> None:
     """Refresh, then back to level 0, 100 times. Each refresh adds an error of about 2^-22.5 of
-    which most is the same from one refresh to the next (the increments correlate at about
+    which most is the same from one refresh to the next (the increments correlate at 0.7 to
     0.8), so errors add up linearly: 100 refreshes hold about 16 bits (docs/bootstrapping.md).
     The test pins that: no faster than linear growth, and the 16 bits."""
     ctx, boot, keygen, keys = _setup()
