@@ -14,9 +14,9 @@ own environment (see ``benchmarks/orion_reference.py``); pass ``--orion-python``
 ``FHEPRUNE_ORION_PYTHON``. Without it the Lattigo rows are recorded as skipped. Lattigo builds
 its bootstrapping chain from its defaults (secret Hamming weight 192 with a sparse ephemeral
 secret, its own CoeffToSlot / EvalMod / SlotToCoeff primes) on top of the levels left we ask
-for; ours uses the chain described in ``docs/bootstrapping.md``. Neither chain is within the
-128-bit bound at these ring sizes (``secure_128`` says so per row): the comparison is of the
-algorithms' speed and precision, not of a deployable parameter set.
+for; ours uses ``ckks.bootstrappable`` (``docs/bootstrapping.md``). At N = 2^13 and 2^14
+neither chain is within the 128-bit bound (``secure_128`` says so for our rows): there the
+comparison is of the algorithms' speed and precision; at N = 2^16 ours is.
 """
 
 from __future__ import annotations
@@ -35,25 +35,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ORION_PYTHON = Path("/tmp/orion_venv/bin/python")
-MAX_LOG_QP_128 = {10: 27, 11: 54, 12: 109, 13: 218, 14: 438, 15: 881, 16: 1761}
 
 
 # --------------------------------------------------------------------------------- ours
-
-
-def k_bound(hamming_weight: int) -> float:
-    """ModRaise's overflow |I| is a sum of about h uniform values in [-1/2, 1/2] (h the
-    secret's weight): 5 standard deviations, rounded up (12 for h = 64, 20 for h = 192)."""
-    return float(math.ceil(5.0 * math.sqrt(hamming_weight / 12.0)))
-
-
-def our_chain(levels_left: int, cts: int, stc: int, evalmod: int) -> list[int]:
-    """q0 (55 bits, 2^15 above the 40-bit message scale), the user's levels, then the
-    levels the refresh consumes from the top: SlotToCoeff (50-bit), EvalMod (60-bit),
-    CoeffToSlot (60-bit). Chosen at N = 2^13 among q0 55 / 58 / 60, SlotToCoeff 40 / 50,
-    EvalMod 55 / 60 and Chebyshev degree 31 / 63 with 2 to 4 double angles, for the mean
-    precision (docs/bootstrapping.md)."""
-    return [55] + [40] * levels_left + [50] * stc + [60] * evalmod + [60] * cts
 
 
 def run_ours(
@@ -69,23 +53,30 @@ def run_ours(
 
     from fheprune import ckks
 
-    config = ckks.BootstrapConfig(
-        k_bound=k_bound(hamming_weight),
-        chebyshev_degree=31,
-        double_angles=4,
-        cts_levels=3,
-        stc_levels=3,
-    )
-    evalmod = math.ceil(math.log2(config.chebyshev_degree)) + 1 + config.double_angles
-    chain = our_chain(levels_left, config.cts_levels, config.stc_levels, evalmod)
-    # Key-switching digits of `special_primes` chain primes each: more special primes, fewer
-    # digits, smaller keys (at N = 2^14: 3.9 GB with one, 1.2 GB with four).
-    special = [60] * special_primes
-    log_qp = sum(chain) + sum(special)
+    # The package's bootstrappable chain (ckks.bootstrappable, docs/bootstrapping.md); rings
+    # too small for it at 128 bits run it anyway, marked insecure.
+    try:
+        preset = ckks.bootstrappable(
+            levels_left,
+            log_n=log_n,
+            hamming_weight=hamming_weight,
+            special_primes=special_primes,
+        )
+        within_bound = True
+    except ckks.ParameterError:
+        preset = ckks.bootstrappable(
+            levels_left,
+            log_n=log_n,
+            hamming_weight=hamming_weight,
+            special_primes=special_primes,
+            insecure_for_testing=True,
+        )
+        within_bound = False
     # The HE standard's bound holds for uniform ternary secrets; for sparse ones we follow
     # Lattigo's default (weight 192 at N = 2^16) and call lighter secrets insecure.
-    secure = log_qp <= MAX_LOG_QP_128[log_n] and hamming_weight >= 192
-    params = ckks.Parameters(1 << log_n, chain, special, 40, insecure_for_testing=not secure)
+    secure = within_bound and hamming_weight >= 192
+    params, config = preset.parameters, preset.config
+    chain, special, log_qp = list(params.chain_bits), list(params.special_bits), preset.log_qp
     ctx = ckks.Context(params, threads)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)

@@ -15,16 +15,19 @@ from benchmark_scripts import load_benchmark
 
 from fheprune import ckks
 
-BITS = [55, 40, 40] + [50] * 3 + [60] * 10 + [60] * 3  # as benchmarks/bootstrapping.py
+# The package's bootstrappable chain at N = 1024 (insecure, for speed), weight-64 secrets.
+PRESET = ckks.bootstrappable(
+    2, log_n=10, hamming_weight=64, special_primes=2, insecure_for_testing=True
+)
+BITS = list(PRESET.parameters.chain_bits)
 
 
 Setup = tuple[ckks.Context, ckks.Bootstrapper, ckks.KeyGenerator, ckks.EvaluationKeys]
 
 
 def _setup(threads: int = 1, secret: ckks.SecretKey | None = None) -> Setup:
-    params = ckks.Parameters(1024, BITS, [60, 60], 40, insecure_for_testing=True)
-    ctx = ckks.Context(params, threads)
-    boot = ckks.Bootstrapper(ctx, ckks.BootstrapConfig(chebyshev_degree=31, double_angles=4))
+    ctx = ckks.Context(PRESET.parameters, threads)
+    boot = ckks.Bootstrapper(ctx, PRESET.config)
     keygen = ckks.KeyGenerator(ctx, 64) if secret is None else ckks.KeyGenerator(ctx, secret)
     keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
     return ctx, boot, keygen, keys
@@ -83,6 +86,28 @@ def test_threads_give_identical_results() -> None:
         == _decrypt(ctx1, keygen, b_ct).tolist()
     )
     del ctx2, keys2
+
+
+def test_bootstrappable_preset_is_128_bit_and_says_what_fits() -> None:
+    preset = ckks.bootstrappable(2)
+    assert preset.parameters.poly_degree == 65536 and preset.hamming_weight == 192
+    assert preset.config.k_bound == 20.0  # five standard deviations for weight 192
+    bits = sum(preset.parameters.chain_bits) + sum(preset.parameters.special_bits)
+    assert bits == preset.log_qp <= ckks.max_modulus_bits_128(65536)
+    assert ckks.bootstrappable(13).log_qp <= ckks.max_modulus_bits_128(65536)
+    with pytest.raises(ckks.ParameterError, match="at most 13 levels left fit"):
+        ckks.bootstrappable(14)
+    with pytest.raises(ckks.ParameterError, match="no bootstrappable chain fits"):
+        ckks.bootstrappable(2, log_n=14)
+    with pytest.raises(ckks.ParameterError, match="at least 1"):
+        ckks.bootstrappable(0)
+    # What a refresh leaves is what was asked for.
+    assert (
+        len(preset.parameters.chain_bits)
+        - 1
+        - ckks.Bootstrapper(ckks.Context(PRESET.parameters, 1), preset.config).levels_consumed
+        == 2
+    )
 
 
 def test_typed_errors() -> None:

@@ -59,10 +59,11 @@ from fheprune._core import (
     vector_kernels_available,
     vector_kernels_enabled,
 )
-from fheprune.ckks.presets import preset
+from fheprune.ckks.presets import BootstrapPreset, bootstrappable, preset
 
 __all__ = [
     "BootstrapConfig",
+    "BootstrapPreset",
     "Bootstrapper",
     "Ciphertext",
     "Context",
@@ -87,6 +88,7 @@ __all__ = [
     "ScaleError",
     "SecretKey",
     "SerializationError",
+    "bootstrappable",
     "load_ciphertext",
     "load_evaluation_keys",
     "load_galois_keys",

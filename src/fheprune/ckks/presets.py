@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fheprune._core import Parameters
+import math
+from dataclasses import dataclass
+
+from fheprune._core import BootstrapConfig, ParameterError, Parameters, max_modulus_bits_128
 from fheprune.errors import UnknownNameError
 
 # name -> (N, chain bits with the decryption prime first, special primes, scale bits)
@@ -22,3 +25,79 @@ def preset(name: str) -> Parameters:
         known = ", ".join(sorted(_PRESETS))
         raise UnknownNameError(f"unknown preset {name!r}; known: {known}") from None
     return Parameters(poly_degree=n, chain_bits=chain, special_bits=special, scale_bits=scale)
+
+
+@dataclass(frozen=True)
+class BootstrapPreset:
+    """Parameters that can refresh ciphertexts (see docs/bootstrapping.md): the chain, the
+    refresh's configuration and the secret's Hamming weight the keys must be made with
+    (``KeyGenerator(context, preset.hamming_weight)``)."""
+
+    parameters: Parameters
+    config: BootstrapConfig
+    hamming_weight: int
+    levels_left: int
+    log_qp: int
+
+
+def overflow_bound(hamming_weight: int) -> float:
+    """ModRaise's overflow ``|I|`` is close to a sum of ``h`` uniform values in [-1/2, 1/2]:
+    five standard deviations, rounded up (12 for h = 64, 20 for h = 192)."""
+    return float(math.ceil(5.0 * math.sqrt(hamming_weight / 12.0)))
+
+
+def bootstrap_chain(levels_left: int, config: BootstrapConfig) -> list[int]:
+    """q0 (55 bits, 2^15 above the 40-bit message scale), the levels left after a refresh
+    (40 bits), then what the refresh consumes from the top: SlotToCoeff (50-bit), EvalMod
+    (60-bit), CoeffToSlot (60-bit). Chosen at N = 2^13 for the mean precision."""
+    evalmod = math.ceil(math.log2(config.chebyshev_degree)) + 1 + config.double_angles
+    return (
+        [55]
+        + [40] * levels_left
+        + [50] * config.stc_levels
+        + [60] * evalmod
+        + [60] * config.cts_levels
+    )
+
+
+def bootstrappable(
+    levels_left: int = 2,
+    *,
+    log_n: int = 16,
+    hamming_weight: int = 192,
+    special_primes: int = 4,
+    insecure_for_testing: bool = False,
+) -> BootstrapPreset:
+    """A bootstrappable parameter set with ``levels_left`` levels after every refresh.
+
+    At N = 2^16 (the default) it stays inside the 128-bit bound with every prime counted
+    (special primes included) up to 13 levels left; a smaller ring or more levels raise
+    ParameterError naming what fits, unless ``insecure_for_testing``. Weight 192 follows
+    Lattigo's default for sparse secrets, which the HE standard's tables do not cover.
+    """
+    if levels_left < 1:
+        raise ParameterError(f"levels_left must be at least 1, got {levels_left}")
+    config = BootstrapConfig(
+        k_bound=overflow_bound(hamming_weight),
+        chebyshev_degree=31,
+        double_angles=4,
+        cts_levels=3,
+        stc_levels=3,
+    )
+    chain = bootstrap_chain(levels_left, config)
+    special = [60] * special_primes
+    log_qp = sum(chain) + sum(special)
+    bound = max_modulus_bits_128(1 << log_n)
+    if log_qp > bound and not insecure_for_testing:
+        fit = levels_left - math.ceil((log_qp - bound) / 40)
+        hint = f"at most {fit} levels left fit" if fit >= 1 else "no bootstrappable chain fits"
+        if log_n < 16:
+            hint += "; N = 2^16 holds up to 13"
+        raise ParameterError(
+            f"a refresh with {levels_left} levels left needs log2(QP) = {log_qp} bits; N = "
+            f"2^{log_n} allows {bound} at 128-bit security ({hint})"
+        )
+    parameters = Parameters(
+        1 << log_n, chain, special, 40, insecure_for_testing=insecure_for_testing
+    )
+    return BootstrapPreset(parameters, config, hamming_weight, levels_left, log_qp)
