@@ -101,6 +101,8 @@ def test_bootstrappable_preset_is_128_bit_and_says_what_fits() -> None:
         ckks.bootstrappable(2, log_n=14)
     with pytest.raises(ckks.ParameterError, match="at least 1"):
         ckks.bootstrappable(0)
+    with pytest.raises(ckks.ParameterError, match="too sparse"):
+        ckks.bootstrappable(2, hamming_weight=64)
     # What a refresh leaves is what was asked for.
     assert (
         len(preset.parameters.chain_bits)

@@ -77,6 +77,13 @@ def bootstrappable(
     """
     if levels_left < 1:
         raise ParameterError(f"levels_left must be at least 1, got {levels_left}")
+    if hamming_weight < 192 and not insecure_for_testing:
+        # Sparser secrets are cheaper to attack than the bound assumes; 192 is the weight
+        # this chain's 128-bit claim rests on (as Lattigo's defaults).
+        raise ParameterError(
+            f"a secret of Hamming weight {hamming_weight} is too sparse for a 128-bit claim; "
+            "use hamming_weight >= 192 (or insecure_for_testing=True)"
+        )
     config = BootstrapConfig(
         k_bound=overflow_bound(hamming_weight),
         chebyshev_degree=31,
