@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -133,6 +132,7 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs inside the orion-fhe environment: Lattigo's bootstrapping through Orion."""
     import orion  # type: ignore[import-not-found]
     import torch  # type: ignore[import-not-found]
+    from orion_reference import ORION_SETTINGS  # beside this script; stdlib-only at import
 
     log_n, levels_left = int(spec["log_n"]), int(spec["levels_left"])
     log_q = [55] + [40] * levels_left
@@ -146,14 +146,7 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "RingType": "standard",
         },
         "boot_params": {"LogP": [61, 61, 61, 61]},
-        "orion": {
-            "margin": 2,
-            "embedding_method": "hybrid",
-            "backend": "lattigo",
-            "fuse_modules": True,
-            "debug": False,
-            "io_mode": "none",
-        },
+        "orion": dict(ORION_SETTINGS),
     }
     scheme = orion.init_scheme(config)
     slots = 1 << (log_n - 1)
@@ -214,24 +207,6 @@ def run_lattigo(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- main
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu_model": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N = 2^13, 2 repeats, 1 thread")
@@ -263,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lattigo_worker is not None:
         print(json.dumps(lattigo_worker(json.loads(args.lattigo_worker))))
         return 0
-    from fheprune.fileio import atomic_write_bytes
+    from fheprune.reporting import machine_info, write_json_atomic
 
     runs: list[dict[str, Any]] = []
     for threads in args.threads:
@@ -297,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "quick": args.quick,
         "seed": args.seed,
-        "machine": machine(),
+        "machine": machine_info(),
         "ratio_ours_over_lattigo": {str(t): _ratio(runs, t) for t in args.threads},
     }
     if args.out is not None:
-        atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        write_json_atomic(args.out, report)
     return 0
 
 

@@ -138,6 +138,17 @@ def orion_importable() -> str | None:
 # --------------------------------------------------------------------------- CKKS parameters
 
 
+# Orion's own settings (Lattigo backend, nothing saved), shared with benchmarks/bootstrapping.py.
+ORION_SETTINGS: dict[str, Any] = {
+    "margin": 2,
+    "embedding_method": "hybrid",
+    "backend": "lattigo",
+    "fuse_modules": True,
+    "debug": False,
+    "io_mode": "none",
+}
+
+
 def circuit_depth(activation: str) -> int:
     """Levels the network consumes: six linear transforms (conv1, pool1, conv2, pool2, fc1,
     fc2; Orion rescales once per transform) plus three activations."""
@@ -163,14 +174,7 @@ def ckks_config(log_n: int, ring: str, activation: str) -> dict[str, Any]:
             "H": 192,
             "RingType": ring,
         },
-        "orion": {
-            "margin": 2,
-            "embedding_method": "hybrid",
-            "backend": "lattigo",
-            "fuse_modules": True,
-            "debug": False,
-            "io_mode": "none",
-        },
+        "orion": dict(ORION_SETTINGS),
     }
 
 

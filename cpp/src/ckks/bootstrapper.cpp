@@ -76,58 +76,32 @@ std::size_t best_baby(const Diagonals& d, std::size_t slots) {
 
 }  // namespace
 
-std::vector<Diagonals> encoding_stages(std::size_t poly_degree) {
+namespace {
+
+// The butterfly stage of length `len` of the encoding map (or, `inverse`, the stage undoing
+// it): out[i + j] = x[i + j] + w_j x[i + j + half], out[i + j + half] = x[i + j] - w_j x[...],
+// w_j = zeta^(5^j) restricted to the stage, exp(2 pi i (5^j mod 4 len) / (4 len)). Its three
+// diagonals: 0, +half and -half (one diagonal when half = slots / 2).
+Diagonals butterfly_stage(std::size_t poly_degree, std::size_t len, bool inverse) {
   const std::size_t slots = poly_degree / 2, m = 2 * poly_degree;
-  std::vector<Diagonals> stages;
-  for (std::size_t len = 2; len <= slots; len *= 2) {
-    const std::size_t half = len / 2, quarter_period = 4 * len;
-    std::vector<cd> same(slots), up(slots, cd{0, 0}), down(slots, cd{0, 0});
-    std::size_t g = 1;  // 5^j mod 2N
-    std::vector<cd> twiddle(half);
+  const std::size_t half = len / 2, quarter_period = 4 * len;
+  std::vector<cd> same(slots), up(slots, cd{0, 0}), down(slots, cd{0, 0});
+  std::vector<cd> twiddle(half);
+  std::size_t g = 1;  // 5^j mod 2N
+  for (std::size_t j = 0; j < half; ++j) {
+    twiddle[j] = std::polar(1.0, 2.0 * std::numbers::pi *
+                                     static_cast<double>(g % quarter_period) /
+                                     static_cast<double>(quarter_period));
+    g = (g * 5) % m;
+  }
+  for (std::size_t i = 0; i < slots; i += len) {
     for (std::size_t j = 0; j < half; ++j) {
-      // zeta^(5^j) restricted to this stage: exp(2 pi i (5^j mod 4 len) / (4 len)).
-      twiddle[j] = std::polar(1.0, 2.0 * std::numbers::pi *
-                                       static_cast<double>(g % quarter_period) /
-                                       static_cast<double>(quarter_period));
-      g = (g * 5) % m;
-    }
-    for (std::size_t i = 0; i < slots; i += len) {
-      for (std::size_t j = 0; j < half; ++j) {
-        // out[i + j] = x[i + j] + w x[i + j + half]; out[i + j + half] = x[i + j] - w x[...].
+      if (!inverse) {
         same[i + j] = 1.0;
         up[i + j] = twiddle[j];
         down[i + j + half] = 1.0;
         same[i + j + half] = -twiddle[j];
-      }
-    }
-    Diagonals d;
-    d[0] = same;
-    d[half % slots] = up;
-    auto& back = d[(slots - half) % slots];
-    if (back.empty()) back.assign(slots, cd{0, 0});
-    for (std::size_t r = 0; r < slots; ++r) back[r] += down[r];
-    stages.push_back(std::move(d));
-  }
-  return stages;
-}
-
-std::vector<Diagonals> decoding_stages(std::size_t poly_degree) {
-  const std::size_t slots = poly_degree / 2, m = 2 * poly_degree;
-  std::vector<Diagonals> stages;
-  for (std::size_t len = slots; len >= 2; len /= 2) {
-    const std::size_t half = len / 2, quarter_period = 4 * len;
-    std::vector<cd> same(slots), up(slots, cd{0, 0}), down(slots, cd{0, 0});
-    std::size_t g = 1;
-    std::vector<cd> twiddle(half);
-    for (std::size_t j = 0; j < half; ++j) {
-      twiddle[j] = std::polar(1.0, 2.0 * std::numbers::pi *
-                                       static_cast<double>(g % quarter_period) /
-                                       static_cast<double>(quarter_period));
-      g = (g * 5) % m;
-    }
-    for (std::size_t i = 0; i < slots; i += len) {
-      for (std::size_t j = 0; j < half; ++j) {
-        // Undo the butterfly: u = (a + b) / 2, v = (a - b) / (2 w).
+      } else {  // u = (a + b) / 2, v = (a - b) / (2 w)
         const cd inv = 1.0 / (2.0 * twiddle[j]);
         same[i + j] = 0.5;
         up[i + j] = 0.5;
@@ -135,13 +109,30 @@ std::vector<Diagonals> decoding_stages(std::size_t poly_degree) {
         same[i + j + half] = -inv;
       }
     }
-    Diagonals d;
-    d[0] = same;
-    d[half % slots] = up;
-    auto& back = d[(slots - half) % slots];
-    if (back.empty()) back.assign(slots, cd{0, 0});
-    for (std::size_t r = 0; r < slots; ++r) back[r] += down[r];
-    stages.push_back(std::move(d));
+  }
+  Diagonals d;
+  d[0] = same;
+  d[half % slots] = up;
+  auto& back = d[(slots - half) % slots];
+  if (back.empty()) back.assign(slots, cd{0, 0});
+  for (std::size_t r = 0; r < slots; ++r) back[r] += down[r];
+  return d;
+}
+
+}  // namespace
+
+std::vector<Diagonals> encoding_stages(std::size_t poly_degree) {
+  std::vector<Diagonals> stages;
+  for (std::size_t len = 2; len <= poly_degree / 2; len *= 2) {
+    stages.push_back(butterfly_stage(poly_degree, len, /*inverse=*/false));
+  }
+  return stages;
+}
+
+std::vector<Diagonals> decoding_stages(std::size_t poly_degree) {
+  std::vector<Diagonals> stages;
+  for (std::size_t len = poly_degree / 2; len >= 2; len /= 2) {
+    stages.push_back(butterfly_stage(poly_degree, len, /*inverse=*/true));
   }
   return stages;
 }
