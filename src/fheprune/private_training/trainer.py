@@ -1,0 +1,456 @@
+"""Private training end to end: a data owner (client) and a server, with encrypted data pruning.
+
+The client encrypts features and labels, the server trains a softmax classifier on the
+ciphertexts with mini-batch Nesterov SGD, one ciphertext of samples per step. Weights are
+refreshed by the client (``refresh="client"``): after every step it decrypts the weight
+diagonals, clips each class's column to the logit bound (which is what makes the softmax's
+input range hold, see :mod:`.softmax`) and re-encrypts them at the top of the chain.
+
+Data pruning (``keep_fraction < 1``), re-scored every ``rescore_every`` epochs:
+
+- the server computes the HE-friendly score of every sample (:func:`.kernels.hefs`);
+- the client decrypts the scores and picks the top ``keep_fraction`` (client-aided masking);
+- ``mode="heprune"``: the client sends the mask, and the server compacts the kept samples
+  into as few ciphertexts as it can (ciphertext-wise pruning): it learns which samples were
+  kept;
+- ``mode="private"``: the client re-encrypts the kept samples, packed, and uploads them; the
+  server learns only how many were kept (and the fresh ciphertexts say nothing about which).
+
+Every number is a wall-clock measurement of the whole run; components are timed in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from fheprune.errors import InputError
+from fheprune.private_training import kernels as K
+from fheprune.private_training.backend import ClientSide, Server, Vector
+from fheprune.private_training.layout import SampleLayout
+from fheprune.private_training.softmax import SoftmaxApprox, exact_softmax
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+Mode = Literal["heprune", "private"]
+MODES: tuple[str, ...] = ("heprune", "private")
+
+
+@dataclass(frozen=True)
+class PrivateTrainingConfig:
+    keep_fraction: float = 1.0
+    mode: Mode = "private"
+    epochs: int = 7
+    learning_rate: float = 2.0
+    momentum: float = 0.5
+    rescore_every: int = 5
+    logit_bound: float = 3.0
+    patience: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.keep_fraction <= 1:
+            raise InputError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.epochs < 1 or self.rescore_every < 1 or self.patience < 1:
+            raise InputError("epochs, rescore_every and patience must be positive")
+
+    @property
+    def prunes(self) -> bool:
+        return self.keep_fraction < 1.0
+
+
+@dataclass
+class Batch(Generic[C]):
+    """One ciphertext of samples: the rotated features X_0..X_(k-1), the labels, and (server
+    side, known in HEPrune's mode only) which original samples sit in which block."""
+
+    xs: list[C]
+    labels: C
+    count: int
+    owners: NDArray[np.int64] | None = None  # block -> sample index (-1: empty)
+
+
+@dataclass
+class Ledger:
+    """Seconds by component and bytes each way."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    @contextmanager
+    def timed(self, component: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[component] = self.seconds.get(component, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class PrivateTrainingResult:
+    weights: Vector
+    train_seconds: float
+    seconds_by_component: dict[str, float]
+    bytes_up: int
+    bytes_down: int
+    epochs_run: int
+    samples_trained: int  # sample-steps: samples in every step, summed
+    history: list[dict[str, float]]
+    ops: dict[str, int]
+    max_logit: float
+
+
+def project_columns(w: Vector, bound: float) -> Vector:
+    """Clip each class's weight column to L2 norm ``bound``."""
+    norms = np.linalg.norm(w, axis=0)
+    return np.asarray(w * np.minimum(1.0, bound / np.maximum(norms, 1e-300)), dtype=np.float64)
+
+
+def top_fraction(scores: Vector, fraction: float, seed: int = 0) -> NDArray[np.int64]:
+    """Indices of the ceil(fraction * n) highest scores, ascending. Ties (all scores are
+    equal before the first step; scores within 1e-3 count as equal) are broken at random."""
+    k = max(1, math.ceil(fraction * len(scores)))
+    tie_break = np.random.default_rng(seed).permutation(len(scores))
+    order = np.lexsort((tie_break, -np.round(scores, 3)))  # encrypted scores carry ~1e-5 noise
+    return np.sort(order[:k]).astype(np.int64)
+
+
+class DataOwner(Generic[C]):
+    """The client: features, labels and the secret key never leave it."""
+
+    def __init__(
+        self,
+        backend: ClientSide[C],
+        server: Server[C],
+        layout: SampleLayout,
+        config: PrivateTrainingConfig,
+        ledger: Ledger,
+    ) -> None:
+        self.backend = backend
+        self._sizer = server  # byte sizes only
+        self.layout = layout
+        self.config = config
+        self.ledger = ledger
+        self.top = backend.top_level
+
+    def _up(self, ct: C) -> C:
+        self.ledger.bytes_up += self._sizer.byte_size(ct)
+        return ct
+
+    def _down(self, ct: C) -> Vector:
+        self.ledger.bytes_down += self._sizer.byte_size(ct)
+        return self.backend.decrypt(ct)
+
+    def encrypt_samples(
+        self, x: Vector, y: NDArray[np.int64], with_owners: bool, first_index: int = 0
+    ) -> list[Batch[C]]:
+        """Pack samples in order, ``samples_per_ciphertext`` per ciphertext. Features enter
+        one level above the data's working level and labels three above the bottom: the
+        server's packing mask spends that level."""
+        per = self.layout.samples_per_ciphertext
+        batches: list[Batch[C]] = []
+        with self.ledger.timed("client_encrypt"):
+            for start in range(0, len(x), per):
+                xb, yb = x[start : start + per], y[start : start + per]
+                xs = [
+                    self._up(self.backend.encrypt(v, self.top))
+                    for v in self.layout.rotated_features(xb)
+                ]
+                labels = self._up(self.backend.encrypt(self.layout.labels(yb), 3))
+                owners = None
+                if with_owners:
+                    owners = np.full(per, -1, dtype=np.int64)
+                    owners[: len(xb)] = np.arange(
+                        first_index + start, first_index + start + len(xb)
+                    )
+                batches.append(Batch(xs, labels, len(xb), owners))
+        return batches
+
+    def encrypt_weights(self, w: Vector, v: Vector) -> tuple[list[C], list[C]]:
+        with self.ledger.timed("client_refresh"):
+            d = [
+                self._up(self.backend.encrypt(a, self.top - 1))
+                for a in self.layout.weight_diagonals(w)
+            ]
+            vel = [self._up(self.backend.encrypt(a, 1)) for a in self.layout.weight_diagonals(v)]
+        return d, vel
+
+    def refresh(self, d: list[C], v: list[C]) -> tuple[list[C], list[C], Vector]:
+        """Decrypt the weights, clip them to the logit bound, encrypt them afresh."""
+        with self.ledger.timed("client_refresh"):
+            w = self.layout.weights_from_diagonals([self._down(a) for a in d])
+            vel = self.layout.weights_from_diagonals([self._down(a) for a in v])
+        w = project_columns(w, self.config.logit_bound)
+        d2, v2 = self.encrypt_weights(w, vel)
+        return d2, v2, w
+
+    def decrypt_scores(self, scores: list[C], counts: Sequence[int]) -> Vector:
+        with self.ledger.timed("client_select"):
+            out = [
+                self.layout.lane_zero(self._down(s))[:n]
+                for s, n in zip(scores, counts, strict=True)
+            ]
+        return np.concatenate(out)
+
+    def probabilities(self, probs: list[C], counts: Sequence[int]) -> Vector:
+        with self.ledger.timed("client_validate"):
+            out = [
+                self.layout.class_lanes(self._down(p))[:n]
+                for p, n in zip(probs, counts, strict=True)
+            ]
+        return np.concatenate(out)
+
+
+class TrainingServer(Generic[C]):
+    """The server: evaluation keys and ciphertexts only."""
+
+    def __init__(
+        self, server: Server[C], layout: SampleLayout, approx: SoftmaxApprox, ledger: Ledger
+    ) -> None:
+        self.server = server
+        self.layout = layout
+        self.approx = approx
+        self.ledger = ledger
+
+    def pack(self, batch: Batch[C], keep: NDArray[np.bool_] | None = None) -> Batch[C]:
+        """Multiply by the mask of occupied blocks (this spends the data's extra level)."""
+        per = self.layout.samples_per_ciphertext
+        if keep is None:
+            keep = np.arange(per) < batch.count
+        mask = self.layout.block_mask(keep)
+        xs = [self.server.mul_const(a, mask) for a in batch.xs]
+        labels = self.server.mul_const(batch.labels, mask)
+        return Batch(xs, labels, int(keep.sum()), batch.owners)
+
+    def predict(self, batch: Batch[C], d: list[C]) -> C:
+        with self.ledger.timed("forward"):
+            z = K.forward(self.server, batch.xs, d)
+        with self.ledger.timed("softmax"):
+            return K.softmax(self.server, self.layout, self.approx, z)
+
+    def score(self, batch: Batch[C], d: list[C]) -> C:
+        p = self.predict(batch, d)
+        with self.ledger.timed("score"):
+            return K.hefs(self.server, self.layout, p, batch.labels)
+
+    def step(
+        self, batch: Batch[C], d: list[C], v: list[C], config: PrivateTrainingConfig
+    ) -> tuple[list[C], list[C]]:
+        p = self.predict(batch, d)
+        with self.ledger.timed("backward"):
+            e = self.server.sub(p, batch.labels)
+            level = self.server.level(e)
+            xs = [self.server.drop_to(a, level) for a in batch.xs]
+            g = K.gradient(self.server, self.layout, [xs], [e])
+        with self.ledger.timed("update"):
+            eta = config.learning_rate / max(batch.count, 1)
+            return K.nesterov(self.server, d, v, g, eta, config.momentum)
+
+    def compact(self, batches: list[Batch[C]], kept: NDArray[np.int64]) -> list[Batch[C]]:
+        """Ciphertext-wise pruning with the mask in the clear: keep the densest ciphertexts
+        as destinations and move the kept blocks of the others into their holes, one masked
+        rotation by a power-of-two number of blocks per move (one Galois key each)."""
+        per = self.layout.samples_per_ciphertext
+        kept_set = set(int(i) for i in kept)
+        with self.ledger.timed("cwp"):
+            keeps = []
+            for b in batches:
+                assert b.owners is not None, "HEPrune's mode needs the block owners"
+                keeps.append(np.array([int(o) in kept_set for o in b.owners]))
+            order = sorted(range(len(batches)), key=lambda i: -int(keeps[i].sum()))
+            shifts = [0] + [1 << i for i in range(per.bit_length() - 1)]
+            out: list[Batch[C]] = []
+            dest: Batch[C] | None = None
+            holes = np.zeros(per, dtype=bool)
+            for i in order:
+                src, remaining = batches[i], keeps[i].copy()
+                if not remaining.any():
+                    continue  # an empty ciphertext is dropped
+                while remaining.any():
+                    if dest is None or not holes.any():
+                        dest = self.pack(src, remaining)  # this ciphertext becomes a destination
+                        dest.owners = np.where(remaining, src.owners, -1)  # type: ignore[arg-type]
+                        holes = ~remaining
+                        out.append(dest)
+                        break
+                    best, best_placed = 0, np.zeros(per, dtype=bool)
+                    for m in shifts:
+                        placed = remaining & np.roll(holes, m)  # block r lands on r - m
+                        if placed.sum() > best_placed.sum():
+                            best, best_placed = m, placed
+                    if not best_placed.any():
+                        holes[:] = False  # nothing fits: open a new destination
+                        continue
+                    moved = self.pack(src, best_placed)
+                    if best:
+                        moved = Batch(
+                            [self.server.rotate(a, best * self.layout.lanes) for a in moved.xs],
+                            self.server.rotate(moved.labels, best * self.layout.lanes),
+                            moved.count,
+                        )
+                    dest.xs = [
+                        self.server.add(a, b) for a, b in zip(dest.xs, moved.xs, strict=True)
+                    ]
+                    dest.labels = self.server.add(dest.labels, moved.labels)
+                    dest.count += moved.count
+                    landed = np.roll(best_placed, -best)
+                    assert dest.owners is not None and src.owners is not None
+                    dest.owners[landed] = np.roll(src.owners, -best)[landed]
+                    holes &= ~landed
+                    remaining &= ~best_placed
+        return out
+
+
+def _cross_entropy(p: Vector, y: NDArray[np.int64]) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
+
+
+def train_private(
+    client_backend: ClientSide[C],
+    server_backend: Server[C],
+    layout: SampleLayout,
+    config: PrivateTrainingConfig,
+    x: Vector,
+    y: NDArray[np.int64],
+    x_val: Vector,
+    y_val: NDArray[np.int64],
+    progress: bool = False,
+) -> PrivateTrainingResult:
+    """Run the whole protocol; the returned weights are what the client decrypts at the end."""
+    if x.shape[1] != layout.features or x_val.shape[1] != layout.features:
+        raise InputError(f"features must have {layout.features} columns")
+    norms = np.linalg.norm(x, axis=1)
+    if np.any(norms > 1 + 1e-9):
+        raise InputError("every feature vector must have L2 norm <= 1 (the softmax range needs it)")
+    ledger = Ledger()
+    approx = SoftmaxApprox(layout.classes, layout.lanes, config.logit_bound)
+    owner = DataOwner(client_backend, server_backend, layout, config, ledger)
+    server = TrainingServer(server_backend, layout, approx, ledger)
+    rng = np.random.default_rng(config.seed)
+    start = time.perf_counter()
+
+    full = owner.encrypt_samples(x, y, with_owners=config.mode == "heprune")
+    val = [server.pack(b) for b in owner.encrypt_samples(x_val, y_val, with_owners=False)]
+    w = np.zeros((layout.features, layout.classes))
+    d, v = owner.encrypt_weights(w, w)
+    best = (math.inf, w, 0)
+    history: list[dict[str, float]] = []
+    full_packed = [server.pack(b) for b in full]
+    training = full_packed
+    samples_trained = 0
+    max_logit = 0.0
+    epochs_run = 0
+    bar = tqdm(
+        range(config.epochs),
+        desc=f"private training p={config.keep_fraction}",
+        disable=not progress,
+    )
+    for epoch in bar:
+        epochs_run = epoch + 1
+        if config.prunes and epoch % config.rescore_every == 0:
+            scores = [server.score(b, d) for b in full_packed]
+            s = owner.decrypt_scores(scores, [b.count for b in full_packed])
+            kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
+            if config.mode == "heprune":
+                ledger.bytes_up += (len(s) + 7) // 8  # the mask, one bit per sample
+                training = server.compact(full, kept)
+            else:
+                training = [server.pack(b) for b in owner.encrypt_samples(x[kept], y[kept], False)]
+            log.info("epoch %d: kept %d samples in %d ciphertexts", epoch, len(kept), len(training))
+        for i in rng.permutation(len(training)):
+            batch = training[i]
+            d2, v2 = server.step(batch, d, v, config)
+            d, v, w = owner.refresh(d2, v2)
+            samples_trained += batch.count
+        probs = [server.predict(b, d) for b in val]
+        p_val = owner.probabilities(probs, [b.count for b in val])
+        max_logit = max(max_logit, float(np.abs(x_val @ w).max()))
+        loss = _cross_entropy(p_val, y_val)
+        acc = float(np.mean(p_val.argmax(axis=1) == y_val))
+        history.append({"epoch": epoch, "val_loss": loss, "val_accuracy": acc})
+        bar.set_postfix(val_loss=f"{loss:.4f}", val_acc=f"{acc:.4f}")
+        if loss < best[0]:
+            best = (loss, w.copy(), epoch)
+        elif epoch - best[2] >= config.patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best[2])
+            break
+    train_seconds = time.perf_counter() - start
+    return PrivateTrainingResult(
+        weights=best[1],
+        train_seconds=train_seconds,
+        seconds_by_component=dict(ledger.seconds),
+        bytes_up=ledger.bytes_up,
+        bytes_down=ledger.bytes_down,
+        epochs_run=epochs_run,
+        samples_trained=samples_trained,
+        history=history,
+        ops=server_backend.counts.as_dict(),
+        max_logit=max_logit,
+    )
+
+
+def train_plaintext(
+    layout: SampleLayout,
+    config: PrivateTrainingConfig,
+    x: Vector,
+    y: NDArray[np.int64],
+    x_val: Vector,
+    y_val: NDArray[np.int64],
+) -> Vector:
+    """The same recipe in float64 with the exact softmax and exact scores: the reference the
+    encrypted runs are compared with. Batches are consecutive chunks of the kept samples."""
+    per = layout.samples_per_ciphertext
+    rng = np.random.default_rng(config.seed)
+    w = np.zeros((layout.features, layout.classes))
+    v = w.copy()
+    onehot = np.eye(layout.classes)[y]
+    best: tuple[float, Vector, int] = (math.inf, w, 0)
+    idx = np.arange(len(x))
+    for epoch in range(config.epochs):
+        if config.prunes and epoch % config.rescore_every == 0:
+            p = exact_softmax(x @ w)
+            scores = np.abs(p - onehot).sum(axis=1)
+            idx = top_fraction(scores, config.keep_fraction, config.seed + epoch)
+        chunks = [idx[s : s + per] for s in range(0, len(idx), per)]
+        for i in rng.permutation(len(chunks)):
+            c = chunks[i]
+            g = x[c].T @ (exact_softmax(x[c] @ w) - onehot[c])
+            v_new = w - config.learning_rate / len(c) * g
+            w = project_columns(v_new + config.momentum * (v_new - v), config.logit_bound)
+            v = v_new
+        loss = _cross_entropy(exact_softmax(x_val @ w), y_val)
+        if loss < best[0]:
+            best = (loss, w.copy(), epoch)
+        elif epoch - best[2] >= config.patience:
+            break
+    return best[1]
+
+
+def accuracy(w: Vector, x: Vector, y: NDArray[np.int64]) -> float:
+    return float(np.mean((x @ w).argmax(axis=1) == y))
+
+
+def describe(result: PrivateTrainingResult) -> dict[str, Any]:
+    return {
+        "train_seconds": result.train_seconds,
+        "seconds_by_component": result.seconds_by_component,
+        "bytes_up": result.bytes_up,
+        "bytes_down": result.bytes_down,
+        "epochs_run": result.epochs_run,
+        "samples_trained": result.samples_trained,
+        "ops": result.ops,
+        "max_val_logit": result.max_logit,
+    }

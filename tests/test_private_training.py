@@ -1,0 +1,272 @@
+"""Encrypted training kernels against numpy, on the simulator and on the engine; the softmax
+approximation's error over its claimed range; HE-friendly scores against plaintext EL2N;
+ciphertext-wise pruning keeps exactly the kept samples; roles and typed errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from fheprune.errors import InputError
+from fheprune.private_training import kernels as K
+from fheprune.private_training.backend import (
+    EngineBackend,
+    OutOfLevelsError,
+    SimulatedBackend,
+    TrainingParameters,
+    scale_ladder,
+    training_parameters,
+)
+from fheprune.private_training.layout import SampleLayout
+from fheprune.private_training.softmax import SoftmaxApprox, exact_softmax
+from fheprune.private_training.trainer import (
+    Batch,
+    Ledger,
+    PrivateTrainingConfig,
+    TrainingServer,
+    accuracy,
+    project_columns,
+    top_fraction,
+    train_plaintext,
+    train_private,
+)
+
+LOG_N = 11  # insecure, for speed: 1024 slots, 64 samples per ciphertext
+SLOTS = 1 << (LOG_N - 1)
+LAYOUT = SampleLayout(SLOTS, 16, 10)
+APPROX = SoftmaxApprox(10, 16, 3.0)
+TOP = 20
+
+
+@pytest.fixture(scope="module")
+def engine() -> tuple[EngineBackend, EngineBackend]:
+    params = TrainingParameters(LOG_N, (58,) + (38,) * TOP, (60,), 38, insecure_for_testing=True)
+    return EngineBackend.create(params, K.rotation_steps(LAYOUT))
+
+
+def _unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, 16))
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+def _problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = LAYOUT.samples_per_ciphertext
+    x = _unit_rows(rng, n)
+    y = rng.integers(0, 10, n)
+    w = project_columns(rng.normal(size=(16, 10)), 3.0)
+    return x, y, w, 0.8 * w
+
+
+def _one_step(client: Any, server: Any) -> dict[str, np.ndarray]:
+    """One training step and a score, decrypted stage by stage."""
+    x, y, w, v = _problem()
+    xs = [server.mul_const(client.encrypt(a, TOP), 1.0) for a in LAYOUT.rotated_features(x)]
+    labels = server.mul_const(client.encrypt(LAYOUT.labels(y), 3), 1.0)
+    d = [client.encrypt(a, TOP - 1) for a in LAYOUT.weight_diagonals(w)]
+    vel = [client.encrypt(a, 1) for a in LAYOUT.weight_diagonals(v)]
+    z = K.forward(server, xs, d)
+    p = K.softmax(server, LAYOUT, APPROX, z)
+    e = server.sub(p, labels)
+    g = K.gradient(server, LAYOUT, [[server.drop_to(a, server.level(e)) for a in xs]], [e])
+    new_w, _ = K.nesterov(server, d, vel, g, 0.25, 0.5)
+    score = K.hefs(server, LAYOUT, p, labels)
+    return {
+        "z": LAYOUT.class_lanes(client.decrypt(z)),
+        "p": LAYOUT.class_lanes(client.decrypt(p)),
+        "g": LAYOUT.weights_from_diagonals([client.decrypt(a) for a in g]),
+        "w": LAYOUT.weights_from_diagonals([client.decrypt(a) for a in new_w]),
+        "score": LAYOUT.lane_zero(client.decrypt(score)),
+        "final_level": np.array(server.level(new_w[0])),
+    }
+
+
+def _reference() -> dict[str, np.ndarray]:
+    x, y, w, v = _problem()
+    p = exact_softmax(x @ w)
+    onehot = np.eye(10)[y]
+    g = x.T @ (p - onehot)
+    v_new = w - 0.25 * g
+    return {
+        "z": x @ w,
+        "p": p,
+        "g": g,
+        "w": v_new + 0.5 * (v_new - v),
+        "score": np.abs(p - onehot).sum(axis=1),
+    }
+
+
+@pytest.mark.parametrize("kind", ["simulator", "engine"])
+def test_a_training_step_matches_numpy(
+    kind: str, engine: tuple[EngineBackend, EngineBackend]
+) -> None:
+    if kind == "engine":
+        client, server = engine
+    else:
+        client = server = SimulatedBackend(SLOTS, TOP)  # type: ignore[assignment]
+    got, want = _one_step(client, server), _reference()
+    tol = {"z": 1e-6, "p": 1e-4, "g": 1e-3, "w": 1e-3, "score": 1e-4}
+    for key, bound in tol.items():
+        assert np.abs(got[key] - want[key]).max() < bound, key
+    assert int(got["final_level"]) == 0  # the step uses the whole chain, no more
+
+
+def test_the_simulator_counts_what_the_engine_does(
+    engine: tuple[EngineBackend, EngineBackend],
+) -> None:
+    client, server = engine
+    before = dict(server.counts.as_dict())
+    _one_step(client, server)
+    after = server.counts.as_dict()
+    sim = SimulatedBackend(SLOTS, TOP)
+    _one_step(sim, sim)
+    assert {k: after[k] - before[k] for k in after} == sim.counts.as_dict()
+
+
+def test_softmax_error_over_the_claimed_range_and_not_beyond() -> None:
+    rng = np.random.default_rng(1)
+    r = APPROX.logit_bound
+    z = np.vstack([rng.uniform(-r, r, (5000, 10)), np.where(rng.random((5000, 10)) < 0.5, r, -r)])
+    assert np.abs(APPROX.cleartext(z) - exact_softmax(z)).max() < 1e-4
+    outside = rng.uniform(2 * r, 3 * r, (100, 10))
+    outside[:, 0] = -2 * r
+    with np.errstate(over="ignore", invalid="ignore"):
+        far = APPROX.cleartext(outside)
+    assert not np.all(np.abs(far - exact_softmax(outside)) < 1e-3)
+
+
+def test_hefs_ranks_samples_like_plaintext_el2n(
+    engine: tuple[EngineBackend, EngineBackend],
+) -> None:
+    got, want = _one_step(*engine), _reference()
+    rho = spearmanr(got["score"], want["score"]).statistic
+    assert rho > 0.999
+
+
+def test_the_scale_ladder_lands_products_exactly() -> None:
+    primes = [2**58 - 27, 2**38 - 45, 2**38 + 115, 2**38 - 87]
+    d = scale_ladder(primes, 38)
+    for level in range(1, len(primes)):
+        assert d[level] ** 2 / primes[level] == pytest.approx(d[level - 1], rel=1e-12)
+
+
+def test_too_short_a_chain_is_a_typed_error() -> None:
+    sim = SimulatedBackend(SLOTS, 12)
+    with pytest.raises(OutOfLevelsError, match="longer chain"):
+        _one_step_at(sim, 12)
+    with pytest.raises(Exception, match="at most 20 levels fit"):
+        training_parameters(21)
+    assert training_parameters(20).top_level == 20
+
+
+def _one_step_at(sim: SimulatedBackend, top: int) -> None:
+    x, _, w, _ = _problem()
+    xs = [sim.encrypt(a, top) for a in LAYOUT.rotated_features(x)]
+    d = [sim.encrypt(a, top) for a in LAYOUT.weight_diagonals(w)]
+    K.softmax(sim, LAYOUT, APPROX, K.forward(sim, xs, d))
+
+
+def test_the_server_cannot_decrypt(engine: tuple[EngineBackend, EngineBackend]) -> None:
+    client, server = engine
+    ct = client.encrypt(np.zeros(SLOTS), 1)
+    with pytest.raises(InputError, match="only the client"):
+        server.decrypt(ct)
+    with pytest.raises(InputError, match="only the client"):
+        server.encrypt(np.zeros(SLOTS), 1)
+
+
+def test_ciphertext_wise_pruning_keeps_exactly_the_kept_samples() -> None:
+    rng = np.random.default_rng(3)
+    sim = SimulatedBackend(SLOTS, TOP)
+    per = LAYOUT.samples_per_ciphertext
+    n = 4 * per - 5
+    x, y = _unit_rows(rng, n), rng.integers(0, 10, n)
+    batches = []
+    for i, start in enumerate(range(0, n, per)):
+        xb, yb = x[start : start + per], y[start : start + per]
+        owners = np.full(per, -1)
+        owners[: len(xb)] = np.arange(start, start + len(xb))
+        xs = [sim.encrypt(a, TOP) for a in LAYOUT.rotated_features(xb)]
+        batches.append(Batch(xs, sim.encrypt(LAYOUT.labels(yb), 3), len(xb), owners))
+        del i
+    kept = np.sort(rng.choice(n, size=n // 5, replace=False))
+    server = TrainingServer(sim, LAYOUT, APPROX, Ledger())
+    out = server.compact(batches, kept)
+    assert len(out) <= int(np.ceil(len(kept) / per)) + 1 < len(batches)
+    seen = []
+    for b in out:
+        assert b.owners is not None
+        rows = LAYOUT.class_lanes(sim.decrypt(b.xs[0]))  # X_0: lane j holds feature j
+        labels = LAYOUT.class_lanes(sim.decrypt(b.labels)).argmax(axis=1)
+        for block, owner in enumerate(b.owners):
+            if owner < 0:
+                assert not rows[block].any()
+                continue
+            np.testing.assert_allclose(rows[block], x[owner, :10])
+            assert labels[block] == y[owner]
+            seen.append(int(owner))
+        assert b.count == int((b.owners >= 0).sum())
+    assert sorted(seen) == kept.tolist()
+
+
+def test_top_fraction_breaks_ties_at_random_and_keeps_the_best() -> None:
+    scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2])
+    assert top_fraction(scores, 0.4).tolist() == [1, 3]
+    flat = np.full(100, 1.8)
+    assert top_fraction(flat, 0.1, seed=0).tolist() != list(range(10))
+
+
+def _features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(size=(10, 15))
+    y = rng.integers(0, 10, n)
+    f = centers[y] + 0.5 * rng.normal(size=(n, 15))
+    f /= np.linalg.norm(f, axis=1, keepdims=True) * np.sqrt(2)
+    return np.hstack([f, np.full((n, 1), 1 / np.sqrt(2))]), y
+
+
+@pytest.mark.parametrize("mode", ["heprune", "private"])
+def test_simulated_training_follows_the_plaintext_recipe(mode: str) -> None:
+    per = LAYOUT.samples_per_ciphertext
+    x, y = _features(4 * per, 0)
+    xv, yv = _features(per, 1)
+    for keep in (1.0, 0.5):
+        cfg = PrivateTrainingConfig(keep_fraction=keep, mode=mode, epochs=4, rescore_every=2)  # type: ignore[arg-type]
+        sim = SimulatedBackend(SLOTS, TOP)
+        result = train_private(sim, sim, LAYOUT, cfg, x, y, xv, yv)
+        reference = train_plaintext(LAYOUT, cfg, x, y, xv, yv)
+        if keep == 1.0:  # same batches, same order: only the approximations differ
+            assert accuracy(result.weights, xv, yv) > 0.8
+            np.testing.assert_allclose(result.weights, reference, atol=1e-3)
+        else:  # the kept samples sit in other batches than the reference's
+            assert accuracy(result.weights, xv, yv) > accuracy(reference, xv, yv) - 0.15
+        assert result.samples_trained <= 4 * len(x) * keep + per
+        assert result.max_logit <= cfg.logit_bound + 1e-9
+
+
+def test_private_mode_sends_no_mask_and_heprune_mode_does() -> None:
+    per = LAYOUT.samples_per_ciphertext
+    x, y = _features(4 * per, 0)
+    xv, yv = _features(per, 1)
+    for mode, mask_bytes in (("heprune", (len(x) + 7) // 8), ("private", 0)):
+        cfg = PrivateTrainingConfig(keep_fraction=0.25, mode=mode, epochs=1)  # type: ignore[arg-type]
+        sim = SimulatedBackend(SLOTS, TOP)
+        result = train_private(sim, sim, LAYOUT, cfg, x, y, xv, yv)
+        assert result.bytes_up == mask_bytes  # the simulator's ciphertexts weigh nothing
+        assert ("cwp" in result.seconds_by_component) == (mode == "heprune")
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(InputError, match="keep_fraction"):
+        PrivateTrainingConfig(keep_fraction=0.0)
+    with pytest.raises(InputError, match="mode"):
+        PrivateTrainingConfig(mode="leaky")  # type: ignore[arg-type]
+    x, y = _features(10, 0)
+    sim = SimulatedBackend(SLOTS, TOP)
+    with pytest.raises(InputError, match="norm"):
+        train_private(sim, sim, LAYOUT, PrivateTrainingConfig(), 2 * x, y, x, y)
+    with pytest.raises(InputError, match="do not fit"):
+        LAYOUT.rotated_features(np.zeros((LAYOUT.samples_per_ciphertext + 1, 16)))
