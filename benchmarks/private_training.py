@@ -1,0 +1,91 @@
+"""Private training with encrypted data pruning, measured end to end on the engine.
+
+    python benchmarks/private_training.py [--quick] [--out FILE] [--data-dir DIR]
+        [--train-samples N] [--epochs E] [--fractions 1 0.5 0.2 0.1 0.05] [--backend engine]
+
+Writes JSON ``{"runs": [{"keep_fraction", "mode", "refresh", "samples", "epochs",
+"train_seconds", "seconds_by_component", "accuracy", "plaintext_accuracy", "bytes_up",
+"bytes_down", ...}], ...}`` through :func:`fheprune.private_training.experiment.run_table`
+(the method lives in the package; this script only picks sizes). Every ``train_seconds`` is the
+wall clock of one whole run: encryption, scoring, pruning, every step, every refresh and the
+validation of every epoch. ``mode`` is ``full`` (no pruning, the HETAL-style baseline),
+``heprune`` (the server learns the mask and compacts ciphertexts) or ``private`` (the client
+re-packs the kept samples; the server learns only their number). ``refresh`` is ``client``:
+the client re-encrypts the weights after every step (bootstrapping them instead is not yet
+fast enough, docs/private-training.md). A rerun with the same settings resumes the table.
+
+Sizes: the default (8192 training samples, 7 epochs, N = 2^15) runs the nine rows in about an
+hour on two cores; ``--quick`` (2048 samples) in about ten minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fheprune.private_training.experiment import (
+    KEEP_FRACTIONS,
+    TableSettings,
+    default_runs,
+    plot_table,
+    run_table,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="2048 training samples")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/private_training.json")
+    p.add_argument(
+        "--data-dir", default=None, help="folder holding mnist/ (default: FHEPRUNE_DATA)"
+    )
+    p.add_argument("--train-samples", type=int, default=None)
+    p.add_argument("--validation-samples", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(KEEP_FRACTIONS))
+    p.add_argument("--backend", choices=("engine", "simulator"), default="engine")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extractor-cache", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> TableSettings:
+    train = args.train_samples or (2048 if args.quick else 8192)
+    return TableSettings(
+        train_samples=train,
+        validation_samples=args.validation_samples,
+        epochs=args.epochs,
+        backend=args.backend,
+        threads=args.threads,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    settings = settings_from(args)
+    cache = args.extractor_cache or args.out.with_name(args.out.stem + "-extractor.pt")
+    table = run_table(
+        args.data_dir, args.out, settings, default_runs(tuple(args.fractions)), cache, progress=True
+    )
+    plot_table(table, args.out.with_suffix(".png"))
+    for r in table["runs"]:
+        print(
+            f"keep {r['keep_fraction']:<5} {r['mode']:<8} {r['train_seconds']:8.1f} s "
+            f"x{r.get('speedup_vs_full', float('nan')):.2f}  acc {r['accuracy']:.4f} "
+            f"(plaintext {r['plaintext_accuracy']:.4f})  up {r['bytes_up'] / 2**20:.0f} MiB "
+            f"down {r['bytes_down'] / 2**20:.0f} MiB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The private-training table: encrypted training at several kept fractions and modes, each
+row a wall-clock measurement of the whole run, beside the plaintext recipe's accuracy.
+
+Used by ``fheprune train-private`` and ``benchmarks/private_training.py``. Rows are written to
+the output JSON as they finish (atomically), and a rerun with the same settings skips the rows
+already there, so a long table resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fheprune.private_training import kernels as K
+from fheprune.private_training.backend import (
+    EngineBackend,
+    SimulatedBackend,
+    TrainingParameters,
+    training_parameters,
+)
+from fheprune.private_training.features import build_or_load_extractor, split_private_data
+from fheprune.private_training.layout import SampleLayout
+from fheprune.private_training.softmax import SoftmaxApprox
+from fheprune.private_training.trainer import (
+    PrivateTrainingConfig,
+    accuracy,
+    describe,
+    train_plaintext,
+    train_private,
+)
+from fheprune.reporting import machine_info, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+KEEP_FRACTIONS = (1.0, 0.5, 0.2, 0.1, 0.05)
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    train_samples: int = 8192
+    validation_samples: int = 1024
+    test_samples: int | None = None
+    epochs: int = 7
+    learning_rate: float = 4.0  # chosen on validation among 1, 2, 4 (docs/private-training.md)
+    momentum: float = 0.5
+    rescore_every: int = 5
+    logit_bound: float = 3.0
+    log_n: int = 15
+    backend: str = "engine"  # or "simulator"
+    threads: int = 1
+    seed: int = 0
+
+
+def levels_needed(approx: SoftmaxApprox) -> int:
+    """The chain's top level for one step: packing mask, forward, softmax, gradient, update."""
+    return 1 + 1 + approx.depth + 1 + 1
+
+
+def _config(settings: TableSettings, keep: float, mode: str) -> PrivateTrainingConfig:
+    return PrivateTrainingConfig(
+        keep_fraction=keep,
+        mode=mode,  # type: ignore[arg-type]
+        epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        momentum=settings.momentum,
+        rescore_every=settings.rescore_every,
+        logit_bound=settings.logit_bound,
+        seed=settings.seed,
+    )
+
+
+def _row_key(row: dict[str, Any]) -> tuple[float, str]:
+    return float(row["keep_fraction"]), str(row["mode"])
+
+
+def run_table(
+    data_dir: str | Path | None,
+    out: Path,
+    settings: TableSettings,
+    runs: list[tuple[float, str]],
+    extractor_cache: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run every (keep_fraction, mode) in ``runs`` not yet in ``out`` and return the table."""
+    splits = split_private_data(
+        data_dir,
+        train_samples=settings.train_samples,
+        validation_samples=settings.validation_samples,
+        test_samples=settings.test_samples,
+        seed=settings.seed,
+    )
+    extractor = build_or_load_extractor(splits, extractor_cache, seed=settings.seed)
+    x, y = extractor.extract(splits.train.images), splits.train.labels
+    xv, yv = extractor.extract(splits.validation.images), splits.validation.labels
+    xt, yt = extractor.extract(splits.test.images), splits.test.labels
+    layout = SampleLayout(1 << (settings.log_n - 1), x.shape[1], 10)
+    approx = SoftmaxApprox(layout.classes, layout.lanes, settings.logit_bound)
+    params: TrainingParameters = training_parameters(levels_needed(approx), log_n=settings.log_n)
+
+    header = {
+        "settings": asdict(settings),
+        "extractor_digest": extractor.digest,
+        "parameters": {
+            "log_n": params.log_n,
+            "chain_bits": list(params.chain_bits),
+            "special_bits": list(params.special_bits),
+            "scale_bits": params.scale_bits,
+            "levels": params.top_level,
+        },
+        "samples_per_ciphertext": layout.samples_per_ciphertext,
+        "refresh": "client",
+        "softmax": {
+            "logit_bound": approx.logit_bound,
+            "depth": approx.depth,
+            "exp_degree": approx.exp_degree,
+            "squarings": approx.squarings,
+            "inverse_degree": approx.inverse_degree,
+            "newton_steps": approx.newton_steps,
+        },
+    }
+    table: dict[str, Any] = {**header, "runs": []}
+    if out.exists():
+        old = json.loads(out.read_text())
+        if {k: old.get(k) for k in header} == json.loads(json.dumps(header)):
+            table["runs"] = old.get("runs", [])
+        else:
+            log.warning("%s was made with other settings; starting a new table", out)
+    done = {_row_key(r) for r in table["runs"]}
+
+    client = server = None
+    for keep, mode in runs:
+        mode = "full" if keep == 1.0 else mode
+        if (keep, mode) in done:
+            log.info("keep %.2f %s: already in %s", keep, mode, out)
+            continue
+        cfg = _config(settings, keep, "private" if mode == "full" else mode)
+        if settings.backend == "simulator":
+            sim = SimulatedBackend(layout.slots, params.top_level)
+            client, server = sim, sim
+        else:
+            # Fresh keys per run, so no run inherits another's operation counts.
+            client, server = EngineBackend.create(
+                params, K.rotation_steps(layout), settings.threads
+            )
+        result = train_private(client, server, layout, cfg, x, y, xv, yv, progress)  # type: ignore[arg-type]
+        reference = train_plaintext(layout, cfg, x, y, xv, yv)
+        row = {
+            "keep_fraction": keep,
+            "mode": mode,
+            "refresh": "client",
+            "backend": settings.backend,
+            "samples": len(x),
+            "epochs": cfg.epochs,
+            **describe(result),
+            "accuracy": accuracy(result.weights, xt, yt),
+            "validation_accuracy": accuracy(result.weights, xv, yv),
+            "plaintext_accuracy": accuracy(reference, xt, yt),
+            "plaintext_validation_accuracy": accuracy(reference, xv, yv),
+            "history": result.history,
+        }
+        table["runs"].append(row)
+        table["machine"] = machine_info()
+        write_json_atomic(out, table)
+        log.info(
+            "keep %.2f %s: %.1f s, accuracy %.4f (plaintext %.4f)",
+            keep,
+            mode,
+            result.train_seconds,
+            row["accuracy"],
+            row["plaintext_accuracy"],
+        )
+    _add_speedups(table)
+    write_json_atomic(out, table)
+    return table
+
+
+def _add_speedups(table: dict[str, Any]) -> None:
+    full = [r for r in table["runs"] if r["mode"] == "full"]
+    if not full:
+        return
+    base = full[0]["train_seconds"]
+    for r in table["runs"]:
+        r["speedup_vs_full"] = base / r["train_seconds"] if r["train_seconds"] else math.nan
+
+
+def default_runs(fractions: tuple[float, ...] = KEEP_FRACTIONS) -> list[tuple[float, str]]:
+    runs: list[tuple[float, str]] = []
+    for keep in fractions:
+        if keep == 1.0:
+            runs.append((1.0, "full"))
+        else:
+            runs.extend([(keep, "heprune"), (keep, "private")])
+    return runs
+
+
+def plot_table(table: dict[str, Any], path: Path) -> None:
+    """Accuracy and time against the kept fraction; time per component."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, marker in (("heprune", "o"), ("private", "s")):
+        rows = sorted(
+            [r for r in table["runs"] if r["mode"] in (mode, "full")],
+            key=lambda r: r["keep_fraction"],
+        )
+        if not rows:
+            continue
+        keeps = [r["keep_fraction"] for r in rows]
+        ax1.plot(keeps, [r["train_seconds"] for r in rows], marker=marker, label=f"{mode}: time")
+        twin = ax1.twinx() if mode == "heprune" else None
+        if twin is not None:
+            twin.plot(keeps, [100 * r["accuracy"] for r in rows], "k--", label="accuracy")
+            twin.set_ylabel("test accuracy (%)")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("kept fraction")
+    ax1.set_ylabel("training time (s, whole run)")
+    ax1.legend(loc="upper left")
+    components = sorted({c for r in table["runs"] for c in r["seconds_by_component"]})
+    labels = [f"{r['keep_fraction']}\n{r['mode']}" for r in table["runs"]]
+    bottom = np.zeros(len(table["runs"]))
+    for comp in components:
+        vals = np.array([r["seconds_by_component"].get(comp, 0.0) for r in table["runs"]])
+        ax2.bar(labels, vals, bottom=bottom, label=comp)
+        bottom += vals
+    ax2.set_ylabel("seconds")
+    ax2.legend(fontsize=7)
+    ax2.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
