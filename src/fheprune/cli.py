@@ -12,6 +12,8 @@ Commands:
 * ``client``: the client side of ``serve``: keygen, register, infer, decrypt, delete.
 * ``optimize``: search pruning methods and layouts for the best program under constraints
   (fheprune.optimize).
+* ``train-private``: train a classifier on encrypted features with encrypted data pruning
+  (fheprune.private_training).
 
 Exit status: 0 on success, 2 for a usage or data problem (bad argument, missing or corrupt
 dataset), 3 when the compiled engine cannot be imported.
@@ -253,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fheprune.optimize.commands import add_optimize_parser
 
     add_optimize_parser(sub, _LOG_LEVELS)
+    from fheprune.private_training.commands import add_train_private_parser
+
+    add_train_private_parser(sub, _LOG_LEVELS)
     return parser
 
 
@@ -401,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fheprune.optimize.commands import run_optimize
 
         return run_optimize(args)
+    if args.command == "train-private":
+        from fheprune.private_training.commands import run_train_private
+
+        return run_train_private(args)
     if args.command in ("serve", "client"):
         from fheprune.serving.commands import run_client, run_serve
 

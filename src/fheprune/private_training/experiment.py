@@ -46,6 +46,7 @@ class TableSettings:
     train_samples: int = 8192
     validation_samples: int = 1024
     test_samples: int | None = None
+    extractor_samples: int = 10_000
     epochs: int = 7
     learning_rate: float = 4.0  # chosen on validation among 1, 2, 4 (docs/private-training.md)
     momentum: float = 0.5
@@ -93,6 +94,7 @@ def run_table(
         train_samples=settings.train_samples,
         validation_samples=settings.validation_samples,
         test_samples=settings.test_samples,
+        extractor_samples=settings.extractor_samples,
         seed=settings.seed,
     )
     extractor = build_or_load_extractor(splits, extractor_cache, seed=settings.seed)
@@ -133,7 +135,8 @@ def run_table(
             log.warning("%s was made with other settings; starting a new table", out)
     done = {_row_key(r) for r in table["runs"]}
 
-    client = server = None
+    client: Any
+    server: Any
     for keep, mode in runs:
         mode = "full" if keep == 1.0 else mode
         if (keep, mode) in done:
@@ -148,7 +151,7 @@ def run_table(
             client, server = EngineBackend.create(
                 params, K.rotation_steps(layout), settings.threads
             )
-        result = train_private(client, server, layout, cfg, x, y, xv, yv, progress)  # type: ignore[arg-type]
+        result = train_private(client, server, layout, cfg, x, y, xv, yv, progress)
         reference = train_plaintext(layout, cfg, x, y, xv, yv)
         row = {
             "keep_fraction": keep,
