@@ -127,8 +127,10 @@ def _bsgs(
     divisor = np.zeros(m + 1)
     divisor[m] = 1.0
     quotient, remainder = cheb.chebdiv(coeffs, divisor)
-    high = server.mul(_bsgs(server, basis, giants, quotient), giants[m])
-    return server.add(_bsgs(server, basis, giants, remainder), high)
+    q = np.atleast_1d(np.asarray(quotient, dtype=np.float64))
+    r = np.atleast_1d(np.asarray(remainder, dtype=np.float64))
+    high = server.mul(_bsgs(server, basis, giants, q), giants[m])
+    return server.add(_bsgs(server, basis, giants, r), high)
 
 
 def class_sum(server: Server[C], ct: C, lanes: int) -> C:
