@@ -212,6 +212,28 @@ def test_ciphertext_wise_pruning_keeps_exactly_the_kept_samples() -> None:
     assert sorted(seen) == kept.tolist()
 
 
+def test_a_full_set_of_kept_samples_fills_one_ciphertext_given_the_moves() -> None:
+    """Two ciphertexts whose kept samples add up to exactly one: with enough moves the
+    planner fills every hole; with the default budget it keeps both rather than overspend."""
+    rng = np.random.default_rng(5)
+    sim = SimulatedBackend(SLOTS, TOP)
+    per = LAYOUT.samples_per_ciphertext
+    batches = []
+    for c in range(2):
+        x = _unit_rows(rng, per)
+        xs = [sim.encrypt(a, TOP) for a in LAYOUT.rotated_features(x)]
+        labels = sim.encrypt(LAYOUT.labels(rng.integers(0, 10, per)), 3)
+        batches.append(Batch(xs, labels, per, np.arange(c * per, (c + 1) * per)))
+    kept = np.sort(rng.choice(2 * per, size=per, replace=False))
+    server = TrainingServer(sim, LAYOUT, APPROX, Ledger())
+    out = server.compact(batches, kept, max_rotations=10**6)
+    assert len(out) == 1 and out[0].count == per
+    assert out[0].owners is not None and sorted(out[0].owners.tolist()) == kept.tolist()
+    rotations = sim.counts.rotations
+    assert len(server.compact(batches, kept, max_rotations=2)) == 2
+    assert sim.counts.rotations == rotations  # a plan over budget moves nothing
+
+
 def test_top_fraction_breaks_ties_at_random_and_keeps_the_best() -> None:
     scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2])
     assert top_fraction(scores, 0.4).tolist() == [1, 3]

@@ -18,6 +18,7 @@ evaluation keys.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -276,6 +277,7 @@ class EngineBackend:
         self._keys = keys
         self._encryptor = ckks.Encryptor(context, secret_key) if secret_key else None
         self._decryptor = ckks.Decryptor(context, secret_key) if secret_key else None
+        self._plaintexts: dict[tuple[object, ...], ckks.Plaintext] = {}
 
     @classmethod
     def create(
@@ -340,9 +342,21 @@ class EngineBackend:
         return self._evaluator.sub(a, b)
 
     def _encode(self, value: float | Vector, scale: float, level: int) -> ckks.Plaintext:
+        """Encoded constants and masks, cached: a training step multiplies by the same few
+        hundred of them every time, and encoding one costs as much as the product."""
         if np.isscalar(value):
-            return self._encoder.encode_constant(float(value), scale=scale, level=level)  # type: ignore[arg-type]
-        return self._encoder.encode(_as_slots(value, self.slots), scale=scale, level=level)
+            key: tuple[object, ...] = (float(value), scale, level)  # type: ignore[arg-type]
+        else:
+            v = _as_slots(value, self.slots)
+            key = (hashlib.blake2b(v.tobytes(), digest_size=16).digest(), scale, level)
+        cached = self._plaintexts.get(key)
+        if cached is None:
+            if np.isscalar(value):
+                cached = self._encoder.encode_constant(float(value), scale=scale, level=level)  # type: ignore[arg-type]
+            else:
+                cached = self._encoder.encode(v, scale=scale, level=level)
+            self._plaintexts[key] = cached
+        return cached
 
     def add_const(self, a: ckks.Ciphertext, value: float | Vector) -> ckks.Ciphertext:
         return self._evaluator.add_plain(a, self._encode(value, a.scale, a.level))
@@ -393,5 +407,5 @@ class EngineBackend:
         self.counts.plain_mult += 1
         up = self._evaluator.mod_switch_to(a, level + 1)
         one_scale = self._scales[level] * self._primes[level + 1] / a.scale
-        one = self._encoder.encode_constant(1.0, scale=one_scale, level=level + 1)
+        one = self._encode(1.0, one_scale, level + 1)
         return self._evaluator.rescale(self._evaluator.multiply_plain(up, one))

@@ -161,12 +161,18 @@ def softmax(server: Server[C], layout: SampleLayout, approx: SoftmaxApprox, z: C
     total = server.add_const(total, -(layout.lanes - layout.classes) * approx.pad_value)
     alpha, beta = approx.unit_map
     t = server.add_const(broadcast(server, layout, total, alpha), beta)
-    s = broadcast(server, layout, total, 1.0)
     y = chebyshev_series(server, t, approx.inverse_coeffs)
     for _ in range(approx.newton_steps):
-        sy = server.mul(s, y)
-        y = server.sub(server.add(y, y), server.mul(y, sy))
+        y = newton_inverse_step(server, t, y, alpha, beta)
     return server.mul(u, y)
+
+
+def newton_inverse_step(server: Server[C], t: C, y: C, alpha: float, beta: float) -> C:
+    """One Newton step ``y <- y (2 - S y)`` for ``1/S``, written in ``t = alpha S + beta``
+    (the only broadcast copy of the sum): ``2y - (y / alpha) (t y - beta y)``. Two levels,
+    like the textbook step, and no second broadcast of ``S``."""
+    w = server.sub(server.mul(t, y), server.mul_const(y, beta))
+    return server.sub(server.add(y, y), server.mul(server.mul_const(y, 1.0 / alpha), w))
 
 
 def block_sum(server: Server[C], layout: SampleLayout, ct: C) -> C:

@@ -33,7 +33,7 @@ class SoftmaxApprox:
     classes: int
     lanes: int
     logit_bound: float = 3.0
-    exp_degree: int = 7
+    exp_degree: int = 6
     squarings: int = 1
     inverse_degree: int = 31
     newton_steps: int = 2

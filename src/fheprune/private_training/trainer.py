@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -259,11 +259,26 @@ class TrainingServer(Generic[C]):
             eta = config.learning_rate / max(batch.count, 1)
             return K.nesterov(self.server, d, v, g, eta, config.momentum)
 
-    def compact(self, batches: list[Batch[C]], kept: NDArray[np.int64]) -> list[Batch[C]]:
-        """Ciphertext-wise pruning with the mask in the clear: keep the densest ciphertexts
-        as destinations and move the kept blocks of the others into their holes, one masked
-        rotation by a power-of-two number of blocks per move (one Galois key each)."""
-        per = self.layout.samples_per_ciphertext
+    def _rotate_blocks(self, ct: C, blocks: int) -> C:
+        """Rotate by ``blocks`` sample blocks: one key per set bit of ``blocks``."""
+        bit = 1
+        while blocks:
+            if blocks & bit:
+                ct = self.server.rotate(ct, bit * self.layout.lanes)
+                blocks -= bit
+            bit *= 2
+        return ct
+
+    def compact(
+        self, batches: list[Batch[C]], kept: NDArray[np.int64], max_rotations: int = 10
+    ) -> list[Batch[C]]:
+        """Ciphertext-wise pruning with the mask in the clear. Destinations start as the
+        densest ciphertexts; the kept blocks of each other ciphertext move into their holes,
+        each move one mask and a rotation by a number of blocks (one Galois key per set bit).
+        A ciphertext whose kept blocks would need more than ``max_rotations`` rotations
+        becomes a destination itself instead: a rotation here turns all 17 ciphertexts of a
+        batch at the top level, about half a training step, and only emptying a ciphertext
+        saves work (in every later step until the next re-score)."""
         kept_set = set(int(i) for i in kept)
         with self.ledger.timed("cwp"):
             keeps = []
@@ -271,47 +286,77 @@ class TrainingServer(Generic[C]):
                 assert b.owners is not None, "HEPrune's mode needs the block owners"
                 keeps.append(np.array([int(o) in kept_set for o in b.owners]))
             order = sorted(range(len(batches)), key=lambda i: -int(keeps[i].sum()))
-            shifts = [0] + [1 << i for i in range(per.bit_length() - 1)]
             out: list[Batch[C]] = []
-            dest: Batch[C] | None = None
-            holes = np.zeros(per, dtype=bool)
+            holes: list[NDArray[np.bool_]] = []
             for i in order:
-                src, remaining = batches[i], keeps[i].copy()
+                src, remaining = batches[i], keeps[i]
                 if not remaining.any():
                     continue  # an empty ciphertext is dropped
-                while remaining.any():
-                    if dest is None or not holes.any():
-                        dest = self.pack(src, remaining)  # this ciphertext becomes a destination
-                        dest.owners = np.where(remaining, src.owners, -1)  # type: ignore[arg-type]
-                        holes = ~remaining
-                        out.append(dest)
-                        break
-                    best, best_placed = 0, np.zeros(per, dtype=bool)
-                    for m in shifts:
-                        placed = remaining & np.roll(holes, m)  # block r lands on r - m
-                        if placed.sum() > best_placed.sum():
-                            best, best_placed = m, placed
-                    if not best_placed.any():
-                        holes[:] = False  # nothing fits: open a new destination
-                        continue
-                    moved = self.pack(src, best_placed)
-                    if best:
-                        moved = Batch(
-                            [self.server.rotate(a, best * self.layout.lanes) for a in moved.xs],
-                            self.server.rotate(moved.labels, best * self.layout.lanes),
-                            moved.count,
-                        )
-                    dest.xs = [
-                        self.server.add(a, b) for a, b in zip(dest.xs, moved.xs, strict=True)
-                    ]
-                    dest.labels = self.server.add(dest.labels, moved.labels)
+                plan = _plan_moves(remaining, holes, max_rotations)
+                if plan is None:
+                    dest = self.pack(src, remaining)
+                    assert src.owners is not None
+                    dest.owners = np.where(remaining, src.owners, -1)
+                    out.append(dest)
+                    holes.append(~remaining)
+                    continue
+                for d, m, placed in plan:
+                    moved = self.pack(src, placed)
+                    xs = [self._rotate_blocks(a, m) for a in moved.xs]
+                    labels = self._rotate_blocks(moved.labels, m)
+                    dest = out[d]
+                    dest.xs = [self.server.add(a, b) for a, b in zip(dest.xs, xs, strict=True)]
+                    dest.labels = self.server.add(dest.labels, labels)
                     dest.count += moved.count
-                    landed = np.roll(best_placed, -best)
+                    landed = np.roll(placed, -m)
                     assert dest.owners is not None and src.owners is not None
-                    dest.owners[landed] = np.roll(src.owners, -best)[landed]
-                    holes &= ~landed
-                    remaining &= ~best_placed
+                    dest.owners[landed] = np.roll(src.owners, -m)[landed]
+                    holes[d] &= ~landed
         return out
+
+
+def _plan_moves(
+    remaining: NDArray[np.bool_], holes: list[NDArray[np.bool_]], budget: int
+) -> list[tuple[int, int, NDArray[np.bool_]]] | None:
+    """Greedy moves (destination, shift in blocks, blocks moved) placing every remaining block
+    into the destinations' holes within ``budget`` rotations, or None. Shifts by a power of
+    two (one rotation) first; any shift (one rotation per set bit) when none of those fits."""
+    per = len(remaining)
+    cheap = [0] + [1 << i for i in range(per.bit_length() - 1)]
+    remaining = remaining.copy()
+    free = [h.copy() for h in holes]
+    plan: list[tuple[int, int, NDArray[np.bool_]]] = []
+    spent = 0
+    while remaining.any():
+        best = (-1, 0, np.zeros_like(remaining))
+        for shifts in (cheap, range(per)):
+            for d, h in enumerate(free):
+                m, placed = _best_shift(remaining, h, shifts)
+                if placed.sum() > best[2].sum():
+                    best = (d, m, placed)
+            if best[0] >= 0:
+                break
+        d, m, placed = best
+        spent += bin(m).count("1")
+        if d < 0 or spent > budget:
+            return None
+        plan.append(best)
+        free[d] &= ~np.roll(placed, -m)
+        remaining &= ~placed
+    return plan
+
+
+def _best_shift(
+    remaining: NDArray[np.bool_], holes: NDArray[np.bool_], shifts: Iterable[int]
+) -> tuple[int, NDArray[np.bool_]]:
+    """The block shift placing the most remaining samples into holes (block r lands on r - m);
+    ties go to the first shift tried."""
+    best, best_placed = 0, np.zeros_like(remaining)
+    for m in shifts:
+        placed = remaining & np.roll(holes, m)
+        if placed.sum() > best_placed.sum():
+            best, best_placed = m, placed
+    return best, best_placed
 
 
 def _cross_entropy(p: Vector, y: NDArray[np.int64]) -> float:
