@@ -8,7 +8,9 @@ input range hold, see :mod:`.softmax`) and re-encrypts them at the top of the ch
 
 Data pruning (``keep_fraction < 1``), re-scored every ``rescore_every`` epochs:
 
-- the server computes the HE-friendly score of every sample (:func:`.kernels.hefs`);
+- the server computes the HE-friendly score of every sample (:func:`.kernels.hefs`), except
+  before the first step, when the weights are zero and every score is equal (the first
+  selection is random);
 - the client decrypts the scores and picks the top ``keep_fraction`` (client-aided masking);
 - ``mode="heprune"``: the client sends the mask, and the server compacts the kept samples
   into as few ciphertexts as it can (ciphertext-wise pruning): it learns which samples were
@@ -406,8 +408,13 @@ def train_private(
     for epoch in bar:
         epochs_run = epoch + 1
         if config.prunes and epoch % config.rescore_every == 0:
-            scores = [server.score(b, d) for b in full_packed]
-            s = owner.decrypt_scores(scores, [b.count for b in full_packed])
+            if epoch == 0:
+                # The weights start at zero, so every score is 2 (1 - 1/classes): scoring
+                # would only pick at random, which the client does without it.
+                s = np.zeros(len(x))
+            else:
+                scores = [server.score(b, d) for b in full_packed]
+                s = owner.decrypt_scores(scores, [b.count for b in full_packed])
             kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
             if config.mode == "heprune":
                 ledger.bytes_up += (len(s) + 7) // 8  # the mask, one bit per sample
