@@ -86,7 +86,7 @@ def test_the_benchmark_and_the_command_use_the_package(data_dir: Path, tmp_path:
     bench = load_benchmark("private_training")
     args = bench.parse_args(["--quick"])
     assert bench.settings_from(args).train_samples == 2048
-    assert bench.settings_from(bench.parse_args([])).train_samples == 8192
+    assert bench.settings_from(bench.parse_args([])).train_samples == 16384
     assert bench.settings_from(args).backend == "engine"
     out = tmp_path / "cli.json"
     with pytest.raises(SystemExit):

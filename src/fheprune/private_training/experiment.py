@@ -43,7 +43,7 @@ KEEP_FRACTIONS = (1.0, 0.5, 0.2, 0.1, 0.05)
 
 @dataclass(frozen=True)
 class TableSettings:
-    train_samples: int = 8192
+    train_samples: int = 16384
     validation_samples: int = 1024
     test_samples: int | None = None
     extractor_samples: int = 10_000
