@@ -17,8 +17,8 @@ fast enough, docs/private-training.md). A rerun with the same settings resumes t
 Sizes: the default (16384 training samples, 7 epochs, N = 2^15) runs the nine rows in about an
 hour on two cores; ``--quick`` (2048 samples) in about ten minutes. The size matters beyond
 time: a kept fraction of a small set is a handful of steps on the hardest samples, and on 2048
-samples the plaintext recipe itself loses 20 to 35 points at 20% and below (validation
-97.2% full, 63.6% at 20%), while on 16384 it stays within 0.2 points down to 10%
+samples the plaintext recipe itself loses 20 to 37 points at 20% and below (validation
+96.7% full, 63.6% at 20%), while on 16384 it stays within 0.2 points down to 10%
 (docs/private-training.md).
 """
 
