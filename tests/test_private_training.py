@@ -33,6 +33,7 @@ from fheprune.private_training.trainer import (
     train_plaintext,
     train_private,
 )
+from fheprune.runtime.cost import OpTimings
 
 LOG_N = 11  # insecure, for speed: 1024 slots, 64 samples per ciphertext
 SLOTS = 1 << (LOG_N - 1)
@@ -117,13 +118,28 @@ def test_a_training_step_matches_numpy(
 def test_the_simulator_counts_what_the_engine_does(
     engine: tuple[EngineBackend, EngineBackend],
 ) -> None:
-    client, server = engine
-    before = dict(server.counts.as_dict())
+    client, _ = engine
+    server = client.server_view()  # fresh counts, no secret key
     _one_step(client, server)
-    after = server.counts.as_dict()
     sim = SimulatedBackend(SLOTS, TOP)
     _one_step(sim, sim)
-    assert {k: after[k] - before[k] for k in after} == sim.counts.as_dict()
+    assert server.counts.as_dict() == sim.counts.as_dict()
+    assert server.counts.by_level == sim.counts.by_level
+    # The cost model prices the counts level by level.
+    timings = OpTimings(1 << LOG_N)
+    levels = range(TOP + 1)
+    timings.seconds = {
+        op: {lv: (lv + 1) * unit for lv in levels}
+        for op, unit in (("square", 1.0), ("rescale", 0.1), ("mul_plain", 0.01), ("rotate", 1.0))
+    }
+    predicted = sim.counts.predict_seconds(timings)
+    by = sim.counts.by_level
+    assert predicted["rotations"] == pytest.approx(
+        sum((lv + 1) * n for lv, n in by["rotations"].items())
+    )
+    assert predicted["total"] == pytest.approx(
+        predicted["ct_mult"] + predicted["plain_mult"] + predicted["rotations"]
+    )
 
 
 def test_softmax_error_over_the_claimed_range_and_not_beyond() -> None:

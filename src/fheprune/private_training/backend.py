@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from fheprune import ckks
 from fheprune.errors import FhepruneError, InputError
+from fheprune.runtime.cost import OpTimings
 
 Vector = NDArray[np.float64]
 C = TypeVar("C")
@@ -39,14 +40,19 @@ class OutOfLevelsError(FhepruneError, RuntimeError):
 
 @dataclass
 class OpCounts:
-    """Operations a schedule performed (key switches dominate the cost)."""
+    """Operations a schedule performed, in total and by the level they ran at (a key switch
+    at level l costs roughly (l + 1)^2: the level matters as much as the count)."""
 
     ct_mult: int = 0  # ciphertext x ciphertext, relinearized and rescaled
     plain_mult: int = 0  # ciphertext x plaintext or constant, rescaled
     rotations: int = 0
     adds: int = 0
-    rotations_by_level: dict[int, int] = field(default_factory=dict)
-    ct_mult_by_level: dict[int, int] = field(default_factory=dict)
+    by_level: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def count(self, kind: str, level: int, n: int = 1) -> None:
+        setattr(self, kind, getattr(self, kind) + n)
+        per = self.by_level.setdefault(kind, {})
+        per[level] = per.get(level, 0) + n
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -55,6 +61,25 @@ class OpCounts:
             "rotations": self.rotations,
             "adds": self.adds,
         }
+
+    def predict_seconds(self, timings: OpTimings) -> dict[str, float]:
+        """Seconds these operations take by the engine's per-level timings
+        (:func:`fheprune.runtime.cost.calibrate`): products as a relinearized product plus a
+        rescale, plaintext products as a plaintext product plus a rescale."""
+
+        def total(kind: str, *ops: str) -> float:
+            return sum(
+                n * sum(timings.get(op, level) for op in ops)
+                for level, n in self.by_level.get(kind, {}).items()
+            )
+
+        out = {
+            "ct_mult": total("ct_mult", "square", "rescale"),
+            "plain_mult": total("plain_mult", "mul_plain", "rescale"),
+            "rotations": total("rotations", "rotate"),
+        }
+        out["total"] = sum(out.values())
+        return out
 
 
 class Server(Protocol[C]):
@@ -146,16 +171,18 @@ class SimulatedBackend:
     def _align(self, a: SimCiphertext, b: SimCiphertext) -> int:
         # The engine brings the higher operand down with one plaintext product; count it.
         if a.level != b.level:
-            self.counts.plain_mult += 1
+            self.counts.count("plain_mult", min(a.level, b.level) + 1)
         return min(a.level, b.level)
 
     def add(self, a: SimCiphertext, b: SimCiphertext) -> SimCiphertext:
-        self.counts.adds += 1
-        return SimCiphertext(a.values + b.values, self._align(a, b))
+        level = self._align(a, b)
+        self.counts.count("adds", level)
+        return SimCiphertext(a.values + b.values, level)
 
     def sub(self, a: SimCiphertext, b: SimCiphertext) -> SimCiphertext:
-        self.counts.adds += 1
-        return SimCiphertext(a.values - b.values, self._align(a, b))
+        level = self._align(a, b)
+        self.counts.count("adds", level)
+        return SimCiphertext(a.values - b.values, level)
 
     def add_const(self, a: SimCiphertext, value: float | Vector) -> SimCiphertext:
         return SimCiphertext(a.values + _as_slots(value, self.slots), a.level)
@@ -163,29 +190,26 @@ class SimulatedBackend:
     def mul(self, a: SimCiphertext, b: SimCiphertext) -> SimCiphertext:
         level = self._align(a, b) - 1
         self._check_level(level)
-        self.counts.ct_mult += 1
-        self.counts.ct_mult_by_level[level + 1] = self.counts.ct_mult_by_level.get(level + 1, 0) + 1
+        self.counts.count("ct_mult", level + 1)
         return SimCiphertext(self._noisy(a.values * b.values), level)
 
     def mul_sum(self, pairs: list[tuple[SimCiphertext, SimCiphertext]]) -> SimCiphertext:
         level = min(min(a.level, b.level) for a, b in pairs) - 1
         self._check_level(level)
-        self.counts.plain_mult += sum(
-            (a.level > level + 1) + (b.level > level + 1) for a, b in pairs
-        )
-        self.counts.ct_mult += 1  # one relinearization for the whole sum
-        self.counts.ct_mult_by_level[level + 1] = self.counts.ct_mult_by_level.get(level + 1, 0) + 1
+        drops = sum((a.level > level + 1) + (b.level > level + 1) for a, b in pairs)
+        if drops:  # the engine drops each to level + 1 with a product at level + 2
+            self.counts.count("plain_mult", level + 2, drops)
+        self.counts.count("ct_mult", level + 1)  # one relinearization for the whole sum
         total = sum((a.values * b.values for a, b in pairs), np.zeros(self.slots))
         return SimCiphertext(self._noisy(total), level)
 
     def mul_const(self, a: SimCiphertext, value: float | Vector) -> SimCiphertext:
         self._check_level(a.level - 1)
-        self.counts.plain_mult += 1
+        self.counts.count("plain_mult", a.level)
         return SimCiphertext(self._noisy(a.values * _as_slots(value, self.slots)), a.level - 1)
 
     def rotate(self, a: SimCiphertext, step: int) -> SimCiphertext:
-        self.counts.rotations += 1
-        self.counts.rotations_by_level[a.level] = self.counts.rotations_by_level.get(a.level, 0) + 1
+        self.counts.count("rotations", a.level)
         return SimCiphertext(np.roll(a.values, -step), a.level)
 
     def drop_to(self, a: SimCiphertext, level: int) -> SimCiphertext:
@@ -194,7 +218,7 @@ class SimulatedBackend:
         self._check_level(level)
         if level == a.level:
             return a
-        self.counts.plain_mult += 1
+        self.counts.count("plain_mult", level + 1)
         return SimCiphertext(a.values.copy(), level)
 
 
@@ -271,6 +295,7 @@ class EngineBackend:
         self.top_level = int(context.max_level)
         self.counts = OpCounts()
         self._primes = [int(q) for q in context.primes]
+        self._scale_bits = scale_bits
         self._scales = scale_ladder(self._primes, scale_bits)
         self._encoder = ckks.Encoder(context)
         self._evaluator = ckks.Evaluator(context)
@@ -291,8 +316,12 @@ class EngineBackend:
         keygen = ckks.KeyGenerator(ctx)
         keys = keygen.create_evaluation_keys(sorted(set(rotation_steps)), False)
         client = cls(ctx, keys, params.scale_bits, keygen.secret_key)
-        server = cls(ctx, keys, params.scale_bits)
-        return client, server
+        return client, client.server_view()
+
+    def server_view(self) -> EngineBackend:
+        """What the server gets: the same context and evaluation keys, no secret key, its own
+        operation counts."""
+        return EngineBackend(self.context, self._keys, self._scale_bits)
 
     def scale(self, level: int) -> float:
         return self._scales[level]
@@ -333,12 +362,12 @@ class EngineBackend:
 
     def add(self, a: ckks.Ciphertext, b: ckks.Ciphertext) -> ckks.Ciphertext:
         a, b = self._pair(a, b)
-        self.counts.adds += 1
+        self.counts.count("adds", a.level)
         return self._evaluator.add(a, b)
 
     def sub(self, a: ckks.Ciphertext, b: ckks.Ciphertext) -> ckks.Ciphertext:
         a, b = self._pair(a, b)
-        self.counts.adds += 1
+        self.counts.count("adds", a.level)
         return self._evaluator.sub(a, b)
 
     def _encode(self, value: float | Vector, scale: float, level: int) -> ckks.Plaintext:
@@ -364,18 +393,14 @@ class EngineBackend:
     def mul(self, a: ckks.Ciphertext, b: ckks.Ciphertext) -> ckks.Ciphertext:
         a, b = self._pair(a, b)
         self._check_level(a.level - 1)
-        self.counts.ct_mult += 1
-        by = self.counts.ct_mult_by_level
-        by[a.level] = by.get(a.level, 0) + 1
+        self.counts.count("ct_mult", a.level)
         return self._evaluator.rescale(self._evaluator.multiply_relin(a, b, self._keys.relin_key))
 
     def mul_sum(self, pairs: list[tuple[ckks.Ciphertext, ckks.Ciphertext]]) -> ckks.Ciphertext:
         """sum_i a_i * b_i with a single relinearization and rescale."""
         level = min(min(a.level, b.level) for a, b in pairs)
         self._check_level(level - 1)
-        self.counts.ct_mult += 1
-        by = self.counts.ct_mult_by_level
-        by[level] = by.get(level, 0) + 1
+        self.counts.count("ct_mult", level)
         total: ckks.Ciphertext | None = None
         for a, b in pairs:
             prod = self._evaluator.multiply(self.drop_to(a, level), self.drop_to(b, level))
@@ -385,15 +410,13 @@ class EngineBackend:
 
     def mul_const(self, a: ckks.Ciphertext, value: float | Vector) -> ckks.Ciphertext:
         self._check_level(a.level - 1)
-        self.counts.plain_mult += 1
+        self.counts.count("plain_mult", a.level)
         # Encoded at D_l, the product rescales onto D_(l-1) exactly.
         pt = self._encode(value, self._scales[a.level] * self._scales[a.level] / a.scale, a.level)
         return self._evaluator.rescale(self._evaluator.multiply_plain(a, pt))
 
     def rotate(self, a: ckks.Ciphertext, step: int) -> ckks.Ciphertext:
-        self.counts.rotations += 1
-        by = self.counts.rotations_by_level
-        by[a.level] = by.get(a.level, 0) + 1
+        self.counts.count("rotations", a.level)
         return self._evaluator.rotate(a, step, self._keys.galois_keys)
 
     def drop_to(self, a: ckks.Ciphertext, level: int) -> ckks.Ciphertext:
@@ -404,7 +427,7 @@ class EngineBackend:
         self._check_level(level)
         if level == a.level:
             return a
-        self.counts.plain_mult += 1
+        self.counts.count("plain_mult", level + 1)
         up = self._evaluator.mod_switch_to(a, level + 1)
         one_scale = self._scales[level] * self._primes[level + 1] / a.scale
         one = self._encode(1.0, one_scale, level + 1)
