@@ -81,6 +81,14 @@ def test_candidates_round_trip_and_have_stable_distinct_keys() -> None:
     )
 
 
+def test_group_sizes_are_the_powers_of_two_up_to_g_base() -> None:
+    from fheprune.optimize.search import group_sizes
+
+    assert group_sizes(32) == (1, 2, 4, 8, 16, 32)
+    assert group_sizes(12) == (1, 2, 4, 8, 12)
+    assert group_sizes(1) == (1,)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -263,6 +263,16 @@ def _is_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def group_sizes(base: int) -> tuple[int, ...]:
+    """HE-group sizes to screen: the powers of two from 1 up to ``base`` (G_base), and
+    ``base`` itself. Only the two ends is too coarse: with a compact layout G_base can be 32,
+    where G = 1 may not hold the data's range and G = 32 loses the most accuracy."""
+    sizes = [1]
+    while sizes[-1] * 2 < base:
+        sizes.append(sizes[-1] * 2)
+    return tuple(dict.fromkeys([*sizes, max(base, 1)]))
+
+
 def _candidates(cfg: OptimizeConfig, m: _Model) -> list[Candidate]:
     if _is_conv(m.model):
         groups: Sequence[int] = cfg.groups or (1,)
@@ -272,7 +282,7 @@ def _candidates(cfg: OptimizeConfig, m: _Model) -> list[Candidate]:
 
             # G_base of the layout the program will have (its slot count from the dry run).
             slots = int(compile_model(m.model, layout="map").parameters.poly_degree) // 2
-            groups = (1, g_base(m.model, slots))
+            groups = group_sizes(g_base(m.model, slots))
         groups = tuple(dict.fromkeys(groups))
         methods = cfg.methods or (("hunter", "subblock") if cfg.quick else ROTATION_METHODS)
         return map_space(methods, groups)
