@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in table["runs"]:
         print(
             f"keep {r['keep_fraction']:<5} {r['mode']:<8} {r['train_seconds']:8.1f} s "
-            f"x{r.get('speedup_vs_full', float('nan')):.2f}  acc {r['accuracy']:.4f} "
+            f"x{r.get('speedup_vs_full') or float('nan'):.2f}  acc {r['accuracy']:.4f} "
             f"(plaintext {r['plaintext_accuracy']:.4f})  up {r['bytes_up'] / 2**20:.0f} MiB "
             f"down {r['bytes_down'] / 2**20:.0f} MiB"
         )

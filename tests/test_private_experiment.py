@@ -4,6 +4,7 @@ the ``train-private`` command, on small synthetic MNIST files and the simulator 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from test_data import idx_images, idx_labels, write_mnist
 from test_private_features import class_images
 
 from fheprune.cli import main
+from fheprune.errors import InputError
 from fheprune.private_training import experiment
 from fheprune.private_training.experiment import TableSettings, default_runs, run_table
 
@@ -80,6 +82,23 @@ def test_the_table_has_every_row_and_field_and_resumes(
     assert [r["train_seconds"] for r in again["runs"]] == [
         r["train_seconds"] for r in table["runs"]
     ]
+    assert all(r["machine"]["cores"] >= 1 for r in again["runs"])  # each row keeps its machine
+    with pytest.raises(InputError, match="epochs"):  # other settings never mix into a table
+        run_table(data_dir, out, replace(SETTINGS, epochs=3), runs, tmp_path / "extractor.pt")
+
+
+def test_a_table_grows_by_the_rows_it_lacks(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "table.json"
+    first = run_table(data_dir, out, SETTINGS, [(1.0, "full")], tmp_path / "extractor.pt")
+    grown = run_table(
+        data_dir, out, SETTINGS, [(1.0, "full"), (0.5, "private"), (0.5, "private")], None
+    )
+    assert [(r["keep_fraction"], r["mode"]) for r in grown["runs"]] == [
+        (1.0, "full"),
+        (0.5, "private"),
+    ]
+    assert grown["runs"][0]["train_seconds"] == first["runs"][0]["train_seconds"]
+    assert grown["runs"][1]["bytes_up_by"]["repack"] > 0  # the simulator weighs ciphertexts
 
 
 def test_the_benchmark_and_the_command_use_the_package(data_dir: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from fheprune import ckks
 from fheprune.errors import InputError
 from fheprune.private_training import kernels as K
 from fheprune.private_training.backend import (
@@ -73,13 +74,14 @@ def _one_step(client: Any, server: Any) -> dict[str, np.ndarray]:
     p = K.softmax(server, LAYOUT, APPROX, z)
     e = server.sub(p, labels)
     g = K.gradient(server, LAYOUT, [[server.drop_to(a, server.level(e)) for a in xs]], [e])
-    new_w, _ = K.nesterov(server, d, vel, g, 0.25, 0.5)
+    new_w, new_v = K.nesterov(server, d, vel, g, 0.25, 0.5)
     score = K.hefs(server, LAYOUT, p, labels)
     return {
         "z": LAYOUT.class_lanes(client.decrypt(z)),
         "p": LAYOUT.class_lanes(client.decrypt(p)),
         "g": LAYOUT.weights_from_diagonals([client.decrypt(a) for a in g]),
         "w": LAYOUT.weights_from_diagonals([client.decrypt(a) for a in new_w]),
+        "v": LAYOUT.weights_from_diagonals([client.decrypt(a) for a in new_v]),
         "score": LAYOUT.lane_zero(client.decrypt(score)),
         "final_level": np.array(server.level(new_w[0])),
     }
@@ -96,6 +98,7 @@ def _reference() -> dict[str, np.ndarray]:
         "p": p,
         "g": g,
         "w": v_new + 0.5 * (v_new - v),
+        "v": v_new,
         "score": np.abs(p - onehot).sum(axis=1),
     }
 
@@ -109,7 +112,7 @@ def test_a_training_step_matches_numpy(
     else:
         client = server = SimulatedBackend(SLOTS, TOP)  # type: ignore[assignment]
     got, want = _one_step(client, server), _reference()
-    tol = {"z": 1e-6, "p": 1e-4, "g": 1e-3, "w": 1e-3, "score": 1e-4}
+    tol = {"z": 1e-6, "p": 1e-4, "g": 1e-3, "w": 1e-3, "v": 1e-3, "score": 1e-4}
     for key, bound in tol.items():
         assert np.abs(got[key] - want[key]).max() < bound, key
     assert int(got["final_level"]) == 0  # the step uses the whole chain, no more
@@ -162,18 +165,36 @@ def test_hefs_ranks_samples_like_plaintext_el2n(
     assert rho > 0.999
 
 
-def test_the_scale_ladder_lands_products_exactly() -> None:
-    primes = [2**58 - 27, 2**38 - 45, 2**38 + 115, 2**38 - 87]
-    d = scale_ladder(primes, 38)
-    for level in range(1, len(primes)):
-        assert d[level] ** 2 / primes[level] == pytest.approx(d[level - 1], rel=1e-12)
+def test_every_operation_lands_on_the_ladder_scale(
+    engine: tuple[EngineBackend, EngineBackend],
+) -> None:
+    """Products, constant products, level drops and fused sums leave each ciphertext on its
+    level's ladder scale exactly (the engine refuses to add mismatched scales otherwise)."""
+    client, server = engine
+    ladder = scale_ladder([int(q) for q in client.context.primes], 38)
+    a = client.encrypt(np.full(SLOTS, 0.5), TOP)
+    b = client.encrypt(np.full(SLOTS, 0.25), TOP - 3)
+    made = [
+        server.mul(a, a),
+        server.mul(a, b),
+        server.mul_const(a, 3.0),
+        server.mul_const(b, np.linspace(0, 1, SLOTS)),
+        server.drop_to(a, 4),
+        server.drop_to(b, 0),
+        server.mul_sum([(a, a), (a, b)]),
+        server.add(a, b),
+    ]
+    for ct in made:
+        assert ct.scale == pytest.approx(ladder[ct.level], rel=1e-12)
+        assert ct.scale == pytest.approx(client.scale(ct.level), rel=1e-12)
+    assert client.decrypt(server.add(a, b))[0] == pytest.approx(0.75, abs=1e-6)
 
 
 def test_too_short_a_chain_is_a_typed_error() -> None:
     sim = SimulatedBackend(SLOTS, 12)
     with pytest.raises(OutOfLevelsError, match="longer chain"):
         _one_step_at(sim, 12)
-    with pytest.raises(Exception, match="at most 20 levels fit"):
+    with pytest.raises(ckks.ParameterError, match="at most 20 levels fit"):
         training_parameters(21)
     assert training_parameters(20).top_level == 20
 
@@ -271,30 +292,72 @@ def test_simulated_training_follows_the_plaintext_recipe(mode: str) -> None:
     per = LAYOUT.samples_per_ciphertext
     x, y = _features(4 * per, 0)
     xv, yv = _features(per, 1)
-    for keep in (1.0, 0.5):
-        cfg = PrivateTrainingConfig(keep_fraction=keep, mode=mode, epochs=4, rescore_every=2)  # type: ignore[arg-type]
-        sim = SimulatedBackend(SLOTS, TOP)
-        result = train_private(sim, sim, LAYOUT, cfg, x, y, xv, yv)
+    for keep, rescore in ((1.0, 5), (0.5, 2), (0.5, 99)):
+        cfg = PrivateTrainingConfig(
+            keep_fraction=keep,
+            mode=mode,  # type: ignore[arg-type]
+            epochs=4,
+            rescore_every=rescore,
+        )
+        client = SimulatedBackend(SLOTS, TOP)
+        result = train_private(client, client.server_view(), LAYOUT, cfg, x, y, xv, yv)
         reference = train_plaintext(LAYOUT, cfg, x, y, xv, yv)
-        if keep == 1.0:  # same batches, same order: only the approximations differ
-            assert accuracy(result.weights, xv, yv) > 0.8
+        same_batches = keep == 1.0 or (mode == "private" and rescore > cfg.epochs)
+        if same_batches:  # same samples, same batches, same order: only the approximations differ
             np.testing.assert_allclose(result.weights, reference, atol=1e-3)
-        else:  # the kept samples sit in other batches than the reference's
+        else:  # HEPrune's compaction puts the kept samples in other batches
             assert accuracy(result.weights, xv, yv) > accuracy(reference, xv, yv) - 0.15
         assert result.samples_trained <= 4 * len(x) * keep + per
-        assert result.max_logit <= cfg.logit_bound + 1e-9
+
+
+def test_early_stopping_returns_the_best_weights_not_the_last() -> None:
+    per = LAYOUT.samples_per_ciphertext
+    x, y = _features(4 * per, 0)
+    xv, yv = _features(per, 1)
+    cfg = PrivateTrainingConfig(epochs=8, learning_rate=60.0, patience=2)  # overshoots
+    client = SimulatedBackend(SLOTS, TOP)
+    result = train_private(client, client.server_view(), LAYOUT, cfg, x, y, xv, yv)
+    losses = [h["val_loss"] for h in result.history]
+    best = int(np.argmin(losses))
+    assert best < len(losses) - 1  # the run went on past its best epoch...
+    assert result.epochs_run == len(losses) <= best + 1 + cfg.patience  # ...and stopped
+    p = exact_softmax(xv @ result.weights)
+    returned = float(-np.mean(np.log(p[np.arange(len(yv)), yv])))
+    assert returned == pytest.approx(losses[best], abs=1e-3)
 
 
 def test_private_mode_sends_no_mask_and_heprune_mode_does() -> None:
     per = LAYOUT.samples_per_ciphertext
     x, y = _features(4 * per, 0)
     xv, yv = _features(per, 1)
-    for mode, mask_bytes in (("heprune", (len(x) + 7) // 8), ("private", 0)):
+    sizes = {}
+    for mode in ("heprune", "private"):
         cfg = PrivateTrainingConfig(keep_fraction=0.25, mode=mode, epochs=1)  # type: ignore[arg-type]
-        sim = SimulatedBackend(SLOTS, TOP)
-        result = train_private(sim, sim, LAYOUT, cfg, x, y, xv, yv)
-        assert result.bytes_up == mask_bytes  # the simulator's ciphertexts weigh nothing
+        client = SimulatedBackend(SLOTS, TOP)
+        result = train_private(client, client.server_view(), LAYOUT, cfg, x, y, xv, yv)
+        sizes[mode] = result.bytes_up_by
         assert ("cwp" in result.seconds_by_component) == (mode == "heprune")
+    ct = SimulatedBackend(SLOTS, TOP).ciphertext_bytes
+    data = 4 * (16 * ct * (TOP + 1) + ct * 4)  # 4 ciphertexts of samples, labels at level 3
+    assert sizes["heprune"]["mask"] == (len(x) + 7) // 8 and "repack" not in sizes["heprune"]
+    assert "mask" not in sizes["private"]
+    assert sizes["private"]["repack"] == data // 4  # one ciphertext of kept samples
+    assert sizes["heprune"]["data"] == sizes["private"]["data"] == data + data // 4  # + validation
+
+
+def test_the_server_side_must_not_decrypt() -> None:
+    x, y = _features(10, 0)
+    sim = SimulatedBackend(SLOTS, TOP)
+    with pytest.raises(InputError, match="server's backend can decrypt"):
+        train_private(sim, sim, LAYOUT, PrivateTrainingConfig(), x, y, x, y)
+    with pytest.raises(InputError, match="only the client"):
+        sim.server_view().decrypt(sim.encrypt(np.zeros(SLOTS), 1))
+
+
+def test_softmax_ranges_beyond_what_the_degrees_hold_are_refused() -> None:
+    assert SoftmaxApprox(10, 16, 2.0).worst_error() < 1e-5
+    with pytest.raises(InputError, match="lower logit_bound"):
+        SoftmaxApprox(10, 16, 4.0)
 
 
 def test_bad_input_is_refused() -> None:
@@ -304,7 +367,14 @@ def test_bad_input_is_refused() -> None:
         PrivateTrainingConfig(mode="leaky")  # type: ignore[arg-type]
     x, y = _features(10, 0)
     sim = SimulatedBackend(SLOTS, TOP)
+    server = sim.server_view()
     with pytest.raises(InputError, match="norm"):
-        train_private(sim, sim, LAYOUT, PrivateTrainingConfig(), 2 * x, y, x, y)
+        train_private(sim, server, LAYOUT, PrivateTrainingConfig(), 2 * x, y, x, y)
+    with pytest.raises(InputError, match="validation feature"):
+        train_private(sim, server, LAYOUT, PrivateTrainingConfig(), x, y, 2 * x, y)
+    with pytest.raises(InputError, match="exactly one label"):
+        train_private(sim, server, LAYOUT, PrivateTrainingConfig(), x, y[:5], x, y)
+    with pytest.raises(InputError, match="both hold samples"):
+        train_private(sim, server, LAYOUT, PrivateTrainingConfig(), x, y, x[:0], y[:0])
     with pytest.raises(InputError, match="do not fit"):
         LAYOUT.rotated_features(np.zeros((LAYOUT.samples_per_ciphertext + 1, 16)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -33,6 +34,9 @@ from fheprune.runtime.cost import OpTimings
 Vector = NDArray[np.float64]
 C = TypeVar("C")
 
+#: Encoded slot vectors kept per backend (a step uses about ten; each is up to ~5 MB at N = 2^15).
+MASK_CACHE = 32
+
 
 class OutOfLevelsError(FhepruneError, RuntimeError):
     """A kernel needs a level below 0: the schedule asks for more depth than the chain has."""
@@ -43,7 +47,7 @@ class OpCounts:
     """Operations a schedule performed, in total and by the level they ran at (a key switch
     at level l costs roughly (l + 1)^2: the level matters as much as the count)."""
 
-    ct_mult: int = 0  # ciphertext x ciphertext, relinearized and rescaled
+    ct_mult: int = 0  # relinearized products (a fused sum of products counts once)
     plain_mult: int = 0  # ciphertext x plaintext or constant, rescaled
     rotations: int = 0
     adds: int = 0
@@ -88,6 +92,7 @@ class Server(Protocol[C]):
     slots: int
     top_level: int
     counts: OpCounts
+    can_decrypt: bool  # False for every server the protocol runs with
 
     def level(self, ct: C) -> int: ...
     def add(self, a: C, b: C) -> C: ...
@@ -140,14 +145,28 @@ class SimulatedBackend:
         self.noise_std = noise_std
         self.counts = OpCounts()
         self._rng = np.random.default_rng(seed)
-        self.ciphertext_bytes = 0  # set by callers that want byte accounting to mean something
+        # Bytes per level of a ciphertext of the same ring (2 polynomials of N = 2 * slots
+        # 64-bit words per prime), so byte accounting means the same as on the engine.
+        self.ciphertext_bytes = 2 * (2 * slots) * 8
+        self.can_decrypt = True
+
+    def server_view(self) -> SimulatedBackend:
+        """A simulator for the server's side: same ring and levels, its own counts, and no
+        decryption (as the engine's server holds no secret key)."""
+        view = SimulatedBackend(self.slots, self.top_level, self.noise_std)
+        view.can_decrypt = False
+        return view
 
     # client side
     def encrypt(self, values: Vector, level: int) -> SimCiphertext:
+        if not self.can_decrypt:
+            raise InputError("this backend is the server's: only the client encrypts")
         self._check_level(level)
         return SimCiphertext(_as_slots(values, self.slots).copy(), level)
 
     def decrypt(self, ct: SimCiphertext) -> Vector:
+        if not self.can_decrypt:
+            raise InputError("this backend is the server's: only the client decrypts")
         return ct.values.copy()
 
     # server side
@@ -302,7 +321,9 @@ class EngineBackend:
         self._keys = keys
         self._encryptor = ckks.Encryptor(context, secret_key) if secret_key else None
         self._decryptor = ckks.Decryptor(context, secret_key) if secret_key else None
+        self.can_decrypt = secret_key is not None
         self._plaintexts: dict[tuple[object, ...], ckks.Plaintext] = {}
+        self._masks: OrderedDict[tuple[object, ...], ckks.Plaintext] = OrderedDict()
 
     @classmethod
     def create(
@@ -372,20 +393,26 @@ class EngineBackend:
 
     def _encode(self, value: float | Vector, scale: float, level: int) -> ckks.Plaintext:
         """Encoded constants and masks, cached: a training step multiplies by the same few
-        hundred of them every time, and encoding one costs as much as the product."""
+        hundred constants every time, and encoding one costs as much as the product. Slot
+        vectors (masks) are kept in a bounded cache: compaction makes a new one per move."""
         if np.isscalar(value):
             key: tuple[object, ...] = (float(value), scale, level)  # type: ignore[arg-type]
-        else:
-            v = _as_slots(value, self.slots)
-            key = (hashlib.blake2b(v.tobytes(), digest_size=16).digest(), scale, level)
-        cached = self._plaintexts.get(key)
-        if cached is None:
-            if np.isscalar(value):
+            cached = self._plaintexts.get(key)
+            if cached is None:
                 cached = self._encoder.encode_constant(float(value), scale=scale, level=level)  # type: ignore[arg-type]
-            else:
-                cached = self._encoder.encode(v, scale=scale, level=level)
-            self._plaintexts[key] = cached
-        return cached
+                self._plaintexts[key] = cached
+            return cached
+        v = _as_slots(value, self.slots)
+        key = (hashlib.blake2b(v.tobytes(), digest_size=16).digest(), scale, level)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._encoder.encode(v, scale=scale, level=level)
+            self._masks[key] = mask
+            if len(self._masks) > MASK_CACHE:
+                self._masks.popitem(last=False)
+        else:
+            self._masks.move_to_end(key)
+        return mask
 
     def add_const(self, a: ckks.Ciphertext, value: float | Vector) -> ckks.Ciphertext:
         return self._evaluator.add_plain(a, self._encode(value, a.scale, a.level))

@@ -1,5 +1,6 @@
 """The private-training table: encrypted training at several kept fractions and modes, each
-row a wall-clock measurement of the whole run, beside the plaintext recipe's accuracy.
+row a wall-clock measurement of the whole run (with the machine it ran on), beside the
+plaintext recipe's accuracy.
 
 Used by ``fheprune train-private`` and ``benchmarks/private_training.py``. Rows are written to
 the output JSON as they finish (atomically), and a rerun with the same settings skips the rows
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fheprune.errors import InputError
 from fheprune.private_training import kernels as K
 from fheprune.private_training.backend import (
     EngineBackend,
@@ -129,10 +130,20 @@ def run_table(
     table: dict[str, Any] = {**header, "runs": []}
     if out.exists():
         old = json.loads(out.read_text())
-        if {k: old.get(k) for k in header} == json.loads(json.dumps(header)):
-            table["runs"] = old.get("runs", [])
-        else:
-            log.warning("%s was made with other settings; starting a new table", out)
+        wanted = json.loads(json.dumps(header))
+        differ = sorted(k for k in header if k != "settings" and old.get(k) != wanted[k])
+        old_settings = old.get("settings") or {}
+        differ += sorted(
+            f"{k} ({old_settings.get(k)!r}, now {v!r})"
+            for k, v in wanted["settings"].items()
+            if old_settings.get(k) != v
+        )
+        if differ:
+            raise InputError(
+                f"{out} holds a table made with other {', '.join(differ)}; resuming would mix "
+                "them: choose another --out (or delete the file)"
+            )
+        table["runs"] = old.get("runs", [])
     done = {_row_key(r) for r in table["runs"]}
 
     client: Any
@@ -144,8 +155,8 @@ def run_table(
             continue
         cfg = _config(settings, keep, "private" if mode == "full" else mode)
         if settings.backend == "simulator":
-            sim = SimulatedBackend(layout.slots, params.top_level)
-            client, server = sim, sim
+            client = SimulatedBackend(layout.slots, params.top_level)
+            server = client.server_view()
         else:
             # Fresh keys per run, so no run inherits another's operation counts.
             client, server = EngineBackend.create(
@@ -166,9 +177,10 @@ def run_table(
             "plaintext_accuracy": accuracy(reference, xt, yt),
             "plaintext_validation_accuracy": accuracy(reference, xv, yv),
             "history": result.history,
+            "machine": machine_info(),
         }
         table["runs"].append(row)
-        table["machine"] = machine_info()
+        done.add((keep, mode))
         write_json_atomic(out, table)
         log.info(
             "keep %.2f %s: %.1f s, accuracy %.4f (plaintext %.4f)",
@@ -187,9 +199,16 @@ def _add_speedups(table: dict[str, Any]) -> None:
     full = [r for r in table["runs"] if r["mode"] == "full"]
     if not full:
         return
-    base = full[0]["train_seconds"]
+    base = full[0]
     for r in table["runs"]:
-        r["speedup_vs_full"] = base / r["train_seconds"] if r["train_seconds"] else math.nan
+        # Only rows measured on the same kind of machine as the baseline compare.
+        same = _machine_kind(r) == _machine_kind(base)
+        r["speedup_vs_full"] = base["train_seconds"] / r["train_seconds"] if same else None
+
+
+def _machine_kind(row: dict[str, Any]) -> tuple[object, ...]:
+    m = row.get("machine", {})
+    return (m.get("cpu_model"), m.get("cores"), m.get("platform"))
 
 
 def default_runs(fractions: tuple[float, ...] = KEEP_FRACTIONS) -> list[tuple[float, str]]:

@@ -1,13 +1,14 @@
 """Encrypted training kernels, written once against :class:`~.backend.Server`.
 
-One training step on a ciphertext of samples (layout in :mod:`.layout`), with the level each
-stage leaves (top level ``L``; data and weights enter at ``L - 1``):
+One training step on a ciphertext of samples (layout in :mod:`.layout`), with the levels each
+stage spends (data enter at the top level ``L`` and are packed to ``L - 1``, where the weights
+enter):
 
 =====================  ======================================  =========================
 stage                  what                                    levels
 =====================  ======================================  =========================
 forward                ``z = sum_t X_t * D_t``                 1
-softmax                :mod:`.softmax`                         ``SoftmaxApprox.depth``
+softmax                :mod:`.softmax`                         :func:`softmax_depth`
 error                  ``E = P - Y``                           0
 gradient               ``G_t = sum over blocks of X_t * E``    1 (plus log2(blocks) rotations)
 update                 Nesterov, learning rate folded in       1
@@ -231,3 +232,14 @@ def hefs(server: Server[C], layout: SampleLayout, probs: C, labels: C) -> C:
 def chebyshev_check(coeffs: tuple[float, ...], t: Vector) -> Vector:
     """Cleartext twin of :func:`chebyshev_series` (for tests)."""
     return np.asarray(cheb.chebval(t, coeffs), dtype=np.float64)
+
+
+def softmax_depth(approx: SoftmaxApprox) -> int:
+    """Levels :func:`softmax` spends, measured by running it on the simulator."""
+    from fheprune.private_training.backend import SimulatedBackend
+
+    layout = SampleLayout(approx.lanes, approx.lanes, approx.classes)
+    top = 64
+    sim = SimulatedBackend(layout.slots, top)
+    out = softmax(sim, layout, approx, sim.encrypt(np.zeros(layout.slots), top))
+    return top - sim.level(out)

@@ -27,6 +27,9 @@ from fheprune.errors import InputError
 
 Vector = NDArray[np.float64]
 
+#: The largest error against the exact softmax an approximation may have over its range.
+MAX_ERROR = 1e-3
+
 
 @dataclass(frozen=True)
 class SoftmaxApprox:
@@ -57,6 +60,13 @@ class SoftmaxApprox:
         # Least squares on relative error: residuals weighted by s.
         inv_c = cheb.chebfit(t, 1.0 / s, self.inverse_degree, w=s)
         object.__setattr__(self, "inverse_coeffs", tuple(float(a) for a in inv_c))
+        err = self.worst_error()
+        if err > MAX_ERROR:
+            raise InputError(
+                f"the softmax approximation errs by up to {err:.2g} over |z| <= "
+                f"{self.logit_bound} (more than {MAX_ERROR:g}); lower logit_bound (3 works with "
+                "the default degrees) or raise inverse_degree / newton_steps"
+            )
 
     # --- ranges ------------------------------------------------------------------------------
 
@@ -83,10 +93,23 @@ class SoftmaxApprox:
 
     @property
     def depth(self) -> int:
-        """Levels from the logits to the probabilities."""
-        exp_depth = math.ceil(math.log2(self.exp_degree + 1)) + self.squarings
-        inv_depth = math.ceil(math.log2(self.inverse_degree)) + 1
-        return exp_depth + 1 + inv_depth + 2 * self.newton_steps + 1
+        """Levels from the logits to the probabilities: read off the kernel itself, run once on
+        the simulator (one source of truth; a formula drifts from the code)."""
+        from fheprune.private_training.kernels import softmax_depth
+
+        return softmax_depth(self)
+
+    def worst_error(self) -> float:
+        """Largest error against the exact softmax over the claimed range, on the points
+        where it peaks: every logit at +R or -R, and random points inside."""
+        r, c = self.logit_bound, self.classes
+        signs = (np.arange(2 ** min(c, 12))[:, None] >> np.arange(c)) & 1
+        corners = np.where(signs == 1, r, -r).astype(np.float64)
+        inside = np.random.default_rng(0).uniform(-r, r, (2000, c))
+        z = np.vstack([corners, inside])
+        with np.errstate(all="ignore"):
+            err = np.abs(self.cleartext(z) - exact_softmax(z)).max()
+        return float(err) if np.isfinite(err) else math.inf
 
     # --- cleartext twin ----------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from fheprune.errors import InputError
+from fheprune.errors import FhepruneError, InputError
 from fheprune.private_training import kernels as K
 from fheprune.private_training.backend import ClientSide, Server, Vector
 from fheprune.private_training.layout import SampleLayout
@@ -53,7 +53,7 @@ class PrivateTrainingConfig:
     keep_fraction: float = 1.0
     mode: Mode = "private"
     epochs: int = 7
-    learning_rate: float = 2.0
+    learning_rate: float = 4.0  # chosen on validation among 1, 2, 4 (docs/private-training.md)
     momentum: float = 0.5
     rescore_every: int = 5
     logit_bound: float = 3.0
@@ -71,6 +71,10 @@ class PrivateTrainingConfig:
     @property
     def prunes(self) -> bool:
         return self.keep_fraction < 1.0
+
+
+class TrainingDivergedError(FhepruneError, ArithmeticError):
+    """The loss stopped being a number: the learning rate is too large for the data."""
 
 
 @dataclass
@@ -91,6 +95,11 @@ class Ledger:
     seconds: dict[str, float] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+    bytes_up_by: dict[str, int] = field(default_factory=dict)  # data, repack, weights, mask
+
+    def upload(self, kind: str, n: int) -> None:
+        self.bytes_up += n
+        self.bytes_up_by[kind] = self.bytes_up_by.get(kind, 0) + n
 
     @contextmanager
     def timed(self, component: str) -> Iterator[None]:
@@ -107,6 +116,7 @@ class PrivateTrainingResult:
     train_seconds: float
     seconds_by_component: dict[str, float]
     bytes_up: int
+    bytes_up_by: dict[str, int]
     bytes_down: int
     epochs_run: int
     samples_trained: int  # sample-steps: samples in every step, summed
@@ -122,8 +132,9 @@ def project_columns(w: Vector, bound: float) -> Vector:
 
 
 def top_fraction(scores: Vector, fraction: float, seed: int = 0) -> NDArray[np.int64]:
-    """Indices of the ceil(fraction * n) highest scores, ascending. Ties (all scores are
-    equal before the first step; scores within 1e-3 count as equal) are broken at random."""
+    """Indices of the ceil(fraction * n) highest scores, ascending. Scores are compared
+    rounded to 3 decimals (encrypted ones carry ~1e-5 of noise), and ties are broken at
+    random."""
     k = max(1, math.ceil(fraction * len(scores)))
     tie_break = np.random.default_rng(seed).permutation(len(scores))
     order = np.lexsort((tie_break, -np.round(scores, 3)))  # encrypted scores carry ~1e-5 noise
@@ -148,8 +159,8 @@ class DataOwner(Generic[C]):
         self.ledger = ledger
         self.top = backend.top_level
 
-    def _up(self, ct: C) -> C:
-        self.ledger.bytes_up += self._sizer.byte_size(ct)
+    def _up(self, ct: C, kind: str) -> C:
+        self.ledger.upload(kind, self._sizer.byte_size(ct))
         return ct
 
     def _down(self, ct: C) -> Vector:
@@ -157,7 +168,12 @@ class DataOwner(Generic[C]):
         return self.backend.decrypt(ct)
 
     def encrypt_samples(
-        self, x: Vector, y: NDArray[np.int64], with_owners: bool, first_index: int = 0
+        self,
+        x: Vector,
+        y: NDArray[np.int64],
+        with_owners: bool,
+        kind: str = "data",
+        first_index: int = 0,
     ) -> list[Batch[C]]:
         """Pack samples in order, ``samples_per_ciphertext`` per ciphertext. Features enter
         one level above the data's working level and labels three above the bottom: the
@@ -168,10 +184,10 @@ class DataOwner(Generic[C]):
             for start in range(0, len(x), per):
                 xb, yb = x[start : start + per], y[start : start + per]
                 xs = [
-                    self._up(self.backend.encrypt(v, self.top))
+                    self._up(self.backend.encrypt(v, self.top), kind)
                     for v in self.layout.rotated_features(xb)
                 ]
-                labels = self._up(self.backend.encrypt(self.layout.labels(yb), 3))
+                labels = self._up(self.backend.encrypt(self.layout.labels(yb), 3), kind)
                 owners = None
                 if with_owners:
                     owners = np.full(per, -1, dtype=np.int64)
@@ -184,10 +200,13 @@ class DataOwner(Generic[C]):
     def encrypt_weights(self, w: Vector, v: Vector) -> tuple[list[C], list[C]]:
         with self.ledger.timed("client_refresh"):
             d = [
-                self._up(self.backend.encrypt(a, self.top - 1))
+                self._up(self.backend.encrypt(a, self.top - 1), "weights")
                 for a in self.layout.weight_diagonals(w)
             ]
-            vel = [self._up(self.backend.encrypt(a, 1)) for a in self.layout.weight_diagonals(v)]
+            vel = [
+                self._up(self.backend.encrypt(a, 1), "weights")
+                for a in self.layout.weight_diagonals(v)
+            ]
         return d, vel
 
     def refresh(self, d: list[C], v: list[C]) -> tuple[list[C], list[C], Vector]:
@@ -379,9 +398,24 @@ def train_private(
     """Run the whole protocol; the returned weights are what the client decrypts at the end."""
     if x.shape[1] != layout.features or x_val.shape[1] != layout.features:
         raise InputError(f"features must have {layout.features} columns")
-    norms = np.linalg.norm(x, axis=1)
-    if np.any(norms > 1 + 1e-9):
-        raise InputError("every feature vector must have L2 norm <= 1 (the softmax range needs it)")
+    if len(x) != len(y) or len(x_val) != len(y_val):
+        raise InputError(
+            f"{len(x)} training rows with {len(y)} labels, {len(x_val)} validation rows with "
+            f"{len(y_val)} labels: each row needs exactly one label"
+        )
+    if len(x) == 0 or len(x_val) == 0:
+        raise InputError("training and validation sets must both hold samples")
+    for name, rows in (("training", x), ("validation", x_val)):
+        if np.any(np.linalg.norm(rows, axis=1) > 1 + 1e-9):
+            raise InputError(
+                f"every {name} feature vector must have L2 norm <= 1 (the softmax's range "
+                "rests on it); normalise them, as FeatureExtractor.extract does"
+            )
+    if getattr(server_backend, "can_decrypt", True):
+        raise InputError(
+            "the server's backend can decrypt; give the server only evaluation keys "
+            "(EngineBackend.server_view() or SimulatedBackend.server_view())"
+        )
     ledger = Ledger()
     approx = SoftmaxApprox(layout.classes, layout.lanes, config.logit_bound)
     owner = DataOwner(client_backend, server_backend, layout, config, ledger)
@@ -390,12 +424,15 @@ def train_private(
     start = time.perf_counter()
 
     full = owner.encrypt_samples(x, y, with_owners=config.mode == "heprune")
-    val = [server.pack(b) for b in owner.encrypt_samples(x_val, y_val, with_owners=False)]
+    val_encrypted = owner.encrypt_samples(x_val, y_val, with_owners=False)
+    with ledger.timed("pack"):
+        val = [server.pack(b) for b in val_encrypted]
     w = np.zeros((layout.features, layout.classes))
     d, v = owner.encrypt_weights(w, w)
     best = (math.inf, w, 0)
     history: list[dict[str, float]] = []
-    full_packed = [server.pack(b) for b in full]
+    with ledger.timed("pack"):
+        full_packed = [server.pack(b) for b in full]
     training = full_packed
     samples_trained = 0
     max_logit = 0.0
@@ -417,10 +454,12 @@ def train_private(
                 s = owner.decrypt_scores(scores, [b.count for b in full_packed])
             kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
             if config.mode == "heprune":
-                ledger.bytes_up += (len(s) + 7) // 8  # the mask, one bit per sample
+                ledger.upload("mask", (len(s) + 7) // 8)  # one bit per sample
                 training = server.compact(full, kept)
             else:
-                training = [server.pack(b) for b in owner.encrypt_samples(x[kept], y[kept], False)]
+                fresh = owner.encrypt_samples(x[kept], y[kept], False, kind="repack")
+                with ledger.timed("pack"):
+                    training = [server.pack(b) for b in fresh]
             log.info("epoch %d: kept %d samples in %d ciphertexts", epoch, len(kept), len(training))
         for i in rng.permutation(len(training)):
             batch = training[i]
@@ -431,6 +470,10 @@ def train_private(
         p_val = owner.probabilities(probs, [b.count for b in val])
         max_logit = max(max_logit, float(np.abs(x_val @ w).max()))
         loss = _cross_entropy(p_val, y_val)
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"validation loss is {loss} after epoch {epoch}; lower the learning rate"
+            )
         acc = float(np.mean(p_val.argmax(axis=1) == y_val))
         history.append({"epoch": epoch, "val_loss": loss, "val_accuracy": acc})
         bar.set_postfix(val_loss=f"{loss:.4f}", val_acc=f"{acc:.4f}")
@@ -445,6 +488,7 @@ def train_private(
         train_seconds=train_seconds,
         seconds_by_component=dict(ledger.seconds),
         bytes_up=ledger.bytes_up,
+        bytes_up_by=dict(ledger.bytes_up_by),
         bytes_down=ledger.bytes_down,
         epochs_run=epochs_run,
         samples_trained=samples_trained,
@@ -500,6 +544,7 @@ def describe(result: PrivateTrainingResult) -> dict[str, Any]:
         "train_seconds": result.train_seconds,
         "seconds_by_component": result.seconds_by_component,
         "bytes_up": result.bytes_up,
+        "bytes_up_by": result.bytes_up_by,
         "bytes_down": result.bytes_down,
         "epochs_run": result.epochs_run,
         "samples_trained": result.samples_trained,
