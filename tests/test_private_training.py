@@ -29,6 +29,7 @@ from fheprune.private_training.trainer import (
     PrivateTrainingConfig,
     TrainingServer,
     accuracy,
+    initial_selection,
     project_columns,
     top_fraction,
     train_plaintext,
@@ -271,6 +272,18 @@ def test_a_full_set_of_kept_samples_fills_one_ciphertext_given_the_moves() -> No
     assert sim.counts.rotations == rotations  # a plan over budget moves nothing
 
 
+def test_the_first_selection_is_random_whole_ciphertexts_cut_to_the_fraction() -> None:
+    per = 10
+    groups = initial_selection(95, per, PrivateTrainingConfig(keep_fraction=0.25, seed=3))
+    assert sum(len(g) for _, g in groups) == 24  # ceil(0.25 * 95)
+    for i, g in groups[:-1]:  # whole ciphertexts (the data's last one holds 5)
+        assert g.tolist() == list(range(i * per, min((i + 1) * per, 95)))
+    i, g = groups[-1]  # the last one cut short
+    assert g.tolist() == list(range(i * per, i * per + len(g)))
+    other = initial_selection(95, per, PrivateTrainingConfig(keep_fraction=0.25, seed=4))
+    assert [i for i, _ in groups] != [i for i, _ in other]
+
+
 def test_top_fraction_breaks_ties_at_random_and_keeps_the_best() -> None:
     scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2])
     assert top_fraction(scores, 0.4).tolist() == [1, 3]
@@ -332,7 +345,7 @@ def test_private_mode_sends_no_mask_and_heprune_mode_does() -> None:
     xv, yv = _features(per, 1)
     sizes = {}
     for mode in ("heprune", "private"):
-        cfg = PrivateTrainingConfig(keep_fraction=0.25, mode=mode, epochs=1)  # type: ignore[arg-type]
+        cfg = PrivateTrainingConfig(keep_fraction=0.25, mode=mode, epochs=2, rescore_every=1)  # type: ignore[arg-type]
         client = SimulatedBackend(SLOTS, TOP)
         result = train_private(client, client.server_view(), LAYOUT, cfg, x, y, xv, yv)
         sizes[mode] = result.bytes_up_by
@@ -341,6 +354,7 @@ def test_private_mode_sends_no_mask_and_heprune_mode_does() -> None:
     data = 4 * (16 * ct * (TOP + 1) + ct * 4)  # 4 ciphertexts of samples, labels at level 3
     assert sizes["heprune"]["mask"] == (len(x) + 7) // 8 and "repack" not in sizes["heprune"]
     assert "mask" not in sizes["private"]
+    # The first selection is random whole ciphertexts (nothing sent); the second is scored:
     assert sizes["private"]["repack"] == data // 4  # one ciphertext of kept samples
     assert sizes["heprune"]["data"] == sizes["private"]["data"] == data + data // 4  # + validation
 

@@ -9,8 +9,8 @@ input range hold, see :mod:`.softmax`) and re-encrypts them at the top of the ch
 Data pruning (``keep_fraction < 1``), re-scored every ``rescore_every`` epochs:
 
 - the server computes the HE-friendly score of every sample (:func:`.kernels.hefs`), except
-  before the first step, when the weights are zero and every score is equal (the first
-  selection is random);
+  before the first step, when the weights are zero and every score is equal: the first
+  selection is random, whole ciphertexts drawn at random (:func:`initial_selection`);
 - the client decrypts the scores and picks the top ``keep_fraction`` (client-aided masking);
 - ``mode="heprune"``: the client sends the mask, and the server compacts the kept samples
   into as few ciphertexts as it can (ciphertext-wise pruning): it learns which samples were
@@ -367,6 +367,23 @@ def _plan_moves(
     return plan
 
 
+def initial_selection(
+    n: int, per: int, config: PrivateTrainingConfig
+) -> list[tuple[int, NDArray[np.int64]]]:
+    """The first selection (every score equal): ciphertexts in a random order, whole, until
+    ``ceil(keep_fraction * n)`` samples, the last one cut short. Returns (ciphertext, sample
+    indices) pairs."""
+    k = max(1, math.ceil(config.keep_fraction * n))
+    out = []
+    for i in np.random.default_rng(config.seed).permutation(-(-n // per)):
+        take = min(per, n - i * per, k)
+        out.append((int(i), np.arange(i * per, i * per + take, dtype=np.int64)))
+        k -= take
+        if k == 0:
+            break
+    return out
+
+
 def _best_shift(
     remaining: NDArray[np.bool_], holes: NDArray[np.bool_], shifts: Iterable[int]
 ) -> tuple[int, NDArray[np.bool_]]:
@@ -446,21 +463,34 @@ def train_private(
         epochs_run = epoch + 1
         if config.prunes and epoch % config.rescore_every == 0:
             if epoch == 0:
-                # The weights start at zero, so every score is 2 (1 - 1/classes): scoring
-                # would only pick at random, which the client does without it.
-                s = np.zeros(len(x))
-            else:
+                # The weights start at zero, so every score is 2 (1 - 1/classes) and the
+                # selection is random: whole ciphertexts chosen at random, the last one cut
+                # short, are a random selection that needs no scoring, no compaction and no
+                # upload. Which ciphertexts were drawn says nothing about the data.
+                groups = initial_selection(len(x), layout.samples_per_ciphertext, config)
+                per = layout.samples_per_ciphertext
+                with ledger.timed("pack"):
+                    training = [
+                        full_packed[i]
+                        if len(g) == full[i].count
+                        else server.pack(full[i], np.arange(per) < len(g))
+                        for i, g in groups
+                    ]
+                log.info("epoch 0: kept %d random samples", sum(len(g) for _, g in groups))
+            elif config.mode == "heprune":
                 scores = [server.score(b, d) for b in full_packed]
                 s = owner.decrypt_scores(scores, [b.count for b in full_packed])
-            kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
-            if config.mode == "heprune":
+                kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
                 ledger.upload("mask", (len(s) + 7) // 8)  # one bit per sample
                 training = server.compact(full, kept)
             else:
+                scores = [server.score(b, d) for b in full_packed]
+                s = owner.decrypt_scores(scores, [b.count for b in full_packed])
+                kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
                 fresh = owner.encrypt_samples(x[kept], y[kept], False, kind="repack")
                 with ledger.timed("pack"):
                     training = [server.pack(b) for b in fresh]
-            log.info("epoch %d: kept %d samples in %d ciphertexts", epoch, len(kept), len(training))
+            log.info("epoch %d: %d ciphertexts of kept samples", epoch, len(training))
         for i in rng.permutation(len(training)):
             batch = training[i]
             d2, v2 = server.step(batch, d, v, config)
@@ -514,13 +544,15 @@ def train_plaintext(
     v = w.copy()
     onehot = np.eye(layout.classes)[y]
     best: tuple[float, Vector, int] = (math.inf, w, 0)
-    idx = np.arange(len(x))
+    chunks = [np.arange(s, min(s + per, len(x))) for s in range(0, len(x), per)]
     for epoch in range(config.epochs):
-        if config.prunes and epoch % config.rescore_every == 0:
+        if config.prunes and epoch == 0:
+            chunks = [g for _, g in initial_selection(len(x), per, config)]
+        elif config.prunes and epoch % config.rescore_every == 0:
             p = exact_softmax(x @ w)
             scores = np.abs(p - onehot).sum(axis=1)
             idx = top_fraction(scores, config.keep_fraction, config.seed + epoch)
-        chunks = [idx[s : s + per] for s in range(0, len(idx), per)]
+            chunks = [idx[s : s + per] for s in range(0, len(idx), per)]
         for i in rng.permutation(len(chunks)):
             c = chunks[i]
             g = x[c].T @ (exact_softmax(x[c] @ w) - onehot[c])
