@@ -33,6 +33,8 @@ from fheprune.private_training.experiment import (
     KEEP_FRACTIONS,
     TableSettings,
     default_runs,
+    extractor_cache_for,
+    format_row,
     plot_table,
     run_table,
 )
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> TableSettings:
-    train = args.train_samples or (2048 if args.quick else 16384)
+    train = args.train_samples or (2048 if args.quick else TableSettings.train_samples)
     return TableSettings(
         train_samples=train,
         validation_samples=args.validation_samples,
@@ -76,18 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     settings = settings_from(args)
-    cache = args.extractor_cache or args.out.with_name(args.out.stem + "-extractor.pt")
+    cache = args.extractor_cache or extractor_cache_for(args.out)
     table = run_table(
         args.data_dir, args.out, settings, default_runs(tuple(args.fractions)), cache, progress=True
     )
     plot_table(table, args.out.with_suffix(".png"))
     for r in table["runs"]:
-        print(
-            f"keep {r['keep_fraction']:<5} {r['mode']:<8} {r['train_seconds']:8.1f} s "
-            f"x{r.get('speedup_vs_full') or float('nan'):.2f}  acc {r['accuracy']:.4f} "
-            f"(plaintext {r['plaintext_accuracy']:.4f})  up {r['bytes_up'] / 2**20:.0f} MiB "
-            f"down {r['bytes_down'] / 2**20:.0f} MiB"
-        )
+        print(format_row(r))
     return 0
 
 

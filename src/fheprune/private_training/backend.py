@@ -116,6 +116,17 @@ class ClientSide(Protocol[C]):
     def decrypt(self, ct: C) -> Vector: ...
 
 
+def check_level(level: int, top_level: int, current: int | None = None) -> None:
+    """A level an operation may produce: not below 0 (the chain is too short), not above the
+    top, and (for a drop from ``current``) not above where the ciphertext already is."""
+    if level < 0:
+        raise OutOfLevelsError("the schedule needs a level below 0; use a longer chain")
+    if level > top_level:
+        raise InputError(f"level {level} is above the chain's top level {top_level}")
+    if current is not None and level > current:
+        raise InputError(f"cannot raise a ciphertext from level {current} to {level}")
+
+
 def _as_slots(value: float | Vector, slots: int) -> Vector:
     if np.isscalar(value):
         return np.full(slots, float(value))  # type: ignore[arg-type]
@@ -177,10 +188,7 @@ class SimulatedBackend:
         return self.ciphertext_bytes * (ct.level + 1)
 
     def _check_level(self, level: int) -> None:
-        if level < 0:
-            raise OutOfLevelsError("the schedule needs a level below 0; use a longer chain")
-        if level > self.top_level:
-            raise InputError(f"level {level} is above the chain's top level {self.top_level}")
+        check_level(level, self.top_level)
 
     def _noisy(self, v: Vector) -> Vector:
         if self.noise_std:
@@ -232,9 +240,7 @@ class SimulatedBackend:
         return SimCiphertext(np.roll(a.values, -step), a.level)
 
     def drop_to(self, a: SimCiphertext, level: int) -> SimCiphertext:
-        if level > a.level:
-            raise InputError(f"cannot raise a ciphertext from level {a.level} to {level}")
-        self._check_level(level)
+        check_level(level, self.top_level, a.level)
         if level == a.level:
             return a
         self.counts.count("plain_mult", level + 1)
@@ -370,10 +376,7 @@ class EngineBackend:
         return int(ct.byte_size)
 
     def _check_level(self, level: int) -> None:
-        if level < 0:
-            raise OutOfLevelsError("the schedule needs a level below 0; use a longer chain")
-        if level > self.top_level:
-            raise InputError(f"level {level} is above the chain's top level {self.top_level}")
+        check_level(level, self.top_level)
 
     def _pair(
         self, a: ckks.Ciphertext, b: ckks.Ciphertext
@@ -449,9 +452,7 @@ class EngineBackend:
     def drop_to(self, a: ckks.Ciphertext, level: int) -> ckks.Ciphertext:
         """``a`` at a lower level with that level's ladder scale: switch to ``level + 1``,
         multiply by a 1 encoded so that the rescale lands on ``D_level``."""
-        if level > a.level:
-            raise InputError(f"cannot raise a ciphertext from level {a.level} to {level}")
-        self._check_level(level)
+        check_level(level, self.top_level, a.level)
         if level == a.level:
             return a
         self.counts.count("plain_mult", level + 1)

@@ -59,12 +59,17 @@ def add_train_private_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
 
 
 def run_train_private(args: argparse.Namespace) -> int:
-    from fheprune.private_training.experiment import TableSettings, plot_table, run_table
+    from fheprune.private_training.experiment import (
+        TableSettings,
+        default_runs,
+        extractor_cache_for,
+        format_row,
+        plot_table,
+        run_table,
+    )
 
-    runs: list[tuple[float, str]] = []
     modes = ("heprune", "private") if args.mode == "both" else (args.mode,)
-    for keep in args.keep_fraction:
-        runs.extend([(1.0, "full")] if keep == 1.0 else [(keep, m) for m in modes])
+    runs = default_runs(tuple(args.keep_fraction), modes)
     settings = TableSettings(
         train_samples=args.train_samples,
         validation_samples=args.validation_samples,
@@ -73,18 +78,15 @@ def run_train_private(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
     )
-    cache = args.out.with_name(args.out.stem + "-extractor.pt")
     try:
-        table = run_table(args.data_dir, args.out, settings, runs, cache, progress=True)
+        table = run_table(
+            args.data_dir, args.out, settings, runs, extractor_cache_for(args.out), progress=True
+        )
     except FhepruneError as exc:
         log.error("%s", exc)
         return 2
     plot_table(table, args.out.with_suffix(".png"))
     for r in table["runs"]:
-        print(
-            f"keep {r['keep_fraction']:<5} {r['mode']:<8} {r['train_seconds']:8.1f} s  "
-            f"accuracy {r['accuracy']:.4f} (plaintext recipe {r['plaintext_accuracy']:.4f})  "
-            f"up {r['bytes_up'] / 2**20:.0f} MiB, down {r['bytes_down'] / 2**20:.0f} MiB"
-        )
+        print(format_row(r))
     print(f"report: {args.out}, plot: {args.out.with_suffix('.png')}")
     return 0

@@ -29,6 +29,7 @@ from fheprune.private_training.features import build_or_load_extractor, split_pr
 from fheprune.private_training.layout import SampleLayout
 from fheprune.private_training.softmax import SoftmaxApprox
 from fheprune.private_training.trainer import (
+    MODES,
     PrivateTrainingConfig,
     accuracy,
     describe,
@@ -211,14 +212,31 @@ def _machine_kind(row: dict[str, Any]) -> tuple[object, ...]:
     return (m.get("cpu_model"), m.get("cores"), m.get("platform"))
 
 
-def default_runs(fractions: tuple[float, ...] = KEEP_FRACTIONS) -> list[tuple[float, str]]:
+def default_runs(
+    fractions: tuple[float, ...] = KEEP_FRACTIONS, modes: tuple[str, ...] = MODES
+) -> list[tuple[float, str]]:
+    """(kept fraction, mode) rows: 1.0 is the full-data baseline, once; every other fraction
+    once per mode."""
     runs: list[tuple[float, str]] = []
     for keep in fractions:
-        if keep == 1.0:
-            runs.append((1.0, "full"))
-        else:
-            runs.extend([(keep, "heprune"), (keep, "private")])
+        runs.extend([(1.0, "full")] if keep == 1.0 else [(keep, m) for m in modes])
     return runs
+
+
+def extractor_cache_for(out: Path) -> Path:
+    """Where a table keeps its feature extractor: beside its JSON."""
+    return out.with_name(out.stem + "-extractor.pt")
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One table row for a terminal."""
+    speedup = row.get("speedup_vs_full")
+    return (
+        f"keep {row['keep_fraction']:<5} {row['mode']:<8} {row['train_seconds']:8.1f} s"
+        + (f" x{speedup:.2f}" if speedup is not None else "")
+        + f"  accuracy {row['accuracy']:.4f} (plaintext recipe {row['plaintext_accuracy']:.4f})"
+        f"  up {row['bytes_up'] / 2**20:.0f} MiB, down {row['bytes_down'] / 2**20:.0f} MiB"
+    )
 
 
 def plot_table(table: dict[str, Any], path: Path) -> None:

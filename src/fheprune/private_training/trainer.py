@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -219,19 +219,23 @@ class DataOwner(Generic[C]):
         return d2, v2, w
 
     def decrypt_scores(self, scores: list[C], counts: Sequence[int]) -> Vector:
-        with self.ledger.timed("client_select"):
-            out = [
-                self.layout.lane_zero(self._down(s))[:n]
-                for s, n in zip(scores, counts, strict=True)
-            ]
-        return np.concatenate(out)
+        """Each sample's score (lane 0 of its block)."""
+        return self._per_sample(scores, counts, self.layout.lane_zero, "client_select")
 
     def probabilities(self, probs: list[C], counts: Sequence[int]) -> Vector:
-        with self.ledger.timed("client_validate"):
-            out = [
-                self.layout.class_lanes(self._down(p))[:n]
-                for p, n in zip(probs, counts, strict=True)
-            ]
+        """Each sample's class probabilities."""
+        return self._per_sample(probs, counts, self.layout.class_lanes, "client_validate")
+
+    def _per_sample(
+        self,
+        cts: list[C],
+        counts: Sequence[int],
+        read: Callable[[Vector], Vector],
+        component: str,
+    ) -> Vector:
+        """Decrypt ciphertexts of samples and keep the occupied blocks, in order."""
+        with self.ledger.timed(component):
+            out = [read(self._down(ct))[:n] for ct, n in zip(cts, counts, strict=True)]
         return np.concatenate(out)
 
 
