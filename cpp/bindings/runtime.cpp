@@ -68,6 +68,7 @@ nb::dict ops_dict(const rt::OpCounts& o) {
   d["multiply"] = o.multiply;
   d["relinearize"] = o.relinearize;
   d["constant"] = o.constant;
+  d["refresh"] = o.refresh;
   return d;
 }
 
@@ -105,10 +106,15 @@ struct SimRun {
   rt::Program program;
   rt::SlotBackend backend;
   rt::Executor<rt::SlotBackend> exec;
-  SimRun(rt::Program p, ck::ContextPtr ctx, std::vector<long> keys, rt::Encoding e)
+  SimRun(rt::Program p, ck::ContextPtr ctx, std::vector<long> keys, rt::Encoding e,
+         const std::optional<rt::RefreshModel>& refresh)
       : program(std::move(p)),
-        backend(std::move(ctx), std::move(keys)),
+        backend(with_refresh(rt::SlotBackend(std::move(ctx), std::move(keys)), refresh)),
         exec(program, backend, e) {}
+  static rt::SlotBackend with_refresh(rt::SlotBackend b, const std::optional<rt::RefreshModel>& m) {
+    if (m) b.set_refresh(*m);
+    return b;
+  }
 };
 
 rt::Encoding encoding(bool on_demand) {
@@ -310,7 +316,7 @@ void bind_runtime(nb::module_& m) {
           "input_range",
           [](const rt::Program& p, double margin_bits) {
             const rt::InputRange r =
-                rt::input_range(p, p.parameters().chain_bits.size() - 1, margin_bits);
+                rt::input_range(p, p.input_level(), margin_bits);
             nb::dict d;
             d["max_input"] = r.max_input;
             d["limiting_layer"] = r.limiting_layer;
@@ -322,7 +328,7 @@ void bind_runtime(nb::module_& m) {
       .def(
           "cost",
           [](const rt::Program& p, std::optional<std::size_t> input_level) {
-            const std::size_t level = input_level.value_or(p.parameters().chain_bits.size() - 1);
+            const std::size_t level = input_level.value_or(p.input_level());
             nb::list out;
             for (const auto& c : rt::estimate_cost(p, level)) {
               nb::dict d;
@@ -538,20 +544,29 @@ void bind_runtime(nb::module_& m) {
       .def(
           "__init__",
           [](SimRun* r, const rt::Program& p, std::shared_ptr<ck::Context> ctx,
-             std::optional<std::vector<long>> rotation_keys, bool encode_on_demand) {
+             std::optional<std::vector<long>> rotation_keys, bool encode_on_demand,
+             double refresh_error, double refresh_bound, std::uint64_t refresh_seed) {
             rt::check_context(p, *ctx);
+            std::optional<rt::RefreshModel> model;
+            if (p.refreshes() > 0) {
+              model = rt::RefreshModel{p.input_level(), refresh_error, refresh_bound, refresh_seed};
+            }
             new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()),
-                           encoding(encode_on_demand));
+                           encoding(encode_on_demand), model);
           },
           "program"_a, "context"_a, "rotation_keys"_a = nb::none(),
-          "encode_on_demand"_a = false)
+          "encode_on_demand"_a = false, "refresh_error"_a = 0.0, "refresh_bound"_a = 1.0,
+          "refresh_seed"_a = 0,
+          "refresh_*: how a program's refreshes are modelled: Gaussian error of this standard "
+          "deviation per slot (the engine's measured refresh error; 0: exact), values beyond "
+          "the bound refused (EncodingError), the error's seed.")
       .def_prop_ro("plaintext_bytes", [](const SimRun& r) { return r.exec.plaintext_bytes(); })
       .def(
           "run",
           [](SimRun& r, const Matrix& inputs) {
             std::vector<rt::SlotBackend::Ct> in;
             for (auto& row : matrix_rows(inputs)) {
-              in.push_back(r.backend.encode(row, r.backend.top_level(), r.backend.default_scale()));
+              in.push_back(r.backend.encode(row, r.program.input_level(), r.backend.default_scale()));
             }
             rt::RunStats stats;
             std::vector<std::vector<double>> rows;

@@ -121,6 +121,7 @@ std::vector<std::vector<double>> map_reference(const rt::Program& p,
                                                std::vector<std::vector<double>> x) {
   const std::size_t slots = p.slots();
   for (const rt::Layer& layer : p.layers()) {
+    if (std::holds_alternative<rt::Refresh>(layer)) continue;  // the same values, refreshed
     if (std::holds_alternative<rt::Square>(layer)) {
       for (auto& v : x) {
         for (double& e : v) e *= e;
@@ -164,6 +165,7 @@ std::vector<std::vector<double>> map_reference(const rt::Program& p,
 std::vector<double> reference(const rt::Program& p, std::vector<double> x, std::size_t count) {
   std::size_t width = p.in_features();
   for (const rt::Layer& layer : p.layers()) {
+    if (std::holds_alternative<rt::Refresh>(layer)) continue;
     if (std::holds_alternative<rt::Square>(layer)) {
       for (double& v : x) v *= v;
       continue;
@@ -241,12 +243,18 @@ void simulate(const rt::Program& p) {
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.7 * static_cast<double>(i) + 0.3);
 
   rt::SlotBackend backend(*ctx, p.rotation_steps());
+  for (const rt::Layer& layer : p.layers()) {
+    if (const auto* r = std::get_if<rt::Refresh>(&layer)) {  // an exact refresh, any range
+      backend.set_refresh({.to_level = r->to_level, .error = 0.0, .input_bound = 1e300});
+      break;
+    }
+  }
   rt::RunStats stats;
   const auto slots = fuzz::try_load("Executor<SlotBackend>::run", [&] {
     rt::Executor<rt::SlotBackend> exec(p, backend);
     std::vector<rt::SlotBackend::Ct> in;
     for (auto& v : p.pack_inputs(x, count)) {
-      in.push_back(backend.encode(v, backend.top_level(), backend.default_scale()));
+      in.push_back(backend.encode(v, p.input_level(), backend.default_scale()));
     }
     std::vector<std::vector<double>> out;
     for (auto& c : exec.run(in, &stats)) {
@@ -257,7 +265,7 @@ void simulate(const rt::Program& p) {
   if (!slots) return;
 
   rt::OpCounts model;
-  for (const auto& c : rt::estimate_cost(p, p.parameters().chain_bits.size() - 1)) model += c.ops;
+  for (const auto& c : rt::estimate_cost(p, p.input_level())) model += c.ops;
   const std::size_t groups = p.layout() == rt::Layout::kTile ? 2 : count;
   if (!(stats.total() == model.scaled(groups))) {
     fuzz::detail::finding("estimate_cost", "the cost model's operation counts differ from the "

@@ -36,13 +36,10 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
   std::vector<LayerCost> out;
   const std::size_t n = program.parameters().poly_degree;
   const TileShape3& s = program.tile_shape();
-  if (program.levels() > input_level) {
-    throw ckks::LevelError("the program needs " + std::to_string(program.levels()) +
-                           " levels but the inputs start at level " + std::to_string(input_level));
-  }
-  std::size_t level = input_level;
+  const std::vector<std::size_t> schedule = program.level_schedule(input_level);
   for (std::size_t i = 0; i < program.layers().size(); ++i) {
     const Layer& layer = program.layers()[i];
+    std::size_t level = schedule[i];  // the kernels below step it down as they consume levels
     LayerCost c;
     c.name = layer_name(layer);
     c.level = level;
@@ -181,6 +178,9 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       c.ops.add += live * per_ct;
       // Summing `area` slots needs at least log2(area) rotations per ciphertext.
       c.rotation_lower_bound = static_cast<double>(live * log2_ceil(area));
+    } else if (std::holds_alternative<Refresh>(layer)) {
+      c.kind = "refresh";
+      for (auto v : live_in) c.ops.refresh += v;
     } else {
       c.kind = "square";
       std::size_t live = 0;

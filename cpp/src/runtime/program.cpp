@@ -4,10 +4,12 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <set>
 #include <string>
 
 #include "ckks/wire.hpp"
+#include "fheprune/ckks/context.hpp"
 #include "fheprune/ckks/serialization.hpp"
 
 namespace fheprune::runtime {
@@ -35,8 +37,15 @@ void check_values(std::span<const double> v, const std::string& what) {
 
 std::size_t built_layer_levels(const Layer& layer) {
   if (const auto* t = std::get_if<TileLinear>(&layer)) return t->rebuild_input ? 2 : 1;
-  if (std::holds_alternative<RotateSum>(layer)) return 0;
+  if (std::holds_alternative<RotateSum>(layer) || std::holds_alternative<Refresh>(layer)) return 0;
   return 1;
+}
+
+// A refresh under `params` with `config`: where it lands and the rotations its DFTs need,
+// read off the bootstrapper itself (its constructor refuses a chain too short for it).
+Refresh make_refresh(const ckks::Parameters& params, const ckks::BootstrapConfig& config) {
+  const ckks::Bootstrapper boot(ckks::make_context(params), config);
+  return Refresh{"", boot.output_level(), config, boot.rotation_steps()};
 }
 
 std::size_t tile_linear_count(const std::vector<Layer>& layers) {
@@ -193,6 +202,83 @@ void Program::add_linear(const std::string& name, std::size_t out, std::size_t i
 
 void Program::add_square(const std::string& name) { layers_.push_back(Square{name}); }
 
+void Program::add_refresh(const std::string& name, const ckks::BootstrapConfig& config) {
+  Refresh r = make_refresh(params_, config);
+  r.name = name;
+  layers_.push_back(std::move(r));
+}
+
+std::size_t Program::place_refreshes(const ckks::BootstrapConfig& config) {
+  std::erase_if(layers_, [](const Layer& l) { return std::holds_alternative<Refresh>(l); });
+  const std::size_t top = params_.chain_bits.size() - 1;
+  std::vector<std::size_t> levels;
+  for (const Layer& l : layers_) levels.push_back(built_layer_levels(l));
+  if (std::accumulate(levels.begin(), levels.end(), std::size_t{0}) <= top) return 0;
+  const Refresh proto = make_refresh(params_, config);
+  const std::vector<std::size_t> at =
+      plan_refreshes(levels, live_counts(), proto.to_level, proto.to_level);
+  std::vector<Layer> placed;
+  std::size_t next = 0;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (next < at.size() && at[next] == i) {
+      Refresh r = proto;
+      r.name = "refresh" + std::to_string(++next);
+      placed.emplace_back(std::move(r));
+    }
+    placed.push_back(std::move(layers_[i]));
+  }
+  layers_ = std::move(placed);
+  return at.size();
+}
+
+std::vector<std::size_t> plan_refreshes(const std::vector<std::size_t>& levels,
+                                        const std::vector<std::size_t>& live, std::size_t top,
+                                        std::size_t to_level) {
+  if (live.size() != levels.size()) {
+    throw CompileError("plan_refreshes: one live count per layer is needed");
+  }
+  // cost[i][l]: (refreshed ciphertexts, refresh points) to run layers i.. from level l.
+  using Cost = std::pair<std::uint64_t, std::uint64_t>;
+  constexpr Cost kNever{std::numeric_limits<std::uint64_t>::max(), 0};
+  const std::size_t n = levels.size(), highest = std::max(top, to_level);
+  std::vector<std::vector<Cost>> cost(n + 1, std::vector<Cost>(highest + 1, kNever));
+  std::vector<std::vector<std::uint8_t>> refresh(n, std::vector<std::uint8_t>(highest + 1, 0));
+  std::fill(cost[n].begin(), cost[n].end(), Cost{0, 0});
+  for (std::size_t i = n; i-- > 0;) {
+    const auto run = [&](std::size_t l) {  // layer i from level l, no refresh in front
+      return levels[i] <= l ? cost[i + 1][l - levels[i]] : kNever;
+    };
+    const Cost after = run(to_level);
+    const Cost with = after == kNever ? kNever : Cost{after.first + live[i], after.second + 1};
+    for (std::size_t l = 0; l <= highest; ++l) {
+      cost[i][l] = run(l);
+      if (with < cost[i][l]) {
+        cost[i][l] = with;
+        refresh[i][l] = 1;
+      }
+    }
+  }
+  if (cost[0][top] == kNever) {
+    std::size_t worst = 0;
+    for (std::size_t i = 1; i < n; ++i) worst = levels[i] > levels[worst] ? i : worst;
+    throw ckks::LevelError("layer " + std::to_string(worst) + " needs " +
+                           std::to_string(levels[worst]) + " levels but a refresh leaves " +
+                           std::to_string(to_level) + " (and the inputs start at " +
+                           std::to_string(top) + "); choose bootstrapping parameters with more "
+                           "levels left after a refresh");
+  }
+  std::vector<std::size_t> at;
+  std::size_t l = top;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (refresh[i][l]) {
+      at.push_back(i);
+      l = to_level;
+    }
+    l -= levels[i];
+  }
+  return at;
+}
+
 void Program::add_tile_linear(const std::string& name, std::size_t out, std::size_t in,
                               std::span<const double> w, std::span<const double> b) {
   TileLinear l;
@@ -347,8 +433,73 @@ std::size_t Program::output_ciphertexts() const {
 
 std::size_t Program::levels() const {
   std::size_t total = 0;
+  for (const Layer& l : layers_) {
+    if (std::holds_alternative<Refresh>(l)) break;
+    total += built_layer_levels(l);
+  }
+  return total;
+}
+
+std::size_t Program::depth() const {
+  std::size_t total = 0;
   for (const Layer& l : layers_) total += built_layer_levels(l);
   return total;
+}
+
+std::size_t Program::input_level() const {
+  for (const Layer& l : layers_) {
+    if (const auto* r = std::get_if<Refresh>(&l)) return r->to_level;
+  }
+  return params_.chain_bits.size() - 1;
+}
+
+std::size_t Program::refreshes() const {
+  return static_cast<std::size_t>(std::count_if(layers_.begin(), layers_.end(), [](const Layer& l) {
+    return std::holds_alternative<Refresh>(l);
+  }));
+}
+
+std::vector<std::size_t> Program::level_schedule(std::size_t input_level) const {
+  std::vector<std::size_t> at{input_level};
+  std::size_t level = input_level;
+  for (const Layer& layer : layers_) {
+    if (const auto* r = std::get_if<Refresh>(&layer)) {
+      if (r->to_level > params_.chain_bits.size() - 1) {
+        throw ckks::LevelError(r->name + " leaves level " + std::to_string(r->to_level) +
+                               ", above the parameters' top level");
+      }
+      level = r->to_level;
+    } else {
+      const std::size_t need = built_layer_levels(layer);
+      if (need > level && refreshes() == 0) {
+        throw ckks::LevelError("the program needs " + std::to_string(depth()) +
+                               " levels but the inputs start at level " +
+                               std::to_string(input_level) + " (chain of " +
+                               std::to_string(params_.chain_bits.size()) +
+                               " primes); add primes, choose a larger ring degree, or place "
+                               "refreshes (Program::place_refreshes)");
+      }
+      if (need > level) {
+        const std::string name = std::visit([](const auto& l) { return l.name; }, layer);
+        throw ckks::LevelError("layer '" + name + "' needs " + std::to_string(need) +
+                               " levels but only " + std::to_string(level) +
+                               " are left there; place the refreshes again "
+                               "(Program::place_refreshes)");
+      }
+      level -= need;
+    }
+    at.push_back(level);
+  }
+  return at;
+}
+
+std::vector<std::size_t> Program::live_counts() const {
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const std::vector<std::uint8_t> live = live_inputs(i);
+    out.push_back(static_cast<std::size_t>(std::count(live.begin(), live.end(), 1)));
+  }
+  return out;
 }
 
 std::vector<long> Program::rotation_steps() const {
@@ -384,6 +535,11 @@ std::vector<long> Program::rotation_steps() const {
       const auto live_in = live_inputs(i);
       if (std::count(live_in.begin(), live_in.end(), 1) > 0) {
         for (long s : window_sum_steps(*r)) steps.insert(s);
+      }
+    } else if (const auto* rf = std::get_if<Refresh>(&layers_[i])) {
+      const auto live_in = live_inputs(i);
+      if (std::count(live_in.begin(), live_in.end(), 1) > 0) {
+        steps.insert(rf->rotation_steps.begin(), rf->rotation_steps.end());
       }
     } else if (const auto* d = std::get_if<DiagonalLinear>(&layers_[i])) {
       for (const DiagonalUnit& u : d->units) {
@@ -674,6 +830,17 @@ Bytes Program::save() const {
       }
       continue;
     }
+    if (const auto* rf = std::get_if<Refresh>(&layer)) {
+      // Kind 8: the bootstrapping configuration; the level and the steps follow from it.
+      w.u16(8);
+      write_string(w, rf->name);
+      w.f64s(std::vector<double>{rf->config.k_bound});
+      w.u64(rf->config.chebyshev_degree);
+      w.u64(rf->config.double_angles);
+      w.u64(rf->config.cts_levels);
+      w.u64(rf->config.stc_levels);
+      continue;
+    }
     if (const auto* rs = std::get_if<RotateSum>(&layer)) {
       // Kind 7: a window sum that folds sub-maps first (kind 5, fold 1, keeps its format).
       w.u16(rs->fold == 1 ? 5 : 7);
@@ -752,6 +919,21 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
       const std::string name = read_string(r);
       if (kind == 3) {
         p.add_square(name);
+        continue;
+      }
+      if (kind == 8) {
+        ckks::BootstrapConfig config;
+        if (r.remaining() < 8) throw ckks::SerializationError("truncated program data");
+        r.f64s(&config.k_bound, 1);
+        if (!std::isfinite(config.k_bound) || config.k_bound > 1e6) {
+          throw ckks::SerializationError("corrupted program: refresh bound K is not a finite "
+                                         "number up to 1e6");
+        }
+        config.chebyshev_degree = read_bounded(r, 2, 1024, "refresh Chebyshev degree");
+        config.double_angles = read_bounded(r, 0, 8, "refresh double angles");
+        config.cts_levels = read_bounded(r, 1, 64, "refresh CoeffToSlot levels");
+        config.stc_levels = read_bounded(r, 1, 64, "refresh SlotToCoeff levels");
+        p.add_refresh(name, config);
         continue;
       }
       if (kind == 6 && p.layout() == Layout::kMap) {

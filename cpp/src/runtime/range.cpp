@@ -63,6 +63,7 @@ Transfer transfer(const Layer& layer) {
     return {false, row_sum_max(d->weight, d->out_features, d->in_features), max_abs(d->bias_source)};
   }
   if (std::holds_alternative<Square>(layer)) return {true, 0.0, 0.0};
+  if (std::holds_alternative<Refresh>(layer)) return {false, 1.0, 0.0};  // same values, new level
   throw not_in_layout(layer);
 }
 
@@ -106,6 +107,8 @@ void apply(const Layer& layer, std::size_t slots, SlotBounds& cur) {
         x = std::move(y);
       }
     }
+  } else if (std::holds_alternative<Refresh>(layer)) {
+    // The values stay; only their level changes.
   } else if (std::holds_alternative<Square>(layer)) {
     for (auto& x : cur) {
       for (double& v : x) v *= v;
@@ -150,11 +153,8 @@ InputRange input_range(const Program& program, std::size_t input_level, double m
   // The level each layer's output sits at: the next layer's input level (the cost model's), or
   // what the program leaves at the end.
   const std::vector<Layer>& layers = program.layers();
-  const std::vector<LayerCost> costs = estimate_cost(program, input_level);
-  std::vector<std::size_t> out_level(layers.size());
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    out_level[i] = i + 1 < costs.size() ? costs[i + 1].level : input_level - program.levels();
-  }
+  const std::vector<std::size_t> schedule = program.level_schedule(input_level);
+  const std::vector<std::size_t> out_level(schedule.begin() + 1, schedule.end());
   const bool map = program.layout() == Layout::kMap;
   std::vector<Transfer> transfers;
   if (!map) {

@@ -59,6 +59,10 @@ void check_keys(const Program& program, const ck::Context& ctx, const ck::Evalua
     throw ck::MissingKeyError("the program squares ciphertexts but the bundle has no "
                               "relinearization key");
   }
+  if (program.needs_conjugation() && !keys.galois_keys.has(ctx.conjugation_element())) {
+    throw ck::MissingKeyError("the program refreshes ciphertexts (bootstrapping) but the bundle "
+                              "has no conjugation key; generate it with conjugation");
+  }
   std::string missing;
   for (long step : program.rotation_steps()) {
     const std::uint64_t g = ctx.galois_element(step);
@@ -71,6 +75,27 @@ void check_keys(const Program& program, const ck::Context& ctx, const ck::Evalua
                               "steps " + missing + "; generate the bundle with exactly "
                               "Program::rotation_steps()");
   }
+}
+
+// The bootstrapper a program's refreshes run with (null: none). Its plaintexts depend on the
+// parameters only, so one serves every client of a host.
+std::shared_ptr<const ck::Bootstrapper> bootstrapper_for(const Program& program,
+                                                         const ck::ContextPtr& ctx) {
+  const Refresh* first = nullptr;
+  for (const Layer& l : program.layers()) {
+    const auto* r = std::get_if<Refresh>(&l);
+    if (!r) continue;
+    if (first && (r->config.k_bound != first->config.k_bound ||
+                  r->config.chebyshev_degree != first->config.chebyshev_degree ||
+                  r->config.double_angles != first->config.double_angles ||
+                  r->config.cts_levels != first->config.cts_levels ||
+                  r->config.stc_levels != first->config.stc_levels)) {
+      throw CompileError("the program's refreshes use different bootstrapping configurations; "
+                         "place them with one (Program::place_refreshes)");
+    }
+    first = first ? first : r;
+  }
+  return first ? std::make_shared<const ck::Bootstrapper>(ctx, first->config) : nullptr;
 }
 
 // The context a server builds for its program; validates the parameters (128-bit bound
@@ -109,16 +134,17 @@ struct Server::State {
       : program(std::move(p)),
         context(std::move(ctx)),
         keys(std::move(k)),
-        backend(context, keys),
+        backend(context, keys, bootstrapper_for(*program, context)),
         executor(*program, backend, encoding) {}
 
-  // Shares `prepared`'s plaintexts (ProgramHost::serve).
+  // Shares `prepared`'s plaintexts and `boot` (ProgramHost::serve).
   State(std::shared_ptr<const Program> p, ck::ContextPtr ctx,
-        std::shared_ptr<const ck::EvaluationKeys> k, const Executor<EngineBackend>& prepared)
+        std::shared_ptr<const ck::EvaluationKeys> k, const Executor<EngineBackend>& prepared,
+        std::shared_ptr<const ck::Bootstrapper> boot)
       : program(std::move(p)),
         context(std::move(ctx)),
         keys(std::move(k)),
-        backend(context, keys),
+        backend(context, keys, std::move(boot)),
         executor(prepared, backend) {}
 };
 
@@ -208,7 +234,7 @@ void Server::check_input(const ck::Ciphertext* ct, const std::string& which) con
     throw ck::LevelError(which + " is at level " + std::to_string(ct->level()) +
                          ", the program expects inputs at level " +
                          std::to_string(state_->executor.input_level()) +
-                         " (encrypt at the top level)");
+                         " (encrypt at the program's input_level())");
   }
   const double want = ctx.default_scale();
   if (!std::isfinite(ct->scale()) || std::abs(ct->scale() - want) > 1e-9 * want) {
@@ -251,6 +277,7 @@ struct ProgramHost::State {
   std::shared_ptr<const Program> program;
   ck::ContextPtr context;
   ck::Fingerprint fingerprint;
+  std::shared_ptr<const ck::Bootstrapper> boot;  // shared by every client's server
   EngineBackend backend;  // no keys: it only encodes
   Executor<EngineBackend> executor;
 
@@ -258,7 +285,8 @@ struct ProgramHost::State {
       : program(std::move(p)),
         context(std::move(ctx)),
         fingerprint(runtime::program_fingerprint(program->save())),
-        backend(context),
+        boot(bootstrapper_for(*program, context)),
+        backend(context, boot),
         executor(*program, backend, encoding) {}
 };
 
@@ -287,7 +315,7 @@ Server ProgramHost::serve(std::shared_ptr<const ck::EvaluationKeys> keys) const 
   if (!keys) throw ck::MissingKeyError("the server needs evaluation keys, got none");
   check_keys(*state_->program, *state_->context, *keys);
   return Server(std::make_unique<Server::State>(state_->program, state_->context, std::move(keys),
-                                                state_->executor));
+                                                state_->executor, state_->boot));
 }
 
 Server ProgramHost::serve(std::span<const std::uint8_t> evaluation_keys) const {

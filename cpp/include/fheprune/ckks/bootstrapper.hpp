@@ -66,6 +66,7 @@ class Bootstrapper {
   Bootstrapper(ContextPtr ctx, BootstrapConfig config = {});
 
   const BootstrapConfig& config() const { return config_; }
+  const ContextPtr& context() const { return ctx_; }
   // Left rotation steps the evaluation keys must hold (conjugation is needed as well).
   std::vector<long> rotation_steps() const;
   // Levels the refresh consumes from the top; the output is at max_level - levels_consumed().

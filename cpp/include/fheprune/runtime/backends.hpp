@@ -13,11 +13,13 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "fheprune/ckks/bootstrapper.hpp"
 #include "fheprune/ckks/context.hpp"
 #include "fheprune/ckks/encoder.hpp"
 #include "fheprune/ckks/encryptor.hpp"
@@ -33,16 +35,26 @@ class EngineBackend {
   using Pt = ckks::Plaintext;
 
   // Shares ownership of the keys: they live as long as any backend that uses them.
-  EngineBackend(ckks::ContextPtr ctx, std::shared_ptr<const ckks::EvaluationKeys> keys)
+  // `boot`: refreshes Refresh layers (made on `ctx`; the keys must hold its rotations and the
+  // conjugation); null for programs without refreshes.
+  EngineBackend(ckks::ContextPtr ctx, std::shared_ptr<const ckks::EvaluationKeys> keys,
+                std::shared_ptr<const ckks::Bootstrapper> boot = nullptr)
       : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_), keys_(checked(std::move(keys))),
-        encryptor_(std::in_place, ctx_, keys_->public_key) {}
+        encryptor_(std::in_place, ctx_, keys_->public_key), boot_(checked(std::move(boot))) {}
 
   // Without keys: encodes plaintexts (an executor's set-up, shared by every client of a
-  // server) and adds; rotations, squares and encryptions throw MissingKeyError.
-  explicit EngineBackend(ckks::ContextPtr ctx)
-      : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_) {}
+  // server) and adds; rotations, squares, refreshes and encryptions throw MissingKeyError.
+  explicit EngineBackend(ckks::ContextPtr ctx,
+                         std::shared_ptr<const ckks::Bootstrapper> boot = nullptr)
+      : ctx_(std::move(ctx)), encoder_(ctx_), evaluator_(ctx_), boot_(checked(std::move(boot))) {}
 
   const ckks::Context& context() const { return *ctx_; }
+  bool can_refresh() const { return boot_ != nullptr; }
+  std::size_t refresh_level() const { return boot_ ? boot_->output_level() : 0; }
+  Ct refresh(const Ct& a) const {
+    if (!boot_) throw ckks::MissingKeyError("this engine backend cannot refresh: no bootstrapper");
+    return boot_->refresh(a, keys());
+  }
   // Independent work items (output tiles) on the context's threads.
   template <class Body>
   void parallel_for(std::size_t count, Body&& body) const {
@@ -89,6 +101,12 @@ class EngineBackend {
     if (!keys) throw ckks::MissingKeyError("the engine backend needs evaluation keys, got none");
     return keys;
   }
+  std::shared_ptr<const ckks::Bootstrapper> checked(std::shared_ptr<const ckks::Bootstrapper> boot) const {
+    if (boot && boot->context().get() != ctx_.get()) {
+      throw ckks::MismatchError("the bootstrapper was made on another context than the backend's");
+    }
+    return boot;
+  }
 
   const ckks::EvaluationKeys& keys() const {
     if (!keys_) throw ckks::MissingKeyError("this engine backend holds no evaluation keys");
@@ -104,6 +122,18 @@ class EngineBackend {
   ckks::Evaluator evaluator_;
   std::shared_ptr<const ckks::EvaluationKeys> keys_;  // null: encode-only
   std::optional<ckks::Encryptor> encryptor_;
+  std::shared_ptr<const ckks::Bootstrapper> boot_;  // null: no refresh
+};
+
+// How the slot simulator models a refresh: the level it leaves, the error it adds (Gaussian,
+// this standard deviation per slot: the engine's measured refresh error) and the magnitude up
+// to which that error was measured (the sine in EvalMod is accurate only for small messages,
+// so a larger value is refused rather than modelled wrongly).
+struct RefreshModel {
+  std::size_t to_level = 0;
+  double error = 0.0;
+  double input_bound = 1.0;
+  std::uint64_t seed = 0;
 };
 
 class SlotBackend {
@@ -124,6 +154,34 @@ class SlotBackend {
   }
 
   const ckks::Context& context() const { return *ctx_; }
+  void set_refresh(const RefreshModel& model) {
+    if (model.to_level > ctx_->max_level() || !(model.error >= 0.0) ||
+        !std::isfinite(model.error) || !(model.input_bound > 0.0)) {
+      throw ckks::ParameterError("refresh model: to_level <= the top level, a finite error >= 0 "
+                                 "and an input bound > 0 are required");
+    }
+    refresh_ = model;
+    noise_.seed(model.seed);
+  }
+  bool can_refresh() const { return refresh_.has_value(); }
+  std::size_t refresh_level() const { return refresh_ ? refresh_->to_level : 0; }
+  Ct refresh(const Ct& a) const {
+    if (!refresh_) throw ckks::MissingKeyError("this simulator has no refresh model");
+    Value out = a;
+    std::normal_distribution<double> gauss(0.0, refresh_->error);
+    for (std::size_t i = 0; i < out.slots.size(); ++i) {
+      if (!(std::abs(out.slots[i]) <= refresh_->input_bound)) {
+        throw ckks::EncodingError(
+            "a refresh meets the value " + std::to_string(out.slots[i]) + " in slot " +
+            std::to_string(i) + ", outside the range |x| <= " +
+            std::to_string(refresh_->input_bound) +
+            " its error is known for; scale the layers before it down");
+      }
+      if (refresh_->error > 0.0) out.slots[i] += gauss(noise_);
+    }
+    out.level = refresh_->to_level;
+    return out;
+  }
   // Serial: the simulator's values are cheap; results do not depend on the order.
   template <class Body>
   void parallel_for(std::size_t count, Body&& body) const {
@@ -229,6 +287,8 @@ class SlotBackend {
 
   ckks::ContextPtr ctx_;
   std::set<long> keys_;
+  std::optional<RefreshModel> refresh_;
+  mutable std::mt19937_64 noise_;  // the modelled refresh error; serial, like the backend
 };
 
 }  // namespace fheprune::runtime

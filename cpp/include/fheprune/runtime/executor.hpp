@@ -3,7 +3,8 @@
 // skip every unit the program does not hold: a zero weight tile costs nothing, an output tile
 // with no live unit costs no rotation, a diagonal outside the set costs nothing.
 //
-// Level schedule: inputs arrive at the backend's top level with the default scale Delta.
+// Level schedule (Program::level_schedule): inputs arrive at Program::input_level() (the top
+// level, or below a bootstrappable chain's refresh primes) with the default scale Delta.
 // Weight plaintexts at level l are encoded at scale q_l, so product + rescale keeps the scale;
 // every plaintext is encoded once, when the executor is built (the server's set-up), at the
 // exact level and scale it will meet. Programs whose plaintexts would not fit in memory (a dense
@@ -39,6 +40,7 @@ struct OpCounts {
   std::uint64_t relinearize = 0;
   std::uint64_t constant = 0;   // outputs of pruned-away units: a copy of a constant ciphertext
                                 // the executor encrypted once, on first use
+  std::uint64_t refresh = 0;    // bootstrapping refreshes (one per live ciphertext)
 
   OpCounts& operator+=(const OpCounts& o) {
     mul_plain += o.mul_plain;
@@ -49,12 +51,13 @@ struct OpCounts {
     multiply += o.multiply;
     relinearize += o.relinearize;
     constant += o.constant;
+    refresh += o.refresh;
     return *this;
   }
   OpCounts scaled(std::uint64_t k) const {
     OpCounts o = *this;
     o.mul_plain *= k, o.add *= k, o.add_plain *= k, o.rotate *= k, o.rescale *= k;
-    o.multiply *= k, o.relinearize *= k, o.constant *= k;
+    o.multiply *= k, o.relinearize *= k, o.constant *= k, o.refresh *= k;
     return o;
   }
   bool operator==(const OpCounts&) const = default;
@@ -126,8 +129,8 @@ class Executor {
   std::size_t plaintext_count() const { return plaintext_count_; }
   std::size_t input_level() const { return input_level_; }
 
-  // `inputs`: input_ciphertexts() per group of samples, group after group, all at the top level
-  // with the default scale. Returns output_ciphertexts() per group; nullopt = known zero.
+  // `inputs`: input_ciphertexts() per group of samples, group after group, all at
+  // input_level() with the default scale. Returns output_ciphertexts() per group; nullopt = known zero.
   std::vector<std::optional<Ct>> run(const std::vector<Ct>& inputs, RunStats* stats = nullptr) {
     std::vector<const Ct*> view;
     view.reserve(inputs.size());
@@ -148,7 +151,7 @@ class Executor {
       if (backend_.level(*c) != input_level_) {
         throw ckks::LevelError("input ciphertext at level " + std::to_string(backend_.level(*c)) +
                                ", the program expects inputs at level " +
-                               std::to_string(input_level_) + " (encrypt at the top level)");
+                               std::to_string(input_level_) + " (Program::input_level())");
       }
     }
     RunStats local;
@@ -193,13 +196,17 @@ class Executor {
   };
 
   void prepare(std::vector<Prepared>& prepared) {
-    const std::size_t need = program_.levels();
-    const std::size_t top = backend_.top_level();
-    if (need > top) {
-      throw ckks::LevelError("the program needs " + std::to_string(need) +
-                             " levels but the parameters give " + std::to_string(top) +
-                             " (chain of " + std::to_string(top + 1) +
-                             " primes); add primes or choose a larger ring degree");
+    const std::size_t top = program_.input_level();
+    if (top > backend_.top_level()) {
+      throw ckks::LevelError("the program takes inputs at level " + std::to_string(top) +
+                             ", above the backend's top level " +
+                             std::to_string(backend_.top_level()));
+    }
+    program_.level_schedule(top);  // LevelError when the program runs out of levels
+    if (program_.refreshes() > 0 && !backend_.can_refresh()) {
+      throw ckks::MissingKeyError("the program refreshes ciphertexts (" +
+                                  std::to_string(program_.refreshes()) +
+                                  " refreshes) but the backend has no bootstrapper");
     }
     input_level_ = top;
     std::size_t level = top;
@@ -264,6 +271,14 @@ class Executor {
         }
       } else if (std::holds_alternative<RotateSum>(layer)) {
         // No plaintext, no level.
+      } else if (const auto* r = std::get_if<Refresh>(&layer)) {
+        if (backend_.refresh_level() != r->to_level) {
+          throw ckks::MismatchError("'" + r->name + "' leaves level " + std::to_string(r->to_level) +
+                                    " but the backend's bootstrapper leaves " +
+                                    std::to_string(backend_.refresh_level()) +
+                                    "; build it with the program's bootstrap configuration");
+        }
+        level = r->to_level;  // the scale is kept
       } else {
         scale = scale * scale / backend_.prime(level);
         --level;
@@ -374,6 +389,14 @@ class Executor {
     if (const auto* m = std::get_if<MapLinear>(&layer)) return run_map(*m, prep, x, st, ops);
     if (const auto* r = std::get_if<RotateSum>(&layer)) return run_window_sum(*r, x, st, ops);
     std::vector<std::optional<Ct>> y(x.size());
+    if (std::holds_alternative<Refresh>(layer)) {
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        if (!x[i]) continue;
+        y[i] = backend_.refresh(*x[i]);
+        ++ops.refresh;
+      }
+      return y;
+    }
     for (std::size_t i = 0; i < x.size(); ++i) {
       if (!x[i]) continue;
       Ct sq = backend_.square(*x[i]);

@@ -44,6 +44,7 @@
 #include <variant>
 #include <vector>
 
+#include "fheprune/ckks/bootstrapper.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "fheprune/ckks/parameters.hpp"
 #include "fheprune/ckks/types.hpp"
@@ -151,7 +152,29 @@ struct Square {
   std::string name;
 };
 
-using Layer = std::variant<TileLinear, DiagonalLinear, Square, MapLinear, RotateSum>;
+// A bootstrapping refresh of every live ciphertext (ckks::Bootstrapper with `config`): no
+// plaintext, no level of the program's own; the ciphertexts come back at `to_level` with the
+// scale they had. Program::place_refreshes puts them where the level schedule runs out.
+struct Refresh {
+  std::string name;
+  std::size_t to_level = 0;
+  ckks::BootstrapConfig config;
+  std::vector<long> rotation_steps;  // the refresh's own (its DFTs'), sorted; conjugation too
+};
+
+using Layer = std::variant<TileLinear, DiagonalLinear, Square, MapLinear, RotateSum, Refresh>;
+
+// Where refreshes go in a chain of layers, fewest first. Layer i consumes levels[i] and enters
+// with live[i] live ciphertexts (what a refresh in front of it would cost); the inputs start at
+// level `top`, a refresh leaves `to_level` (either may be the higher). Returns the layer indices a refresh goes in front of,
+// increasing: among the placements that never let a layer run out of levels, one with the
+// fewest refreshed ciphertexts, then the fewest refresh points (a dynamic program over
+// (layer, level); greedy "refresh when out" is not optimal once counts differ). LevelError
+// when a layer needs more levels than a refresh leaves (and than the top gives, if it is the
+// first).
+std::vector<std::size_t> plan_refreshes(const std::vector<std::size_t>& levels,
+                                        const std::vector<std::size_t>& live, std::size_t top,
+                                        std::size_t to_level);
 
 // How the tile layout runs linear layer `index` (0 = the first linear layer) of a chain: THE
 // rule, read by the program builder, the compiler's dry run and pruning (through Python), so
@@ -188,6 +211,15 @@ class Program {
   void add_linear(const std::string& name, std::size_t out_features, std::size_t in_features,
                   std::span<const double> weight, std::span<const double> bias);
   void add_square(const std::string& name);
+  // A refresh at this point of the chain (place_refreshes does this for the whole program).
+  // ParameterError when the parameters cannot bootstrap with `config`; `to_level` must be the
+  // level the refresh leaves under them (Bootstrapper::output_level()).
+  void add_refresh(const std::string& name, const ckks::BootstrapConfig& config);
+  // Removes every refresh, then places the fewest (plan_refreshes) so that the program runs
+  // to the end: from the top level when the chain is deep enough (returns 0), otherwise from
+  // the level a refresh leaves (input_level()). Returns how many it placed; they are named
+  // "refresh<k>".
+  std::size_t place_refreshes(const ckks::BootstrapConfig& config);
   // Map layout. Term t reads input ciphertext in[t] rotated by shift[t] and adds
   // values[t * period .. (t + 1) * period) (repeated over the slots) times it into output
   // out[t]. Terms with equal (out, in, shift) are summed; all-zero terms are dropped. `bias`
@@ -231,9 +263,24 @@ class Program {
   std::size_t input_ciphertexts() const;
   std::size_t output_ciphertexts() const;
 
-  // Multiplicative depth: the ciphertext level the inputs must be encrypted at.
+  // Levels the inputs must hold: the multiplicative depth up to the first refresh (the whole
+  // depth of a program without refreshes).
   std::size_t levels() const;
-  // Every rotation step the executor performs, sorted: the exact Galois key set.
+  // Levels the layers consume in all, refreshes not counted (what a chain without
+  // bootstrapping would need).
+  std::size_t depth() const;
+  // THE level schedule: the level each layer's input ciphertexts are at, for inputs at
+  // `input_level`, and at the end the level of the outputs (layers().size() + 1 entries).
+  // LevelError when a layer runs out of levels or a refresh cannot run there.
+  std::vector<std::size_t> level_schedule(std::size_t input_level) const;
+  // The level inputs are encrypted at: the top of the chain, or, in a program with refreshes,
+  // the level a refresh leaves (the primes above it are the refresh's own: a program layer
+  // there would meet primes far from the scale).
+  std::size_t input_level() const;
+  std::size_t refreshes() const;  // refresh layers
+  bool needs_conjugation() const { return refreshes() > 0; }
+  // Every rotation step the executor performs, sorted: the exact Galois key set (with
+  // refreshes, theirs too, and the conjugation key: needs_conjugation()).
   std::vector<long> rotation_steps() const;
   // Which input tiles of layer `i` can be non-zero (tile layout; all true for the first).
   std::vector<std::uint8_t> live_inputs(std::size_t layer) const;
@@ -255,6 +302,8 @@ class Program {
                            std::span<const double> w, std::span<const double> b);
   std::size_t current_features() const;
   std::size_t current_ciphertexts() const;
+  // Ciphertexts live at the input of each layer (a refresh there would refresh them all).
+  std::vector<std::size_t> live_counts() const;
 
   Layout layout_ = Layout::kTile;
   ckks::Parameters params_;
