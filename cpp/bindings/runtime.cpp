@@ -270,6 +270,21 @@ void bind_runtime(nb::module_& m) {
           },
           "name"_a, "weight"_a, "bias"_a = nb::none())
       .def("add_square", &rt::Program::add_square, "name"_a)
+      .def("place_refreshes", &rt::Program::place_refreshes, "config"_a,
+           "Places the fewest bootstrapping refreshes so the program runs to its end on its "
+           "parameters (which must bootstrap with `config`); returns how many.", release_gil())
+      .def_prop_ro("refreshes", &rt::Program::refreshes)
+      .def_prop_ro("input_level", &rt::Program::input_level,
+                   "The level inputs are encrypted at (below the refresh primes when the program "
+                   "refreshes).")
+      .def_prop_ro("depth", &rt::Program::depth, "Levels the layers consume in all.")
+      .def_prop_ro("needs_conjugation", &rt::Program::needs_conjugation)
+      .def("level_schedule",
+           [](const rt::Program& p, std::optional<std::size_t> input_level) {
+             return p.level_schedule(input_level.value_or(p.input_level()));
+           },
+           "input_level"_a = nb::none(),
+           "The level of each layer's inputs, then of the outputs.")
       .def_prop_ro("layout", [](const rt::Program& p) { return layout_name(p.layout()); })
       .def_prop_ro("parameters", &rt::Program::parameters)
       .def_prop_ro("slots", &rt::Program::slots)

@@ -169,9 +169,11 @@ TEST(ProgramRefreshes, PlacedWhereTheScheduleRunsOutAndKeptThroughSaveAndLoad) {
     total += costs[i].ops;
   }
   EXPECT_EQ(total.refresh, placed);
-  // A chain that needs no refresh gets none.
+  // A program that needs no refresh gets none, but still starts below the refresh's primes.
   Program shallow = deep_program(params, deep_layers(3, 2));
   EXPECT_EQ(shallow.place_refreshes(kConfig), 0u);
+  EXPECT_EQ(shallow.input_level(), to);
+  EXPECT_EQ(Program::load(shallow.save()).input_level(), to);
 }
 
 TEST(ProgramRefreshes, TypedErrors) {

@@ -210,13 +210,12 @@ void Program::add_refresh(const std::string& name, const ckks::BootstrapConfig& 
 
 std::size_t Program::place_refreshes(const ckks::BootstrapConfig& config) {
   std::erase_if(layers_, [](const Layer& l) { return std::holds_alternative<Refresh>(l); });
-  const std::size_t top = params_.chain_bits.size() - 1;
   std::vector<std::size_t> levels;
   for (const Layer& l : layers_) levels.push_back(built_layer_levels(l));
-  if (std::accumulate(levels.begin(), levels.end(), std::size_t{0}) <= top) return 0;
   const Refresh proto = make_refresh(params_, config);
   const std::vector<std::size_t> at =
       plan_refreshes(levels, live_counts(), proto.to_level, proto.to_level);
+  input_level_ = proto.to_level;
   std::vector<Layer> placed;
   std::size_t next = 0;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
@@ -447,6 +446,7 @@ std::size_t Program::depth() const {
 }
 
 std::size_t Program::input_level() const {
+  if (input_level_) return *input_level_;
   for (const Layer& l : layers_) {
     if (const auto* r = std::get_if<Refresh>(&l)) return r->to_level;
   }
@@ -876,6 +876,7 @@ Bytes Program::save() const {
       w.u64(out_slot_[f]);
     }
   }
+  if (input_level_) w.u64(*input_level_);  // optional trailer: files without it still load
   return ckks::Serializer::seal_envelope(ckks::ObjectKind::kProgram, ckks::Fingerprint{},
                                          w.buffer());
 }
@@ -1052,9 +1053,15 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
       }
       if (n) p.set_outputs(ct, slot);
     }
+    if (r.remaining() != 0) {
+      p.input_level_ = read_bounded(r, 0, params.chain_bits.size() - 1, "input level");
+      p.level_schedule(*p.input_level_);  // a file whose layers do not fit is refused here
+    }
     r.expect_end();
     return p;
   } catch (const CompileError& e) {
+    throw ckks::SerializationError(std::string("corrupted program: ") + e.what());
+  } catch (const ckks::LevelError& e) {
     throw ckks::SerializationError(std::string("corrupted program: ") + e.what());
   } catch (const ckks::ParameterError& e) {
     throw ckks::SerializationError(std::string("corrupted program: ") + e.what());

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fheprune import _core
+from fheprune.errors import InputError
 
 __all__ = ["OpTimings", "calibrate", "machine_timings", "predict"]
 
@@ -117,7 +118,15 @@ def predict(program: Any, timings: OpTimings, groups: int) -> dict[str, Any]:
         ops = layer["ops"]
         level = int(layer["level"])
         kind = layer["kind"]
-        if kind == "square":
+        if kind == "refresh":
+            if "refresh" not in timings.seconds:
+                raise InputError(
+                    f"the program refreshes ciphertexts ({layer['name']}) but the timings hold "
+                    "no refresh time; measure one (benchmarks/bootstrapping.py) and add it as "
+                    'timings.seconds["refresh"] = {level: seconds}'
+                )
+            seconds = ops["refresh"] * timings.get("refresh", level)
+        elif kind == "square":
             seconds = ops["multiply"] * timings.get("square", level) + ops["rescale"] * timings.get(
                 "rescale", level
             )

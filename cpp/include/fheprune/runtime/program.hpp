@@ -39,6 +39,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <variant>
@@ -216,9 +217,9 @@ class Program {
   // level the refresh leaves under them (Bootstrapper::output_level()).
   void add_refresh(const std::string& name, const ckks::BootstrapConfig& config);
   // Removes every refresh, then places the fewest (plan_refreshes) so that the program runs
-  // to the end: from the top level when the chain is deep enough (returns 0), otherwise from
-  // the level a refresh leaves (input_level()). Returns how many it placed; they are named
-  // "refresh<k>".
+  // to the end from the level a refresh leaves, which becomes input_level() (also when no
+  // refresh is needed: the primes above it are the refresh's). Returns how many it placed;
+  // they are named "refresh<k>".
   std::size_t place_refreshes(const ckks::BootstrapConfig& config);
   // Map layout. Term t reads input ciphertext in[t] rotated by shift[t] and adds
   // values[t * period .. (t + 1) * period) (repeated over the slots) times it into output
@@ -273,7 +274,7 @@ class Program {
   // `input_level`, and at the end the level of the outputs (layers().size() + 1 entries).
   // LevelError when a layer runs out of levels or a refresh cannot run there.
   std::vector<std::size_t> level_schedule(std::size_t input_level) const;
-  // The level inputs are encrypted at: the top of the chain, or, in a program with refreshes,
+  // The level inputs are encrypted at: the top of the chain, or, once refreshes are placed,
   // the level a refresh leaves (the primes above it are the refresh's own: a program layer
   // there would meet primes far from the scale).
   std::size_t input_level() const;
@@ -310,6 +311,7 @@ class Program {
   TileShape3 tile_;
   std::size_t in_features_ = 0;
   std::size_t map_inputs_ = 0;  // map layout: input ciphertexts per sample
+  std::optional<std::size_t> input_level_;  // set by place_refreshes; none: the top
   std::vector<std::uint32_t> out_ct_;  // map layout: where the output features are
   std::vector<std::size_t> out_slot_;
   std::vector<Layer> layers_;

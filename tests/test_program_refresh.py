@@ -1,0 +1,141 @@
+"""Programs deeper than their chain: refreshes placed by the program, read by the cost model,
+modelled by the simulator and run by the server (docs/runtime.md, "Refreshes")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fheprune import _core, ckks
+from fheprune.errors import InputError
+from fheprune.runtime.cost import OpTimings, predict
+
+LEVELS_LEFT = 5
+FEATURES = 8
+
+
+@pytest.fixture(scope="module")
+def preset() -> ckks.BootstrapPreset:
+    # N = 1024: fast, and far from secure (tests only).
+    return ckks.bootstrappable(
+        LEVELS_LEFT, log_n=10, hamming_weight=64, insecure_for_testing=True
+    )
+
+
+def layers(pairs: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """x -> (W x + b)^2 with row sums of |W| <= 1/2 and |b| <= 1/2: values stay in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.uniform(-1, 1, (FEATURES, FEATURES)) * 0.5 / FEATURES, rng.uniform(-0.5, 0.5, FEATURES))
+        for _ in range(pairs)
+    ]
+
+
+def reference(weights: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    for w, b in weights:
+        x = (x @ w.T + b) ** 2
+    return x
+
+
+def deep(preset: ckks.BootstrapPreset, pairs: int = 8, seed: int = 0) -> tuple[object, list]:
+    weights = layers(pairs, seed)
+    program = _core.Program.diagonal(preset.parameters, FEATURES)
+    for k, (w, b) in enumerate(weights):
+        program.add_linear(f"fc{k}", w, b)
+        program.add_square(f"sq{k}")
+    return program, weights
+
+
+def test_refreshes_are_placed_where_the_levels_run_out_and_survive_save_and_load(
+    preset: ckks.BootstrapPreset,
+) -> None:
+    program, _ = deep(preset, pairs=8)  # 16 levels, 5 per refresh: 3 refreshes
+    assert program.depth == 16
+    placed = program.place_refreshes(preset.config)
+    assert placed == program.refreshes == 3
+    assert program.input_level == LEVELS_LEFT and program.levels == LEVELS_LEFT
+    assert program.needs_conjugation
+    schedule = program.level_schedule()
+    assert schedule[0] == LEVELS_LEFT and min(schedule) == 0
+    costs = program.cost()
+    refreshes = [c for c in costs if c["kind"] == "refresh"]
+    assert len(refreshes) == 3 and all(c["ops"]["refresh"] == 1 for c in refreshes)
+    assert [c["level"] for c in costs] == schedule[:-1]
+    loaded = _core.Program.load(program.save())
+    assert loaded.refreshes == 3 and loaded.level_schedule() == schedule
+    assert bytes(loaded.save()) == bytes(program.save())
+
+
+def test_a_chain_that_cannot_bootstrap_is_refused(preset: ckks.BootstrapPreset) -> None:
+    program = _core.Program.diagonal(ckks.preset("n8192-l2"), FEATURES)
+    program.add_square("sq")
+    with pytest.raises(_core.ParameterError):
+        program.place_refreshes(preset.config)
+
+
+def test_the_simulator_models_refreshes_exactly_or_with_a_measured_error(
+    preset: ckks.BootstrapPreset,
+) -> None:
+    program, weights = deep(preset)
+    program.place_refreshes(preset.config)
+    ctx = ckks.Context(preset.parameters, 1)
+    x = np.random.default_rng(1).uniform(-1, 1, (1, FEATURES))
+    packed = program.pack_inputs(x)
+    exact, stats = _core.SimulatedExecutor(program, ctx).run(packed)
+    np.testing.assert_allclose(program.unpack_outputs(exact, 1), reference(weights, x), atol=1e-12)
+    assert stats["ops"]["refresh"] == 3
+
+    def noisy(seed: int) -> np.ndarray:
+        sim = _core.SimulatedExecutor(program, ctx, refresh_error=1e-4, refresh_seed=seed)
+        return np.asarray(sim.run(packed)[0])
+
+    a, b = noisy(0), noisy(0)
+    np.testing.assert_array_equal(a, b)  # seeded
+    deviation = np.abs(a - exact)
+    assert 0 < deviation.max() < 1e-2  # the error is there, and of the modelled size
+    assert not np.array_equal(a, noisy(1))
+    with pytest.raises(_core.EncodingError, match="outside the range"):
+        _core.SimulatedExecutor(program, ctx, refresh_bound=1e-6).run(packed)
+
+
+def test_a_deep_program_runs_on_the_server_and_matches_the_simulator(
+    preset: ckks.BootstrapPreset,
+) -> None:
+    program, weights = deep(preset, pairs=6)
+    placed = program.place_refreshes(preset.config)
+    ctx = ckks.Context(preset.parameters, 1)
+    keygen = ckks.KeyGenerator(ctx, preset.hamming_weight)
+    with pytest.raises(_core.MissingKeyError, match="conjugation"):
+        _core.Server(program, ctx, keygen.create_evaluation_keys(program.rotation_steps()))
+    keys = keygen.create_evaluation_keys(program.rotation_steps(), True)
+    server = _core.Server(program, ctx, keys)
+    encoder, encryptor = ckks.Encoder(ctx), ckks.Encryptor(ctx, keygen.secret_key)
+    decryptor = ckks.Decryptor(ctx, keygen.secret_key)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, FEATURES))
+    packed = program.pack_inputs(x)
+    top = encryptor.encrypt(encoder.encode(np.ascontiguousarray(packed[0])))
+    with pytest.raises(_core.LevelError, match="input_level"):
+        server.run([top])
+    inputs = [
+        encryptor.encrypt(encoder.encode(np.ascontiguousarray(v), level=program.input_level))
+        for v in packed
+    ]
+    outputs, stats = server.run(inputs)
+    got = program.unpack_outputs(np.array([encoder.decode(decryptor.decrypt(outputs[0]))]), 1)
+    np.testing.assert_allclose(got, reference(weights, x), atol=1e-4)
+    _, sim_stats = _core.SimulatedExecutor(program, ctx).run(packed)
+    assert stats["ops"] == sim_stats["ops"] and stats["ops"]["refresh"] == placed
+
+
+def test_predicted_time_needs_a_measured_refresh(preset: ckks.BootstrapPreset) -> None:
+    program, _ = deep(preset)
+    program.place_refreshes(preset.config)
+    flat = {level: 1e-3 for level in range(len(preset.parameters.chain_bits))}
+    ops = ("mul_plain", "rotate", "add", "rescale", "add_plain", "square")
+    timings = OpTimings(1024, {op: dict(flat) for op in ops})
+    with pytest.raises(InputError, match="refresh time"):
+        predict(program, timings, 1)
+    timings.seconds["refresh"] = {0: 2.0}
+    with_refresh = predict(program, timings, 1)
+    refresh_rows = [r for r in with_refresh["layers"] if r["name"].startswith("refresh")]
+    assert [r["seconds"] for r in refresh_rows] == [2.0, 2.0, 2.0]
