@@ -17,16 +17,17 @@ FEATURES = 8
 @pytest.fixture(scope="module")
 def preset() -> ckks.BootstrapPreset:
     # N = 1024: fast, and far from secure (tests only).
-    return ckks.bootstrappable(
-        LEVELS_LEFT, log_n=10, hamming_weight=64, insecure_for_testing=True
-    )
+    return ckks.bootstrappable(LEVELS_LEFT, log_n=10, hamming_weight=64, insecure_for_testing=True)
 
 
 def layers(pairs: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """x -> (W x + b)^2 with row sums of |W| <= 1/2 and |b| <= 1/2: values stay in [-1, 1]."""
     rng = np.random.default_rng(seed)
     return [
-        (rng.uniform(-1, 1, (FEATURES, FEATURES)) * 0.5 / FEATURES, rng.uniform(-0.5, 0.5, FEATURES))
+        (
+            rng.uniform(-1, 1, (FEATURES, FEATURES)) * 0.5 / FEATURES,
+            rng.uniform(-0.5, 0.5, FEATURES),
+        )
         for _ in range(pairs)
     ]
 
@@ -139,3 +140,71 @@ def test_predicted_time_needs_a_measured_refresh(preset: ckks.BootstrapPreset) -
     with_refresh = predict(program, timings, 1)
     refresh_rows = [r for r in with_refresh["layers"] if r["name"].startswith("refresh")]
     assert [r["seconds"] for r in refresh_rows] == [2.0, 2.0, 2.0]
+
+
+def test_the_dry_run_names_the_bootstrappable_preset_with_the_fewest_refreshes() -> None:
+    from fheprune.runtime.params import (
+        choose_bootstrappable,
+        choose_parameters,
+        max_bootstrap_levels,
+    )
+
+    most = max_bootstrap_levels()
+    assert most == 13  # N = 2^16 at 128 bits (docs/bootstrapping.md)
+    # 30 one-level layers: 2 refreshes at 13 levels left, and 10 levels already need only 2.
+    choice = choose_bootstrappable([1] * 30)
+    assert (choice.preset.levels_left, choice.refreshes) == (10, 2)
+    assert choice.preset.parameters.poly_degree == 1 << 16
+    assert "2 refresh(es)" in choice.message
+    # The count is the program's: the same chain placed on the same preset.
+    program = _core.Program.diagonal(choice.preset.parameters, FEATURES)
+    for k, (w, b) in enumerate(layers(15, 0)):
+        program.add_linear(f"fc{k}", w, b)
+        program.add_square(f"sq{k}")
+    assert program.place_refreshes(choice.preset.config) == choice.refreshes
+    # Many live ciphertexts in the middle: a plan around them.
+    live = [1] * 10 + [50] * 10 + [1] * 10
+    wide = choose_bootstrappable([1] * 30, live)
+    assert wide.refreshed_ciphertexts == 2
+    with pytest.raises(_core.CompileError, match="split the layer"):
+        choose_bootstrappable([1, most + 1])
+    with pytest.raises(_core.CompileError, match="bootstrap"):
+        choose_parameters(60)
+
+
+def test_a_deep_model_compiles_with_refreshes_and_serves_through_the_roles(
+    preset: ckks.BootstrapPreset,
+) -> None:
+    import torch
+
+    from fheprune.models.zoo import MLPClassifier
+    from fheprune.runtime.compiler import compile_model
+    from fheprune.runtime.roles import Client, ClientSpec
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MLPClassifier(in_features=8, hidden=(8,) * 9, classes=4, activation="square")
+    with torch.no_grad():  # small weights keep every value well inside the refresh's range
+        for p in model.parameters():
+            p.mul_(0.5)
+    model = model.double().eval()
+    with pytest.raises(_core.LevelError):  # too deep for the preset's chain without refreshes
+        compile_model(model, parameters=preset.parameters, tile=(4, 4))
+    compiled = compile_model(model, tile=(4, 4), bootstrap=preset)
+    program = compiled.program
+    assert program.refreshes >= 1 and program.input_level == LEVELS_LEFT
+    assert compiled.choice.bootstrap == preset
+
+    spec = ClientSpec.from_json(ClientSpec.from_compiled(compiled).to_json())
+    assert (spec.input_level, spec.hamming_weight, spec.conjugation) == (
+        LEVELS_LEFT,
+        preset.hamming_weight,
+        True,
+    )
+    client = Client(spec)
+    server = _core.Server(bytes(program.save()), client.evaluation_keys_bytes())
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (3, 8))  # inside max_input
+    outputs, stats = server.run(client.encrypt(x))
+    assert stats["ops"]["refresh"] > 0
+    got = client.decrypt(outputs, 3)
+    np.testing.assert_allclose(got, compiled.plaintext_forward(x), atol=1e-3)

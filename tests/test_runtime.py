@@ -44,7 +44,17 @@ from fheprune.runtime.params import RING_DEGREES, SCALE_BITS  # noqa: E402
 
 IN, OUT = 20, 5
 HEADER, HASH = 52, 32  # envelope: header bytes before the payload, checksum bytes after it
-OPS = ("mul_plain", "add", "add_plain", "rotate", "rescale", "multiply", "relinearize", "constant")
+OPS = (
+    "mul_plain",
+    "add",
+    "add_plain",
+    "rotate",
+    "rescale",
+    "multiply",
+    "relinearize",
+    "constant",
+    "refresh",
+)
 
 
 # ---- Helpers -----------------------------------------------------------------------------

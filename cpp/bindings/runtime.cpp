@@ -416,6 +416,12 @@ void bind_runtime(nb::module_& m) {
       "The levels each layer of a chain of 'linear' / 'square' / 'rotate_sum' layers consumes "
       "in `layout`, before any parameters exist (their sum is Program.levels once built).");
 
+  m.def("plan_refreshes", &rt::plan_refreshes, "levels"_a, "live"_a, "top"_a, "to_level"_a,
+        "Where refreshes go in a chain of layers consuming `levels` with `live` live "
+        "ciphertexts each, inputs at level `top`, a refresh leaving `to_level`: the layer "
+        "indices a refresh goes in front of, fewest refreshed ciphertexts first (LevelError when "
+        "a layer needs more than a refresh leaves).");
+
   auto server = nb::class_<rt::Server>(
       m, "Server",
       "The server role (fheprune/runtime/server.hpp): a program and one client's evaluation keys, "

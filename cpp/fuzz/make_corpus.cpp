@@ -9,7 +9,8 @@
 //   ciphertext.bin ciphertext_size3.bin              -> fuzz_ciphertext
 //   public_key.bin relin_key.bin galois_keys.bin (steps 1 and 2)
 //   evaluation_keys.bin secret_key.bin               -> fuzz_keys
-//   program_tile.bin program_diagonal.bin program_map.bin -> fuzz_program
+//   program_tile.bin program_diagonal.bin program_map.bin
+//   program_refresh.bin                              -> fuzz_program
 // The programs carry their own small parameters (N = 1024, enough levels for their layers),
 // independent of the fixed context; their weights are fixed pseudo-random values with some
 // zero tiles / diagonals, so the loader's pruning paths run on the seeds.
@@ -88,6 +89,27 @@ rt::Program seed_diagonal_program() {
   p.add_square("act1");
   const std::vector<double> w2 = seed_layer(5, 12, 2, 0, 1.5).first;
   p.add_linear("fc2", 5, 12, w2, {});  // no bias: the file holds an empty bias vector
+  return p;
+}
+
+// Diagonal layout deeper than its chain: three linear + square pairs on a bootstrappable chain
+// with two levels left after a refresh, so the program holds two refreshes.
+rt::Program seed_refresh_program() {
+  ckks::Parameters params;
+  params.poly_degree = 1024;
+  params.chain_bits = {55, 40, 40, 40, 40, 40};
+  for (int i = 0; i < 9; ++i) params.chain_bits.push_back(55);
+  for (int i = 0; i < 3; ++i) params.chain_bits.push_back(60);
+  params.special_bits = {60};
+  params.scale_bits = 40;
+  params.security = ckks::SecurityLevel::kNoneInsecureTestingOnly;
+  rt::Program p = rt::Program::diagonal(params, 8);
+  for (int k = 0; k < 3; ++k) {
+    const auto [w, b] = seed_layer(8, 8, 2, 3, 0.3 * k);
+    p.add_linear("fc" + std::to_string(k + 1), 8, 8, w, b);
+    p.add_square("act" + std::to_string(k + 1));
+  }
+  p.place_refreshes({.chebyshev_degree = 31});
   return p;
 }
 
@@ -192,6 +214,8 @@ int run(const fs::path& dir) {
   emit("program_diagonal.bin", seed_diagonal_program().save(),
        [](const ckks::Bytes& b) { return rt::Program::load(b); });
   emit("program_map.bin", seed_map_program().save(),
+       [](const ckks::Bytes& b) { return rt::Program::load(b); });
+  emit("program_refresh.bin", seed_refresh_program().save(),
        [](const ckks::Bytes& b) { return rt::Program::load(b); });
   return 0;
 }

@@ -30,9 +30,10 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fheprune import _core
+from fheprune.ckks.presets import BootstrapPreset
 from fheprune.models.activations import PolyActivation
 
-from .params import ParameterChoice, choose_parameters
+from .params import ParameterChoice, choose_bootstrappable, choose_parameters
 
 __all__ = [
     "SUPPORTED_LAYERS",
@@ -240,10 +241,10 @@ def _build_program(
     return program
 
 
-def _levels(steps: Sequence[Step], layout: LayoutName) -> int:
-    """Depth of the chain before parameters exist: the C++ program's own count."""
+def _layer_levels(steps: Sequence[Step], layout: LayoutName) -> list[int]:
+    """Levels of each layer before parameters exist: the C++ program's own count."""
     kinds = ["linear" if isinstance(step, LinearStep) else "square" for step in steps]
-    return int(sum(_core.layer_levels(layout, kinds)))
+    return [int(v) for v in _core.layer_levels(layout, kinds)]
 
 
 def _parameter_choice(
@@ -252,12 +253,32 @@ def _parameter_choice(
     parameters: Any | None,
     scale_bits: int | None,
     poly_degree: int | None,
+    layer_levels: Sequence[int] = (),
+    bootstrap: bool | BootstrapPreset = False,
 ) -> ParameterChoice:
-    """The dry run: choose parameters for ``levels`` and ``min_slots``, or check given ones."""
-    if parameters is None:
-        choice = choose_parameters(
-            levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
+    """The dry run: choose parameters for ``levels`` and ``min_slots``, or check given ones.
+    With ``bootstrap``, a chain too short for the model is no error: the choice carries the
+    bootstrappable preset (given, or the dry run's) its refreshes are placed with."""
+    if isinstance(bootstrap, BootstrapPreset):
+        if parameters is not None:
+            raise CompileError("pass either parameters or a bootstrap preset, not both")
+        choice = ParameterChoice(
+            bootstrap.parameters,
+            levels,
+            f"needs {levels} levels; bootstrapping with {bootstrap.levels_left} levels left per "
+            f"refresh (N={bootstrap.parameters.poly_degree}, log2 QP = {bootstrap.log_qp})",
+            bootstrap,
         )
+    elif parameters is None:
+        try:
+            choice = choose_parameters(
+                levels, min_slots, scale_bits=scale_bits, poly_degree=poly_degree
+            )
+        except CompileError:
+            if not bootstrap:
+                raise
+            b = choose_bootstrappable(layer_levels)
+            choice = ParameterChoice(b.preset.parameters, levels, b.message, b.preset)
     else:
         have = len(parameters.chain_bits) - 1
         if have < levels:
@@ -283,6 +304,7 @@ def compile_model(
     poly_degree: int | None = None,
     client_shifts: bool = False,
     compact: bool = True,
+    bootstrap: bool | BootstrapPreset = False,
 ) -> CompiledModel:
     """Compile ``model`` for ``layout``.
 
@@ -295,10 +317,16 @@ def compile_model(
     server time; see :func:`fheprune.runtime.conv_lowering.lower_conv_model`). ``compact``
     (map layout): compact maps after the first pool (sub-maps, see
     :mod:`fheprune.layouts.channels`); ``False`` keeps every map dilated in place.
+    ``bootstrap`` (tile and diagonal layouts): ``True`` lets a model deeper than any chain
+    run with refreshes on the dry run's bootstrappable preset
+    (:func:`~fheprune.runtime.params.choose_bootstrappable`); a ``BootstrapPreset`` places them
+    on that preset (``parameters`` must then be None). See docs/runtime.md, "Refreshes".
     """
     if layout not in ("tile", "diagonal", "map"):
         raise CompileError(f"unknown layout {layout!r}; choose 'tile', 'diagonal' or 'map'")
     if layout == "map":
+        if bootstrap is not False:
+            raise CompileError("bootstrap is supported in the tile and diagonal layouts")
         if input_perm is not None or output_perm is not None:
             raise CompileError("the map layout takes no input / output permutations")
         return _compile_map(model, parameters, scale_bits, poly_degree, client_shifts, compact)
@@ -316,7 +344,8 @@ def compile_model(
     steps = fold_activations(lower_model(model))
     first = next(s for s in steps if isinstance(s, LinearStep))
     in_features = int(first.weight.shape[1])
-    levels = _levels(steps, layout)
+    layer_levels = _layer_levels(steps, layout)
+    levels = sum(layer_levels)
     if layout == "tile":
         assert tile is not None
         min_slots = tile[0] * tile[1]
@@ -325,10 +354,15 @@ def compile_model(
             int(s.weight.shape[0]) for s in steps if isinstance(s, LinearStep)
         ]
         min_slots = max(1 << (w - 1).bit_length() for w in widths)
-    choice = _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
+    choice = _parameter_choice(
+        levels, min_slots, parameters, scale_bits, poly_degree, layer_levels, bootstrap
+    )
     program = _build_program(steps, choice.parameters, layout, tile, in_features)
-    if program.levels != levels:  # the C++ schedule is the truth; keep the two in step
-        raise AssertionError(f"level schedule mismatch: {program.levels} != {levels}")
+    if program.depth != levels:  # the C++ schedule is the truth; keep the two in step
+        raise AssertionError(f"level schedule mismatch: {program.depth} != {levels}")
+    if choice.bootstrap is not None:
+        placed = program.place_refreshes(choice.bootstrap.config)
+        log.info("placed %d refresh(es); inputs at level %d", placed, program.input_level)
 
     def perm(p: Sequence[int] | IntArray | None, n: int, what: str) -> IntArray | None:
         if p is None:

@@ -8,12 +8,21 @@ secret) holds that modulus wins; a smaller scale is tried before a larger ring.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fheprune import _core
+from fheprune.ckks.presets import BootstrapPreset, bootstrappable
 from fheprune.errors import InputError
 
-__all__ = ["ParameterChoice", "choose_parameters", "max_levels"]
+__all__ = [
+    "BootstrapChoice",
+    "ParameterChoice",
+    "choose_bootstrappable",
+    "choose_parameters",
+    "max_levels",
+]
 
 RING_DEGREES = (4096, 8192, 16384, 32768)
 SCALE_BITS = (40, 36, 33, 30)  # tried in order: more precision first, on the same ring
@@ -24,6 +33,8 @@ class ParameterChoice:
     parameters: _core.Parameters
     levels: int
     message: str  # the dry-run report: what the model needs and what was chosen
+    # Set when the program bootstraps: the preset its refreshes are placed with.
+    bootstrap: BootstrapPreset | None = None
 
 
 def _chain(levels: int, scale_bits: int) -> tuple[list[int], list[int]]:
@@ -75,7 +86,79 @@ def choose_parameters(
                 return ParameterChoice(params, levels, message)
         best = max(0, max(max_levels(n, sb) for sb in scales))
         notes.append(f"N={n} gives {best} at 128-bit security")
+    hint = ""
+    if poly_degree is None:
+        left = max_bootstrap_levels()
+        hint = (
+            f", or bootstrap: N=2^{BOOTSTRAP_LOG_N} with {left} levels left per refresh runs "
+            f"{levels} levels of one-level layers with {math.ceil(levels / left) - 1} "
+            "refresh(es) (choose_bootstrappable, Program.place_refreshes)"
+        )
     raise _core.CompileError(
         f"the program needs {levels} levels; {'; '.join(notes)}. Reduce the depth (fewer "
-        "polynomial activations or layers) or allow a larger ring degree"
+        f"polynomial activations or layers), allow a larger ring degree{hint}"
     )
+
+
+BOOTSTRAP_LOG_N = 16  # the only ring whose 128-bit bound holds a refresh and levels after it
+
+
+@dataclass(frozen=True)
+class BootstrapChoice:
+    preset: BootstrapPreset
+    refreshes: int  # refresh points Program.place_refreshes will place
+    refreshed_ciphertexts: int  # what they refresh in all, per group of samples
+    message: str  # the dry-run report
+
+
+def max_bootstrap_levels(log_n: int = BOOTSTRAP_LOG_N, hamming_weight: int = 192) -> int:
+    """The most levels a secure bootstrappable chain leaves after a refresh (0: none)."""
+    left = 0
+    while True:
+        try:
+            bootstrappable(left + 1, log_n=log_n, hamming_weight=hamming_weight)
+        except _core.ParameterError:
+            return left
+        left += 1
+
+
+def choose_bootstrappable(
+    layer_levels: Sequence[int],
+    live: Sequence[int] | None = None,
+    *,
+    hamming_weight: int = 192,
+) -> BootstrapChoice:
+    """The dry run for a program deeper than any chain: the secure bootstrappable preset
+    (``ckks.bootstrappable``) under which its layers run with the fewest refreshes, and among
+    those the fewest levels left per refresh (cheaper operations, smaller keys).
+
+    ``layer_levels``: the levels each layer consumes (``_core.layer_levels``); ``live``: the
+    ciphertexts live in front of each (default one). The count is ``plan_refreshes``', the
+    one ``Program.place_refreshes`` uses. ``CompileError`` when a layer needs more levels than
+    any refresh leaves.
+    """
+    levels = [int(v) for v in layer_levels]
+    counts = [1] * len(levels) if live is None else [int(v) for v in live]
+    most = max_bootstrap_levels(BOOTSTRAP_LOG_N, hamming_weight)
+    best: tuple[tuple[int, int], int, int] | None = None  # (cost, levels left, refreshes)
+    for left in range(1, most + 1):
+        try:
+            at = _core.plan_refreshes(levels, counts, left, left)
+        except _core.LevelError:
+            continue
+        cost = (sum(counts[i] for i in at), len(at))
+        if best is None or cost < best[0]:
+            best = (cost, left, len(at))
+    if best is None:
+        raise _core.CompileError(
+            f"a layer needs {max(levels, default=0)} levels but a refresh at N=2^"
+            f"{BOOTSTRAP_LOG_N} leaves at most {most} at 128-bit security; split the layer"
+        )
+    (refreshed, _), left, refreshes = best
+    preset = bootstrappable(left, log_n=BOOTSTRAP_LOG_N, hamming_weight=hamming_weight)
+    message = (
+        f"needs {sum(levels)} levels; bootstrapping at N=2^{BOOTSTRAP_LOG_N} with {left} levels "
+        f"left per refresh (log2 QP = {preset.log_qp}, secret weight {hamming_weight}) runs it "
+        f"with {refreshes} refresh(es) of {refreshed} ciphertext(s) per group"
+    )
+    return BootstrapChoice(preset, refreshes, refreshed, message)

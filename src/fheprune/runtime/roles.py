@@ -75,6 +75,12 @@ class ClientSpec:
     # BLAKE2b-256 of the program file (hex): a remote client checks that the server runs
     # exactly this program before it sends anything (fheprune.client). None: not known.
     program_fingerprint: str | None = None
+    # Programs with refreshes (bootstrapping, docs/runtime.md "Refreshes"): the level inputs
+    # are encrypted at (None: the top), the secret's Hamming weight the refresh was made for
+    # (None: a uniform ternary secret) and whether the bundle needs the conjugation key.
+    input_level: int | None = None
+    hamming_weight: int | None = None
+    conjugation: bool = False
 
     @classmethod
     def from_compiled(cls, compiled: CompiledModel) -> ClientSpec:
@@ -109,6 +115,13 @@ class ClientSpec:
             else tuple(int(v) for v in compiled.output_perm),
             max_input=_proven_input_bound(p),
             program_fingerprint=bytes(p.fingerprint).hex(),
+            input_level=None
+            if int(p.input_level) == len(p.parameters.chain_bits) - 1
+            else int(p.input_level),
+            hamming_weight=None
+            if compiled.choice.bootstrap is None
+            else int(compiled.choice.bootstrap.hamming_weight),
+            conjugation=bool(p.needs_conjugation),
         )
 
     def shape_program(self) -> Any:
@@ -183,6 +196,9 @@ class ClientSpec:
                 "output_perm": None if self.output_perm is None else list(self.output_perm),
                 "max_input": self.max_input,
                 "program_fingerprint": self.program_fingerprint,
+                "input_level": self.input_level,
+                "hamming_weight": self.hamming_weight,
+                "conjugation": self.conjugation,
             }
         )
 
@@ -229,6 +245,13 @@ class ClientSpec:
                 output_map=_output_map_field(d.get("output_map")),
                 max_input=_max_input_field(d.get("max_input")),
                 program_fingerprint=_fingerprint_field(d.get("program_fingerprint")),
+                input_level=_optional_count(
+                    d.get("input_level"), "input_level", len(params.chain_bits) - 1
+                ),
+                hamming_weight=_optional_count(
+                    d.get("hamming_weight"), "hamming_weight", int(params.poly_degree)
+                ),
+                conjugation=_bool_field(d.get("conjugation", False), "conjugation"),
             )
             program = spec.shape_program()  # validates the shape against the parameters
             _check_permutation(spec.input_perm, int(program.in_features), "input_perm")
@@ -324,6 +347,20 @@ def _is_hex(text: str) -> bool:
     return True
 
 
+def _optional_count(value: Any, what: str, most: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise SpecError(f"{what} must be null or a whole number in [0, {most}], got {value!r}")
+    return value
+
+
+def _bool_field(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
 def _max_input_field(value: Any) -> float | None:
     if value is None:
         return None
@@ -367,7 +404,10 @@ class Client:
     ) -> None:
         self.spec = spec
         self.context = _core.Context(spec.parameters, threads)
-        if secret_key is None:
+        if secret_key is None and spec.hamming_weight is not None:
+            # A refresh's overflow bound holds for a secret of this weight only.
+            self._keygen = _core.KeyGenerator(self.context, spec.hamming_weight)
+        elif secret_key is None:
             self._keygen = _core.KeyGenerator(self.context)
         else:
             loaded = _core.load_secret_key(self.context, _bytes_arg(secret_key, "secret_key"))
@@ -379,8 +419,11 @@ class Client:
         self.last_flooding: list[dict[str, float]] = []
 
     def evaluation_keys(self) -> Any:
-        """The server bundle: public, relinearization and exactly the program's Galois keys."""
-        return self._keygen.create_evaluation_keys(list(self.spec.rotation_steps))
+        """The server bundle: public, relinearization and exactly the program's Galois keys
+        (with the conjugation key when the program refreshes)."""
+        return self._keygen.create_evaluation_keys(
+            list(self.spec.rotation_steps), self.spec.conjugation
+        )
 
     def evaluation_keys_bytes(self) -> bytes:
         data: bytes = _core.save(self.context, self.evaluation_keys())
@@ -414,7 +457,10 @@ class Client:
             x = np.ascontiguousarray(x[:, list(self.spec.input_perm)])
         slots = self._program.pack_inputs(x)
         return [
-            self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots
+            self._encryptor.encrypt(
+                self._encoder.encode(np.ascontiguousarray(v), level=self.spec.input_level)
+            )
+            for v in slots
         ]
 
     @staticmethod
@@ -464,7 +510,10 @@ class Client:
         rows = packing.pack(images).reshape(images.shape[0], -1)
         slots = self._program.pack_inputs(np.ascontiguousarray(rows))
         return [
-            self._encryptor.encrypt(self._encoder.encode(np.ascontiguousarray(v))) for v in slots
+            self._encryptor.encrypt(
+                self._encoder.encode(np.ascontiguousarray(v), level=self.spec.input_level)
+            )
+            for v in slots
         ]
 
     def decrypt(self, outputs: Sequence[Any | None], count: int) -> FloatArray:
