@@ -208,3 +208,18 @@ def test_a_deep_model_compiles_with_refreshes_and_serves_through_the_roles(
     assert stats["ops"]["refresh"] > 0
     got = client.decrypt(outputs, 3)
     np.testing.assert_allclose(got, compiled.plaintext_forward(x), atol=1e-3)
+
+
+def test_the_deep_program_benchmark_reports_what_it_ran() -> None:
+    from benchmark_scripts import load_benchmark
+
+    bench = load_benchmark("deep_program")
+    row = bench.run(log_n=10, levels_left=3, pairs=3, threads=1, repeats=1, seed=0)
+    assert (row["depth"], row["refreshes"], row["input_level"]) == (6, 1, 3)
+    assert row["secure_128"] is False and row["sim_ops_equal"] is True
+    assert row["ops"]["refresh"] == 1 and row["level_schedule"][0] == 3
+    assert 0 < row["max_error"] < 1e-3 and row["precision_bits"] > 10
+    assert len(row["refresh_seconds_all"]) == 1 and row["first_run_seconds"] > 0
+    assert len(row["sim_modelled_max_error"]) == 5 and row["refresh_error_std"] > 0
+    args = bench.parse_args(["--quick"])
+    assert args.quick and args.pairs == 15 and args.threads == [1]
