@@ -1,5 +1,6 @@
 #include "fheprune/ckks/bootstrapper.hpp"
 
+#include <array>
 #include <cmath>
 #include <mutex>
 #include <numbers>
@@ -288,25 +289,38 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
     }
     plaintexts = &it->second;
   }
-  Ciphertext acc;
-  bool have = false;
+  // Giant steps are independent (a fused sum of products and one key switch each): with
+  // enough of them, each thread takes whole giant steps, which scales better than splitting
+  // every operation. They are added in a fixed order, so the bits do not depend on threads.
+  struct Giant {
+    std::size_t shift = 0;
+    std::vector<const Ciphertext*> cts;
+    std::vector<const Plaintext*> pts;
+  };
+  std::vector<Giant> giants;
   std::size_t next = 0;
   for (const auto& [g, ks] : by_giant) {
-    const std::size_t shift = (g * n1) % n;
-    std::vector<const Ciphertext*> cts;
-    std::vector<const Plaintext*> pp;
+    Giant& gi = giants.emplace_back();
+    gi.shift = (g * n1) % n;
     for (std::size_t k : ks) {
-      cts.push_back(&babies.at(k % n1));
-      pp.push_back(&(*plaintexts)[next++]);
+      gi.cts.push_back(&babies.at(k % n1));
+      gi.pts.push_back(&(*plaintexts)[next++]);
     }
-    Ciphertext inner = evaluator_.multiply_plain_sum(cts, pp);
-    if (shift) inner = evaluator_.rotate(inner, static_cast<long>(shift), gk);
-    if (have) {
-      evaluator_.add_inplace(acc, inner);
-    } else {
-      acc = std::move(inner);
-      have = true;
-    }
+  }
+  const auto giant_step = [&](std::size_t i) {
+    Ciphertext inner = evaluator_.multiply_plain_sum(giants[i].cts, giants[i].pts);
+    if (giants[i].shift) inner = evaluator_.rotate(inner, static_cast<long>(giants[i].shift), gk);
+    return inner;
+  };
+  Ciphertext acc;
+  if (ctx_->threads() > 1 && giants.size() >= ctx_->threads()) {
+    std::vector<Ciphertext> inner(giants.size());
+    ctx_->parallel_for(giants.size(), [&](std::size_t i) { inner[i] = giant_step(i); });
+    acc = std::move(inner.front());
+    for (std::size_t i = 1; i < inner.size(); ++i) evaluator_.add_inplace(acc, inner[i]);
+  } else {  // one accumulator: no more ciphertexts alive than needed
+    acc = giant_step(0);
+    for (std::size_t i = 1; i < giants.size(); ++i) evaluator_.add_inplace(acc, giant_step(i));
   }
   Ciphertext out = evaluator_.rescale(acc);
   out.set_scale(out_scale);  // equal up to rounding of the double product
@@ -448,9 +462,18 @@ Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& key
   const auto [lo, hi] = coeff_to_slot(raised, keys.galois_keys);
   // EvalMod ends at the scale it works at (near its primes): its output's last bits are the
   // message's, so the scale only comes down to the input's in SlotToCoeff.
-  const Ciphertext lo_mod = eval_mod(lo, keys.relin_key);
-  const Ciphertext hi_mod = eval_mod(hi, keys.relin_key);
-  Ciphertext out = slot_to_coeff(lo_mod, hi_mod, ct.scale(), keys.galois_keys);
+  // The two halves are independent chains of products: on two or three threads each takes
+  // one whole half (its operations then run on that thread), which scales better than
+  // splitting every product; more threads are better used inside each product.
+  std::array<Ciphertext, 2> mod;
+  const auto half = [&](std::size_t i) { mod[i] = eval_mod(i == 0 ? lo : hi, keys.relin_key); };
+  if (ctx_->threads() == 2 || ctx_->threads() == 3) {
+    ctx_->parallel_for(2, half);
+  } else {
+    half(0);
+    half(1);
+  }
+  Ciphertext out = slot_to_coeff(mod[0], mod[1], ct.scale(), keys.galois_keys);
   if (out.level() != output_level()) {  // levels_consumed() is the promise callers plan with
     throw FheError("bootstrapping ended at level " + std::to_string(out.level()) +
                    " instead of " + std::to_string(output_level()) + "; please report this "
