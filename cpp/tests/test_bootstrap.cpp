@@ -252,11 +252,99 @@ TEST(Bootstrap, RepeatedRefreshesDoNotDrift) {
   EXPECT_LT(max_error(f.decrypt(ct), z), 8 * first + 1e-9);
 }
 
+// Sparse slots: a bootstrapper for messages of period n, with its own keys (its rotations are
+// the trace's n, 2n, ... and the small DFTs').
+struct Sparse {
+  Bootstrapper boot;
+  EvaluationKeys keys;
+  Sparse(Fixture& f, std::size_t n, std::size_t dft_levels)
+      : boot(f.ctx, {.chebyshev_degree = 31, .cts_levels = dft_levels, .stc_levels = dft_levels,
+                     .slots = n}),
+        keys(f.keygen.create_evaluation_keys(boot.rotation_steps(), true)) {}
+};
+
+std::vector<cd> periodic(std::size_t slots, std::size_t period, std::uint64_t seed) {
+  const auto one = random_complex(period, seed);
+  std::vector<cd> out(slots);
+  for (std::size_t j = 0; j < slots; ++j) out[j] = one[j % period];
+  return out;
+}
+
+TEST(Bootstrap, SparseCoeffToSlotIsTheSubringsInverseEncoding) {
+  Fixture& f = shared();
+  const std::size_t full = f.ctx->slots(), n = 8;
+  Sparse s(f, n, 3);
+  const double scale = f.ctx->default_scale();
+  const double q0 = static_cast<double>(f.ctx->primes()[0]);
+  const double k1 = s.boot.config().k_bound + 1.0;
+  const auto z = periodic(full, n, 12);
+  const auto [lo, hi] = s.boot.coeff_to_slot(s.boot.mod_raise(f.encrypt(z, 0, scale)),
+                                             s.keys.galois_keys);
+  const auto got_lo = f.decrypt(lo), got_hi = f.decrypt(hi);
+  // The subring of degree 2n has n slots at the 4n-th roots zeta^(5^j): its coefficients are
+  // w = V^-1 z over one period, exactly as for a ring of degree 2n.
+  const std::size_t four_n = 4 * n;
+  std::size_t g = 1;
+  std::vector<cd> w(n, cd{0, 0});
+  for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double angle = 2.0 * std::numbers::pi * static_cast<double>((g * i) % four_n) /
+                           static_cast<double>(four_n);
+      w[i] += std::conj(std::polar(1.0, angle)) * z[j] / static_cast<double>(n);
+    }
+    g = (g * 5) % four_n;
+  }
+  double worst = 0;
+  const std::size_t bits = static_cast<std::size_t>(std::countr_zero(n));
+  for (std::size_t r = 0; r < full; ++r) {  // every copy of the period
+    const std::size_t i = bit_reverse(r % n, bits);
+    for (const auto& [value, want] : {std::pair{got_lo[r], w[i].real()}, {got_hi[r], w[i].imag()}}) {
+      const double y = value.real() * k1;
+      const double overflow = std::round(y);
+      EXPECT_LE(std::abs(overflow), s.boot.config().k_bound);
+      worst = std::max(worst, std::abs((y - overflow) - want * scale / q0));
+      EXPECT_LT(std::abs(value.imag()), 1e-6);
+    }
+  }
+  EXPECT_LT(worst * q0 / scale, 1e-4);
+  // The trace's rotations and the small DFTs' only: every step below n or a multiple of it.
+  for (long step : s.boot.rotation_steps()) {
+    EXPECT_TRUE(step < static_cast<long>(n) || step % static_cast<long>(n) == 0) << step;
+  }
+}
+
+TEST(Bootstrap, SparseRefreshKeepsAPeriodicMessageAndAveragesOtherwise) {
+  Fixture& f = shared();
+  const std::size_t full = f.ctx->slots();
+  for (const std::size_t n : {std::size_t{8}, std::size_t{64}, full / 2}) {
+    Sparse s(f, n, 3);  // the chain's DFT levels (bootstrap_params)
+    EXPECT_EQ(s.boot.slots(), n);
+    const auto z = periodic(full, n, 13 + n);
+    const Ciphertext fresh = s.boot.refresh(f.encrypt(z, 0, f.ctx->default_scale()), s.keys);
+    EXPECT_EQ(fresh.level(), s.boot.output_level());
+    const double err = max_error(f.decrypt(fresh), z);
+    EXPECT_LT(err, std::ldexp(1.0, -15)) << "n = " << n << ": " << -std::log2(err) << " bits";
+  }
+  // A message without the period comes back as its mean over the period's copies.
+  Sparse s(f, 8, 3);
+  const auto z = random_complex(full, 14);
+  std::vector<cd> mean(full, cd{0, 0});
+  for (std::size_t j = 0; j < full; ++j) mean[j % 8] += z[j] / static_cast<double>(full / 8);
+  for (std::size_t j = 8; j < full; ++j) mean[j] = mean[j % 8];
+  const Ciphertext fresh = s.boot.refresh(f.encrypt(z, 0, f.ctx->default_scale()), s.keys);
+  EXPECT_LT(max_error(f.decrypt(fresh), mean), std::ldexp(1.0, -15));
+}
+
 TEST(Bootstrap, RejectsChainsTooShortAndBadConfigs) {
   EXPECT_THROW(Bootstrapper(make_context(small_params({55, 40, 40, 40}, {60}, 1024))),
                ParameterError);
   EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.cts_levels = 10}), ParameterError);
   EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.stc_levels = 0}), ParameterError);
+  for (const std::size_t slots : {std::size_t{1}, std::size_t{12}, std::size_t{1024}}) {
+    EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.slots = slots}), ParameterError);
+  }
+  // Four slots have two butterfly stages: three DFT levels do not fit.
+  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.slots = 4}), ParameterError);
   EXPECT_THROW(KeyGenerator(make_context(small_params()), 0), ParameterError);
 }
 

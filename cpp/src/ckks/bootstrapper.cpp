@@ -158,8 +158,14 @@ Diagonals compose(const std::vector<Diagonals>& stages, std::size_t slots) {
 
 Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
     : ctx_(std::move(ctx)), config_(config), encoder_(ctx_), evaluator_(ctx_) {
-  const std::size_t slots = ctx_->slots();
-  const std::size_t stages = ceil_log2(slots);
+  const std::size_t full = ctx_->slots();
+  slots_ = config_.slots == 0 ? full : config_.slots;
+  if (slots_ < 2 || slots_ > full || (slots_ & (slots_ - 1)) != 0) {
+    throw ParameterError("bootstrap config: slots must be 0 (all " + std::to_string(full) +
+                         ") or a power of two from 2 to " + std::to_string(full) + ", got " +
+                         std::to_string(config_.slots));
+  }
+  const std::size_t stages = ceil_log2(slots_);
   if (!(config_.k_bound >= 1.0) || config_.chebyshev_degree < 2 || config_.double_angles > 8 ||
       config_.cts_levels < 1 || config_.cts_levels > stages || config_.stc_levels < 1 ||
       config_.stc_levels > stages) {
@@ -173,8 +179,22 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
                          std::to_string(ctx_->max_level()) + " (add primes or lower "
                          "chebyshev_degree / double_angles)");
   }
-  cts_groups_ = merge(decoding_stages(ctx_->poly_degree()), config_.cts_levels, slots);
-  stc_groups_ = merge(encoding_stages(ctx_->poly_degree()), config_.stc_levels, slots);
+  // The DFTs of the ring of degree 2 * slots_ (the whole ring when slots_ = N/2), their
+  // diagonals repeated over all N/2 slots: on a vector of period slots_, a rotation by k acts
+  // like the small ring's rotation by k.
+  const auto repeat = [&](std::vector<Diagonals> groups) {
+    if (slots_ == full) return groups;
+    for (Diagonals& g : groups) {
+      for (auto& [k, d] : g) {
+        std::vector<cd> wide(full);
+        for (std::size_t j = 0; j < full; ++j) wide[j] = d[j % slots_];
+        d = std::move(wide);
+      }
+    }
+    return groups;
+  };
+  cts_groups_ = repeat(merge(decoding_stages(2 * slots_), config_.cts_levels, slots_));
+  stc_groups_ = repeat(merge(encoding_stages(2 * slots_), config_.stc_levels, slots_));
 
   // cos(2 pi ((K + 1) u - 1/4) / 2^r) on [-1, 1]; r double angles turn it into sin(2 pi y).
   const double k1 = config_.k_bound + 1.0;
@@ -195,6 +215,7 @@ std::size_t Bootstrapper::output_level() const { return ctx_->max_level() - leve
 std::vector<long> Bootstrapper::rotation_steps() const {
   const std::size_t slots = ctx_->slots();
   std::set<long> steps;
+  for (std::size_t step = slots_; step < slots; step *= 2) steps.insert(static_cast<long>(step));
   for (const auto* groups : {&cts_groups_, &stc_groups_}) {
     for (const Diagonals& d : *groups) {
       const std::size_t n1 = best_baby(d, slots);
@@ -345,10 +366,18 @@ std::pair<Ciphertext, Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& 
   // The output level's prime as the scale: the Chebyshev products then keep it (S^2 / q ~ S).
   const double scale = static_cast<double>(
       ctx_->tables().modulus(raised.level() - config_.cts_levels).value());
-  // u = (t_j + i t_{j+N/2}) / (2 q0 (K + 1)) at bit-reversed j; u + conj(u) and
+  // Sparse slots: the trace to the subring, sum of the rotations by slots_, 2 slots_, ...:
+  // it multiplies the subring's coefficients by N / (2 slots_) and zeroes the others (ModRaise's
+  // overflow there, and the noise); the factor below divides it out.
+  Ciphertext x = raised;
+  for (std::size_t step = slots_; step < ctx_->slots(); step *= 2) {
+    x = evaluator_.add(x, evaluator_.rotate(x, static_cast<long>(step), gk));
+  }
+  const double trace = static_cast<double>(ctx_->slots() / slots_);
+  // u = (t_j + i t_{j+n}) / (2 q0 (K + 1)) at bit-reversed j (n = slots_); u + conj(u) and
   // i (conj(u) - u) split it.
-  const Ciphertext u = apply_groups(raised, cts_groups_,
-                                    cd{raised.scale() / (2.0 * q0 * k1), 0.0}, scale, gk);
+  const Ciphertext u = apply_groups(
+      x, cts_groups_, cd{raised.scale() / (2.0 * q0 * k1 * trace), 0.0}, scale, gk);
   const Ciphertext conj = evaluator_.conjugate(u, gk);
   return {evaluator_.add(u, conj), times_i(evaluator_.sub(conj, u))};
 }

@@ -15,7 +15,8 @@
 //   SlotToCoeff  the encoding map again, which puts the coefficients back.
 //
 // The encoding map is a special FFT: log2(N/2) butterfly stages of three diagonals each, after
-// a bit reversal (DftStages). Each homomorphic DFT merges its stages into a few groups (one
+// a bit reversal (DftStages); with sparse slots (BootstrapConfig::slots = n), the map of the
+// subring of degree 2n, log2(n) stages. Each homomorphic DFT merges its stages into a few groups (one
 // level each; `cts_levels` / `stc_levels`), and evaluates every group baby-step giant-step
 // with hoisted baby rotations. CoeffToSlot leaves the coefficients bit-reversed, which EvalMod
 // (slot-wise) does not mind and SlotToCoeff expects. Full slots (N/2); the diagonals'
@@ -58,6 +59,13 @@ struct BootstrapConfig {
   // diagonals and rotations per level. 1 is the dense matrix.
   std::size_t cts_levels = 3;
   std::size_t stc_levels = 3;
+  // Sparse slots: 0 refreshes all N/2 slots; a power of two n < N/2 refreshes messages that
+  // repeat with period n (the diagonal layout's vectors), whose polynomial lives in the
+  // subring of X^(N/2n). The refresh first sums the raised ciphertext's rotations by n, 2n, ...
+  // (the trace to that subring: it drops ModRaise's overflow outside it), and its DFTs are
+  // those of a ring of degree 2n: log2(n) butterfly stages instead of log2(N/2). A message
+  // that does not repeat with period n comes back as its average over the period's copies.
+  std::size_t slots = 0;
 };
 
 class Bootstrapper {
@@ -66,6 +74,8 @@ class Bootstrapper {
   Bootstrapper(ContextPtr ctx, BootstrapConfig config = {});
 
   const BootstrapConfig& config() const { return config_; }
+  // The period of the messages it refreshes: N/2, or the sparse slot count.
+  std::size_t slots() const { return slots_; }
   const ContextPtr& context() const { return ctx_; }
   // Left rotation steps the evaluation keys must hold (conjugation is needed as well).
   std::vector<long> rotation_steps() const;
@@ -76,7 +86,9 @@ class Bootstrapper {
   // The stages, public for tests and for callers that fuse them.
   Ciphertext mod_raise(const Ciphertext& ct) const;
   // Real ciphertexts of coefficients [0, N/2) and [N/2, N) of t + q0 * I, each divided by
-  // q0 * (K + 1) (so in [-1, 1]), one level down, at a scale near that level's prime.
+  // q0 * (K + 1) (so in [-1, 1]), one level down, at a scale near that level's prime. With
+  // sparse slots n: coefficients [0, n) and [n, 2n) of the subring's polynomial (in Y =
+  // X^(N/2n)), after the trace to it, repeated with period n.
   std::pair<Ciphertext, Ciphertext> coeff_to_slot(const Ciphertext& raised,
                                                   const GaloisKeys& gk) const;
   // sin(2 pi (K + 1) x) for x in [-1, 1], at a scale near x's; ceil(log2 d) + 1 + double
@@ -115,6 +127,7 @@ class Bootstrapper {
 
   ContextPtr ctx_;
   BootstrapConfig config_;
+  std::size_t slots_ = 0;  // the message period: N/2, or the sparse slot count
   Encoder encoder_;
   Evaluator evaluator_;
   std::vector<double> chebyshev_;      // coefficients of the scaled cosine
