@@ -218,6 +218,7 @@ def test_the_deep_program_benchmark_reports_what_it_ran() -> None:
     assert (row["depth"], row["refreshes"], row["input_level"]) == (6, 1, 3)
     assert row["secure_128"] is False and row["sim_ops_equal"] is True
     assert row["ops"]["refresh"] == 1 and row["level_schedule"][0] == 3
+    assert row["refresh_slots"] == 8  # the diagonal layout refreshes its period only
     assert 0 < row["max_error"] < 1e-3 and row["precision_bits"] > 10
     assert len(row["refresh_seconds_all"]) == 1 and row["first_run_seconds"] > 0
     assert len(row["sim_modelled_max_error"]) == 5 and row["refresh_error_std"] > 0

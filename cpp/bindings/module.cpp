@@ -340,12 +340,23 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](BootstrapConfig* c, double k_bound, std::size_t chebyshev_degree,
-             std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels) {
+             std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels,
+             std::size_t slots) {
             new (c) BootstrapConfig{k_bound, chebyshev_degree, double_angles, cts_levels,
-                                    stc_levels};
+                                    stc_levels, slots};
           },
           "k_bound"_a = 12.0, "chebyshev_degree"_a = 63, "double_angles"_a = 3,
-          "cts_levels"_a = 3, "stc_levels"_a = 3)
+          "cts_levels"_a = 3, "stc_levels"_a = 3, "slots"_a = 0,
+          "slots: 0 refreshes all N/2 slots; a power of two n < N/2 refreshes messages of "
+          "period n (cheaper DFTs).")
+      .def("with_slots",
+           [](const BootstrapConfig& c, std::size_t slots) {
+             BootstrapConfig out = c;
+             out.slots = slots;
+             return out;
+           },
+           "slots"_a, "The same configuration for messages of period `slots` (0: all).")
+      .def_ro("slots", &BootstrapConfig::slots)
       .def_ro("k_bound", &BootstrapConfig::k_bound)
       .def_ro("chebyshev_degree", &BootstrapConfig::chebyshev_degree)
       .def_ro("double_angles", &BootstrapConfig::double_angles)
@@ -363,6 +374,7 @@ NB_MODULE(_core, m) {
           },
           "context"_a, "config"_a = BootstrapConfig{}, release_gil())
       .def_prop_ro("config", &B::config)
+      .def_prop_ro("slots", &B::slots, "The period of the messages it refreshes.")
       .def("rotation_steps", &B::rotation_steps,
            "Rotation steps the evaluation keys must hold (and conjugation).")
       .def_prop_ro("levels_consumed", &B::levels_consumed)
@@ -370,8 +382,8 @@ NB_MODULE(_core, m) {
       .def("mod_raise", &B::mod_raise, "ciphertext"_a, release_gil())
       .def("coeff_to_slot", &B::coeff_to_slot, "raised"_a, "galois_keys"_a, release_gil())
       .def("eval_mod", &B::eval_mod, "x"_a, "relin_key"_a, release_gil())
-      .def("slot_to_coeff", &B::slot_to_coeff, "lo"_a, "hi"_a, "message_scale"_a,
-           "galois_keys"_a, release_gil())
+      .def("slot_to_coeff", &B::slot_to_coeff, "parts"_a, "message_scale"_a, "galois_keys"_a,
+           release_gil())
       .def("refresh", &B::refresh, "ciphertext"_a, "evaluation_keys"_a, release_gil());
 
   // Serialization: bytes in and out; the secret key only through its own named functions.

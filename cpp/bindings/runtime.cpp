@@ -274,6 +274,9 @@ void bind_runtime(nb::module_& m) {
            "Places the fewest bootstrapping refreshes so the program runs to its end on its "
            "parameters (which must bootstrap with `config`); returns how many.", release_gil())
       .def_prop_ro("refreshes", &rt::Program::refreshes)
+      .def_prop_ro("refresh_config", &rt::Program::refresh_config,
+                   "The refreshes' bootstrapping configuration (None without refreshes); its "
+                   "slots are the sparse period a diagonal program refreshes.")
       .def_prop_ro("input_level", &rt::Program::input_level,
                    "The level inputs are encrypted at (below the refresh primes when the program "
                    "refreshes).")
@@ -569,8 +572,12 @@ void bind_runtime(nb::module_& m) {
              double refresh_error, double refresh_bound, std::uint64_t refresh_seed) {
             rt::check_context(p, *ctx);
             std::optional<rt::RefreshModel> model;
-            if (p.refreshes() > 0) {
-              model = rt::RefreshModel{p.input_level(), refresh_error, refresh_bound, refresh_seed};
+            for (const rt::Layer& l : p.layers()) {
+              if (const auto* rf = std::get_if<rt::Refresh>(&l)) {
+                model = rt::RefreshModel{rf->to_level, refresh_error, refresh_bound, refresh_seed,
+                                         rf->config.slots};
+                break;
+              }
             }
             new (r) SimRun(p, std::move(ctx), rotation_keys.value_or(p.rotation_steps()),
                            encoding(encode_on_demand), model);

@@ -245,7 +245,8 @@ void simulate(const rt::Program& p) {
   rt::SlotBackend backend(*ctx, p.rotation_steps());
   for (const rt::Layer& layer : p.layers()) {
     if (const auto* r = std::get_if<rt::Refresh>(&layer)) {  // an exact refresh, any range
-      backend.set_refresh({.to_level = r->to_level, .error = 0.0, .input_bound = 1e300});
+      backend.set_refresh({.to_level = r->to_level, .error = 0.0, .input_bound = 1e300,
+                           .period = r->config.slots});
       break;
     }
   }

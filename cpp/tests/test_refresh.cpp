@@ -135,7 +135,7 @@ TEST(ProgramRefreshes, PlacedWhereTheScheduleRunsOutAndKeptThroughSaveAndLoad) {
   EXPECT_THROW(p.level_schedule(params.chain_bits.size() - 1), ckks::LevelError);
 
   const std::size_t placed = p.place_refreshes(kConfig);
-  const ckks::Bootstrapper boot(ckks::make_context(params), kConfig);
+  const ckks::Bootstrapper boot(ckks::make_context(params), *p.refresh_config());
   const std::size_t to = boot.output_level();
   ASSERT_EQ(to, 6u);
   // 30 levels, `to` per refresh, the inputs at the level a refresh leaves.
@@ -221,7 +221,9 @@ TEST(ProgramRefreshes, ThirtyLevelProgramRunsOnTheEngineAndMatchesTheSimulator) 
   ckks::KeyGenerator keygen(ctx, /*hamming_weight=*/64);
   auto keys = std::make_shared<const ckks::EvaluationKeys>(
       keygen.create_evaluation_keys(p.rotation_steps(), /*conjugation=*/true));
-  auto boot = std::make_shared<const ckks::Bootstrapper>(ctx, kConfig);
+  // A diagonal program refreshes sparse slots: period 8, its widest layer.
+  ASSERT_EQ(p.refresh_config()->slots, 8u);
+  auto boot = std::make_shared<const ckks::Bootstrapper>(ctx, *p.refresh_config());
   EngineBackend engine(ctx, keys, boot);
   Executor<EngineBackend> exec(p, engine);
 
@@ -239,7 +241,7 @@ TEST(ProgramRefreshes, ThirtyLevelProgramRunsOnTheEngineAndMatchesTheSimulator) 
       p.unpack_outputs({encoder.decode(decryptor.decrypt(*out[0]))}, 1);
 
   SlotBackend sim(ctx, p.rotation_steps());
-  sim.set_refresh({.to_level = boot->output_level()});
+  sim.set_refresh({.to_level = boot->output_level(), .period = boot->slots()});
   Executor<SlotBackend> sim_exec(p, sim);
   std::vector<SlotBackend::Ct> sim_in;
   for (const auto& v : packed) sim_in.push_back(sim.encode(v, p.input_level(), sim.default_scale()));

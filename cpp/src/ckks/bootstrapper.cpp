@@ -1,6 +1,5 @@
 #include "fheprune/ckks/bootstrapper.hpp"
 
-#include <array>
 #include <cmath>
 #include <mutex>
 #include <numbers>
@@ -195,6 +194,21 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
   };
   cts_groups_ = repeat(merge(decoding_stages(2 * slots_), config_.cts_levels, slots_));
   stc_groups_ = repeat(merge(encoding_stages(2 * slots_), config_.stc_levels, slots_));
+  if (slots_ < full) {
+    // Packing for one EvalMod. M keeps the first n slots of every 2n: CoeffToSlot ends with
+    // it, so its two real halves can share one ciphertext (coeff_to_slot). SlotToCoeff starts
+    // by unpacking: from v (lo | hi in every 2n slots) the period-n vector lo + i hi is
+    // P v + Q rot(v, n), P = M + i (1 - M), Q = (1 - M) + i M: diagonals 0 and n.
+    std::vector<cd> mask(full), p(full), q(full);
+    for (std::size_t j = 0; j < full; ++j) {
+      const bool first = j % (2 * slots_) < slots_;
+      mask[j] = first ? 1.0 : 0.0;
+      p[j] = first ? cd{1, 0} : cd{0, 1};
+      q[j] = first ? cd{0, 1} : cd{1, 0};
+    }
+    cts_groups_.back() = compose({cts_groups_.back(), Diagonals{{0, mask}}}, full);
+    stc_groups_.front() = compose({Diagonals{{0, p}, {slots_, q}}, stc_groups_.front()}, full);
+  }
 
   // cos(2 pi ((K + 1) u - 1/4) / 2^r) on [-1, 1]; r double angles turn it into sin(2 pi y).
   const double k1 = config_.k_bound + 1.0;
@@ -216,6 +230,7 @@ std::vector<long> Bootstrapper::rotation_steps() const {
   const std::size_t slots = ctx_->slots();
   std::set<long> steps;
   for (std::size_t step = slots_; step < slots; step *= 2) steps.insert(static_cast<long>(step));
+  if (slots_ < slots) steps.insert(static_cast<long>(slots - slots_));  // packing: rot(hi, -n)
   for (const auto* groups : {&cts_groups_, &stc_groups_}) {
     for (const Diagonals& d : *groups) {
       const std::size_t n1 = best_baby(d, slots);
@@ -359,8 +374,8 @@ Ciphertext Bootstrapper::apply_groups(const Ciphertext& in, const std::vector<Di
   return x;
 }
 
-std::pair<Ciphertext, Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
-                                                              const GaloisKeys& gk) const {
+std::vector<Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
+                                                    const GaloisKeys& gk) const {
   const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
   const double k1 = config_.k_bound + 1.0;
   // The output level's prime as the scale: the Chebyshev products then keep it (S^2 / q ~ S).
@@ -379,7 +394,11 @@ std::pair<Ciphertext, Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& 
   const Ciphertext u = apply_groups(
       x, cts_groups_, cd{raised.scale() / (2.0 * q0 * k1 * trace), 0.0}, scale, gk);
   const Ciphertext conj = evaluator_.conjugate(u, gk);
-  return {evaluator_.add(u, conj), times_i(evaluator_.sub(conj, u))};
+  Ciphertext lo = evaluator_.add(u, conj), hi = times_i(evaluator_.sub(conj, u));
+  if (slots_ == ctx_->slots()) return {std::move(lo), std::move(hi)};
+  // Sparse: u was masked to the first n of every 2n slots; hi moves right by n beside lo.
+  const long right_n = static_cast<long>(ctx_->slots() - slots_);
+  return {evaluator_.add(lo, evaluator_.rotate(hi, right_n, gk))};
 }
 
 Ciphertext Bootstrapper::add_matched(const Ciphertext& a, const Ciphertext& b) const {
@@ -477,10 +496,16 @@ Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk) const
   return acc;
 }
 
-Ciphertext Bootstrapper::slot_to_coeff(const Ciphertext& lo, const Ciphertext& hi,
+Ciphertext Bootstrapper::slot_to_coeff(const std::vector<Ciphertext>& parts,
                                        double message_scale, const GaloisKeys& gk) const {
   const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
-  const Ciphertext w = evaluator_.add(lo, times_i(hi));
+  const std::size_t want = slots_ == ctx_->slots() ? 2 : 1;
+  if (parts.size() != want) {
+    throw FheError("slot_to_coeff takes " + std::to_string(want) + " ciphertext(s) (what "
+                   "coeff_to_slot gives for these slots), got " + std::to_string(parts.size()));
+  }
+  // Sparse: the packed ciphertext goes in as it is; the first group unpacks it.
+  const Ciphertext w = want == 1 ? parts[0] : evaluator_.add(parts[0], times_i(parts[1]));
   return apply_groups(w, stc_groups_, cd{q0 / (2.0 * std::numbers::pi * message_scale), 0.0},
                       message_scale, gk);
 }
@@ -488,21 +513,20 @@ Ciphertext Bootstrapper::slot_to_coeff(const Ciphertext& lo, const Ciphertext& h
 Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& keys) const {
   const Ciphertext bottom = ct.level() == 0 ? ct : evaluator_.mod_switch_to(ct, 0);
   const Ciphertext raised = mod_raise(bottom);
-  const auto [lo, hi] = coeff_to_slot(raised, keys.galois_keys);
+  const std::vector<Ciphertext> parts = coeff_to_slot(raised, keys.galois_keys);
   // EvalMod ends at the scale it works at (near its primes): its output's last bits are the
   // message's, so the scale only comes down to the input's in SlotToCoeff.
   // The two halves are independent chains of products: on two or three threads each takes
   // one whole half (its operations then run on that thread), which scales better than
   // splitting every product; more threads are better used inside each product.
-  std::array<Ciphertext, 2> mod;
-  const auto half = [&](std::size_t i) { mod[i] = eval_mod(i == 0 ? lo : hi, keys.relin_key); };
-  if (ctx_->threads() == 2 || ctx_->threads() == 3) {
+  std::vector<Ciphertext> mod(parts.size());
+  const auto half = [&](std::size_t i) { mod[i] = eval_mod(parts[i], keys.relin_key); };
+  if (parts.size() == 2 && (ctx_->threads() == 2 || ctx_->threads() == 3)) {
     ctx_->parallel_for(2, half);
   } else {
-    half(0);
-    half(1);
+    for (std::size_t i = 0; i < parts.size(); ++i) half(i);
   }
-  Ciphertext out = slot_to_coeff(mod[0], mod[1], ct.scale(), keys.galois_keys);
+  Ciphertext out = slot_to_coeff(mod, ct.scale(), keys.galois_keys);
   if (out.level() != output_level()) {  // levels_consumed() is the promise callers plan with
     throw FheError("bootstrapping ended at level " + std::to_string(out.level()) +
                    " instead of " + std::to_string(output_level()) + "; please report this "

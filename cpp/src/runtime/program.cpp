@@ -212,7 +212,7 @@ std::size_t Program::place_refreshes(const ckks::BootstrapConfig& config) {
   std::erase_if(layers_, [](const Layer& l) { return std::holds_alternative<Refresh>(l); });
   std::vector<std::size_t> levels;
   for (const Layer& l : layers_) levels.push_back(built_layer_levels(l));
-  const Refresh proto = make_refresh(params_, config);
+  const Refresh proto = make_refresh(params_, sparse_refresh(config));
   const std::vector<std::size_t> at =
       plan_refreshes(levels, live_counts(), proto.to_level, proto.to_level);
   input_level_ = proto.to_level;
@@ -228,6 +228,19 @@ std::size_t Program::place_refreshes(const ckks::BootstrapConfig& config) {
   }
   layers_ = std::move(placed);
   return at.size();
+}
+
+ckks::BootstrapConfig Program::sparse_refresh(ckks::BootstrapConfig config) const {
+  if (layout_ != Layout::kDiagonal || config.slots != 0) return config;
+  // Every value of a diagonal program repeats with the padded width of its layer, a power of
+  // two: the widest one is a period of them all. The DFTs need a stage per level.
+  std::size_t period = std::bit_ceil(in_features_);
+  for (const Layer& l : layers_) {
+    if (const auto* d = std::get_if<DiagonalLinear>(&l)) period = std::max({period, d->n_in, d->n_out});
+  }
+  period = std::max(period, std::size_t{1} << std::max(config.cts_levels, config.stc_levels));
+  config.slots = period < slots() ? period : 0;
+  return config;
 }
 
 std::vector<std::size_t> plan_refreshes(const std::vector<std::size_t>& levels,
@@ -451,6 +464,20 @@ std::size_t Program::input_level() const {
     if (const auto* r = std::get_if<Refresh>(&l)) return r->to_level;
   }
   return params_.chain_bits.size() - 1;
+}
+
+std::optional<ckks::BootstrapConfig> Program::refresh_config() const {
+  std::optional<ckks::BootstrapConfig> out;
+  for (const Layer& l : layers_) {
+    const auto* r = std::get_if<Refresh>(&l);
+    if (!r) continue;
+    if (out && !(*out == r->config)) {
+      throw CompileError("the program's refreshes use different bootstrapping configurations; "
+                         "place them with one (Program::place_refreshes)");
+    }
+    out = r->config;
+  }
+  return out;
 }
 
 std::size_t Program::refreshes() const {
@@ -839,6 +866,7 @@ Bytes Program::save() const {
       w.u64(rf->config.double_angles);
       w.u64(rf->config.cts_levels);
       w.u64(rf->config.stc_levels);
+      w.u64(rf->config.slots);
       continue;
     }
     if (const auto* rs = std::get_if<RotateSum>(&layer)) {
@@ -934,6 +962,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         config.double_angles = read_bounded(r, 0, 8, "refresh double angles");
         config.cts_levels = read_bounded(r, 1, 64, "refresh CoeffToSlot levels");
         config.stc_levels = read_bounded(r, 1, 64, "refresh SlotToCoeff levels");
+        config.slots = read_bounded(r, 0, slots, "refresh slots");
         p.add_refresh(name, config);
         continue;
       }

@@ -81,21 +81,8 @@ void check_keys(const Program& program, const ck::Context& ctx, const ck::Evalua
 // parameters only, so one serves every client of a host.
 std::shared_ptr<const ck::Bootstrapper> bootstrapper_for(const Program& program,
                                                          const ck::ContextPtr& ctx) {
-  const Refresh* first = nullptr;
-  for (const Layer& l : program.layers()) {
-    const auto* r = std::get_if<Refresh>(&l);
-    if (!r) continue;
-    if (first && (r->config.k_bound != first->config.k_bound ||
-                  r->config.chebyshev_degree != first->config.chebyshev_degree ||
-                  r->config.double_angles != first->config.double_angles ||
-                  r->config.cts_levels != first->config.cts_levels ||
-                  r->config.stc_levels != first->config.stc_levels)) {
-      throw CompileError("the program's refreshes use different bootstrapping configurations; "
-                         "place them with one (Program::place_refreshes)");
-    }
-    first = first ? first : r;
-  }
-  return first ? std::make_shared<const ck::Bootstrapper>(ctx, first->config) : nullptr;
+  const std::optional<ck::BootstrapConfig> config = program.refresh_config();
+  return config ? std::make_shared<const ck::Bootstrapper>(ctx, *config) : nullptr;
 }
 
 // The context a server builds for its program; validates the parameters (128-bit bound

@@ -66,6 +66,8 @@ struct BootstrapConfig {
   // those of a ring of degree 2n: log2(n) butterfly stages instead of log2(N/2). A message
   // that does not repeat with period n comes back as its average over the period's copies.
   std::size_t slots = 0;
+
+  bool operator==(const BootstrapConfig&) const = default;
 };
 
 class Bootstrapper {
@@ -85,18 +87,19 @@ class Bootstrapper {
 
   // The stages, public for tests and for callers that fuse them.
   Ciphertext mod_raise(const Ciphertext& ct) const;
-  // Real ciphertexts of coefficients [0, N/2) and [N/2, N) of t + q0 * I, each divided by
-  // q0 * (K + 1) (so in [-1, 1]), one level down, at a scale near that level's prime. With
-  // sparse slots n: coefficients [0, n) and [n, 2n) of the subring's polynomial (in Y =
-  // X^(N/2n)), after the trace to it, repeated with period n.
-  std::pair<Ciphertext, Ciphertext> coeff_to_slot(const Ciphertext& raised,
-                                                  const GaloisKeys& gk) const;
+  // CoeffToSlot: the coefficients of t + q0 * I, each divided by q0 * (K + 1) (so in
+  // [-1, 1]), in real slots, one level down per DFT group, at a scale near that level's prime.
+  // Full slots: two ciphertexts, coefficients [0, N/2) and [N/2, N). Sparse slots n: one
+  // ciphertext of period 2n, after the trace to the subring of Y = X^(N/2n): the subring's
+  // coefficients [0, n) in the first n slots of every 2n, [n, 2n) in the next n, so EvalMod
+  // runs once (the masks that pack them are folded into the DFTs' diagonals).
+  std::vector<Ciphertext> coeff_to_slot(const Ciphertext& raised, const GaloisKeys& gk) const;
   // sin(2 pi (K + 1) x) for x in [-1, 1], at a scale near x's; ceil(log2 d) + 1 + double
   // angles levels down.
   Ciphertext eval_mod(const Ciphertext& x, const RelinKey& rk) const;
-  // The message back in the slots: `lo` and `hi` hold sin(2 pi t / q0) for the coefficients
-  // [0, N/2) and [N/2, N) of t, the message times `message_scale`.
-  Ciphertext slot_to_coeff(const Ciphertext& lo, const Ciphertext& hi, double message_scale,
+  // The message back in the slots: `parts` (coeff_to_slot's layout) hold sin(2 pi t / q0) for
+  // the coefficients of t, the message times `message_scale`.
+  Ciphertext slot_to_coeff(const std::vector<Ciphertext>& parts, double message_scale,
                            const GaloisKeys& gk) const;
 
   // The whole refresh: the same message, at output_level() and the input's scale. A

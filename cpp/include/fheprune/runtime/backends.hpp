@@ -134,6 +134,9 @@ struct RefreshModel {
   double error = 0.0;
   double input_bound = 1.0;
   std::uint64_t seed = 0;
+  // Sparse slots (BootstrapConfig::slots): the refresh returns each slot's mean over the
+  // copies of this period, as the engine's does. 0: all slots.
+  std::size_t period = 0;
 };
 
 class SlotBackend {
@@ -155,10 +158,13 @@ class SlotBackend {
 
   const ckks::Context& context() const { return *ctx_; }
   void set_refresh(const RefreshModel& model) {
+    const std::size_t p = model.period;
     if (model.to_level > ctx_->max_level() || !(model.error >= 0.0) ||
-        !std::isfinite(model.error) || !(model.input_bound > 0.0)) {
-      throw ckks::ParameterError("refresh model: to_level <= the top level, a finite error >= 0 "
-                                 "and an input bound > 0 are required");
+        !std::isfinite(model.error) || !(model.input_bound > 0.0) ||
+        (p != 0 && (p > ctx_->slots() || (p & (p - 1)) != 0))) {
+      throw ckks::ParameterError("refresh model: to_level <= the top level, a finite error >= 0, "
+                                 "an input bound > 0 and a period 0 or a power of two up to the "
+                                 "slots are required");
     }
     refresh_ = model;
     noise_.seed(model.seed);
@@ -177,7 +183,15 @@ class SlotBackend {
             std::to_string(refresh_->input_bound) +
             " its error is known for; scale the layers before it down");
       }
-      if (refresh_->error > 0.0) out.slots[i] += gauss(noise_);
+    }
+    const std::size_t n = out.slots.size(), p = refresh_->period;
+    if (p != 0 && p < n) {  // the trace to the subring: the mean over the period's copies
+      std::vector<double> mean(p, 0.0);
+      for (std::size_t i = 0; i < n; ++i) mean[i % p] += out.slots[i] / static_cast<double>(n / p);
+      for (std::size_t i = 0; i < n; ++i) out.slots[i] = mean[i % p];
+    }
+    if (refresh_->error > 0.0) {
+      for (double& v : out.slots) v += gauss(noise_);
     }
     out.level = refresh_->to_level;
     return out;

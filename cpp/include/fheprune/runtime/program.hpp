@@ -219,8 +219,13 @@ class Program {
   // Removes every refresh, then places the fewest (plan_refreshes) so that the program runs
   // to the end from the level a refresh leaves, which becomes input_level() (also when no
   // refresh is needed: the primes above it are the refresh's). Returns how many it placed;
-  // they are named "refresh<k>".
+  // they are named "refresh<k>". A diagonal program refreshes sparse slots (sparse_refresh)
+  // unless `config` names its slots.
   std::size_t place_refreshes(const ckks::BootstrapConfig& config);
+  // `config` with the sparse slots this program's values repeat with (diagonal layout: the
+  // widest padded layer, at least one butterfly stage per DFT level; other layouts, or a
+  // config that names its slots: unchanged).
+  ckks::BootstrapConfig sparse_refresh(ckks::BootstrapConfig config) const;
   // Map layout. Term t reads input ciphertext in[t] rotated by shift[t] and adds
   // values[t * period .. (t + 1) * period) (repeated over the slots) times it into output
   // out[t]. Terms with equal (out, in, shift) are summed; all-zero terms are dropped. `bias`
@@ -279,6 +284,9 @@ class Program {
   // there would meet primes far from the scale).
   std::size_t input_level() const;
   std::size_t refreshes() const;  // refresh layers
+  // The bootstrapping configuration of the refreshes (none without refreshes); CompileError
+  // when they differ (one bootstrapper runs them all).
+  std::optional<ckks::BootstrapConfig> refresh_config() const;
   bool needs_conjugation() const { return refreshes() > 0; }
   // Every rotation step the executor performs, sorted: the exact Galois key set (with
   // refreshes, theirs too, and the conjugation key: needs_conjugation()).
