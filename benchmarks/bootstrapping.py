@@ -3,7 +3,9 @@
     python benchmarks/bootstrapping.py [--quick] [--log-n 14] [--threads 1 2] [--out FILE]
 
 Writes JSON ``{"runs": [{"impl": "ours" | "lattigo", "log_n", "slots", "threads", "seconds",
-"levels_left", "precision_bits_mean", "precision_bits_min", "key_bytes", ...}], ...}``.
+"levels_left", "precision_bits_mean", "precision_bits_min", "key_bytes", "refresh_slots",
+...}], ...}``. ``--sparse-slots 8 256`` adds rows of ours refreshing messages of those periods
+(``BootstrapConfig(slots=...)``, docs/bootstrapping.md).
 ``seconds`` is the median refresh time over ``--repeats`` runs after one warm-up (ours encodes
 its DFT diagonals on the first call, Lattigo when the bootstrapper is built); every run
 refreshes a fresh encryption of uniform random reals in [-1, 1] in every slot, and the
@@ -47,6 +49,7 @@ def run_ours(
     hamming_weight: int,
     seed: int,
     special_primes: int = 4,
+    sparse_slots: int = 0,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -77,6 +80,8 @@ def run_ours(
     params, config = preset.parameters, preset.config
     chain, special, log_qp = list(params.chain_bits), list(params.special_bits), preset.log_qp
     ctx = ckks.Context(params, threads)
+    if sparse_slots:
+        config = config.with_slots(sparse_slots)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)
     keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
@@ -88,7 +93,8 @@ def run_ours(
     times: list[float] = []
     level = None
     for r in range(repeats + 1):
-        z = rng.uniform(-1.0, 1.0, ctx.slots)
+        # A message of the refresh's period (all slots, or the sparse period repeated).
+        z = np.tile(rng.uniform(-1.0, 1.0, boot.slots), ctx.slots // boot.slots)
         ct = encryptor.encrypt(encoder.encode(z, level=0))
         start = time.perf_counter()
         out = boot.refresh(ct, keys)
@@ -103,6 +109,7 @@ def run_ours(
         "impl": "ours",
         "log_n": log_n,
         "slots": ctx.slots,
+        "refresh_slots": int(boot.slots),  # the message period refreshed (slots: all)
         "threads": threads,
         "seconds": statistics.median(times),
         "seconds_all": times,
@@ -217,6 +224,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hamming-weight", type=int, default=64)
     p.add_argument("--special-primes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sparse-slots",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also refresh messages of these periods (sparse slots; ours only)",
+    )
     p.add_argument("--orion-python", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--lattigo-worker", default=None, help=argparse.SUPPRESS)
@@ -262,6 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps({k: row[k] for k in ("impl", "threads", "seconds", "precision_bits_mean")})
         )
+        for n in args.sparse_slots:
+            row = run_ours(
+                args.log_n,
+                threads,
+                args.repeats,
+                args.levels_left,
+                args.hamming_weight,
+                args.seed,
+                args.special_primes,
+                sparse_slots=n,
+            )
+            runs.append(row)
+            print(json.dumps({k: row[k] for k in ("impl", "refresh_slots", "seconds")}))
         if args.orion_python is None:
             runs.append({"impl": "lattigo", **spec, "skipped": "orion-fhe not found"})
         else:
@@ -281,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ratio(runs: list[dict[str, Any]], threads: int) -> float | None:
-    ours = [r for r in runs if r["impl"] == "ours" and r["threads"] == threads]
+    ours = [
+        r
+        for r in runs
+        if r["impl"] == "ours" and r["threads"] == threads and r["refresh_slots"] == r["slots"]
+    ]
     theirs = [r for r in runs if r["impl"] == "lattigo" and r.get("threads") == threads]
     if not ours or not theirs or "seconds" not in theirs[0]:
         return None

@@ -152,3 +152,9 @@ def test_benchmark_rows_and_defaults() -> None:
     runs = [row, {"impl": "lattigo", "threads": 1, "seconds": row["seconds"] / 2}]
     assert bench._ratio(runs, 1) == pytest.approx(2.0)
     assert bench._ratio([row, {"impl": "lattigo", "threads": 1, "skipped": "x"}], 1) is None
+    assert row["refresh_slots"] == 512
+    # Sparse rows refresh a shorter period, and are never compared with Lattigo's.
+    sparse = bench.run_ours(10, 1, 1, 2, 64, 0, sparse_slots=8)
+    assert sparse["refresh_slots"] == 8 and sparse["precision_bits_mean"] > 18
+    assert bench._ratio([sparse, {"impl": "lattigo", "threads": 1, "seconds": 1.0}], 1) is None
+    assert bench.parse_args(["--sparse-slots", "8", "64"]).sparse_slots == [8, 64]

@@ -56,6 +56,8 @@ def test_refreshes_are_placed_where_the_levels_run_out_and_survive_save_and_load
     assert placed == program.refreshes == 3
     assert program.input_level == LEVELS_LEFT and program.levels == LEVELS_LEFT
     assert program.needs_conjugation
+    # Diagonal vectors repeat every 8 slots: the refreshes are sparse.
+    assert program.refresh_config.slots == FEATURES
     schedule = program.level_schedule()
     assert schedule[0] == LEVELS_LEFT and min(schedule) == 0
     costs = program.cost()
@@ -193,6 +195,7 @@ def test_a_deep_model_compiles_with_refreshes_and_serves_through_the_roles(
     compiled = compile_model(model, tile=(4, 4), bootstrap=preset)
     program = compiled.program
     assert program.refreshes >= 1 and program.input_level == LEVELS_LEFT
+    assert program.refresh_config.slots == 0  # tiles fill every slot
     assert compiled.choice.bootstrap == preset
 
     spec = ClientSpec.from_json(ClientSpec.from_compiled(compiled).to_json())
