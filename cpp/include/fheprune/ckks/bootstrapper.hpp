@@ -19,9 +19,10 @@
 // subring of degree 2n, log2(n) stages. Each homomorphic DFT merges its stages into a few groups (one
 // level each; `cts_levels` / `stc_levels`), and evaluates every group baby-step giant-step
 // with hoisted baby rotations. CoeffToSlot leaves the coefficients bit-reversed, which EvalMod
-// (slot-wise) does not mind and SlotToCoeff expects. Full slots (N/2); the diagonals'
-// plaintexts are encoded on first use and kept. Scales are managed exactly: every constant is encoded at the scale that
-// lands each term on the scale the next step needs, so the output has the input's scale.
+// (slot-wise) does not mind and SlotToCoeff expects. All N/2 slots, or sparse slots (messages
+// of a shorter period, BootstrapConfig::slots); the diagonals' plaintexts are encoded on first
+// use and kept. Scales are managed exactly: every constant is encoded at the scale that lands
+// each term on the scale the next step needs, so the output has the input's scale.
 #pragma once
 
 #include <complex>
