@@ -5,7 +5,8 @@
 Writes JSON ``{"runs": [{"impl": "ours" | "lattigo", "log_n", "slots", "threads", "seconds",
 "levels_left", "precision_bits_mean", "precision_bits_min", "key_bytes", "refresh_slots",
 ...}], ...}``. ``--sparse-slots 8 256`` adds rows of ours refreshing messages of those periods
-(``BootstrapConfig(slots=...)``, docs/bootstrapping.md).
+(``BootstrapConfig(slots=...)``, docs/bootstrapping.md), with the two halves packed for one
+EvalMod and not (``pack_halves``).
 ``seconds`` is the median refresh time over ``--repeats`` runs after one warm-up (ours encodes
 its DFT diagonals on the first call, Lattigo when the bootstrapper is built); every run
 refreshes a fresh encryption of uniform random reals in [-1, 1] in every slot, and the
@@ -50,6 +51,7 @@ def run_ours(
     seed: int,
     special_primes: int = 4,
     sparse_slots: int = 0,
+    pack_halves: bool = True,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -81,7 +83,7 @@ def run_ours(
     chain, special, log_qp = list(params.chain_bits), list(params.special_bits), preset.log_qp
     ctx = ckks.Context(params, threads)
     if sparse_slots:
-        config = config.with_slots(sparse_slots)
+        config = config.with_slots(sparse_slots, pack_halves)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)
     keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
@@ -110,6 +112,7 @@ def run_ours(
         "log_n": log_n,
         "slots": ctx.slots,
         "refresh_slots": int(boot.slots),  # the message period refreshed (slots: all)
+        "pack_halves": bool(config.pack_halves) and int(boot.slots) < ctx.slots,
         "threads": threads,
         "seconds": statistics.median(times),
         "seconds_all": times,
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps({k: row[k] for k in ("impl", "threads", "seconds", "precision_bits_mean")})
         )
-        for n in args.sparse_slots:
+        for n, pack in [(n, p) for n in args.sparse_slots for p in (True, False)]:
             row = run_ours(
                 args.log_n,
                 threads,
@@ -286,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 args.special_primes,
                 sparse_slots=n,
+                pack_halves=pack,
             )
             runs.append(row)
-            print(json.dumps({k: row[k] for k in ("impl", "refresh_slots", "seconds")}))
+            print(
+                json.dumps({k: row[k] for k in ("impl", "refresh_slots", "pack_halves", "seconds")})
+            )
         if args.orion_python is None:
             runs.append({"impl": "lattigo", **spec, "skipped": "orion-fhe not found"})
         else:

@@ -341,21 +341,24 @@ NB_MODULE(_core, m) {
           "__init__",
           [](BootstrapConfig* c, double k_bound, std::size_t chebyshev_degree,
              std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels,
-             std::size_t slots) {
-            new (c) BootstrapConfig{k_bound, chebyshev_degree, double_angles, cts_levels,
-                                    stc_levels, slots};
+             std::size_t slots, bool pack_halves) {
+            new (c) BootstrapConfig{k_bound,    chebyshev_degree, double_angles, cts_levels,
+                                    stc_levels, slots,            pack_halves};
           },
           "k_bound"_a = 12.0, "chebyshev_degree"_a = 63, "double_angles"_a = 3,
-          "cts_levels"_a = 3, "stc_levels"_a = 3, "slots"_a = 0,
+          "cts_levels"_a = 3, "stc_levels"_a = 3, "slots"_a = 0, "pack_halves"_a = true,
           "slots: 0 refreshes all N/2 slots; a power of two n < N/2 refreshes messages of "
           "period n (cheaper DFTs).")
       .def("with_slots",
-           [](const BootstrapConfig& c, std::size_t slots) {
+           [](const BootstrapConfig& c, std::size_t slots, std::optional<bool> pack_halves) {
              BootstrapConfig out = c;
              out.slots = slots;
+             if (pack_halves) out.pack_halves = *pack_halves;
              return out;
            },
-           "slots"_a, "The same configuration for messages of period `slots` (0: all).")
+           "slots"_a, "pack_halves"_a = nb::none(),
+           "The same configuration for messages of period `slots` (0: all).")
+      .def_ro("pack_halves", &BootstrapConfig::pack_halves)
       .def_ro("slots", &BootstrapConfig::slots)
       .def_ro("k_bound", &BootstrapConfig::k_bound)
       .def_ro("chebyshev_degree", &BootstrapConfig::chebyshev_degree)

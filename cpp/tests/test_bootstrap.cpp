@@ -328,6 +328,15 @@ TEST(Bootstrap, SparseRefreshKeepsAPeriodicMessageAndAveragesOtherwise) {
     const double err = max_error(f.decrypt(fresh), z);
     EXPECT_LT(err, std::ldexp(1.0, -15)) << "n = " << n << ": " << -std::log2(err) << " bits";
   }
+  // Unpacked (two EvalMods): two halves out of CoeffToSlot, and the message back.
+  {
+    const Bootstrapper boot(f.ctx, {.chebyshev_degree = 31, .slots = 64, .pack_halves = false});
+    const EvaluationKeys keys = f.keygen.create_evaluation_keys(boot.rotation_steps(), true);
+    const auto z = periodic(full, 64, 15);
+    const Ciphertext ct = f.encrypt(z, 0, f.ctx->default_scale());
+    EXPECT_EQ(boot.coeff_to_slot(boot.mod_raise(ct), keys.galois_keys).size(), 2u);
+    EXPECT_LT(max_error(f.decrypt(boot.refresh(ct, keys)), z), std::ldexp(1.0, -15));
+  }
   // A message without the period comes back as its mean over the period's copies.
   Sparse s(f, 8, 3);
   const auto z = random_complex(full, 14);

@@ -194,7 +194,8 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
   };
   cts_groups_ = repeat(merge(decoding_stages(2 * slots_), config_.cts_levels, slots_));
   stc_groups_ = repeat(merge(encoding_stages(2 * slots_), config_.stc_levels, slots_));
-  if (slots_ < full) {
+  packed_ = slots_ < full && config_.pack_halves;
+  if (packed_) {
     // Packing for one EvalMod. M keeps the first n slots of every 2n: CoeffToSlot ends with
     // it, so its two real halves can share one ciphertext (coeff_to_slot). SlotToCoeff starts
     // by unpacking: from v (lo | hi in every 2n slots) the period-n vector lo + i hi is
@@ -230,7 +231,7 @@ std::vector<long> Bootstrapper::rotation_steps() const {
   const std::size_t slots = ctx_->slots();
   std::set<long> steps;
   for (std::size_t step = slots_; step < slots; step *= 2) steps.insert(static_cast<long>(step));
-  if (slots_ < slots) steps.insert(static_cast<long>(slots - slots_));  // packing: rot(hi, -n)
+  if (packed_) steps.insert(static_cast<long>(slots - slots_));  // packing: rot(hi, -n)
   for (const auto* groups : {&cts_groups_, &stc_groups_}) {
     for (const Diagonals& d : *groups) {
       const std::size_t n1 = best_baby(d, slots);
@@ -395,7 +396,7 @@ std::vector<Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
       x, cts_groups_, cd{raised.scale() / (2.0 * q0 * k1 * trace), 0.0}, scale, gk);
   const Ciphertext conj = evaluator_.conjugate(u, gk);
   Ciphertext lo = evaluator_.add(u, conj), hi = times_i(evaluator_.sub(conj, u));
-  if (slots_ == ctx_->slots()) return {std::move(lo), std::move(hi)};
+  if (!packed_) return {std::move(lo), std::move(hi)};
   // Sparse: u was masked to the first n of every 2n slots; hi moves right by n beside lo.
   const long right_n = static_cast<long>(ctx_->slots() - slots_);
   return {evaluator_.add(lo, evaluator_.rotate(hi, right_n, gk))};
@@ -499,7 +500,7 @@ Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk) const
 Ciphertext Bootstrapper::slot_to_coeff(const std::vector<Ciphertext>& parts,
                                        double message_scale, const GaloisKeys& gk) const {
   const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
-  const std::size_t want = slots_ == ctx_->slots() ? 2 : 1;
+  const std::size_t want = packed_ ? 1 : 2;
   if (parts.size() != want) {
     throw FheError("slot_to_coeff takes " + std::to_string(want) + " ciphertext(s) (what "
                    "coeff_to_slot gives for these slots), got " + std::to_string(parts.size()));

@@ -239,10 +239,12 @@ ckks::BootstrapConfig Program::sparse_refresh(ckks::BootstrapConfig config) cons
     if (const auto* d = std::get_if<DiagonalLinear>(&l)) period = std::max({period, d->n_in, d->n_out});
   }
   period = std::max(period, std::size_t{1} << std::max(config.cts_levels, config.stc_levels));
-  // Measured at N = 2^13 (docs/bootstrapping.md): a sparse refresh is faster at every period
-  // but only as precise as a full one up to N/32 slots (the trace drops the noise outside the
-  // subring; the packed EvalMod costs bits at wide periods).
-  config.slots = period * 16 <= slots() ? period : 0;
+  // Measured (docs/bootstrapping.md): a sparse refresh is faster than a full one at every
+  // period and more precise (the trace drops the noise outside the subring); packing its two
+  // halves for one EvalMod is faster still but costs about 4 bits, which narrow periods can
+  // spare (up to 1/16 of the slots they stay above a full refresh) and wide ones cannot.
+  if (period * 16 > slots()) config.pack_halves = false;
+  config.slots = period < slots() ? period : 0;
   return config;
 }
 
@@ -870,6 +872,7 @@ Bytes Program::save() const {
       w.u64(rf->config.cts_levels);
       w.u64(rf->config.stc_levels);
       w.u64(rf->config.slots);
+      w.u64(rf->config.pack_halves ? 1 : 0);
       continue;
     }
     if (const auto* rs = std::get_if<RotateSum>(&layer)) {
@@ -966,6 +969,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         config.cts_levels = read_bounded(r, 1, 64, "refresh CoeffToSlot levels");
         config.stc_levels = read_bounded(r, 1, 64, "refresh SlotToCoeff levels");
         config.slots = read_bounded(r, 0, slots, "refresh slots");
+        config.pack_halves = read_bounded(r, 0, 1, "refresh packing") == 1;
         p.add_refresh(name, config);
         continue;
       }

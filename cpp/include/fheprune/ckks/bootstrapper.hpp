@@ -67,6 +67,9 @@ struct BootstrapConfig {
   // those of a ring of degree 2n: log2(n) butterfly stages instead of log2(N/2). A message
   // that does not repeat with period n comes back as its average over the period's copies.
   std::size_t slots = 0;
+  // Sparse slots: pack CoeffToSlot's two real halves into one ciphertext, so EvalMod runs once
+  // (false: twice, as for full slots).
+  bool pack_halves = true;
 
   bool operator==(const BootstrapConfig&) const = default;
 };
@@ -132,6 +135,7 @@ class Bootstrapper {
   ContextPtr ctx_;
   BootstrapConfig config_;
   std::size_t slots_ = 0;  // the message period: N/2, or the sparse slot count
+  bool packed_ = false;    // sparse, with the two halves in one ciphertext
   Encoder encoder_;
   Evaluator evaluator_;
   std::vector<double> chebyshev_;      // coefficients of the scaled cosine
