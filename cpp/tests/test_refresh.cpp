@@ -169,20 +169,20 @@ TEST(ProgramRefreshes, PlacedWhereTheScheduleRunsOutAndKeptThroughSaveAndLoad) {
     total += costs[i].ops;
   }
   EXPECT_EQ(total.refresh, placed);
-  // Diagonal programs refresh their period: packed (one EvalMod) up to 1/16 of the slots,
-  // with two EvalMods above (the packing's bits would cost more than a full refresh).
+  // Diagonal programs refresh their period (the widest layer's), halves packed by default;
+  // a config that names its packing keeps it, through a file too.
   EXPECT_EQ(p.refresh_config()->slots, 8u);
   EXPECT_TRUE(p.refresh_config()->pack_halves);
   Program wide = Program::diagonal(params, 64);
   wide.add_square("sq");
-  const ckks::BootstrapConfig wide_config = wide.sparse_refresh(kConfig);
-  EXPECT_EQ(wide_config.slots, 64u);
-  EXPECT_FALSE(wide_config.pack_halves);
-  for (std::size_t i = 0; i < 6; ++i) {  // deep enough for a refresh: kept through a file
+  EXPECT_EQ(wide.sparse_refresh(kConfig).slots, 64u);
+  for (std::size_t i = 0; i < 6; ++i) {  // deep enough for a refresh
     wide.add_linear("fc" + std::to_string(i), 64, 64, std::vector<double>(64 * 64, 0.001), {});
     wide.add_square("sq" + std::to_string(i));
   }
-  ASSERT_GT(wide.place_refreshes(kConfig), 0u);
+  ckks::BootstrapConfig unpacked = kConfig;
+  unpacked.pack_halves = false;
+  ASSERT_GT(wide.place_refreshes(unpacked), 0u);
   EXPECT_EQ(Program::load(wide.save()).refresh_config(), wide.refresh_config());
   EXPECT_FALSE(Program::load(wide.save()).refresh_config()->pack_halves);
   // A program that needs no refresh gets none, but still starts below the refresh's primes.

@@ -240,10 +240,7 @@ ckks::BootstrapConfig Program::sparse_refresh(ckks::BootstrapConfig config) cons
   }
   period = std::max(period, std::size_t{1} << std::max(config.cts_levels, config.stc_levels));
   // Measured (docs/bootstrapping.md): a sparse refresh is faster than a full one at every
-  // period and more precise (the trace drops the noise outside the subring); packing its two
-  // halves for one EvalMod is faster still but costs about 4 bits, which narrow periods can
-  // spare (up to 1/16 of the slots they stay above a full refresh) and wide ones cannot.
-  if (period * 16 > slots()) config.pack_halves = false;
+  // period and more precise (the trace drops the noise outside the subring).
   config.slots = period < slots() ? period : 0;
   return config;
 }

@@ -113,13 +113,15 @@ class Bootstrapper {
  private:
   // factor * matrix * in (slot vectors; matrix row-major [slots][slots]), one level down at
   // scale `out_scale`: the diagonals are encoded at the scale that lands the rescale there.
+  // `rescale` false: the product before its rescale (scale out_scale times the level's prime).
   Ciphertext linear_transform(const Ciphertext& in, const Diagonals& matrix,
                               std::complex<double> factor, double out_scale,
-                              const GaloisKeys& gk) const;
-  // Stages applied in order, one group (level) each; `factor` and `out_scale` on the last.
+                              const GaloisKeys& gk, bool rescale = true) const;
+  // Stages applied in order, one group (level) each; `factor` and `out_scale` on the last,
+  // which is left unrescaled when `rescale_last` is false.
   Ciphertext apply_groups(const Ciphertext& in, const std::vector<Diagonals>& groups,
                           std::complex<double> factor, double out_scale,
-                          const GaloisKeys& gk) const;
+                          const GaloisKeys& gk, bool rescale_last = true) const;
   // `ct` multiplied by `value`, rescaled to scale `scale` one level down.
   Ciphertext multiply_const_to_scale(const Ciphertext& ct, double value, double scale) const;
   // `ct` brought to `level` and `scale` (one multiplication by a constant, then mod switches).

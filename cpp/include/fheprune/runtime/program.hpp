@@ -223,9 +223,8 @@ class Program {
   // unless `config` names its slots.
   std::size_t place_refreshes(const ckks::BootstrapConfig& config);
   // `config` with the sparse slots this program's values repeat with (diagonal layout: the
-  // widest padded layer, at least one butterfly stage per DFT level; halves packed for one
-  // EvalMod up to 1/16 of the slots; other layouts, or a config that names its slots:
-  // unchanged).
+  // widest padded layer, at least one butterfly stage per DFT level; other layouts, or a
+  // config that names its slots: unchanged).
   ckks::BootstrapConfig sparse_refresh(ckks::BootstrapConfig config) const;
   // Map layout. Term t reads input ciphertext in[t] rotated by shift[t] and adds
   // values[t * period .. (t + 1) * period) (repeated over the slots) times it into output
