@@ -266,20 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             "levels_left": args.levels_left,
             "seed": args.seed,
         }
-        row = run_ours(
-            args.log_n,
-            threads,
-            args.repeats,
-            args.levels_left,
-            args.hamming_weight,
-            args.seed,
-            args.special_primes,
-        )
-        runs.append(row)
-        print(
-            json.dumps({k: row[k] for k in ("impl", "threads", "seconds", "precision_bits_mean")})
-        )
-        for n, pack in [(n, p) for n in args.sparse_slots for p in (True, False)]:
+        # All slots, then each sparse period packed and with two EvalMods.
+        variants = [(0, True)] + [(n, p) for n in args.sparse_slots for p in (True, False)]
+        for n, pack in variants:
             row = run_ours(
                 args.log_n,
                 threads,
@@ -292,9 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 pack_halves=pack,
             )
             runs.append(row)
-            print(
-                json.dumps({k: row[k] for k in ("impl", "refresh_slots", "pack_halves", "seconds")})
-            )
+            keys = ("impl", "threads", "refresh_slots", "pack_halves", "seconds")
+            print(json.dumps({k: row[k] for k in (*keys, "precision_bits_mean")}))
         if args.orion_python is None:
             runs.append({"impl": "lattigo", **spec, "skipped": "orion-fhe not found"})
         else:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 from fheprune import _core, ckks
 from fheprune.errors import InputError
 from fheprune.runtime.cost import OpTimings, predict
 
 LEVELS_LEFT = 5
-FEATURES = 8
 
 
 @pytest.fixture(scope="module")
@@ -20,22 +20,12 @@ def preset() -> ckks.BootstrapPreset:
     return ckks.bootstrappable(LEVELS_LEFT, log_n=10, hamming_weight=64, insecure_for_testing=True)
 
 
-def layers(pairs: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """x -> (W x + b)^2 with row sums of |W| <= 1/2 and |b| <= 1/2: values stay in [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.uniform(-1, 1, (FEATURES, FEATURES)) * 0.5 / FEATURES,
-            rng.uniform(-0.5, 0.5, FEATURES),
-        )
-        for _ in range(pairs)
-    ]
-
-
-def reference(weights: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
-    for w, b in weights:
-        x = (x @ w.T + b) ** 2
-    return x
+# The benchmark's program: x -> (W x + b)^2 with row sums of |W| <= 1/2 and |b| <= 1/2, so
+# values stay in [-1, 1]; its cleartext reference.
+_BENCH = load_benchmark("deep_program")
+layers = _BENCH.layers
+reference = _BENCH.reference
+FEATURES = _BENCH.FEATURES
 
 
 def deep(preset: ckks.BootstrapPreset, pairs: int = 8, seed: int = 0) -> tuple[object, list]:
@@ -214,8 +204,6 @@ def test_a_deep_model_compiles_with_refreshes_and_serves_through_the_roles(
 
 
 def test_the_deep_program_benchmark_reports_what_it_ran() -> None:
-    from benchmark_scripts import load_benchmark
-
     bench = load_benchmark("deep_program")
     row = bench.run(log_n=10, levels_left=3, pairs=3, threads=1, repeats=1, seed=0)
     assert (row["depth"], row["refreshes"], row["input_level"]) == (6, 1, 3)

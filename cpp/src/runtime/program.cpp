@@ -203,7 +203,13 @@ void Program::add_linear(const std::string& name, std::size_t out, std::size_t i
 void Program::add_square(const std::string& name) { layers_.push_back(Square{name}); }
 
 void Program::add_refresh(const std::string& name, const ckks::BootstrapConfig& config) {
-  Refresh r = make_refresh(params_, config);
+  // A refresh with this configuration is already here (a loaded file holds several): its
+  // level and steps, instead of building another bootstrapper.
+  const auto same = std::find_if(layers_.begin(), layers_.end(), [&](const Layer& l) {
+    const auto* other = std::get_if<Refresh>(&l);
+    return other && other->config == config;
+  });
+  Refresh r = same != layers_.end() ? std::get<Refresh>(*same) : make_refresh(params_, config);
   r.name = name;
   layers_.push_back(std::move(r));
 }
