@@ -1,7 +1,8 @@
 """Private training with encrypted data pruning, measured end to end on the engine.
 
     python benchmarks/private_training.py [--quick] [--out FILE] [--data-dir DIR]
-        [--train-samples N] [--epochs E] [--fractions 1 0.5 0.2 0.1 0.05] [--backend engine]
+        [--train-samples N] [--epochs E] [--fractions 1 0.5 0.2 0.1 0.05]
+        [--scores hefs logits] [--backend engine]
 
 Writes JSON ``{"runs": [{"keep_fraction", "mode", "refresh", "samples", "epochs",
 "train_seconds", "seconds_by_component", "accuracy", "plaintext_accuracy", "bytes_up",
@@ -10,11 +11,13 @@ Writes JSON ``{"runs": [{"keep_fraction", "mode", "refresh", "samples", "epochs"
 wall clock of one whole run: encryption, scoring, pruning, every step, every refresh and the
 validation of every epoch. ``mode`` is ``full`` (no pruning, the HETAL-style baseline),
 ``heprune`` (the server learns the mask and compacts ciphertexts) or ``private`` (the client
-re-packs the kept samples; the server learns only their number). ``refresh`` is ``client``:
+re-packs the kept samples; the server learns only their number); ``score`` is ``hefs``
+(HEPrune's score, computed under encryption) or ``logits`` (the client scores exactly from
+decrypted logits). ``refresh`` is ``client``:
 the client re-encrypts the weights after every step (bootstrapping them instead is not yet
 fast enough, docs/private-training.md). A rerun with the same settings resumes the table.
 
-Sizes: the default (16384 training samples, 7 epochs, N = 2^15) runs the nine rows in about an
+Sizes: the default (16384 training samples, 7 epochs, N = 2^15) runs the 17 rows in about an
 hour on two cores; ``--quick`` (2048 samples) in about ten minutes. The size matters beyond
 time: a kept fraction of a small set is a handful of steps on the hardest samples, and on 2048
 samples the plaintext recipe itself loses 20 to 37 points at 20% and below (validation
@@ -55,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation-samples", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=7)
     p.add_argument("--fractions", type=float, nargs="+", default=list(KEEP_FRACTIONS))
+    p.add_argument(
+        "--scores",
+        nargs="+",
+        choices=("hefs", "logits"),
+        default=["hefs", "logits"],
+        help="how samples are scored: hefs (HEPrune's score under encryption), logits (the "
+        "client scores exactly from decrypted logits); each pruned row runs once per score",
+    )
     p.add_argument("--backend", choices=("engine", "simulator"), default="engine")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--extractor-cache", type=Path, default=None)
@@ -80,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     cache = args.extractor_cache or extractor_cache_for(args.out)
     table = run_table(
-        args.data_dir, args.out, settings, default_runs(tuple(args.fractions)), cache, progress=True
+        args.data_dir,
+        args.out,
+        settings,
+        default_runs(tuple(args.fractions), scores=tuple(args.scores)),
+        cache,
+        progress=True,
     )
     plot_table(table, args.out.with_suffix(".png"))
     for r in table["runs"]:

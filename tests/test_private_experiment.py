@@ -55,18 +55,25 @@ def test_the_table_has_every_row_and_field_and_resumes(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "table.json"
-    runs = default_runs((1.0, 0.25))
+    runs = default_runs((1.0, 0.25), scores=("hefs", "logits"))
     table = run_table(data_dir, out, SETTINGS, runs, tmp_path / "extractor.pt")
-    assert [(r["keep_fraction"], r["mode"]) for r in table["runs"]] == [
-        (1.0, "full"),
-        (0.25, "heprune"),
-        (0.25, "private"),
+    assert [(r["keep_fraction"], r["mode"], r["score"]) for r in table["runs"]] == [
+        (1.0, "full", None),
+        (0.25, "heprune", "hefs"),
+        (0.25, "private", "hefs"),
+        (0.25, "heprune", "logits"),
+        (0.25, "private", "logits"),
     ]
     for row in table["runs"]:
         assert set(row) >= FIELDS
         assert row["refresh"] == "client" and row["samples"] == 256
         assert 0.0 <= row["accuracy"] <= 1.0 and row["train_seconds"] > 0
-    full, heprune, private = table["runs"]
+    full, heprune, private, heprune_logits, private_logits = table["runs"]
+    # Scoring by logits spends no encrypted softmax (the same selection, fewer products).
+    for hefs, logits in ((heprune, heprune_logits), (private, private_logits)):
+        assert logits["ops"]["ct_mult"] < hefs["ops"]["ct_mult"]
+        assert "score" in hefs["seconds_by_component"]
+        assert "score" not in logits["seconds_by_component"]
     assert full["speedup_vs_full"] == 1.0
     assert full["samples_trained"] == 2 * 256
     assert heprune["samples_trained"] <= 2 * 64 + 1 and private["samples_trained"] <= 2 * 64 + 1
@@ -89,10 +96,9 @@ def test_the_table_has_every_row_and_field_and_resumes(
 
 def test_a_table_grows_by_the_rows_it_lacks(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.json"
-    first = run_table(data_dir, out, SETTINGS, [(1.0, "full")], tmp_path / "extractor.pt")
-    grown = run_table(
-        data_dir, out, SETTINGS, [(1.0, "full"), (0.5, "private"), (0.5, "private")], None
-    )
+    first = run_table(data_dir, out, SETTINGS, [(1.0, "full", None)], tmp_path / "extractor.pt")
+    twice = [(1.0, "full", None), (0.5, "private", "hefs"), (0.5, "private", "hefs")]
+    grown = run_table(data_dir, out, SETTINGS, twice, None)
     assert [(r["keep_fraction"], r["mode"]) for r in grown["runs"]] == [
         (1.0, "full"),
         (0.5, "private"),

@@ -102,6 +102,7 @@ class Server(Protocol[C]):
     def mul_sum(self, pairs: list[tuple[C, C]]) -> C: ...
     def mul_const(self, a: C, value: float | Vector) -> C: ...
     def rotate(self, a: C, step: int) -> C: ...
+    def rotate_many(self, a: C, steps: list[int]) -> list[C]: ...
     def drop_to(self, a: C, level: int) -> C: ...
     def byte_size(self, ct: C) -> int: ...
 
@@ -238,6 +239,9 @@ class SimulatedBackend:
     def rotate(self, a: SimCiphertext, step: int) -> SimCiphertext:
         self.counts.count("rotations", a.level)
         return SimCiphertext(np.roll(a.values, -step), a.level)
+
+    def rotate_many(self, a: SimCiphertext, steps: list[int]) -> list[SimCiphertext]:
+        return [self.rotate(a, step) for step in steps]
 
     def drop_to(self, a: SimCiphertext, level: int) -> SimCiphertext:
         check_level(level, self.top_level, a.level)
@@ -448,6 +452,12 @@ class EngineBackend:
     def rotate(self, a: ckks.Ciphertext, step: int) -> ckks.Ciphertext:
         self.counts.count("rotations", a.level)
         return self._evaluator.rotate(a, step, self._keys.galois_keys)
+
+    def rotate_many(self, a: ckks.Ciphertext, steps: list[int]) -> list[ckks.Ciphertext]:
+        """Several rotations of one ciphertext, hoisted: the key-switch decomposition, most
+        of a rotation's cost, is computed once for all of them."""
+        self.counts.count("rotations", a.level, len(steps))
+        return list(self._evaluator.rotate_hoisted(a, steps, self._keys.galois_keys))
 
     def drop_to(self, a: ckks.Ciphertext, level: int) -> ckks.Ciphertext:
         """``a`` at a lower level with that level's ladder scale: switch to ``level + 1``,

@@ -47,6 +47,13 @@ def add_train_private_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
         help="heprune: the server learns the mask and compacts ciphertexts; private: the "
         "client re-packs the kept samples and the server learns only their number",
     )
+    p.add_argument(
+        "--score",
+        choices=("hefs", "logits", "both"),
+        default="hefs",
+        help="hefs: the server computes HEPrune's score under encryption; logits: the server "
+        "computes logits and the client scores exactly (cheaper, reveals nothing more)",
+    )
     p.add_argument("--epochs", type=positive, default=7)
     p.add_argument("--train-samples", type=positive, default=2048)
     p.add_argument("--validation-samples", type=positive, default=1024)
@@ -69,7 +76,8 @@ def run_train_private(args: argparse.Namespace) -> int:
     )
 
     modes = ("heprune", "private") if args.mode == "both" else (args.mode,)
-    runs = default_runs(tuple(args.keep_fraction), modes)
+    scores = ("hefs", "logits") if args.score == "both" else (args.score,)
+    runs = default_runs(tuple(args.keep_fraction), modes, scores)
     settings = TableSettings(
         train_samples=args.train_samples,
         validation_samples=args.validation_samples,

@@ -30,6 +30,7 @@ from fheprune.private_training.layout import SampleLayout
 from fheprune.private_training.softmax import SoftmaxApprox
 from fheprune.private_training.trainer import (
     MODES,
+    SCORES,
     PrivateTrainingConfig,
     accuracy,
     describe,
@@ -65,10 +66,15 @@ def levels_needed(approx: SoftmaxApprox) -> int:
     return 1 + 1 + approx.depth + 1 + 1
 
 
-def _config(settings: TableSettings, keep: float, mode: str) -> PrivateTrainingConfig:
+#: A row of the table: (kept fraction, mode, score); the full-data row is (1.0, "full", None).
+Run = tuple[float, str, str | None]
+
+
+def _config(settings: TableSettings, keep: float, mode: str, score: str) -> PrivateTrainingConfig:
     return PrivateTrainingConfig(
         keep_fraction=keep,
         mode=mode,  # type: ignore[arg-type]
+        score=score,  # type: ignore[arg-type]
         epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         momentum=settings.momentum,
@@ -78,19 +84,20 @@ def _config(settings: TableSettings, keep: float, mode: str) -> PrivateTrainingC
     )
 
 
-def _row_key(row: dict[str, Any]) -> tuple[float, str]:
-    return float(row["keep_fraction"]), str(row["mode"])
+def _row_key(row: dict[str, Any]) -> Run:
+    return float(row["keep_fraction"]), str(row["mode"]), row.get("score")
 
 
 def run_table(
     data_dir: str | Path | None,
     out: Path,
     settings: TableSettings,
-    runs: list[tuple[float, str]],
+    runs: list[Run],
     extractor_cache: Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run every (keep_fraction, mode) in ``runs`` not yet in ``out`` and return the table."""
+    """Run every (keep_fraction, mode, score) in ``runs`` not yet in ``out`` and return the
+    table."""
     splits = split_private_data(
         data_dir,
         train_samples=settings.train_samples,
@@ -119,6 +126,8 @@ def run_table(
         },
         "samples_per_ciphertext": layout.samples_per_ciphertext,
         "refresh": "client",
+        # The client computes the validation loss from decrypted logits (exact softmax).
+        "validation": "logits",
         "softmax": {
             "logit_bound": approx.logit_bound,
             "depth": approx.depth,
@@ -149,12 +158,13 @@ def run_table(
 
     client: Any
     server: Any
-    for keep, mode in runs:
-        mode = "full" if keep == 1.0 else mode
-        if (keep, mode) in done:
-            log.info("keep %.2f %s: already in %s", keep, mode, out)
+    for keep, mode, score in runs:
+        if keep == 1.0:
+            mode, score = "full", None
+        if (keep, mode, score) in done:
+            log.info("keep %.2f %s %s: already in %s", keep, mode, score, out)
             continue
-        cfg = _config(settings, keep, "private" if mode == "full" else mode)
+        cfg = _config(settings, keep, "private" if mode == "full" else mode, score or "hefs")
         if settings.backend == "simulator":
             client = SimulatedBackend(layout.slots, params.top_level)
             server = client.server_view()
@@ -168,6 +178,7 @@ def run_table(
         row = {
             "keep_fraction": keep,
             "mode": mode,
+            "score": score,
             "refresh": "client",
             "backend": settings.backend,
             "samples": len(x),
@@ -181,12 +192,13 @@ def run_table(
             "machine": machine_info(),
         }
         table["runs"].append(row)
-        done.add((keep, mode))
+        done.add((keep, mode, score))
         write_json_atomic(out, table)
         log.info(
-            "keep %.2f %s: %.1f s, accuracy %.4f (plaintext %.4f)",
+            "keep %.2f %s %s: %.1f s, accuracy %.4f (plaintext %.4f)",
             keep,
             mode,
+            score,
             result.train_seconds,
             row["accuracy"],
             row["plaintext_accuracy"],
@@ -213,13 +225,21 @@ def _machine_kind(row: dict[str, Any]) -> tuple[object, ...]:
 
 
 def default_runs(
-    fractions: tuple[float, ...] = KEEP_FRACTIONS, modes: tuple[str, ...] = MODES
-) -> list[tuple[float, str]]:
-    """(kept fraction, mode) rows: 1.0 is the full-data baseline, once; every other fraction
-    once per mode."""
-    runs: list[tuple[float, str]] = []
+    fractions: tuple[float, ...] = KEEP_FRACTIONS,
+    modes: tuple[str, ...] = MODES,
+    scores: tuple[str, ...] = ("hefs",),
+) -> list[Run]:
+    """(kept fraction, mode, score) rows: 1.0 is the full-data baseline, once (it scores
+    nothing); every other fraction once per mode and score."""
+    for score in scores:
+        if score not in SCORES:
+            raise InputError(f"score must be one of {SCORES}, got {score!r}")
+    runs: list[Run] = []
     for keep in fractions:
-        runs.extend([(1.0, "full")] if keep == 1.0 else [(keep, m) for m in modes])
+        if keep == 1.0:
+            runs.append((1.0, "full", None))
+        else:
+            runs.extend((keep, m, sc) for sc in scores for m in modes)
     return runs
 
 
@@ -232,7 +252,8 @@ def format_row(row: dict[str, Any]) -> str:
     """One table row for a terminal."""
     speedup = row.get("speedup_vs_full")
     return (
-        f"keep {row['keep_fraction']:<5} {row['mode']:<8} {row['train_seconds']:8.1f} s"
+        f"keep {row['keep_fraction']:<5} {row['mode']:<8} {row.get('score') or '-':<7}"
+        f"{row['train_seconds']:8.1f} s"
         + (f" x{speedup:.2f}" if speedup is not None else "")
         + f"  accuracy {row['accuracy']:.4f} (plaintext recipe {row['plaintext_accuracy']:.4f})"
         f"  up {row['bytes_up'] / 2**20:.0f} MiB, down {row['bytes_down'] / 2**20:.0f} MiB"
@@ -247,25 +268,28 @@ def plot_table(table: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, marker in (("heprune", "o"), ("private", "s")):
+    full = [r for r in table["runs"] if r["mode"] == "full"]
+    lines = sorted(
+        {(r["mode"], r.get("score") or "hefs") for r in table["runs"]} - {("full", "hefs")}
+    )
+    twin = ax1.twinx()
+    for n, (mode, score) in enumerate(lines):
         rows = sorted(
-            [r for r in table["runs"] if r["mode"] in (mode, "full")],
+            full
+            + [r for r in table["runs"] if (r["mode"], r.get("score") or "hefs") == (mode, score)],
             key=lambda r: r["keep_fraction"],
         )
-        if not rows:
-            continue
         keeps = [r["keep_fraction"] for r in rows]
-        ax1.plot(keeps, [r["train_seconds"] for r in rows], marker=marker, label=f"{mode}: time")
-        twin = ax1.twinx() if mode == "heprune" else None
-        if twin is not None:
-            twin.plot(keeps, [100 * r["accuracy"] for r in rows], "k--", label="accuracy")
-            twin.set_ylabel("test accuracy (%)")
+        marker = "os^v"[n % 4]
+        ax1.plot(keeps, [r["train_seconds"] for r in rows], marker=marker, label=f"{mode}, {score}")
+        twin.plot(keeps, [100 * r["accuracy"] for r in rows], "k:", marker=marker, alpha=0.5)
+    twin.set_ylabel("test accuracy (%, dotted)")
     ax1.set_xscale("log")
     ax1.set_xlabel("kept fraction")
     ax1.set_ylabel("training time (s, whole run)")
     ax1.legend(loc="upper left")
     components = sorted({c for r in table["runs"] for c in r["seconds_by_component"]})
-    labels = [f"{r['keep_fraction']}\n{r['mode']}" for r in table["runs"]]
+    labels = [f"{r['keep_fraction']}\n{r['mode']}\n{r.get('score') or ''}" for r in table["runs"]]
     bottom = np.zeros(len(table["runs"]))
     for comp in components:
         vals = np.array([r["seconds_by_component"].get(comp, 0.0) for r in table["runs"]])

@@ -8,15 +8,22 @@ input range hold, see :mod:`.softmax`) and re-encrypts them at the top of the ch
 
 Data pruning (``keep_fraction < 1``), re-scored every ``rescore_every`` epochs:
 
-- the server computes the HE-friendly score of every sample (:func:`.kernels.hefs`), except
-  before the first step, when the weights are zero and every score is equal: the first
-  selection is random, whole ciphertexts drawn at random (:func:`initial_selection`);
-- the client decrypts the scores and picks the top ``keep_fraction`` (client-aided masking);
+- every sample is scored, except before the first step, when the weights are zero and every
+  score is equal: the first selection is random, whole ciphertexts drawn at random
+  (:func:`initial_selection`). ``score="hefs"``: the server computes HEPrune's HE-friendly
+  score (:func:`.kernels.hefs`) and the client decrypts it; ``score="logits"``: the server
+  computes only the logits and the client, which decrypts in any case, computes the same L1
+  EL2N score exactly (no encrypted softmax, nothing more revealed: the logits are of the
+  client's own samples);
+- the client picks the top ``keep_fraction`` (client-aided masking);
 - ``mode="heprune"``: the client sends the mask, and the server compacts the kept samples
   into as few ciphertexts as it can (ciphertext-wise pruning): it learns which samples were
   kept;
 - ``mode="private"``: the client re-encrypts the kept samples, packed, and uploads them; the
   server learns only how many were kept (and the fresh ciphertexts say nothing about which).
+
+Validation (the one interactive step, every epoch): the server computes the validation
+samples' logits, the client decrypts them and computes the loss with the exact softmax.
 
 Every number is a wall-clock measurement of the whole run; components are timed in place.
 """
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")
 Mode = Literal["heprune", "private"]
 MODES: tuple[str, ...] = ("heprune", "private")
+Score = Literal["hefs", "logits"]
+SCORES: tuple[str, ...] = ("hefs", "logits")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class PrivateTrainingConfig:
     rescore_every: int = 5
     logit_bound: float = 3.0
     patience: int = 3
+    # "hefs": the server computes HEPrune's score under encryption (softmax, then 2 (1 - p_y))
+    # and the client decrypts one score per sample; "logits": the server computes only the
+    # logits and the client, which decrypts either way, scores exactly (the same L1 EL2N).
+    score: Score = "hefs"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +78,8 @@ class PrivateTrainingConfig:
             raise InputError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.score not in SCORES:
+            raise InputError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.epochs < 1 or self.rescore_every < 1 or self.patience < 1:
             raise InputError("epochs, rescore_every and patience must be positive")
 
@@ -222,9 +237,22 @@ class DataOwner(Generic[C]):
         """Each sample's score (lane 0 of its block)."""
         return self._per_sample(scores, counts, self.layout.lane_zero, "client_select")
 
-    def probabilities(self, probs: list[C], counts: Sequence[int]) -> Vector:
-        """Each sample's class probabilities."""
-        return self._per_sample(probs, counts, self.layout.class_lanes, "client_validate")
+    def probabilities(self, logits: list[C], counts: Sequence[int]) -> Vector:
+        """Each sample's class probabilities, by the exact softmax of its decrypted logits (the
+        client decrypts either logits or probabilities; logits cost the server no softmax)."""
+        z = self._per_sample(logits, counts, self.layout.class_lanes, "client_validate")
+        with self.ledger.timed("client_validate"):
+            return exact_softmax(z)
+
+    def scores_from_logits(
+        self, logits: list[C], counts: Sequence[int], y: NDArray[np.int64]
+    ) -> Vector:
+        """The L1 EL2N score ``sum_c |P_c - Y_c| = 2 (1 - P_y)`` of each sample, exactly, from
+        its decrypted logits (``y``: the client's own labels, in the ciphertexts' order)."""
+        z = self._per_sample(logits, counts, self.layout.class_lanes, "client_select")
+        with self.ledger.timed("client_select"):
+            p = exact_softmax(z)
+            return np.asarray(2.0 * (1.0 - p[np.arange(len(y)), y]), dtype=np.float64)
 
     def _per_sample(
         self,
@@ -266,6 +294,12 @@ class TrainingServer(Generic[C]):
         with self.ledger.timed("softmax"):
             return K.softmax(self.server, self.layout, self.approx, z)
 
+    def logits(self, batch: Batch[C], d: list[C]) -> C:
+        """The logits, brought to the bottom level for the download (a quarter of the bytes at
+        the top; the client needs no level to decrypt)."""
+        with self.ledger.timed("forward"):
+            return self.server.drop_to(K.forward(self.server, batch.xs, d), 0)
+
     def score(self, batch: Batch[C], d: list[C]) -> C:
         p = self.predict(batch, d)
         with self.ledger.timed("score"):
@@ -299,7 +333,8 @@ class TrainingServer(Generic[C]):
     ) -> list[Batch[C]]:
         """Ciphertext-wise pruning with the mask in the clear. Destinations start as the
         densest ciphertexts; the kept blocks of each other ciphertext move into their holes,
-        each move one mask and a rotation by a number of blocks (one Galois key per set bit).
+        each move one mask and a rotation by a number of blocks (one Galois key per set bit;
+        one-key shifts of a source are hoisted together, :meth:`_move`).
         A ciphertext whose kept blocks would need more than ``max_rotations`` rotations
         becomes a destination itself instead: a rotation here turns all 17 ciphertexts of a
         batch at the top level, about half a training step, and only emptying a ciphertext
@@ -325,19 +360,45 @@ class TrainingServer(Generic[C]):
                     out.append(dest)
                     holes.append(~remaining)
                     continue
+                self._move(src, plan, out)
                 for d, m, placed in plan:
-                    moved = self.pack(src, placed)
-                    xs = [self._rotate_blocks(a, m) for a in moved.xs]
-                    labels = self._rotate_blocks(moved.labels, m)
-                    dest = out[d]
-                    dest.xs = [self.server.add(a, b) for a, b in zip(dest.xs, xs, strict=True)]
-                    dest.labels = self.server.add(dest.labels, labels)
-                    dest.count += moved.count
-                    landed = np.roll(placed, -m)
-                    assert dest.owners is not None and src.owners is not None
-                    dest.owners[landed] = np.roll(src.owners, -m)[landed]
-                    holes[d] &= ~landed
+                    holes[d] &= ~np.roll(placed, -m)
         return out
+
+    def _move(
+        self,
+        src: Batch[C],
+        plan: list[tuple[int, int, NDArray[np.bool_]]],
+        out: list[Batch[C]],
+    ) -> None:
+        """Carry out one source's moves. Shifts of one Galois key (a power of two blocks, or
+        none) rotate the whole source, hoisted (one key-switch decomposition per ciphertext
+        for all of them), then mask in the destination's coordinates; other shifts mask
+        first and rotate bit by bit."""
+        lanes = self.layout.lanes
+        one_key = [mv for mv in plan if mv[1] & (mv[1] - 1) == 0]
+        steps = sorted({m for _, m, _ in one_key if m})
+        rotated: list[dict[int, C]] = []
+        if one_key:
+            for ct in [*src.xs, src.labels]:
+                turned = self.server.rotate_many(ct, [m * lanes for m in steps]) if steps else []
+                rotated.append({0: ct, **dict(zip(steps, turned, strict=True))})
+        for d, m, placed in plan:
+            landed = np.roll(placed, -m)
+            if m & (m - 1) == 0:
+                mask = self.layout.block_mask(landed)
+                moved = [self.server.mul_const(r[m], mask) for r in rotated]
+                xs, labels = moved[:-1], moved[-1]
+            else:
+                packed = self.pack(src, placed)
+                xs = [self._rotate_blocks(a, m) for a in packed.xs]
+                labels = self._rotate_blocks(packed.labels, m)
+            dest = out[d]
+            dest.xs = [self.server.add(a, b) for a, b in zip(dest.xs, xs, strict=True)]
+            dest.labels = self.server.add(dest.labels, labels)
+            dest.count += int(placed.sum())
+            assert dest.owners is not None and src.owners is not None
+            dest.owners[landed] = np.roll(src.owners, -m)[landed]
 
 
 def _plan_moves(
@@ -399,6 +460,21 @@ def _best_shift(
         if placed.sum() > best_placed.sum():
             best, best_placed = m, placed
     return best, best_placed
+
+
+def _scores(
+    server: TrainingServer[C],
+    owner: DataOwner[C],
+    batches: list[Batch[C]],
+    d: list[C],
+    y: NDArray[np.int64],
+    config: PrivateTrainingConfig,
+) -> Vector:
+    """Every sample's score, in order, as the client reads it (``config.score``)."""
+    counts = [b.count for b in batches]
+    if config.score == "hefs":
+        return owner.decrypt_scores([server.score(b, d) for b in batches], counts)
+    return owner.scores_from_logits([server.logits(b, d) for b in batches], counts, y)
 
 
 def _cross_entropy(p: Vector, y: NDArray[np.int64]) -> float:
@@ -482,14 +558,12 @@ def train_private(
                     ]
                 log.info("epoch 0: kept %d random samples", sum(len(g) for _, g in groups))
             elif config.mode == "heprune":
-                scores = [server.score(b, d) for b in full_packed]
-                s = owner.decrypt_scores(scores, [b.count for b in full_packed])
+                s = _scores(server, owner, full_packed, d, y, config)
                 kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
                 ledger.upload("mask", (len(s) + 7) // 8)  # one bit per sample
                 training = server.compact(full, kept)
             else:
-                scores = [server.score(b, d) for b in full_packed]
-                s = owner.decrypt_scores(scores, [b.count for b in full_packed])
+                s = _scores(server, owner, full_packed, d, y, config)
                 kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
                 fresh = owner.encrypt_samples(x[kept], y[kept], False, kind="repack")
                 with ledger.timed("pack"):
@@ -500,8 +574,8 @@ def train_private(
             d2, v2 = server.step(batch, d, v, config)
             d, v, w = owner.refresh(d2, v2)
             samples_trained += batch.count
-        probs = [server.predict(b, d) for b in val]
-        p_val = owner.probabilities(probs, [b.count for b in val])
+        logits = [server.logits(b, d) for b in val]
+        p_val = owner.probabilities(logits, [b.count for b in val])
         max_logit = max(max_logit, float(np.abs(x_val @ w).max()))
         loss = _cross_entropy(p_val, y_val)
         if not math.isfinite(loss):
