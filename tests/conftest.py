@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI runs every property test on the same examples (a failure there reproduces locally with
+# CI=true); elsewhere Hypothesis draws new ones each run, which finds more.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 try:
     from fheprune import _core
