@@ -19,6 +19,11 @@ namespace fheprune::ckks {
 BaseConverter::BaseConverter(std::vector<Modulus> from, std::vector<Modulus> to)
     : from_(std::move(from)), to_(std::move(to)) {
   const std::size_t m = from_.size();
+  // A sum of k products y * f (y < b_j, f < c) plus a reduced part (< c) stays below c * 2^64,
+  // what Modulus::reduce128 takes, while k * max b_j < 2^64 - 1.
+  u64 widest = 1;
+  for (const Modulus& b : from_) widest = std::max(widest, b.value());
+  lazy_terms_ = std::max<std::size_t>(1, (~u64{0} / widest) - 1);
   inv_punctured_.resize(m);
   punctured_mod_target_.assign(to_.size(), std::vector<u64>(m));
   for (std::size_t j = 0; j < m; ++j) {
@@ -43,29 +48,55 @@ void BaseConverter::convert(const u64* const* in, u64* const* out, std::size_t n
 
 void BaseConverter::convert_to(const u64* const* in, u64* out, std::size_t t,
                                std::size_t n) const {
+  const std::size_t m = from_.size();
+  std::vector<u64> scaled(m * n);
+  std::vector<const u64*> ptrs(m);
+  for (std::size_t j = 0; j < m; ++j) {
+    scale_source(j, in[j], scaled.data() + j * n, n);
+    ptrs[j] = scaled.data() + j * n;
+  }
+  combine_to(ptrs.data(), out, t, n);
+}
+
+void BaseConverter::scale_source(std::size_t j, const u64* in, u64* out, std::size_t n) const {
+  if (from_.size() == 1) {  // (B/b_0)^-1 = 1: the residue itself
+    if (out != in) std::memcpy(out, in, n * sizeof(u64));
+    return;
+  }
+  const u64 q = from_[j].value();
+  const MultiplyOperand& w = inv_punctured_[j];
+  for (std::size_t k = 0; k < n; ++k) out[k] = mul_shoup(in[k], w.value, w.shoup, q);
+}
+
+void BaseConverter::combine_to(const u64* const* scaled, u64* out, std::size_t t,
+                               std::size_t n) const {
   const Modulus& c = to_[t];
   const std::size_t m = from_.size();
   if (m == 1) {
     // One source prime: the residue itself is the (exact) integer lift.
     if (from_[0].value() <= c.value()) {
-      std::memcpy(out, in[0], n * sizeof(u64));
+      if (out != scaled[0]) std::memcpy(out, scaled[0], n * sizeof(u64));
     } else {
-      for (std::size_t k = 0; k < n; ++k) out[k] = c.reduce(in[0][k]);
+      for (std::size_t k = 0; k < n; ++k) out[k] = c.reduce(scaled[0][k]);
     }
     return;
   }
-  // sum_j [x_j (B/b_j)^-1]_{b_j} * ((B/b_j) mod c), reduced term by term.
+  // Blocks keep the 128-bit sums in L1 while the sources stream through.
+  constexpr std::size_t kBlock = 256;
+  u128 acc[kBlock];
   const std::vector<u64>& factors = punctured_mod_target_[t];
-  std::fill(out, out + n, 0);
-  for (std::size_t j = 0; j < m; ++j) {
-    const u64 q = from_[j].value();
-    const MultiplyOperand& w = inv_punctured_[j];
-    const MultiplyOperand f(c.reduce(factors[j]), c);
-    const u64* x = in[j];
-    for (std::size_t k = 0; k < n; ++k) {
-      const u64 y = c.reduce(mul_shoup(x[k], w.value, w.shoup, q));
-      out[k] = c.add(out[k], mul_shoup(y, f.value, f.shoup, c.value()));
+  for (std::size_t start = 0; start < n; start += kBlock) {
+    const std::size_t len = std::min(kBlock, n - start);
+    std::fill(acc, acc + len, 0);
+    for (std::size_t j = 0; j < m; ++j) {
+      const u64 f = factors[j];
+      const u64* __restrict y = scaled[j] + start;
+      for (std::size_t k = 0; k < len; ++k) acc[k] += static_cast<u128>(y[k]) * f;
+      if ((j + 1) % lazy_terms_ == 0 && j + 1 < m) {
+        for (std::size_t k = 0; k < len; ++k) acc[k] = c.reduce128(acc[k]);
+      }
     }
+    for (std::size_t k = 0; k < len; ++k) out[start + k] = c.reduce128(acc[k]);
   }
 }
 

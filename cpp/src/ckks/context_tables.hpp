@@ -29,6 +29,14 @@ class BaseConverter {
   // Only target t (so callers can spread targets over threads).
   void convert_to(const u64* const* in, u64* out, std::size_t t, std::size_t n) const;
 
+  // The same conversion in two phases, so that the first (which does not depend on the
+  // target) runs once per source instead of once per source and target:
+  // scale_source: y_j = x_j * (B/b_j)^-1 mod b_j for source j (in may equal out);
+  void scale_source(std::size_t j, const u64* in, u64* out, std::size_t n) const;
+  // combine_to: target t from the scaled sources, sum_j y_j * ((B/b_j) mod c_t) mod c_t,
+  // summed in 128 bits and reduced every few terms.
+  void combine_to(const u64* const* scaled, u64* out, std::size_t t, std::size_t n) const;
+
   const std::vector<Modulus>& from() const { return from_; }
   const std::vector<Modulus>& to() const { return to_; }
 
@@ -37,6 +45,7 @@ class BaseConverter {
   std::vector<Modulus> to_;
   std::vector<MultiplyOperand> inv_punctured_;          // (B/b_j)^-1 mod b_j
   std::vector<std::vector<u64>> punctured_mod_target_;  // [t][j] = (B/b_j) mod c_t
+  std::size_t lazy_terms_ = 1;  // products summed before a reduction keeps the sum < c * 2^64
 };
 
 // Per-level constants. Level l uses chain primes 0..l.

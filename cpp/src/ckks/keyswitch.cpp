@@ -29,11 +29,14 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
   dec.extended = l + 1 + ctx_->special_size();
   dec.data.resize(dec.digits * dec.extended * n);
 
-  // Coefficient form of the component, one prime at a time.
-  std::vector<u64> coef(a.primes() * n);
+  // Coefficient form of the component, one prime at a time, already scaled for its digit's
+  // base conversion (the part of ModUp that every target prime shares).
+  ScratchBuffer coef(a.primes() * n);
   ctx_->tables().pool().parallel_for(a.primes(), [&](std::size_t i) {
-    std::memcpy(coef.data() + i * n, a.poly(component, i), n * sizeof(u64));
-    ctx_->tables().ntt(i).inverse(coef.data() + i * n);
+    u64* c = coef.data() + i * n;
+    std::memcpy(c, a.poly(component, i), n * sizeof(u64));
+    ctx_->tables().ntt(i).inverse(c);
+    ld.mod_up[i / alpha].scale_source(i % alpha, c, c, n);
   });
 
   // Extended-prime slot e of a key-prime index: chain primes keep theirs, special primes follow.
@@ -57,7 +60,7 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
     while (slot_of(targets[t]) != e) ++t;
     std::vector<const u64*> sources(end - begin);
     for (std::size_t j = begin; j < end; ++j) sources[j - begin] = coef.data() + j * n;
-    ld.mod_up[d].convert_to(sources.data(), out, t, n);
+    ld.mod_up[d].combine_to(sources.data(), out, t, n);
     ctx_->tables().ntt(targets[t]).forward(out);
   });
   return dec;
@@ -74,7 +77,7 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
   auto key_index = [&](std::size_t e) { return e <= l ? e : chain + (e - (l + 1)); };
 
   // Inner products <digits, key> at every extended prime, reduced to [0, q).
-  std::vector<u64> prod(2 * dec.extended * n);
+  ScratchBuffer prod(2 * dec.extended * n);
   ctx_->tables().pool().parallel_for(dec.extended, [&](std::size_t e) {
     const std::size_t ki = key_index(e);
     std::vector<const u64*> x(dec.digits), b(dec.digits), a(dec.digits);
@@ -88,11 +91,13 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
                            prod.data() + (1 * dec.extended + e) * n);
   });
 
-  // ModDown: bring the special-prime part to coefficient form...
+  // ModDown: bring the special-prime part to coefficient form (scaled for the conversion)...
   ctx_->tables().pool().parallel_for(2 * specials, [&](std::size_t task) {
     const std::size_t k = task / specials;
     const std::size_t s = task % specials;
-    ctx_->tables().ntt(chain + s).inverse(prod.data() + (k * dec.extended + l + 1 + s) * n);
+    u64* r = prod.data() + (k * dec.extended + l + 1 + s) * n;
+    ctx_->tables().ntt(chain + s).inverse(r);
+    ld.mod_down.scale_source(s, r, r, n);
   });
   // ...then out_k += (r_k - BaseConv_P->q_i(r_k)) * P^-1 at each chain prime, read through the
   // automorphism's permutation when there is one (the key was stored pre-permuted).
@@ -104,8 +109,8 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
     for (std::size_t s = 0; s < specials; ++s) {
       sources[s] = prod.data() + (k * dec.extended + l + 1 + s) * n;
     }
-    std::vector<u64> t(n);
-    ld.mod_down.convert_to(sources.data(), t.data(), i, n);
+    ScratchBuffer t(n);
+    ld.mod_down.combine_to(sources.data(), t.data(), i, n);
     ctx_->tables().ntt(i).forward(t.data());
     const u64* r = prod.data() + (k * dec.extended + i) * n;
     u64* o = out.poly(k, i);

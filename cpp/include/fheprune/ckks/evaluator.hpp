@@ -16,7 +16,7 @@ struct Decomposition {
   std::size_t level = 0;
   std::size_t digits = 0;
   std::size_t extended = 0;  // level + 1 + special primes
-  std::vector<u64> data;     // [digit][extended prime][n]
+  ScratchBuffer data;        // [digit][extended prime][n], every residue written
 };
 
 class Evaluator {
