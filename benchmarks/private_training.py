@@ -14,11 +14,13 @@ validation of every epoch. ``mode`` is ``full`` (no pruning, the HETAL-style bas
 re-packs the kept samples; the server learns only their number); ``score`` is ``hefs``
 (HEPrune's score, computed under encryption) or ``logits`` (the client scores exactly from
 decrypted logits). ``refresh`` is ``client``:
-the client re-encrypts the weights after every step (bootstrapping them instead is not yet
-fast enough, docs/private-training.md). A rerun with the same settings resumes the table.
+the client re-encrypts the weights after every step (bootstrapping them on the server would
+need more key memory than this machine has, docs/private-training.md). A rerun with the same
+settings resumes the table.
 
-Sizes: the default (16384 training samples, 7 epochs, N = 2^15) runs the 17 rows in about an
-hour on two cores; ``--quick`` (2048 samples) in about ten minutes. The size matters beyond
+Sizes: the default (16384 training samples, 7 epochs, N = 2^15) runs the 17 rows in about 80
+minutes on two cores (one score's nine rows, ``--scores hefs``, in under an hour); ``--quick``
+(2048 samples) in about ten minutes. The size matters beyond
 time: a kept fraction of a small set is a handful of steps on the hardest samples, and on 2048
 samples the plaintext recipe itself loses 20 to 37 points at 20% and below (validation
 96.7% full, 63.6% at 20%), while on 16384 it stays within 0.2 points down to 10%
