@@ -34,6 +34,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fheprune.private_training import SCORES
 from fheprune.private_training.experiment import (
     KEEP_FRACTIONS,
     TableSettings,
@@ -63,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scores",
         nargs="+",
-        choices=("hefs", "logits"),
-        default=["hefs", "logits"],
+        choices=SCORES,
+        default=list(SCORES),
         help="how samples are scored: hefs (HEPrune's score under encryption), logits (the "
         "client scores exactly from decrypted logits); each pruned row runs once per score",
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from fheprune.argtypes import number, positive
 from fheprune.errors import FhepruneError
+from fheprune.private_training import MODES, SCORES
 
 __all__ = ["add_train_private_parser", "run_train_private"]
 
@@ -42,14 +43,14 @@ def add_train_private_parser(sub: Any, log_levels: tuple[str, ...]) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=("heprune", "private", "both"),
+        choices=(*MODES, "both"),
         default="both",
         help="heprune: the server learns the mask and compacts ciphertexts; private: the "
         "client re-packs the kept samples and the server learns only their number",
     )
     p.add_argument(
         "--score",
-        choices=("hefs", "logits", "both"),
+        choices=(*SCORES, "both"),
         default="hefs",
         help="hefs: the server computes HEPrune's score under encryption; logits: the server "
         "computes logits and the client scores exactly (cheaper, reveals nothing more)",
@@ -75,8 +76,8 @@ def run_train_private(args: argparse.Namespace) -> int:
         run_table,
     )
 
-    modes = ("heprune", "private") if args.mode == "both" else (args.mode,)
-    scores = ("hefs", "logits") if args.score == "both" else (args.score,)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    scores = SCORES if args.score == "both" else (args.score,)
     runs = default_runs(tuple(args.keep_fraction), modes, scores)
     settings = TableSettings(
         train_samples=args.train_samples,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fheprune.errors import InputError
+from fheprune.private_training import MODES, SCORES
 from fheprune.private_training import kernels as K
 from fheprune.private_training.backend import (
     EngineBackend,
@@ -29,8 +30,6 @@ from fheprune.private_training.features import build_or_load_extractor, split_pr
 from fheprune.private_training.layout import SampleLayout
 from fheprune.private_training.softmax import SoftmaxApprox
 from fheprune.private_training.trainer import (
-    MODES,
-    SCORES,
     PrivateTrainingConfig,
     accuracy,
     describe,

@@ -36,13 +36,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
 from fheprune.errors import FhepruneError, InputError
+from fheprune.private_training import MODES, SCORES, Mode, Score
 from fheprune.private_training import kernels as K
 from fheprune.private_training.backend import ClientSide, Server, Vector
 from fheprune.private_training.layout import SampleLayout
@@ -51,10 +52,6 @@ from fheprune.private_training.softmax import SoftmaxApprox, exact_softmax
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
-Mode = Literal["heprune", "private"]
-MODES: tuple[str, ...] = ("heprune", "private")
-Score = Literal["hefs", "logits"]
-SCORES: tuple[str, ...] = ("hefs", "logits")
 
 
 @dataclass(frozen=True)
@@ -240,19 +237,21 @@ class DataOwner(Generic[C]):
     def probabilities(self, logits: list[C], counts: Sequence[int]) -> Vector:
         """Each sample's class probabilities, by the exact softmax of its decrypted logits (the
         client decrypts either logits or probabilities; logits cost the server no softmax)."""
-        z = self._per_sample(logits, counts, self.layout.class_lanes, "client_validate")
-        with self.ledger.timed("client_validate"):
-            return exact_softmax(z)
+        return self._softmax(logits, counts, "client_validate")
 
     def scores_from_logits(
         self, logits: list[C], counts: Sequence[int], y: NDArray[np.int64]
     ) -> Vector:
         """The L1 EL2N score ``sum_c |P_c - Y_c| = 2 (1 - P_y)`` of each sample, exactly, from
         its decrypted logits (``y``: the client's own labels, in the ciphertexts' order)."""
-        z = self._per_sample(logits, counts, self.layout.class_lanes, "client_select")
-        with self.ledger.timed("client_select"):
-            p = exact_softmax(z)
-            return np.asarray(2.0 * (1.0 - p[np.arange(len(y)), y]), dtype=np.float64)
+        p = self._softmax(logits, counts, "client_select")
+        return np.asarray(2.0 * (1.0 - p[np.arange(len(y)), y]), dtype=np.float64)
+
+    def _softmax(self, logits: list[C], counts: Sequence[int], component: str) -> Vector:
+        """The exact softmax of the decrypted logits of the occupied blocks, in order."""
+        z = self._per_sample(logits, counts, self.layout.class_lanes, component)
+        with self.ledger.timed(component):
+            return exact_softmax(z)
 
     def _per_sample(
         self,
