@@ -11,6 +11,10 @@ EvalMod and not (``pack_halves``).
 its DFT diagonals on the first call, Lattigo when the bootstrapper is built); every run
 refreshes a fresh encryption of uniform random reals in [-1, 1] in every slot, and the
 precision is -log2 of the mean and of the largest absolute error after decryption.
+``precision_bits_mean_constant`` is one more refresh, of the constant 0.9 in every slot: the
+message shape on which the sine's error is largest (one coefficient as large as the message).
+``--no-arcsine`` runs ours without the arcsine correction (``ckks.bootstrappable(arcsine=
+False)``: two levels more for the user, the message scaled to 2^12 below q0 instead of 2^8).
 
 Lattigo is reached through the ``orion-fhe`` wheel (it ships a compiled Lattigo library), in its
 own environment (see ``benchmarks/orion_reference.py``); pass ``--orion-python`` or set
@@ -52,6 +56,7 @@ def run_ours(
     special_primes: int = 4,
     sparse_slots: int = 0,
     pack_halves: bool = True,
+    arcsine: bool = True,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -65,6 +70,7 @@ def run_ours(
             log_n=log_n,
             hamming_weight=hamming_weight,
             special_primes=special_primes,
+            arcsine=arcsine,
         )
         within_bound = True
     except ckks.ParameterError:
@@ -73,6 +79,7 @@ def run_ours(
             log_n=log_n,
             hamming_weight=hamming_weight,
             special_primes=special_primes,
+            arcsine=arcsine,
             insecure_for_testing=True,
         )
         within_bound = False
@@ -107,6 +114,10 @@ def run_ours(
         level = out.level
         errors.append(np.abs(encoder.decode(decryptor.decrypt(out)) - z))
     err = np.concatenate(errors)
+    # The worst shape for the sine: a constant, one coefficient as large as the message.
+    constant = np.full(ctx.slots, 0.9)
+    fresh = boot.refresh(encryptor.encrypt(encoder.encode(constant, level=0)), keys)
+    constant_err = np.abs(encoder.decode(decryptor.decrypt(fresh)) - constant)
     return {
         "impl": "ours",
         "log_n": log_n,
@@ -119,6 +130,7 @@ def run_ours(
         "levels_left": level,
         "precision_bits_mean": -math.log2(float(err.mean())),
         "precision_bits_min": -math.log2(float(err.max())),
+        "precision_bits_mean_constant": -math.log2(float(constant_err.mean())),
         "key_bytes": len(ckks.save(ctx, keys)),
         "hamming_weight": hamming_weight,
         "chain_bits": chain,
@@ -131,6 +143,8 @@ def run_ours(
             "double_angles": config.double_angles,
             "cts_levels": config.cts_levels,
             "stc_levels": config.stc_levels,
+            "message_ratio_bits": config.message_ratio_bits,
+            "arcsine": config.arcsine,
         },
     }
 
@@ -178,6 +192,10 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
         y = scheme.encoder.decode(out.decrypt()).flatten()[:slots].double()
         errors.append((y - x).abs())
     err = torch.cat(errors)
+    constant = torch.full((slots,), 0.9, dtype=torch.float64)
+    fresh = scheme.encryptor.encrypt(scheme.encoder.encode(constant, level=0)).bootstrap()
+    y = scheme.encoder.decode(fresh.decrypt()).flatten()[:slots].double()
+    constant_err = (y - constant).abs()
     return {
         "impl": "lattigo",
         "log_n": log_n,
@@ -188,6 +206,7 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "levels_left": level,
         "precision_bits_mean": -math.log2(float(err.mean())),
         "precision_bits_min": -math.log2(float(err.max())),
+        "precision_bits_mean_constant": -math.log2(float(constant_err.mean())),
         "key_bytes": None,  # Orion does not expose the bootstrapping keys' size
         "hamming_weight": 192,
         "log_q_user": log_q,
@@ -226,6 +245,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--levels-left", type=int, default=2)
     p.add_argument("--hamming-weight", type=int, default=64)
     p.add_argument("--special-primes", type=int, default=4)
+    p.add_argument(
+        "--no-arcsine",
+        action="store_true",
+        help="ours without the arcsine (two levels more for the user, message ratio 2^12)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--sparse-slots",
@@ -279,16 +303,19 @@ def main(argv: list[str] | None = None) -> int:
                 args.special_primes,
                 sparse_slots=n,
                 pack_halves=pack,
+                arcsine=not args.no_arcsine,
             )
             runs.append(row)
             keys = ("impl", "threads", "refresh_slots", "pack_halves", "seconds")
-            print(json.dumps({k: row[k] for k in (*keys, "precision_bits_mean")}))
+            extra = ("precision_bits_mean", "precision_bits_mean_constant")
+            print(json.dumps({k: row[k] for k in (*keys, *extra)}))
         if args.orion_python is None:
             runs.append({"impl": "lattigo", **spec, "skipped": "orion-fhe not found"})
         else:
             row = run_lattigo(args.orion_python, spec)
             runs.append(row)
-            print(json.dumps({k: row.get(k) for k in ("impl", "threads", "seconds", "skipped")}))
+            extra = ("precision_bits_mean", "precision_bits_mean_constant", "skipped")
+            print(json.dumps({k: row.get(k) for k in ("impl", "threads", "seconds", *extra)}))
     report = {
         "runs": runs,
         "quick": args.quick,

@@ -48,7 +48,8 @@ def test_refresh_keeps_the_message_and_restores_levels() -> None:
     out = boot.refresh(ct, keys)
     assert out.level == boot.output_level == len(BITS) - 1 - boot.levels_consumed
     assert out.level == 2 and out.scale == ct.scale
-    assert boot.levels_consumed == 3 + 6 + 4 + 3  # CtS, Chebyshev (d = 31), 4 double angles, StC
+    # CtS, Chebyshev (d = 31), 4 double angles, the arcsine, StC
+    assert boot.levels_consumed == 3 + 6 + 4 + 2 + 3
     err = np.abs(_decrypt(ctx, keygen, out) - z)
     assert -math.log2(err.mean()) > 18  # measured about 21 bits at N = 1024
 
@@ -92,9 +93,16 @@ def test_bootstrappable_preset_is_128_bit_and_says_what_fits() -> None:
     assert preset.config.k_bound == 20.0  # five standard deviations for weight 192
     bits = sum(preset.parameters.chain_bits) + sum(preset.parameters.special_bits)
     assert bits == preset.log_qp <= ckks.max_modulus_bits_128(65536)
-    assert ckks.bootstrappable(13).log_qp <= ckks.max_modulus_bits_128(65536)
+    assert ckks.bootstrappable(10).log_qp <= ckks.max_modulus_bits_128(65536)
+    with pytest.raises(ckks.ParameterError, match="at most 10 levels left fit"):
+        ckks.bootstrappable(11)
+    # Without the arcsine: its two 60-bit levels go to the user, the message ratio drops.
+    lean = ckks.bootstrappable(13, arcsine=False)
+    assert lean.log_qp <= ckks.max_modulus_bits_128(65536)
+    assert not lean.config.arcsine and lean.config.message_ratio_bits == 12.0
+    assert preset.config.arcsine and preset.config.message_ratio_bits == 8.0
     with pytest.raises(ckks.ParameterError, match="at most 13 levels left fit"):
-        ckks.bootstrappable(14)
+        ckks.bootstrappable(14, arcsine=False)
     with pytest.raises(ckks.ParameterError, match="no bootstrappable chain fits"):
         ckks.bootstrappable(2, log_n=14)
     with pytest.raises(ckks.ParameterError, match="at least 1"):

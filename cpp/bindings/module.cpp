@@ -341,14 +341,18 @@ NB_MODULE(_core, m) {
           "__init__",
           [](BootstrapConfig* c, double k_bound, std::size_t chebyshev_degree,
              std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels,
-             std::size_t slots, bool pack_halves) {
-            new (c) BootstrapConfig{k_bound,    chebyshev_degree, double_angles, cts_levels,
-                                    stc_levels, slots,            pack_halves};
+             std::size_t slots, bool pack_halves, double message_ratio_bits, bool arcsine) {
+            new (c) BootstrapConfig{k_bound,    chebyshev_degree, double_angles,
+                                    cts_levels, stc_levels,       slots,
+                                    pack_halves, message_ratio_bits, arcsine};
           },
           "k_bound"_a = 12.0, "chebyshev_degree"_a = 63, "double_angles"_a = 3,
           "cts_levels"_a = 3, "stc_levels"_a = 3, "slots"_a = 0, "pack_halves"_a = true,
+          "message_ratio_bits"_a = 8.0, "arcsine"_a = true,
           "slots: 0 refreshes all N/2 slots; a power of two n < N/2 refreshes messages of "
-          "period n (cheaper DFTs).")
+          "period n (cheaper DFTs). message_ratio_bits: the refresh scales the message up to "
+          "about q0 / 2^bits first (0: off); arcsine: EvalMod corrects the sine (2 levels). "
+          "Both on by default (docs/bootstrapping.md).")
       .def("with_slots",
            [](const BootstrapConfig& c, std::size_t slots, std::optional<bool> pack_halves) {
              BootstrapConfig out = c;
@@ -364,7 +368,9 @@ NB_MODULE(_core, m) {
       .def_ro("chebyshev_degree", &BootstrapConfig::chebyshev_degree)
       .def_ro("double_angles", &BootstrapConfig::double_angles)
       .def_ro("cts_levels", &BootstrapConfig::cts_levels)
-      .def_ro("stc_levels", &BootstrapConfig::stc_levels);
+      .def_ro("stc_levels", &BootstrapConfig::stc_levels)
+      .def_ro("message_ratio_bits", &BootstrapConfig::message_ratio_bits)
+      .def_ro("arcsine", &BootstrapConfig::arcsine);
 
   using B = Bootstrapper;
   nb::class_<Bootstrapper>(m, "Bootstrapper",
@@ -386,7 +392,10 @@ NB_MODULE(_core, m) {
       .def("coeff_to_slot", &B::coeff_to_slot, "raised"_a, "galois_keys"_a, release_gil())
       .def("eval_mod", &B::eval_mod, "x"_a, "relin_key"_a, release_gil())
       .def("slot_to_coeff", &B::slot_to_coeff, "parts"_a, "message_scale"_a, "galois_keys"_a,
-           release_gil())
+           "out_scale"_a = 0.0, release_gil())
+      .def("message_boost", &B::message_boost, "scale"_a,
+           "The power of two refresh() multiplies a level-0 ciphertext of this scale by.")
+      .def_prop_ro("eval_mod_levels", &B::eval_mod_levels)
       .def("refresh", &B::refresh, "ciphertext"_a, "evaluation_keys"_a, release_gil());
 
   // Serialization: bytes in and out; the secret key only through its own named functions.

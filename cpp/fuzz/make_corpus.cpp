@@ -98,7 +98,7 @@ rt::Program seed_refresh_program() {
   ckks::Parameters params;
   params.poly_degree = 1024;
   params.chain_bits = {55, 40, 40, 40, 40, 40};
-  for (int i = 0; i < 9; ++i) params.chain_bits.push_back(55);
+  for (int i = 0; i < 11; ++i) params.chain_bits.push_back(55);  // EvalMod, arcsine included
   for (int i = 0; i < 3; ++i) params.chain_bits.push_back(60);
   params.special_bits = {60};
   params.scale_bits = 40;

@@ -26,7 +26,7 @@ constexpr std::size_t kWeight = 64;  // the secret's Hamming weight; K = 12 cove
 Parameters bootstrap_params(std::size_t n = 1024, std::size_t dft_levels = 3) {
   std::vector<int> chain = {55, 40, 40};
   for (std::size_t i = 0; i < dft_levels; ++i) chain.push_back(40);
-  for (int i = 0; i < 9; ++i) chain.push_back(55);
+  for (int i = 0; i < 11; ++i) chain.push_back(55);  // EvalMod: 5 + 1 + 3, the arcsine 2
   for (std::size_t i = 0; i < dft_levels; ++i) chain.push_back(60);
   return small_params(chain, {60}, n);
 }
@@ -190,24 +190,33 @@ TEST(Bootstrap, CoeffToSlotIsTheInverseEncodingUpToTheOverflow) {
   EXPECT_LT(worst * q0 / scale, 1e-4);
 }
 
-TEST(Bootstrap, EvalModApproximatesTheSine) {
+TEST(Bootstrap, EvalModRemovesTheOverflow) {
   Fixture& f = shared();
   const std::size_t n = f.ctx->slots();
   const std::size_t level = f.ctx->max_level() - f.boot.config().cts_levels;
   const double scale = static_cast<double>(f.ctx->primes()[level]);
   const double k1 = f.boot.config().k_bound + 1.0;
-  // x = (I + e) / (K + 1): integers plus small offsets, the inputs EvalMod sees.
-  const auto off = random_reals(n, 3, 1e-3);
+  // x = (I + e) / (K + 1): integers plus offsets, the inputs EvalMod sees. Offsets up to 1e-2
+  // (a message 2^7 below q0), where sin(2 pi e) is 4e-5 away from 2 pi e.
+  const auto off = random_reals(n, 3, 1e-2);
   const auto ints = random_reals(n, 4, f.boot.config().k_bound);
-  std::vector<cd> x(n), want(n);
+  std::vector<cd> x(n), line(n), sine(n);
   for (std::size_t i = 0; i < n; ++i) {
     const double y = std::round(ints[i]) + off[i];
     x[i] = y / k1;
-    want[i] = std::sin(2.0 * std::numbers::pi * y);
+    line[i] = 2.0 * std::numbers::pi * off[i];
+    sine[i] = std::sin(2.0 * std::numbers::pi * y);
   }
+  EXPECT_GT(max_error(line, sine), 2e-5);  // the two targets differ
+  // With the arcsine (the default): 2 pi e itself.
   const Ciphertext out = f.boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key);
   EXPECT_EQ(out.level(), f.boot.output_level() + f.boot.config().stc_levels);
-  EXPECT_LT(max_error(f.decrypt(out), want), 1e-6);
+  EXPECT_LT(max_error(f.decrypt(out), line), 1e-6);
+  // Without it: the sine, two levels higher.
+  const Bootstrapper plain(f.ctx, {.chebyshev_degree = 31, .arcsine = false});
+  const Ciphertext sin_out = plain.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key);
+  EXPECT_EQ(sin_out.level(), out.level() + 2);
+  EXPECT_LT(max_error(f.decrypt(sin_out), sine), 1e-6);
 }
 
 TEST(Bootstrap, DepthMatchesTheLevelBudgetForEveryDegree) {
@@ -222,7 +231,9 @@ TEST(Bootstrap, DepthMatchesTheLevelBudgetForEveryDegree) {
     const Bootstrapper boot(f.ctx, {.chebyshev_degree = d, .double_angles = 1});
     const Ciphertext out = boot.eval_mod(f.encrypt(x, level, scale), f.keys.relin_key);
     const std::size_t used = level - out.level();
-    EXPECT_EQ(used, static_cast<std::size_t>(std::bit_width(d - 1)) + 1 + 1) << "degree " << d;
+    // Basis and coefficients, one double angle, the arcsine's two.
+    EXPECT_EQ(used, static_cast<std::size_t>(std::bit_width(d - 1)) + 1 + 1 + 2) << "degree " << d;
+    EXPECT_EQ(used, boot.eval_mod_levels());
   }
 }
 
@@ -237,6 +248,32 @@ TEST(Bootstrap, RefreshRestoresLevelsAndKeepsTheMessage) {
   const double err = max_error(f.decrypt(fresh), z);
   RecordProperty("precision_bits_min", std::to_string(-std::log2(err)));
   EXPECT_LT(err, std::ldexp(1.0, -15)) << "precision " << -std::log2(err) << " bits";
+}
+
+TEST(Bootstrap, MessageRatioAndArcsineKeepEveryMessageShapePrecise) {
+  Fixture& f = shared();
+  const std::size_t n = f.ctx->slots();
+  const double scale = f.ctx->default_scale();
+  const Bootstrapper sine_only(f.ctx, {.chebyshev_degree = 31, .arcsine = false});
+  const Bootstrapper neither(f.ctx,
+                             {.chebyshev_degree = 31, .message_ratio_bits = 0, .arcsine = false});
+  EXPECT_EQ(f.boot.message_boost(scale), 128u);  // q0 = 2^55 over 2^40, down to 2^8
+  EXPECT_EQ(neither.message_boost(scale), 1u);
+  const auto error = [&](const Bootstrapper& b, const std::vector<cd>& z) {
+    const Ciphertext fresh = b.refresh(f.encrypt(z, 0, scale), f.keys);
+    EXPECT_DOUBLE_EQ(fresh.scale(), scale);
+    return max_error(f.decrypt(fresh), z);
+  };
+  // A spread-out message: the larger message is worth several bits.
+  const auto z = random_complex(n, 21);
+  const double spread = error(f.boot, z), unscaled = error(neither, z);
+  EXPECT_LT(spread, unscaled / 8) << -std::log2(spread) << " against " << -std::log2(unscaled);
+  // A constant is one coefficient as large as the message: the sine alone is off by
+  // (2 pi 0.9 / 2^8)^2 / 6 of it, about 2^-14; the arcsine brings it back.
+  const std::vector<cd> constant(n, cd{0.9, 0});
+  const double corrected = error(f.boot, constant), sine = error(sine_only, constant);
+  EXPECT_GT(sine, std::ldexp(1.0, -15));
+  EXPECT_LT(corrected, std::ldexp(1.0, -18)) << -std::log2(corrected) << " bits";
 }
 
 TEST(Bootstrap, RepeatedRefreshesDoNotDrift) {

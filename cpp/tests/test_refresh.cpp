@@ -83,7 +83,7 @@ ckks::Parameters refresh_params() {
   std::vector<int> chain = {55};
   for (int i = 0; i < 6; ++i) chain.push_back(40);
   for (int i = 0; i < 3; ++i) chain.push_back(40);
-  for (int i = 0; i < 9; ++i) chain.push_back(55);
+  for (int i = 0; i < 11; ++i) chain.push_back(55);  // EvalMod: 5 + 1 + 3, the arcsine 2
   for (int i = 0; i < 3; ++i) chain.push_back(60);
   return small_params(chain, {60}, 1024);
 }
@@ -130,7 +130,7 @@ std::vector<double> deep_reference(const Deep& d, std::vector<double> x) {
 
 TEST(ProgramRefreshes, PlacedWhereTheScheduleRunsOutAndKeptThroughSaveAndLoad) {
   const ckks::Parameters params = refresh_params();
-  Program p = deep_program(params, deep_layers(15, 1));  // 30 levels on a 21-level chain
+  Program p = deep_program(params, deep_layers(15, 1));  // 30 levels on a 23-level chain
   EXPECT_EQ(p.depth(), 30u);
   EXPECT_THROW(p.level_schedule(params.chain_bits.size() - 1), ckks::LevelError);
 

@@ -172,6 +172,10 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
                          "double_angles <= 8 and 1 <= cts_levels, stc_levels <= log2(slots) = " +
                          std::to_string(stages) + " are required");
   }
+  if (!(config_.message_ratio_bits >= 0.0 && config_.message_ratio_bits <= 64.0)) {
+    throw ParameterError("bootstrap config: message_ratio_bits must be from 0 (off) to 64, got " +
+                         std::to_string(config_.message_ratio_bits));
+  }
   if (ctx_->max_level() < levels_consumed() + 1) {
     throw ParameterError("bootstrapping consumes " + std::to_string(levels_consumed()) +
                          " levels and leaves at least one; the chain has " +
@@ -220,9 +224,23 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
 }
 
 std::size_t Bootstrapper::levels_consumed() const {
-  // CoeffToSlot, the Chebyshev basis and its coefficients, the double angles, SlotToCoeff.
-  return config_.cts_levels + ceil_log2(config_.chebyshev_degree) + 1 + config_.double_angles +
-         config_.stc_levels;
+  // CoeffToSlot, the Chebyshev basis and its coefficients, the double angles, the arcsine,
+  // SlotToCoeff.
+  return config_.cts_levels + eval_mod_levels() + config_.stc_levels;
+}
+
+std::size_t Bootstrapper::eval_mod_levels() const {
+  return ceil_log2(config_.chebyshev_degree) + 1 + config_.double_angles +
+         (config_.arcsine ? 2 : 0);
+}
+
+std::uint64_t Bootstrapper::message_boost(double scale) const {
+  if (config_.message_ratio_bits <= 0.0) return 1;
+  const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
+  const double bits = std::round(std::log2(q0 / scale) - config_.message_ratio_bits);
+  if (!(bits >= 1.0)) return 1;
+  // Below q0 whatever the scale (a scale under 1 would ask for more).
+  return std::uint64_t{1} << static_cast<int>(std::min(bits, std::floor(std::log2(q0)) - 1.0));
 }
 
 std::size_t Bootstrapper::output_level() const { return ctx_->max_level() - levels_consumed(); }
@@ -505,14 +523,24 @@ Ciphertext Bootstrapper::eval_mod(const Ciphertext& x, const RelinKey& rk) const
   }
   Ciphertext acc = chebyshev_sum(chebyshev_, basis, giants, x.scale(), rk);
   for (std::size_t j = 0; j < config_.double_angles; ++j) acc = next(acc, acc, nullptr);
+  if (config_.arcsine) {
+    // s = sin(2 pi y) back to 2 pi y = arcsin(s) ~ s (1 + s^2 / 6): s / 6 is s with six times
+    // the scale (free), times s, plus 1, times s.
+    Ciphertext sixth = acc;
+    sixth.set_scale(acc.scale() * 6.0);
+    Ciphertext poly = product(sixth, acc, rk);
+    evaluator_.add_plain_inplace(poly, encoder_.encode_constant(1.0, poly.scale(), poly.level()));
+    acc = product(poly, acc, rk);
+  }
   // Some degrees need a level less than ceil(log2 d) + 1; end where levels_consumed() says.
-  const std::size_t planned = x.level() - (ceil_log2(d) + 1 + config_.double_angles);
+  const std::size_t planned = x.level() - eval_mod_levels();
   if (acc.level() > planned) acc = evaluator_.mod_switch_to(acc, planned);
   return acc;
 }
 
 Ciphertext Bootstrapper::slot_to_coeff(const std::vector<Ciphertext>& parts,
-                                       double message_scale, const GaloisKeys& gk) const {
+                                       double message_scale, const GaloisKeys& gk,
+                                       double out_scale) const {
   const double q0 = static_cast<double>(ctx_->tables().modulus(0).value());
   const std::size_t want = packed_ ? 1 : 2;
   if (parts.size() != want) {
@@ -522,11 +550,23 @@ Ciphertext Bootstrapper::slot_to_coeff(const std::vector<Ciphertext>& parts,
   // Sparse: the packed ciphertext goes in as it is; the first group unpacks it.
   const Ciphertext w = want == 1 ? parts[0] : evaluator_.add(parts[0], times_i(parts[1]));
   return apply_groups(w, stc_groups_, cd{q0 / (2.0 * std::numbers::pi * message_scale), 0.0},
-                      message_scale, gk);
+                      out_scale > 0.0 ? out_scale : message_scale, gk);
 }
 
 Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& keys) const {
-  const Ciphertext bottom = ct.level() == 0 ? ct : evaluator_.mod_switch_to(ct, 0);
+  Ciphertext bottom = ct.level() == 0 ? ct : evaluator_.mod_switch_to(ct, 0);
+  // The message ratio: an exact multiplication by a power of two at level 0 (no rounding,
+  // no level), which SlotToCoeff's constants divide out again.
+  const std::uint64_t boost = message_boost(ct.scale());
+  if (boost > 1) {
+    const Modulus& q0 = ctx_->tables().modulus(0);
+    const std::size_t n = ctx_->poly_degree();
+    for (std::size_t k = 0; k < bottom.size(); ++k) {
+      u64* poly = bottom.poly(k, 0);
+      for (std::size_t c = 0; c < n; ++c) poly[c] = q0.mul(poly[c], boost);
+    }
+    bottom.set_scale(ct.scale() * static_cast<double>(boost));
+  }
   const Ciphertext raised = mod_raise(bottom);
   const std::vector<Ciphertext> parts = coeff_to_slot(raised, keys.galois_keys);
   // EvalMod ends at the scale it works at (near its primes): its output's last bits are the
@@ -541,7 +581,7 @@ Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& key
   } else {
     for (std::size_t i = 0; i < parts.size(); ++i) half(i);
   }
-  Ciphertext out = slot_to_coeff(mod, ct.scale(), keys.galois_keys);
+  Ciphertext out = slot_to_coeff(mod, bottom.scale(), keys.galois_keys, ct.scale());
   if (out.level() != output_level()) {  // levels_consumed() is the promise callers plan with
     throw FheError("bootstrapping ended at level " + std::to_string(out.level()) +
                    " instead of " + std::to_string(output_level()) + "; please report this "

@@ -866,8 +866,9 @@ Bytes Program::save() const {
       continue;
     }
     if (const auto* rf = std::get_if<Refresh>(&layer)) {
-      // Kind 8: the bootstrapping configuration; the level and the steps follow from it.
-      w.u16(8);
+      // Kind 9 (kind 8 and the message ratio and arcsine): the bootstrapping configuration;
+      // the level and the steps follow from it.
+      w.u16(9);
       write_string(w, rf->name);
       w.f64s(std::vector<double>{rf->config.k_bound});
       w.u64(rf->config.chebyshev_degree);
@@ -876,6 +877,8 @@ Bytes Program::save() const {
       w.u64(rf->config.stc_levels);
       w.u64(rf->config.slots);
       w.u64(rf->config.pack_halves ? 1 : 0);
+      w.f64s(std::vector<double>{rf->config.message_ratio_bits});
+      w.u64(rf->config.arcsine ? 1 : 0);
       continue;
     }
     if (const auto* rs = std::get_if<RotateSum>(&layer)) {
@@ -959,7 +962,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         p.add_square(name);
         continue;
       }
-      if (kind == 8) {
+      if (kind == 8 || kind == 9) {
         ckks::BootstrapConfig config;
         if (r.remaining() < 8) throw ckks::SerializationError("truncated program data");
         r.f64s(&config.k_bound, 1);
@@ -973,6 +976,18 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         config.stc_levels = read_bounded(r, 1, 64, "refresh SlotToCoeff levels");
         config.slots = read_bounded(r, 0, slots, "refresh slots");
         config.pack_halves = read_bounded(r, 0, 1, "refresh packing") == 1;
+        // Kind 8 predates the message ratio and the arcsine: its refreshes ran without them.
+        config.message_ratio_bits = 0.0;
+        config.arcsine = false;
+        if (kind == 9) {
+          if (r.remaining() < 8) throw ckks::SerializationError("truncated program data");
+          r.f64s(&config.message_ratio_bits, 1);
+          if (!(config.message_ratio_bits >= 0.0 && config.message_ratio_bits <= 64.0)) {
+            throw ckks::SerializationError("corrupted program: refresh message ratio is not a "
+                                           "number from 0 to 64 bits");
+          }
+          config.arcsine = read_bounded(r, 0, 1, "refresh arcsine") == 1;
+        }
         p.add_refresh(name, config);
         continue;
       }

@@ -47,10 +47,12 @@ def overflow_bound(hamming_weight: int) -> float:
 
 
 def bootstrap_chain(levels_left: int, config: BootstrapConfig) -> list[int]:
-    """q0 (55 bits, 2^15 above the 40-bit message scale), the levels left after a refresh
-    (40 bits), then what the refresh consumes from the top: SlotToCoeff (50-bit), EvalMod
-    (60-bit), CoeffToSlot (60-bit). Chosen at N = 2^13 for the mean precision."""
+    """q0 (55 bits, 2^15 above the 40-bit message scale: room to decrypt large values), the
+    levels left after a refresh (40 bits), then what the refresh consumes from the top:
+    SlotToCoeff (50-bit), EvalMod and its arcsine (60-bit), CoeffToSlot (60-bit). Chosen at
+    N = 2^13 for the mean precision."""
     evalmod = math.ceil(math.log2(config.chebyshev_degree)) + 1 + config.double_angles
+    evalmod += 2 if config.arcsine else 0
     return (
         [55]
         + [40] * levels_left
@@ -66,14 +68,22 @@ def bootstrappable(
     log_n: int = 16,
     hamming_weight: int = 192,
     special_primes: int = 4,
+    arcsine: bool = True,
     insecure_for_testing: bool = False,
 ) -> BootstrapPreset:
     """A bootstrappable parameter set with ``levels_left`` levels after every refresh.
 
     At N = 2^16 (the default) it stays inside the 128-bit bound with every prime counted
-    (special primes included) up to 13 levels left; a smaller ring or more levels raise
-    ParameterError naming what fits, unless ``insecure_for_testing``. Weight 192 follows
-    Lattigo's default for sparse secrets, which the HE standard's tables do not cover.
+    (special primes included) up to 10 levels left (13 with ``arcsine=False``); a smaller
+    ring or more levels raise ParameterError naming what fits, unless
+    ``insecure_for_testing``. Weight 192 follows Lattigo's default for sparse secrets, which
+    the HE standard's tables do not cover.
+
+    The refresh scales the message up to 2^8 below q0 and corrects the sine with an arcsine
+    (two 60-bit levels): the most precise choice for every message. ``arcsine=False`` keeps
+    those levels and scales the message only to 2^12 below q0, where the sine's error on a
+    message concentrated in few coefficients (a constant vector) stays near 2^-21
+    (docs/bootstrapping.md, "Precision").
     """
     if levels_left < 1:
         raise ParameterError(f"levels_left must be at least 1, got {levels_left}")
@@ -90,6 +100,8 @@ def bootstrappable(
         double_angles=4,
         cts_levels=3,
         stc_levels=3,
+        message_ratio_bits=8.0 if arcsine else 12.0,
+        arcsine=arcsine,
     )
     chain = bootstrap_chain(levels_left, config)
     special = [60] * special_primes
@@ -99,7 +111,7 @@ def bootstrappable(
         fit = levels_left - math.ceil((log_qp - bound) / 40)
         hint = f"at most {fit} levels left fit" if fit >= 1 else "no bootstrappable chain fits"
         if log_n < 16:
-            hint += "; N = 2^16 holds up to 13"
+            hint += f"; N = 2^16 holds up to {10 if arcsine else 13}"
         raise ParameterError(
             f"a refresh with {levels_left} levels left needs log2(QP) = {log_qp} bits; N = "
             f"2^{log_n} allows {bound} at 128-bit security ({hint})"

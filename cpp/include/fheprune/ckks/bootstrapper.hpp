@@ -27,6 +27,7 @@
 
 #include <complex>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -70,6 +71,19 @@ struct BootstrapConfig {
   // Sparse slots: pack CoeffToSlot's two real halves into one ciphertext, so EvalMod runs once
   // (false: twice, as for full slots).
   bool pack_halves = true;
+  // Message ratio: refresh() first multiplies the level-0 ciphertext by the power of two that
+  // brings its scale to about q0 / 2^message_ratio_bits (0: the scale stays). A larger message
+  // inside the refresh is a larger share of the values CoeffToSlot and EvalMod work on, so
+  // their noise costs fewer of its bits; the price is the sine's deviation from the identity,
+  // (2 pi c / q0)^2 / 6 relative for a coefficient c, which the arcsine corrects. Coefficients
+  // are about sqrt(2 / slots) of the slot values for spread-out messages, so the sine alone
+  // is precise enough for them; a message concentrated in a few coefficients (a constant
+  // vector) needs the arcsine or a larger ratio.
+  // 8 measured best with the arcsine (docs/bootstrapping.md, "Precision").
+  double message_ratio_bits = 8.0;
+  // EvalMod ends with arcsin(s) ~ s + s^3 / 6 (two more levels): sin(2 pi c / q0) back to
+  // 2 pi c / q0, so the refresh is exact to (3/40) (2 pi c / q0)^4 whatever the message's shape.
+  bool arcsine = true;
 
   bool operator==(const BootstrapConfig&) const = default;
 };
@@ -87,6 +101,8 @@ class Bootstrapper {
   std::vector<long> rotation_steps() const;
   // Levels the refresh consumes from the top; the output is at max_level - levels_consumed().
   std::size_t levels_consumed() const;
+  // Of those, EvalMod's: ceil(log2 d) + 1 + double angles (+ 2 with the arcsine).
+  std::size_t eval_mod_levels() const;
   std::size_t output_level() const;
 
   // The stages, public for tests and for callers that fuse them.
@@ -99,12 +115,17 @@ class Bootstrapper {
   // runs once (the masks that pack them are folded into the DFTs' diagonals).
   std::vector<Ciphertext> coeff_to_slot(const Ciphertext& raised, const GaloisKeys& gk) const;
   // sin(2 pi (K + 1) x) for x in [-1, 1], at a scale near x's; ceil(log2 d) + 1 + double
-  // angles levels down.
+  // angles levels down. With `arcsine`, 2 pi y for y = (K + 1) x minus its nearest integer
+  // (to the arcsine's third order), two levels further.
   Ciphertext eval_mod(const Ciphertext& x, const RelinKey& rk) const;
   // The message back in the slots: `parts` (coeff_to_slot's layout) hold sin(2 pi t / q0) for
-  // the coefficients of t, the message times `message_scale`.
+  // the coefficients of t, the message times `message_scale`. The result has scale
+  // `out_scale` (0: message_scale).
   Ciphertext slot_to_coeff(const std::vector<Ciphertext>& parts, double message_scale,
-                           const GaloisKeys& gk) const;
+                           const GaloisKeys& gk, double out_scale = 0.0) const;
+  // The power of two refresh() multiplies a level-0 ciphertext of this scale by
+  // (message_ratio_bits; 1 when it is 0 or the scale is already that large).
+  std::uint64_t message_boost(double scale) const;
 
   // The whole refresh: the same message, at output_level() and the input's scale. A
   // ciphertext above level 0 is first switched down to it.
