@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         cts_levels=2,
         stc_levels=2,
         slots=args.period,
+        # The lean refresh (no arcsine: two levels fewer); the keys only get larger with it.
+        message_ratio_bits=12.0,
+        arcsine=False,
     )
     evalmod = 5 + 1 + config.double_angles  # ceil(log2 31) + 1 + double angles
     chain = (
