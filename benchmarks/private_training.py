@@ -53,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="2048 training samples")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/private_training.json")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default benchmarks/results/private_training.json (_quick.json with --quick)",
+    )
     p.add_argument(
         "--data-dir", default=None, help="folder holding mnist/ (default: FHEPRUNE_DATA)"
     )
@@ -73,7 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--extractor-cache", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        name = "private_training_quick.json" if args.quick else "private_training.json"
+        args.out = ROOT / "benchmarks/results" / name
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> TableSettings:

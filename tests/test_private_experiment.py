@@ -112,6 +112,9 @@ def test_the_benchmark_and_the_command_use_the_package(data_dir: Path, tmp_path:
     args = bench.parse_args(["--quick"])
     assert bench.settings_from(args).train_samples == 2048
     assert bench.settings_from(bench.parse_args([])).train_samples == 16384
+    # Each size has its own table (a quick run must not resume, or be refused by, the full one).
+    assert args.out.name == "private_training_quick.json"
+    assert bench.parse_args([]).out.name == "private_training.json"
     assert bench.settings_from(args).backend == "engine"
     out = tmp_path / "cli.json"
     with pytest.raises(SystemExit):

@@ -276,6 +276,23 @@ TEST(Bootstrap, MessageRatioAndArcsineKeepEveryMessageShapePrecise) {
   EXPECT_LT(corrected, std::ldexp(1.0, -18)) << -std::log2(corrected) << " bits";
 }
 
+TEST(Bootstrap, PlaintextCacheStaysBoundedOverManyInputScales) {
+  Fixture& f = shared();
+  const Bootstrapper boot(f.ctx, f.boot.config());  // a cache of its own
+  const auto z = random_complex(f.ctx->slots(), 31);
+  // One scale: a set per DFT group. Each further scale re-encodes the last group of each DFT.
+  double scale = f.ctx->default_scale();
+  EXPECT_LT(max_error(f.decrypt(boot.refresh(f.encrypt(z, 0, scale), f.keys)), z), 1e-5);
+  EXPECT_EQ(boot.cached_plaintext_sets(), 6u);
+  for (int k = 1; k <= 8; ++k) {
+    scale *= 1.001;
+    const Ciphertext fresh = boot.refresh(f.encrypt(z, 0, scale), f.keys);
+    EXPECT_LT(max_error(f.decrypt(fresh), z), 1e-5) << "scale " << k;
+    EXPECT_LE(boot.cached_plaintext_sets(), Bootstrapper::kMaxPlaintextSets);
+  }
+  EXPECT_EQ(boot.cached_plaintext_sets(), Bootstrapper::kMaxPlaintextSets);
+}
+
 TEST(Bootstrap, RepeatedRefreshesDoNotDrift) {
   Fixture& f = shared();
   const auto z = random_complex(f.ctx->slots(), 6);

@@ -243,6 +243,11 @@ std::uint64_t Bootstrapper::message_boost(double scale) const {
   return std::uint64_t{1} << static_cast<int>(std::min(bits, std::floor(std::log2(q0)) - 1.0));
 }
 
+std::size_t Bootstrapper::cached_plaintext_sets() const {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  return plain_cache_.size();
+}
+
 std::size_t Bootstrapper::output_level() const { return ctx_->max_level() - levels_consumed(); }
 
 std::vector<long> Bootstrapper::rotation_steps() const {
@@ -325,24 +330,32 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
   // The diagonals' plaintexts, encoded once per (matrix, level, factor, scale): a refresh of
   // ciphertexts at one scale encodes them on its first call only.
   const PlainKey key{&matrix, level, factor.real(), factor.imag(), plain_scale};
-  const std::vector<Plaintext>* plaintexts = nullptr;
+  std::shared_ptr<const std::vector<Plaintext>> plaintexts;
   {
     std::lock_guard<std::mutex> lock(cache_mutex_);
     auto it = plain_cache_.find(key);
     if (it == plain_cache_.end()) {
-      std::vector<Plaintext> pts;
+      if (plain_cache_.size() >= kMaxPlaintextSets) {
+        auto oldest = plain_cache_.begin();
+        for (auto e = plain_cache_.begin(); e != plain_cache_.end(); ++e) {
+          if (e->second.last_used < oldest->second.last_used) oldest = e;
+        }
+        plain_cache_.erase(oldest);
+      }
+      auto pts = std::make_shared<std::vector<Plaintext>>();
       std::vector<cd> diag(n);
       for (const auto& [g, ks] : by_giant) {
         const std::size_t shift = (g * n1) % n;
         for (std::size_t k : ks) {
           const std::vector<cd>& src = matrix.at(k);
           for (std::size_t j = 0; j < n; ++j) diag[j] = factor * src[(j + n - shift) % n];
-          pts.push_back(encoder_.encode(diag, plain_scale, level));
+          pts->push_back(encoder_.encode(diag, plain_scale, level));
         }
       }
-      it = plain_cache_.emplace(key, std::move(pts)).first;
+      it = plain_cache_.emplace(key, PlainSet{std::move(pts), 0}).first;
     }
-    plaintexts = &it->second;
+    it->second.last_used = ++cache_clock_;
+    plaintexts = it->second.plaintexts;
   }
   // Giant steps are independent (a fused sum of products and one key switch each): with
   // enough of them, each thread takes whole giant steps, which scales better than splitting

@@ -21,14 +21,16 @@
 // with hoisted baby rotations. CoeffToSlot leaves the coefficients bit-reversed, which EvalMod
 // (slot-wise) does not mind and SlotToCoeff expects. All N/2 slots, or sparse slots (messages
 // of a shorter period, BootstrapConfig::slots); the diagonals' plaintexts are encoded on first
-// use and kept. Scales are managed exactly: every constant is encoded at the scale that lands
-// each term on the scale the next step needs, so the output has the input's scale.
+// use and kept (a bounded number of sets, the least recently used dropped). Scales are managed
+// exactly: every constant is encoded at the scale that lands each term on the scale the next
+// step needs, so the output has the input's scale.
 #pragma once
 
 #include <complex>
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <tuple>
 #include <vector>
@@ -78,8 +80,10 @@ struct BootstrapConfig {
   // (2 pi c / q0)^2 / 6 relative for a coefficient c, which the arcsine corrects. Coefficients
   // are about sqrt(2 / slots) of the slot values for spread-out messages, so the sine alone
   // is precise enough for them; a message concentrated in a few coefficients (a constant
-  // vector) needs the arcsine or a larger ratio.
-  // 8 measured best with the arcsine (docs/bootstrapping.md, "Precision").
+  // vector) needs the arcsine or a larger ratio. The ratio also bounds the message: its
+  // precision is measured for values in [-1, 1]; a value v in a coefficient costs a relative
+  // (3/40) (2 pi v / 2^bits)^4 after the arcsine, and one near 2^(bits - 1) wraps around q0.
+  // 8 measured best with the arcsine (docs/bootstrapping.md, "Message ratio and arcsine").
   double message_ratio_bits = 8.0;
   // EvalMod ends with arcsin(s) ~ s + s^3 / 6 (two more levels): sin(2 pi c / q0) back to
   // 2 pi c / q0, so the refresh is exact to (3/40) (2 pi c / q0)^4 whatever the message's shape.
@@ -127,6 +131,11 @@ class Bootstrapper {
   // (message_ratio_bits; 1 when it is 0 or the scale is already that large).
   std::uint64_t message_boost(double scale) const;
 
+  // Plaintext sets the refresh keeps encoded (at most kMaxPlaintextSets): six for inputs of
+  // one scale (a set per DFT group), two more for each further scale still in use.
+  static constexpr std::size_t kMaxPlaintextSets = 16;
+  std::size_t cached_plaintext_sets() const;
+
   // The whole refresh: the same message, at output_level() and the input's scale. A
   // ciphertext above level 0 is first switched down to it.
   Ciphertext refresh(const Ciphertext& ct, const EvaluationKeys& keys) const;
@@ -164,10 +173,18 @@ class Bootstrapper {
   std::vector<double> chebyshev_;      // coefficients of the scaled cosine
   std::vector<Diagonals> cts_groups_;  // (bit reversal) * V^-1, one matrix per level
   std::vector<Diagonals> stc_groups_;  // V * (bit reversal)
-  // Encoded diagonals by (matrix, level, factor re / im, plaintext scale).
+  // Encoded diagonals by (matrix, level, factor re / im, plaintext scale). The last group of
+  // each DFT depends on the input's scale, so ciphertexts of ever new scales would grow the
+  // cache without bound (about 0.8 GB a scale at N = 2^16): beyond kMaxPlaintextSets the
+  // least recently used set goes. Sets are shared, so one in use outlives its eviction.
   using PlainKey = std::tuple<const Diagonals*, std::size_t, double, double, double>;
+  struct PlainSet {
+    std::shared_ptr<const std::vector<Plaintext>> plaintexts;
+    std::uint64_t last_used = 0;
+  };
   mutable std::mutex cache_mutex_;
-  mutable std::map<PlainKey, std::vector<Plaintext>> plain_cache_;
+  mutable std::uint64_t cache_clock_ = 0;
+  mutable std::map<PlainKey, PlainSet> plain_cache_;
 };
 
 }  // namespace fheprune::ckks
