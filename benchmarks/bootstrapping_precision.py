@@ -55,6 +55,7 @@ def run_config(
     degree: int | None = None,
     double_angles: int | None = None,
     dft_levels: tuple[int, int] | None = None,
+    cts_lift: float | None = None,
 ) -> list[dict[str, Any]]:
     base = ckks.bootstrappable(
         2, log_n=log_n, hamming_weight=hamming_weight, insecure_for_testing=True
@@ -67,6 +68,7 @@ def run_config(
         stc_levels=dft_levels[1] if dft_levels else base.stc_levels,
         message_ratio_bits=ratio,
         arcsine=arcsine,
+        cts_lift=base.cts_lift if cts_lift is None else cts_lift,
     )
     chain = bootstrap_chain(2, config)
     params = ckks.Parameters(1 << log_n, chain, [60] * 4, 40, insecure_for_testing=True)
@@ -97,6 +99,7 @@ def run_config(
                 "chebyshev_degree": int(config.chebyshev_degree),
                 "double_angles": int(config.double_angles),
                 "cts_levels": int(config.cts_levels),
+                "cts_lift": float(config.cts_lift),
                 "stc_levels": int(config.stc_levels),
                 "boost": int(boot.message_boost(ctx.default_scale)),
                 "shape": shape,
@@ -134,6 +137,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="CoeffToSlot:SlotToCoeff levels to try (default: the preset's)",
     )
+    p.add_argument(
+        "--cts-lifts",
+        type=float,
+        nargs="+",
+        default=[],
+        help="CoeffToSlot lifts to try (share of the scale gap; default: the preset's)",
+    )
     p.add_argument("--arcsine", choices=["both", "on", "off"], default="both")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -153,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     dfts: list[tuple[int, int] | None] = [
         (int(c), int(t)) for c, t in (e.split(":") for e in args.dft_levels)
     ] or [None]
-    combos = itertools.product(dfts, shapes, args.ratios, arcsines)
-    for dft, (degree, angles), ratio, arcsine in combos:
+    lifts: list[float | None] = list(args.cts_lifts) or [None]
+    combos = itertools.product(dfts, shapes, lifts, args.ratios, arcsines)
+    for dft, (degree, angles), lift, ratio, arcsine in combos:
         for row in run_config(
             args.log_n,
             args.hamming_weight,
@@ -165,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             degree,
             angles,
             dft,
+            lift,
         ):
             rows.append(row)
             print(
                 f"dft {row['cts_levels']}:{row['stc_levels']} d {row['chebyshev_degree']} "
-                f"r {row['double_angles']} ratio {ratio:4.1f} "
+                f"r {row['double_angles']} lift {row['cts_lift']:.2f} ratio {ratio:4.1f} "
                 f"arcsine {int(arcsine)} {row['shape']:8s}: "
                 f"{row['precision_bits_mean']:.1f} bits mean, "
                 f"{row['precision_bits_min']:.1f} worst, {row['seconds']:.2f} s",

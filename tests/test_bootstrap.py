@@ -179,6 +179,7 @@ def test_benchmark_rows_and_defaults() -> None:
 def test_precision_benchmark_rows() -> None:
     bench = load_benchmark("bootstrapping_precision")
     assert bench.parse_args([]).ratios == [0.0, 7.0, 8.0, 10.0, 12.0]
+    assert bench.parse_args(["--cts-lifts", "0", "1"]).cts_lifts == [0.0, 1.0]
     rows = {
         (r["arcsine"], r["shape"]): r
         for a in (False, True)
@@ -187,9 +188,21 @@ def test_precision_benchmark_rows() -> None:
     assert set(rows) == {(a, s) for a in (False, True) for s in bench.SHAPES}
     for row in rows.values():
         assert row["boost"] == 128 and row["seconds"] > 0  # 2^55 / 2^40 down to 2^8
+        assert row["cts_lift"] == 0.4  # the preset's
     # The arcsine costs two levels and is what keeps a constant message precise.
     assert rows[True, "uniform"]["levels_consumed"] == rows[False, "uniform"]["levels_consumed"] + 2
     assert (
         rows[True, "constant"]["precision_bits_mean"]
         > rows[False, "constant"]["precision_bits_mean"] + 4
     )
+
+
+def test_stage_errors_add_up_to_the_refresh() -> None:
+    bench = load_benchmark("bootstrapping_stages")
+    row = bench.run(10, 64, 0.4, 0)
+    assert row["total_bits"] > 26
+    # Each stage's error is at most the total (up to noise), and together they are the total.
+    for stage in ("input", "cts", "evalmod", "stc"):
+        assert row[f"{stage}_bits"] > row["total_bits"] - 1, stage
+    assert row["sum_check_bits"] > row["total_bits"] + 5
+    assert bench.parse_args([]).cts_lifts == [0.0, 0.4]

@@ -341,17 +341,19 @@ NB_MODULE(_core, m) {
           "__init__",
           [](BootstrapConfig* c, double k_bound, std::size_t chebyshev_degree,
              std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels,
-             std::size_t slots, bool pack_halves, double message_ratio_bits, bool arcsine) {
+             std::size_t slots, bool pack_halves, double message_ratio_bits, bool arcsine,
+             double cts_lift) {
             new (c) BootstrapConfig{k_bound,    chebyshev_degree, double_angles,
                                     cts_levels, stc_levels,       slots,
-                                    pack_halves, message_ratio_bits, arcsine};
+                                    pack_halves, message_ratio_bits, arcsine, cts_lift};
           },
           "k_bound"_a = 12.0, "chebyshev_degree"_a = 63, "double_angles"_a = 3,
           "cts_levels"_a = 3, "stc_levels"_a = 3, "slots"_a = 0, "pack_halves"_a = true,
-          "message_ratio_bits"_a = 8.0, "arcsine"_a = true,
+          "message_ratio_bits"_a = 8.0, "arcsine"_a = true, "cts_lift"_a = 0.4,
           "slots: 0 refreshes all N/2 slots; a power of two n < N/2 refreshes messages of "
           "period n (cheaper DFTs). message_ratio_bits: the refresh scales the message up to "
-          "about q0 / 2^bits first (0: off); arcsine: EvalMod corrects the sine (2 levels). "
+          "about q0 / 2^bits first (0: off); arcsine: EvalMod corrects the sine (2 levels); "
+          "cts_lift: the share of its scale gap CoeffToSlot lifts first. "
           "Both on by default (docs/bootstrapping.md).")
       .def("with_slots",
            [](const BootstrapConfig& c, std::size_t slots, std::optional<bool> pack_halves) {
@@ -370,7 +372,8 @@ NB_MODULE(_core, m) {
       .def_ro("cts_levels", &BootstrapConfig::cts_levels)
       .def_ro("stc_levels", &BootstrapConfig::stc_levels)
       .def_ro("message_ratio_bits", &BootstrapConfig::message_ratio_bits)
-      .def_ro("arcsine", &BootstrapConfig::arcsine);
+      .def_ro("arcsine", &BootstrapConfig::arcsine)
+      .def_ro("cts_lift", &BootstrapConfig::cts_lift);
 
   using B = Bootstrapper;
   nb::class_<Bootstrapper>(m, "Bootstrapper",

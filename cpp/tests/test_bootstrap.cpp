@@ -413,6 +413,9 @@ TEST(Bootstrap, RejectsChainsTooShortAndBadConfigs) {
                ParameterError);
   EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.cts_levels = 10}), ParameterError);
   EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.stc_levels = 0}), ParameterError);
+  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.message_ratio_bits = -1}),
+               ParameterError);
+  EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.cts_lift = 1.5}), ParameterError);
   for (const std::size_t slots : {std::size_t{1}, std::size_t{12}, std::size_t{1024}}) {
     EXPECT_THROW(Bootstrapper(make_context(bootstrap_params()), {.slots = slots}), ParameterError);
   }

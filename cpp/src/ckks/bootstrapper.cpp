@@ -172,6 +172,10 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
                          "double_angles <= 8 and 1 <= cts_levels, stc_levels <= log2(slots) = " +
                          std::to_string(stages) + " are required");
   }
+  if (!(config_.cts_lift >= 0.0 && config_.cts_lift <= 1.0)) {
+    throw ParameterError("bootstrap config: cts_lift must be from 0 to 1, got " +
+                         std::to_string(config_.cts_lift));
+  }
   if (!(config_.message_ratio_bits >= 0.0 && config_.message_ratio_bits <= 64.0)) {
     throw ParameterError("bootstrap config: message_ratio_bits must be from 0 (off) to 64, got " +
                          std::to_string(config_.message_ratio_bits));
@@ -421,7 +425,21 @@ std::vector<Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
   // Sparse slots: the trace to the subring, sum of the rotations by slots_, 2 slots_, ...:
   // it multiplies the subring's coefficients by N / (2 slots_) and zeroes the others (ModRaise's
   // overflow there, and the noise); the factor below divides it out.
+  // First lift the raised ciphertext's scale toward the output's (2^60) by an exact integer
+  // product (no level; the top modulus holds (t + q0 I) times it with room to spare). Two
+  // errors pull against each other. Every key switch adds noise of about sqrt(digits) N sigma
+  // whatever the scale, so a higher scale makes it a smaller share of the values; but the last
+  // group's diagonals carry the factor 1 / (2 q0 (K + 1)) and are encoded at a plaintext scale
+  // that falls by the lift, so their rounding grows with it. config_.cts_lift is the share of
+  // the gap lifted: 0 kept the key-switch noise the refresh's largest error (2^-24 at
+  // N = 2^16), 1 made the rounding so; about 0.4 balances them (docs/bootstrapping.md).
   Ciphertext x = raised;
+  const double lift = std::round(std::log2(scale / raised.scale()) * config_.cts_lift);
+  if (lift >= 1.0) {
+    const double m = std::ldexp(1.0, static_cast<int>(lift));
+    x = evaluator_.multiply_plain(x, encoder_.encode_constant(m, 1.0, x.level()));
+    x.set_scale(raised.scale() * m);
+  }
   for (std::size_t step = slots_; step < ctx_->slots(); step *= 2) {
     x = evaluator_.add(x, evaluator_.rotate(x, static_cast<long>(step), gk));
   }

@@ -877,7 +877,7 @@ Bytes Program::save() const {
       w.u64(rf->config.stc_levels);
       w.u64(rf->config.slots);
       w.u64(rf->config.pack_halves ? 1 : 0);
-      w.f64s(std::vector<double>{rf->config.message_ratio_bits});
+      w.f64s(std::vector<double>{rf->config.message_ratio_bits, rf->config.cts_lift});
       w.u64(rf->config.arcsine ? 1 : 0);
       continue;
     }
@@ -979,12 +979,20 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         // Kind 8 predates the message ratio and the arcsine: its refreshes ran without them.
         config.message_ratio_bits = 0.0;
         config.arcsine = false;
+        config.cts_lift = 0.0;
         if (kind == 9) {
-          if (r.remaining() < 8) throw ckks::SerializationError("truncated program data");
-          r.f64s(&config.message_ratio_bits, 1);
+          if (r.remaining() < 16) throw ckks::SerializationError("truncated program data");
+          double values[2];
+          r.f64s(values, 2);
+          config.message_ratio_bits = values[0];
+          config.cts_lift = values[1];
           if (!(config.message_ratio_bits >= 0.0 && config.message_ratio_bits <= 64.0)) {
             throw ckks::SerializationError("corrupted program: refresh message ratio is not a "
                                            "number from 0 to 64 bits");
+          }
+          if (!(config.cts_lift >= 0.0 && config.cts_lift <= 1.0)) {
+            throw ckks::SerializationError("corrupted program: refresh CoeffToSlot lift is not "
+                                           "a number from 0 to 1");
           }
           config.arcsine = read_bounded(r, 0, 1, "refresh arcsine") == 1;
         }
