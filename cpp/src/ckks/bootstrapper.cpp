@@ -422,9 +422,6 @@ std::vector<Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
   // The output level's prime as the scale: the Chebyshev products then keep it (S^2 / q ~ S).
   const double scale = static_cast<double>(
       ctx_->tables().modulus(raised.level() - config_.cts_levels).value());
-  // Sparse slots: the trace to the subring, sum of the rotations by slots_, 2 slots_, ...:
-  // it multiplies the subring's coefficients by N / (2 slots_) and zeroes the others (ModRaise's
-  // overflow there, and the noise); the factor below divides it out.
   // First lift the raised ciphertext's scale toward the output's (2^60) by an exact integer
   // product (no level; the top modulus holds (t + q0 I) times it with room to spare). Two
   // errors pull against each other. Every key switch adds noise of about sqrt(digits) N sigma
@@ -440,6 +437,9 @@ std::vector<Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
     x = evaluator_.multiply_plain(x, encoder_.encode_constant(m, 1.0, x.level()));
     x.set_scale(raised.scale() * m);
   }
+  // Sparse slots: the trace to the subring, sum of the rotations by slots_, 2 slots_, ...:
+  // it multiplies the subring's coefficients by N / (2 slots_) and zeroes the others (ModRaise's
+  // overflow there, and the noise); the factor below divides it out.
   for (std::size_t step = slots_; step < ctx_->slots(); step *= 2) {
     x = evaluator_.add(x, evaluator_.rotate(x, static_cast<long>(step), gk));
   }
