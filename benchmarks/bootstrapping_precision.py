@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fheprune import ckks
-from fheprune.ckks.presets import bootstrap_chain
+from fheprune.ckks.presets import bootstrap_chain, config_with
 from fheprune.reporting import machine_info, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,16 +60,16 @@ def run_config(
     base = ckks.bootstrappable(
         2, log_n=log_n, hamming_weight=hamming_weight, insecure_for_testing=True
     ).config
-    config = ckks.BootstrapConfig(
-        k_bound=base.k_bound,
-        chebyshev_degree=degree or base.chebyshev_degree,
-        double_angles=base.double_angles if double_angles is None else double_angles,
-        cts_levels=dft_levels[0] if dft_levels else base.cts_levels,
-        stc_levels=dft_levels[1] if dft_levels else base.stc_levels,
-        message_ratio_bits=ratio,
-        arcsine=arcsine,
-        cts_lift=base.cts_lift if cts_lift is None else cts_lift,
-    )
+    changes: dict[str, Any] = {"message_ratio_bits": ratio, "arcsine": arcsine}
+    if degree:
+        changes["chebyshev_degree"] = degree
+    if double_angles is not None:
+        changes["double_angles"] = double_angles
+    if dft_levels:
+        changes["cts_levels"], changes["stc_levels"] = dft_levels
+    if cts_lift is not None:
+        changes["cts_lift"] = cts_lift
+    config = config_with(base, **changes)
     chain = bootstrap_chain(2, config)
     params = ckks.Parameters(1 << log_n, chain, [60] * 4, 40, insecure_for_testing=True)
     ctx = ckks.Context(params, 1)

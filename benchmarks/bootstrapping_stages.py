@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fheprune import ckks
+from fheprune.ckks.presets import config_with
 from fheprune.reporting import machine_info, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,17 +69,7 @@ def run(log_n: int, hamming_weight: int, cts_lift: float, seed: int) -> dict[str
     preset = ckks.bootstrappable(
         2, log_n=log_n, hamming_weight=hamming_weight, insecure_for_testing=True
     )
-    base = preset.config
-    config = ckks.BootstrapConfig(
-        k_bound=base.k_bound,
-        chebyshev_degree=base.chebyshev_degree,
-        double_angles=base.double_angles,
-        cts_levels=base.cts_levels,
-        stc_levels=base.stc_levels,
-        message_ratio_bits=base.message_ratio_bits,
-        arcsine=base.arcsine,
-        cts_lift=cts_lift,
-    )
+    config = config_with(preset.config, cts_lift=cts_lift)
     ctx = ckks.Context(preset.parameters, 1)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)

@@ -206,3 +206,14 @@ def test_stage_errors_add_up_to_the_refresh() -> None:
         assert row[f"{stage}_bits"] > row["total_bits"] - 1, stage
     assert row["sum_check_bits"] > row["total_bits"] + 5
     assert bench.parse_args([]).cts_lifts == [0.0, 0.4]
+
+
+def test_config_with_changes_only_the_named_fields() -> None:
+    from fheprune.ckks.presets import config_with
+
+    changed = config_with(PRESET.config, cts_lift=0.1, slots=8)
+    assert (changed.cts_lift, changed.slots) == (0.1, 8)
+    for field in ("k_bound", "chebyshev_degree", "double_angles", "message_ratio_bits", "arcsine"):
+        assert getattr(changed, field) == getattr(PRESET.config, field), field
+    with pytest.raises(ckks.ParameterError, match="no field"):
+        config_with(PRESET.config, lift=0.1)

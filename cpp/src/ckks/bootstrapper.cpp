@@ -432,11 +432,7 @@ std::vector<Ciphertext> Bootstrapper::coeff_to_slot(const Ciphertext& raised,
   // N = 2^16), 1 made the rounding so; about 0.4 balances them (docs/bootstrapping.md).
   Ciphertext x = raised;
   const double lift = std::round(std::log2(scale / raised.scale()) * config_.cts_lift);
-  if (lift >= 1.0) {
-    const double m = std::ldexp(1.0, static_cast<int>(lift));
-    x = evaluator_.multiply_plain(x, encoder_.encode_constant(m, 1.0, x.level()));
-    x.set_scale(raised.scale() * m);
-  }
+  if (lift >= 1.0) x = scaled_up(x, std::uint64_t{1} << static_cast<int>(lift));
   // Sparse slots: the trace to the subring, sum of the rotations by slots_, 2 slots_, ...:
   // it multiplies the subring's coefficients by N / (2 slots_) and zeroes the others (ModRaise's
   // overflow there, and the noise); the factor below divides it out.
@@ -584,20 +580,28 @@ Ciphertext Bootstrapper::slot_to_coeff(const std::vector<Ciphertext>& parts,
                       out_scale > 0.0 ? out_scale : message_scale, gk);
 }
 
+Ciphertext Bootstrapper::scaled_up(const Ciphertext& ct, std::uint64_t m) const {
+  // A constant is the same in coefficient and NTT form, so each residue is multiplied as is.
+  Ciphertext out = ct;
+  const std::size_t n = ctx_->poly_degree();
+  for (std::size_t i = 0; i <= ct.level(); ++i) {
+    const Modulus& q = ctx_->tables().modulus(i);
+    const u64 mi = q.reduce(m);
+    for (std::size_t k = 0; k < out.size(); ++k) {
+      u64* poly = out.poly(k, i);
+      for (std::size_t c = 0; c < n; ++c) poly[c] = q.mul(poly[c], mi);
+    }
+  }
+  out.set_scale(ct.scale() * static_cast<double>(m));
+  return out;
+}
+
 Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& keys) const {
   Ciphertext bottom = ct.level() == 0 ? ct : evaluator_.mod_switch_to(ct, 0);
   // The message ratio: an exact multiplication by a power of two at level 0 (no rounding,
   // no level), which SlotToCoeff's constants divide out again.
   const std::uint64_t boost = message_boost(ct.scale());
-  if (boost > 1) {
-    const Modulus& q0 = ctx_->tables().modulus(0);
-    const std::size_t n = ctx_->poly_degree();
-    for (std::size_t k = 0; k < bottom.size(); ++k) {
-      u64* poly = bottom.poly(k, 0);
-      for (std::size_t c = 0; c < n; ++c) poly[c] = q0.mul(poly[c], boost);
-    }
-    bottom.set_scale(ct.scale() * static_cast<double>(boost));
-  }
+  if (boost > 1) bottom = scaled_up(bottom, boost);
   const Ciphertext raised = mod_raise(bottom);
   const std::vector<Ciphertext> parts = coeff_to_slot(raised, keys.galois_keys);
   // EvalMod ends at the scale it works at (near its primes): its output's last bits are the

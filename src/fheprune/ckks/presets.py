@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from fheprune._core import BootstrapConfig, ParameterError, Parameters, max_modulus_bits_128
 from fheprune.errors import UnknownNameError
@@ -38,6 +39,28 @@ class BootstrapPreset:
     hamming_weight: int
     levels_left: int
     log_qp: int
+
+
+_CONFIG_FIELDS = (
+    "k_bound",
+    "chebyshev_degree",
+    "double_angles",
+    "cts_levels",
+    "stc_levels",
+    "slots",
+    "pack_halves",
+    "message_ratio_bits",
+    "arcsine",
+    "cts_lift",
+)
+
+
+def config_with(config: BootstrapConfig, **changes: Any) -> BootstrapConfig:
+    """``config`` with the named fields changed and every other one kept."""
+    unknown = sorted(set(changes) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise ParameterError(f"BootstrapConfig has no field(s) {unknown}; fields: {_CONFIG_FIELDS}")
+    return BootstrapConfig(**{f: changes.get(f, getattr(config, f)) for f in _CONFIG_FIELDS})
 
 
 def overflow_bound(hamming_weight: int) -> float:

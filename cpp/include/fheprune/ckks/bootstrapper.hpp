@@ -161,6 +161,8 @@ class Bootstrapper {
   // `ct` brought to `level` and `scale` (one multiplication by a constant, then mod switches).
   Ciphertext match(const Ciphertext& ct, std::size_t level, double scale) const;
   Ciphertext times_i(const Ciphertext& ct) const;  // i * ct: the monomial X^(N/2), exact
+  // ct * m with the scale times m: the same message, exact (each residue times m; no level).
+  Ciphertext scaled_up(const Ciphertext& ct, std::uint64_t m) const;
   Ciphertext add_matched(const Ciphertext& a, const Ciphertext& b) const;
   Ciphertext product(const Ciphertext& a, const Ciphertext& b, const RelinKey& rk) const;
   // sum_i c_i T_i(x) from the baby basis T_1 .. T_{b-1} and the giants T_g, recursively.
