@@ -196,6 +196,74 @@ TEST_F(EvaluatorTest, RotationsForManyStepsAndHoistingMatches) {
   EXPECT_EQ(f.evaluator.rotate(ct, 0, gk).data(), ct.data());
 }
 
+// Double hoisting: a rotation kept multiplied by P, then divided by P, is the rotation. Not bit
+// for bit: the ordinary rotation divides by P before permuting, and the base conversion does
+// not commute exactly with the automorphism's signs (both errors are below the key switch's).
+TEST_F(EvaluatorTest, ExtendedRotationsDivideBackToRotations) {
+  const std::vector<long> steps = {0, 1, 5, -3, 100};
+  GaloisKeys gk = f.keygen.create_galois_keys(steps);
+  const auto ct = f.encrypt(x);
+  const auto extended = f.evaluator.rotate_hoisted_extended(ct, steps, gk);
+  ASSERT_EQ(extended.size(), steps.size());
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    EXPECT_EQ(extended[i].extended, ct.primes() + f.ctx->special_size());
+    EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.mod_down(extended[i])), rotate_left(x, steps[i])),
+              kTol)
+        << steps[i];
+  }
+  // Step 0 is P * ct, and P * c vanishes at the special primes: exactly ct again.
+  EXPECT_EQ(f.evaluator.mod_down(extended[0]).data(), ct.data());
+  // One rotation into an empty accumulator, a second added: P (rot 1 + rot 5).
+  ExtendedCiphertext acc;
+  f.evaluator.rotate_accumulate(ct, 1, gk, acc);
+  f.evaluator.rotate_accumulate(ct, 5, gk, acc);
+  std::vector<double> want = rotate_left(x, 1);
+  const auto five = rotate_left(x, 5);
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] += five[i];
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.mod_down(acc)), want), kTol);
+  // Adding extended ciphertexts is adding what they stand for.
+  ExtendedCiphertext twice = extended[0];
+  f.evaluator.add_extended_inplace(twice, extended[0]);
+  std::vector<double> doubled = x;
+  for (auto& v : doubled) v *= 2;
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.mod_down(twice)), doubled), kTol);
+}
+
+// sum_t diag_t * rot(x, t) computed extended (one ModDown in all) against the ordinary way.
+TEST_F(EvaluatorTest, ExtendedSumOfProductsMatchesTheOrdinaryOne) {
+  const std::vector<long> steps = {0, 2, 9};
+  GaloisKeys gk = f.keygen.create_galois_keys(steps);
+  const auto ct = f.encrypt(x);
+  const auto babies = f.evaluator.rotate_hoisted_extended(ct, steps, gk);
+  const std::size_t level = ct.level();
+  std::vector<ExtendedPlaintext> pts;
+  std::vector<double> want(x.size(), 0.0);
+  for (std::size_t t = 0; t < steps.size(); ++t) {
+    const auto d = random_reals(x.size(), 70 + t);
+    std::vector<std::complex<double>> dc(d.begin(), d.end());
+    pts.push_back(f.encoder.encode_extended(dc, f.ctx->default_scale(), level));
+    const auto r = rotate_left(x, steps[t]);
+    for (std::size_t i = 0; i < x.size(); ++i) want[i] += d[i] * r[i];
+  }
+  std::vector<const ExtendedCiphertext*> cp;
+  std::vector<const ExtendedPlaintext*> pp;
+  for (std::size_t t = 0; t < steps.size(); ++t) cp.push_back(&babies[t]), pp.push_back(&pts[t]);
+  const ExtendedCiphertext sum = f.evaluator.multiply_plain_sum_extended(cp, pp);
+  EXPECT_DOUBLE_EQ(sum.scale, ct.scale() * f.ctx->default_scale());
+  EXPECT_LT(max_abs_diff(f.decrypt(f.evaluator.rescale(f.evaluator.mod_down(sum))), want), 1e-5);
+  // Typed errors: a count mismatch, a plaintext at another level, mismatched accumulators.
+  pp.pop_back();
+  EXPECT_THROW(f.evaluator.multiply_plain_sum_extended(cp, pp), FheError);
+  const auto low = f.encoder.encode_extended({{1.0, 0.0}}, f.ctx->default_scale(), level - 1);
+  pp.push_back(&low);
+  EXPECT_THROW(f.evaluator.multiply_plain_sum_extended(cp, pp), LevelError);
+  ExtendedCiphertext lower;
+  f.evaluator.rotate_accumulate(f.evaluator.mod_switch_to(ct, level - 1), 2, gk, lower);
+  ExtendedCiphertext top = babies[0];
+  EXPECT_THROW(f.evaluator.add_extended_inplace(top, lower), MismatchError);
+  EXPECT_THROW(f.evaluator.rotate_accumulate(ct, 2, gk, lower), MismatchError);
+}
+
 TEST_F(EvaluatorTest, RotationAfterRescaleAtLowerLevel) {
   GaloisKeys gk = f.keygen.create_galois_keys({3});
   auto ct = f.evaluator.rescale(f.evaluator.multiply_plain(f.encrypt(x), f.encoder.encode_constant(2.0)));

@@ -56,18 +56,25 @@ std::vector<Diagonals> merge(const std::vector<Diagonals>& stages, std::size_t g
   return out;
 }
 
-// Baby-step size for a set of diagonals: the power of two with the fewest rotations (distinct
-// non-zero babies k mod n1 plus distinct non-zero giants k / n1).
-std::size_t best_baby(const Diagonals& d, std::size_t slots) {
+// With double hoisting a baby rotation is an inner product with a key (no NTT), a giant one
+// a ModUp, an inner product and two ModDowns: about this many babies' worth.
+constexpr std::size_t kGiantCost = 4;
+
+// Baby-step size for a set of diagonals: the power of two with the cheapest rotations
+// (distinct non-zero babies k mod n1, plus kGiantCost per distinct non-zero giant k / n1), at
+// most the message period (so that sparse slots keep their small key set: babies below the
+// period, giants multiples of it).
+std::size_t best_baby(const Diagonals& d, std::size_t period) {
   std::size_t best = 1, best_cost = ~std::size_t{0};
-  for (std::size_t n1 = 1; n1 <= slots; n1 *= 2) {
+  for (std::size_t n1 = 1; n1 <= period; n1 *= 2) {
     std::set<std::size_t> babies, giants;
     for (const auto& [k, _] : d) {
       if (k % n1) babies.insert(k % n1);
       if (k / n1) giants.insert(k / n1);
     }
-    if (babies.size() + giants.size() < best_cost) {
-      best_cost = babies.size() + giants.size();
+    const std::size_t cost = babies.size() + kGiantCost * giants.size();
+    if (cost < best_cost) {
+      best_cost = cost;
       best = n1;
     }
   }
@@ -261,7 +268,7 @@ std::vector<long> Bootstrapper::rotation_steps() const {
   if (packed_) steps.insert(static_cast<long>(slots - slots_));  // packing: rot(hi, -n)
   for (const auto* groups : {&cts_groups_, &stc_groups_}) {
     for (const Diagonals& d : *groups) {
-      const std::size_t n1 = best_baby(d, slots);
+      const std::size_t n1 = best_baby(d, slots_);
       for (const auto& [k, _] : d) {
         if (k % n1) steps.insert(static_cast<long>(k % n1));
         if (k / n1) steps.insert(static_cast<long>((k / n1) * n1));
@@ -314,27 +321,27 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
   const double plain_scale = out_scale * q / in.scale();
   // sum_k diag_k * rot(in, k) with k = g n1 + b, as sum_g rot(sum_b rot(diag_k, -g n1) *
   // rot(in, b), g n1): baby rotations hoisted, one rotation per giant step.
-  const std::size_t n1 = best_baby(matrix, n);
+  const std::size_t n1 = best_baby(matrix, slots_);
   std::map<std::size_t, std::vector<std::size_t>> by_giant;  // giant -> diagonals k
   std::set<std::size_t> baby_set;
   for (const auto& [k, _] : matrix) {
     by_giant[k / n1].push_back(k);
     baby_set.insert(k % n1);
   }
-  std::vector<long> steps;
-  for (std::size_t b : baby_set) {
-    if (b) steps.push_back(static_cast<long>(b));
-  }
-  std::map<std::size_t, Ciphertext> babies;
-  babies.emplace(0, in);
-  const std::vector<Ciphertext> rotated = evaluator_.rotate_hoisted(in, steps, gk);
+  // Double hoisting: the baby rotations stay multiplied by P over the extended primes (no
+  // ModDown each), their products with the diagonals are summed there, and each giant step
+  // divides by P once before its rotation; the giant rotations accumulate extended again, so
+  // the whole transform ends with one more ModDown.
+  const std::vector<long> steps(baby_set.begin(), baby_set.end());
+  std::vector<ExtendedCiphertext> rotated = evaluator_.rotate_hoisted_extended(in, steps, gk);
+  std::map<std::size_t, ExtendedCiphertext> babies;
   for (std::size_t i = 0; i < steps.size(); ++i) {
-    babies.emplace(static_cast<std::size_t>(steps[i]), rotated[i]);
+    babies.emplace(static_cast<std::size_t>(steps[i]), std::move(rotated[i]));
   }
   // The diagonals' plaintexts, encoded once per (matrix, level, factor, scale): a refresh of
   // ciphertexts at one scale encodes them on its first call only.
   const PlainKey key{&matrix, level, factor.real(), factor.imag(), plain_scale};
-  std::shared_ptr<const std::vector<Plaintext>> plaintexts;
+  std::shared_ptr<const std::vector<ExtendedPlaintext>> plaintexts;
   {
     std::lock_guard<std::mutex> lock(cache_mutex_);
     auto it = plain_cache_.find(key);
@@ -346,14 +353,14 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
         }
         plain_cache_.erase(oldest);
       }
-      auto pts = std::make_shared<std::vector<Plaintext>>();
+      auto pts = std::make_shared<std::vector<ExtendedPlaintext>>();
       std::vector<cd> diag(n);
       for (const auto& [g, ks] : by_giant) {
         const std::size_t shift = (g * n1) % n;
         for (std::size_t k : ks) {
           const std::vector<cd>& src = matrix.at(k);
           for (std::size_t j = 0; j < n; ++j) diag[j] = factor * src[(j + n - shift) % n];
-          pts->push_back(encoder_.encode(diag, plain_scale, level));
+          pts->push_back(encoder_.encode_extended(diag, plain_scale, level));
         }
       }
       it = plain_cache_.emplace(key, PlainSet{std::move(pts), 0}).first;
@@ -363,11 +370,11 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
   }
   // Giant steps are independent (a fused sum of products and one key switch each): with
   // enough of them, each thread takes whole giant steps, which scales better than splitting
-  // every operation. They are added in a fixed order, so the bits do not depend on threads.
+  // every operation. Extended sums are exact, so the bits do not depend on threads.
   struct Giant {
     std::size_t shift = 0;
-    std::vector<const Ciphertext*> cts;
-    std::vector<const Plaintext*> pts;
+    std::vector<const ExtendedCiphertext*> cts;
+    std::vector<const ExtendedPlaintext*> pts;
   };
   std::vector<Giant> giants;
   std::size_t next = 0;
@@ -379,21 +386,31 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
       gi.pts.push_back(&(*plaintexts)[next++]);
     }
   }
-  const auto giant_step = [&](std::size_t i) {
-    Ciphertext inner = evaluator_.multiply_plain_sum(giants[i].cts, giants[i].pts);
-    if (giants[i].shift) inner = evaluator_.rotate(inner, static_cast<long>(giants[i].shift), gk);
-    return inner;
+  // acc += P * rot(sum_b diag * baby, shift); an empty acc starts at zero.
+  const auto giant_step = [&](std::size_t i, ExtendedCiphertext& acc) {
+    ExtendedCiphertext inner = evaluator_.multiply_plain_sum_extended(giants[i].cts, giants[i].pts);
+    if (giants[i].shift == 0) {
+      if (acc.data.empty()) {
+        acc = std::move(inner);
+      } else {
+        evaluator_.add_extended_inplace(acc, inner);
+      }
+      return;
+    }
+    evaluator_.rotate_accumulate(evaluator_.mod_down(inner), static_cast<long>(giants[i].shift),
+                                 gk, acc);
   };
-  Ciphertext acc;
+  ExtendedCiphertext sum;
   if (ctx_->threads() > 1 && giants.size() >= ctx_->threads()) {
-    std::vector<Ciphertext> inner(giants.size());
-    ctx_->parallel_for(giants.size(), [&](std::size_t i) { inner[i] = giant_step(i); });
-    acc = std::move(inner.front());
-    for (std::size_t i = 1; i < inner.size(); ++i) evaluator_.add_inplace(acc, inner[i]);
+    std::vector<ExtendedCiphertext> parts(giants.size());
+    ctx_->parallel_for(giants.size(), [&](std::size_t i) { giant_step(i, parts[i]); });
+    sum = std::move(parts.front());
+    for (std::size_t i = 1; i < parts.size(); ++i) evaluator_.add_extended_inplace(sum, parts[i]);
   } else {  // one accumulator: no more ciphertexts alive than needed
-    acc = giant_step(0);
-    for (std::size_t i = 1; i < giants.size(); ++i) evaluator_.add_inplace(acc, giant_step(i));
+    for (std::size_t i = 0; i < giants.size(); ++i) giant_step(i, sum);
   }
+  babies.clear();
+  Ciphertext acc = evaluator_.mod_down(sum);
   if (!rescale) {
     acc.set_scale(out_scale * q);  // equal up to rounding of the double product
     return acc;

@@ -112,11 +112,7 @@ Plaintext Encoder::from_coefficients(const std::vector<double>& coeffs, double s
   return pt;
 }
 
-Plaintext Encoder::encode(const std::vector<cd>& values, std::optional<double> scale_opt,
-                          std::optional<std::size_t> level_opt) const {
-  const double scale = scale_opt.value_or(ctx_->default_scale());
-  const std::size_t level = level_opt.value_or(ctx_->max_level());
-  check(scale, level);
+std::vector<double> Encoder::coefficients(const std::vector<cd>& values, double scale) const {
   const std::size_t n = ctx_->poly_degree();
   if (values.size() > n / 2) {
     throw EncodingError("got " + std::to_string(values.size()) + " values but there are only " +
@@ -138,7 +134,39 @@ Plaintext Encoder::encode(const std::vector<cd>& values, std::optional<double> s
     const double re = y[i].real() * twist_[i].real() + y[i].imag() * twist_[i].imag();
     coeffs[i] = std::round(re * factor);
   }
-  return from_coefficients(coeffs, scale, level);
+  return coeffs;
+}
+
+Plaintext Encoder::encode(const std::vector<cd>& values, std::optional<double> scale_opt,
+                          std::optional<std::size_t> level_opt) const {
+  const double scale = scale_opt.value_or(ctx_->default_scale());
+  const std::size_t level = level_opt.value_or(ctx_->max_level());
+  check(scale, level);
+  return from_coefficients(coefficients(values, scale), scale, level);
+}
+
+ExtendedPlaintext Encoder::encode_extended(const std::vector<cd>& values, double scale,
+                                           std::size_t level) const {
+  check(scale, level);
+  const std::vector<double> coeffs = coefficients(values, scale);
+  Plaintext chain_part = from_coefficients(coeffs, scale, level);  // checks the size
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t chain = ctx_->chain_size();
+  ExtendedPlaintext pt;
+  pt.level = level;
+  pt.extended = level + 1 + ctx_->special_size();
+  pt.n = n;
+  pt.scale = scale;
+  pt.params = ctx_->fingerprint();
+  pt.data.resize(pt.extended * n);
+  std::copy(chain_part.data().begin(), chain_part.data().end(), pt.data.begin());
+  ctx_->tables().pool().parallel_for(ctx_->special_size(), [&](std::size_t s) {
+    const Modulus& q = ctx_->tables().modulus(chain + s);
+    u64* out = pt.data.data() + (level + 1 + s) * n;
+    for (std::size_t k = 0; k < n; ++k) out[k] = residue_of(coeffs[k], q);
+    ctx_->tables().ntt(chain + s).forward(out);
+  });
+  return pt;
 }
 
 Plaintext Encoder::encode(const std::vector<double>& values, std::optional<double> scale,

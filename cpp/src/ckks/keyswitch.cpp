@@ -66,16 +66,11 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
   return dec;
 }
 
-void Evaluator::key_switch_accumulate(const Decomposition& dec,
-                                      const std::vector<std::uint32_t>* perm,
-                                      const KeySwitchKey& key, Ciphertext& out) const {
+ScratchBuffer Evaluator::key_products(const Decomposition& dec, const KeySwitchKey& key) const {
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = dec.level;
   const std::size_t chain = ctx_->chain_size();
-  const std::size_t specials = ctx_->special_size();
-  const LevelData& ld = ctx_->tables().level_data(l);
   auto key_index = [&](std::size_t e) { return e <= l ? e : chain + (e - (l + 1)); };
-
   // Inner products <digits, key> at every extended prime, reduced to [0, q).
   ScratchBuffer prod(2 * dec.extended * n);
   ctx_->tables().pool().parallel_for(dec.extended, [&](std::size_t e) {
@@ -90,12 +85,22 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
                            prod.data() + (0 * dec.extended + e) * n,
                            prod.data() + (1 * dec.extended + e) * n);
   });
+  return prod;
+}
 
+void Evaluator::mod_down_accumulate(ScratchBuffer& prod, std::size_t l,
+                                    const std::vector<std::uint32_t>* perm,
+                                    Ciphertext& out) const {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t chain = ctx_->chain_size();
+  const std::size_t specials = ctx_->special_size();
+  const std::size_t extended = l + 1 + specials;
+  const LevelData& ld = ctx_->tables().level_data(l);
   // ModDown: bring the special-prime part to coefficient form (scaled for the conversion)...
   ctx_->tables().pool().parallel_for(2 * specials, [&](std::size_t task) {
     const std::size_t k = task / specials;
     const std::size_t s = task % specials;
-    u64* r = prod.data() + (k * dec.extended + l + 1 + s) * n;
+    u64* r = prod.data() + (k * extended + l + 1 + s) * n;
     ctx_->tables().ntt(chain + s).inverse(r);
     ld.mod_down.scale_source(s, r, r, n);
   });
@@ -107,12 +112,12 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
     const Modulus& q = ctx_->tables().modulus(i);
     std::vector<const u64*> sources(specials);
     for (std::size_t s = 0; s < specials; ++s) {
-      sources[s] = prod.data() + (k * dec.extended + l + 1 + s) * n;
+      sources[s] = prod.data() + (k * extended + l + 1 + s) * n;
     }
     ScratchBuffer t(n);
     ld.mod_down.combine_to(sources.data(), t.data(), i, n);
     ctx_->tables().ntt(i).forward(t.data());
-    const u64* r = prod.data() + (k * dec.extended + i) * n;
+    const u64* r = prod.data() + (k * extended + i) * n;
     u64* o = out.poly(k, i);
     const MultiplyOperand& inv = ld.inv_special_mod[i];
     const u64 qv = q.value();
@@ -126,6 +131,13 @@ void Evaluator::key_switch_accumulate(const Decomposition& dec,
       }
     }
   });
+}
+
+void Evaluator::key_switch_accumulate(const Decomposition& dec,
+                                      const std::vector<std::uint32_t>* perm,
+                                      const KeySwitchKey& key, Ciphertext& out) const {
+  ScratchBuffer prod = key_products(dec, key);
+  mod_down_accumulate(prod, dec.level, perm, out);
 }
 
 void Evaluator::relinearize_inplace(Ciphertext& a, const RelinKey& rk) const {
@@ -226,6 +238,183 @@ Ciphertext Evaluator::conjugate(const Ciphertext& a, const GaloisKeys& gk) const
   const std::uint64_t g = ctx_->conjugation_element();
   galois_key(a, g, 0, gk);
   return apply_galois(a, decompose(a, 1), g, gk);
+}
+
+// ---- Double hoisting: ciphertexts kept multiplied by P over the extended primes ----
+
+ExtendedCiphertext Evaluator::extended_like(const Ciphertext& a) const {
+  ExtendedCiphertext out;
+  out.level = a.level();
+  out.extended = a.level() + 1 + ctx_->special_size();
+  out.n = ctx_->poly_degree();
+  out.scale = a.scale();
+  out.key_id = a.key_id();
+  out.data.resize(2 * out.extended * out.n);
+  return out;
+}
+
+void Evaluator::galois_extended(const Ciphertext& a, const Decomposition* c1, std::uint64_t g,
+                                const GaloisKeys& gk, ExtendedCiphertext& out,
+                                bool accumulate) const {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t l = a.level();
+  const std::size_t chain = ctx_->chain_size();
+  const std::size_t specials = ctx_->special_size();
+  // P mod q_i: the chain residues of P * c0 (P * anything is 0 at the special primes).
+  std::vector<MultiplyOperand> p_mod(l + 1);
+  for (std::size_t i = 0; i <= l; ++i) {
+    const Modulus& q = ctx_->tables().modulus(i);
+    u64 v = 1;
+    for (std::size_t s = 0; s < specials; ++s) {
+      v = q.mul(v, q.reduce(ctx_->tables().modulus(chain + s).value()));
+    }
+    p_mod[i] = MultiplyOperand(v, q);
+  }
+  ScratchBuffer prod;
+  std::shared_ptr<const std::vector<std::uint32_t>> perm;
+  if (g != 1) {
+    prod = key_products(*c1, galois_key(a, g, 0, gk));
+    perm = ctx_->tables().galois_permutation(g);
+  }
+  // out[k][e][j] (+)= prod[k][e][perm j] + (k = 0, e a chain prime: P * c0[perm j]); for
+  // g = 1, P * (c0, c1) at the chain primes.
+  ctx_->tables().pool().parallel_for(2 * out.extended, [&](std::size_t task) {
+    const std::size_t k = task / out.extended;
+    const std::size_t e = task % out.extended;
+    const Modulus& q = ctx_->tables().modulus(e <= l ? e : chain + (e - (l + 1)));
+    const u64 qv = q.value();
+    u64* o = out.poly(k, e);
+    const std::uint32_t* p = perm ? perm->data() : nullptr;
+    const u64* r = p ? prod.data() + (k * out.extended + e) * n : nullptr;
+    const bool with_c = e <= l && (k == 0 || !p);
+    const u64* c = with_c ? a.poly(k, e) : nullptr;
+    for (std::size_t j = 0; j < n; ++j) {
+      const std::size_t src = p ? p[j] : j;
+      u64 v = r ? r[src] : 0;
+      if (c) v = q.add(v, mul_shoup(c[src], p_mod[e].value, p_mod[e].shoup, qv));
+      o[j] = accumulate ? q.add(o[j], v) : v;
+    }
+  });
+}
+
+std::vector<ExtendedCiphertext> Evaluator::rotate_hoisted_extended(const Ciphertext& a,
+                                                                   const std::vector<long>& steps,
+                                                                   const GaloisKeys& gk) const {
+  check_operand(a);
+  if (a.size() != 2) throw FheError("rotate takes a size-2 ciphertext; relinearize first");
+  std::vector<std::uint64_t> elements;
+  for (long step : steps) {
+    const std::uint64_t g = ctx_->galois_element(step);
+    if (g != 1) galois_key(a, g, step, gk);
+    elements.push_back(g);
+  }
+  bool needs_switch = false;
+  for (std::uint64_t g : elements) needs_switch |= g != 1;
+  const std::optional<Decomposition> dec =
+      needs_switch ? std::optional<Decomposition>(decompose(a, 1)) : std::nullopt;
+  std::vector<ExtendedCiphertext> out(elements.size());
+  auto one = [&](std::size_t i) {
+    out[i] = extended_like(a);
+    galois_extended(a, dec ? &*dec : nullptr, elements[i], gk, out[i], /*accumulate=*/false);
+  };
+  if (elements.size() >= ctx_->threads()) {
+    ctx_->tables().pool().parallel_for(elements.size(), one);
+  } else {
+    for (std::size_t i = 0; i < elements.size(); ++i) one(i);
+  }
+  return out;
+}
+
+ExtendedCiphertext Evaluator::multiply_plain_sum_extended(
+    const std::vector<const ExtendedCiphertext*>& cts,
+    const std::vector<const ExtendedPlaintext*>& pts) const {
+  if (cts.empty() || cts.size() != pts.size()) {
+    throw FheError(
+        "multiply_plain_sum_extended takes as many plaintexts as ciphertexts, at least one; got " +
+                   std::to_string(cts.size()) + " and " + std::to_string(pts.size()));
+  }
+  const ExtendedCiphertext& first = *cts[0];
+  for (std::size_t t = 0; t < cts.size(); ++t) {
+    if (cts[t]->level != first.level || cts[t]->key_id != first.key_id ||
+        cts[t]->scale != first.scale) {
+      throw MismatchError("multiply_plain_sum_extended: extended ciphertexts differ in level, scale or key");
+    }
+    if (pts[t]->params != ctx_->fingerprint()) {
+      throw MismatchError("multiply_plain_sum_extended: plaintext was made under different parameters");
+    }
+    if (pts[t]->level != first.level || pts[t]->scale != pts[0]->scale) {
+      throw LevelError("multiply_plain_sum_extended: extended plaintexts must share the ciphertexts' level (" +
+                       std::to_string(first.level) + ") and one scale");
+    }
+  }
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t l = first.level;
+  const std::size_t chain = ctx_->chain_size();
+  const std::size_t terms = cts.size();
+  ExtendedCiphertext out;
+  out.level = l;
+  out.extended = first.extended;
+  out.n = n;
+  out.scale = first.scale * pts[0]->scale;
+  out.key_id = first.key_id;
+  out.data.resize(2 * out.extended * n);
+  ctx_->tables().pool().parallel_for(out.extended, [&](std::size_t e) {
+    std::vector<const u64*> x(terms), c0(terms), c1(terms);
+    for (std::size_t t = 0; t < terms; ++t) {
+      x[t] = pts[t]->prime(e);
+      c0[t] = cts[t]->poly(0, e);
+      c1[t] = cts[t]->poly(1, e);
+    }
+    const Modulus& q = ctx_->tables().modulus(e <= l ? e : chain + (e - (l + 1)));
+    kernels::inner_product(x.data(), c0.data(), c1.data(), terms, n, q, out.poly(0, e),
+                           out.poly(1, e));
+  });
+  return out;
+}
+
+void Evaluator::rotate_accumulate(const Ciphertext& a, long step, const GaloisKeys& gk,
+                                  ExtendedCiphertext& acc) const {
+  check_operand(a);
+  if (a.size() != 2) throw FheError("rotate takes a size-2 ciphertext; relinearize first");
+  if (!acc.data.empty() && (a.level() != acc.level || a.key_id() != acc.key_id)) {
+    throw MismatchError("rotate_accumulate: ciphertext level " + std::to_string(a.level()) +
+                        " or key differs from the accumulator's (level " +
+                        std::to_string(acc.level) + ")");
+  }
+  const std::uint64_t g = ctx_->galois_element(step);
+  if (g != 1) galois_key(a, g, step, gk);
+  const std::optional<Decomposition> dec =
+      g != 1 ? std::optional<Decomposition>(decompose(a, 1)) : std::nullopt;
+  const bool start = acc.data.empty();
+  if (start) acc = extended_like(a);
+  galois_extended(a, dec ? &*dec : nullptr, g, gk, acc, /*accumulate=*/!start);
+}
+
+void Evaluator::add_extended_inplace(ExtendedCiphertext& a, const ExtendedCiphertext& b) const {
+  if (a.level != b.level || a.extended != b.extended || a.key_id != b.key_id) {
+    throw MismatchError("adding extended ciphertexts of different levels or keys");
+  }
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t l = a.level;
+  const std::size_t chain = ctx_->chain_size();
+  ctx_->tables().pool().parallel_for(2 * a.extended, [&](std::size_t task) {
+    const std::size_t e = task % a.extended;
+    const Modulus& q = ctx_->tables().modulus(e <= l ? e : chain + (e - (l + 1)));
+    u64* x = a.poly(task / a.extended, e);
+    const u64* y = b.poly(task / b.extended, e);
+    for (std::size_t j = 0; j < n; ++j) x[j] = q.add(x[j], y[j]);
+  });
+}
+
+Ciphertext Evaluator::mod_down(const ExtendedCiphertext& a) const {
+  if (a.n != ctx_->poly_degree() || a.extended != a.level + 1 + ctx_->special_size() ||
+      a.level > ctx_->max_level() || a.data.size() != 2 * a.extended * a.n) {
+    throw MismatchError("extended ciphertext does not match these parameters");
+  }
+  ScratchBuffer work(a.data.begin(), a.data.end());
+  Ciphertext out(*ctx_, 2, a.level, a.scale, a.key_id);
+  mod_down_accumulate(work, a.level, nullptr, out);
+  return out;
 }
 
 }  // namespace fheprune::ckks

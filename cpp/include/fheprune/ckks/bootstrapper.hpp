@@ -185,7 +185,7 @@ class Bootstrapper {
   // least recently used set goes. Sets are shared, so one in use outlives its eviction.
   using PlainKey = std::tuple<const Diagonals*, std::size_t, double, double, double>;
   struct PlainSet {
-    std::shared_ptr<const std::vector<Plaintext>> plaintexts;
+    std::shared_ptr<const std::vector<ExtendedPlaintext>> plaintexts;
     std::uint64_t last_used = 0;
   };
   mutable std::mutex cache_mutex_;

@@ -82,4 +82,36 @@ class Ciphertext {
   KeyId key_id_{};
 };
 
+// A ciphertext multiplied by the special modulus P, over the chain primes of its level and the
+// special primes (NTT form): what a key switch holds before its ModDown (the division by P).
+// Rotations and plaintext products can stay in this form and be summed, so that a linear
+// transform divides by P once per giant step instead of once per rotation ("double
+// hoisting"). `scale` is that of the ciphertext it stands for; P is not counted in it.
+struct ExtendedCiphertext {
+  std::size_t level = 0;
+  std::size_t extended = 0;  // level + 1 + special primes
+  std::size_t n = 0;
+  double scale = 1.0;
+  KeyId key_id{};
+  ScratchBuffer data;  // [component 0, 1][extended prime][n]
+
+  u64* poly(std::size_t k, std::size_t e) { return data.data() + (k * extended + e) * n; }
+  const u64* poly(std::size_t k, std::size_t e) const {
+    return data.data() + (k * extended + e) * n;
+  }
+};
+
+// A plaintext over the chain primes of `level` and the special primes, to multiply
+// ExtendedCiphertexts of that level (Encoder::encode_extended).
+struct ExtendedPlaintext {
+  std::size_t level = 0;
+  std::size_t extended = 0;
+  std::size_t n = 0;
+  double scale = 1.0;
+  Fingerprint params{};
+  ScratchBuffer data;  // [extended prime][n]
+
+  const u64* prime(std::size_t e) const { return data.data() + e * n; }
+};
+
 }  // namespace fheprune::ckks

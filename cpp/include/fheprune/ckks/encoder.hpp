@@ -31,11 +31,19 @@ class Encoder {
   Plaintext encode_constant(double value, std::optional<double> scale = std::nullopt,
                             std::optional<std::size_t> level = std::nullopt) const;
 
+  // Over the chain primes of `level` and the special primes, for products with
+  // ExtendedCiphertexts (double hoisting).
+  ExtendedPlaintext encode_extended(const std::vector<std::complex<double>>& values, double scale,
+                                    std::size_t level) const;
+
   std::vector<std::complex<double>> decode_complex(const Plaintext& pt) const;
   std::vector<double> decode(const Plaintext& pt) const;
 
  private:
   void check(double scale, std::size_t level) const;
+  // The polynomial's coefficients times the scale, rounded.
+  std::vector<double> coefficients(const std::vector<std::complex<double>>& values,
+                                   double scale) const;
   // Coefficients (already multiplied by the scale) into RNS + NTT form.
   Plaintext from_coefficients(const std::vector<double>& coeffs, double scale,
                               std::size_t level) const;

@@ -66,6 +66,23 @@ class Evaluator {
                                          const GaloisKeys& gk) const;
   Ciphertext conjugate(const Ciphertext& a, const GaloisKeys& gk) const;
 
+  // Double hoisting: rotations (step 0 allowed) of one ciphertext sharing one decomposition,
+  // left multiplied by P (no ModDown each).
+  std::vector<ExtendedCiphertext> rotate_hoisted_extended(const Ciphertext& a,
+                                                          const std::vector<long>& steps,
+                                                          const GaloisKeys& gk) const;
+  // sum_i cts[i] * pts[i]; the ciphertexts share level and scale, the plaintexts their level
+  // and scale.
+  ExtendedCiphertext multiply_plain_sum_extended(
+      const std::vector<const ExtendedCiphertext*>& cts,
+                                        const std::vector<const ExtendedPlaintext*>& pts) const;
+  // acc += P * rot(a, step); a at acc's level and scale. An empty acc (no data) starts at 0.
+  void rotate_accumulate(const Ciphertext& a, long step, const GaloisKeys& gk,
+                         ExtendedCiphertext& acc) const;
+  void add_extended_inplace(ExtendedCiphertext& a, const ExtendedCiphertext& b) const;
+  // Divide by P (rounding): the ciphertext `a` stands for.
+  Ciphertext mod_down(const ExtendedCiphertext& a) const;
+
   // Building blocks for custom hoisting.
   Decomposition decompose(const Ciphertext& a, std::size_t component) const;
   // Applies the automorphism `g` (1 = identity) and the key switch to a decomposed c1:
@@ -84,6 +101,17 @@ class Evaluator {
   // out_k += keyswitch(digits permuted by perm) for k = 0, 1, over the ciphertext's primes.
   void key_switch_accumulate(const Decomposition& dec, const std::vector<std::uint32_t>* perm,
                              const KeySwitchKey& key, Ciphertext& out) const;
+  // <digits, key> for k = 0, 1 at every extended prime: [k][extended prime][n].
+  ScratchBuffer key_products(const Decomposition& dec, const KeySwitchKey& key) const;
+  // out_k += (prod_k / P) read through perm (when given), at `level`'s primes; overwrites
+  // prod's special-prime residues.
+  void mod_down_accumulate(ScratchBuffer& prod, std::size_t level,
+                           const std::vector<std::uint32_t>* perm, Ciphertext& out) const;
+  // out (+)= P * galois(a, g) in extended form; c1 is a's decomposed component 1 (unused for
+  // g = 1).
+  void galois_extended(const Ciphertext& a, const Decomposition* c1, std::uint64_t g,
+                       const GaloisKeys& gk, ExtendedCiphertext& out, bool accumulate) const;
+  ExtendedCiphertext extended_like(const Ciphertext& a) const;
 
   ContextPtr ctx_;
 };
