@@ -47,13 +47,14 @@ DEFAULT_ORION_PYTHON = Path("/tmp/orion_venv/bin/python")
 
 
 def key_bytes(ctx: Any, keys: Any) -> int:
-    """The evaluation keys' size: the key data of the rotation and relinearization keys plus
-    the serialized public key (``ckks.save`` of the bundle adds a header of about 1 KB).
-    Serializing the bundle itself would copy gigabytes at N = 2^16."""
+    """The evaluation keys' size: the key data of the rotation, relinearization and
+    encapsulation keys plus the serialized public key (``ckks.save`` of the bundle adds a
+    header of about 1 KB). Serializing the bundle itself would copy gigabytes at N = 2^16."""
     from fheprune import ckks
 
     public = len(ckks.save(ctx, keys.public_key))
-    return int(keys.galois_keys.byte_size) + int(keys.relin_key.byte_size) + public
+    switching = int(keys.galois_keys.byte_size) + int(keys.relin_key.byte_size)
+    return switching + int(keys.encapsulation.byte_size) + public
 
 
 def run_ours(
@@ -67,6 +68,7 @@ def run_ours(
     sparse_slots: int = 0,
     pack_halves: bool = True,
     arcsine: bool = True,
+    ephemeral_weight: int = 32,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -81,6 +83,7 @@ def run_ours(
             hamming_weight=hamming_weight,
             special_primes=special_primes,
             arcsine=arcsine,
+            ephemeral_weight=ephemeral_weight,
         )
         within_bound = True
     except ckks.ParameterError:
@@ -90,6 +93,7 @@ def run_ours(
             hamming_weight=hamming_weight,
             special_primes=special_primes,
             arcsine=arcsine,
+            ephemeral_weight=ephemeral_weight,
             insecure_for_testing=True,
         )
         within_bound = False
@@ -103,7 +107,7 @@ def run_ours(
         config = config.with_slots(sparse_slots, pack_halves)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)
-    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
+    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True, config.ephemeral_weight)
     encoder = ckks.Encoder(ctx)
     encryptor = ckks.Encryptor(ctx, keygen.secret_key)
     decryptor = ckks.Decryptor(ctx, keygen.secret_key)
@@ -155,6 +159,7 @@ def run_ours(
             "stc_levels": config.stc_levels,
             "message_ratio_bits": config.message_ratio_bits,
             "arcsine": config.arcsine,
+            "ephemeral_weight": config.ephemeral_weight,
         },
     }
 
@@ -260,6 +265,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="ours without the arcsine (two levels more for the user, message ratio 2^12)",
     )
+    p.add_argument(
+        "--ephemeral-weight",
+        type=int,
+        default=32,
+        help="sparse-secret encapsulation through an ephemeral secret of this weight (0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--sparse-slots",
@@ -314,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 sparse_slots=n,
                 pack_halves=pack,
                 arcsine=not args.no_arcsine,
+                ephemeral_weight=args.ephemeral_weight,
             )
             runs.append(row)
             keys = ("impl", "threads", "refresh_slots", "pack_halves", "seconds")

@@ -75,7 +75,7 @@ def run_config(
     ctx = ckks.Context(params, 1)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)
-    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
+    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True, config.ephemeral_weight)
     encoder = ckks.Encoder(ctx)
     encryptor = ckks.Encryptor(ctx, keygen.secret_key)
     decryptor = ckks.Decryptor(ctx, keygen.secret_key)

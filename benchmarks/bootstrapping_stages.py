@@ -73,7 +73,7 @@ def run(log_n: int, hamming_weight: int, cts_lift: float, seed: int) -> dict[str
     ctx = ckks.Context(preset.parameters, 1)
     boot = ckks.Bootstrapper(ctx, config)
     keygen = ckks.KeyGenerator(ctx, hamming_weight)
-    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
+    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True, config.ephemeral_weight)
     encoder = ckks.Encoder(ctx)
     decryptor = ckks.Decryptor(ctx, keygen.secret_key)
     evaluator = ckks.Evaluator(ctx)
@@ -90,7 +90,7 @@ def run(log_n: int, hamming_weight: int, cts_lift: float, seed: int) -> dict[str
         ct, encoder.encode(np.full(ctx.slots, float(boost)), scale=1.0, level=0)
     )
     boosted.scale = ct.scale * boost
-    raised = boot.mod_raise(boosted)
+    raised = boot.raise_to_top(boosted, keys)
     parts = boot.coeff_to_slot(raised, keys.galois_keys)
     mods = [boot.eval_mod(x, keys.relin_key) for x in parts]
     out = boot.slot_to_coeff(mods, boosted.scale, keys.galois_keys, ct.scale)

@@ -86,7 +86,9 @@ def run(
     ctx = ckks.Context(preset.parameters, threads)
     start = time.perf_counter()
     keygen = ckks.KeyGenerator(ctx, preset.hamming_weight)
-    keys = keygen.create_evaluation_keys(program.rotation_steps(), True)
+    keys = keygen.create_evaluation_keys(
+        program.rotation_steps(), True, refresh_config.ephemeral_weight
+    )
     keygen_seconds = time.perf_counter() - start
     key_bytes = int(keys.galois_keys.byte_size)  # in memory; a serialized copy would double it
     encoder = ckks.Encoder(ctx)

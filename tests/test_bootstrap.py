@@ -29,7 +29,9 @@ def _setup(threads: int = 1, secret: ckks.SecretKey | None = None) -> Setup:
     ctx = ckks.Context(PRESET.parameters, threads)
     boot = ckks.Bootstrapper(ctx, PRESET.config)
     keygen = ckks.KeyGenerator(ctx, 64) if secret is None else ckks.KeyGenerator(ctx, secret)
-    keys = keygen.create_evaluation_keys(boot.rotation_steps(), True)
+    keys = keygen.create_evaluation_keys(
+        boot.rotation_steps(), True, PRESET.config.ephemeral_weight
+    )
     return ctx, boot, keygen, keys
 
 
@@ -48,8 +50,10 @@ def test_refresh_keeps_the_message_and_restores_levels() -> None:
     out = boot.refresh(ct, keys)
     assert out.level == boot.output_level == len(BITS) - 1 - boot.levels_consumed
     assert out.level == 2 and out.scale == ct.scale
-    # CtS, Chebyshev (d = 31), 4 double angles, the arcsine, StC
-    assert boot.levels_consumed == 3 + 6 + 4 + 2 + 3
+    # CtS, Chebyshev (d = 31), 3 double angles (K = 9: the ephemeral weight-32 secret's
+    # overflow), the arcsine, StC
+    assert PRESET.config.ephemeral_weight == 32 and PRESET.config.k_bound == 9.0
+    assert boot.levels_consumed == 3 + 6 + 3 + 2 + 3
     err = np.abs(_decrypt(ctx, keygen, out) - z)
     assert -math.log2(err.mean()) > 26  # measured about 31 bits at N = 1024
 
@@ -90,23 +94,31 @@ def test_threads_give_identical_results() -> None:
 def test_bootstrappable_preset_is_128_bit_and_says_what_fits() -> None:
     preset = ckks.bootstrappable(2)
     assert preset.parameters.poly_degree == 65536 and preset.hamming_weight == 192
-    assert preset.config.k_bound == 20.0  # five standard deviations for weight 192
+    # Five standard deviations of the overflow: for the ephemeral weight-32 secret, or
+    # without encapsulation for the weight-192 one (then one more double angle and level).
+    assert preset.config.k_bound == 9.0 and preset.config.ephemeral_weight == 32
+    plain = ckks.bootstrappable(2, ephemeral_weight=0)
+    assert plain.config.k_bound == 20.0 and plain.config.ephemeral_weight == 0
+    assert plain.config.double_angles == preset.config.double_angles + 1
+    assert plain.log_qp == preset.log_qp + 60
     bits = sum(preset.parameters.chain_bits) + sum(preset.parameters.special_bits)
     assert bits == preset.log_qp <= ckks.max_modulus_bits_128(65536)
-    assert ckks.bootstrappable(10).log_qp <= ckks.max_modulus_bits_128(65536)
-    with pytest.raises(ckks.ParameterError, match="at most 10 levels left fit"):
-        ckks.bootstrappable(11)
+    assert ckks.bootstrappable(11).log_qp <= ckks.max_modulus_bits_128(65536)
+    with pytest.raises(ckks.ParameterError, match="at most 11 levels left fit"):
+        ckks.bootstrappable(12)
     # Without the arcsine: its two 60-bit levels go to the user, the message ratio drops.
-    lean = ckks.bootstrappable(13, arcsine=False)
+    lean = ckks.bootstrappable(14, arcsine=False)
     assert lean.log_qp <= ckks.max_modulus_bits_128(65536)
     assert not lean.config.arcsine and lean.config.message_ratio_bits == 12.0
     assert preset.config.arcsine and preset.config.message_ratio_bits == 8.0
-    with pytest.raises(ckks.ParameterError, match="at most 13 levels left fit"):
-        ckks.bootstrappable(14, arcsine=False)
-    with pytest.raises(ckks.ParameterError, match="no bootstrappable chain fits"):
+    with pytest.raises(ckks.ParameterError, match="at most 14 levels left fit"):
+        ckks.bootstrappable(15, arcsine=False)
+    with pytest.raises(ckks.ParameterError, match="no bootstrappable chain fits.*up to 11"):
         ckks.bootstrappable(2, log_n=14)
     with pytest.raises(ckks.ParameterError, match="at least 1"):
         ckks.bootstrappable(0)
+    with pytest.raises(ckks.ParameterError, match="ephemeral_weight"):
+        ckks.bootstrappable(2, ephemeral_weight=-1)
     with pytest.raises(ckks.ParameterError, match="too sparse"):
         ckks.bootstrappable(2, hamming_weight=64)
     # What a refresh leaves is what was asked for.

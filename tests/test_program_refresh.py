@@ -100,7 +100,11 @@ def test_a_deep_program_runs_on_the_server_and_matches_the_simulator(
     keygen = ckks.KeyGenerator(ctx, preset.hamming_weight)
     with pytest.raises(_core.MissingKeyError, match="conjugation"):
         _core.Server(program, ctx, keygen.create_evaluation_keys(program.rotation_steps()))
-    keys = keygen.create_evaluation_keys(program.rotation_steps(), True)
+    with pytest.raises(_core.MissingKeyError, match="encapsulation"):
+        _core.Server(program, ctx, keygen.create_evaluation_keys(program.rotation_steps(), True))
+    keys = keygen.create_evaluation_keys(
+        program.rotation_steps(), True, program.refresh_config.ephemeral_weight
+    )
     server = _core.Server(program, ctx, keys)
     encoder, encryptor = ckks.Encoder(ctx), ckks.Encryptor(ctx, keygen.secret_key)
     decryptor = ckks.Decryptor(ctx, keygen.secret_key)
@@ -142,7 +146,7 @@ def test_the_dry_run_names_the_bootstrappable_preset_with_the_fewest_refreshes()
     )
 
     most = max_bootstrap_levels()
-    assert most == 10  # N = 2^16 at 128 bits with the arcsine (docs/bootstrapping.md)
+    assert most == 11  # N = 2^16 at 128 bits with the arcsine (docs/bootstrapping.md)
     # 30 one-level layers: 2 refreshes at 10 levels left, and fewer levels need more.
     choice = choose_bootstrappable([1] * 30)
     assert (choice.preset.levels_left, choice.refreshes) == (10, 2)

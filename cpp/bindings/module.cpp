@@ -177,10 +177,17 @@ NB_MODULE(_core, m) {
       .def("has", &GaloisKeys::has, "galois_element"_a);
   // Read-only: a server may share the bundle with its Python object (EngineExecutor), so the
   // keys must not change under a run.
+  nb::class_<EncapsulationKeys>(m, "EncapsulationKeys",
+                                 "Switching keys to and from an ephemeral sparse secret "
+                                 "(bootstrapping's sparse-secret encapsulation).")
+      .def_prop_ro("empty", &EncapsulationKeys::empty)
+      .def_prop_ro("hamming_weight", &EncapsulationKeys::hamming_weight)
+      .def_prop_ro("byte_size", &EncapsulationKeys::byte_size);
   nb::class_<EvaluationKeys>(m, "EvaluationKeys")
       .def_ro("public_key", &EvaluationKeys::public_key)
       .def_ro("relin_key", &EvaluationKeys::relin_key)
-      .def_ro("galois_keys", &EvaluationKeys::galois_keys);
+      .def_ro("galois_keys", &EvaluationKeys::galois_keys)
+      .def_ro("encapsulation", &EvaluationKeys::encapsulation);
 
   nb::class_<KeyGenerator>(m, "KeyGenerator")
       .def(
@@ -206,8 +213,14 @@ NB_MODULE(_core, m) {
       .def("create_relin_key", &KeyGenerator::create_relin_key, release_gil())
       .def("create_galois_keys", &KeyGenerator::create_galois_keys, "steps"_a,
            "conjugation"_a = false, release_gil())
+      .def("create_encapsulation_keys", &KeyGenerator::create_encapsulation_keys,
+           "hamming_weight"_a, release_gil(),
+           "Keys to and from a fresh ephemeral sparse secret of this weight (drawn and "
+           "wiped here), for refreshes with BootstrapConfig.ephemeral_weight.")
       .def("create_evaluation_keys", &KeyGenerator::create_evaluation_keys, "steps"_a,
-           "conjugation"_a = false, release_gil());
+           "conjugation"_a = false, "ephemeral_weight"_a = 0, release_gil(),
+           "Public, relinearization and these Galois keys; with ephemeral_weight > 0 also the "
+           "encapsulation keys a refresh with that BootstrapConfig.ephemeral_weight needs.");
 
   nb::class_<Encoder>(m, "Encoder")
       .def(
@@ -342,19 +355,23 @@ NB_MODULE(_core, m) {
           [](BootstrapConfig* c, double k_bound, std::size_t chebyshev_degree,
              std::size_t double_angles, std::size_t cts_levels, std::size_t stc_levels,
              std::size_t slots, bool pack_halves, double message_ratio_bits, bool arcsine,
-             double cts_lift) {
-            new (c) BootstrapConfig{k_bound,    chebyshev_degree, double_angles,
-                                    cts_levels, stc_levels,       slots,
-                                    pack_halves, message_ratio_bits, arcsine, cts_lift};
+             double cts_lift, std::size_t ephemeral_weight) {
+            new (c) BootstrapConfig{k_bound,     chebyshev_degree,   double_angles,
+                                    cts_levels,  stc_levels,         slots,
+                                    pack_halves, message_ratio_bits, arcsine,
+                                    cts_lift,    ephemeral_weight};
           },
           "k_bound"_a = 12.0, "chebyshev_degree"_a = 63, "double_angles"_a = 3,
           "cts_levels"_a = 3, "stc_levels"_a = 3, "slots"_a = 0, "pack_halves"_a = true,
           "message_ratio_bits"_a = 8.0, "arcsine"_a = true, "cts_lift"_a = 0.4,
+          "ephemeral_weight"_a = 0,
           "slots: 0 refreshes all N/2 slots; a power of two n < N/2 refreshes messages of "
           "period n (cheaper DFTs). message_ratio_bits: the refresh scales the message up to "
           "about q0 / 2^bits first (0: off); arcsine: EvalMod corrects the sine (2 levels); "
           "cts_lift: the share of its scale gap CoeffToSlot lifts first. "
-          "Both on by default (docs/bootstrapping.md).")
+          "Both on by default (docs/bootstrapping.md). ephemeral_weight: sparse-secret "
+          "encapsulation through an ephemeral secret of this Hamming weight (0: off; the "
+          "evaluation keys must hold encapsulation keys of that weight).")
       .def("with_slots",
            [](const BootstrapConfig& c, std::size_t slots, std::optional<bool> pack_halves) {
              BootstrapConfig out = c;
@@ -373,7 +390,8 @@ NB_MODULE(_core, m) {
       .def_ro("stc_levels", &BootstrapConfig::stc_levels)
       .def_ro("message_ratio_bits", &BootstrapConfig::message_ratio_bits)
       .def_ro("arcsine", &BootstrapConfig::arcsine)
-      .def_ro("cts_lift", &BootstrapConfig::cts_lift);
+      .def_ro("cts_lift", &BootstrapConfig::cts_lift)
+      .def_ro("ephemeral_weight", &BootstrapConfig::ephemeral_weight);
 
   using B = Bootstrapper;
   nb::class_<Bootstrapper>(m, "Bootstrapper",
@@ -392,6 +410,9 @@ NB_MODULE(_core, m) {
       .def_prop_ro("levels_consumed", &B::levels_consumed)
       .def_prop_ro("output_level", &B::output_level)
       .def("mod_raise", &B::mod_raise, "ciphertext"_a, release_gil())
+      .def("raise_to_top", &B::raise_to_top, "ciphertext"_a, "keys"_a, release_gil(),
+           "ModRaise as refresh does it: through the ephemeral secret when the configuration "
+           "asks for encapsulation.")
       .def("coeff_to_slot", &B::coeff_to_slot, "raised"_a, "galois_keys"_a, release_gil())
       .def("eval_mod", &B::eval_mod, "x"_a, "relin_key"_a, release_gil())
       .def("slot_to_coeff", &B::slot_to_coeff, "parts"_a, "message_scale"_a, "galois_keys"_a,

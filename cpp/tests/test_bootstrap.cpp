@@ -424,6 +424,45 @@ TEST(Bootstrap, RejectsChainsTooShortAndBadConfigs) {
   EXPECT_THROW(KeyGenerator(make_context(small_params()), 0), ParameterError);
 }
 
+// Encapsulation: a dense ternary secret (weight about 2N/3, overflows far beyond K = 12)
+// refreshes through an ephemeral secret of weight 64, which K = 12 covers.
+TEST(Bootstrap, EncapsulationRefreshesUnderADenseSecret) {
+  const ContextPtr ctx = make_context(bootstrap_params());
+  KeyGenerator keygen(ctx);  // uniform ternary
+  const BootstrapConfig config{.chebyshev_degree = 31, .ephemeral_weight = kWeight};
+  const Bootstrapper boot(ctx, config);
+  const EvaluationKeys keys = keygen.create_evaluation_keys(boot.rotation_steps(), true, kWeight);
+  ASSERT_FALSE(keys.encapsulation.empty());
+  EXPECT_EQ(keys.encapsulation.hamming_weight(), kWeight);
+  // The level-0 key spans q0 and one special prime only (the small modulus): 2 x 2 residues.
+  EXPECT_EQ(keys.encapsulation.to_sparse().byte_size(), 4 * ctx->poly_degree() * sizeof(u64));
+  Encoder encoder(ctx);
+  Encryptor encryptor(ctx, keygen.secret_key());
+  Decryptor decryptor(ctx, keygen.secret_key());
+  Evaluator evaluator(ctx);
+  const auto z = random_complex(ctx->slots(), 41);
+  const Ciphertext ct = encryptor.encrypt(encoder.encode(z, ctx->default_scale(), 0));
+  // to_sparse, ModRaise and from_sparse alone: back at level 0 the message is there again.
+  const Ciphertext there = boot.to_sparse(ct, keys.encapsulation);
+  const Ciphertext back = evaluator.switch_key(boot.mod_raise(there),
+                                               keys.encapsulation.from_sparse());
+  EXPECT_LT(max_error(encoder.decode_complex(decryptor.decrypt(evaluator.mod_switch_to(back, 0))), z),
+            1e-6);
+  const Ciphertext fresh = boot.refresh(ct, keys);
+  const double err = max_error(encoder.decode_complex(decryptor.decrypt(fresh)), z);
+  EXPECT_LT(err, std::ldexp(1.0, -15)) << "precision " << -std::log2(err) << " bits";
+  // Without encapsulation the dense secret's overflow leaves [-K, K]: the refresh is garbage.
+  const Bootstrapper plain(ctx, BootstrapConfig{.chebyshev_degree = 31});
+  const EvaluationKeys plain_keys = keygen.create_evaluation_keys(plain.rotation_steps(), true);
+  EXPECT_GT(max_error(encoder.decode_complex(decryptor.decrypt(plain.refresh(ct, plain_keys))), z),
+            0.01);
+  // Typed errors: no encapsulation keys, keys for another weight, a weight beyond N.
+  EXPECT_THROW(boot.refresh(ct, plain_keys), MissingKeyError);
+  const EvaluationKeys other = keygen.create_evaluation_keys(boot.rotation_steps(), true, 32);
+  EXPECT_THROW(boot.refresh(ct, other), MismatchError);
+  EXPECT_THROW(Bootstrapper(ctx, BootstrapConfig{.ephemeral_weight = 4096}), ParameterError);
+}
+
 TEST(Bootstrap, SparseSecretHasExactlyItsWeight) {
   const ContextPtr ctx = make_context(bootstrap_params());
   for (const std::size_t h : {std::size_t{1}, std::size_t{64}, std::size_t{1024}}) {

@@ -53,8 +53,39 @@ TEST_F(SerializationTest, RoundTripsEveryObject) {
   EXPECT_EQ(Serializer::peek_kind(bytes), ObjectKind::kEvaluationKeys);
 }
 
+TEST_F(SerializationTest, EncapsulationKeysRoundTripAndAreValidated) {
+  const EvaluationKeys bundle = f.keygen.create_evaluation_keys({1}, false, 16);
+  const Bytes bytes = Serializer::save(*f.ctx, bundle);
+  const EvaluationKeys back = Serializer::load_evaluation_keys(*f.ctx, bytes);
+  EXPECT_EQ(back.encapsulation.hamming_weight(), 16u);
+  EXPECT_EQ(back.encapsulation.id(), bundle.encapsulation.id());
+  EXPECT_EQ(back.encapsulation.byte_size(), bundle.encapsulation.byte_size());
+  EXPECT_EQ(Serializer::save(*f.ctx, back), bytes);
+  // A bundle without them (also the format before they existed) loads with none.
+  const Bytes plain = Serializer::save(*f.ctx, f.keygen.create_evaluation_keys({1}));
+  EXPECT_TRUE(Serializer::load_evaluation_keys(*f.ctx, plain).encapsulation.empty());
+  // Payloads cut inside the encapsulation part, or with a residue out of range, re-sealed so
+  // that the envelope's checks pass: the reader itself refuses them with a typed error.
+  Fingerprint fp{};
+  const auto payload = Serializer::open_envelope(bytes, ObjectKind::kEvaluationKeys, &fp);
+  const std::size_t extra = bytes.size() - plain.size();  // the encapsulation part's length
+  const std::size_t start = payload.size() - extra;
+  for (std::size_t keep : {std::size_t{4}, std::size_t{8 + 10}, std::size_t{8 + 16 + 100}, extra - 8}) {
+    const Bytes cut(payload.begin(), payload.begin() + static_cast<long>(start + keep));
+    EXPECT_THROW(Serializer::load_evaluation_keys(*f.ctx, Serializer::seal_envelope(
+                                                            ObjectKind::kEvaluationKeys, fp, cut)),
+                 SerializationError)
+        << keep;
+  }
+  Bytes bad(payload.begin(), payload.end());
+  for (std::size_t b = 0; b < 8; ++b) bad[start + 8 + 16 + b] = 0xff;  // first residue >= q0
+  EXPECT_THROW(Serializer::load_evaluation_keys(
+                   *f.ctx, Serializer::seal_envelope(ObjectKind::kEvaluationKeys, fp, bad)),
+               SerializationError);
+}
+
 TEST_F(SerializationTest, ServerBundleHoldsNoSecretKeyMaterial) {
-  const Bytes bundle = Serializer::save(*f.ctx, f.keygen.create_evaluation_keys({1, 3}));
+  const Bytes bundle = Serializer::save(*f.ctx, f.keygen.create_evaluation_keys({1, 3}, false, 16));
   const Bytes secret = Serializer::save_secret_key(*f.ctx, f.keygen.secret_key());
   // Any 32-byte window of the secret key's payload (its NTT residues) must not occur.
   const std::size_t header = 52 + 8 + 16;  // header, poly degree, key id

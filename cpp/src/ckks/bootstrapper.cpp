@@ -179,6 +179,13 @@ Bootstrapper::Bootstrapper(ContextPtr ctx, BootstrapConfig config)
                          "double_angles <= 8 and 1 <= cts_levels, stc_levels <= log2(slots) = " +
                          std::to_string(stages) + " are required");
   }
+  if (config_.ephemeral_weight > ctx_->poly_degree() ||
+      (config_.ephemeral_weight > 0 && ctx_->special_size() == 0)) {
+    throw ParameterError("bootstrap config: ephemeral_weight must be 0 or a Hamming weight up to "
+                         "N = " + std::to_string(ctx_->poly_degree()) +
+                         " with a special prime in the chain, got " +
+                         std::to_string(config_.ephemeral_weight));
+  }
   if (!(config_.cts_lift >= 0.0 && config_.cts_lift <= 1.0)) {
     throw ParameterError("bootstrap config: cts_lift must be from 0 to 1, got " +
                          std::to_string(config_.cts_lift));
@@ -276,6 +283,75 @@ std::vector<long> Bootstrapper::rotation_steps() const {
     }
   }
   return {steps.begin(), steps.end()};
+}
+
+Ciphertext Bootstrapper::to_sparse(const Ciphertext& ct, const EncapsulationKeys& keys) const {
+  if (ct.level() != 0 || ct.size() != 2) {
+    throw LevelError("to_sparse takes a size-2 ciphertext at level 0, got level " +
+                     std::to_string(ct.level()) + " and size " + std::to_string(ct.size()));
+  }
+  if (keys.empty()) {
+    throw MissingKeyError("this refresh switches to an ephemeral secret of Hamming weight " +
+                          std::to_string(config_.ephemeral_weight) +
+                          "; the evaluation keys hold no encapsulation keys (create them with "
+                          "ephemeral_weight " + std::to_string(config_.ephemeral_weight) + ")");
+  }
+  if (keys.id() != ct.key_id()) {
+    throw MismatchError("encapsulation keys belong to a different secret key than the ciphertext");
+  }
+  if (keys.hamming_weight() != config_.ephemeral_weight) {
+    throw MismatchError("encapsulation keys are for an ephemeral secret of Hamming weight " +
+                        std::to_string(keys.hamming_weight()) + "; this refresh's K is set for " +
+                        std::to_string(config_.ephemeral_weight) +
+                        " (make them with that ephemeral_weight)");
+  }
+  const KeySwitchKey& key = keys.to_sparse();
+  const std::size_t n = ctx_->poly_degree();
+  if (key.digits() != 1 || key.key_primes() != 2) {
+    throw MismatchError("encapsulation key has the wrong shape for these parameters");
+  }
+  // One digit (q0) and one special prime p: ModUp is c1's centred lift to p, exact; the key's
+  // products at q0 and p; ModDown is (u - [u]_p) / p at q0, [u]_p centred.
+  const ContextTables& tables = ctx_->tables();
+  const std::size_t pi = ctx_->chain_size();
+  const Modulus& q0 = tables.modulus(0);
+  const Modulus& p = tables.modulus(pi);
+  std::vector<u64> c1p(ct.poly(1, 0), ct.poly(1, 0) + n);
+  tables.ntt(0).inverse(c1p.data());
+  for (std::size_t c = 0; c < n; ++c) {
+    const u64 v = c1p[c];
+    c1p[c] = v > q0.value() / 2 ? p.sub(0, p.reduce(q0.value() - v)) : p.reduce(v);
+  }
+  tables.ntt(pi).forward(c1p.data());
+  const u64 p_inv = q0.inv(q0.reduce(p.value()));
+  Ciphertext out = ct;
+  for (std::size_t k = 0; k < 2; ++k) {
+    const u64* kq = k == 0 ? key.b(0, 0) : key.a(0, 0);
+    const u64* kp = k == 0 ? key.b(0, 1) : key.a(0, 1);
+    std::vector<u64> at_p(n);
+    for (std::size_t c = 0; c < n; ++c) at_p[c] = p.mul(c1p[c], kp[c]);
+    tables.ntt(pi).inverse(at_p.data());
+    for (std::size_t c = 0; c < n; ++c) {
+      const u64 v = at_p[c];
+      at_p[c] = v > p.value() / 2 ? q0.sub(0, q0.reduce(p.value() - v)) : q0.reduce(v);
+    }
+    tables.ntt(0).forward(at_p.data());
+    const u64* c1 = ct.poly(1, 0);
+    u64* o = out.poly(k, 0);
+    for (std::size_t c = 0; c < n; ++c) {
+      const u64 u = q0.mul(c1[c], kq[c]);
+      const u64 v = q0.mul(q0.sub(u, at_p[c]), p_inv);
+      o[c] = k == 0 ? q0.add(o[c], v) : v;
+    }
+  }
+  return out;
+}
+
+Ciphertext Bootstrapper::raise_to_top(const Ciphertext& ct, const EvaluationKeys& keys) const {
+  if (config_.ephemeral_weight == 0) return mod_raise(ct);
+  // Encapsulation: ModRaise under the sparse s' (its overflow is small), then back to s.
+  return evaluator_.switch_key(mod_raise(to_sparse(ct, keys.encapsulation)),
+                               keys.encapsulation.from_sparse());
 }
 
 Ciphertext Bootstrapper::mod_raise(const Ciphertext& ct) const {
@@ -619,7 +695,7 @@ Ciphertext Bootstrapper::refresh(const Ciphertext& ct, const EvaluationKeys& key
   // no level), which SlotToCoeff's constants divide out again.
   const std::uint64_t boost = message_boost(ct.scale());
   if (boost > 1) bottom = scaled_up(bottom, boost);
-  const Ciphertext raised = mod_raise(bottom);
+  const Ciphertext raised = raise_to_top(bottom, keys);
   const std::vector<Ciphertext> parts = coeff_to_slot(raised, keys.galois_keys);
   // EvalMod ends at the scale it works at (near its primes): its output's last bits are the
   // message's, so the scale only comes down to the input's in SlotToCoeff.

@@ -37,6 +37,11 @@ KeyGenerator::KeyGenerator(ContextPtr ctx)
 
 KeyGenerator::KeyGenerator(ContextPtr ctx, std::size_t hamming_weight)
     : ctx_(std::move(ctx)), rng_(std::make_unique<SecureRandom>()) {
+  std::vector<std::int8_t> s = sparse_ternary(hamming_weight);
+  set_secret(s);
+}
+
+std::vector<std::int8_t> KeyGenerator::sparse_ternary(std::size_t hamming_weight) {
   const std::size_t n = ctx_->poly_degree();
   if (hamming_weight == 0 || hamming_weight > n) {
     throw ParameterError("a secret's Hamming weight must be in [1, " + std::to_string(n) +
@@ -58,22 +63,27 @@ KeyGenerator::KeyGenerator(ContextPtr ctx, std::size_t hamming_weight)
     s[places[i]] = (rng_->next_u64() & 1) ? 1 : -1;
   }
   sodium_memzero(places.data(), places.size() * sizeof(std::uint32_t));
-  set_secret(s);
+  return s;
+}
+
+std::vector<u64> KeyGenerator::to_ntt(const std::vector<std::int8_t>& s) const {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t primes = ctx_->key_size();
+  std::vector<u64> out(primes * n);
+  ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) {
+    const Modulus& q = ctx_->tables().modulus(i);
+    u64* o = out.data() + i * n;
+    for (std::size_t k = 0; k < n; ++k) o[k] = lift_signed(s[k], q.value());
+    ctx_->tables().ntt(i).forward(o);
+  });
+  return out;
 }
 
 void KeyGenerator::set_secret(std::vector<std::int8_t>& s) {
-  const std::size_t n = ctx_->poly_degree();
-  const std::size_t primes = ctx_->key_size();
-  secret_.n_ = n;
+  secret_.n_ = ctx_->poly_degree();
   secret_.params_ = ctx_->fingerprint();
   rng_->fill(secret_.id_.data(), secret_.id_.size());
-  secret_.data_.resize(primes * n);
-  ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) {
-    const Modulus& q = ctx_->tables().modulus(i);
-    u64* out = secret_.data_.data() + i * n;
-    for (std::size_t k = 0; k < n; ++k) out[k] = lift_signed(s[k], q.value());
-    ctx_->tables().ntt(i).forward(out);
-  });
+  secret_.data_ = to_ntt(s);
   sodium_memzero(s.data(), s.size());
 }
 
@@ -200,9 +210,56 @@ GaloisKeys KeyGenerator::create_galois_keys(const std::vector<long>& steps, bool
 }
 
 EvaluationKeys KeyGenerator::create_evaluation_keys(const std::vector<long>& steps,
-                                                    bool conjugation) {
-  return EvaluationKeys{create_public_key(), create_relin_key(),
-                        create_galois_keys(steps, conjugation)};
+                                                    bool conjugation,
+                                                    std::size_t ephemeral_weight) {
+  EvaluationKeys keys{create_public_key(), create_relin_key(),
+                      create_galois_keys(steps, conjugation), {}};
+  if (ephemeral_weight > 0) keys.encapsulation = create_encapsulation_keys(ephemeral_weight);
+  return keys;
+}
+
+EncapsulationKeys KeyGenerator::create_encapsulation_keys(std::size_t hamming_weight) {
+  const std::size_t n = ctx_->poly_degree();
+  const std::size_t chain = ctx_->chain_size();
+  if (ctx_->special_size() == 0) {
+    throw ParameterError("encapsulation keys need a special prime; these parameters have none");
+  }
+  std::vector<std::int8_t> sparse = sparse_ternary(hamming_weight);
+  std::vector<u64> sparse_ntt = to_ntt(sparse);
+  sodium_memzero(sparse.data(), sparse.size());
+  EncapsulationKeys out;
+  out.hamming_weight_ = hamming_weight;
+  out.id_ = secret_.id();
+  // s' -> s: an ordinary switching key (an encryption of P s' under s).
+  out.from_sparse_ = make_switch_key(sparse_ntt);
+  // s -> s' modulo q0 * p: b = -a s' + e + p s, at q0 (key prime 0) and p (key prime 1).
+  KeySwitchKey& k = out.to_sparse_;
+  k.n_ = n;
+  k.digits_ = 1;
+  k.key_primes_ = 2;
+  k.data_.assign(2 * 2 * n, 0);
+  std::vector<std::int64_t> e(n);
+  rng_->gaussian(e.data(), n);
+  const Modulus& q0 = ctx_->tables().modulus(0);
+  const u64 p_mod_q0 = q0.reduce(ctx_->tables().modulus(chain).value());
+  for (std::size_t slot = 0; slot < 2; ++slot) {
+    const std::size_t i = slot == 0 ? 0 : chain;
+    const Modulus& q = ctx_->tables().modulus(i);
+    u64* b = k.data_.data() + (0 * 2 + slot) * n;
+    u64* a = k.data_.data() + (1 * 2 + slot) * n;
+    rng_->uniform_mod(q, a, n);
+    for (std::size_t c = 0; c < n; ++c) b[c] = lift_signed(e[c], q.value());
+    ctx_->tables().ntt(i).forward(b);
+    const u64* s_sparse = sparse_ntt.data() + i * n;
+    for (std::size_t c = 0; c < n; ++c) b[c] = q.sub(b[c], q.mul(a[c], s_sparse[c]));
+    if (slot == 0) {  // p s vanishes modulo p
+      const u64* s = secret_.prime(0);
+      for (std::size_t c = 0; c < n; ++c) b[c] = q.add(b[c], q.mul(p_mod_q0, s[c]));
+    }
+  }
+  sodium_memzero(e.data(), e.size() * sizeof(std::int64_t));
+  sodium_memzero(sparse_ntt.data(), sparse_ntt.size() * sizeof(u64));
+  return out;
 }
 
 }  // namespace fheprune::ckks

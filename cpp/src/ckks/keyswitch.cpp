@@ -158,6 +158,21 @@ void Evaluator::relinearize_inplace(Ciphertext& a, const RelinKey& rk) const {
   a = std::move(out);
 }
 
+Ciphertext Evaluator::switch_key(const Ciphertext& a, const KeySwitchKey& key) const {
+  check_operand(a);
+  if (a.size() != 2) throw FheError("switch_key takes a size-2 ciphertext; relinearize first");
+  if (key.digits() != ctx_->digit_count(ctx_->max_level()) || key.key_primes() != ctx_->key_size()) {
+    throw MismatchError("switching key does not span these parameters' primes (" +
+                        std::to_string(key.key_primes()) + " key primes, " +
+                        std::to_string(ctx_->key_size()) + " expected)");
+  }
+  const Decomposition dec = decompose(a, 1);
+  Ciphertext out(*ctx_, 2, a.level(), a.scale(), a.key_id());
+  std::copy(a.poly(0, 0), a.poly(0, 0) + a.primes() * ctx_->poly_degree(), out.poly(0, 0));
+  key_switch_accumulate(dec, nullptr, key, out);
+  return out;
+}
+
 Ciphertext Evaluator::relinearize(const Ciphertext& a, const RelinKey& rk) const {
   Ciphertext out = a;
   relinearize_inplace(out, rk);

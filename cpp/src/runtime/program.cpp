@@ -866,9 +866,10 @@ Bytes Program::save() const {
       continue;
     }
     if (const auto* rf = std::get_if<Refresh>(&layer)) {
-      // Kind 9 (kind 8 and the message ratio and arcsine): the bootstrapping configuration;
-      // the level and the steps follow from it.
-      w.u16(9);
+      // Kind 10 (kind 9 and the ephemeral weight; kind 9 is kind 8 and the message ratio,
+      // arcsine and lift): the bootstrapping configuration; the level and the steps follow
+      // from it.
+      w.u16(10);
       write_string(w, rf->name);
       w.f64s(std::vector<double>{rf->config.k_bound});
       w.u64(rf->config.chebyshev_degree);
@@ -879,6 +880,7 @@ Bytes Program::save() const {
       w.u64(rf->config.pack_halves ? 1 : 0);
       w.f64s(std::vector<double>{rf->config.message_ratio_bits, rf->config.cts_lift});
       w.u64(rf->config.arcsine ? 1 : 0);
+      w.u64(rf->config.ephemeral_weight);
       continue;
     }
     if (const auto* rs = std::get_if<RotateSum>(&layer)) {
@@ -962,7 +964,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         p.add_square(name);
         continue;
       }
-      if (kind == 8 || kind == 9) {
+      if (kind == 8 || kind == 9 || kind == 10) {
         ckks::BootstrapConfig config;
         if (r.remaining() < 8) throw ckks::SerializationError("truncated program data");
         r.f64s(&config.k_bound, 1);
@@ -980,7 +982,7 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
         config.message_ratio_bits = 0.0;
         config.arcsine = false;
         config.cts_lift = 0.0;
-        if (kind == 9) {
+        if (kind >= 9) {
           if (r.remaining() < 16) throw ckks::SerializationError("truncated program data");
           double values[2];
           r.f64s(values, 2);
@@ -995,6 +997,9 @@ Program Program::load(std::span<const std::uint8_t> bytes) {
                                            "a number from 0 to 1");
           }
           config.arcsine = read_bounded(r, 0, 1, "refresh arcsine") == 1;
+        }
+        if (kind == 10) {
+          config.ephemeral_weight = read_bounded(r, 0, 2 * slots, "refresh ephemeral weight");
         }
         p.add_refresh(name, config);
         continue;

@@ -63,6 +63,19 @@ void check_keys(const Program& program, const ck::Context& ctx, const ck::Evalua
     throw ck::MissingKeyError("the program refreshes ciphertexts (bootstrapping) but the bundle "
                               "has no conjugation key; generate it with conjugation");
   }
+  const std::optional<ck::BootstrapConfig> refresh = program.refresh_config();
+  if (refresh && refresh->ephemeral_weight > 0) {
+    const ck::EncapsulationKeys& e = keys.encapsulation;
+    if (e.empty() || e.hamming_weight() != refresh->ephemeral_weight || e.id() != id) {
+      throw ck::MissingKeyError(
+          "the program's refreshes go through an ephemeral secret of Hamming weight " +
+          std::to_string(refresh->ephemeral_weight) + " but the bundle has " +
+          (e.empty() ? std::string("no encapsulation keys")
+                     : "encapsulation keys for weight " + std::to_string(e.hamming_weight()) +
+                           (e.id() != id ? " of another secret key" : "")) +
+          "; generate it from the program's client spec");
+    }
+  }
   std::string missing;
   for (long step : program.rotation_steps()) {
     const std::uint64_t g = ctx.galois_element(step);

@@ -52,6 +52,7 @@ _CONFIG_FIELDS = (
     "message_ratio_bits",
     "arcsine",
     "cts_lift",
+    "ephemeral_weight",
 )
 
 
@@ -61,6 +62,10 @@ def config_with(config: BootstrapConfig, **changes: Any) -> BootstrapConfig:
     if unknown:
         raise ParameterError(f"BootstrapConfig has no field(s) {unknown}; fields: {_CONFIG_FIELDS}")
     return BootstrapConfig(**{f: changes.get(f, getattr(config, f)) for f in _CONFIG_FIELDS})
+
+
+# The ephemeral secret's Hamming weight a refresh switches to (as Lattigo's defaults).
+EPHEMERAL_WEIGHT = 32
 
 
 def overflow_bound(hamming_weight: int) -> float:
@@ -92,15 +97,23 @@ def bootstrappable(
     hamming_weight: int = 192,
     special_primes: int = 4,
     arcsine: bool = True,
+    ephemeral_weight: int = EPHEMERAL_WEIGHT,
     insecure_for_testing: bool = False,
 ) -> BootstrapPreset:
     """A bootstrappable parameter set with ``levels_left`` levels after every refresh.
 
     At N = 2^16 (the default) it stays inside the 128-bit bound with every prime counted
-    (special primes included) up to 10 levels left (13 with ``arcsine=False``); a smaller
+    (special primes included) up to 11 levels left (14 with ``arcsine=False``); a smaller
     ring or more levels raise ParameterError naming what fits, unless
     ``insecure_for_testing``. Weight 192 follows Lattigo's default for sparse secrets, which
     the HE standard's tables do not cover.
+
+    Each refresh switches its level-0 ciphertext to an ephemeral secret of weight
+    ``ephemeral_weight`` (sparse-secret encapsulation; the evaluation keys need
+    ``create_evaluation_keys(..., ephemeral_weight=...)``): ModRaise's overflow is then that
+    of 32 non-zero coefficients, K = 9 instead of 20, and EvalMod needs one double angle
+    less. That key lives modulo q0 times one special prime only (115 bits), where a weight-32
+    secret is safe. 0 turns it off (K from ``hamming_weight``).
 
     The refresh scales the message up to 2^8 below q0 and corrects the sine with an arcsine
     (two 60-bit levels): the most precise choice for every message. ``arcsine=False`` keeps
@@ -117,14 +130,23 @@ def bootstrappable(
             f"a secret of Hamming weight {hamming_weight} is too sparse for a 128-bit claim; "
             "use hamming_weight >= 192 (or insecure_for_testing=True)"
         )
+    if ephemeral_weight < 0:
+        raise ParameterError(
+            f"ephemeral_weight must be 0 (off) or positive, got {ephemeral_weight}"
+        )
+    k_bound = overflow_bound(ephemeral_weight or hamming_weight)
     config = BootstrapConfig(
-        k_bound=overflow_bound(hamming_weight),
+        k_bound=k_bound,
         chebyshev_degree=31,
-        double_angles=4,
+        # The scaled cosine spans 2 (K + 1) / 2^r periods: about 2.6 for K = 20 and r = 4 and
+        # for K = 9 and r = 3, which degree 31 fits to the precision the chain keeps
+        # (docs/bootstrapping.md, "Encapsulation").
+        double_angles=4 if k_bound > 10 else 3,
         cts_levels=3,
         stc_levels=3,
         message_ratio_bits=8.0 if arcsine else 12.0,
         arcsine=arcsine,
+        ephemeral_weight=ephemeral_weight,
     )
     chain = bootstrap_chain(levels_left, config)
     special = [60] * special_primes
@@ -134,7 +156,8 @@ def bootstrappable(
         fit = levels_left - math.ceil((log_qp - bound) / 40)
         hint = f"at most {fit} levels left fit" if fit >= 1 else "no bootstrappable chain fits"
         if log_n < 16:
-            hint += f"; N = 2^16 holds up to {10 if arcsine else 13}"
+            most = max_modulus_bits_128(1 << 16) - sum(bootstrap_chain(0, config)) - sum(special)
+            hint += f"; N = 2^16 holds up to {most // 40}"
         raise ParameterError(
             f"a refresh with {levels_left} levels left needs log2(QP) = {log_qp} bits; N = "
             f"2^{log_n} allows {bound} at 128-bit security ({hint})"

@@ -81,6 +81,9 @@ class ClientSpec:
     input_level: int | None = None
     hamming_weight: int | None = None
     conjugation: bool = False
+    # The ephemeral secret's weight the refreshes switch to (sparse-secret encapsulation): the
+    # bundle then holds encapsulation keys of that weight. 0: none.
+    ephemeral_weight: int = 0
 
     @classmethod
     def from_compiled(cls, compiled: CompiledModel) -> ClientSpec:
@@ -122,6 +125,9 @@ class ClientSpec:
             if compiled.choice.bootstrap is None
             else int(compiled.choice.bootstrap.hamming_weight),
             conjugation=bool(p.needs_conjugation),
+            ephemeral_weight=0
+            if p.refresh_config is None
+            else int(p.refresh_config.ephemeral_weight),
         )
 
     def shape_program(self) -> Any:
@@ -199,6 +205,7 @@ class ClientSpec:
                 "input_level": self.input_level,
                 "hamming_weight": self.hamming_weight,
                 "conjugation": self.conjugation,
+                "ephemeral_weight": self.ephemeral_weight,
             }
         )
 
@@ -252,6 +259,10 @@ class ClientSpec:
                     d.get("hamming_weight"), "hamming_weight", int(params.poly_degree)
                 ),
                 conjugation=_bool_field(d.get("conjugation", False), "conjugation"),
+                ephemeral_weight=_optional_count(
+                    d.get("ephemeral_weight", 0), "ephemeral_weight", int(params.poly_degree)
+                )
+                or 0,
             )
             program = spec.shape_program()  # validates the shape against the parameters
             _check_permutation(spec.input_perm, int(program.in_features), "input_perm")
@@ -420,9 +431,9 @@ class Client:
 
     def evaluation_keys(self) -> Any:
         """The server bundle: public, relinearization and exactly the program's Galois keys
-        (with the conjugation key when the program refreshes)."""
+        (with the conjugation key and the encapsulation keys when the program refreshes)."""
         return self._keygen.create_evaluation_keys(
-            list(self.spec.rotation_steps), self.spec.conjugation
+            list(self.spec.rotation_steps), self.spec.conjugation, self.spec.ephemeral_weight
         )
 
     def evaluation_keys_bytes(self) -> bytes:

@@ -92,6 +92,11 @@ struct BootstrapConfig {
   // share of the gap to its output scale: more makes its key-switch noise a smaller part of the
   // values, and the rounding of its last diagonals a larger one. 0.4 measured best.
   double cts_lift = 0.4;
+  // Sparse-secret encapsulation: the Hamming weight of the ephemeral secret the refresh
+  // switches its level-0 ciphertext to before ModRaise, and back from right after it
+  // (EvaluationKeys::encapsulation, made with the same weight). k_bound then only has to cover
+  // that weight's overflow. 0: none; ModRaise works under the ciphertext's own secret.
+  std::size_t ephemeral_weight = 0;
 
   bool operator==(const BootstrapConfig&) const = default;
 };
@@ -114,7 +119,12 @@ class Bootstrapper {
   std::size_t output_level() const;
 
   // The stages, public for tests and for callers that fuse them.
+  // A level-0 ciphertext under s switched to the ephemeral sparse secret s' (modulo q0 * p).
+  Ciphertext to_sparse(const Ciphertext& ct, const EncapsulationKeys& keys) const;
   Ciphertext mod_raise(const Ciphertext& ct) const;
+  // ModRaise as refresh() does it: through the ephemeral secret (to_sparse, mod_raise, back
+  // to s) when the configuration asks for encapsulation, else mod_raise alone.
+  Ciphertext raise_to_top(const Ciphertext& ct, const EvaluationKeys& keys) const;
   // CoeffToSlot: the coefficients of t + q0 * I, each divided by q0 * (K + 1) (so in
   // [-1, 1]), in real slots, one level down per DFT group, at a scale near that level's prime.
   // Full slots: two ciphertexts, coefficients [0, N/2) and [N/2, N). Sparse slots n: one

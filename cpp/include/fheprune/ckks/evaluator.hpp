@@ -66,6 +66,10 @@ class Evaluator {
                                          const GaloisKeys& gk) const;
   Ciphertext conjugate(const Ciphertext& a, const GaloisKeys& gk) const;
 
+  // (c0, 0) + keyswitch(c1) with `key`: from the secret the key encrypts to the one it was
+  // made under. The caller vouches that the key belongs with a's secret (KeyIds do not say).
+  Ciphertext switch_key(const Ciphertext& a, const KeySwitchKey& key) const;
+
   // Double hoisting: rotations (step 0 allowed) of one ciphertext sharing one decomposition,
   // left multiplied by P (no ModDown each).
   std::vector<ExtendedCiphertext> rotate_hoisted_extended(const Ciphertext& a,

@@ -33,12 +33,22 @@ class KeyGenerator {
   // Keys for exactly these rotation steps (left rotations; negative = right) and, if asked,
   // conjugation. Duplicates and steps equivalent mod slots are merged; step 0 is ignored.
   GaloisKeys create_galois_keys(const std::vector<long>& steps, bool conjugation = false);
-  EvaluationKeys create_evaluation_keys(const std::vector<long>& steps, bool conjugation = false);
+  // With `ephemeral_weight` > 0, the bundle also holds encapsulation keys for an ephemeral
+  // secret of that Hamming weight (BootstrapConfig::ephemeral_weight).
+  EvaluationKeys create_evaluation_keys(const std::vector<long>& steps, bool conjugation = false,
+                                        std::size_t ephemeral_weight = 0);
+  // Draws a fresh sparse secret of `hamming_weight`, makes the two switching keys between it
+  // and this secret, and wipes it.
+  EncapsulationKeys create_encapsulation_keys(std::size_t hamming_weight);
 
  private:
   // Key switching from s' (given per prime in NTT form, key_size primes) to s.
   KeySwitchKey make_switch_key(const std::vector<u64>& source);
   void set_secret(std::vector<std::int8_t>& coefficients);  // zeroes `coefficients`
+  // Ternary coefficients with exactly `hamming_weight` non-zero ones at random places.
+  std::vector<std::int8_t> sparse_ternary(std::size_t hamming_weight);
+  // Signed coefficients in NTT form over every key prime.
+  std::vector<u64> to_ntt(const std::vector<std::int8_t>& coefficients) const;
 
   ContextPtr ctx_;
   SecretKey secret_;

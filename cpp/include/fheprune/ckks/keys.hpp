@@ -50,6 +50,7 @@ class PublicKey {
 class KeySwitchKey {
  public:
   std::size_t digits() const { return digits_; }
+  std::size_t key_primes() const { return key_primes_; }
   const u64* b(std::size_t digit, std::size_t prime) const {
     return data_.data() + ((digit * 2 + 0) * key_primes_ + prime) * n_;
   }
@@ -99,11 +100,38 @@ class GaloisKeys {
   Fingerprint params_{};
 };
 
-// What a server needs, and all it may get.
+// Sparse-secret encapsulation for bootstrapping (Bossuat, Troncoso-Pastoriza, Hubaux 2022):
+// keys between the secret s and an ephemeral sparse secret s' that the client draws, uses here
+// and forgets. A refresh switches its level-0 ciphertext to s' (to_sparse), so that ModRaise's
+// overflow is that of a sparse secret (a smaller K, a cheaper EvalMod), and back to s right
+// after ModRaise (from_sparse). to_sparse encrypts s under s' modulo q0 * p only (p the first
+// special prime: one digit, two primes), the small modulus at which a sparse secret is safe;
+// from_sparse encrypts s' under s like every other switching key.
+class EncapsulationKeys {
+ public:
+  bool empty() const { return hamming_weight_ == 0; }
+  std::size_t hamming_weight() const { return hamming_weight_; }  // of s'
+  const KeySwitchKey& to_sparse() const { return to_sparse_; }
+  const KeySwitchKey& from_sparse() const { return from_sparse_; }
+  const KeyId& id() const { return id_; }  // of s
+  std::size_t byte_size() const { return to_sparse_.byte_size() + from_sparse_.byte_size(); }
+
+ private:
+  friend class KeyGenerator;
+  friend class Serializer;
+  std::size_t hamming_weight_ = 0;
+  KeySwitchKey to_sparse_;
+  KeySwitchKey from_sparse_;
+  KeyId id_{};
+};
+
+// What a server needs, and all it may get. `encapsulation` is empty unless a refresh with an
+// ephemeral secret (BootstrapConfig::ephemeral_weight) was asked for.
 struct EvaluationKeys {
   PublicKey public_key;
   RelinKey relin_key;
   GaloisKeys galois_keys;
+  EncapsulationKeys encapsulation;
 };
 
 }  // namespace fheprune::ckks
