@@ -15,6 +15,9 @@ precision is -log2 of the mean and of the largest absolute error after decryptio
 message shape on which the sine's error is largest (one coefficient as large as the message).
 ``--no-arcsine`` runs ours without the arcsine correction (``ckks.bootstrappable(arcsine=
 False)``: two levels more for the user, the message scaled to 2^12 below q0 instead of 2^8).
+``--ephemeral-weight`` (default 32, as the presets and Lattigo; 0: off) is the weight of the
+ephemeral secret ours encapsulates into. Each of our rows runs in its own process, as
+Lattigo's do (``fheprune.reporting.in_fresh_process``).
 
 Lattigo is reached through the ``orion-fhe`` wheel (it ships a compiled Lattigo library), in its
 own environment (see ``benchmarks/orion_reference.py``); pass ``--orion-python`` or set
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lattigo_worker is not None:
         print(json.dumps(lattigo_worker(json.loads(args.lattigo_worker))))
         return 0
-    from fheprune.reporting import machine_info, write_json_atomic
+    from fheprune.reporting import in_fresh_process, machine_info, write_json_atomic
 
     runs: list[dict[str, Any]] = []
     for threads in args.threads:
@@ -314,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         # All slots, then each sparse period packed and with two EvalMods.
         variants = [(0, True)] + [(n, p) for n in args.sparse_slots for p in (True, False)]
         for n, pack in variants:
-            row = run_ours(
+            # Each in its own process (fheprune.reporting.in_fresh_process), as Lattigo's are.
+            row = in_fresh_process(
+                run_ours,
                 args.log_n,
                 threads,
                 args.repeats,

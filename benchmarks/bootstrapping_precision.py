@@ -33,7 +33,7 @@ import numpy as np
 
 from fheprune import ckks
 from fheprune.ckks.presets import bootstrap_chain, config_with
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import in_fresh_process, machine_info, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("uniform", "constant")
@@ -56,9 +56,12 @@ def run_config(
     double_angles: int | None = None,
     dft_levels: tuple[int, int] | None = None,
     cts_lift: float | None = None,
+    ephemeral_weight: int | None = None,
 ) -> list[dict[str, Any]]:
+    # The preset for this encapsulation choice sets K (and its double angles) to match.
+    extra = {} if ephemeral_weight is None else {"ephemeral_weight": ephemeral_weight}
     base = ckks.bootstrappable(
-        2, log_n=log_n, hamming_weight=hamming_weight, insecure_for_testing=True
+        2, log_n=log_n, hamming_weight=hamming_weight, insecure_for_testing=True, **extra
     ).config
     changes: dict[str, Any] = {"message_ratio_bits": ratio, "arcsine": arcsine}
     if degree:
@@ -101,6 +104,8 @@ def run_config(
                 "cts_levels": int(config.cts_levels),
                 "cts_lift": float(config.cts_lift),
                 "stc_levels": int(config.stc_levels),
+                "ephemeral_weight": int(config.ephemeral_weight),
+                "k_bound": float(config.k_bound),
                 "boost": int(boot.message_boost(ctx.default_scale)),
                 "shape": shape,
                 "precision_bits_mean": -math.log2(float(err.mean())),
@@ -144,6 +149,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="CoeffToSlot lifts to try (share of the scale gap; default: the preset's)",
     )
+    p.add_argument(
+        "--ephemeral-weights",
+        type=int,
+        nargs="+",
+        default=[],
+        help="encapsulation weights to try (0: off; K and the double angles follow the preset; "
+        "default: the preset's)",
+    )
     p.add_argument("--arcsine", choices=["both", "on", "off"], default="both")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -164,22 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         (int(c), int(t)) for c, t in (e.split(":") for e in args.dft_levels)
     ] or [None]
     lifts: list[float | None] = list(args.cts_lifts) or [None]
-    combos = itertools.product(dfts, shapes, lifts, args.ratios, arcsines)
-    for dft, (degree, angles), lift, ratio, arcsine in combos:
-        for row in run_config(
-            args.log_n,
-            args.hamming_weight,
-            ratio,
-            arcsine,
-            args.repeats,
-            args.seed,
-            degree,
-            angles,
-            dft,
-            lift,
-        ):
+    weights: list[int | None] = list(args.ephemeral_weights) or [None]
+    combos = itertools.product(weights, dfts, shapes, lifts, args.ratios, arcsines)
+    for weight, dft, (degree, angles), lift, ratio, arcsine in combos:
+        config_args = (args.log_n, args.hamming_weight, ratio, arcsine, args.repeats, args.seed)
+        config_args += (degree, angles, dft, lift, weight)
+        for row in in_fresh_process(run_config, *config_args):
             rows.append(row)
             print(
+                f"h' {row['ephemeral_weight']} K {row['k_bound']:g} "
                 f"dft {row['cts_levels']}:{row['stc_levels']} d {row['chebyshev_degree']} "
                 f"r {row['double_angles']} lift {row['cts_lift']:.2f} ratio {ratio:4.1f} "
                 f"arcsine {int(arcsine)} {row['shape']:8s}: "

@@ -50,10 +50,10 @@ def test_refresh_keeps_the_message_and_restores_levels() -> None:
     out = boot.refresh(ct, keys)
     assert out.level == boot.output_level == len(BITS) - 1 - boot.levels_consumed
     assert out.level == 2 and out.scale == ct.scale
-    # CtS, Chebyshev (d = 31), 3 double angles (K = 9: the ephemeral weight-32 secret's
-    # overflow), the arcsine, StC
+    # CtS (4 groups), Chebyshev (d = 31), 3 double angles (K = 9: the ephemeral weight-32
+    # secret's overflow), the arcsine, StC (2 groups)
     assert PRESET.config.ephemeral_weight == 32 and PRESET.config.k_bound == 9.0
-    assert boot.levels_consumed == 3 + 6 + 3 + 2 + 3
+    assert boot.levels_consumed == 4 + 6 + 3 + 2 + 2
     err = np.abs(_decrypt(ctx, keygen, out) - z)
     assert -math.log2(err.mean()) > 26  # measured about 31 bits at N = 1024
 
@@ -113,7 +113,7 @@ def test_bootstrappable_preset_is_128_bit_and_says_what_fits() -> None:
     assert preset.config.arcsine and preset.config.message_ratio_bits == 8.0
     with pytest.raises(ckks.ParameterError, match="at most 14 levels left fit"):
         ckks.bootstrappable(15, arcsine=False)
-    with pytest.raises(ckks.ParameterError, match="no bootstrappable chain fits.*up to 11"):
+    with pytest.raises(ckks.ParameterError, match=r"no bootstrappable chain fits.*up to 11"):
         ckks.bootstrappable(2, log_n=14)
     with pytest.raises(ckks.ParameterError, match="at least 1"):
         ckks.bootstrappable(0)
@@ -182,8 +182,8 @@ def test_benchmark_rows_and_defaults() -> None:
     assert bench._ratio([row, {"impl": "lattigo", "threads": 1, "skipped": "x"}], 1) is None
     assert row["refresh_slots"] == 512
     # Sparse rows refresh a shorter period, and are never compared with Lattigo's.
-    sparse = bench.run_ours(10, 1, 1, 2, 64, 0, sparse_slots=8)
-    assert sparse["refresh_slots"] == 8 and sparse["precision_bits_mean"] > 18
+    sparse = bench.run_ours(10, 1, 1, 2, 64, 0, sparse_slots=16)  # 4 stages: 4 CtS levels
+    assert sparse["refresh_slots"] == 16 and sparse["precision_bits_mean"] > 18
     assert bench._ratio([sparse, {"impl": "lattigo", "threads": 1, "seconds": 1.0}], 1) is None
     assert bench.parse_args(["--sparse-slots", "8", "64"]).sparse_slots == [8, 64]
 
@@ -201,6 +201,12 @@ def test_precision_benchmark_rows() -> None:
     for row in rows.values():
         assert row["boost"] == 128 and row["seconds"] > 0  # 2^55 / 2^40 down to 2^8
         assert row["cts_lift"] == 0.4  # the preset's
+        assert row["ephemeral_weight"] == 32 and row["k_bound"] == 9.0  # the preset's
+    # Without encapsulation K follows the secret's weight (64: K = 12) and r goes back to 4.
+    (plain, _) = bench.run_config(10, 64, 8.0, True, 1, 0, ephemeral_weight=0)
+    assert plain["ephemeral_weight"] == 0 and plain["k_bound"] == 12.0
+    assert plain["double_angles"] == 4 and plain["precision_bits_mean"] > 26
+    assert bench.parse_args(["--ephemeral-weights", "0", "32"]).ephemeral_weights == [0, 32]
     # The arcsine costs two levels and is what keeps a constant message precise.
     assert rows[True, "uniform"]["levels_consumed"] == rows[False, "uniform"]["levels_consumed"] + 2
     assert (

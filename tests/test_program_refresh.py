@@ -46,8 +46,10 @@ def test_refreshes_are_placed_where_the_levels_run_out_and_survive_save_and_load
     assert placed == program.refreshes == 3
     assert program.input_level == LEVELS_LEFT and program.levels == LEVELS_LEFT
     assert program.needs_conjugation
-    # Diagonal vectors repeat every 8 slots: the refreshes are sparse.
-    assert program.refresh_config.slots == FEATURES
+    # Diagonal vectors repeat every 8 slots: the refreshes are sparse, with the shortest period
+    # that is a multiple of 8 and has a butterfly stage for each of CoeffToSlot's 4 levels.
+    assert preset.config.cts_levels == 4 and FEATURES == 8
+    assert program.refresh_config.slots == 16
     schedule = program.level_schedule()
     assert schedule[0] == LEVELS_LEFT and min(schedule) == 0
     costs = program.cost()
@@ -213,7 +215,8 @@ def test_the_deep_program_benchmark_reports_what_it_ran() -> None:
     assert (row["depth"], row["refreshes"], row["input_level"]) == (6, 1, 3)
     assert row["secure_128"] is False and row["sim_ops_equal"] is True
     assert row["ops"]["refresh"] == 1 and row["level_schedule"][0] == 3
-    assert row["refresh_slots"] == 8  # the diagonal layout refreshes its period only
+    # The diagonal layout refreshes its period only (8, raised to 16 for 4 CoeffToSlot levels).
+    assert row["refresh_slots"] == 16
     assert 0 < row["max_error"] < 1e-3 and row["precision_bits"] > 10
     assert len(row["refresh_seconds_all"]) == 1 and row["first_run_seconds"] > 0
     assert len(row["sim_modelled_max_error"]) == 5 and row["refresh_error_std"] > 0

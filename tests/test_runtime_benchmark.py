@@ -59,6 +59,18 @@ def test_sig2_keeps_two_significant_digits() -> None:
     ]
 
 
+def test_in_fresh_process_runs_elsewhere_and_returns_the_result() -> None:
+    import math
+    import os
+
+    from fheprune.reporting import in_fresh_process
+
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(math.gcd, 12, 18) == 6
+    with pytest.raises(ValueError):
+        in_fresh_process(math.sqrt, -1.0)  # the child's error reaches the caller
+
+
 def _run(variant: str, tile: int | None, seconds: list[float], **extra: Any) -> dict[str, Any]:
     med = float(np.median(seconds))
     return {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from fheprune.fileio import atomic_write
 
 __all__ = [
     "cpu_model",
+    "in_fresh_process",
     "machine_info",
     "quartiles",
     "sig2",
@@ -87,3 +90,15 @@ def sig2(x: float) -> str:
     """A ratio to two significant digits: timed runs on our shared machines move by about 10%,
     so more digits would print noise."""
     return f"{float(f'{x:.2g}'):g}"
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new (spawned) process, its result back here.
+
+    Timed configurations of the engine each get one: in one long process, a refresh measured
+    after other configurations had run took up to 25% longer than the same one measured first
+    (memory handed back and taken again), which would rank configurations by their place in a
+    sweep. ``function`` must be importable (module level) and its arguments picklable."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(function, *args).result()
