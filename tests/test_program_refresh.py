@@ -58,6 +58,7 @@ def test_refreshes_are_placed_where_the_levels_run_out_and_survive_save_and_load
     assert [c["level"] for c in costs] == schedule[:-1]
     loaded = _core.Program.load(program.save())
     assert loaded.refreshes == 3 and loaded.level_schedule() == schedule
+    assert loaded.refresh_config.ephemeral_weight == preset.config.ephemeral_weight == 32
     assert bytes(loaded.save()) == bytes(program.save())
 
 
