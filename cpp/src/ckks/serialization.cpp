@@ -373,12 +373,13 @@ Bytes Serializer::save(const Context& ctx, const EvaluationKeys& keys) {
   w.bytes(keys.relin_key.id_.data(), keys.relin_key.id_.size());
   write(w, ctx, keys.relin_key.key_);
   write(w, ctx, keys.galois_keys);
-  // Encapsulation keys: their weight (0: none, and nothing follows), the secret's id, the
-  // level-0 key's four residue blocks (b, a at q0 and p), then the top-level key. Bundles
-  // written before they existed end after the Galois keys.
+  // Encapsulation keys, when there are any: their weight, the secret's id, the level-0 key's
+  // four residue blocks (b, a at q0 and p), then the top-level key. A bundle without them ends
+  // after the Galois keys (as bundles written before they existed), so that every bundle has
+  // exactly one encoding.
   const EncapsulationKeys& e = keys.encapsulation;
-  w.u64(e.hamming_weight_);
   if (!e.empty()) {
+    w.u64(e.hamming_weight_);
     w.bytes(e.id_.data(), e.id_.size());
     w.words(e.to_sparse_.data_);
     write(w, ctx, e.from_sparse_);
@@ -401,33 +402,31 @@ EvaluationKeys Serializer::load_evaluation_keys(const Context& ctx,
   if (r.remaining() > 0) {
     EncapsulationKeys& e = keys.encapsulation;
     const std::size_t n = ctx.poly_degree();
-    e.hamming_weight_ = read_count(r, 0, n, "ephemeral Hamming weight");
-    if (!e.empty()) {
-      if (ctx.special_size() == 0) {
-        throw SerializationError("corrupted data: encapsulation keys need a special prime");
-      }
-      r.bytes(e.id_.data(), e.id_.size());
-      KeySwitchKey& k = e.to_sparse_;
-      k.n_ = n;
-      k.digits_ = 1;
-      k.key_primes_ = 2;
-      if (r.remaining() < 4 * n * 8) {
-        throw SerializationError("truncated data: encapsulation key is incomplete");
-      }
-      k.data_.resize(4 * n);
-      r.words(k.data_.data(), 4 * n);
-      for (std::size_t block = 0; block < 4; ++block) {
-        const std::size_t prime = block % 2 == 0 ? 0 : ctx.chain_size();
-        const std::uint64_t q = ctx.tables().modulus(prime).value();
-        for (std::size_t c = 0; c < n; ++c) {
-          if (k.data_[block * n + c] >= q) {
-            throw SerializationError("corrupted data: encapsulation key residue out of range "
-                                     "for prime " + std::to_string(prime));
-          }
+    e.hamming_weight_ = read_count(r, 1, n, "ephemeral Hamming weight");
+    if (ctx.special_size() == 0) {
+      throw SerializationError("corrupted data: encapsulation keys need a special prime");
+    }
+    r.bytes(e.id_.data(), e.id_.size());
+    KeySwitchKey& k = e.to_sparse_;
+    k.n_ = n;
+    k.digits_ = 1;
+    k.key_primes_ = 2;
+    if (r.remaining() < 4 * n * 8) {
+      throw SerializationError("truncated data: encapsulation key is incomplete");
+    }
+    k.data_.resize(4 * n);
+    r.words(k.data_.data(), 4 * n);
+    for (std::size_t block = 0; block < 4; ++block) {
+      const std::size_t prime = block % 2 == 0 ? 0 : ctx.chain_size();
+      const std::uint64_t q = ctx.tables().modulus(prime).value();
+      for (std::size_t c = 0; c < n; ++c) {
+        if (k.data_[block * n + c] >= q) {
+          throw SerializationError("corrupted data: encapsulation key residue out of range "
+                                   "for prime " + std::to_string(prime));
         }
       }
-      e.from_sparse_ = read_switch_key(r, ctx);
     }
+    e.from_sparse_ = read_switch_key(r, ctx);
   }
   r.expect_end();
   const KeyId& id = keys.public_key.id();
