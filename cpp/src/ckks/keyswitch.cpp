@@ -6,6 +6,7 @@
 // form an automorphism only permutes slots, so each extra rotation costs the inner product,
 // the ModDown and one permutation.
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -69,12 +70,10 @@ Decomposition Evaluator::decompose(const Ciphertext& a, std::size_t component) c
 ScratchBuffer Evaluator::key_products(const Decomposition& dec, const KeySwitchKey& key) const {
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = dec.level;
-  const std::size_t chain = ctx_->chain_size();
-  auto key_index = [&](std::size_t e) { return e <= l ? e : chain + (e - (l + 1)); };
   // Inner products <digits, key> at every extended prime, reduced to [0, q).
   ScratchBuffer prod(2 * dec.extended * n);
   ctx_->tables().pool().parallel_for(dec.extended, [&](std::size_t e) {
-    const std::size_t ki = key_index(e);
+    const std::size_t ki = key_prime(e, l);
     std::vector<const u64*> x(dec.digits), b(dec.digits), a(dec.digits);
     for (std::size_t d = 0; d < dec.digits; ++d) {
       x[d] = dec.data.data() + (d * dec.extended + e) * n;
@@ -217,9 +216,9 @@ Ciphertext Evaluator::rotate(const Ciphertext& a, long step, const GaloisKeys& g
   return rotate_hoisted(a, {step}, gk).front();
 }
 
-std::vector<Ciphertext> Evaluator::rotate_hoisted(const Ciphertext& a,
-                                                  const std::vector<long>& steps,
-                                                  const GaloisKeys& gk) const {
+void Evaluator::for_each_hoisted(
+    const Ciphertext& a, const std::vector<long>& steps, const GaloisKeys& gk,
+    const std::function<void(std::size_t, std::uint64_t, const Decomposition*)>& one) const {
   check_operand(a);
   if (a.size() != 2) throw FheError("rotate takes a size-2 ciphertext; relinearize first");
   // Check every key before doing any work, so a missing one fails fast.
@@ -235,15 +234,21 @@ std::vector<Ciphertext> Evaluator::rotate_hoisted(const Ciphertext& a,
   for (std::uint64_t g : elements) needs_switch |= g != 1;
   const std::optional<Decomposition> dec =
       needs_switch ? std::optional<Decomposition>(decompose(a, 1)) : std::nullopt;
-  std::vector<Ciphertext> out(elements.size());
-  auto one = [&](std::size_t i) {
-    out[i] = elements[i] == 1 ? a : apply_galois(a, *dec, elements[i], gk);
-  };
+  auto run = [&](std::size_t i) { one(i, elements[i], dec ? &*dec : nullptr); };
   if (elements.size() >= ctx_->threads()) {
-    ctx_->tables().pool().parallel_for(elements.size(), one);
+    ctx_->tables().pool().parallel_for(elements.size(), run);
   } else {
-    for (std::size_t i = 0; i < elements.size(); ++i) one(i);
+    for (std::size_t i = 0; i < elements.size(); ++i) run(i);
   }
+}
+
+std::vector<Ciphertext> Evaluator::rotate_hoisted(const Ciphertext& a,
+                                                  const std::vector<long>& steps,
+                                                  const GaloisKeys& gk) const {
+  std::vector<Ciphertext> out(steps.size());
+  for_each_hoisted(a, steps, gk, [&](std::size_t i, std::uint64_t g, const Decomposition* dec) {
+    out[i] = g == 1 ? a : apply_galois(a, *dec, g, gk);
+  });
   return out;
 }
 
@@ -256,6 +261,10 @@ Ciphertext Evaluator::conjugate(const Ciphertext& a, const GaloisKeys& gk) const
 }
 
 // ---- Double hoisting: ciphertexts kept multiplied by P over the extended primes ----
+
+std::size_t Evaluator::key_prime(std::size_t e, std::size_t level) const {
+  return e <= level ? e : ctx_->chain_size() + (e - (level + 1));
+}
 
 ExtendedCiphertext Evaluator::extended_like(const Ciphertext& a) const {
   ExtendedCiphertext out;
@@ -296,7 +305,7 @@ void Evaluator::galois_extended(const Ciphertext& a, const Decomposition* c1, st
   ctx_->tables().pool().parallel_for(2 * out.extended, [&](std::size_t task) {
     const std::size_t k = task / out.extended;
     const std::size_t e = task % out.extended;
-    const Modulus& q = ctx_->tables().modulus(e <= l ? e : chain + (e - (l + 1)));
+    const Modulus& q = ctx_->tables().modulus(key_prime(e, l));
     const u64 qv = q.value();
     u64* o = out.poly(k, e);
     const std::uint32_t* p = perm ? perm->data() : nullptr;
@@ -315,28 +324,11 @@ void Evaluator::galois_extended(const Ciphertext& a, const Decomposition* c1, st
 std::vector<ExtendedCiphertext> Evaluator::rotate_hoisted_extended(const Ciphertext& a,
                                                                    const std::vector<long>& steps,
                                                                    const GaloisKeys& gk) const {
-  check_operand(a);
-  if (a.size() != 2) throw FheError("rotate takes a size-2 ciphertext; relinearize first");
-  std::vector<std::uint64_t> elements;
-  for (long step : steps) {
-    const std::uint64_t g = ctx_->galois_element(step);
-    if (g != 1) galois_key(a, g, step, gk);
-    elements.push_back(g);
-  }
-  bool needs_switch = false;
-  for (std::uint64_t g : elements) needs_switch |= g != 1;
-  const std::optional<Decomposition> dec =
-      needs_switch ? std::optional<Decomposition>(decompose(a, 1)) : std::nullopt;
-  std::vector<ExtendedCiphertext> out(elements.size());
-  auto one = [&](std::size_t i) {
+  std::vector<ExtendedCiphertext> out(steps.size());
+  for_each_hoisted(a, steps, gk, [&](std::size_t i, std::uint64_t g, const Decomposition* dec) {
     out[i] = extended_like(a);
-    galois_extended(a, dec ? &*dec : nullptr, elements[i], gk, out[i], /*accumulate=*/false);
-  };
-  if (elements.size() >= ctx_->threads()) {
-    ctx_->tables().pool().parallel_for(elements.size(), one);
-  } else {
-    for (std::size_t i = 0; i < elements.size(); ++i) one(i);
-  }
+    galois_extended(a, dec, g, gk, out[i], /*accumulate=*/false);
+  });
   return out;
 }
 
@@ -364,7 +356,6 @@ ExtendedCiphertext Evaluator::multiply_plain_sum_extended(
   }
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = first.level;
-  const std::size_t chain = ctx_->chain_size();
   const std::size_t terms = cts.size();
   ExtendedCiphertext out;
   out.level = l;
@@ -380,7 +371,7 @@ ExtendedCiphertext Evaluator::multiply_plain_sum_extended(
       c0[t] = cts[t]->poly(0, e);
       c1[t] = cts[t]->poly(1, e);
     }
-    const Modulus& q = ctx_->tables().modulus(e <= l ? e : chain + (e - (l + 1)));
+    const Modulus& q = ctx_->tables().modulus(key_prime(e, l));
     kernels::inner_product(x.data(), c0.data(), c1.data(), terms, n, q, out.poly(0, e),
                            out.poly(1, e));
   });
@@ -411,10 +402,9 @@ void Evaluator::add_extended_inplace(ExtendedCiphertext& a, const ExtendedCipher
   }
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = a.level;
-  const std::size_t chain = ctx_->chain_size();
   ctx_->tables().pool().parallel_for(2 * a.extended, [&](std::size_t task) {
     const std::size_t e = task % a.extended;
-    const Modulus& q = ctx_->tables().modulus(e <= l ? e : chain + (e - (l + 1)));
+    const Modulus& q = ctx_->tables().modulus(key_prime(e, l));
     u64* x = a.poly(task / a.extended, e);
     const u64* y = b.poly(task / b.extended, e);
     for (std::size_t j = 0; j < n; ++j) x[j] = q.add(x[j], y[j]);

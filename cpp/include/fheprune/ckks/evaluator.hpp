@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "fheprune/ckks/keys.hpp"
@@ -116,6 +117,14 @@ class Evaluator {
   void galois_extended(const Ciphertext& a, const Decomposition* c1, std::uint64_t g,
                        const GaloisKeys& gk, ExtendedCiphertext& out, bool accumulate) const;
   ExtendedCiphertext extended_like(const Ciphertext& a) const;
+  // The key-prime index (chain primes, then special ones) of extended prime e at `level`.
+  std::size_t key_prime(std::size_t e, std::size_t level) const;
+  // The hoisting both rotate_hoisted flavours share: checks a and every step's key, decomposes
+  // a's c1 once (if any step needs a key switch), then calls one(i, galois element of step i,
+  // the decomposition or null), whole steps per thread when there are enough of them.
+  void for_each_hoisted(
+      const Ciphertext& a, const std::vector<long>& steps, const GaloisKeys& gk,
+      const std::function<void(std::size_t, std::uint64_t, const Decomposition*)>& one) const;
 
   ContextPtr ctx_;
 };
