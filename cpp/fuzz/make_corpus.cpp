@@ -178,7 +178,7 @@ int run(const fs::path& dir) {
   const ckks::PublicKey pk = keygen.create_public_key();
   const ckks::RelinKey rk = keygen.create_relin_key();
   const ckks::GaloisKeys gk = keygen.create_galois_keys({1, 2});
-  const ckks::EvaluationKeys bundle{pk, rk, gk};
+  const ckks::EvaluationKeys bundle{pk, rk, gk, {}};  // no encapsulation keys
 
   ckks::Encryptor encryptor(shared, pk);
   const ckks::Ciphertext ct = encryptor.encrypt(pt);
