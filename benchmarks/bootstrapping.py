@@ -349,10 +349,25 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "machine": machine_info(),
         "ratio_ours_over_lattigo": {str(t): _ratio(runs, t) for t in args.threads},
+        "thread_speedup": thread_speedup(runs),
     }
     if args.out is not None:
         write_json_atomic(args.out, report)
     return 0
+
+
+def thread_speedup(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each implementation's full-slot median on one thread over its median on each other
+    thread count: ``{impl: {str(threads): speedup}}``."""
+    medians: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if "seconds" in r and r.get("refresh_slots", r["slots"]) == r["slots"]:
+            medians.setdefault(r["impl"], {})[int(r["threads"])] = float(r["seconds"])
+    return {
+        impl: {str(t): by[1] / s for t, s in sorted(by.items()) if t != 1}
+        for impl, by in medians.items()
+        if 1 in by
+    }
 
 
 def _ratio(runs: list[dict[str, Any]], threads: int) -> float | None:

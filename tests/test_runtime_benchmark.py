@@ -67,6 +67,7 @@ def test_in_fresh_process_runs_elsewhere_and_returns_the_result() -> None:
 
     assert in_fresh_process(os.getpid) != os.getpid()
     assert in_fresh_process(math.gcd, 12, 18) == 6
+    assert in_fresh_process(int, "ff", base=16) == 255  # keyword arguments reach it too
     with pytest.raises(ValueError):
         in_fresh_process(math.sqrt, -1.0)  # the child's error reaches the caller
 

@@ -92,8 +92,8 @@ def sig2(x: float) -> str:
     return f"{float(f'{x:.2g}'):g}"
 
 
-def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` in a new (spawned) process, its result back here.
+def in_fresh_process(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` in a new (spawned) process, its result back here.
 
     Timed configurations of the engine each get one: in one long process, a refresh measured
     after other configurations had run took up to 25% longer than the same one measured first
@@ -101,4 +101,4 @@ def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
     sweep. ``function`` must be importable (module level) and its arguments picklable."""
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(function, *args).result()
+        return pool.submit(function, *args, **kwargs).result()

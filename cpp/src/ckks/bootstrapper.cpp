@@ -1,5 +1,6 @@
 #include "fheprune/ckks/bootstrapper.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <numbers>
@@ -476,8 +477,12 @@ Ciphertext Bootstrapper::linear_transform(const Ciphertext& in, const Diagonals&
     evaluator_.rotate_accumulate(evaluator_.mod_down(inner), static_cast<long>(giants[i].shift),
                                  gk, acc);
   };
+  // Only giant steps that rotate carry a key switch; with fewer of them than threads (the
+  // first CoeffToSlot group has one), each operation is better split over the threads.
+  const auto rotating = static_cast<std::size_t>(std::count_if(
+      giants.begin(), giants.end(), [](const Giant& gi) { return gi.shift != 0; }));
   ExtendedCiphertext sum;
-  if (ctx_->threads() > 1 && giants.size() >= ctx_->threads()) {
+  if (ctx_->threads() > 1 && rotating >= ctx_->threads()) {
     std::vector<ExtendedCiphertext> parts(giants.size());
     ctx_->parallel_for(giants.size(), [&](std::size_t i) { giant_step(i, parts[i]); });
     sum = std::move(parts.front());

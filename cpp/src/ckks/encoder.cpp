@@ -193,7 +193,7 @@ std::vector<cd> Encoder::decode_complex(const Plaintext& pt) const {
   const std::size_t primes = pt.primes();
   const LevelData& ld = ctx_->tables().level_data(pt.level());
 
-  std::vector<u64> coef(pt.data());
+  Residues coef(pt.data());
   ctx_->tables().pool().parallel_for(primes, [&](std::size_t i) { ctx_->tables().ntt(i).inverse(&coef[i * n]); });
 
   // Garner's mixed-radix reconstruction, then centre: values above Q/2 are negative. With

@@ -22,7 +22,10 @@ class Writer {
   void u64(std::uint64_t v) { raw(&v, 8); }
   void f64(double v) { raw(&v, 8); }
   void bytes(const void* p, std::size_t n) { raw(p, n); }
-  void words(const std::vector<std::uint64_t>& v) { raw(v.data(), v.size() * 8); }
+  template <class Allocator>
+  void words(const std::vector<std::uint64_t, Allocator>& v) {
+    raw(v.data(), v.size() * 8);
+  }
   Bytes& buffer() { return out_; }
   void f64s(const std::vector<double>& v) { raw(v.data(), v.size() * 8); }
 

@@ -36,12 +36,12 @@ class Plaintext {
 
   u64* prime(std::size_t i) { return data_.data() + i * n_; }
   const u64* prime(std::size_t i) const { return data_.data() + i * n_; }
-  std::vector<u64>& data() { return data_; }
-  const std::vector<u64>& data() const { return data_; }
+  Residues& data() { return data_; }
+  const Residues& data() const { return data_; }
 
  private:
   friend class Serializer;
-  std::vector<u64> data_;
+  Residues data_;
   std::size_t n_ = 0;
   std::size_t level_ = 0;
   double scale_ = 1.0;
@@ -68,12 +68,12 @@ class Ciphertext {
   const u64* poly(std::size_t k, std::size_t i) const {
     return data_.data() + (k * (level_ + 1) + i) * n_;
   }
-  std::vector<u64>& data() { return data_; }
-  const std::vector<u64>& data() const { return data_; }
+  Residues& data() { return data_; }
+  const Residues& data() const { return data_; }
 
  private:
   friend class Serializer;
-  std::vector<u64> data_;
+  Residues data_;
   std::size_t n_ = 0;
   std::size_t size_ = 0;
   std::size_t level_ = 0;

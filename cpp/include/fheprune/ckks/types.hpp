@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <new>
@@ -21,8 +22,20 @@ using Fingerprint = std::array<unsigned char, 32>;
 // the key), so that mixing two clients' objects fails with a clear error.
 using KeyId = std::array<unsigned char, 16>;
 
+namespace detail {
+// Large scratch blocks (a key switch's decomposition and products, extended ciphertexts) come
+// from a process-wide cache of freed blocks (buffer_pool.cpp): malloc gives blocks freed on a
+// pool thread back to the kernel, and faulting them in again cost a refresh at N = 2^16 on
+// two threads about 0.4 s of its 5.9 s.
+void* allocate_scratch(std::size_t bytes);
+void release_scratch(void* block, std::size_t bytes) noexcept;
+// Bytes held by the cache now (freed blocks kept for reuse; at most 2 GiB).
+std::size_t cached_scratch_bytes() noexcept;
+}  // namespace detail
+
 // An allocator whose resize() leaves new elements uninitialized: for scratch buffers that are
 // written in full right after (zeroing megabytes first is a measurable share of a key switch).
+// Large blocks are recycled through detail::allocate_scratch.
 template <class T>
 struct UninitializedAllocator : std::allocator<T> {
   template <class U>
@@ -32,6 +45,11 @@ struct UninitializedAllocator : std::allocator<T> {
   UninitializedAllocator() = default;
   template <class U>
   UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
+    return static_cast<T*>(detail::allocate_scratch(n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept { detail::release_scratch(p, n * sizeof(T)); }
   template <class U>
   void construct(U* p) noexcept {
     ::new (static_cast<void*>(p)) U;  // default-initialization: no value written
@@ -44,5 +62,23 @@ struct UninitializedAllocator : std::allocator<T> {
 
 // Residues written in full before they are read.
 using ScratchBuffer = std::vector<u64, UninitializedAllocator<u64>>;
+
+// The same recycling for value-initialized storage (plaintexts' and ciphertexts' residues).
+template <class T>
+struct RecyclingAllocator {
+  using value_type = T;
+  RecyclingAllocator() = default;
+  template <class U>
+  RecyclingAllocator(const RecyclingAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
+    return static_cast<T*>(detail::allocate_scratch(n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept { detail::release_scratch(p, n * sizeof(T)); }
+  friend bool operator==(const RecyclingAllocator&, const RecyclingAllocator&) { return true; }
+};
+
+// The residues of a plaintext or ciphertext.
+using Residues = std::vector<u64, RecyclingAllocator<u64>>;
 
 }  // namespace fheprune::ckks
