@@ -13,6 +13,9 @@ chain ``ckks.bootstrappable(levels_left)`` gives; the server runs it on our engi
 simulator runs it twice: with exact refreshes (same levels, scales and counts) and with the
 refresh error measured here on one refresh of random values (the model a user plans with).
 
+Each row runs in its own process; a row whose process dies (at N = 2^16 with all slots and
+10 levels left, the keys outgrow a 24 GiB machine) is recorded with ``failed``.
+
 ``seconds`` is the median over ``--repeats`` server runs after one warm-up run (in which the
 server's bootstrapper encodes its DFT plaintexts; ``first_run_seconds``).
 
@@ -25,11 +28,11 @@ bound; ``--quick`` (N = 2^13, 6 levels left) is not and says so in ``secure_128`
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import statistics
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +196,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fheprune.reporting import machine_info, write_json_atomic
+    from fheprune.reporting import in_fresh_process, machine_info, write_json_atomic
 
     args = parse_args(argv)
     log_n = args.log_n or (13 if args.quick else 16)
@@ -201,20 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).resolve().parent / "results" / (
         "deep_program_quick.json" if args.quick else "deep_program.json"
     )
-    runs = []
-    for threads, sparse in [(t, s) for t in args.threads for s in (True, False)]:
-        row = run(log_n, levels_left, args.pairs, threads, args.repeats, args.seed, sparse)
-        gc.collect()  # at N = 2^16 each row holds gigabytes of keys and plaintexts
-        runs.append(row)
-        print(
-            f"N = 2^{log_n}, {threads} thread(s), refreshes of {row['refresh_slots']} slots: "
-            f"depth {row['depth']} with {row['refreshes']} "
-            f"refreshes in {row['seconds']:.1f} s ({row['refresh_seconds']:.1f} s per refresh), "
-            f"max error {row['max_error']:.2e} ({row['precision_bits']:.1f} bits); simulator: "
-            f"same counts {row['sim_ops_equal']}, modelled max error "
-            f"{statistics.median(row['sim_modelled_max_error']):.2e}",
-            flush=True,
-        )
+    runs: list[dict[str, Any]] = []
     report = {
         "benchmark": "deep_program",
         "seed": args.seed,
@@ -224,6 +214,35 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "runs": runs,
     }
+    for threads, sparse in [(t, s) for t in args.threads for s in (True, False)]:
+        # Each row in its own process: at N = 2^16 a row holds gigabytes of keys and
+        # plaintexts, and a row the machine cannot hold is recorded instead of ending the run.
+        try:
+            row = in_fresh_process(
+                run, log_n, levels_left, args.pairs, threads, args.repeats, args.seed, sparse
+            )
+        except BrokenProcessPool:
+            row = {
+                "log_n": log_n,
+                "threads": threads,
+                "refresh_slots": "program" if sparse else (1 << log_n) // 2,
+                "failed": "the row's process was killed (out of memory on this machine?)",
+            }
+            print(f"N = 2^{log_n}, {threads} thread(s), sparse={sparse}: {row['failed']}")
+            runs.append(row)
+            write_json_atomic(out, report)
+            continue
+        runs.append(row)
+        write_json_atomic(out, report)  # what is measured is kept
+        print(
+            f"N = 2^{log_n}, {threads} thread(s), refreshes of {row['refresh_slots']} slots: "
+            f"depth {row['depth']} with {row['refreshes']} "
+            f"refreshes in {row['seconds']:.1f} s ({row['refresh_seconds']:.1f} s per refresh), "
+            f"max error {row['max_error']:.2e} ({row['precision_bits']:.1f} bits); simulator: "
+            f"same counts {row['sim_ops_equal']}, modelled max error "
+            f"{statistics.median(row['sim_modelled_max_error']):.2e}",
+            flush=True,
+        )
     write_json_atomic(out, report)
     print(f"wrote {out}")
     return 0
