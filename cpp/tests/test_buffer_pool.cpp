@@ -1,6 +1,6 @@
 // The scratch-block cache (buffer_pool.cpp): freed large blocks are reused by any thread,
-// value-initialized storage still reads zero, small blocks and the overflow go back to malloc,
-// and fork() never leaves the child's cache locked.
+// value-initialized storage still reads zero, small blocks and the oldest blocks past the cap
+// go back to the system, and fork() never leaves the child's cache locked.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -78,14 +78,18 @@ TEST(BufferPool, SmallBlocksStayWithMalloc) {
   EXPECT_EQ(detail::cached_scratch_bytes(), before);
 }
 
-TEST(BufferPool, KeepsAtMostTwoGibibytes) {
+TEST(BufferPool, PastTheCapTheBlocksFreedLongestAgoGoFirst) {
+  // Never touched (uninitialized storage), so no memory is faulted in.
+  const std::size_t words = detail::kMaxCachedScratchBytes / sizeof(u64) * 3 / 5;
+  const u64* newer = nullptr;
   {
-    // Never touched (uninitialized storage), so no memory is faulted in.
-    std::vector<ScratchBuffer> blocks;
-    for (int i = 0; i < 3; ++i) blocks.emplace_back((std::size_t{1} << 30) / sizeof(u64));
-  }
-  EXPECT_LE(detail::cached_scratch_bytes(), std::size_t{2} << 30);
-  EXPECT_GE(detail::cached_scratch_bytes(), std::size_t{1} << 30);
+    ScratchBuffer older_block(words), newer_block(words);
+    newer = newer_block.data();
+    older_block = ScratchBuffer();  // freed first
+  }  // newer_block freed last: the two no longer fit the cap together
+  EXPECT_LE(detail::cached_scratch_bytes(), detail::kMaxCachedScratchBytes);
+  ScratchBuffer again(words);
+  EXPECT_EQ(again.data(), newer);
 }
 
 TEST(BufferPool, ForkWhileAnotherThreadAllocatesLeavesTheChildUsable) {

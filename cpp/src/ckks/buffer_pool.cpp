@@ -5,10 +5,14 @@
 // ciphertext at N = 2^16) is then faulted in page by page on every use. Keeping freed blocks
 // and handing them to whichever thread asks next removes those faults. A request takes the
 // smallest cached block that holds it, if that wastes at most half of it: blocks of one level
-// then serve the next level down, so the cache stays near the engine's working set.
+// then serve the next level down. Past the cap, the blocks freed longest ago go back to the
+// system first, so the cache follows the working set of what runs now (a server for another
+// model, other levels) instead of keeping what ran before.
 #include <pthread.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <list>
 #include <map>
 #include <mutex>
 #include <new>
@@ -20,22 +24,29 @@ namespace {
 
 // Smaller blocks stay with malloc, whose per-thread caches serve them well.
 constexpr std::size_t kPooledBytes = std::size_t{1} << 20;
-// The most freed bytes kept: beyond it a freed block goes back to the system.
-constexpr std::size_t kMaxCachedBytes = std::size_t{2} << 30;
 // Each pooled block starts with a header holding its capacity; 64 bytes keep the residues
 // after it aligned for AVX-512.
 constexpr std::size_t kHeader = 64;
 constexpr std::align_val_t kAlignment{64};
 
 struct Pool {
+  const std::size_t cap = kMaxCachedScratchBytes;
   std::mutex mutex;
-  std::multimap<std::size_t, std::byte*> free_blocks;  // capacity -> block (header included)
+  // Freed blocks, oldest first, and the same blocks by capacity (header included).
+  std::list<std::byte*> by_age;
+  std::multimap<std::size_t, std::list<std::byte*>::iterator> by_size;
   std::size_t cached = 0;
 
   static Pool& instance() {
     // Never destroyed: buffers in other static objects may be freed after this file's statics.
     static Pool* pool = new Pool();
     return *pool;
+  }
+
+  void erase(std::multimap<std::size_t, std::list<std::byte*>::iterator>::iterator it) {
+    cached -= it->first;
+    by_age.erase(it->second);
+    by_size.erase(it);
   }
 
  private:
@@ -53,6 +64,8 @@ struct Pool {
 
 std::size_t& capacity_of(std::byte* block) { return *reinterpret_cast<std::size_t*>(block); }
 
+void free_block(std::byte* block) { ::operator delete(block, kAlignment); }
+
 }  // namespace
 
 void* allocate_scratch(std::size_t bytes) {
@@ -60,11 +73,10 @@ void* allocate_scratch(std::size_t bytes) {
   Pool& pool = Pool::instance();
   {
     std::lock_guard<std::mutex> lock(pool.mutex);
-    auto it = pool.free_blocks.lower_bound(bytes);
-    if (it != pool.free_blocks.end() && it->first - bytes <= bytes / 2) {
-      std::byte* block = it->second;
-      pool.cached -= it->first;
-      pool.free_blocks.erase(it);
+    auto it = pool.by_size.lower_bound(bytes);
+    if (it != pool.by_size.end() && it->first - bytes <= bytes / 2) {
+      std::byte* block = *it->second;
+      pool.erase(it);
       return block + kHeader;
     }
   }
@@ -82,19 +94,29 @@ void release_scratch(void* residues, std::size_t bytes) noexcept {
   std::byte* block = static_cast<std::byte*>(residues) - kHeader;
   const std::size_t capacity = capacity_of(block);
   Pool& pool = Pool::instance();
-  {
-    std::lock_guard<std::mutex> lock(pool.mutex);
-    if (pool.cached + capacity <= kMaxCachedBytes) {
-      try {
-        pool.free_blocks.emplace(capacity, block);
-        pool.cached += capacity;
-        return;
-      } catch (const std::bad_alloc&) {
-        // no room to remember it: give it back below
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  if (capacity <= pool.cap) {
+    try {
+      auto age = pool.by_age.insert(pool.by_age.end(), block);
+      pool.by_size.emplace(capacity, age);
+      pool.cached += capacity;
+      block = nullptr;
+    } catch (const std::bad_alloc&) {
+      // no room to remember it: give it back below
+    }
+    while (pool.cached > pool.cap) {  // the blocks freed longest ago go first
+      std::byte* oldest = pool.by_age.front();
+      auto range = pool.by_size.equal_range(capacity_of(oldest));
+      for (auto it = range.first; it != range.second; ++it) {
+        if (*it->second == oldest) {
+          pool.erase(it);
+          break;
+        }
       }
+      free_block(oldest);
     }
   }
-  ::operator delete(block, kAlignment);
+  if (block != nullptr) free_block(block);
 }
 
 std::size_t cached_scratch_bytes() noexcept {

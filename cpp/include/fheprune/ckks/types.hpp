@@ -25,12 +25,14 @@ using KeyId = std::array<unsigned char, 16>;
 namespace detail {
 // Large scratch blocks (a key switch's decomposition and products, extended ciphertexts) come
 // from a process-wide cache of freed blocks (buffer_pool.cpp): malloc gives blocks freed on a
-// pool thread back to the kernel, and faulting them in again cost a refresh at N = 2^16 on
-// two threads about 0.4 s of its 5.9 s.
+// pool thread back to the kernel, and faulting them in again made a two-thread refresh at
+// N = 2^16 about a tenth slower (docs/bootstrapping.md, "Two threads").
 void* allocate_scratch(std::size_t bytes);
 void release_scratch(void* block, std::size_t bytes) noexcept;
-// Bytes held by the cache now (freed blocks kept for reuse; at most 2 GiB).
+// Bytes held by the cache now: freed blocks kept for reuse, at most this many (past it, the
+// blocks freed longest ago go back to the system).
 std::size_t cached_scratch_bytes() noexcept;
+inline constexpr std::size_t kMaxCachedScratchBytes = std::size_t{1} << 30;
 }  // namespace detail
 
 // An allocator whose resize() leaves new elements uninitialized: for scratch buffers that are
