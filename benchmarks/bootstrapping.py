@@ -19,6 +19,11 @@ False)``: two levels more for the user, the message scaled to 2^12 below q0 inst
 ephemeral secret ours encapsulates into. Each of our rows runs in its own process, as
 Lattigo's do (``fheprune.reporting.in_fresh_process``).
 
+``desilofhe`` (PyPI, its CPU build) is the second reference, in its own environment too
+(``--desilo-python`` or ``FHEPRUNE_DESILO_PYTHON``): its bootstrapping parameters are its own
+(the ring, the chain and the levels left are fixed by the library), so its rows say what
+they ran at.
+
 Lattigo is reached through the ``orion-fhe`` wheel (it ships a compiled Lattigo library), in its
 own environment (see ``benchmarks/orion_reference.py``); pass ``--orion-python`` or set
 ``FHEPRUNE_ORION_PYTHON``. Without it the Lattigo rows are recorded as skipped. Lattigo builds
@@ -44,6 +49,23 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ORION_PYTHON = Path("/tmp/orion_venv/bin/python")
+DEFAULT_DESILO_PYTHON = Path("/tmp/desilo_venv/bin/python")
+
+
+def measured(
+    times: list[float], level: int | None, mean_error: float, max_error: float, constant: float
+) -> dict[str, Any]:
+    """The fields every row reports alike: the median time over the repeats, the level left,
+    and the precision as -log2 of the mean and largest errors on uniform messages and of the
+    mean error on the constant (stdlib only: the reference workers run it too)."""
+    return {
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "levels_left": level,
+        "precision_bits_mean": -math.log2(mean_error),
+        "precision_bits_min": -math.log2(max_error),
+        "precision_bits_mean_constant": -math.log2(constant),
+    }
 
 
 # --------------------------------------------------------------------------------- ours
@@ -142,12 +164,7 @@ def run_ours(
         "refresh_slots": int(boot.slots),  # the message period refreshed (slots: all)
         "pack_halves": bool(config.pack_halves) and int(boot.slots) < ctx.slots,
         "threads": threads,
-        "seconds": statistics.median(times),
-        "seconds_all": times,
-        "levels_left": level,
-        "precision_bits_mean": -math.log2(float(err.mean())),
-        "precision_bits_min": -math.log2(float(err.max())),
-        "precision_bits_mean_constant": -math.log2(float(constant_err.mean())),
+        **measured(times, level, float(err.mean()), float(err.max()), float(constant_err.mean())),
         "key_bytes": key_bytes(ctx, keys),
         "hamming_weight": hamming_weight,
         "chain_bits": chain,
@@ -219,12 +236,7 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "log_n": log_n,
         "slots": slots,
         "threads": int(spec["threads"]),
-        "seconds": statistics.median(times),
-        "seconds_all": times,
-        "levels_left": level,
-        "precision_bits_mean": -math.log2(float(err.mean())),
-        "precision_bits_min": -math.log2(float(err.max())),
-        "precision_bits_mean_constant": -math.log2(float(constant_err.mean())),
+        **measured(times, level, float(err.mean()), float(err.max()), float(constant_err.mean())),
         "key_bytes": None,  # Orion does not expose the bootstrapping keys' size
         "hamming_weight": 192,
         "log_q_user": log_q,
@@ -234,20 +246,78 @@ def lattigo_worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_lattigo(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ, GOMAXPROCS=str(spec["threads"]))
-    proc = subprocess.run(
-        [str(python), __file__, "--lattigo-worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=3600,
-        check=False,
-    )
+# ---------------------------------------------------------------------------- desilofhe
+
+
+def desilo_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs inside an environment with ``desilofhe`` (its CPU build): its own bootstrapping
+    parameters (the ring and the levels left after a refresh are fixed by the library), all
+    slots, ``thread_count`` threads."""
+    import importlib.metadata
+
+    import desilofhe  # type: ignore[import-not-found]
+    import numpy as np
+
+    threads = int(spec["threads"])
+    start = time.perf_counter()
+    engine = desilofhe.Engine(mode="cpu", bootstrap=True, thread_count=threads)
+    secret = engine.create_secret_key()
+    public = engine.create_public_key(secret)
+    relin = engine.create_relinearization_key(secret)
+    conj = engine.create_conjugation_key(secret)
+    boot_key = engine.create_bootstrap_key(secret)
+    setup = time.perf_counter() - start
+    slots = int(engine.slot_count)
+    rng = np.random.default_rng(int(spec["seed"]))
+    times: list[float] = []
+    errors: list[Any] = []
+    level = None
+    for r in range(int(spec["repeats"]) + 1):
+        z = rng.uniform(-1.0, 1.0, slots)
+        ct = engine.encrypt(z, public, 0)
+        start = time.perf_counter()
+        out = engine.bootstrap(ct, relin, conj, boot_key)
+        elapsed = time.perf_counter() - start
+        if r == 0:
+            continue
+        times.append(elapsed)
+        level = int(out.level)
+        errors.append(np.abs(np.asarray(engine.decrypt(out, secret)) - z))
+    err = np.concatenate(errors)
+    constant = np.full(slots, 0.9)
+    fresh = engine.bootstrap(engine.encrypt(constant, public, 0), relin, conj, boot_key)
+    constant_err = np.abs(np.asarray(engine.decrypt(fresh, secret)) - constant)
+    return {
+        "impl": "desilofhe",
+        "log_n": int(math.log2(2 * slots)),
+        "slots": slots,
+        "threads": threads,
+        **measured(times, level, float(err.mean()), float(err.max()), float(constant_err.mean())),
+        "key_bytes": None,  # the library does not report its keys' size
+        "setup_seconds": setup,
+        "secure_128": None,  # the library does not expose its chain
+        "via": f"desilofhe {importlib.metadata.version('desilofhe')} (CPU), thread_count",
+    }
+
+
+def run_reference(impl: str, python: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """A reference implementation's row, from its worker in its own environment."""
+    env = dict(os.environ, GOMAXPROCS=str(spec["threads"]))  # Lattigo's Go runtime
+    try:
+        proc = subprocess.run(
+            [str(python), __file__, f"--{impl}-worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=3600,
+            check=False,
+        )
+    except OSError as e:
+        return {"impl": impl, **spec, "skipped": f"worker did not start: {e}"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-800:]
-        return {"impl": "lattigo", **spec, "skipped": f"worker failed: {tail}"}
+        return {"impl": impl, **spec, "skipped": f"worker failed: {tail}"}
     return dict(json.loads(lines[-1]))
 
 
@@ -282,26 +352,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="also refresh messages of these periods (sparse slots; ours only)",
     )
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        choices=["ours", "lattigo", "desilofhe"],
+        default=["ours", "lattigo", "desilofhe"],
+        help="which implementations to run (default: all three)",
+    )
     p.add_argument("--orion-python", type=Path, default=None)
+    p.add_argument(
+        "--desilo-python",
+        type=Path,
+        default=None,
+        help="a Python with desilofhe installed (or FHEPRUNE_DESILO_PYTHON); rows skipped without",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--lattigo-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--desilofhe-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.log_n = args.log_n or (13 if args.quick else 14)
     args.threads = args.threads or ([1] if args.quick else [1, 2])
     args.repeats = args.repeats or (2 if args.quick else 3)
-    if args.orion_python is None:
-        env = os.environ.get("FHEPRUNE_ORION_PYTHON")
-        if env:
-            args.orion_python = Path(env)
-        elif DEFAULT_ORION_PYTHON.exists():
-            args.orion_python = DEFAULT_ORION_PYTHON
+    args.orion_python = args.orion_python or _python_for("ORION", DEFAULT_ORION_PYTHON)
+    args.desilo_python = args.desilo_python or _python_for("DESILO", DEFAULT_DESILO_PYTHON)
     return args
+
+
+def _python_for(name: str, default: Path) -> Path | None:
+    """A reference's interpreter: FHEPRUNE_<name>_PYTHON, else the default where it exists."""
+    env = os.environ.get(f"FHEPRUNE_{name}_PYTHON")
+    if env:
+        return Path(env)
+    return default if default.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.lattigo_worker is not None:
         print(json.dumps(lattigo_worker(json.loads(args.lattigo_worker))))
+        return 0
+    if args.desilofhe_worker is not None:
+        print(json.dumps(desilo_worker(json.loads(args.desilofhe_worker))))
         return 0
     from fheprune.reporting import in_fresh_process, machine_info, write_json_atomic
 
@@ -316,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         # All slots, then each sparse period packed and with two EvalMods.
         variants = [(0, True)] + [(n, p) for n in args.sparse_slots for p in (True, False)]
-        for n, pack in variants:
+        for n, pack in variants if "ours" in args.impls else []:
             # Each in its own process (fheprune.reporting.in_fresh_process), as Lattigo's are.
             row = in_fresh_process(
                 run_ours,
@@ -336,10 +427,17 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("impl", "threads", "refresh_slots", "pack_halves", "seconds")
             extra = ("precision_bits_mean", "precision_bits_mean_constant")
             print(json.dumps({k: row[k] for k in (*keys, *extra)}))
-        if args.orion_python is None:
-            runs.append({"impl": "lattigo", **spec, "skipped": "orion-fhe not found"})
-        else:
-            row = run_lattigo(args.orion_python, spec)
+        references = (
+            ("lattigo", args.orion_python, "orion-fhe"),
+            ("desilofhe", args.desilo_python, "desilofhe"),
+        )
+        for impl, python, package in references:
+            if impl not in args.impls:
+                continue
+            if python is None:
+                runs.append({"impl": impl, **spec, "skipped": f"{package} not found"})
+                continue
+            row = run_reference(impl, python, spec)
             runs.append(row)
             extra = ("precision_bits_mean", "precision_bits_mean_constant", "skipped")
             print(json.dumps({k: row.get(k) for k in ("impl", "threads", "seconds", *extra)}))

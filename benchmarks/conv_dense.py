@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fheprune.models import build_model
-from fheprune.reporting import machine_info, write_json_atomic
+from fheprune.reporting import in_fresh_process, machine_info, write_json_atomic
 from fheprune.runtime import Client, ClientSpec, Server
 from fheprune.runtime.compiler import CompiledModel, compile_model
 
@@ -167,30 +167,42 @@ def main(argv: list[str] | None = None) -> None:
     }
     rng = np.random.default_rng(args.seed)
     for name in args.models:
-        model = build_model(name, "mnist", seed=args.seed).eval()
         x = rng.random((1, 1, 28, 28))
-        entry: dict[str, Any] = {}
-        for layout, compact in (("compact", True), ("dilated", False)):
-            start = time.perf_counter()
-            compiled = compile_model(model, layout="map", client_shifts=True, compact=compact)
-            summary = layout_summary(compiled)
-            summary["compile_s"] = time.perf_counter() - start
-            gb = summary["plaintext_bytes"] / 1e9
-            if compact or gb <= args.max_plaintext_gb:
-                log.info("%s %s: timing (%.2f GB of plaintexts)", name, layout, gb)
-                summary["timing"] = time_servers(compiled, args.threads, args.repeats, x)
-            else:
-                summary["timing"] = None
-                summary["not_timed"] = f"{gb:.1f} GB of plaintexts > --max-plaintext-gb"
-            entry[layout] = summary
-            del compiled
-        compact_ops = entry["compact"]["ops"]["mul_plain"]
-        entry["products_ratio_dilated_over_compact"] = entry["dilated"]["ops"]["mul_plain"] / max(
-            1, compact_ops
+        # Each model in its own process: a model's servers hold gigabytes of plaintexts and
+        # keys, and memory the allocator kept from one model left too little for the next.
+        report["models"][name] = in_fresh_process(
+            measure_model, name, args.seed, args.threads, args.repeats, args.max_plaintext_gb, x
         )
-        report["models"][name] = entry
         write_json_atomic(args.out, report)
         log.info("%s done: %s", name, args.out)
+
+
+def measure_model(
+    name: str, seed: int, threads: list[int], repeats: int, max_plaintext_gb: float, x: np.ndarray
+) -> dict[str, Any]:
+    """Both layouts of one model: their costs, and their times where the plaintexts fit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    model = build_model(name, "mnist", seed=seed).eval()
+    entry: dict[str, Any] = {}
+    for layout, compact in (("compact", True), ("dilated", False)):
+        start = time.perf_counter()
+        compiled = compile_model(model, layout="map", client_shifts=True, compact=compact)
+        summary = layout_summary(compiled)
+        summary["compile_s"] = time.perf_counter() - start
+        gb = summary["plaintext_bytes"] / 1e9
+        if compact or gb <= max_plaintext_gb:
+            log.info("%s %s: timing (%.2f GB of plaintexts)", name, layout, gb)
+            summary["timing"] = time_servers(compiled, threads, repeats, x)
+        else:
+            summary["timing"] = None
+            summary["not_timed"] = f"{gb:.1f} GB of plaintexts > --max-plaintext-gb"
+        entry[layout] = summary
+        del compiled
+    compact_ops = entry["compact"]["ops"]["mul_plain"]
+    entry["products_ratio_dilated_over_compact"] = entry["dilated"]["ops"]["mul_plain"] / max(
+        1, compact_ops
+    )
+    return entry
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/bootstrapping.py end to end at its quick size: the fields the issue asks for,
-each of our rows from its own process, Lattigo's row marked skipped when its worker fails."""
+each of our rows from its own process, the reference rows marked skipped when their workers
+fail."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def test_quick_run_writes_every_field(tmp_path: Path) -> None:
             "--repeats",
             "1",
             "--orion-python",
-            "/bin/false",  # a Lattigo worker that fails at once
+            "/bin/false",  # reference workers that fail at once
+            "--desilo-python",
+            "/bin/false",
             "--out",
             str(out),
         ],
@@ -37,8 +40,9 @@ def test_quick_run_writes_every_field(tmp_path: Path) -> None:
         assert row[field] is not None
     assert row["levels_left"] == 2
     assert row["precision_bits_mean"] > 15
-    lattigo = [r for r in report["runs"] if r["impl"] == "lattigo"]
-    assert len(lattigo) == 1 and "worker failed" in lattigo[0]["skipped"]
+    for impl in ("lattigo", "desilofhe"):
+        rows = [r for r in report["runs"] if r["impl"] == impl]
+        assert len(rows) == 1 and "worker failed" in rows[0]["skipped"], impl
     assert report["ratio_ours_over_lattigo"] == {"1": None}
 
 
