@@ -4,7 +4,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <new>
 #include <utility>
 #include <vector>
@@ -35,37 +34,8 @@ std::size_t cached_scratch_bytes() noexcept;
 inline constexpr std::size_t kMaxCachedScratchBytes = std::size_t{1} << 30;
 }  // namespace detail
 
-// An allocator whose resize() leaves new elements uninitialized: for scratch buffers that are
-// written in full right after (zeroing megabytes first is a measurable share of a key switch).
-// Large blocks are recycled through detail::allocate_scratch.
-template <class T>
-struct UninitializedAllocator : std::allocator<T> {
-  template <class U>
-  struct rebind {
-    using other = UninitializedAllocator<U>;
-  };
-  UninitializedAllocator() = default;
-  template <class U>
-  UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
-  T* allocate(std::size_t n) {
-    if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
-    return static_cast<T*>(detail::allocate_scratch(n * sizeof(T)));
-  }
-  void deallocate(T* p, std::size_t n) noexcept { detail::release_scratch(p, n * sizeof(T)); }
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;  // default-initialization: no value written
-  }
-  template <class U, class... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-
-// Residues written in full before they are read.
-using ScratchBuffer = std::vector<u64, UninitializedAllocator<u64>>;
-
-// The same recycling for value-initialized storage (plaintexts' and ciphertexts' residues).
+// Storage whose large blocks are recycled through detail::allocate_scratch; elements are
+// value-initialized as usual (plaintexts' and ciphertexts' residues start at zero).
 template <class T>
 struct RecyclingAllocator {
   using value_type = T;
@@ -82,5 +52,26 @@ struct RecyclingAllocator {
 
 // The residues of a plaintext or ciphertext.
 using Residues = std::vector<u64, RecyclingAllocator<u64>>;
+
+// The same recycling, but resize() leaves new elements uninitialized: for scratch buffers that
+// are written in full right after (zeroing megabytes first is a measurable share of a key
+// switch).
+template <class T>
+struct UninitializedAllocator : RecyclingAllocator<T> {
+  UninitializedAllocator() = default;
+  template <class U>
+  UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;  // default-initialization: no value written
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+// Residues written in full before they are read.
+using ScratchBuffer = std::vector<u64, UninitializedAllocator<u64>>;
 
 }  // namespace fheprune::ckks
