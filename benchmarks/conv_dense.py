@@ -2,7 +2,7 @@
 timed, with every plaintext resident.
 
     python benchmarks/conv_dense.py [--models lenet hefnet-mnist vgg5-mnist] [--threads 1 2]
-                                    [--repeats 5] [--quick] [--out FILE]
+                                    [--repeats 5] [--quick] [--counts-only] [--out FILE]
 
 For each model (untrained, seeded weights: the time of a CKKS program does not depend on the
 weight values of a dense network) both layouts are compiled at 128-bit parameters chosen by
@@ -14,7 +14,8 @@ alternating which thread count goes first): every time, the median, the interqua
 the per-layer seconds of the median run, and the per-round speedup. The dilated layout is
 timed as well where its plaintexts fit in ``--max-plaintext-gb`` (LeNet-like; HEFNet and
 VGG-5 need 78 and 33 GB dilated). The decrypted logits are compared with the plaintext
-forward pass.
+forward pass. ``--counts-only`` compiles and counts without running anything encrypted (a few
+seconds a model). Each layout reports its largest ratio of rotations to their lower bound.
 
 Writes JSON (atomically, after every model) with the seed, the parameters and the machine.
 """
@@ -76,6 +77,8 @@ def layout_summary(compiled: CompiledModel) -> dict[str, Any]:
     for layer in compiled.program.cost():
         for key, value in layer["ops"].items():
             total[key] = total.get(key, 0) + int(value)
+    layers = layer_costs(compiled)
+    ratios = [r["rotation_ratio"] for r in layers if r["rotation_ratio"] is not None]
     return {
         "parameters": compiled.choice.message.split("using ")[-1],
         "levels": int(compiled.program.levels),
@@ -85,7 +88,8 @@ def layout_summary(compiled: CompiledModel) -> dict[str, Any]:
         "client_ciphertexts": spec.input.client_ciphertexts,
         "ops": total,
         "plaintext_bytes": int(sum(r["plaintext_bytes"] for r in compiled.program.cost())),
-        "layers": layer_costs(compiled),
+        "layers": layers,
+        "worst_rotation_ratio": max(ratios, default=None),
     }
 
 
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="LeNet-like only, 2 repeats")
+    p.add_argument("--counts-only", action="store_true", help="compile and count, time nothing")
     p.add_argument("--max-plaintext-gb", type=float, default=8.0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv_dense.json")
     args = p.parse_args(argv)
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "quick": args.quick,
+        "counts_only": args.counts_only,
         "client_shifts": True,
         "weights": "untrained, build_model(name, 'mnist', seed)",
         "machine": machine_info(),
@@ -171,14 +177,27 @@ def main(argv: list[str] | None = None) -> None:
         # Each model in its own process: a model's servers hold gigabytes of plaintexts and
         # keys, and memory the allocator kept from one model left too little for the next.
         report["models"][name] = in_fresh_process(
-            measure_model, name, args.seed, args.threads, args.repeats, args.max_plaintext_gb, x
+            measure_model,
+            name,
+            args.seed,
+            args.threads,
+            args.repeats,
+            args.max_plaintext_gb,
+            x,
+            timed=not args.counts_only,
         )
         write_json_atomic(args.out, report)
         log.info("%s done: %s", name, args.out)
 
 
 def measure_model(
-    name: str, seed: int, threads: list[int], repeats: int, max_plaintext_gb: float, x: np.ndarray
+    name: str,
+    seed: int,
+    threads: list[int],
+    repeats: int,
+    max_plaintext_gb: float,
+    x: np.ndarray,
+    timed: bool = True,
 ) -> dict[str, Any]:
     """Both layouts of one model: their costs, and their times where the plaintexts fit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -190,7 +209,10 @@ def measure_model(
         summary = layout_summary(compiled)
         summary["compile_s"] = time.perf_counter() - start
         gb = summary["plaintext_bytes"] / 1e9
-        if compact or gb <= max_plaintext_gb:
+        if not timed:
+            summary["timing"] = None
+            summary["not_timed"] = "--counts-only"
+        elif compact or gb <= max_plaintext_gb:
             log.info("%s %s: timing (%.2f GB of plaintexts)", name, layout, gb)
             summary["timing"] = time_servers(compiled, threads, repeats, x)
         else:

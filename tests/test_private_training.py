@@ -24,6 +24,7 @@ from fheprune.private_training.backend import (
 from fheprune.private_training.layout import SampleLayout
 from fheprune.private_training.softmax import SoftmaxApprox, exact_softmax
 from fheprune.private_training.trainer import (
+    LABEL_LEVEL,
     Batch,
     DataOwner,
     Ledger,
@@ -187,6 +188,78 @@ def test_logit_scores_are_exact_el2n_on_the_engine(
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(owner.probabilities([z], [len(x)]), p, atol=1e-5)
     assert ledger.bytes_down == 2 * server.byte_size(z)
+
+
+def test_logits_at_the_bottom_cost_what_the_simulator_counts(
+    engine: tuple[EngineBackend, EngineBackend],
+) -> None:
+    """The download's products run on two primes whatever the operands' levels (no level
+    drop is paid for), on the engine as on the simulator; too low an operand is refused."""
+    client, _ = engine
+    server = client.server_view()
+    sim = SimulatedBackend(SLOTS, TOP)
+    x, _, w, _ = _problem(4)
+    for backend, enc in ((server, client), (sim, sim)):
+        xs = [enc.encrypt(a, TOP) for a in LAYOUT.rotated_features(x)]
+        d = [enc.encrypt(a, TOP - 1) for a in LAYOUT.weight_diagonals(w)]
+        z = backend.mul_sum_at_bottom(list(zip(xs, d, strict=True)))  # type: ignore[attr-defined]
+        assert backend.level(z) == 0  # type: ignore[attr-defined]
+        np.testing.assert_allclose(LAYOUT.class_lanes(enc.decrypt(z)), x @ w, atol=1e-6)
+    assert server.counts.by_level == sim.counts.by_level == {"ct_mult": {1: 1}}
+    for backend, enc in ((server, client), (sim, sim)):
+        low = enc.encrypt(np.ones(SLOTS), 0)
+        with pytest.raises(OutOfLevelsError, match="level 1 or above"):
+            backend.mul_sum_at_bottom([(low, low)])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("backend", ["simulator", "engine"])
+def test_packing_spends_a_level_only_where_a_mask_is_needed(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A batch encrypted for masks is packed to the working level (here cut to its first 10
+    samples);
+    a batch encrypted at the working level passes through untouched, and cutting it is a
+    typed error (no level is left for the mask)."""
+    client: Any = SimulatedBackend(SLOTS, TOP)
+    evaluator: Any = client
+    if backend == "engine":
+        client, _ = request.getfixturevalue("engine")
+        evaluator = client.server_view()
+    x, y, _, _ = _problem(5)
+    ledger = Ledger()
+    owner = DataOwner(client, evaluator, LAYOUT, PrivateTrainingConfig(), ledger)
+    trainer = TrainingServer(evaluator, LAYOUT, APPROX, ledger)
+    per = LAYOUT.samples_per_ciphertext
+    cut = np.arange(per) < 10
+    (maskable,) = owner.encrypt_samples(x, y, with_owners=False, use="mask")
+    packed = trainer.pack(maskable, cut)
+    assert packed.count == 10 and evaluator.level(packed.xs[0]) == TOP - 1
+    assert evaluator.level(packed.labels) == LABEL_LEVEL
+    rows = LAYOUT.class_lanes(client.decrypt(packed.xs[0]))
+    np.testing.assert_allclose(rows[:10], x[:10, :10], atol=1e-5)
+    assert np.abs(rows[10:]).max() < 1e-5
+    (working,) = owner.encrypt_samples(x, y, with_owners=False)
+    assert evaluator.level(working.xs[0]) == TOP - 1
+    assert evaluator.level(working.labels) == LABEL_LEVEL
+    plain_mults = evaluator.counts.plain_mult
+    assert trainer.pack(working) is working
+    assert evaluator.counts.plain_mult == plain_mults
+    with pytest.raises(InputError, match="no level is left for a mask"):
+        trainer.pack(working, cut)
+
+
+def test_only_a_pruning_run_pays_for_packing() -> None:
+    """The full-data run never masks: its data enter at the working level, nothing is packed."""
+    per = LAYOUT.samples_per_ciphertext
+    x, y = _features(2 * per, 0)
+    xv, yv = _features(per, 1)
+    cfg = PrivateTrainingConfig(keep_fraction=1.0, epochs=1)
+    client = SimulatedBackend(SLOTS, TOP)
+    result = train_private(client, client.server_view(), LAYOUT, cfg, x, y, xv, yv)
+    assert "pack" not in result.seconds_by_component
+    ct = client.ciphertext_bytes
+    validation = 16 * ct * 2  # scored by logits only: level 1, no labels
+    assert result.bytes_up_by["data"] == 2 * (16 * ct * TOP + ct * (LABEL_LEVEL + 1)) + validation
 
 
 def test_every_operation_lands_on_the_ladder_scale(
@@ -396,12 +469,53 @@ def test_private_mode_sends_no_mask_and_heprune_mode_does() -> None:
         sizes[mode] = result.bytes_up_by
         assert ("cwp" in result.seconds_by_component) == (mode == "heprune")
     ct = SimulatedBackend(SLOTS, TOP).ciphertext_bytes
-    data = 4 * (16 * ct * (TOP + 1) + ct * 4)  # 4 ciphertexts of samples, labels at level 3
+    # HEPrune's server masks the training set: one level above the working level, labels at
+    # level 3. Our mode's (scored by HEFS here) enters at the working level, labels at 2, as
+    # re-packed samples do; validation, only scored by logits, at level 1 without labels.
+    maskable = 16 * ct * (TOP + 1) + ct * 4
+    working = 16 * ct * TOP + ct * 3
+    validation = 16 * ct * 2
     assert sizes["heprune"]["mask"] == (len(x) + 7) // 8 and "repack" not in sizes["heprune"]
     assert "mask" not in sizes["private"]
-    # The first selection is random whole ciphertexts (nothing sent); the second is scored:
-    assert sizes["private"]["repack"] == data // 4  # one ciphertext of kept samples
-    assert sizes["heprune"]["data"] == sizes["private"]["data"] == data + data // 4  # + validation
+    # Both selections send one ciphertext of kept samples in our mode: the random first one
+    # and the scored second one.
+    assert sizes["private"]["repack"] == 2 * working
+    assert sizes["heprune"]["data"] == 4 * maskable + validation
+    assert sizes["private"]["data"] == 4 * working + validation
+
+
+def test_scoring_by_logits_uploads_the_set_at_level_one_without_labels() -> None:
+    """Our mode with logit scores: the full set is only ever scored, so it goes up at level 1
+    and without labels (a tenth of the bytes); the kept samples follow at the working level.
+    The run still selects and trains exactly as the plaintext recipe does."""
+    per = LAYOUT.samples_per_ciphertext
+    x, y = _features(4 * per, 0)
+    xv, yv = _features(per, 1)
+    cfg = PrivateTrainingConfig(
+        keep_fraction=0.25, mode="private", score="logits", epochs=2, rescore_every=1
+    )
+    client = SimulatedBackend(SLOTS, TOP)
+    result = train_private(client, client.server_view(), LAYOUT, cfg, x, y, xv, yv)
+    ct = client.ciphertext_bytes
+    working = 16 * ct * TOP + ct * 3
+    assert result.bytes_up_by["data"] == 5 * 16 * ct * 2  # and validation the same way
+    assert result.bytes_up_by["repack"] == 2 * working
+    reference = train_plaintext(LAYOUT, cfg, x, y, xv, yv)
+    np.testing.assert_allclose(result.weights, reference, atol=1e-3)
+
+
+def test_a_batch_without_labels_cannot_train() -> None:
+    sim = SimulatedBackend(SLOTS, TOP)
+    x, y, _, _ = _problem(6)
+    ledger = Ledger()
+    owner = DataOwner(sim, sim, LAYOUT, PrivateTrainingConfig(), ledger)
+    (batch,) = owner.encrypt_samples(x, y, with_owners=False, use="logits")
+    assert batch.labels is None and sim.level(batch.xs[0]) == 1
+    trainer = TrainingServer(sim, LAYOUT, APPROX, ledger)
+    d = [sim.encrypt(a, TOP - 1) for a in LAYOUT.weight_diagonals(np.zeros((16, 10)))]
+    v = [sim.encrypt(a, 1) for a in LAYOUT.weight_diagonals(np.zeros((16, 10)))]
+    with pytest.raises(InputError, match="holds no labels"):
+        trainer.step(batch, d, v, PrivateTrainingConfig())
 
 
 def test_the_server_side_must_not_decrypt() -> None:

@@ -134,3 +134,11 @@ def test_the_table_states_budget_spread_and_both_splits() -> None:
     assert "+0.40 / +0.59" in line and "1.000 [0.950-1.100]" in line and "| 1.1x |" in line
     assert "19 distilled recovery" in line
     assert "(over)" in b.markdown(fresh(rows=[{**row, "within_budget_val": False}]))
+
+
+def test_a_quick_report_says_it_does_not_predict_the_full_table() -> None:
+    b = bench()
+    quick = b.markdown(fresh(note=b.QUICK_NOTE))
+    assert "not a prediction of the full table" in quick
+    assert quick.index("Quick mode") < quick.index("| model |")
+    assert "Quick mode" not in b.markdown(fresh())

@@ -4,7 +4,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "ckks/random.hpp"
@@ -105,6 +110,89 @@ TEST(SecureRandom, AForkedChildComputesWithAThreadedContext) {
   std::memcpy(&first, child.data(), 8);
   const auto x = testing::random_reals(f.ctx->slots(), 9);
   EXPECT_NEAR(first, x[0] * x[0], 1e-4);
+}
+
+// The samplers' distributions. Bounds are several standard errors wide (failure odds far
+// below 1e-9 for a correct sampler) and far narrower than any plausible bug: a biased reduction,
+// a skipped rejection, a wrong sigma, a repeated stream.
+
+TEST(SecureRandom, UniformModIsBelowQAndUniformEvenWhenHalfTheDrawsAreRejected) {
+  SecureRandom rng;
+  // 2^31 + 11 rejects almost half of all 32-bit draws; a 38-bit NTT prime almost none.
+  for (const u64 q : {(u64{1} << 31) + 11, u64{274877562881}}) {
+    const Modulus mod(q);
+    constexpr std::size_t n = 1 << 16;
+    std::vector<u64> v(n);
+    rng.uniform_mod(mod, v.data(), n);
+    constexpr int buckets = 16;
+    std::vector<double> count(buckets, 0.0);
+    for (const u64 x : v) {
+      ASSERT_LT(x, q);
+      count[static_cast<std::size_t>(static_cast<long double>(x) / q * buckets)] += 1;
+    }
+    double chi2 = 0;
+    for (const double c : count) chi2 += (c - n / buckets) * (c - n / buckets) / (n / buckets);
+    EXPECT_LT(chi2, 60.0) << "q = " << q;  // 15 degrees of freedom: P(chi2 > 60) ~ 1e-7
+  }
+}
+
+TEST(SecureRandom, GaussianHasTheStandardSigmaAndTailCut) {
+  SecureRandom rng;
+  constexpr std::size_t n = 1 << 18;
+  std::vector<std::int64_t> v(n);
+  rng.gaussian(v.data(), n);
+  double sum = 0, squares = 0;
+  std::int64_t largest = 0;
+  for (const std::int64_t x : v) {
+    sum += static_cast<double>(x);
+    squares += static_cast<double>(x * x);
+    largest = std::max(largest, x < 0 ? -x : x);
+  }
+  const double mean = sum / n;
+  const double sigma = std::sqrt(squares / n - mean * mean);
+  EXPECT_LT(std::abs(mean), 0.05);  // standard error 3.19 / 512 = 0.006
+  EXPECT_NEAR(sigma, SecureRandom::kErrorSigma, 0.05);  // standard error about 0.0044
+  EXPECT_LE(largest, 19);
+  EXPECT_GE(largest, 12);  // |x| >= 12 has probability 1.8e-4 per sample: seen here for sure
+}
+
+TEST(SecureRandom, TernaryIsUniformOverMinusOneZeroOne) {
+  SecureRandom rng;
+  constexpr std::size_t n = 1 << 16;
+  std::vector<std::int8_t> v(n);
+  rng.ternary(v.data(), n);
+  std::array<double, 3> count{};
+  for (const std::int8_t x : v) {
+    ASSERT_TRUE(x >= -1 && x <= 1);
+    count[static_cast<std::size_t>(x + 1)] += 1;
+  }
+  for (const double c : count) EXPECT_NEAR(c / n, 1.0 / 3.0, 0.01);  // standard error 0.0018
+}
+
+TEST(SecureRandom, DrawsOfAnySizeNeverRepeatTheStream) {
+  // Small draws go through the buffer, large ones straight from the stream; mixing sizes must
+  // never hand out the same bytes twice (compared in 16-byte pieces).
+  SecureRandom rng;
+  std::vector<std::vector<unsigned char>> draws;
+  for (const std::size_t size : {7, 16384, 5, 100000, 16384 + 3, 64, 1 << 20}) {
+    draws.emplace_back(size);
+    rng.fill(draws.back().data(), size);
+  }
+  std::vector<std::string> pieces;
+  for (const auto& d : draws) {
+    for (std::size_t i = 0; i + 16 <= d.size(); i += 16) {
+      pieces.emplace_back(reinterpret_cast<const char*>(d.data() + i), 16);
+    }
+  }
+  std::sort(pieces.begin(), pieces.end());
+  EXPECT_EQ(std::adjacent_find(pieces.begin(), pieces.end()), pieces.end());
+  // And the bytes look uniform: about half the bits set.
+  std::size_t ones = 0, bits = 0;
+  for (const auto& d : draws) {
+    for (const unsigned char b : d) ones += static_cast<std::size_t>(std::popcount(b));
+    bits += 8 * d.size();
+  }
+  EXPECT_NEAR(static_cast<double>(ones) / static_cast<double>(bits), 0.5, 0.002);
 }
 
 }  // namespace

@@ -80,26 +80,40 @@ SecureRandom::~SecureRandom() {
   sodium_memzero(buffer_.data(), buffer_.size());
 }
 
-void SecureRandom::refill() {
+void SecureRandom::stream(unsigned char* out, std::size_t size) {
+  // Every call takes a fresh nonce, so no keystream is ever produced twice.
   unsigned char nonce[crypto_stream_chacha20_NONCEBYTES];
   static_assert(crypto_stream_chacha20_NONCEBYTES == 8);
   std::uint64_t v = nonce_++;
   for (int b = 0; b < 8; ++b) nonce[b] = static_cast<unsigned char>(v >> (8 * b));
-  crypto_stream_chacha20(buffer_.data(), buffer_.size(), nonce, key_.data());
+  crypto_stream_chacha20(out, size, nonce, key_.data());
+}
+
+void SecureRandom::refill() {
+  stream(buffer_.data(), buffer_.size());
   used_ = 0;
 }
 
 void SecureRandom::fill(unsigned char* out, std::size_t size) {
   // After a fork, never continue the parent's stream (see random.hpp).
   if (generation_ != g_fork_generation.load(std::memory_order_relaxed)) rekey();
-  while (size > 0) {
-    if (used_ == buffer_.size()) refill();
-    const std::size_t take = std::min(size, buffer_.size() - used_);
-    std::memcpy(out, buffer_.data() + used_, take);
-    sodium_memzero(buffer_.data() + used_, take);
-    used_ += take;
-    out += take;
-    size -= take;
+  // Drain what the buffer holds, then write large requests straight from the stream: a
+  // polynomial's worth of bytes (a ciphertext's uniform half) skips the buffer's copy.
+  const std::size_t held = std::min(size, buffer_.size() - used_);
+  std::memcpy(out, buffer_.data() + used_, held);
+  sodium_memzero(buffer_.data() + used_, held);
+  used_ += held;
+  out += held;
+  size -= held;
+  if (size >= buffer_.size()) {
+    stream(out, size);
+    return;
+  }
+  if (size > 0) {
+    refill();
+    std::memcpy(out, buffer_.data(), size);
+    sodium_memzero(buffer_.data(), size);
+    used_ = size;
   }
 }
 
@@ -114,11 +128,12 @@ u64 SecureRandom::next_u64() {
 void SecureRandom::uniform_mod(const Modulus& q, u64* out, std::size_t n) {
   const u64 qv = q.value();
   const u64 mask = (u64{1} << q.bits()) - 1;
+  // Draw all n words at once, then redraw the rare ones at or above q (rejection sampling:
+  // no modulo bias; a value is redrawn with probability 1 - q / 2^bits(q) < 1/2).
+  fill(reinterpret_cast<unsigned char*>(out), n * sizeof(u64));
   for (std::size_t i = 0; i < n; ++i) {
-    u64 v;
-    do {
-      v = next_u64() & mask;
-    } while (v >= qv);
+    u64 v = out[i] & mask;
+    while (v >= qv) v = next_u64() & mask;
     out[i] = v;
   }
 }
@@ -155,7 +170,13 @@ std::int64_t SecureRandom::gaussian_from_bits(u64 bits) {
 }
 
 void SecureRandom::gaussian(std::int64_t* out, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = gaussian_from_bits(next_u64());
+  // The bits for all n samples at once, each word then mapped in place.
+  fill(reinterpret_cast<unsigned char*>(out), n * sizeof(std::int64_t));
+  for (std::size_t i = 0; i < n; ++i) {
+    u64 bits;
+    std::memcpy(&bits, &out[i], sizeof bits);
+    out[i] = gaussian_from_bits(bits);
+  }
 }
 
 }  // namespace fheprune::ckks

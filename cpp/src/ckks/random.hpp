@@ -51,6 +51,7 @@ class SecureRandom {
 
  private:
   void refill();
+  void stream(unsigned char* out, std::size_t size);  // keystream under a fresh nonce
   void rekey();  // fresh key from the OS, nonce 0, buffer dropped
   std::array<unsigned char, 32> key_{};
   std::uint64_t generation_ = 0;  // the process generation (fork count) the key was drawn in

@@ -1,10 +1,12 @@
 #include "fheprune/runtime/cost.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <set>
+#include <vector>
 
 namespace fheprune::runtime {
 
@@ -17,16 +19,75 @@ std::size_t log2_ceil(std::size_t v) { return v > 1 ? std::bit_width(v - 1) : 0;
 // n_out outputs (one set of giants each) meeting in d shifts need b * g >= d, so at least
 // min over b of n_in * (b - 1) + n_out * (ceil(d / b) - 1) rotations. For one ciphertext in and
 // out this is the familiar 2 * sqrt(d) - 2 (rounded up to what integer sets allow).
-double bsgs_bound(std::size_t n_in, std::size_t n_out, std::size_t d) {
-  if (d <= 1 || n_in == 0 || n_out == 0) return 0.0;
+std::size_t bsgs_bound(std::size_t n_in, std::size_t n_out, std::size_t d) {
+  if (d <= 1 || n_in == 0 || n_out == 0) return 0;
   std::size_t best = std::numeric_limits<std::size_t>::max();
   for (std::size_t b = 1; b <= d; ++b) {
     best = std::min(best, n_in * (b - 1) + n_out * ((d + b - 1) / b - 1));
   }
-  return static_cast<double>(best);
+  return best;
 }
 
 }  // namespace
+
+// The map layout's rotation bound. Input i rotates by its babies B_i, output o by its giants
+// G_o, and every shift of the pair (o, i) is b + g with b in B_i + {0}, g in G_o + {0}: at most
+// (|B_i| + 1)(|G_o| + 1) sums, one of them 0 + 0, so with n(o, i) distinct non-zero shifts
+// (|B_i| + 1)(|G_o| + 1) >= n(o, i) + 1 =: d(o, i). Pairs that share no input and no output
+// constrain disjoint sets; so do the connected components of the pair graph, whose bounds
+// therefore add up. Per component, the larger of two valid bounds:
+// - a matching (pairs with no input or output in common, taken largest first): their
+//   one-pair bounds add up;
+// - when every input meets every output (a dense or grouped convolution), the input with the
+//   fewest babies and the output with the fewest giants form a pair, so with the component's
+//   smallest d: bsgs_bound(inputs, outputs, d_min). Pairs with even shift sets meet it.
+double map_rotation_lower_bound(
+    const std::map<std::pair<std::size_t, std::size_t>, std::size_t>& nonzero_shifts) {
+  std::map<std::pair<std::size_t, std::size_t>, std::size_t> pairs;  // (out, in) -> d
+  for (const auto& [key, n] : nonzero_shifts) pairs[key] = n + 1;
+  // Components by union-find over inputs and outputs (outputs offset past the inputs).
+  std::size_t n_in = 0, n_out = 0;
+  for (const auto& [key, d] : pairs) {
+    n_out = std::max(n_out, key.first + 1);
+    n_in = std::max(n_in, key.second + 1);
+  }
+  std::vector<std::size_t> parent(n_in + n_out);
+  for (std::size_t v = 0; v < parent.size(); ++v) parent[v] = v;
+  const auto find = [&](std::size_t v) {
+    while (parent[v] != v) v = parent[v] = parent[parent[v]];
+    return v;
+  };
+  for (const auto& [key, d] : pairs) parent[find(n_in + key.first)] = find(key.second);
+  struct Component {
+    std::vector<std::pair<std::size_t, std::pair<std::size_t, std::size_t>>> pairs;  // (d, (o, i))
+    std::set<std::size_t> ins, outs;
+  };
+  std::map<std::size_t, Component> components;
+  for (const auto& [key, d] : pairs) {
+    Component& c = components[find(key.second)];
+    c.pairs.push_back({d, key});
+    c.ins.insert(key.second);
+    c.outs.insert(key.first);
+  }
+  double total = 0;
+  for (auto& [root, c] : components) {
+    std::sort(c.pairs.rbegin(), c.pairs.rend());
+    std::set<std::size_t> used_in, used_out;
+    std::size_t matching = 0;
+    for (const auto& [d, key] : c.pairs) {
+      if (used_out.count(key.first) || used_in.count(key.second)) continue;
+      used_out.insert(key.first);
+      used_in.insert(key.second);
+      matching += bsgs_bound(1, 1, d);
+    }
+    std::size_t complete = 0;
+    if (c.pairs.size() == c.ins.size() * c.outs.size()) {
+      complete = bsgs_bound(c.ins.size(), c.outs.size(), c.pairs.back().first);
+    }
+    total += static_cast<double>(std::max(matching, complete));
+  }
+  return total;
+}
 
 std::string layer_name(const Layer& layer) {
   return std::visit([](const auto& l) { return l.name; }, layer);
@@ -118,15 +179,15 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       c.kind = "map";
       std::vector<std::set<std::size_t>> babies(m->in_ciphertexts);
       std::map<std::pair<std::size_t, std::size_t>, std::size_t> groups;  // (out, giant) -> terms
-      std::map<std::pair<std::size_t, std::size_t>, std::size_t> pairs;   // (out, in) -> shifts
-      std::set<std::size_t> ins;
+      // (out, in) -> the pair's distinct non-zero shifts
+      std::map<std::pair<std::size_t, std::size_t>, std::set<std::size_t>> shifts;
       for (const MapTerm& term : m->terms) {
         if (!live_in[term.in]) continue;
         ++c.ops.mul_plain;
         if (term.baby) babies[term.in].insert(term.baby);
         ++groups[{term.out, term.giant}];
-        ++pairs[{term.out, term.in}];
-        ins.insert(term.in);
+        auto& pair = shifts[{term.out, term.in}];
+        if (term.shift) pair.insert(term.shift);
       }
       std::vector<std::size_t> per_out(m->out_ciphertexts, 0);
       for (const auto& [key, terms] : groups) {
@@ -136,22 +197,18 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
         c.ops.rotate += key.second != 0;
       }
       for (const auto& b : babies) c.ops.rotate += b.size();
-      std::size_t outs = 0;
       for (std::size_t o = 0; o < m->out_ciphertexts; ++o) {
         const bool biased = o < m->bias.size() && !m->bias[o].empty();
         if (per_out[o]) {
-          ++outs;
           c.ops.add += per_out[o] - 1;
           c.ops.add_plain += biased;
         } else if (biased) {
           c.ops.constant += 1;
         }
       }
-      std::size_t shifts = 0;
-      for (const auto& [key, count] : pairs) shifts += count;
-      const std::size_t mean_shifts =
-          pairs.empty() ? 0 : (shifts + pairs.size() - 1) / pairs.size();
-      c.rotation_lower_bound = bsgs_bound(ins.size(), outs, mean_shifts);
+      std::map<std::pair<std::size_t, std::size_t>, std::size_t> pairs;
+      for (const auto& [key, set] : shifts) pairs[key] = set.size();
+      c.rotation_lower_bound = map_rotation_lower_bound(pairs);
       c.mul_plain_lower_bound = c.ops.mul_plain;
       c.units = m->terms.size();
       c.total_units = m->terms.size();

@@ -100,6 +100,7 @@ class Server(Protocol[C]):
     def add_const(self, a: C, value: float | Vector) -> C: ...
     def mul(self, a: C, b: C) -> C: ...
     def mul_sum(self, pairs: list[tuple[C, C]]) -> C: ...
+    def mul_sum_at_bottom(self, pairs: list[tuple[C, C]]) -> C: ...
     def mul_const(self, a: C, value: float | Vector) -> C: ...
     def rotate(self, a: C, step: int) -> C: ...
     def rotate_many(self, a: C, steps: list[int]) -> list[C]: ...
@@ -230,6 +231,13 @@ class SimulatedBackend:
         self.counts.count("ct_mult", level + 1)  # one relinearization for the whole sum
         total = sum((a.values * b.values for a, b in pairs), np.zeros(self.slots))
         return SimCiphertext(self._noisy(total), level)
+
+    def mul_sum_at_bottom(self, pairs: list[tuple[SimCiphertext, SimCiphertext]]) -> SimCiphertext:
+        if min(min(a.level, b.level) for a, b in pairs) < 1:
+            raise OutOfLevelsError("a product at the bottom needs operands at level 1 or above")
+        self.counts.count("ct_mult", 1)
+        total = sum((a.values * b.values for a, b in pairs), np.zeros(self.slots))
+        return SimCiphertext(self._noisy(total), 0)
 
     def mul_const(self, a: SimCiphertext, value: float | Vector) -> SimCiphertext:
         self._check_level(a.level - 1)
@@ -439,6 +447,29 @@ class EngineBackend:
         for a, b in pairs:
             prod = self._evaluator.multiply(self.drop_to(a, level), self.drop_to(b, level))
             total = prod if total is None else self._evaluator.add(total, prod)
+        assert total is not None
+        return self._evaluator.rescale(self._evaluator.relinearize(total, self._keys.relin_key))
+
+    def mul_sum_at_bottom(
+        self, pairs: list[tuple[ckks.Ciphertext, ckks.Ciphertext]]
+    ) -> ckks.Ciphertext:
+        """sum_i a_i * b_i at level 0, for a result the client decrypts next (logits):
+        every operand is cut to level 1 by dropping primes (a copy of two residues; value and
+        scale unchanged), the products run on two primes instead of twenty, and the rescale
+        leaves scale ``s_a s_b / q_1`` instead of a ladder scale, which only decryption sees.
+        Requires ``s_a s_b`` well below ``q_0 q_1`` (two ladder scales: 2^76 against 2^96)."""
+        if min(min(a.level, b.level) for a, b in pairs) < 1:
+            raise OutOfLevelsError("a product at the bottom needs operands at level 1 or above")
+        self.counts.count("ct_mult", 1)
+        total: ckks.Ciphertext | None = None
+        for a, b in pairs:
+            prod = self._evaluator.multiply(
+                self._evaluator.mod_switch_to(a, 1), self._evaluator.mod_switch_to(b, 1)
+            )
+            if total is None:
+                total = prod
+            else:
+                self._evaluator.add_inplace(total, prod)
         assert total is not None
         return self._evaluator.rescale(self._evaluator.relinearize(total, self._keys.relin_key))
 

@@ -1,8 +1,8 @@
 """Encrypted training kernels, written once against :class:`~.backend.Server`.
 
 One training step on a ciphertext of samples (layout in :mod:`.layout`), with the levels each
-stage spends (data enter at the top level ``L`` and are packed to ``L - 1``, where the weights
-enter):
+stage spends (data and weights enter at ``L - 1``; data the server must mask enter at the top
+level ``L`` and the mask brings them to ``L - 1``):
 
 =====================  ======================================  =========================
 stage                  what                                    levels

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -95,9 +95,17 @@ class Batch(Generic[C]):
     side, known in HEPrune's mode only) which original samples sit in which block."""
 
     xs: list[C]
-    labels: C
+    labels: C | None  # None: uploaded to be scored by logits only (no step reads its labels)
     count: int
     owners: NDArray[np.int64] | None = None  # block -> sample index (-1: empty)
+
+    def label_ct(self) -> C:
+        if self.labels is None:
+            raise InputError(
+                "this batch was uploaded to be scored by logits only and holds no labels; "
+                "training, HEFS and compaction need batches encrypted with their labels"
+            )
+        return self.labels
 
 
 @dataclass
@@ -153,6 +161,14 @@ def top_fraction(scores: Vector, fraction: float, seed: int = 0) -> NDArray[np.i
     return np.sort(order[:k]).astype(np.int64)
 
 
+#: What a batch of samples is uploaded for (:meth:`DataOwner.encrypt_samples`).
+Use = Literal["train", "mask", "logits"]
+
+#: The level labels are used at: ``E = P - Y`` is formed with two levels left, one for the
+#: gradient's products and one for the update.
+LABEL_LEVEL = 2
+
+
 class DataOwner(Generic[C]):
     """The client: features, labels and the secret key never leave it."""
 
@@ -186,20 +202,36 @@ class DataOwner(Generic[C]):
         with_owners: bool,
         kind: str = "data",
         first_index: int = 0,
+        use: Use = "train",
     ) -> list[Batch[C]]:
-        """Pack samples in order, ``samples_per_ciphertext`` per ciphertext. Features enter
-        one level above the data's working level and labels three above the bottom: the
-        server's packing mask spends that level."""
+        """Pack samples in order, ``samples_per_ciphertext`` per ciphertext, each encrypted at
+        the lowest level its ``use`` needs (a lower level is a smaller, faster encryption):
+
+        - ``"train"``: features at the weights' level (``top - 1``), labels at
+          :data:`LABEL_LEVEL`, where a step uses them;
+        - ``"mask"``: one level higher, for the server to spend on a mask of blocks
+          (:meth:`TrainingServer.pack`: the first selection's cut, compaction);
+        - ``"logits"``: features at level 1 and no labels, for the logits the client scores
+          from (:meth:`TrainingServer.logits`), about a tenth of the bytes."""
         per = self.layout.samples_per_ciphertext
+        feature_level, label_level = {
+            "train": (self.top - 1, LABEL_LEVEL),
+            "mask": (self.top, LABEL_LEVEL + 1),
+            "logits": (1, None),
+        }[use]
         batches: list[Batch[C]] = []
         with self.ledger.timed("client_encrypt"):
             for start in range(0, len(x), per):
                 xb, yb = x[start : start + per], y[start : start + per]
                 xs = [
-                    self._up(self.backend.encrypt(v, self.top), kind)
+                    self._up(self.backend.encrypt(v, feature_level), kind)
                     for v in self.layout.rotated_features(xb)
                 ]
-                labels = self._up(self.backend.encrypt(self.layout.labels(yb), 3), kind)
+                labels = None
+                if label_level is not None:
+                    labels = self._up(
+                        self.backend.encrypt(self.layout.labels(yb), label_level), kind
+                    )
                 owners = None
                 if with_owners:
                     owners = np.full(per, -1, dtype=np.int64)
@@ -278,13 +310,27 @@ class TrainingServer(Generic[C]):
         self.ledger = ledger
 
     def pack(self, batch: Batch[C], keep: NDArray[np.bool_] | None = None) -> Batch[C]:
-        """Multiply by the mask of occupied blocks (this spends the data's extra level)."""
+        """``batch`` at the working level with only the ``keep`` blocks (default: the occupied
+        ones). A batch the client encrypted at the working level is returned as it is (its
+        empty blocks are zeros already); one encrypted for masks is multiplied by the mask of
+        kept blocks, which spends its extra level."""
         per = self.layout.samples_per_ciphertext
         if keep is None:
             keep = np.arange(per) < batch.count
+        working = self.server.top_level - 1
+        level = self.server.level(batch.xs[0])
+        if level == working:
+            if not np.array_equal(keep, np.arange(per) < batch.count):
+                raise InputError(
+                    "this batch was encrypted at the working level, so no level is left for a "
+                    "mask; encrypt it for masks (use='mask', one level higher) to drop samples"
+                )
+            return batch
+        if level != working + 1:
+            raise InputError(f"a batch to pack must be at level {working + 1}, not {level}")
         mask = self.layout.block_mask(keep)
         xs = [self.server.mul_const(a, mask) for a in batch.xs]
-        labels = self.server.mul_const(batch.labels, mask)
+        labels = self.server.mul_const(batch.label_ct(), mask)
         return Batch(xs, labels, int(keep.sum()), batch.owners)
 
     def predict(self, batch: Batch[C], d: list[C]) -> C:
@@ -294,22 +340,24 @@ class TrainingServer(Generic[C]):
             return K.softmax(self.server, self.layout, self.approx, z)
 
     def logits(self, batch: Batch[C], d: list[C]) -> C:
-        """The logits, brought to the bottom level for the download (a quarter of the bytes at
-        the top; the client needs no level to decrypt)."""
+        """The logits for the client to decrypt, computed at the bottom level: the client needs
+        no level to decrypt, so the products run on two primes (a tenth of the work of the
+        training step's forward pass) and the download is a quarter of the bytes at the top."""
         with self.ledger.timed("forward"):
-            return self.server.drop_to(K.forward(self.server, batch.xs, d), 0)
+            return self.server.mul_sum_at_bottom(list(zip(batch.xs, d, strict=True)))
 
     def score(self, batch: Batch[C], d: list[C]) -> C:
         p = self.predict(batch, d)
         with self.ledger.timed("score"):
-            return K.hefs(self.server, self.layout, p, batch.labels)
+            return K.hefs(self.server, self.layout, p, batch.label_ct())
 
     def step(
         self, batch: Batch[C], d: list[C], v: list[C], config: PrivateTrainingConfig
     ) -> tuple[list[C], list[C]]:
+        labels = batch.label_ct()
         p = self.predict(batch, d)
         with self.ledger.timed("backward"):
-            e = self.server.sub(p, batch.labels)
+            e = self.server.sub(p, labels)
             level = self.server.level(e)
             xs = [self.server.drop_to(a, level) for a in batch.xs]
             g = K.gradient(self.server, self.layout, [xs], [e])
@@ -379,7 +427,7 @@ class TrainingServer(Generic[C]):
         steps = sorted({m for _, m, _ in one_key if m})
         rotated: list[dict[int, C]] = []
         if one_key:
-            for ct in [*src.xs, src.labels]:
+            for ct in [*src.xs, src.label_ct()]:
                 turned = self.server.rotate_many(ct, [m * lanes for m in steps]) if steps else []
                 rotated.append({0: ct, **dict(zip(steps, turned, strict=True))})
         for d, m, placed in plan:
@@ -391,10 +439,10 @@ class TrainingServer(Generic[C]):
             else:
                 packed = self.pack(src, placed)
                 xs = [self._rotate_blocks(a, m) for a in packed.xs]
-                labels = self._rotate_blocks(packed.labels, m)
+                labels = self._rotate_blocks(packed.label_ct(), m)
             dest = out[d]
             dest.xs = [self.server.add(a, b) for a, b in zip(dest.xs, xs, strict=True)]
-            dest.labels = self.server.add(dest.labels, labels)
+            dest.labels = self.server.add(dest.label_ct(), labels)
             dest.count += int(placed.sum())
             assert dest.owners is not None and src.owners is not None
             dest.owners[landed] = np.roll(src.owners, -m)[landed]
@@ -465,14 +513,18 @@ def _scores(
     server: TrainingServer[C],
     owner: DataOwner[C],
     batches: list[Batch[C]],
+    at_working_level: Callable[[], list[Batch[C]]],
     d: list[C],
     y: NDArray[np.int64],
     config: PrivateTrainingConfig,
 ) -> Vector:
-    """Every sample's score, in order, as the client reads it (``config.score``)."""
+    """Every sample's score, in order, as the client reads it (``config.score``). HEFS runs a
+    step's forward pass and softmax, on the batches at the working level; logits are computed
+    at the bottom, from the batches at any level."""
     counts = [b.count for b in batches]
     if config.score == "hefs":
-        return owner.decrypt_scores([server.score(b, d) for b in batches], counts)
+        scores = [server.score(b, d) for b in at_working_level()]
+        return owner.decrypt_scores(scores, counts)
     return owner.scores_from_logits([server.logits(b, d) for b in batches], counts, y)
 
 
@@ -519,17 +571,30 @@ def train_private(
     rng = np.random.default_rng(config.seed)
     start = time.perf_counter()
 
-    full = owner.encrypt_samples(x, y, with_owners=config.mode == "heprune")
-    val_encrypted = owner.encrypt_samples(x_val, y_val, with_owners=False)
-    with ledger.timed("pack"):
-        val = [server.pack(b) for b in val_encrypted]
+    # The full set at the level its use needs: training (no pruning), masks (HEPrune's mode:
+    # the server cuts and compacts it), scores only (our mode: the client uploads the kept
+    # samples itself), at level 1 where scores come from logits.
+    use: Use = "train"
+    if config.mode == "heprune" and config.prunes:
+        use = "mask"
+    elif config.prunes and config.score == "logits":
+        use = "logits"
+    full = owner.encrypt_samples(x, y, with_owners=config.mode == "heprune", use=use)
+    # Validation is only ever scored by logits, every epoch.
+    val = owner.encrypt_samples(x_val, y_val, with_owners=False, use="logits")
     w = np.zeros((layout.features, layout.classes))
     d, v = owner.encrypt_weights(w, w)
     best = (math.inf, w, 0)
     history: list[dict[str, float]] = []
-    with ledger.timed("pack"):
-        full_packed = [server.pack(b) for b in full]
-    training = full_packed
+    training = full
+    working: list[Batch[C]] = []  # the full set at the working level, packed when first needed
+
+    def full_at_working_level() -> list[Batch[C]]:
+        if not working:
+            with ledger.timed("pack"):
+                working.extend(server.pack(b) for b in full)
+        return working
+
     samples_trained = 0
     max_logit = 0.0
     epochs_run = 0
@@ -544,29 +609,30 @@ def train_private(
             if epoch == 0:
                 # The weights start at zero, so every score is 2 (1 - 1/classes) and the
                 # selection is random: whole ciphertexts chosen at random, the last one cut
-                # short, are a random selection that needs no scoring, no compaction and no
-                # upload. Which ciphertexts were drawn says nothing about the data.
+                # short, are a random selection that needs no scoring and no compaction. Which
+                # ciphertexts were drawn says nothing about the data. HEPrune's server masks
+                # its copies; in our mode the client uploads the drawn samples, as it does at
+                # every selection.
                 groups = initial_selection(len(x), layout.samples_per_ciphertext, config)
                 per = layout.samples_per_ciphertext
-                with ledger.timed("pack"):
-                    training = [
-                        full_packed[i]
-                        if len(g) == full[i].count
-                        else server.pack(full[i], np.arange(per) < len(g))
-                        for i, g in groups
-                    ]
+                if config.mode == "heprune":
+                    with ledger.timed("pack"):
+                        training = [
+                            server.pack(full[i], np.arange(per) < len(g)) for i, g in groups
+                        ]
+                else:
+                    drawn = np.concatenate([g for _, g in groups])
+                    training = owner.encrypt_samples(x[drawn], y[drawn], False, kind="repack")
                 log.info("epoch 0: kept %d random samples", sum(len(g) for _, g in groups))
             elif config.mode == "heprune":
-                s = _scores(server, owner, full_packed, d, y, config)
+                s = _scores(server, owner, full, full_at_working_level, d, y, config)
                 kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
                 ledger.upload("mask", (len(s) + 7) // 8)  # one bit per sample
                 training = server.compact(full, kept)
             else:
-                s = _scores(server, owner, full_packed, d, y, config)
+                s = _scores(server, owner, full, full_at_working_level, d, y, config)
                 kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
-                fresh = owner.encrypt_samples(x[kept], y[kept], False, kind="repack")
-                with ledger.timed("pack"):
-                    training = [server.pack(b) for b in fresh]
+                training = owner.encrypt_samples(x[kept], y[kept], False, kind="repack")
             log.info("epoch %d: %d ciphertexts of kept samples", epoch, len(training))
         for i in rng.permutation(len(training)):
             batch = training[i]

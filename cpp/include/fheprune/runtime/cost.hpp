@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,12 @@ struct LayerCost {
 // Counts per group of samples (tile: t_batch samples; diagonal: one sample), for inputs at
 // `input_level` (the top level of the parameters the program runs under).
 std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_level);
+
+// At most the fewest rotations a map layer's baby-step giant-step split can need, from the
+// number of distinct non-zero shifts of each (output, input) ciphertext pair that has terms
+// (a true lower bound; see cost.cpp).
+double map_rotation_lower_bound(
+    const std::map<std::pair<std::size_t, std::size_t>, std::size_t>& nonzero_shifts);
 
 // The largest input magnitude a program holds: CKKS wraps a value around its modulus, without
 // any error, once value * scale reaches half the modulus of its level; decryption then returns
