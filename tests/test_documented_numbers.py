@@ -62,7 +62,6 @@ NOT_RESULTS: dict[tuple[str, str, str], str] = {
     ("private-training.md", "3.65 s", "the steps here took 3.97 s each against"): (
         "derived: the full run less its encryption, over its 96 steps"
     ),
-
     ("CHANGELOG.md", "5.66 s", "had dense at"): "the earlier dilated quick run",
     ("CHANGELOG.md", "4.35x", "at 1.30 s ("): "the earlier dilated quick run",
     ("CHANGELOG.md", "24 GiB", "was killed at"): "the machine's memory, where Orion was killed",
