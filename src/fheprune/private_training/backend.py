@@ -118,6 +118,12 @@ class ClientSide(Protocol[C]):
     def decrypt(self, ct: C) -> Vector: ...
 
 
+def check_bottom_operands(levels: list[int]) -> None:
+    """:meth:`Server.mul_sum_at_bottom` multiplies at level 1: every operand must reach it."""
+    if min(levels) < 1:
+        raise OutOfLevelsError("a product at the bottom needs operands at level 1 or above")
+
+
 def check_level(level: int, top_level: int, current: int | None = None) -> None:
     """A level an operation may produce: not below 0 (the chain is too short), not above the
     top, and (for a drop from ``current``) not above where the ciphertext already is."""
@@ -233,11 +239,9 @@ class SimulatedBackend:
         return SimCiphertext(self._noisy(total), level)
 
     def mul_sum_at_bottom(self, pairs: list[tuple[SimCiphertext, SimCiphertext]]) -> SimCiphertext:
-        if min(min(a.level, b.level) for a, b in pairs) < 1:
-            raise OutOfLevelsError("a product at the bottom needs operands at level 1 or above")
-        self.counts.count("ct_mult", 1)
-        total = sum((a.values * b.values for a, b in pairs), np.zeros(self.slots))
-        return SimCiphertext(self._noisy(total), 0)
+        check_bottom_operands([min(a.level, b.level) for a, b in pairs])
+        at_one = [(SimCiphertext(a.values, 1), SimCiphertext(b.values, 1)) for a, b in pairs]
+        return self.mul_sum(at_one)
 
     def mul_const(self, a: SimCiphertext, value: float | Vector) -> SimCiphertext:
         self._check_level(a.level - 1)
@@ -446,7 +450,10 @@ class EngineBackend:
         total: ckks.Ciphertext | None = None
         for a, b in pairs:
             prod = self._evaluator.multiply(self.drop_to(a, level), self.drop_to(b, level))
-            total = prod if total is None else self._evaluator.add(total, prod)
+            if total is None:
+                total = prod
+            else:
+                self._evaluator.add_inplace(total, prod)  # total is this loop's own product
         assert total is not None
         return self._evaluator.rescale(self._evaluator.relinearize(total, self._keys.relin_key))
 
@@ -458,20 +465,9 @@ class EngineBackend:
         scale unchanged), the products run on two primes instead of twenty, and the rescale
         leaves scale ``s_a s_b / q_1`` instead of a ladder scale, which only decryption sees.
         Requires ``s_a s_b`` well below ``q_0 q_1`` (two ladder scales: 2^76 against 2^96)."""
-        if min(min(a.level, b.level) for a, b in pairs) < 1:
-            raise OutOfLevelsError("a product at the bottom needs operands at level 1 or above")
-        self.counts.count("ct_mult", 1)
-        total: ckks.Ciphertext | None = None
-        for a, b in pairs:
-            prod = self._evaluator.multiply(
-                self._evaluator.mod_switch_to(a, 1), self._evaluator.mod_switch_to(b, 1)
-            )
-            if total is None:
-                total = prod
-            else:
-                self._evaluator.add_inplace(total, prod)
-        assert total is not None
-        return self._evaluator.rescale(self._evaluator.relinearize(total, self._keys.relin_key))
+        check_bottom_operands([min(a.level, b.level) for a, b in pairs])
+        cut = self._evaluator.mod_switch_to
+        return self.mul_sum([(cut(a, 1), cut(b, 1)) for a, b in pairs])
 
     def mul_const(self, a: ckks.Ciphertext, value: float | Vector) -> ckks.Ciphertext:
         self._check_level(a.level - 1)

@@ -314,13 +314,13 @@ class TrainingServer(Generic[C]):
         ones). A batch the client encrypted at the working level is returned as it is (its
         empty blocks are zeros already); one encrypted for masks is multiplied by the mask of
         kept blocks, which spends its extra level."""
-        per = self.layout.samples_per_ciphertext
+        occupied = np.arange(self.layout.samples_per_ciphertext) < batch.count
         if keep is None:
-            keep = np.arange(per) < batch.count
+            keep = occupied
         working = self.server.top_level - 1
         level = self.server.level(batch.xs[0])
         if level == working:
-            if not np.array_equal(keep, np.arange(per) < batch.count):
+            if not np.array_equal(keep, occupied):
                 raise InputError(
                     "this batch was encrypted at the working level, so no level is left for a "
                     "mask; encrypt it for masks (use='mask', one level higher) to drop samples"
