@@ -48,6 +48,26 @@ TEST(Encoder, ConstantFillsEverySlot) {
   for (double x : out) ASSERT_NEAR(x, -3.25, 1e-9);
 }
 
+TEST(Encoder, ConstantIsTheEncodingOfAConstantVector) {
+  // encode_constant writes the NTT form directly (c in every position); encoding the vector
+  // of slots all equal to c through the FFT and the NTT must give the same residues.
+  auto ctx = make_context(testing::small_params());
+  Encoder enc(ctx);
+  for (const double c : {-3.25, 0.0, 1.0, 123.5, -0.0078125}) {
+    for (const std::size_t level : {std::size_t{0}, ctx->max_level()}) {
+      const Plaintext direct = enc.encode_constant(c, std::nullopt, level);
+      const Plaintext viaFft = enc.encode(std::vector<double>(ctx->slots(), c), std::nullopt, level);
+      ASSERT_EQ(direct.primes(), viaFft.primes());
+      EXPECT_EQ(direct.data(), viaFft.data()) << "c = " << c << ", level " << level;
+    }
+  }
+  // Coefficients beyond 64 bits (scale 2^80) take the multi-word residue path.
+  const auto out = enc.decode(enc.encode_constant(-700.5, std::ldexp(1.0, 80)));
+  for (double x : out) ASSERT_NEAR(x, -700.5, 1e-6);
+  // A constant too large for the level's modulus is refused, as a vector is.
+  EXPECT_THROW(enc.encode_constant(std::ldexp(1.0, 30), std::nullopt, 0), EncodingError);
+}
+
 TEST(Encoder, RejectsBadInput) {
   auto ctx = make_context(testing::small_params());
   Encoder enc(ctx);

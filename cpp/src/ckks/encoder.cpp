@@ -1,10 +1,12 @@
 #include "fheprune/ckks/encoder.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <string>
 
 #include "ckks/context_tables.hpp"
+#include "ckks/ntt.hpp"
 #include "fheprune/ckks/errors.hpp"
 
 namespace fheprune::ckks {
@@ -32,52 +34,76 @@ u64 residue_of(double c, const Modulus& q) {
 }  // namespace
 
 Encoder::Encoder(ContextPtr ctx) : ctx_(std::move(ctx)) {
-  const std::size_t n = ctx_->poly_degree();
-  const std::size_t slots = n / 2;
-  const std::uint64_t two_n = 2 * n;
-  slot_index_.resize(slots);
+  const std::size_t slots = ctx_->slots();
+  const std::uint64_t two_n = 2 * ctx_->poly_degree();
+  // 5^j mod 2N for j < slots / 2: stage h needs them modulo 8h, which divides 2N.
+  std::vector<std::uint64_t> powers(std::max<std::size_t>(slots / 2, 1));
   std::uint64_t e = 1;
-  for (std::size_t j = 0; j < slots; ++j) {
-    slot_index_[j] = static_cast<std::size_t>((e - 1) / 2);
+  for (auto& p : powers) {
+    p = e;
     e = e * 5 % two_n;
   }
-  twist_.resize(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    twist_[i] = std::polar(1.0, std::numbers::pi * static_cast<double>(i) / static_cast<double>(n));
+  roots_.resize(slots > 1 ? slots - 1 : 0);
+  for (std::size_t h = 1; h < slots; h <<= 1) {
+    const std::uint64_t period = 8 * h;
+    for (std::size_t j = 0; j < h; ++j) {
+      const double angle = 2 * std::numbers::pi * static_cast<double>(powers[j] % period) /
+                           static_cast<double>(period);
+      roots_[h - 1 + j] = std::polar(1.0, angle);
+    }
   }
-  fft_roots_.resize(n);
-  for (std::size_t k = 0; k < n; ++k) {
-    fft_roots_[k] =
-        std::polar(1.0, 2 * std::numbers::pi * static_cast<double>(k) / static_cast<double>(n));
-  }
-  fft_bitrev_.resize(n);
-  for (std::size_t k = 0; k < n; ++k) fft_bitrev_[k] = reverse_bits(k, ctx_->log_n());
+  int log_slots = 0;
+  while ((std::size_t{1} << log_slots) < slots) ++log_slots;
+  bitrev_.resize(slots);
+  for (std::size_t k = 0; k < slots; ++k) bitrev_[k] = reverse_bits(k, log_slots);
 }
 
-// In-place radix-2 DFT: a_l <- sum_i a_i omega^(+-i l).
-void Encoder::fft(std::vector<cd>& a, bool inverse) const {
-  const std::size_t n = a.size();
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t j = fft_bitrev_[i];
+void Encoder::bit_reverse(std::vector<cd>& a) const {
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const std::size_t j = bitrev_[i];
     if (i < j) std::swap(a[i], a[j]);
   }
-  for (std::size_t len = 2; len <= n; len <<= 1) {
-    const std::size_t stride = n / len;
-    const std::size_t half = len / 2;
-    for (std::size_t start = 0; start < n; start += len) {
-      for (std::size_t k = 0; k < half; ++k) {
-        const cd w = fft_roots_[k * stride];
-        const double wi = inverse ? -w.imag() : w.imag();
-        const cd u = a[start + k];
-        const cd b = a[start + k + half];
-        // The product written out: std::complex's operator* calls __muldc3 (its inf/NaN
-        // recovery) for every butterfly, most of an encoding's time; the values are finite.
-        const cd v(b.real() * w.real() - b.imag() * wi, b.real() * wi + b.imag() * w.real());
-        a[start + k] = u + v;
-        a[start + k + half] = u - v;
+}
+
+// Products written out: std::complex's operator* calls __muldc3 (its inf/NaN recovery) for
+// every butterfly, most of an encoding's time; the values are finite.
+void Encoder::embed(std::vector<cd>& a) const {
+  const std::size_t size = a.size();
+  bit_reverse(a);
+  for (std::size_t h = 1; h < size; h <<= 1) {
+    const cd* w = roots_.data() + (h - 1);
+    for (std::size_t start = 0; start < size; start += 2 * h) {
+      cd* lo = a.data() + start;
+      cd* hi = lo + h;
+      for (std::size_t j = 0; j < h; ++j) {
+        const cd u = lo[j];
+        const cd v(hi[j].real() * w[j].real() - hi[j].imag() * w[j].imag(),
+                   hi[j].real() * w[j].imag() + hi[j].imag() * w[j].real());
+        lo[j] = u + v;
+        hi[j] = u - v;
       }
     }
   }
+}
+
+void Encoder::unembed(std::vector<cd>& a) const {
+  const std::size_t size = a.size();
+  for (std::size_t h = size / 2; h >= 1; h >>= 1) {
+    const cd* w = roots_.data() + (h - 1);
+    for (std::size_t start = 0; start < size; start += 2 * h) {
+      cd* lo = a.data() + start;
+      cd* hi = lo + h;
+      for (std::size_t j = 0; j < h; ++j) {
+        const cd u = lo[j] + hi[j];
+        const cd d = lo[j] - hi[j];
+        // d times the conjugate root: the inverse butterfly.
+        lo[j] = u;
+        hi[j] = cd(d.real() * w[j].real() + d.imag() * w[j].imag(),
+                   d.imag() * w[j].real() - d.real() * w[j].imag());
+      }
+    }
+  }
+  bit_reverse(a);
 }
 
 void Encoder::check(double scale, std::size_t level) const {
@@ -90,18 +116,22 @@ void Encoder::check(double scale, std::size_t level) const {
   }
 }
 
-Plaintext Encoder::from_coefficients(const std::vector<double>& coeffs, double scale,
-                                     std::size_t level) const {
-  const std::size_t n = ctx_->poly_degree();
+void Encoder::check_fits(double max_abs, std::size_t level) const {
   double modulus_bits = 0;
   for (std::size_t i = 0; i <= level; ++i) modulus_bits += std::log2(ctx_->tables().modulus(i).value());
-  double max_abs = 0;
-  for (double c : coeffs) max_abs = std::max(max_abs, std::fabs(c));
   if (max_abs > 0 && std::log2(max_abs) + 1 >= modulus_bits) {
     throw EncodingError("values times scale reach 2^" + std::to_string(std::log2(max_abs)) +
                         ", beyond the modulus at level " + std::to_string(level) + " (2^" +
                         std::to_string(modulus_bits) + "); use a smaller scale or values");
   }
+}
+
+Plaintext Encoder::from_coefficients(const std::vector<double>& coeffs, double scale,
+                                     std::size_t level) const {
+  const std::size_t n = ctx_->poly_degree();
+  double max_abs = 0;
+  for (double c : coeffs) max_abs = std::max(max_abs, std::fabs(c));
+  check_fits(max_abs, level);
   Plaintext pt(*ctx_, level, scale);
   ctx_->tables().pool().parallel_for(level + 1, [&](std::size_t i) {
     const Modulus& q = ctx_->tables().modulus(i);
@@ -118,21 +148,20 @@ std::vector<double> Encoder::coefficients(const std::vector<cd>& values, double 
     throw EncodingError("got " + std::to_string(values.size()) + " values but there are only " +
                         std::to_string(n / 2) + " slots");
   }
-  std::vector<cd> y(n, cd{0, 0});
+  const std::size_t slots = n / 2;
+  std::vector<cd> u(slots, cd{0, 0});
   for (std::size_t j = 0; j < values.size(); ++j) {
     if (!std::isfinite(values[j].real()) || !std::isfinite(values[j].imag())) {
       throw EncodingError("value " + std::to_string(j) + " is not finite");
     }
-    y[slot_index_[j]] = values[j];
-    y[n - 1 - slot_index_[j]] = std::conj(values[j]);
+    u[j] = values[j];
   }
-  fft(y, /*inverse=*/true);
+  unembed(u);
   std::vector<double> coeffs(n);
-  const double factor = scale / static_cast<double>(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    // Re(y * conj(twist)), written out (see fft).
-    const double re = y[i].real() * twist_[i].real() + y[i].imag() * twist_[i].imag();
-    coeffs[i] = std::round(re * factor);
+  const double factor = scale / static_cast<double>(slots);
+  for (std::size_t k = 0; k < slots; ++k) {
+    coeffs[k] = std::round(u[k].real() * factor);
+    coeffs[k + slots] = std::round(u[k].imag() * factor);
   }
   return coeffs;
 }
@@ -180,9 +209,18 @@ Plaintext Encoder::encode_constant(double value, std::optional<double> scale_opt
   const std::size_t level = level_opt.value_or(ctx_->max_level());
   check(scale, level);
   if (!std::isfinite(value)) throw EncodingError("constant is not finite");
-  std::vector<double> coeffs(ctx_->poly_degree(), 0.0);
-  coeffs[0] = std::round(value * scale);
-  return from_coefficients(coeffs, scale, level);
+  const double c = std::round(value * scale);
+  check_fits(std::fabs(c), level);
+  // The constant polynomial c takes the value c at every root of unity, so its NTT form is c
+  // in every position: no transform needed. A training step or a refresh multiplies by
+  // hundreds of constants, and each NTT pass cost as much as the product itself.
+  const std::size_t n = ctx_->poly_degree();
+  Plaintext pt(*ctx_, level, scale);
+  for (std::size_t i = 0; i <= level; ++i) {
+    const u64 r = residue_of(c, ctx_->tables().modulus(i));
+    std::fill_n(pt.prime(i), n, r);
+  }
+  return pt;
 }
 
 std::vector<cd> Encoder::decode_complex(const Plaintext& pt) const {
@@ -232,14 +270,14 @@ std::vector<cd> Encoder::decode_complex(const Plaintext& pt) const {
     }
   });
 
-  std::vector<cd> y(n);
+  const std::size_t half = n / 2;
+  std::vector<cd> slots(half);
   const long double inv_scale = 1.0L / static_cast<long double>(pt.scale());
-  for (std::size_t i = 0; i < n; ++i) {
-    y[i] = static_cast<double>(value[i] * inv_scale) * twist_[i];
+  for (std::size_t k = 0; k < half; ++k) {
+    slots[k] = cd(static_cast<double>(value[k] * inv_scale),
+                  static_cast<double>(value[k + half] * inv_scale));
   }
-  fft(y, /*inverse=*/false);
-  std::vector<cd> slots(n / 2);
-  for (std::size_t j = 0; j < n / 2; ++j) slots[j] = y[slot_index_[j]];
+  embed(slots);
   return slots;
 }
 

@@ -41,19 +41,28 @@ class Encoder {
 
  private:
   void check(double scale, std::size_t level) const;
+  // Throws EncodingError unless coefficients up to max_abs fit the modulus at this level.
+  void check_fits(double max_abs, std::size_t level) const;
   // The polynomial's coefficients times the scale, rounded.
   std::vector<double> coefficients(const std::vector<std::complex<double>>& values,
                                    double scale) const;
   // Coefficients (already multiplied by the scale) into RNS + NTT form.
   Plaintext from_coefficients(const std::vector<double>& coeffs, double scale,
                               std::size_t level) const;
-  void fft(std::vector<std::complex<double>>& a, bool inverse) const;
+  // The special FFT of size slots() (Cheon et al.'s HEAAN): with u_k = c_k + i c_(k + N/2)
+  // for k < N/2, slot j is sum_k u_k zeta^(5^j k), because zeta^(5^j N/2) = i. Half the size
+  // of a plain N-point DFT of the conjugate-extended slots, with no twist.
+  // embed: u -> slots; unembed: slots -> u times slots() (the caller divides).
+  void embed(std::vector<std::complex<double>>& a) const;
+  void unembed(std::vector<std::complex<double>>& a) const;
+  void bit_reverse(std::vector<std::complex<double>>& a) const;
 
   ContextPtr ctx_;
-  std::vector<std::size_t> slot_index_;           // l_j with 5^j = 2 l_j + 1 (mod 2N)
-  std::vector<std::complex<double>> twist_;       // zeta^i
-  std::vector<std::complex<double>> fft_roots_;   // omega^k, omega = e^(2 pi i / N)
-  std::vector<std::size_t> fft_bitrev_;
+  // Butterfly roots per stage, stage h (h butterflies apart, h = 1, 2, .., slots / 2) at
+  // [h - 1, 2h - 1): root j of stage h is zeta^((5^j mod 8h) N / (2h)), contiguous so that
+  // the inner loop reads them in order.
+  std::vector<std::complex<double>> roots_;
+  std::vector<std::size_t> bitrev_;  // over log2(slots) bits
 };
 
 }  // namespace fheprune::ckks
