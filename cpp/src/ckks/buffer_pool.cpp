@@ -9,7 +9,6 @@
 // system first, so the cache follows the working set of what runs now (a server for another
 // model, other levels) instead of keeping what ran before.
 #include <pthread.h>
-#include <sys/mman.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -65,45 +64,7 @@ struct Pool {
 
 std::size_t& capacity_of(std::byte* block) { return *reinterpret_cast<std::size_t*>(block); }
 
-// Blocks of this size and more are mapped on their own, 2 MiB aligned, and marked for
-// transparent huge pages. Faulting a fresh block in 4 KiB pages cost this VM about 12 us a
-// page: the first training step of a process (850 MB of new blocks) took 2.7 s longer than the
-// next. Huge pages fault 512 times less often. Smaller blocks stay with operator new, where
-// rounding to 2 MiB would waste more than it saves.
-constexpr std::size_t kHugePage = std::size_t{2} << 20;
-constexpr std::size_t kMappedBytes = 2 * kHugePage;
-
-std::size_t mapped_size(std::size_t capacity) {
-  return (kHeader + capacity + kHugePage - 1) / kHugePage * kHugePage;
-}
-
-std::byte* new_block(std::size_t capacity) {
-  if (capacity < kMappedBytes) {
-    return static_cast<std::byte*>(::operator new(kHeader + capacity, kAlignment));
-  }
-  // Over-map by one huge page and trim both ends, so the block starts on a 2 MiB boundary.
-  const std::size_t size = mapped_size(capacity);
-  void* raw = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-  if (raw == MAP_FAILED) throw std::bad_alloc();
-  const auto start = reinterpret_cast<std::uintptr_t>(raw);
-  const std::uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
-  if (aligned > start) munmap(raw, aligned - start);
-  const std::uintptr_t end = start + size + kHugePage;
-  if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - aligned - size);
-  auto* block = reinterpret_cast<std::byte*>(aligned);
-  madvise(block, size, MADV_HUGEPAGE);  // advice only: without THP the block still works
-  return block;
-}
-
-void free_block(std::byte* block) {
-  const std::size_t capacity = capacity_of(block);
-  if (capacity < kMappedBytes) {
-    ::operator delete(block, kAlignment);
-  } else {
-    munmap(block, mapped_size(capacity));
-  }
-}
+void free_block(std::byte* block) { ::operator delete(block, kAlignment); }
 
 }  // namespace
 
@@ -119,7 +80,7 @@ void* allocate_scratch(std::size_t bytes) {
       return block + kHeader;
     }
   }
-  std::byte* block = new_block(bytes);
+  auto* block = static_cast<std::byte*>(::operator new(kHeader + bytes, kAlignment));
   capacity_of(block) = bytes;
   return block + kHeader;
 }
