@@ -2,7 +2,7 @@
 
     python benchmarks/private_training.py [--quick] [--out FILE] [--data-dir DIR]
         [--train-samples N] [--epochs E] [--fractions 1 0.5 0.2 0.1 0.05]
-        [--scores hefs logits] [--backend engine]
+        [--scores hefs logits] [--modes heprune private] [--backend engine]
 
 Writes JSON ``{"runs": [{"keep_fraction", "mode", "refresh", "samples", "epochs",
 "train_seconds", "seconds_by_component", "accuracy", "plaintext_accuracy", "bytes_up",
@@ -34,7 +34,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fheprune.private_training import SCORES
+from fheprune.private_training import MODES, SCORES
 from fheprune.private_training.experiment import (
     KEEP_FRACTIONS,
     TableSettings,
@@ -74,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how samples are scored: hefs (HEPrune's score under encryption), logits (the "
         "client scores exactly from decrypted logits); each pruned row runs once per score",
     )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="privacy modes of the pruned rows: heprune (the server learns the mask), private "
+        "(the client re-packs the kept samples)",
+    )
     p.add_argument("--backend", choices=("engine", "simulator"), default="engine")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--extractor-cache", type=Path, default=None)
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir,
         args.out,
         settings,
-        default_runs(tuple(args.fractions), scores=tuple(args.scores)),
+        default_runs(tuple(args.fractions), modes=tuple(args.modes), scores=tuple(args.scores)),
         cache,
         progress=True,
     )

@@ -56,8 +56,7 @@ from fheprune import _core
 from fheprune.pruning import cost_aware as ca
 from fheprune.pruning import rotation_aware as ra
 from fheprune.reporting import machine_info, quartiles, sig2, write_json_atomic
-from fheprune.runtime.compiler import CompiledModel, compile_model
-from fheprune.runtime.params import choose_parameters
+from fheprune.runtime.compiler import CompiledModel, compile_model, map_slots
 from fheprune.training.config import default_config
 from fheprune.training.data import load_loaders, set_loader_epoch
 from fheprune.training.metrics import evaluate
@@ -239,14 +238,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="conv1 rotates on the server (default: the client sends pre-rotated copies)",
     )
     return p.parse_args(argv)
-
-
-def slots_for(model: nn.Module) -> int:
-    """The slots the compiler will choose for this model (its depth picks the ring)."""
-    from fheprune.runtime.compiler import _map_levels
-
-    levels = _map_levels(model)
-    return int(choose_parameters(levels, 1024).parameters.poly_degree) // 2
 
 
 class MethodCache:
@@ -756,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         report["baseline_accuracy"][model_name] = float(
             evaluate(dense, test_loader, loaders.spec.task)
         )
-        slots = slots_for(dense)
+        slots = map_slots(dense)
         # method -> (result, cost); programs are compiled again when they run (one at a time).
         prepared: dict[str, tuple[ra.RotationAwareResult, Any]] = {}
         # method -> its result before any matched recovery: what later methods build on.

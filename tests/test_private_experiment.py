@@ -116,6 +116,8 @@ def test_the_benchmark_and_the_command_use_the_package(data_dir: Path, tmp_path:
     assert args.out.name == "private_training_quick.json"
     assert bench.parse_args([]).out.name == "private_training.json"
     assert bench.settings_from(args).backend == "engine"
+    assert bench.parse_args([]).modes == ["heprune", "private"]
+    assert bench.parse_args(["--modes", "private"]).modes == ["private"]
     out = tmp_path / "cli.json"
     with pytest.raises(SystemExit):
         main(["train-private", "--keep-fraction", "0"])

@@ -20,7 +20,8 @@ from fheprune.errors import InputError
 from fheprune.layouts import TilePlan, TileShape, layer_weights, tile_plan, tile_sparsity
 from fheprune.models.zoo import MLPClassifier
 from fheprune.pruning import TilePruning, apply_masks
-from fheprune.runtime.compiler import compile_model
+from fheprune.pruning.cost_aware import _window_rotations
+from fheprune.runtime.compiler import compile_model, map_slots
 
 SIDES = st.sampled_from([1, 2, 4, 8, 16])
 
@@ -138,3 +139,20 @@ def test_map_levels_are_the_programs_at_every_layer() -> None:
         _core.layer_levels("tile", ["linear", "rotate_sum"])
     with pytest.raises(_core.CompileError, match="'linear', 'square' or 'rotate_sum'"):
         _core.layer_levels("map", ["conv"])
+
+
+@given(windows=st.lists(st.tuples(st.integers(0, 300), st.integers(1, 64)), max_size=4))
+def test_window_sums_cost_what_the_program_rotates(windows: list[tuple[int, int]]) -> None:
+    """Cost-aware pruning prices a window sum at the program's own rotations: doubling steps
+    plus one per extra set bit of each count (none for an empty or single window)."""
+    expected = sum(max(0, c.bit_length() - 1) + max(0, bin(c).count("1") - 1) for c, _ in windows)
+    steps = _core.window_sum_steps(windows)
+    assert len(steps) == _window_rotations(windows) == expected
+    assert all(any(s % w == 0 for _, w in windows) for s in steps)  # multiples of a stride
+
+
+def test_map_slots_are_the_compiled_programs() -> None:
+    """What pruning sizes its units by is the ring the compiler then chooses."""
+    model = small_cnn()
+    compiled = compile_model(model, layout="map")
+    assert map_slots(model) == int(compiled.parameters.poly_degree) // 2

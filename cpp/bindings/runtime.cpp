@@ -386,6 +386,16 @@ void bind_runtime(nb::module_& m) {
       "ciphertext tile: the summed dimension, whether it rebuilds its input, its weight tile "
       "(tile_rows outputs x tile_cols inputs) and its levels. The rule Program.tile applies.");
   m.def(
+      "window_sum_steps",
+      [](const std::vector<std::pair<std::size_t, std::size_t>>& windows) {
+        rt::RotateSum r;
+        r.windows = windows;
+        return rt::window_sum_steps(r);
+      },
+      "windows"_a,
+      "The rotation steps of a window sum over (count, stride) windows, in the order the "
+      "executor runs them: one rotation per entry (the rule Program.rotate_sum applies).");
+  m.def(
       "layer_levels",
       [](const std::string& layout, const std::vector<std::string>& kinds) {
         rt::Layout l;

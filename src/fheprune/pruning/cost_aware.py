@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fheprune import _core
 from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import layer_module
 from fheprune.layouts.channels import ChannelPacking, plan_layout
@@ -118,8 +119,8 @@ def _levels(spec: Any) -> dict[str, int]:
 
 
 def _window_rotations(windows: Sequence[tuple[int, int]]) -> int:
-    """Rotations of a window sum by the binary method (doubling, plus one per extra bit)."""
-    return sum(max(0, c.bit_length() - 1) + bin(c).count("1") - 1 for c, _ in windows)
+    """Rotations of a window sum: the program's own steps (doubling, plus one per extra bit)."""
+    return len(_core.window_sum_steps([(int(c), int(s)) for c, s in windows]))
 
 
 def _savings(

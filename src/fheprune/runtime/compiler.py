@@ -398,6 +398,41 @@ def _map_levels(model: nn.Module) -> int:
     return int(sum(_core.layer_levels("map", kinds)))
 
 
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or len(shape) != 3:
+        raise CompileError(
+            "the map layout needs the model's input shape (C, H, W) as model.input_shape"
+        )
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def _map_choice(
+    model: nn.Module,
+    levels: int,
+    parameters: Any | None,
+    scale_bits: int | None,
+    poly_degree: int | None,
+    compact: bool,
+) -> ParameterChoice:
+    """The map layout's dry run: the ring must hold the model's levels and its largest
+    channel block."""
+    from fheprune.layouts.channels import LayoutError, block_slots
+
+    try:
+        min_slots = block_slots(model, _input_shape(model), compact=compact)
+    except LayoutError as exc:
+        raise CompileError(str(exc)) from exc
+    return _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
+
+
+def map_slots(model: nn.Module, compact: bool = True) -> int:
+    """The slots :func:`compile_model` gives a conv network on automatic parameters (the map
+    layout), before lowering it: what pruning sizes its units by."""
+    choice = _map_choice(model, _map_levels(model), None, None, None, compact)
+    return int(choice.parameters.poly_degree) // 2
+
+
 def _compile_map(
     model: nn.Module,
     parameters: Any | None,
@@ -408,30 +443,16 @@ def _compile_map(
 ) -> CompiledModel:
     """Conv networks (single sample, several ciphertexts): the multi-channel layout of
     :mod:`fheprune.layouts.channels`, lowered by :mod:`fheprune.runtime.conv_lowering`."""
-    from fheprune.layouts.channels import LayoutError, block_slots
+    from fheprune.layouts.channels import LayoutError
 
     from .conv_lowering import build_program, lower_conv_model
 
-    shape = getattr(model, "input_shape", None)
-    if not isinstance(shape, tuple) or len(shape) != 3:
-        raise CompileError(
-            "the map layout needs the model's input shape (C, H, W) as model.input_shape"
-        )
+    shape = _input_shape(model)
     levels = _map_levels(model)
-    try:
-        min_slots = block_slots(model, tuple(int(v) for v in shape), compact=compact)  # type: ignore[arg-type]
-    except LayoutError as exc:
-        raise CompileError(str(exc)) from exc
-    choice = _parameter_choice(levels, min_slots, parameters, scale_bits, poly_degree)
+    choice = _map_choice(model, levels, parameters, scale_bits, poly_degree, compact)
     slots = int(choice.parameters.poly_degree) // 2
     try:
-        spec = lower_conv_model(
-            model,
-            slots,
-            tuple(int(v) for v in shape),  # type: ignore[arg-type]
-            client_shifts=client_shifts,
-            compact=compact,
-        )
+        spec = lower_conv_model(model, slots, shape, client_shifts=client_shifts, compact=compact)
     except LayoutError as exc:
         raise CompileError(str(exc)) from exc
     # The lowering is the truth. It can only need fewer levels than counted (an activation

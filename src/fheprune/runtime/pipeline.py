@@ -236,9 +236,7 @@ def encrypted_run(
             "plaintext_bytes": server.plaintext_bytes,
             "evaluation_key_bytes": len(keys_bytes),
             "peak_ciphertext_bytes": int(stats["peak_ciphertext_bytes"]),
-            "input_ciphertext_bytes": sum(
-                2 * (int(c.level) + 1) * int(compiled.parameters.poly_degree) * 8 for c in inputs
-            ),
+            "input_ciphertext_bytes": sum(int(c.byte_size) for c in inputs),
             # The process's peak so far (it only grows across runs in one process).
             "process_peak_rss_bytes": _peak_rss_bytes(),
         },
