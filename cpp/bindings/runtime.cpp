@@ -355,6 +355,13 @@ void bind_runtime(nb::module_& m) {
               d["level"] = c.level;
               d["rebuild"] = c.rebuild;
               d["ops"] = ops_dict(c.ops);
+              nb::dict by_level;
+              for (const auto& [op, levels] : c.ops_by_level) {
+                nb::dict per;
+                for (const auto& [lv, count] : levels) per[nb::cast(lv)] = count;
+                by_level[op.c_str()] = per;
+              }
+              d["ops_by_level"] = by_level;
               d["units"] = c.units;
               d["total_units"] = c.total_units;
               d["rotation_lower_bound"] = c.rotation_lower_bound;
@@ -367,7 +374,10 @@ void bind_runtime(nb::module_& m) {
           },
           "input_level"_a = nb::none(),
           "Per layer and per group of samples: the operations the executor will perform, the "
-          "lower bounds, and the plaintexts it stores.");
+          "lower bounds, and the plaintexts it stores. 'ops_by_level' gives the same operations "
+          "as {op: {level: count}}, by the level of the ciphertext each acts on, with hoisted "
+          "rotations ('rotate_hoisted') and the additions inside fused sums of products "
+          "('add_fused') apart from 'rotate' and 'add' (which 'ops' counts them with).");
 
   m.def(
       "tile_layer_plan",

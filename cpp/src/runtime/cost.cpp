@@ -6,6 +6,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <stdexcept>
 #include <vector>
 
 namespace fheprune::runtime {
@@ -89,6 +90,36 @@ double map_rotation_lower_bound(
   return total;
 }
 
+OpCounts ops_total(const OpsByLevel& by_level) {
+  OpCounts t;
+  for (const auto& [op, levels] : by_level) {
+    std::uint64_t n = 0;
+    for (const auto& [level, count] : levels) n += count;
+    if (op == "mul_plain") {
+      t.mul_plain += n;
+    } else if (op == "add" || op == "add_fused") {
+      t.add += n;
+    } else if (op == "add_plain") {
+      t.add_plain += n;
+    } else if (op == "rotate" || op == "rotate_hoisted") {
+      t.rotate += n;
+    } else if (op == "rescale") {
+      t.rescale += n;
+    } else if (op == "multiply") {
+      t.multiply += n;
+    } else if (op == "relinearize") {
+      t.relinearize += n;
+    } else if (op == "constant") {
+      t.constant += n;
+    } else if (op == "refresh") {
+      t.refresh += n;
+    } else {
+      throw std::invalid_argument("ops_total: unknown operation '" + op + "'");
+    }
+  }
+  return t;
+}
+
 std::string layer_name(const Layer& layer) {
   return std::visit([](const auto& l) { return l.name; }, layer);
 }
@@ -104,6 +135,11 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
     LayerCost c;
     c.name = layer_name(layer);
     c.level = level;
+    // Records `count` operations `op` on ciphertexts at level `lv` (where the executor runs
+    // them; ops_by_level in cost.hpp).
+    const auto at = [&c](const char* op, std::size_t lv, std::size_t count) {
+      if (count > 0) c.ops_by_level[op][lv] += count;
+    };
     const std::vector<std::uint8_t> live_in = program.live_inputs(i);
     if (const auto* t = std::get_if<TileLinear>(&layer)) {
       c.kind = "tile";
@@ -112,10 +148,10 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       c.rebuild = t->rebuild_input;
       if (t->rebuild_input) {
         // Mask (one plaintext, one level) then replicate along j.
-        c.ops.mul_plain += live;
-        c.ops.rescale += live;
-        c.ops.rotate += live * log2_floor(s.inner);
-        c.ops.add += live * log2_floor(s.inner);
+        at("mul_plain", level, live);
+        at("rescale", level, live);
+        at("rotate", level - 1, live * log2_floor(s.inner));  // replicated after the rescale
+        at("add", level - 1, live * log2_floor(s.inner));
         c.rotation_lower_bound += static_cast<double>(live * log2_floor(s.inner));
         c.plaintexts += 1;
         c.plaintext_bytes += (level + 1) * n * 8;
@@ -127,16 +163,18 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       for (std::size_t ot = 0; ot < t->out_tiles; ++ot) {
         const std::size_t k = per_out[ot];
         if (k > 0) {
-          c.ops.mul_plain += k;
-          c.ops.add += k - 1 + log2_floor(extent);
-          c.ops.rescale += 1;
-          c.ops.rotate += log2_floor(extent);
-          c.ops.add_plain += t->bias_nonzero[ot];
+          // Fused products and rescale at `level`, the rotate-and-add and bias one below.
+          at("mul_plain", level, k);
+          at("add_fused", level, k - 1);
+          at("rescale", level, 1);
+          at("rotate", level - 1, log2_floor(extent));
+          at("add", level - 1, log2_floor(extent));
+          at("add_plain", level - 1, t->bias_nonzero[ot]);
           // Summing `extent` slots needs at least log2(extent) rotations.
           c.rotation_lower_bound += static_cast<double>(log2_floor(extent));
           c.mul_plain_lower_bound += k;
         } else if (t->bias_nonzero[ot]) {
-          c.ops.constant += 1;
+          at("constant", level - 1, 1);  // the bias alone, at the layer's output level
         }
       }
       c.units = t->units.size();
@@ -159,17 +197,21 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
         }
         const std::size_t giant_rot = giant.size() - giant.count(0);
         const std::size_t hybrid = d->n_out < d->n_in ? log2_floor(d->n_in / d->n_out) : 0;
-        c.ops.mul_plain = nd;
-        c.ops.rotate = baby.size() + giant_rot + hybrid;
-        c.ops.rescale = giant.size();
-        // Sums inside each giant block, then across blocks, then the hybrid fold.
-        c.ops.add = (nd - giant.size()) + (giant.size() - 1) + hybrid;
-        c.ops.add_plain = d->bias.empty() ? 0 : 1;
+        // Baby steps: one hoisted batch of the input at `level`; each giant block's fused
+        // products and rescale there too; its giant rotation, the sum over blocks, the hybrid
+        // fold and the bias one level below.
+        at("rotate_hoisted", level, baby.size());
+        at("mul_plain", level, nd);
+        at("add_fused", level, nd - giant.size());
+        at("rescale", level, giant.size());
+        at("rotate", level - 1, giant_rot + hybrid);
+        at("add", level - 1, giant.size() - 1 + hybrid);
+        at("add_plain", level - 1, d->bias.empty() ? 0 : 1);
         c.rotation_lower_bound =
             std::max(0.0, 2.0 * std::sqrt(static_cast<double>(nd)) - 2.0) + static_cast<double>(hybrid);
         c.mul_plain_lower_bound = nd;
       } else if (!d->bias.empty()) {
-        c.ops.constant = 1;
+        at("constant", level - 1, 1);
       }
       const std::size_t bias_count = d->bias.empty() ? 0 : 1;
       c.plaintexts = nd + bias_count;
@@ -181,9 +223,10 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       std::map<std::pair<std::size_t, std::size_t>, std::size_t> groups;  // (out, giant) -> terms
       // (out, in) -> the pair's distinct non-zero shifts
       std::map<std::pair<std::size_t, std::size_t>, std::set<std::size_t>> shifts;
+      std::size_t products = 0;
       for (const MapTerm& term : m->terms) {
         if (!live_in[term.in]) continue;
-        ++c.ops.mul_plain;
+        ++products;
         if (term.baby) babies[term.in].insert(term.baby);
         ++groups[{term.out, term.giant}];
         auto& pair = shifts[{term.out, term.in}];
@@ -192,24 +235,26 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       std::vector<std::size_t> per_out(m->out_ciphertexts, 0);
       for (const auto& [key, terms] : groups) {
         ++per_out[key.first];
-        c.ops.add += terms - 1;
-        c.ops.rescale += 1;
-        c.ops.rotate += key.second != 0;
+        // A giant-step block: fused products and rescale at `level`, its rotation below.
+        at("add_fused", level, terms - 1);
+        at("rescale", level, 1);
+        at("rotate", level - 1, key.second != 0);
       }
-      for (const auto& b : babies) c.ops.rotate += b.size();
+      at("mul_plain", level, products);
+      for (const auto& b : babies) at("rotate_hoisted", level, b.size());  // a batch per input
       for (std::size_t o = 0; o < m->out_ciphertexts; ++o) {
         const bool biased = o < m->bias.size() && !m->bias[o].empty();
         if (per_out[o]) {
-          c.ops.add += per_out[o] - 1;
-          c.ops.add_plain += biased;
+          at("add", level - 1, per_out[o] - 1);  // the blocks, rescaled, added up
+          at("add_plain", level - 1, biased);
         } else if (biased) {
-          c.ops.constant += 1;
+          at("constant", level - 1, 1);
         }
       }
       std::map<std::pair<std::size_t, std::size_t>, std::size_t> pairs;
       for (const auto& [key, set] : shifts) pairs[key] = set.size();
       c.rotation_lower_bound = map_rotation_lower_bound(pairs);
-      c.mul_plain_lower_bound = c.ops.mul_plain;
+      c.mul_plain_lower_bound = products;
       c.units = m->terms.size();
       c.total_units = m->terms.size();
       std::size_t bias_count = 0;
@@ -224,29 +269,36 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       std::vector<std::size_t> members(n_out, 0);
       for (std::size_t k = 0; k < live_in.size(); ++k) members[k % n_out] += live_in[k];
       std::size_t live = 0;
+      std::size_t folds = 0;
       for (std::size_t count : members) {
         live += count > 0;
-        c.ops.add += count > 0 ? count - 1 : 0;
+        folds += count > 0 ? count - 1 : 0;
       }
+      // No level: the fold, the rotations and their adds all run at the input level.
+      at("add", level, folds);
       const std::size_t per_ct = window_sum_steps(*r).size();
       std::size_t area = 1;
       for (const auto& w : r->windows) area *= w.first;
-      c.ops.rotate = live * per_ct;
-      c.ops.add += live * per_ct;
+      at("rotate", level, live * per_ct);
+      at("add", level, live * per_ct);
       // Summing `area` slots needs at least log2(area) rotations per ciphertext.
       c.rotation_lower_bound = static_cast<double>(live * log2_ceil(area));
     } else if (std::holds_alternative<Refresh>(layer)) {
       c.kind = "refresh";
-      for (auto v : live_in) c.ops.refresh += v;
+      std::size_t live = 0;
+      for (auto v : live_in) live += v;
+      at("refresh", level, live);  // on the input (the output is at its to_level)
     } else {
       c.kind = "square";
       std::size_t live = 0;
       for (auto v : live_in) live += v;
-      c.ops.multiply = live;
-      c.ops.relinearize = live;
-      c.ops.rescale = live;
+      at("multiply", level, live);  // multiply_relin, then the rescale, all at `level`
+      at("relinearize", level, live);
+      at("rescale", level, live);
       --level;
     }
+    // Every count is recorded once, with its level; the totals follow from it.
+    c.ops = ops_total(c.ops_by_level);
     out.push_back(std::move(c));
   }
   return out;

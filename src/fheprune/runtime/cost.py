@@ -1,10 +1,26 @@
-"""Latency and memory predictions from the cost model's counts and measured per-op timings.
+"""Latency predictions from the cost model's counts and measured per-operation timings.
 
-``Program.cost()`` (C++) gives, per layer and per group of samples, the operations the
-executor will perform and the lower bounds. :func:`calibrate` times each engine operation at
-each level on this machine; :func:`predict` multiplies the two. Adds inside a fused
-multiply-and-sum are part of its per-term time; the add after each rotation is charged with
-the rotation.
+``Program.cost()`` (C++, ``estimate_cost``) gives, per layer and per group of samples, the
+operations the executor will perform and, in ``ops_by_level``, the level of the ciphertext
+each one acts on. Levels are worked out there, from the program, in one place; nothing here
+re-derives them. :func:`calibrate` times each engine operation at each level on this machine;
+:func:`predict` sums count x seconds over every (operation, level) of every layer.
+
+:data:`TIMED_AS` is the one place that says which timing each counted operation is charged:
+
+- ``mul_plain``: per term of a fused sum of products (``multiply_plain_sum`` over many
+  terms), so the additions inside such a sum (``add_fused``) cost nothing more;
+- ``add``, ``add_plain``, ``rescale``, ``rotate``: one each, at their own level; every
+  ciphertext addition the executor performs outside a fused sum (the one after each
+  rotation, the sums across giant-step blocks, a window sum's fold) is an ``add``;
+- ``rotate_hoisted``: one rotation of a hoisted batch (the baby steps of diagonal and map
+  layers), timed as a batch of :data:`HOISTED_BATCH` rotations of one ciphertext by distinct
+  steps, divided by its size (the shared decomposition spread over the batch);
+- ``multiply``: the executor's square (``multiply_relin``), timed as ``square``, which
+  includes its ``relinearize``;
+- ``constant``: the copy of an encrypted constant (an output that is its bias alone);
+- ``refresh``: not calibrated here; measure it (benchmarks/bootstrapping.py) and add it as
+  ``timings.seconds["refresh"] = {level: seconds}``.
 """
 
 from __future__ import annotations
@@ -20,7 +36,26 @@ import numpy as np
 from fheprune import _core
 from fheprune.errors import InputError
 
-__all__ = ["OpTimings", "calibrate", "machine_timings", "predict"]
+__all__ = ["HOISTED_BATCH", "TIMED_AS", "OpTimings", "calibrate", "machine_timings", "predict"]
+
+# Counted operation (Program.cost()'s "ops_by_level") -> the timing it is charged (None: no
+# time of its own; see the module docstring).
+TIMED_AS: dict[str, str | None] = {
+    "mul_plain": "mul_plain",
+    "add_fused": None,
+    "add": "add",
+    "add_plain": "add_plain",
+    "rescale": "rescale",
+    "rotate": "rotate",
+    "rotate_hoisted": "rotate_hoisted",
+    "multiply": "square",
+    "relinearize": None,
+    "constant": "constant",
+    "refresh": "refresh",
+}
+
+# Rotations per hoisted batch when timing "rotate_hoisted" (a 3x3 kernel's eight baby steps).
+HOISTED_BATCH = 8
 
 
 @dataclass
@@ -57,17 +92,20 @@ def _best_time(fn: Callable[[], object], repeats: int) -> float:
 def calibrate(
     parameters: Any, *, threads: int = 1, repeats: int = 3, terms: int = 64, seed: int = 0
 ) -> OpTimings:
-    """Time every operation the executor uses at every level of ``parameters``."""
+    """Time every operation :func:`predict` charges (every timing :data:`TIMED_AS` names but
+    ``refresh``), and an encryption, at every level of ``parameters``."""
     ctx = _core.Context(parameters, threads)
     keygen = _core.KeyGenerator(ctx)
-    keys = keygen.create_evaluation_keys([1])
+    # Steps 1..HOISTED_BATCH: a hoisted batch reads as many distinct keys as a layer's babies
+    # (one key, reused, would sit in the caches and under-predict it).
+    hoisted_steps = list(range(1, HOISTED_BATCH + 1))
+    keys = keygen.create_evaluation_keys(hoisted_steps)
     encoder, evaluator = _core.Encoder(ctx), _core.Evaluator(ctx)
     encryptor = _core.Encryptor(ctx, keys.public_key)
     rng = np.random.default_rng(seed)
     timings = OpTimings(int(parameters.poly_degree))
-    ops: dict[str, dict[int, float]] = {
-        k: {} for k in ("mul_plain", "rotate", "add", "rescale", "add_plain", "square", "encrypt")
-    }
+    names = ("mul_plain", "rotate", "rotate_hoisted", "add", "rescale", "add_plain", "square")
+    ops: dict[str, dict[int, float]] = {k: {} for k in (*names, "constant", "encrypt")}
 
     def at_level(level: int) -> None:
         # Distinct operands, more than the caches hold: a packed layer streams its tiles from
@@ -84,8 +122,15 @@ def calibrate(
         ops["rotate"][level] = _best_time(
             lambda: evaluator.rotate(ct, 1, keys.galois_keys), repeats
         )
+        ops["rotate_hoisted"][level] = (
+            _best_time(
+                lambda: evaluator.rotate_hoisted(ct, hoisted_steps, keys.galois_keys), repeats
+            )
+            / HOISTED_BATCH
+        )
         ops["add"][level] = _best_time(lambda: evaluator.add(ct, ct), repeats)
         ops["add_plain"][level] = _best_time(lambda: evaluator.add_plain(ct, pt), repeats)
+        ops["constant"][level] = _best_time(lambda: ct.copy(), repeats)
         ops["encrypt"][level] = _best_time(lambda: encryptor.encrypt(pt), repeats)
         if level > 0:
             ops["rescale"][level] = _best_time(lambda: evaluator.rescale(ct), repeats)
@@ -111,35 +156,30 @@ def machine_timings(parameters: Any, *, threads: int = 1) -> OpTimings:
 
 
 def predict(program: Any, timings: OpTimings, groups: int) -> dict[str, Any]:
-    """Predicted server seconds per layer and in total for ``groups`` groups of samples."""
+    """Predicted server seconds per layer and in total for ``groups`` groups of samples: every
+    operation of ``Program.cost()``'s ``ops_by_level``, count x the seconds of its timing
+    (:data:`TIMED_AS`) at its level. InputError when ``timings`` lack one it needs."""
     layers = []
     total = 0.0
     for layer in program.cost():
-        ops = layer["ops"]
-        level = int(layer["level"])
-        kind = layer["kind"]
-        if kind == "refresh":
-            if "refresh" not in timings.seconds:
+        if layer["kind"] == "refresh" and "refresh" not in timings.seconds:
+            raise InputError(
+                f"the program refreshes ciphertexts ({layer['name']}) but the timings hold "
+                "no refresh time; measure one (benchmarks/bootstrapping.py) and add it as "
+                'timings.seconds["refresh"] = {level: seconds}'
+            )
+        seconds = 0.0
+        for op, by_level in layer["ops_by_level"].items():
+            timed = TIMED_AS.get(op, op)
+            if timed is None:
+                continue
+            if not timings.seconds.get(timed):
                 raise InputError(
-                    f"the program refreshes ciphertexts ({layer['name']}) but the timings hold "
-                    "no refresh time; measure one (benchmarks/bootstrapping.py) and add it as "
-                    'timings.seconds["refresh"] = {level: seconds}'
+                    f"{layer['name']} performs {op!r} but the timings hold no {timed!r} time; "
+                    "calibrate() measures every operation predict() charges"
                 )
-            seconds = ops["refresh"] * timings.get("refresh", level)
-        elif kind == "square":
-            seconds = ops["multiply"] * timings.get("square", level) + ops["rescale"] * timings.get(
-                "rescale", level
-            )
-        else:
-            # A rebuild (mask) happens one level above the products: charge its mask at `level`.
-            mul_level = level - 1 if layer["rebuild"] else level
-            rot_level = max(mul_level - 1, 0)
-            seconds = (
-                ops["mul_plain"] * timings.get("mul_plain", mul_level)
-                + ops["rescale"] * timings.get("rescale", mul_level)
-                + ops["rotate"] * (timings.get("rotate", rot_level) + timings.get("add", rot_level))
-                + ops["add_plain"] * timings.get("add_plain", rot_level)
-            )
+            for level, count in by_level.items():
+                seconds += count * timings.get(timed, int(level))
         seconds *= groups
         total += seconds
         layers.append({"name": layer["name"], "seconds": seconds})

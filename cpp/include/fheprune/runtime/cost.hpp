@@ -15,12 +15,26 @@
 
 namespace fheprune::runtime {
 
+// Operation counts by the level of the ciphertext they act on (op name -> level -> count): the
+// level an operation's input sits at, before any rescale it performs. The names are OpCounts'
+// fields, with two of them split where the executor runs them differently:
+//   "rotate_hoisted": rotations of one ciphertext sharing one decomposition (the baby steps
+//                     of diagonal and map layers); OpCounts::rotate counts them with "rotate";
+//   "add_fused":      the additions inside a fused sum of products (multiply_plain_sum), part
+//                     of its per-term time; OpCounts::add counts them with "add".
+// Absent entries are zero.
+using OpsByLevel = std::map<std::string, std::map<std::size_t, std::size_t>>;
+
+// The counts of `by_level` summed over the levels, folded back into OpCounts' fields.
+OpCounts ops_total(const OpsByLevel& by_level);
+
 struct LayerCost {
   std::string name;
   std::string kind;             // "tile", "diagonal", "map", "window_sum", "square"
   std::size_t level = 0;        // level of the layer's input ciphertexts
   bool rebuild = false;         // tile layer that masks + replicates its inputs first (1 level)
-  OpCounts ops;                 // per group of samples
+  OpCounts ops;                 // per group of samples: ops_total(ops_by_level)
+  OpsByLevel ops_by_level;      // the same, by the level each runs at (ops_total gives ops)
   std::size_t units = 0;        // non-zero units kept (tiles or diagonals)
   std::size_t total_units = 0;  // all units of the dense layer
   double rotation_lower_bound = 0.0;
