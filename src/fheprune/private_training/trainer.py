@@ -632,8 +632,8 @@ def train_private(
             else:
                 s = _scores(server, owner, full, full_at_working_level, d, y, config)
                 kept = top_fraction(s, config.keep_fraction, config.seed + epoch)
-                # Drop the previous selection first: its memory then holds the new one (one
-                # selection resident, not two; fresh pages cost this VM about 2 ms a MB).
+                # Drop the previous selection first: one selection resident, not two, and the
+                # new one reuses the old one's memory blocks instead of faulting in fresh pages.
                 training = []
                 training = owner.encrypt_samples(x[kept], y[kept], False, kind="repack")
             log.info("epoch %d: %d ciphertexts of kept samples", epoch, len(training))
