@@ -1,8 +1,8 @@
 // The cost model's operations by level (LayerCost::ops_by_level): for every layer kind, the
 // level each operation runs at must be the one the executor runs it at. A backend that records
 // the level of every call it receives runs each program; its record must equal the model's,
-// the model's per-level counts must add up to its per-layer counts, and small programs of each
-// kind are checked against counts worked out by hand.
+// the executor's own per-layer counts must equal the model's totals, and small programs of
+// each kind are checked against counts worked out by hand.
 #include <gtest/gtest.h>
 
 #include <random>

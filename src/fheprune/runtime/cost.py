@@ -96,8 +96,9 @@ def calibrate(
     ``refresh``), and an encryption, at every level of ``parameters``."""
     ctx = _core.Context(parameters, threads)
     keygen = _core.KeyGenerator(ctx)
-    # Steps 1..HOISTED_BATCH: a hoisted batch reads as many distinct keys as a layer's babies
-    # (one key, reused, would sit in the caches and under-predict it).
+    # Steps 1..HOISTED_BATCH: a hoisted batch reads as many distinct keys as a layer's babies,
+    # and plain rotations cycle through them (one key, reused, would sit in the caches and
+    # under-predict both).
     hoisted_steps = list(range(1, HOISTED_BATCH + 1))
     keys = keygen.create_evaluation_keys(hoisted_steps)
     encoder, evaluator = _core.Encoder(ctx), _core.Evaluator(ctx)
@@ -119,8 +120,14 @@ def calibrate(
         ops["mul_plain"][level] = (
             _best_time(lambda: evaluator.multiply_plain_sum(cts, pts), repeats) / terms
         )
-        ops["rotate"][level] = _best_time(
-            lambda: evaluator.rotate(ct, 1, keys.galois_keys), repeats
+        # Plain rotations by each of the steps in turn: one key, reused, stays in the caches
+        # and times a rotation below what a layer's giant steps (distinct keys) cost.
+        ops["rotate"][level] = (
+            _best_time(
+                lambda: [evaluator.rotate(ct, s, keys.galois_keys) for s in hoisted_steps],
+                repeats,
+            )
+            / HOISTED_BATCH
         )
         ops["rotate_hoisted"][level] = (
             _best_time(
