@@ -52,10 +52,8 @@ Encoder::Encoder(ContextPtr ctx) : ctx_(std::move(ctx)) {
       roots_[h - 1 + j] = std::polar(1.0, angle);
     }
   }
-  int log_slots = 0;
-  while ((std::size_t{1} << log_slots) < slots) ++log_slots;
   bitrev_.resize(slots);
-  for (std::size_t k = 0; k < slots; ++k) bitrev_[k] = reverse_bits(k, log_slots);
+  for (std::size_t k = 0; k < slots; ++k) bitrev_[k] = reverse_bits(k, ctx_->log_n() - 1);
 }
 
 void Encoder::bit_reverse(std::vector<cd>& a) const {
