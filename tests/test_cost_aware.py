@@ -3,6 +3,7 @@ ciphertext units, and the Algorithm 1 loop."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fheprune.errors import InputError
 from fheprune.layouts.channels import ChannelPacking
 from fheprune.models.zoo import LeNetLike
 from fheprune.pruning import apply_masks
@@ -25,7 +27,6 @@ from fheprune.pruning.cost_aware import (
     _score,
     _select,
     cost_aware_prune,
-    op_seconds,
     unit_scores,
 )
 from fheprune.pruning.rotation_aware import (
@@ -36,7 +37,14 @@ from fheprune.pruning.rotation_aware import (
     is_unit_aligned,
     model_units,
 )
-from fheprune.runtime.conv_lowering import MapLinearOp, lower_conv_model
+from fheprune.runtime.conv_lowering import (
+    MapLinearOp,
+    build_program,
+    lower_conv_model,
+    term_units,
+)
+from fheprune.runtime.cost import layer_seconds, reference_timings
+from fheprune.runtime.params import counting_parameters
 from fheprune.training.trainer import Regularizer
 
 torch.set_num_threads(2)
@@ -88,35 +96,66 @@ class Harness:
             apply_masks(model, masks)
 
 
-def test_prices_grow_with_the_level_and_hoisting_is_cheaper() -> None:
-    prices = [op_seconds(level) for level in range(1, 9)]
-    for (m0, r0, h0), (m1, r1, h1) in itertools.pairwise(prices):
-        assert m1 > m0 and r1 > r0 and h1 > h0
-    for mulp, rot, hoisted in prices:
-        assert mulp < hoisted < rot
+def test_reference_prices_grow_with_the_level_and_hoisting_is_cheaper() -> None:
+    timings = reference_timings(8)
+    for op in ("mul_plain", "rotate", "rotate_hoisted", "square", "rescale"):
+        by_level = [timings.get(op, level) for level in range(9)]
+        assert all(b > a for a, b in itertools.pairwise(by_level)), op
+    for level in range(9):
+        mulp, hoisted, rotate = (
+            timings.get(op, level) for op in ("mul_plain", "rotate_hoisted", "rotate")
+        )
+        assert mulp < hoisted < rotate
+    # N log N between rings; the same inputs give the same prices (no measurement).
+    small = reference_timings(8, 8192)
+    assert small.get("rotate", 3) == pytest.approx(timings.get("rotate", 3) * 13 / 28)
+    assert reference_timings(8).seconds == timings.seconds
+    with pytest.raises(InputError, match="power-of-two"):
+        reference_timings(3, 1000)
 
 
-def test_unit_prices_count_the_lowered_terms() -> None:
+def _program(model: nn.Module) -> Any:
+    spec = lower_conv_model(copy.deepcopy(model).double().eval(), SLOTS, SHAPE)
+    return spec, build_program(spec, counting_parameters(spec.levels, SLOTS))
+
+
+def test_unit_prices_are_the_programs_terms_and_rotations() -> None:
+    """Every term of the C++ program's split carries one product and an equal share of each
+    rotation it uses, at the program's levels: a layer's unit prices add up to its products
+    and rotations, and one unit's price is its terms' by hand."""
     model = tiny()
     units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
     prices, ct_prices = _savings(model, units, SLOTS, SHAPE)
-    spec = lower_conv_model(copy.deepcopy(model).double(), SLOTS, SHAPE, drop_unread=False)
-    ops = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
-    # conv2 runs at level 5 of 7 (conv1, act1 before it): a position unit (i, p) owns the
-    # terms reading input i at kernel position p, plus its hoisted inner rotation if p != 0.
-    mulp, _, hoisted = op_seconds(5)
+    spec, program = _program(model)
+    timings = reference_timings(int(program.levels), 2 * SLOTS)
+    cost = {c["name"]: c for c in program.cost()}
+    splits = {d["name"]: d for d in program.map_layers()}
+    for name in units:
+        seconds = layer_seconds(cost[name], timings)
+        paid = sum(seconds.get(op, 0.0) for op in ("mul_plain", "rotate", "rotate_hoisted"))
+        assert float(prices[name].sum()) == pytest.approx(paid, rel=1e-9)
+    # conv2's position unit (i, p): the terms reading input i at kernel position p. By hand,
+    # from the program's split: each term one product, plus 1/k of a rotation k terms share.
+    op = next(o for o in spec.ops if isinstance(o, MapLinearOp) and o.name == "conv2")
+    owner = dict(
+        zip(zip(op.out_ct, op.in_ct, op.shift, strict=True), term_units(spec, op), strict=True)
+    )
+    split = splits["conv2"]["split"]
+    count = {op_name: sum(by.values()) for op_name, by in cost["conv2"]["ops_by_level"].items()}
+    each = {k: v / count[k] for k, v in layer_seconds(cost["conv2"], timings).items()}
+    babies = collections.Counter((i, b) for _, i, _, b, _ in split if b)
+    giants = collections.Counter((o, g) for o, _, _, _, g in split if g)
     u = units["conv2"]
     for j in (0, 1, 26):
-        i, p = divmod(int(u.layout_ids[j]), 25)
-        terms = sum(
-            1
-            for t in range(ops["conv2"].terms)
-            if ops["conv2"].in_ct[t] == i
-            and ops["conv2"].baby is not None
-            and ops["conv2"].baby[t] == (p // 5) * 8 + p % 5  # pool1's output is compact
+        mine = [t for t in split if owner[t[:3]] == u.layout_ids[j]]
+        assert mine
+        expected = sum(
+            each["mul_plain"]
+            + (each["rotate_hoisted"] / babies[(i, b)] if b else 0.0)
+            + (each["rotate"] / giants[(o, g)] if g else 0.0)
+            for o, i, _, b, g in mine
         )
-        assert terms > 0
-        assert float(prices["conv2"][j]) == pytest.approx(terms * mulp + (p != 0) * hoisted)
+        assert float(prices["conv2"][j]) == pytest.approx(expected, rel=1e-9)
     # conv2 reads two ciphertexts of conv1, fc1 one of conv2 (a ciphertext unit that can
     # never go: a layer keeps one input); each costs more than all its units together.
     assert set(ct_prices) == {
@@ -128,6 +167,12 @@ def test_unit_prices_count_the_lowered_terms() -> None:
         per_ct = 25 if cu.consumer == "conv2" else SLOTS
         own = torch.from_numpy(units[cu.consumer].layout_ids // per_ct == cu.ct)
         assert price > float(prices[cu.consumer][own].sum())
+    # The two inputs of conv2 are alike: the whole program's non-linear work (squares, pools)
+    # before conv2 is split between them.
+    between = sum(sum(layer_seconds(cost[n], timings).values()) for n in ("act1", "pool1"))
+    both = sum(p for cu, p in ct_prices.items() if cu.consumer == "conv2")
+    conv1 = sum(layer_seconds(cost["conv1"], timings).get(k, 0.0) for k in ("mul_plain", "rotate"))
+    assert both > between + conv1
 
 
 def test_scores_are_measured_damage_per_price() -> None:
@@ -333,11 +378,12 @@ def test_with_client_shifts_a_first_layer_position_saves_products_only() -> None
     units = model_units(model, slots=SLOTS, input_shape=SHAPE, layers="all")
     plain, _ = _savings(model, units, SLOTS, SHAPE)
     shifted, _ = _savings(model, units, SLOTS, SHAPE, client_shifts=True)
-    mulp, _, hoisted = op_seconds(7)
-    p = 6  # kernel position (1, 1): rotated on the server unless the client shifts
-    assert float(plain["conv1"][p] - shifted["conv1"][p]) == pytest.approx(hoisted)
-    # One product per output ciphertext: 2 per sub-map, 4 sub-maps.
-    assert float(shifted["conv1"][p]) == pytest.approx(8 * mulp)
+    mulp = reference_timings(7, 2 * SLOTS).get("mul_plain", 7)
+    # One product per output ciphertext (2 per sub-map, 4 sub-maps), no server rotation.
+    torch.testing.assert_close(shifted["conv1"], torch.full((25,), 8 * mulp, dtype=torch.float64))
+    # On the server, every position but (0, 0) shares in conv1's rotations.
+    assert float(plain["conv1"][0]) == pytest.approx(8 * mulp)
+    assert bool((plain["conv1"][1:] > shifted["conv1"][1:]).all())
     torch.testing.assert_close(plain["conv2"], shifted["conv2"])
 
 

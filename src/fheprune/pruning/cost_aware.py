@@ -12,8 +12,10 @@ costs about six times one at the last (measured). Here every candidate unit gets
   is zeroed (measured, not approximated: a forward pass from the unit's layer on, with the
   activations before it cached);
 * **saving**: the encrypted work the unit removes, read from the lowered program of the
-  current model (:mod:`fheprune.runtime.conv_lowering`): its plaintext products and the
-  inner rotation it alone needs, each priced at its level by :func:`op_seconds`.
+  current model, as the C++ program runs it: its plaintext products and its share of the
+  rotations of the program's baby-step / giant-step split, each at the level the program
+  runs it, priced by :func:`~fheprune.runtime.cost.reference_timings` (fixed, so that a seed
+  prunes the same way on every machine).
 
 Besides the layout's position and fc-diagonal units, the candidates include **ciphertext
 units**: input ciphertext ``i`` of a convolution or Linear layer whose input a convolution
@@ -48,10 +50,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fheprune import _core
 from fheprune.errors import InputError, InputTypeError
 from fheprune.layouts import layer_module
 from fheprune.layouts.channels import ChannelPacking, plan_layout
+from fheprune.runtime.cost import OpTimings, layer_seconds, reference_timings
+from fheprune.runtime.params import counting_parameters
 from fheprune.training.trainer import Distillation
 
 from .base import Masks, apply_masks
@@ -78,29 +81,12 @@ __all__ = [
     "combined_cost_aware",
     "cost_aware_prune",
     "distilled",
-    "op_seconds",
     "polish",
     "prune_in_rounds",
     "unit_scores",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def op_seconds(level: int) -> tuple[float, float, float]:
-    """Relative prices (plaintext product, rotation, hoisted rotation) of an operation on a
-    ciphertext at ``level`` (``level + 1`` primes).
-
-    A plaintext product is linear in the primes; a key switch (rotation, or the
-    relinearization of a square) is quadratic (one digit per prime, each raised to all of
-    them); a hoisted rotation shares the digit decomposition and costs about 0.6 of one.
-    Fitted to our engine at N = 16384 on one core (in milliseconds: products 1.22 / 0.55 /
-    0.36 / 0.19 and rotations 16 / 8.8 / 3.6 / 1.7 at levels 7 / 5 / 3 / 1); used only to
-    rank units against each other, never reported as a measurement.
-    """
-    primes = level + 1
-    rotation = 0.2 * primes * (primes + 1)
-    return 0.15 * primes, rotation, 0.6 * rotation
 
 
 @dataclass(frozen=True)
@@ -113,14 +99,27 @@ class CiphertextUnit:
     ct: int
 
 
-def _levels(spec: Any) -> dict[str, int]:
-    """Level each op of a lowered program runs at (the program's level rule)."""
-    return {op.name: level for op, level in zip(spec.ops, spec.op_levels(), strict=True)}
-
-
-def _window_rotations(windows: Sequence[tuple[int, int]]) -> int:
-    """Rotations of a window sum: the program's own steps (doubling, plus one per extra bit)."""
-    return len(_core.window_sum_steps([(int(c), int(s)) for c, s in windows]))
+def _term_prices(layer: Mapping[str, Any], split: Mapping[str, Any], timings: OpTimings) -> Any:
+    """Price of every term of one map layer of the C++ program, in its split's order: one
+    plaintext product, plus an equal share of each rotation the term uses (its baby step,
+    hoisted, shared by the terms of its input with that baby; its giant step, shared by the
+    terms of its output with that giant), each at the level the program runs it. The prices
+    of a layer's terms add up to its products and rotations."""
+    seconds = layer_seconds(dict(layer), timings)
+    counts = {op: sum(by_level.values()) for op, by_level in layer["ops_by_level"].items()}
+    each = {op: seconds[op] / counts[op] for op in seconds if counts[op]}
+    terms = np.asarray(split["split"], dtype=np.int64).reshape(-1, 5)
+    out, inp, _, baby, giant = terms.T
+    price = np.full(len(terms), each.get("mul_plain", 0.0))
+    for ct, step, op in ((inp, baby, "rotate_hoisted"), (out, giant, "rotate")):
+        used = step != 0
+        if not used.any():
+            continue
+        _, which, users = np.unique(
+            np.stack([ct[used], step[used]]), axis=1, return_inverse=True, return_counts=True
+        )
+        price[used] += each[op] / users[which.ravel()]
+    return terms, price
 
 
 def _savings(
@@ -129,14 +128,18 @@ def _savings(
     slots: int,
     shape: tuple[int, int, int],
     client_shifts: bool = False,
+    timings: OpTimings | None = None,
 ) -> tuple[dict[str, Tensor], dict[CiphertextUnit, float]]:
     """Price of every unit (what zeroing it removes now) and of every ciphertext unit, on the
-    program the compiler builds (``client_shifts``: the first convolution's rotations are
-    the client's, so its units save products only)."""
+    C++ program the compiler builds (``client_shifts``: the first convolution's rotations are
+    the client's): its split, its operations and their levels, priced by ``timings``
+    (default :func:`~fheprune.runtime.cost.reference_timings`, the same on every machine).
+    A unit's price is the sum of its terms' (:func:`_term_prices`)."""
     from fheprune.runtime.conv_lowering import (
         MapLinearOp,
         RotateSumOp,
         SquareOp,
+        build_program,
         lower_conv_model,
         term_units,
     )
@@ -144,28 +147,36 @@ def _savings(
     probe = copy.deepcopy(model).double().eval()
     spec = lower_conv_model(probe, slots, shape, client_shifts=client_shifts)
     assert spec.plan is not None
-    levels = _levels(spec)
+    program = build_program(spec, counting_parameters(spec.levels, slots))
+    if timings is None:
+        timings = reference_timings(int(program.levels), 2 * slots)
+    cost = {str(layer["name"]): layer for layer in program.cost()}
     linear = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
+    terms: dict[str, Any] = {}  # layer -> (C++ terms [T, 5], their prices [T])
+    for split in program.map_layers():
+        terms[split["name"]] = _term_prices(cost[split["name"]], split, timings)
+
+    def key(out: Any, inp: Any, shift: Any, n_in: int) -> Any:
+        return (out.astype(np.int64) * n_in + inp.astype(np.int64)) * slots + shift
+
     prices: dict[str, Tensor] = {}
     for name, u in units.items():
         op = linear[name]
-        mulp, rot, hoisted = op_seconds(levels[name])
-        owner = term_units(spec, op, "position")
-        dense = np.searchsorted(u.layout_ids, owner)
-        terms = np.bincount(dense, minlength=u.count).astype(np.float64)
-        alive = np.zeros(u.count, dtype=bool)
-        rotated = op.shift != 0 if op.baby is None else op.baby != 0
-        alive[dense[rotated]] = True  # a live unit whose rotation the server computes
-        # An fc diagonal's rotation is shared between a baby and a giant step: half of one.
-        per_rotation = hoisted if u.kind != "fc" else 0.5 * rot
-        prices[name] = torch.from_numpy(terms * mulp + alive * u.rotations.numpy() * per_rotation)
+        n_in = int(op.in_ct.max()) + 1 if op.terms else 1
+        # The program merged equal (out, in, shift) terms, which one unit owns.
+        py_keys = key(op.out_ct, op.in_ct, op.shift, n_in)
+        order = np.argsort(py_keys, kind="stable")
+        owner = term_units(spec, op, "position")[order]
+        cxx, price = terms[name]
+        at = np.searchsorted(py_keys[order], key(cxx[:, 0], cxx[:, 1], cxx[:, 2], n_in))
+        dense = np.searchsorted(u.layout_ids, owner[at])
+        prices[name] = torch.from_numpy(np.bincount(dense, weights=price, minlength=u.count))
     ct_prices: dict[CiphertextUnit, float] = {}
     ops = list(spec.ops)
     for index, consumer in enumerate(ops):
         layer = spec.plan.layers.get(consumer.name)
         if not isinstance(consumer, MapLinearOp) or layer is None or consumer.name not in units:
             continue
-        op = consumer
         j = index - 1
         between: list[Any] = []
         while j >= 0 and isinstance(ops[j], SquareOp | RotateSumOp):
@@ -178,32 +189,26 @@ def _savings(
             or spec.plan.layers[producer.name].kind != "conv"
         ):
             continue
-        mulp, rotation, hoisted = op_seconds(levels[op.name])
-        p_mulp, _, _ = op_seconds(levels[producer.name])
+        c_terms, c_price = terms[consumer.name]
+        p_terms, p_price = terms[producer.name]
         # A pool that adds sub-maps folds `fold` producer ciphertexts (ct + m * n) into input
         # ct of the consumer; the squares before it work on each of them.
         fold = math.prod(mid.fold for mid in between if isinstance(mid, RotateSumOp))
         n_in = int(layer.inputs.ciphertexts)
         for ct in range(n_in):
-            reads = op.in_ct == ct
+            reads = c_terms[:, 1] == ct
             if not reads.any():
                 continue
-            if op.baby is not None:  # a conv: its hoisted inner rotations of this input
-                price = reads.sum() * mulp + np.count_nonzero(np.unique(op.baby[reads])) * hoisted
-            else:  # an FC layer: its diagonals from this input, half a rotation each
-                shifts = np.count_nonzero(np.unique(op.shift[reads]))
-                price = reads.sum() * mulp + 0.5 * rotation * shifts
             members = ct + n_in * np.arange(fold)
-            price += np.count_nonzero(np.isin(producer.out_ct, members)) * p_mulp
-            copies = fold
+            price = c_price[reads].sum() + p_price[np.isin(p_terms[:, 0], members)].sum()
+            copies, alive = fold, producer.out_ciphertexts
             for mid in reversed(between):  # forward order, from the producer on
-                _, rot, _ = op_seconds(levels[mid.name])
-                if isinstance(mid, SquareOp):
-                    price += rot * copies
-                else:
+                if isinstance(mid, RotateSumOp):
                     copies //= mid.fold
-                    price += rot * copies * _window_rotations(mid.windows)
-            ct_prices[CiphertextUnit(op.name, producer.name, ct)] = float(price)
+                    alive //= mid.fold
+                per_ct = sum(layer_seconds(dict(cost[mid.name]), timings).values()) / alive
+                price += per_ct * copies
+            ct_prices[CiphertextUnit(consumer.name, producer.name, ct)] = float(price)
     return prices, ct_prices
 
 

@@ -288,17 +288,9 @@ class MapProgramSpec:
     ops: list[MapOp]
     plan: LayoutPlan | None = field(default=None, repr=False)
 
-    def op_levels(self) -> list[int]:
-        """The level each op runs at (its input's), from the C++ program's level rule."""
-        used = [int(u) for u in _core.layer_levels("map", [_op_kind(op) for op in self.ops])]
-        level, out = sum(used), []
-        for u in used:
-            out.append(level)
-            level -= u
-        return out
-
     @property
     def levels(self) -> int:
+        """Levels the program needs, by the C++ program's rule (its cost() gives each op's)."""
         return int(sum(_core.layer_levels("map", [_op_kind(op) for op in self.ops])))
 
     def pack(self, images: NDArray[np.float64]) -> FloatArray:

@@ -21,11 +21,17 @@ re-derives them. :func:`calibrate` times each engine operation at each level on 
 - ``constant``: the copy of an encrypted constant (an output that is its bias alone);
 - ``refresh``: not calibrated here; measure it (benchmarks/bootstrapping.py) and add it as
   ``timings.seconds["refresh"] = {level: seconds}``.
+
+Two sources of :class:`OpTimings`: :func:`calibrate` measures this machine (latency
+predictions); :func:`reference_timings` is a fixed fit to one such measurement, for what must
+not depend on the machine it runs on (pruning ranks units by it, so a seed prunes the same
+way everywhere).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,7 +42,16 @@ import numpy as np
 from fheprune import _core
 from fheprune.errors import InputError
 
-__all__ = ["HOISTED_BATCH", "TIMED_AS", "OpTimings", "calibrate", "machine_timings", "predict"]
+__all__ = [
+    "HOISTED_BATCH",
+    "TIMED_AS",
+    "OpTimings",
+    "calibrate",
+    "layer_seconds",
+    "machine_timings",
+    "predict",
+    "reference_timings",
+]
 
 # Counted operation (Program.cost()'s "ops_by_level") -> the timing it is charged (None: no
 # time of its own; see the module docstring).
@@ -58,6 +73,22 @@ TIMED_AS: dict[str, str | None] = {
 HOISTED_BATCH = 8
 
 
+# reference_timings(): milliseconds at N = 16384 on one core as a * p + b * p^2, p = level + 1
+# primes (a key switch raises each of p digits to p primes). Least-squares fits to one
+# calibrate() run of our engine (AVX-512 IFMA, 2026-12-07), within 25% of it at every level
+# for products and additions, 47% for rotations at level 0, 13% for squares.
+REFERENCE_MS_AT_16384: dict[str, tuple[float, float]] = {
+    "mul_plain": (0.043, 0.0),
+    "add": (0.033, 0.0),
+    "add_plain": (0.020, 0.0),
+    "constant": (0.019, 0.0),
+    "rescale": (0.145, 0.0),
+    "rotate": (0.343, 0.116),
+    "rotate_hoisted": (0.236, 0.075),
+    "square": (0.417, 0.108),
+}
+
+
 @dataclass
 class OpTimings:
     """Seconds per operation, by (operation, level)."""
@@ -77,6 +108,27 @@ class OpTimings:
             "poly_degree": self.poly_degree,
             "seconds": {op: {str(k): v for k, v in d.items()} for op, d in self.seconds.items()},
         }
+
+
+def reference_timings(max_level: int, poly_degree: int = 16384) -> OpTimings:
+    """Fixed prices of every operation :func:`calibrate` times, at levels 0..``max_level``:
+    :data:`REFERENCE_MS_AT_16384`, scaled to ``poly_degree`` by N log N. Not a measurement of
+    this machine: for ranking work (pruning), where the same inputs must give the same
+    answer everywhere; predict latency from :func:`calibrate`."""
+    if max_level < 0 or poly_degree < 2 or poly_degree & (poly_degree - 1):
+        raise InputError(
+            f"reference timings need max_level >= 0 and a power-of-two ring degree, got "
+            f"{max_level} and {poly_degree}"
+        )
+    ring = poly_degree * math.log2(poly_degree) / (16384 * 14)
+    seconds = {
+        op: {
+            level: 1e-3 * ring * (a * (level + 1) + b * (level + 1) ** 2)
+            for level in range(max_level + 1)
+        }
+        for op, (a, b) in REFERENCE_MS_AT_16384.items()
+    }
+    return OpTimings(poly_degree, seconds)
 
 
 def _best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -162,32 +214,37 @@ def machine_timings(parameters: Any, *, threads: int = 1) -> OpTimings:
     return _calibrate_once(bytes(parameters.to_bytes()), threads)
 
 
+def layer_seconds(layer: dict[str, Any], timings: OpTimings) -> dict[str, float]:
+    """Seconds of one layer of ``Program.cost()`` for one group, per counted operation: its
+    count at each level x the seconds of its timing (:data:`TIMED_AS`) there. InputError
+    when ``timings`` lack one it needs."""
+    if layer["kind"] == "refresh" and "refresh" not in timings.seconds:
+        raise InputError(
+            f"the program refreshes ciphertexts ({layer['name']}) but the timings hold "
+            "no refresh time; measure one (benchmarks/bootstrapping.py) and add it as "
+            'timings.seconds["refresh"] = {level: seconds}'
+        )
+    out: dict[str, float] = {}
+    for op, by_level in layer["ops_by_level"].items():
+        timed = TIMED_AS.get(op, op)
+        if timed is None:
+            continue
+        if not timings.seconds.get(timed):
+            raise InputError(
+                f"{layer['name']} performs {op!r} but the timings hold no {timed!r} time; "
+                "calibrate() measures every operation predict() charges"
+            )
+        out[op] = sum(count * timings.get(timed, int(level)) for level, count in by_level.items())
+    return out
+
+
 def predict(program: Any, timings: OpTimings, groups: int) -> dict[str, Any]:
-    """Predicted server seconds per layer and in total for ``groups`` groups of samples: every
-    operation of ``Program.cost()``'s ``ops_by_level``, count x the seconds of its timing
-    (:data:`TIMED_AS`) at its level. InputError when ``timings`` lack one it needs."""
+    """Predicted server seconds per layer and in total for ``groups`` groups of samples: the
+    sum of :func:`layer_seconds` over every layer."""
     layers = []
     total = 0.0
     for layer in program.cost():
-        if layer["kind"] == "refresh" and "refresh" not in timings.seconds:
-            raise InputError(
-                f"the program refreshes ciphertexts ({layer['name']}) but the timings hold "
-                "no refresh time; measure one (benchmarks/bootstrapping.py) and add it as "
-                'timings.seconds["refresh"] = {level: seconds}'
-            )
-        seconds = 0.0
-        for op, by_level in layer["ops_by_level"].items():
-            timed = TIMED_AS.get(op, op)
-            if timed is None:
-                continue
-            if not timings.seconds.get(timed):
-                raise InputError(
-                    f"{layer['name']} performs {op!r} but the timings hold no {timed!r} time; "
-                    "calibrate() measures every operation predict() charges"
-                )
-            for level, count in by_level.items():
-                seconds += count * timings.get(timed, int(level))
-        seconds *= groups
+        seconds = sum(layer_seconds(layer, timings).values()) * groups
         total += seconds
         layers.append({"name": layer["name"], "seconds": seconds})
     return {"layers": layers, "seconds": total}

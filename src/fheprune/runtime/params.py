@@ -21,6 +21,7 @@ __all__ = [
     "ParameterChoice",
     "choose_bootstrappable",
     "choose_parameters",
+    "counting_parameters",
     "max_levels",
 ]
 
@@ -162,3 +163,20 @@ def choose_bootstrappable(
         f"with {refreshes} refresh(es) of {refreshed} ciphertext(s) per group"
     )
     return BootstrapChoice(preset, refreshes, refreshed, message)
+
+
+def counting_parameters(levels: int, slots: int) -> _core.Parameters:
+    """Parameters with exactly ``levels`` levels on the ring of ``slots`` slots, for a program
+    that is built only to be counted (``Program.cost()``, ``map_layers()``: its operations,
+    their levels, its split), never keyed or run. The secure choice when that ring holds the
+    levels at 128-bit; otherwise (the small rings of unit tests) the same chain marked
+    insecure, since no key is ever made for it."""
+    if levels < 0 or slots < 1 or slots & (slots - 1):
+        raise InputError(
+            f"counting needs levels >= 0 and a power-of-two slot count, got {levels} and {slots}"
+        )
+    try:
+        return choose_parameters(levels, slots, poly_degree=2 * slots).parameters
+    except _core.CompileError:
+        chain, special = _chain(levels, SCALE_BITS[0])
+        return _core.Parameters(2 * slots, chain, special, SCALE_BITS[0], insecure_for_testing=True)
