@@ -574,6 +574,22 @@ def test_choose_parameters_for_zero_levels() -> None:
     assert p.total_bits <= _core.max_modulus_bits_128(p.poly_degree)
 
 
+def test_counting_parameters_are_secure_where_the_ring_allows() -> None:
+    """A program built only to be counted gets exactly its levels on its ring: the secure
+    choice where one exists, the same chain marked insecure on a ring too small for it."""
+    from fheprune.errors import InputError
+    from fheprune.runtime.params import counting_parameters
+
+    secure = counting_parameters(9, 8192)
+    assert (secure.poly_degree, len(secure.chain_bits)) == (16384, 10)
+    assert not secure.insecure_for_testing
+    small = counting_parameters(7, 512)
+    assert (small.poly_degree, len(small.chain_bits)) == (1024, 8)
+    assert small.insecure_for_testing
+    with pytest.raises(InputError, match="power-of-two slot count"):
+        counting_parameters(3, 1000)
+
+
 def test_impossible_depth() -> None:
     with pytest.raises(CompileError, match="40 levels"):
         choose_parameters(40)
