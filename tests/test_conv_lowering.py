@@ -1041,6 +1041,91 @@ def test_build_program_runs_like_simulate(groups: int, width: int) -> None:
     np.testing.assert_allclose(run(spec, x), torch_forward(model, x), rtol=1e-8, atol=1e-8)
 
 
+# ---- Window sums after the classifier --------------------------------------------------------
+
+
+def _pooled_classifier(seed: int) -> nn.Sequential:
+    """16 channels in two ciphertexts of 8 lanes (8x8 blocks at 512 slots), a global average
+    pool, and a Linear layer whose 3 outputs fit one ciphertext."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        TrainablePoly(0.3, 0.5, 0.1),
+        nn.AvgPool2d(6),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+        TrainablePoly(0.2, 1.0, -0.1),
+        nn.Linear(3, 2),
+    ).double()
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_a_window_sum_runs_after_the_classifier_on_fewer_ciphertexts(seed: int) -> None:
+    """The global pool's rotations act on the Linear layer's one output ciphertext, one level
+    lower, instead of its two inputs; the outputs are the model's either way, in numpy and on
+    the C++ program, and the Linear layer keeps its terms."""
+    model = _pooled_classifier(seed)
+    moved = lower_conv_model(model, 512, (1, 6, 6))
+    kept = lower_conv_model(model, 512, (1, 6, 6), sum_after_fc=False)
+    assert [op.name for op in kept.ops] == ["0", "1", "2", "4", "5", "6"]
+    assert [op.name for op in moved.ops] == ["0", "1", "4", "2", "5", "6"]
+    assert term_keys(linear_ops(moved)["4"]) == term_keys(linear_ops(kept)["4"])
+    x = np.random.default_rng(seed).normal(size=(2, 1, 6, 6))
+    assert_matches_torch(model, moved, x)
+    assert_matches_torch(model, kept, x)
+    params = _core.Parameters(1024, [50] + [40] * moved.levels, [50], 40, insecure_for_testing=True)
+    pools = []
+    for spec in (moved, kept):
+        program = build_program(spec, params)
+        out, _ = _core.SimulatedExecutor(program, _core.Context(params)).run(
+            np.ascontiguousarray(spec.pack(x[:1])[0])
+        )
+        np.testing.assert_allclose(
+            spec.unpack(np.asarray(out)[None]), torch_forward(model, x[:1]), rtol=1e-6, atol=1e-6
+        )
+        pools.append(next(c for c in program.cost() if c["name"] == "2"))
+    (moved_pool, kept_pool) = pools
+    assert moved_pool["ops"]["rotate"] * 2 == kept_pool["ops"]["rotate"] > 0
+    assert moved_pool["level"] == kept_pool["level"] - 1
+
+
+def test_a_window_sum_stays_where_its_copies_would_meet() -> None:
+    """Outputs closer together than the window: copies of two outputs would land on one slot,
+    so the sum stays before the layer."""
+    from types import SimpleNamespace
+
+    from fheprune.runtime.conv_lowering import _sum_after_fc
+
+    slots = 16
+    values = TermValues.from_entries(
+        np.array([0, 0]), np.array([0, 2]), np.array([1.0, 2.0]), 1, slots
+    )
+    fc = MapLinearOp(
+        "fc",
+        1,
+        np.array([0], np.int32),
+        np.array([0], np.int32),
+        np.array([0]),
+        values,
+        np.zeros((1, slots)),
+    )
+    pool = RotateSumOp("pool", [(4, 1)])
+    plan = SimpleNamespace(
+        layers={"fc": SimpleNamespace(kind="fc")}, input=SimpleNamespace(ciphertexts=2)
+    )
+    ops: list[Any] = [pool, fc]
+    _sum_after_fc(ops, plan, slots)  # type: ignore[arg-type]
+    assert ops == [pool, fc] and fc.values is values
+    values = TermValues.from_entries(
+        np.array([0, 0]), np.array([0, 8]), np.array([1.0, 2.0]), 1, slots
+    )
+    fc.values = values
+    _sum_after_fc(ops, plan, slots)  # type: ignore[arg-type]
+    assert ops == [fc, pool]
+    np.testing.assert_array_equal(fc.values.dense()[0], np.repeat([1.0, 0.0, 2.0, 0.0], 4))
+
+
 # ---- Liveness -------------------------------------------------------------------------------
 
 

@@ -19,7 +19,9 @@ three slot-vector operations on a list of ciphertexts (``rot(x, k)[j] = x[(j + k
   flatten puts each feature at its phase's slot);
 * :class:`RotateSumOp` (no level): window sums (average pooling; its ``1/k^2`` is folded into
   the next linear layer). Strides are multiples of the dilation, so on a phase-packed map each
-  phase sums only its own pixels;
+  phase sums only its own pixels. A window sum right before a fully connected layer with
+  fewer output ciphertexts runs after it instead (:func:`_sum_after_fc`): on fewer
+  ciphertexts, one level lower;
 * :class:`SquareOp` (one level): every polynomial activation ``a*x^2 + b*x + c`` becomes a bare
   square: ``a*(x + b/2a)^2 + (c - b^2/4a)``, the shift joins the bias of the linear layer
   before it (through any pooling in between) and ``(a, c - b^2/4a)`` the next linear layer's
@@ -470,6 +472,7 @@ def lower_conv_model(
     drop_unread: bool = True,
     client_shifts: bool = False,
     compact: bool = True,
+    sum_after_fc: bool = True,
 ) -> MapProgramSpec:
     """Lower an ``nn.Sequential`` conv chain (see :func:`plan_layout`) to a map program.
 
@@ -480,7 +483,9 @@ def lower_conv_model(
     copy of its input per live kernel position of the first convolution, pre-rotated, so that
     convolution needs no inner rotation at all (:func:`_shift_inputs`); ``compact``: split
     the input into sub-maps so the first pool leaves a compact map (:func:`plan_layout`;
-    ``False``: the dilated layout throughout). Unsupported
+    ``False``: the dilated layout throughout); ``sum_after_fc``: move a window sum past the
+    fully connected layer after it where that leaves it fewer ciphertexts
+    (:func:`_sum_after_fc`; ``False``: every op in the model's order). Unsupported
     layers or shapes raise ``LayoutError``; activations that cannot fold raise ``CompileError``.
     """
     if input_shape is None:
@@ -554,12 +559,86 @@ def lower_conv_model(
         last.op.values.data *= fold.scale
         last.op.bias *= fold.scale
         last.op.bias[last.rows, last.cols] += fold.const / fold.gain
+    if sum_after_fc:
+        _sum_after_fc(ops, plan, slots)
     if drop_unread:
         _drop_unread(ops, plan.output.ct, plan.input.ciphertexts)
     for lin in linears:
         _finish(lin.op)
     inputs = _shift_inputs(ops, plan.input) if client_shifts else plan.input
     return MapProgramSpec(slots, inputs, plan.output, ops, plan)
+
+
+def _ciphertexts_before(ops: list[MapOp], input_ciphertexts: int) -> list[int]:
+    """Ciphertexts entering each op (and, last, leaving the chain)."""
+    counts = [input_ciphertexts]
+    for op in ops:
+        if isinstance(op, MapLinearOp):
+            counts.append(op.out_ciphertexts)
+        elif isinstance(op, RotateSumOp):
+            counts.append(counts[-1] // op.fold)
+        else:
+            counts.append(counts[-1])
+    return counts
+
+
+def _window_offsets(windows: list[tuple[int, int]], slots: int) -> IntArray:
+    """Every slot offset a window sum adds: ``sum_i n_i * stride_i``, ``0 <= n_i < count_i``."""
+    offsets = np.zeros(1, dtype=np.int64)
+    for count, stride in windows:
+        offsets = (offsets[:, None] + stride * np.arange(count)[None, :]).ravel()
+    return offsets % slots
+
+
+def _sum_after_fc(ops: list[MapOp], plan: LayoutPlan, slots: int) -> None:
+    """Run a window sum after the fully connected layer that follows it, where that layer has
+    fewer output ciphertexts than the sum has inputs (a global average pool before the
+    classifier: two ciphertexts of channels, one of outputs).
+
+    ``F(P(x))[t] = sum_k d_k[t] sum_o x[t + k + o]`` over the sum's offsets ``o``; with
+    ``d'_k[t + o] = d_k[t]`` (every value copied to each offset from its output slot) that is
+    ``P(F'(x))[t]``, as long as no two (output slot, offset) pairs land on one slot, so that
+    each copy and the bias (left at the output slot only) are summed exactly once. The other
+    slots of the result hold partial sums no later layer reads. The rotations then act on the
+    layer's outputs, one level lower; its products are as many as before. Rewrites ``ops``
+    in place; runs before :func:`_finish` (values still span all the slots)."""
+    for index in range(len(ops) - 1):
+        pool, fc = ops[index], ops[index + 1]
+        if not (
+            isinstance(pool, RotateSumOp)
+            and pool.fold == 1
+            and pool.windows
+            and isinstance(fc, MapLinearOp)
+            and plan.layers[fc.name].kind == "fc"
+            and fc.values.period == slots
+        ):
+            continue
+        counts = _ciphertexts_before(ops, plan.input.ciphertexts)
+        if fc.out_ciphertexts >= counts[index]:
+            continue
+        offsets = _window_offsets(pool.windows, slots)
+        term = fc.values.term_of_entry()
+        used = np.unique(
+            np.concatenate(
+                [
+                    fc.out_ct.astype(np.int64)[term] * slots + fc.values.index,
+                    np.flatnonzero(fc.bias.reshape(-1)) if fc.bias.size else np.zeros(0, np.int64),
+                ]
+            )
+        )
+        out_ct, at = np.divmod(used, slots)
+        landing = out_ct[:, None] * slots + (at[:, None] + offsets[None, :]) % slots
+        if np.unique(landing).size != landing.size:
+            continue  # two copies would meet on one slot
+        copies = offsets.size
+        fc.values = TermValues.from_entries(
+            np.repeat(term, copies),
+            ((fc.values.index[:, None] + offsets[None, :]) % slots).ravel(),
+            np.repeat(fc.values.data, copies),
+            fc.values.terms,
+            slots,
+        )
+        ops[index], ops[index + 1] = fc, pool
 
 
 def _shift_inputs(ops: list[MapOp], packing: ChannelPacking) -> ChannelPacking:
@@ -598,14 +677,7 @@ def _drop_unread(ops: list[MapOp], output_ct: IntArray, input_ciphertexts: int) 
     known zero, which the executor neither squares nor rotates. A pool that folds sub-maps
     reads, for each output it must produce, every ciphertext it adds into it.
     """
-    counts = [input_ciphertexts]  # ciphertexts before each op
-    for op in ops:
-        if isinstance(op, MapLinearOp):
-            counts.append(op.out_ciphertexts)
-        elif isinstance(op, RotateSumOp):
-            counts.append(counts[-1] // op.fold)
-        else:
-            counts.append(counts[-1])
+    counts = _ciphertexts_before(ops, input_ciphertexts)
     read = np.unique(output_ct)
     for index in range(len(ops) - 1, -1, -1):
         op = ops[index]
