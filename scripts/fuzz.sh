@@ -52,7 +52,7 @@ seed_files() {
   case "$1" in
     parameters) echo parameters.bin ;;
     ciphertext) echo plaintext.bin plaintext_level0.bin ciphertext.bin ciphertext_size3.bin ;;
-    keys) echo public_key.bin relin_key.bin galois_keys.bin evaluation_keys.bin secret_key.bin ;;
+    keys) echo public_key.bin relin_key.bin galois_keys.bin evaluation_keys.bin evaluation_keys_encapsulated.bin secret_key.bin ;;
     program) echo program_tile.bin program_diagonal.bin program_map.bin program_refresh.bin ;;
   esac
 }

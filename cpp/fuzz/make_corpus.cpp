@@ -8,7 +8,8 @@
 //   plaintext.bin plaintext_level0.bin
 //   ciphertext.bin ciphertext_size3.bin              -> fuzz_ciphertext
 //   public_key.bin relin_key.bin galois_keys.bin (steps 1 and 2)
-//   evaluation_keys.bin secret_key.bin               -> fuzz_keys
+//   evaluation_keys.bin evaluation_keys_encapsulated.bin
+//   secret_key.bin                                   -> fuzz_keys
 //   program_tile.bin program_diagonal.bin program_map.bin
 //   program_refresh.bin                              -> fuzz_program
 // The programs carry their own small parameters (N = 1024, enough levels for their layers),
@@ -179,6 +180,8 @@ int run(const fs::path& dir) {
   const ckks::RelinKey rk = keygen.create_relin_key();
   const ckks::GaloisKeys gk = keygen.create_galois_keys({1, 2});
   const ckks::EvaluationKeys bundle{pk, rk, gk, {}};  // no encapsulation keys
+  // A bootstrapping bundle also carries the two sparse-secret switching keys.
+  const ckks::EvaluationKeys encapsulated{pk, rk, gk, keygen.create_encapsulation_keys(32)};
 
   ckks::Encryptor encryptor(shared, pk);
   const ckks::Ciphertext ct = encryptor.encrypt(pt);
@@ -207,6 +210,14 @@ int run(const fs::path& dir) {
        [&](const ckks::Bytes& b) { return Serializer::load_galois_keys(ctx, b); });
   emit("evaluation_keys.bin", Serializer::save(ctx, bundle),
        [&](const ckks::Bytes& b) { return Serializer::load_evaluation_keys(ctx, b); });
+  emit("evaluation_keys_encapsulated.bin", Serializer::save(ctx, encapsulated),
+       [&](const ckks::Bytes& b) {
+         auto keys = Serializer::load_evaluation_keys(ctx, b);
+         if (keys.encapsulation.empty()) {
+           throw std::runtime_error("the encapsulated bundle lost its encapsulation keys");
+         }
+         return keys;
+       });
   emit("secret_key.bin", Serializer::save_secret_key(ctx, keygen.secret_key()),
        [&](const ckks::Bytes& b) { return Serializer::load_secret_key(ctx, b); });
   emit("program_tile.bin", seed_tile_program().save(),
