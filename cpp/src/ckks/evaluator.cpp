@@ -8,16 +8,11 @@
 #include "ckks/context_tables.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "kernels.hpp"
+#include "scale.hpp"
 
 namespace fheprune::ckks {
 
 namespace {
-
-constexpr double kScaleTolerance = 1e-9;
-
-bool scales_match(double a, double b) {
-  return std::fabs(a - b) <= kScaleTolerance * std::max(std::fabs(a), std::fabs(b));
-}
 
 std::string level_hint(std::size_t a, std::size_t b) {
   return "operands are at levels " + std::to_string(a) + " and " + std::to_string(b) +

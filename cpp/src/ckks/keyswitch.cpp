@@ -14,6 +14,7 @@
 #include "fheprune/ckks/errors.hpp"
 #include "fheprune/ckks/evaluator.hpp"
 #include "kernels.hpp"
+#include "scale.hpp"
 
 namespace fheprune::ckks {
 
@@ -387,6 +388,11 @@ void Evaluator::rotate_accumulate(const Ciphertext& a, long step, const GaloisKe
                         " or key differs from the accumulator's (level " +
                         std::to_string(acc.level) + ")");
   }
+  if (!acc.data.empty() && !scales_match(a.scale(), acc.scale)) {
+    throw MismatchError("rotate_accumulate: ciphertext scale " + std::to_string(a.scale()) +
+                        " differs from the accumulator's " + std::to_string(acc.scale) +
+                        "; rescale or multiply by a constant to match them first");
+  }
   const std::uint64_t g = ctx_->galois_element(step);
   if (g != 1) galois_key(a, g, step, gk);
   const std::optional<Decomposition> dec =
@@ -399,6 +405,10 @@ void Evaluator::rotate_accumulate(const Ciphertext& a, long step, const GaloisKe
 void Evaluator::add_extended_inplace(ExtendedCiphertext& a, const ExtendedCiphertext& b) const {
   if (a.level != b.level || a.extended != b.extended || a.key_id != b.key_id) {
     throw MismatchError("adding extended ciphertexts of different levels or keys");
+  }
+  if (!scales_match(a.scale, b.scale)) {
+    throw MismatchError("adding extended ciphertexts of different scales (" +
+                        std::to_string(a.scale) + " and " + std::to_string(b.scale) + ")");
   }
   const std::size_t n = ctx_->poly_degree();
   const std::size_t l = a.level;
