@@ -263,7 +263,8 @@ TEST_F(EvaluatorTest, ExtendedSumOfProductsMatchesTheOrdinaryOne) {
   EXPECT_THROW(f.evaluator.add_extended_inplace(top, lower), MismatchError);
   EXPECT_THROW(f.evaluator.rotate_accumulate(ct, 2, gk, lower), MismatchError);
   // Same level and key, another scale: summing them would be garbage, so it is refused.
-  const Ciphertext doubled = f.evaluator.multiply_plain(ct, f.encoder.encode_constant(1.0, 2.0, ct.level()));
+  const Ciphertext doubled =
+      f.evaluator.multiply_plain(ct, f.encoder.encode_constant(1.0, 2.0, ct.level()));
   ExtendedCiphertext other_scale;
   f.evaluator.rotate_accumulate(doubled, 2, gk, other_scale);
   EXPECT_THROW(f.evaluator.add_extended_inplace(top, other_scale), MismatchError);

@@ -450,6 +450,13 @@ TEST(MapLayout, DeadOutputsAreConstantsAndZeroInputsCostNothing) {
   }
   const auto steps = p.rotation_steps();
   EXPECT_EQ(std::count(steps.begin(), steps.end(), 2L), 0);
+  // Liveness in one walk: the input, then map1's outputs 0 (a term) and 1 (its bias alone)
+  // but not 2, then map2's one output; layer by layer it is the same.
+  using Live = std::vector<std::uint8_t>;
+  const std::vector<Live> live = p.live_per_layer();
+  EXPECT_EQ(live, (std::vector<Live>{{1}, {1, 1, 0}, {1}}));
+  EXPECT_EQ(p.live_inputs(1), live[1]);
+  EXPECT_THROW(p.live_inputs(2), CompileError);
 }
 
 TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {

@@ -129,6 +129,7 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
   const std::size_t n = program.parameters().poly_degree;
   const TileShape3& s = program.tile_shape();
   const std::vector<std::size_t> schedule = program.level_schedule(input_level);
+  const std::vector<std::vector<std::uint8_t>> live_by_layer = program.live_per_layer();
   for (std::size_t i = 0; i < program.layers().size(); ++i) {
     const Layer& layer = program.layers()[i];
     std::size_t level = schedule[i];  // the kernels below step it down as they consume levels
@@ -140,7 +141,7 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
     const auto at = [&c](const char* op, std::size_t lv, std::size_t count) {
       if (count > 0) c.ops_by_level[op][lv] += count;
     };
-    const std::vector<std::uint8_t> live_in = program.live_inputs(i);
+    const std::vector<std::uint8_t>& live_in = live_by_layer[i];
     if (const auto* t = std::get_if<TileLinear>(&layer)) {
       c.kind = "tile";
       std::size_t live = 0;

@@ -530,9 +530,10 @@ std::vector<std::size_t> Program::level_schedule(std::size_t input_level) const 
 
 std::vector<std::size_t> Program::live_counts() const {
   std::vector<std::size_t> out;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    const std::vector<std::uint8_t> live = live_inputs(i);
-    out.push_back(static_cast<std::size_t>(std::count(live.begin(), live.end(), 1)));
+  std::vector<std::vector<std::uint8_t>> live = live_per_layer();
+  live.pop_back();  // the output's
+  for (const auto& l : live) {
+    out.push_back(static_cast<std::size_t>(std::count(l.begin(), l.end(), 1)));
   }
   return out;
 }
@@ -544,9 +545,10 @@ std::vector<long> Program::rotation_steps() const {
       steps.insert(sign * static_cast<long>(stride << m));
     }
   };
+  const std::vector<std::vector<std::uint8_t>> live = live_per_layer();
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     if (const auto* t = std::get_if<TileLinear>(&layers_[i])) {
-      const auto live_in = live_inputs(i);
+      const auto& live_in = live[i];
       if (t->rebuild_input && std::count(live_in.begin(), live_in.end(), 1) > 0) {
         add_halvings(tile_.inner, tile_.batch, -1);
       }
@@ -560,19 +562,19 @@ std::vector<long> Program::rotation_steps() const {
         }
       }
     } else if (const auto* m = std::get_if<MapLinear>(&layers_[i])) {
-      const auto live_in = live_inputs(i);
+      const auto& live_in = live[i];
       for (const MapTerm& term : m->terms) {
         if (!live_in[term.in]) continue;
         if (term.baby) steps.insert(static_cast<long>(term.baby));
         if (term.giant) steps.insert(static_cast<long>(term.giant));
       }
     } else if (const auto* r = std::get_if<RotateSum>(&layers_[i])) {
-      const auto live_in = live_inputs(i);
+      const auto& live_in = live[i];
       if (std::count(live_in.begin(), live_in.end(), 1) > 0) {
         for (long s : window_sum_steps(*r)) steps.insert(s);
       }
     } else if (const auto* rf = std::get_if<Refresh>(&layers_[i])) {
-      const auto live_in = live_inputs(i);
+      const auto& live_in = live[i];
       if (std::count(live_in.begin(), live_in.end(), 1) > 0) {
         steps.insert(rf->rotation_steps.begin(), rf->rotation_steps.end());
       }
@@ -589,30 +591,30 @@ std::vector<long> Program::rotation_steps() const {
 
 std::vector<std::uint8_t> Program::live_inputs(std::size_t layer) const {
   if (layer >= layers_.size()) throw CompileError("layer index out of range");
-  if (layout_ == Layout::kDiagonal) {
-    // One ciphertext; it is zero after a layer with no diagonal and no bias.
-    bool live = true;
-    for (std::size_t i = 0; i < layer; ++i) {
-      if (const auto* d = std::get_if<DiagonalLinear>(&layers_[i])) {
-        live = (live && !d->units.empty()) || !d->bias.empty();
-      }
-    }
-    return {static_cast<std::uint8_t>(live)};
-  }
-  if (layout_ == Layout::kMap) {
-    // An output ciphertext is live when a term reads a live input, or its bias is non-zero.
-    // A folded window sum's output is live when any ciphertext folded into it is.
-    std::vector<std::uint8_t> live(map_inputs_, 1);
-    for (std::size_t i = 0; i < layer; ++i) {
-      if (const auto* r = std::get_if<RotateSum>(&layers_[i]); r && r->fold > 1) {
-        const std::size_t n_out = live.size() / r->fold;
-        std::vector<std::uint8_t> next(n_out, 0);
-        for (std::size_t c = 0; c < live.size(); ++c) next[c % n_out] |= live[c];
-        live = std::move(next);
-        continue;
-      }
-      const auto* m = std::get_if<MapLinear>(&layers_[i]);
-      if (!m) continue;
+  return live_per_layer()[layer];
+}
+
+std::vector<std::vector<std::uint8_t>> Program::live_per_layer() const {
+  // One walk forward. Map and tile layouts: an output ciphertext is live when a term or unit
+  // reads a live input, or its bias is non-zero (then the executor encrypts the constant); a
+  // folded window sum's output is live when any ciphertext folded into it is. Diagonal
+  // layout: one ciphertext, zero after a layer with no diagonal and no bias.
+  std::vector<std::vector<std::uint8_t>> out;
+  out.reserve(layers_.size() + 1);
+  const std::size_t inputs = layout_ == Layout::kDiagonal ? 1
+                             : layout_ == Layout::kMap    ? map_inputs_
+                                                          : input_ciphertexts();
+  std::vector<std::uint8_t> live(inputs, 1);
+  for (const Layer& layer : layers_) {
+    out.push_back(live);
+    if (const auto* d = std::get_if<DiagonalLinear>(&layer)) {
+      live[0] = static_cast<std::uint8_t>((live[0] && !d->units.empty()) || !d->bias.empty());
+    } else if (const auto* r = std::get_if<RotateSum>(&layer); r && r->fold > 1) {
+      const std::size_t n_out = live.size() / r->fold;
+      std::vector<std::uint8_t> next(n_out, 0);
+      for (std::size_t c = 0; c < live.size(); ++c) next[c % n_out] |= live[c];
+      live = std::move(next);
+    } else if (const auto* m = std::get_if<MapLinear>(&layer)) {
       std::vector<std::uint8_t> next(m->out_ciphertexts, 0);
       for (const MapTerm& t : m->terms) {
         if (live[t.in]) next[t.out] = 1;
@@ -621,25 +623,19 @@ std::vector<std::uint8_t> Program::live_inputs(std::size_t layer) const {
         if (!m->bias[o].empty()) next[o] = 1;
       }
       live = std::move(next);
+    } else if (const auto* t = std::get_if<TileLinear>(&layer)) {
+      std::vector<std::uint8_t> next(t->out_tiles, 0);
+      for (const TileUnit& u : t->units) {
+        if (live[u.in_tile]) next[u.out_tile] = 1;
+      }
+      for (std::size_t ot = 0; ot < t->out_tiles; ++ot) {
+        if (t->bias_nonzero[ot]) next[ot] = 1;
+      }
+      live = std::move(next);
     }
-    return live;
   }
-  // Walk forward: a tile output is live when any of its units reads a live input, or its bias
-  // is non-zero (then the executor encrypts the constant).
-  std::vector<std::uint8_t> live(input_ciphertexts(), 1);
-  for (std::size_t i = 0; i < layer; ++i) {
-    const auto* t = std::get_if<TileLinear>(&layers_[i]);
-    if (!t) continue;
-    std::vector<std::uint8_t> next(t->out_tiles, 0);
-    for (const TileUnit& u : t->units) {
-      if (live[u.in_tile]) next[u.out_tile] = 1;
-    }
-    for (std::size_t ot = 0; ot < t->out_tiles; ++ot) {
-      if (t->bias_nonzero[ot]) next[ot] = 1;
-    }
-    live = std::move(next);
-  }
-  return live;
+  out.push_back(std::move(live));
+  return out;
 }
 
 std::vector<std::vector<double>> Program::pack_inputs(std::span<const double> samples,

@@ -291,8 +291,10 @@ class Program {
   // Every rotation step the executor performs, sorted: the exact Galois key set (with
   // refreshes, theirs too, and the conjugation key: needs_conjugation()).
   std::vector<long> rotation_steps() const;
-  // Which input tiles of layer `i` can be non-zero (tile layout; all true for the first).
+  // Which input ciphertexts of layer `i` can be non-zero (all true for the first).
   std::vector<std::uint8_t> live_inputs(std::size_t layer) const;
+  // The same for every layer at once, in one walk, and last the output's.
+  std::vector<std::vector<std::uint8_t>> live_per_layer() const;
 
   // Client side: samples [count][in_features] (row-major) -> slot vectors, group by group
   // (input_ciphertexts() per group); and back: slot vectors -> [count][out_features].
