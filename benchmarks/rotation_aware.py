@@ -291,10 +291,20 @@ class MethodCache:
         tmp.replace(self.path(key))
 
 
+#: What the cost-aware method prices its units on, in its cache names: the C++ program's own
+#: split and levels (``cost_aware._savings``). Results cached under the earlier prices (the
+#: lowering's split hints, names without this tag) are not read back.
+COST_AWARE_PRICES = "program-priced"
+
+
 def cost_aware_variant(*, client_shifts: bool, margin: float) -> str:
     """Suffix of the cost-aware method's cache entries: its result depends on how its units
-    were priced (client shifts) and on the margin; no other method's does."""
-    return ("" if client_shifts else "-server-shifts") + (f"-margin{margin:g}" if margin else "")
+    were priced (the price model, client shifts) and on the margin; no other method's does."""
+    return (
+        f"-{COST_AWARE_PRICES}"
+        + ("" if client_shifts else "-server-shifts")
+        + (f"-margin{margin:g}" if margin else "")
+    )
 
 
 def cache_key(method: str, *, client_shifts: bool, margin: float) -> str:

@@ -142,3 +142,18 @@ def test_a_quick_report_says_it_does_not_predict_the_full_table() -> None:
     assert "not a prediction of the full table" in quick
     assert quick.index("Quick mode") < quick.index("| model |")
     assert "Quick mode" not in b.markdown(fresh())
+
+
+def test_cost_aware_cache_names_carry_what_the_result_depends_on() -> None:
+    """Only the cost-aware method's result depends on its prices, client shifts and margin;
+    its cache names say all three, so a cache made under other settings is never read back."""
+    b = bench()
+    assert b.cache_key("group-8", client_shifts=False, margin=0.1) == "group-8"
+    plain = b.cache_key("combined-cost-aware", client_shifts=True, margin=0.0)
+    assert plain == f"combined-cost-aware-{b.COST_AWARE_PRICES}"
+    names = {
+        b.cache_key("combined-cost-aware", client_shifts=shifts, margin=margin)
+        for shifts in (True, False)
+        for margin in (0.0, 0.002)
+    }
+    assert len(names) == 4 and all(b.COST_AWARE_PRICES in n for n in names)
