@@ -75,8 +75,9 @@ HOISTED_BATCH = 8
 
 # reference_timings(): milliseconds at N = 16384 on one core as a * p + b * p^2, p = level + 1
 # primes (a key switch raises each of p digits to p primes). Least-squares fits to one
-# calibrate() run of our engine (AVX-512 IFMA, 2026-12-07), within 25% of it at every level
-# for products and additions, 47% for rotations at level 0, 13% for squares.
+# calibrate() run of our engine on its AVX-512 IFMA path (2-core VM, 2026-12-07): within 25% of
+# it at every level for products and additions, 13% for squares, 39% for rotations and 47%
+# for hoisted ones (both worst at level 0).
 REFERENCE_MS_AT_16384: dict[str, tuple[float, float]] = {
     "mul_plain": (0.043, 0.0),
     "add": (0.033, 0.0),
