@@ -105,7 +105,7 @@ def _term_prices(layer: Mapping[str, Any], split: Mapping[str, Any], timings: Op
     hoisted, shared by the terms of its input with that baby; its giant step, shared by the
     terms of its output with that giant), each at the level the program runs it. The prices
     of a layer's terms add up to its products and rotations."""
-    seconds = layer_seconds(dict(layer), timings)
+    seconds = layer_seconds(layer, timings)
     counts = {op: sum(by_level.values()) for op, by_level in layer["ops_by_level"].items()}
     each = {op: seconds[op] / counts[op] for op in seconds if counts[op]}
     terms = np.asarray(split["split"], dtype=np.int64).reshape(-1, 5)
@@ -151,6 +151,7 @@ def _savings(
     if timings is None:
         timings = reference_timings(int(program.levels), 2 * slots)
     cost = {str(layer["name"]): layer for layer in program.cost()}
+    layer_total = {name: sum(layer_seconds(c, timings).values()) for name, c in cost.items()}
     linear = {op.name: op for op in spec.ops if isinstance(op, MapLinearOp)}
     terms: dict[str, Any] = {}  # layer -> (C++ terms [T, 5], their prices [T])
     for split in program.map_layers():
@@ -206,8 +207,7 @@ def _savings(
                 if isinstance(mid, RotateSumOp):
                     copies //= mid.fold
                     alive //= mid.fold
-                per_ct = sum(layer_seconds(dict(cost[mid.name]), timings).values()) / alive
-                price += per_ct * copies
+                price += layer_total[mid.name] / alive * copies
             ct_prices[CiphertextUnit(consumer.name, producer.name, ct)] = float(price)
     return prices, ct_prices
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +215,7 @@ def machine_timings(parameters: Any, *, threads: int = 1) -> OpTimings:
     return _calibrate_once(bytes(parameters.to_bytes()), threads)
 
 
-def layer_seconds(layer: dict[str, Any], timings: OpTimings) -> dict[str, float]:
+def layer_seconds(layer: Mapping[str, Any], timings: OpTimings) -> dict[str, float]:
     """Seconds of one layer of ``Program.cost()`` for one group, per counted operation: its
     count at each level x the seconds of its timing (:data:`TIMED_AS`) there. InputError
     when ``timings`` lack one it needs."""
