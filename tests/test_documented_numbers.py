@@ -62,6 +62,11 @@ KINDS: dict[str, re.Pattern[str]] = {
     **dict.fromkeys(("GB", "GiB", "MB", "MiB"), re.compile(r"(bytes|memory|rss|size)")),
 }
 
+#: Reasons shared by several numbers below.
+EARLIER_QUICK_RUN = "the earlier quick run, kept for comparison"
+FIRST_LENET_TABLE = "the first matched-effort LeNet-like table, since measured again"
+PREVIOUS_OPTIMIZER_RUN = "the previous optimizer run, since replaced"
+
 #: Numbers with a unit in a results-citing paragraph that are not results of its files:
 #: (document, the number as printed, a few words right before it) -> why.
 NOT_RESULTS: dict[tuple[str, str, str], str] = {
@@ -78,83 +83,27 @@ NOT_RESULTS: dict[tuple[str, str, str], str] = {
     ("CHANGELOG.md", "1.2x", "conv models is now within"): "issue 16's bound, a target",
     ("runtime.md", "1.2x", "every layer is within"): "issue 16's bound, a target",
     ("CHANGELOG.md", "60%", "and the softmax is"): "the first tables' profile, since rerun",
-    (
-        "CHANGELOG.md",
-        "77.5%",
-        "dense at 92.8% (it was",
-    ): "the earlier quick run, kept for comparison",
-    ("CHANGELOG.md", "28%", "with grouped rows at"): "the earlier quick run, kept for comparison",
-    (
-        "CHANGELOG.md",
-        "0.832 s",
-        "measured again, see above). Dense",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "1.15x",
-        "same training, Hunter",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "1.20x",
-        "Artemis positional",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "1.13x",
-        "1.20x and diagonal",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "1.32x",
-        "SpENCNN sub-block",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "2.07x",
-        "1.32x and combined",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "3.57x",
-        "ours (combined-cost-aware)",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "0.233 s",
-        "(combined-cost-aware) 3.57x (",
-    ): "the first matched-effort LeNet-like table, since measured again",
-    (
-        "CHANGELOG.md",
-        "97.88%",
-        "3.57x (0.233 s) at",
-    ): "the first matched-effort LeNet-like table, since measured again",
+    ("CHANGELOG.md", "77.5%", "dense at 92.8% (it was"): EARLIER_QUICK_RUN,
+    ("CHANGELOG.md", "28%", "with grouped rows at"): EARLIER_QUICK_RUN,
+    ("CHANGELOG.md", "0.832 s", "measured again, see above). Dense"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "1.15x", "same training, Hunter"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "1.20x", "Artemis positional"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "1.13x", "1.20x and diagonal"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "1.32x", "SpENCNN sub-block"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "2.07x", "1.32x and combined"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "3.57x", "ours (combined-cost-aware)"): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "0.233 s", "(combined-cost-aware) 3.57x ("): FIRST_LENET_TABLE,
+    ("CHANGELOG.md", "97.88%", "3.57x (0.233 s) at"): FIRST_LENET_TABLE,
     ("CHANGELOG.md", "0.233 s", "the first table had"): "the first table, kept for comparison",
     ("CHANGELOG.md", "97.88%", "the first table had 0.233 s and"): (
         "the first table, kept for comparison"
     ),
-    (
-        "CHANGELOG.md",
-        "0.061 s",
-        "(7 repeats), the two take 0.061 and",
-    ): "the previous optimizer run, since replaced",
-    (
-        "CHANGELOG.md",
-        "1.64x",
-        "Ray workers against one:",
-    ): "the previous optimizer run, since replaced",
-    (
-        "CHANGELOG.md",
-        "1.73x",
-        "on the MLP (screening",
-    ): "the previous optimizer run, since replaced",
-    ("CHANGELOG.md", "1.92x", "(screening 1.73x),"): "the previous optimizer run, since replaced",
-    ("CHANGELOG.md", "2.10x", "network (screening"): "the previous optimizer run, since replaced",
-    (
-        "CHANGELOG.md",
-        "0.61 s",
-        "dense G = 32, runs in",
-    ): "the previous optimizer run, since replaced",
+    ("CHANGELOG.md", "0.061 s", "(7 repeats), the two take 0.061 and"): PREVIOUS_OPTIMIZER_RUN,
+    ("CHANGELOG.md", "1.64x", "Ray workers against one:"): PREVIOUS_OPTIMIZER_RUN,
+    ("CHANGELOG.md", "1.73x", "on the MLP (screening"): PREVIOUS_OPTIMIZER_RUN,
+    ("CHANGELOG.md", "1.92x", "(screening 1.73x),"): PREVIOUS_OPTIMIZER_RUN,
+    ("CHANGELOG.md", "2.10x", "network (screening"): PREVIOUS_OPTIMIZER_RUN,
+    ("CHANGELOG.md", "0.61 s", "dense G = 32, runs in"): PREVIOUS_OPTIMIZER_RUN,
     ("rotation_aware.md", "1.27 s", "published LeNet-like ("): "SpENCNN's published time",
     ("rotation_aware.md", "0.15 s", "best pruned row 0.200 s. The"): "issue 16's target",
     ("rotation_aware.md", "0.154 s", "(1.27 s dense,"): "SpENCNN's published time",
