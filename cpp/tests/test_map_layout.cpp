@@ -483,14 +483,20 @@ TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {
   EXPECT_NEAR(features[1], y[7], 1e-12);
 }
 
-// Output ciphertexts run on the context's threads: the same bits, counts and held ciphertexts
-// as on one thread, with plaintexts encoded at set-up and on demand.
+// Output ciphertexts, squares and window sums run on the context's threads, and so do the
+// giant-step blocks of a layer with one output (split into shares): the same bits, counts and
+// held ciphertexts as on one thread, with plaintexts encoded at set-up and on demand.
 TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   const std::size_t slots = 512;
-  Program p = Program::map(params(2 * slots, 3), 2);
+  Program p = Program::map(params(2 * slots, 4), 2);
   add(p, "conv", conv_terms(slots, 128, 16, 4, 3, 2, 2));
   p.add_square("act");
   add(p, "fc", random_terms(2, 3, 12, slots, slots, 4, true));
+  p.add_rotate_sum("pool", {{2, 1}, {3, 16}}, 1);
+  add(p, "head", random_terms(3, 1, 40, slots, slots, 9, true));
+  std::set<std::size_t> giants;
+  for (const MapTerm& t : std::get<MapLinear>(p.layers().back()).terms) giants.insert(t.giant);
+  ASSERT_GE(giants.size(), 2u);  // a block for each of the two shares
   ckks::testing::Fixture f(p.parameters());
   const auto keys = std::make_shared<const ckks::EvaluationKeys>(
       f.keygen.create_evaluation_keys(p.rotation_steps()));

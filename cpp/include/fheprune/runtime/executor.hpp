@@ -397,14 +397,15 @@ class Executor {
       }
       return y;
     }
-    for (std::size_t i = 0; i < x.size(); ++i) {
-      if (!x[i]) continue;
-      Ct sq = backend_.square(*x[i]);
-      ++ops.multiply;
-      ++ops.relinearize;
-      y[i] = backend_.rescale(sq);
-      ++ops.rescale;
-    }
+    // Squares of different ciphertexts are independent: one per thread (a single one splits
+    // its primes over the threads instead, inside the backend).
+    backend_.parallel_for(x.size(), [&](std::size_t i) {
+      if (x[i]) y[i] = backend_.rescale(backend_.square(*x[i]));
+    });
+    const std::size_t squared = live(x);
+    ops.multiply += squared;
+    ops.relinearize += squared;
+    ops.rescale += squared;
     return y;
   }
 
@@ -575,29 +576,46 @@ class Executor {
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
       if (!has_live[o] && prep.bias[o]) ensure_constant(prep, o);  // the threads only copy them
     }
-    struct OutputWork {
+    // With fewer outputs than threads, each output's giant-step blocks are split into
+    // `shares` runs of whole blocks, one per thread, added up at the end. Additions are exact,
+    // so the bits are those of the serial order; so are the counts (a share that starts a
+    // total saves the addition that joining it costs).
+    const std::size_t shares =
+        std::max<std::size_t>(1, backend_.threads() / std::max<std::size_t>(1, m.out_ciphertexts));
+    std::vector<std::size_t> cut((shares + 1) * m.out_ciphertexts);  // term ranges of shares
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
+      std::size_t* c = &cut[o * (shares + 1)];
+      c[0] = begin[o];
+      for (std::size_t k = 1; k < shares; ++k) {
+        // The first block boundary at or after the k-th equal part of the output's terms.
+        std::size_t u = std::max(c[k - 1], begin[o] + (begin[o + 1] - begin[o]) * k / shares);
+        while (u > begin[o] && u < begin[o + 1] && m.terms[u].giant == m.terms[u - 1].giant) ++u;
+        c[k] = u;
+      }
+      c[shares] = begin[o + 1];
+    }
+    struct ShareWork {
       OpCounts ops;
       std::size_t encoded = 0;
       double encode_seconds = 0.0;
-    };
-    std::vector<OutputWork> work(m.out_ciphertexts);
-    std::vector<std::optional<Ct>> y(m.out_ciphertexts);
-    const bool on_demand = encoding_ == Encoding::kOnDemand;
-    backend_.parallel_for(m.out_ciphertexts, [&](std::size_t o) {
-      OutputWork& w = work[o];
       std::optional<Ct> total;
-      if (!on_demand) {
-        total = run_map_output(m, prep, x, baby, begin[o], begin[o + 1], w.ops);
-      }
+    };
+    std::vector<ShareWork> work(m.out_ciphertexts * shares);
+    const bool on_demand = encoding_ == Encoding::kOnDemand;
+    backend_.parallel_for(work.size(), [&](std::size_t task) {
+      const std::size_t o = task / shares, k = task % shares;
+      const std::size_t lo = cut[o * (shares + 1) + k], hi = cut[o * (shares + 1) + k + 1];
+      ShareWork& w = work[task];
+      if (!on_demand) w.total = run_map_output(m, prep, x, baby, lo, hi, w.ops);
       // On demand: one giant step's plaintexts at a time, encoded right before their products.
       std::vector<Pt> block;
       std::vector<double> full(on_demand ? program_.slots() : 0);
-      for (std::size_t u = begin[o]; on_demand && u < begin[o + 1];) {
+      for (std::size_t u = lo; on_demand && u < hi;) {
         const std::size_t giant = m.terms[u].giant;
         std::vector<const Ct*> cts;
         std::vector<const Pt*> pts;
         std::vector<std::size_t> live_terms;
-        for (; u < begin[o + 1] && m.terms[u].giant == giant; ++u) {
+        for (; u < hi && m.terms[u].giant == giant; ++u) {
           const MapTerm& t = m.terms[u];
           if (!x[t.in]) continue;
           cts.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
@@ -615,22 +633,37 @@ class Executor {
         w.encoded += block.size();
         w.encode_seconds +=
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        add_giant_block(cts, pts, static_cast<long>(giant), total, w.ops);
+        add_giant_block(cts, pts, static_cast<long>(giant), w.total, w.ops);
+      }
+    });
+    std::vector<std::optional<Ct>> y(m.out_ciphertexts);
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
+      std::optional<Ct>& total = y[o];
+      OpCounts& share_ops = work[o * shares].ops;
+      for (std::size_t k = 0; k < shares; ++k) {
+        ShareWork& w = work[o * shares + k];
+        if (k > 0) share_ops += w.ops;
+        st.encoded += w.encoded;
+        st.encode_seconds += w.encode_seconds;
+        if (!w.total) continue;
+        if (!total) {
+          total = std::move(w.total);
+        } else {
+          backend_.add_inplace(*total, *w.total);
+          ++share_ops.add;
+        }
       }
       if (total && prep.bias[o]) {
         backend_.add_plain_inplace(*total, *prep.bias[o]);
-        ++w.ops.add_plain;
+        ++share_ops.add_plain;
       } else if (!total && prep.bias[o]) {
         total = constant(prep, o);
-        ++w.ops.constant;
+        ++share_ops.constant;
       }
-      y[o] = std::move(total);
-    });
+    }
     std::size_t held_out = 0;
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
-      ops += work[o].ops;
-      st.encoded += work[o].encoded;
-      st.encode_seconds += work[o].encode_seconds;
+      ops += work[o * shares].ops;
       if (has_live[o] && y[o]) note_held(st, held + held_out + 1, backend_.level(*y[o]));
       held_out += y[o].has_value();
     }
@@ -707,9 +740,13 @@ class Executor {
         if (folded[o]) in[o] = &*folded[o];
       }
     }
+    // Each ciphertext's chain of rotations is serial, but the chains are independent: one per
+    // thread. Counts are per chain, summed afterwards.
     std::vector<std::optional<Ct>> y(n_out);
-    for (std::size_t c = 0; c < n_out; ++c) {
-      if (!in[c]) continue;
+    std::vector<OpCounts> chain_ops(n_out);
+    backend_.parallel_for(n_out, [&](std::size_t c) {
+      if (!in[c]) return;
+      OpCounts& o = chain_ops[c];
       Ct acc = *in[c];
       for (const auto& [count, stride] : r.windows) {
         const Ct base = acc;
@@ -718,20 +755,23 @@ class Executor {
           Ct rotated = backend_.rotate(acc, static_cast<long>(m * stride));
           backend_.add_inplace(acc, rotated);
           m *= 2;
-          ++ops.rotate;
-          ++ops.add;
+          ++o.rotate;
+          ++o.add;
           if ((count >> bit) & 1U) {
             Ct shifted = backend_.rotate(acc, static_cast<long>(stride));
             acc = base;
             backend_.add_inplace(acc, shifted);
             m += 1;
-            ++ops.rotate;
-            ++ops.add;
+            ++o.rotate;
+            ++o.add;
           }
         }
       }
       y[c] = std::move(acc);
-      note_held(st, live(x) + live(in) * (r.fold > 1) + 3, backend_.level(*y[c]));
+    });
+    for (std::size_t c = 0; c < n_out; ++c) {
+      ops += chain_ops[c];
+      if (y[c]) note_held(st, live(x) + live(in) * (r.fold > 1) + 3, backend_.level(*y[c]));
     }
     return y;
   }
