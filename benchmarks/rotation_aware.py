@@ -226,6 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the distilled recovery epochs our cost-aware method gets, so that the comparison "
         "separates the method from the training)",
     )
+    p.add_argument(
+        "--threads", type=int, default=1, help="engine threads of the encrypted runs (default 1)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, default=None)
@@ -490,9 +493,9 @@ class EncryptedRunner:
     same computation a ``Server`` loading files runs (the file path is tested in
     tests/test_conv_runtime.py and used by the main job)."""
 
-    def __init__(self, parameters: Any, *, on_demand: bool = False) -> None:
+    def __init__(self, parameters: Any, *, on_demand: bool = False, threads: int = 1) -> None:
         self.on_demand = on_demand
-        self.context = _core.Context(parameters, 1)
+        self.context = _core.Context(parameters, threads)
         self.keygen = _core.KeyGenerator(self.context)
         self.encoder = _core.Encoder(self.context)
         self.encryptor = _core.Encryptor(self.context, self.keygen.secret_key)
@@ -675,6 +678,7 @@ def keep_other_models(report: dict[str, Any], out: Path, models: list[str]) -> N
         LOG.warning("%s: not readable (%s); starting a new report", out, exc)
         return
     same = all(old.get(k) == report[k] for k in ("budget", "seed", "client_shifts", "margin"))
+    same = same and old.get("threads", 1) == report.get("threads", 1)  # older: one thread
     if not same or not isinstance(old.get("rows"), list):
         LOG.warning("%s: another budget, seed or setting; starting a new report", out)
         return
@@ -710,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"note": QUICK_NOTE} if args.quick else {}),
         "client_shifts": bool(args.client_shifts),
         "margin": args.margin,
+        "threads": args.threads,
         "schedule": {},
         "parameters": {},
         "baseline_accuracy": {},
@@ -861,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
                 largest / 2**30,
             )
         runner = (
-            EncryptedRunner(parameters, on_demand=on_demand)
+            EncryptedRunner(parameters, on_demand=on_demand, threads=args.threads)
             if runnable and parameters is not None
             else None
         )

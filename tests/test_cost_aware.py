@@ -98,7 +98,7 @@ class Harness:
 
 def test_reference_prices_grow_with_the_level_and_hoisting_is_cheaper() -> None:
     timings = reference_timings(8)
-    for op in ("mul_plain", "rotate", "rotate_hoisted", "square", "rescale"):
+    for op in ("mul_plain", "rotate", "rotate_hoisted", "multiply", "relinearize", "rescale"):
         by_level = [timings.get(op, level) for level in range(9)]
         assert all(b > a for a, b in itertools.pairwise(by_level)), op
     for level in range(9):

@@ -131,7 +131,16 @@ def test_predicted_time_needs_a_measured_refresh(preset: ckks.BootstrapPreset) -
     program, _ = deep(preset)
     program.place_refreshes(preset.config)
     flat = {level: 1e-3 for level in range(len(preset.parameters.chain_bits))}
-    ops = ("mul_plain", "rotate", "rotate_hoisted", "add", "rescale", "add_plain", "square")
+    ops = (
+        "mul_plain",
+        "rotate",
+        "rotate_hoisted",
+        "add",
+        "rescale",
+        "add_plain",
+        "multiply",
+        "relinearize",
+    )
     timings = OpTimings(1024, {op: dict(flat) for op in ops})
     with pytest.raises(InputError, match="refresh time"):
         predict(program, timings, 1)

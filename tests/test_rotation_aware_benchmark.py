@@ -60,7 +60,9 @@ def test_a_run_keeps_the_rows_of_the_models_it_leaves_out(tmp_path: Path) -> Non
     assert "encoding" not in report  # only the re-run model had one
 
 
-@pytest.mark.parametrize("change", [{"budget": 0.01}, {"seed": 1}, {"client_shifts": False}])
+@pytest.mark.parametrize(
+    "change", [{"budget": 0.01}, {"seed": 1}, {"client_shifts": False}, {"threads": 2}]
+)
 def test_rows_measured_under_other_settings_are_not_kept(
     tmp_path: Path, change: dict[str, Any]
 ) -> None:
@@ -157,3 +159,13 @@ def test_cost_aware_cache_names_carry_what_the_result_depends_on() -> None:
         for margin in (0.0, 0.002)
     }
     assert len(names) == 4 and all(b.COST_AWARE_PRICES in n for n in names)
+
+
+def test_encrypted_runs_take_the_thread_count() -> None:
+    from fheprune.runtime.params import counting_parameters
+
+    b = bench()
+    assert b.parse_args([]).threads == 1
+    assert b.parse_args(["--threads", "2"]).threads == 2
+    runner = b.EncryptedRunner(counting_parameters(1, 512), threads=2)
+    assert int(runner.context.threads) == 2

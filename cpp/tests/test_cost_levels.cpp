@@ -76,6 +76,14 @@ class LevelRecorder : public SlotBackend {
     note("relinearize", a.level);
     return SlotBackend::square(a);
   }
+  Ct square_unrelinearized(const Ct& a) const {
+    note("multiply", a.level);
+    return SlotBackend::square_unrelinearized(a);
+  }
+  Ct relinearize(const Ct& a) const {
+    note("relinearize", a.level);
+    return SlotBackend::relinearize(a);
+  }
 
  private:
   void note(const char* op, std::size_t level, std::size_t count = 1) const {
@@ -280,6 +288,28 @@ TEST(CostLevels, MapWindowSumAndSquareByHand) {
   EXPECT_EQ(costs[2].ops_by_level, (OpsByLevel{{"multiply", {{1, 1}}},
                                                {"relinearize", {{1, 1}}},
                                                {"rescale", {{1, 1}}}}));
+}
+
+// A square before a folding pool: its products at its level, then the pool's fold additions,
+// relinearizations and rescales there too (one per folded sum), its window one level down.
+TEST(CostLevels, SquareBeforeAFoldingPoolByHand) {
+  const std::size_t slots = 512;
+  Program p = Program::map(params(2 * slots, 2), 4);
+  p.add_square("act");
+  p.add_rotate_sum("pool", {{3, 2}}, 2);  // inputs 0 + 2 and 1 + 3, then a window of 3
+  p.add_square("act2");
+  ASSERT_TRUE(p.defers_relinearization(0));
+  ASSERT_FALSE(p.defers_relinearization(2));
+  const auto costs = check_against_executor(p);
+  EXPECT_EQ(costs[0].ops_by_level, (OpsByLevel{{"multiply", {{2, 4}}}}));
+  EXPECT_EQ(costs[1].level, 2u);
+  EXPECT_EQ(costs[1].ops_by_level, (OpsByLevel{{"add", {{2, 2}, {1, 2 * 2}}},
+                                               {"relinearize", {{2, 2}}},
+                                               {"rescale", {{2, 2}}},
+                                               {"rotate", {{1, 2 * 2}}}}));
+  EXPECT_EQ(costs[2].ops_by_level, (OpsByLevel{{"multiply", {{1, 2}}},
+                                               {"relinearize", {{1, 2}}},
+                                               {"rescale", {{1, 2}}}}));
 }
 
 TEST(CostLevels, RandomMapPrograms) {

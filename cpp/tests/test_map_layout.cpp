@@ -521,6 +521,59 @@ TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   }
 }
 
+// A square right before a folding pool hands on unrelinearized products: the fold adds them
+// and relinearizes and rescales each sum once. Against the cleartext on the simulator, the
+// engine against the simulator, and the counts (and their levels) against the cost model.
+TEST(MapLayout, SquaresBeforeAFoldAreRelinearizedOncePerSum) {
+  const std::size_t slots = 512;
+  const Terms a = random_terms(2, 6, 30, slots, slots, 41, true);
+  const Terms b = random_terms(2, 1, 8, slots, slots, 43, true);
+  const std::vector<std::pair<std::size_t, std::size_t>> windows{{2, 1}};
+  Program p = Program::map(params(2 * slots, 3), 2);
+  add(p, "conv", a);
+  p.add_square("act");
+  p.add_rotate_sum("pool", windows, 3);
+  add(p, "fc", b);
+  EXPECT_FALSE(p.defers_relinearization(0));
+  EXPECT_TRUE(p.defers_relinearization(1));
+  EXPECT_FALSE(p.defers_relinearization(2));
+  EXPECT_FALSE(p.defers_relinearization(3));
+  EXPECT_EQ(p.levels(), 3u);
+  std::vector<std::uint32_t> ct{0, 0};
+  std::vector<std::size_t> at{5, 77};
+  p.set_outputs(ct, at);
+
+  const Slots x = random_inputs(2, slots, 45);
+  Slots conv = apply_terms(a, x);
+  Slots folded(2, std::vector<double>(slots, 0.0));
+  for (std::size_t k = 0; k < 6; ++k) {
+    for (std::size_t j = 0; j < slots; ++j) folded[k % 2][j] += conv[k][j] * conv[k][j];
+  }
+  const Slots want = apply_terms(b, window_sum(folded, windows));
+  const SimRun sim = simulate(p, x);
+  ASSERT_EQ(sim.y.size(), 1u);
+  EXPECT_LT(max_abs_diff(sim.y[0], want[0]), 1e-9);
+  const SimRun enc = run_encrypted(p, x);
+  EXPECT_LT(max_abs_diff(enc.y[0], sim.y[0]), 1e-4 * (1.0 + max_abs_diff(sim.y[0], Slots::value_type(slots, 0.0))));
+  EXPECT_EQ(enc.stats.total(), sim.stats.total());
+  EXPECT_EQ(sim.stats.total(), model_total(p));
+  // Six products, two relinearizations and rescales (one per folded sum), not six.
+  EXPECT_EQ(sim.stats.layers[1].ops.multiply, 6u);
+  EXPECT_EQ(sim.stats.layers[1].ops.relinearize + sim.stats.layers[1].ops.rescale, 0u);
+  EXPECT_EQ(sim.stats.layers[2].ops.relinearize, 2u);
+  EXPECT_EQ(sim.stats.layers[2].ops.rescale, 2u);
+  // At the square's level (2): the products, the fold's additions, relinearizations and
+  // rescales; the window one level below.
+  const auto cost = estimate_cost(p, 3);
+  EXPECT_EQ(cost[2].level, 2u);  // the pool's inputs: the products, not yet rescaled
+  EXPECT_EQ(cost[1].ops_by_level.at("multiply").at(2), 6u);
+  EXPECT_EQ(cost[2].ops_by_level.at("add").at(2), 4u);
+  EXPECT_EQ(cost[2].ops_by_level.at("relinearize").at(2), 2u);
+  EXPECT_EQ(cost[2].ops_by_level.at("rescale").at(2), 2u);
+  EXPECT_EQ(cost[2].ops_by_level.at("rotate").at(1), 2u);
+  EXPECT_EQ(cost[2].ops_by_level.at("add").at(1), 2u);
+}
+
 // A folded pool adds its sub-maps (ciphertexts o + m * n/fold) before the window sums: on the
 // simulator against the direct sum, on the engine against the simulator with the cost
 // model's counts; known-zero members add nothing, the range bound covers it, files

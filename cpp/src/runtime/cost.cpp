@@ -275,8 +275,17 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
         live += count > 0;
         folds += count > 0 ? count - 1 : 0;
       }
-      // No level: the fold, the rotations and their adds all run at the input level.
-      at("add", level, folds);
+      if (i > 0 && program.defers_relinearization(i - 1)) {
+        // The squares before arrive unrescaled, one level up: the fold adds them there, then
+        // each folded sum is relinearized and rescaled once; the windows run at `level`.
+        c.level = level + 1;
+        at("add", level + 1, folds);
+        at("relinearize", level + 1, live);
+        at("rescale", level + 1, live);
+      } else {
+        // No level: the fold, the rotations and their adds all run at the input level.
+        at("add", level, folds);
+      }
       const std::size_t per_ct = window_sum_steps(*r).size();
       std::size_t area = 1;
       for (const auto& w : r->windows) area *= w.first;
@@ -293,9 +302,11 @@ std::vector<LayerCost> estimate_cost(const Program& program, std::size_t input_l
       c.kind = "square";
       std::size_t live = 0;
       for (auto v : live_in) live += v;
-      at("multiply", level, live);  // multiply_relin, then the rescale, all at `level`
-      at("relinearize", level, live);
-      at("rescale", level, live);
+      at("multiply", level, live);  // the product, then relinearize and rescale, at `level`
+      if (!program.defers_relinearization(i)) {  // else the window sum after does both
+        at("relinearize", level, live);
+        at("rescale", level, live);
+      }
       --level;
     }
     // Every count is recorded once, with its level; the totals follow from it.

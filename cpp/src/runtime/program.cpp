@@ -594,6 +594,12 @@ std::vector<std::uint8_t> Program::live_inputs(std::size_t layer) const {
   return live_per_layer()[layer];
 }
 
+bool Program::defers_relinearization(std::size_t layer) const {
+  if (layer + 1 >= layers_.size() || !std::holds_alternative<Square>(layers_[layer])) return false;
+  const auto* r = std::get_if<RotateSum>(&layers_[layer + 1]);
+  return r != nullptr && r->fold > 1;
+}
+
 std::vector<std::vector<std::uint8_t>> Program::live_per_layer() const {
   // One walk forward. Map and tile layouts: an output ciphertext is live when a term or unit
   // reads a live input, or its bias is non-zero (then the executor encrypts the constant); a

@@ -90,6 +90,9 @@ class EngineBackend {
     return evaluator_.rotate_hoisted(a, steps, keys().galois_keys);
   }
   Ct square(const Ct& a) const { return evaluator_.multiply_relin(a, a, keys().relin_key); }
+  // The product alone (three parts), and its relinearization (Executor: deferred squares).
+  Ct square_unrelinearized(const Ct& a) const { return evaluator_.square(a); }
+  Ct relinearize(const Ct& a) const { return evaluator_.relinearize(a, keys().relin_key); }
   std::size_t level(const Ct& a) const { return a.level(); }
   double scale(const Ct& a) const { return a.scale(); }
   static std::size_t bytes(const Pt& p) { return p.data().size() * sizeof(ckks::u64); }
@@ -278,6 +281,9 @@ class SlotBackend {
     out.scale = a.scale * a.scale;
     return out;
   }
+  // Slot values do not see relinearization: the same square, and the identity.
+  Ct square_unrelinearized(const Ct& a) const { return square(a); }
+  Ct relinearize(const Ct& a) const { return a; }
   std::size_t level(const Ct& a) const { return a.level; }
   double scale(const Ct& a) const { return a.scale; }
   // What the engine object would occupy (N words per prime per component).

@@ -387,7 +387,10 @@ class Executor {
     if (const auto* t = std::get_if<TileLinear>(&layer)) return run_tile(*t, prep, x, st, ops);
     if (const auto* d = std::get_if<DiagonalLinear>(&layer)) return run_diagonal(*d, prep, x, st, ops);
     if (const auto* m = std::get_if<MapLinear>(&layer)) return run_map(*m, prep, x, st, ops);
-    if (const auto* r = std::get_if<RotateSum>(&layer)) return run_window_sum(*r, x, st, ops);
+    if (const auto* r = std::get_if<RotateSum>(&layer)) {
+      const bool finish_squares = index > 0 && program_.defers_relinearization(index - 1);
+      return run_window_sum(*r, x, finish_squares, st, ops);
+    }
     std::vector<std::optional<Ct>> y(x.size());
     if (std::holds_alternative<Refresh>(layer)) {
       for (std::size_t i = 0; i < x.size(); ++i) {
@@ -398,14 +401,18 @@ class Executor {
       return y;
     }
     // Squares of different ciphertexts are independent: one per thread (a single one splits
-    // its primes over the threads instead, inside the backend).
+    // its primes over the threads instead, inside the backend). Deferred: the window sum
+    // after relinearizes and rescales its folded sums (Program::defers_relinearization).
+    const bool defer = program_.defers_relinearization(index);
     backend_.parallel_for(x.size(), [&](std::size_t i) {
-      if (x[i]) y[i] = backend_.rescale(backend_.square(*x[i]));
+      if (!x[i]) return;
+      y[i] = defer ? backend_.square_unrelinearized(*x[i])
+                   : backend_.rescale(backend_.square(*x[i]));
     });
     const std::size_t squared = live(x);
     ops.multiply += squared;
-    ops.relinearize += squared;
-    ops.rescale += squared;
+    ops.relinearize += defer ? 0 : squared;
+    ops.rescale += defer ? 0 : squared;
     return y;
   }
 
@@ -717,8 +724,11 @@ class Executor {
 
   // Window sums, each by the binary method: W_2m = W_m + rot(W_m, m * stride) and
   // W_m+1 = x + rot(W_m, stride), most significant bit first (window_sum_steps).
+  // `finish_squares`: the inputs are unrelinearized, unrescaled squares; each folded sum is
+  // relinearized and rescaled before its windows.
   std::vector<std::optional<Ct>> run_window_sum(const RotateSum& r,
-                                                const std::vector<const Ct*>& x, RunStats& st,
+                                                const std::vector<const Ct*>& x,
+                                                bool finish_squares, RunStats& st,
                                                 OpCounts& ops) {
     // Fold the sub-maps first (additions; a known zero adds nothing), then sum the windows.
     const std::size_t n_out = x.size() / r.fold;
@@ -738,6 +748,18 @@ class Executor {
           }
         }
         if (folded[o]) in[o] = &*folded[o];
+      }
+    }
+    std::vector<std::optional<Ct>> finished(finish_squares ? n_out : 0);
+    if (finish_squares) {
+      backend_.parallel_for(n_out, [&](std::size_t o) {
+        if (in[o]) finished[o] = backend_.rescale(backend_.relinearize(*in[o]));
+      });
+      for (std::size_t o = 0; o < n_out; ++o) {
+        if (!finished[o]) continue;
+        in[o] = &*finished[o];
+        ++ops.relinearize;
+        ++ops.rescale;
       }
     }
     // Each ciphertext's chain of rotations is serial, but the chains are independent: one per

@@ -295,6 +295,12 @@ class Program {
   std::vector<std::uint8_t> live_inputs(std::size_t layer) const;
   // The same for every layer at once, in one walk, and last the output's.
   std::vector<std::vector<std::uint8_t>> live_per_layer() const;
+  // Whether square layer `layer` hands its products on unrelinearized and unrescaled: when
+  // the next layer is a window sum that folds sub-maps (fold > 1), the fold adds the squares
+  // first (additions are exact on three-part ciphertexts) and then relinearizes and rescales
+  // each sum once, instead of every square (lazy relinearization). The pair consumes one
+  // level either way.
+  bool defers_relinearization(std::size_t layer) const;
 
   // Client side: samples [count][in_features] (row-major) -> slot vectors, group by group
   // (input_ciphertexts() per group); and back: slot vectors -> [count][out_features].
