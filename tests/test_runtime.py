@@ -354,6 +354,21 @@ def test_encrypted_run_matches_plaintext_and_cost_model(setup: Setup) -> None:
         assert np.all(y[:, 4] == 0.0)
 
 
+def test_set_threads_runs_the_same_bits(setup: Setup) -> None:
+    server = Server(setup.program_bytes, setup.keys_bytes)
+    assert server.threads == 1
+    server.set_threads(2)
+    assert server.threads == 2
+    again = server.run(setup.inputs)
+    assert [c is None for c in again] == [c is None for c in setup.outputs]
+    # Exact: the same operations on other threads.
+    want = setup.client.decrypt(setup.outputs, setup.count)
+    assert setup.client.decrypt(again, setup.count).tobytes() == want.tobytes()
+    with pytest.raises(_core.ParameterError, match="at least one engine thread"):
+        server.set_threads(0)
+    assert server.threads == 2
+
+
 def test_file_exchange_round_trips(setup: Setup, tmp_path: Path) -> None:
     (tmp_path / "program.bin").write_bytes(setup.program_bytes)
     (tmp_path / "client.json").write_text(setup.spec.to_json())

@@ -484,6 +484,14 @@ void bind_runtime(nb::module_& m) {
   bind_program_facts(server);
   server.def_prop_ro("key_id", [](const rt::Server& s) { return to_bytes(s.key_id()); })
       .def(
+          "set_threads",
+          [](rt::Server& s, std::size_t threads) {
+            nb::gil_scoped_release release;  // waits for a run in flight
+            s.set_threads(threads);
+          },
+          "threads"_a,
+          "Engine threads for the following runs; only for a server that made its own context.")
+      .def(
           "run",
           [](const rt::Server& s, const std::vector<const ck::Ciphertext*>& inputs) {
             rt::RunStats stats;

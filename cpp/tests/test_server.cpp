@@ -94,6 +94,27 @@ TEST(Server, SharesOwnershipOfKeysAndProgram) {
   EXPECT_EQ(moved.run(inputs).size(), moved.program().output_ciphertexts());
 }
 
+TEST(Server, SetThreadsGivesTheSameBitsOnItsOwnContextOnly) {
+  ServerSetup s;
+  Server server(s.program, s.keys);
+  const auto inputs = s.encrypt(5);
+  const auto one = decrypt(s, server.run(inputs));
+  server.set_threads(2);
+  EXPECT_EQ(server.context()->threads(), 2u);
+  EXPECT_EQ(decrypt(s, server.run(inputs)), one);  // exact: the same operations, other threads
+  EXPECT_THROW(server.set_threads(0), ckks::ParameterError);
+  EXPECT_THROW(server.set_threads(ckks::max_threads() + 1), ckks::ParameterError);
+  EXPECT_EQ(server.context()->threads(), 2u);  // a refused count changes nothing
+
+  // A context the caller or a host shares may be running other work: refused.
+  Server on_callers(s.program, s.client.ctx, s.keys);
+  EXPECT_THROW(on_callers.set_threads(2), ckks::ParameterError);
+  const ProgramHost host(s.program);
+  Server served = host.serve(s.keys);
+  EXPECT_THROW(served.set_threads(2), ckks::ParameterError);
+  EXPECT_EQ(host.context()->threads(), 1u);
+}
+
 TEST(Server, RefusesKeysOfOtherParameters) {
   ServerSetup s;
   ckks::testing::Fixture other(small_params({50, 40, 40, 40, 40}));  // one more level

@@ -128,6 +128,7 @@ struct Server::State {
   EngineBackend backend;
   Executor<EngineBackend> executor;
   std::mutex run_mutex;  // the executor's runs are not reentrant
+  bool owns_context = false;  // made by the server itself: nobody else runs work on it
 
   State(std::shared_ptr<const Program> p, ck::ContextPtr ctx,
         std::shared_ptr<const ck::EvaluationKeys> k, Encoding encoding)
@@ -153,7 +154,9 @@ Server::Server(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Server::Server(std::shared_ptr<const Program> program,
                std::shared_ptr<const ck::EvaluationKeys> keys, ServerOptions options)
     : Server(program, make_server_context(program.get(), options), std::move(keys),
-             options.encoding) {}
+             options.encoding) {
+  state_->owns_context = true;
+}
 
 Server::Server(std::shared_ptr<const Program> program, ck::ContextPtr context,
                std::shared_ptr<const ck::EvaluationKeys> keys, Encoding encoding) {
@@ -182,7 +185,9 @@ Server Server::from_bytes(std::span<const std::uint8_t> program,
   // One context, built once: it parses the keys and then runs the program.
   ck::ContextPtr ctx = make_server_context(loaded.get(), options);
   auto keys = load_bundle(*ctx, evaluation_keys);
-  return Server(std::move(loaded), std::move(ctx), std::move(keys), options.encoding);
+  Server server(std::move(loaded), std::move(ctx), std::move(keys), options.encoding);
+  server.state_->owns_context = true;
+  return server;
 }
 
 Server Server::from_signed_bytes(std::span<const std::uint8_t> program,
@@ -210,6 +215,17 @@ const ck::EvaluationKeys& Server::keys() const { return *state_->keys; }
 const ck::KeyId& Server::key_id() const { return state_->keys->public_key.id(); }
 std::size_t Server::plaintext_bytes() const { return state_->executor.plaintext_bytes(); }
 std::size_t Server::plaintext_count() const { return state_->executor.plaintext_count(); }
+
+void Server::set_threads(std::size_t threads) {
+  if (!state_->owns_context) {
+    throw ck::ParameterError("this server shares its context (a ProgramHost's or the caller's), "
+                             "whose threads other work may be using; set the threads where that "
+                             "context is made");
+  }
+  if (threads == 0) throw ck::ParameterError("the server needs at least one engine thread, got 0");
+  std::lock_guard lock(state_->run_mutex);
+  state_->context->set_threads(threads);  // ParameterError above ckks::max_threads()
+}
 
 ck::Fingerprint Server::program_fingerprint() const {
   return runtime::program_fingerprint(state_->program->save());

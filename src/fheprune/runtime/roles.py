@@ -629,6 +629,16 @@ class Server:
         return _core.Context(self._server.parameters)
 
     @property
+    def threads(self) -> int:
+        """Engine threads each run uses."""
+        return int(self._server.threads)
+
+    def set_threads(self, threads: int) -> None:
+        """Engine threads for the following runs (waits for a run in flight): one server times
+        a program at several thread counts with one copy of its plaintexts."""
+        self._server.set_threads(threads)
+
+    @property
     def plaintext_bytes(self) -> int:
         """Bytes of the plaintexts encoded at set-up."""
         return int(self._server.plaintext_bytes)
