@@ -25,8 +25,9 @@ giant-step counting bound, 2*sqrt(|D|) - 2 for one ciphertext in and out; ceil(l
 ciphertext for a window sum).
 
 Writes ``--out`` (JSON ``{"rows": [...], "layers": [...], "machine": ..., ...}``, atomically
-after every method; trained models are cached in the work directory, so an interrupted run
-resumes where it stopped) and a Markdown table beside it. Rows of models a run leaves out are
+after every method; trained models are cached in the work directory, and a method's
+training calls checkpoint every epoch, so an interrupted run resumes within the method it
+stopped in) and a Markdown table beside it. Rows of models a run leaves out are
 kept from the report already at ``--out``. ``--models hefnet-mnist vgg5-mnist``: the MNIST
 variants of SpENCNN's larger networks, on a shorter schedule (``LARGE``); their plaintexts do
 not fit in memory, so every method of theirs encodes its plaintexts on demand (the latency
@@ -57,6 +58,7 @@ from fheprune.pruning import cost_aware as ca
 from fheprune.pruning import rotation_aware as ra
 from fheprune.reporting import machine_info, quartiles, sig2, write_json_atomic
 from fheprune.runtime.compiler import CompiledModel, compile_model, map_slots
+from fheprune.training import CallCheckpoints
 from fheprune.training.config import default_config
 from fheprune.training.data import load_loaders, set_loader_epoch
 from fheprune.training.metrics import evaluate
@@ -739,8 +741,13 @@ def main(argv: list[str] | None = None) -> int:
             test_limit=s.test_limit,
         )
         # Fine-tuning pruned polynomial networks at the training rate can diverge.
-        harness = ra.TrainerHarness(loaders, config.replace(lr=1e-3), split="val")
-        train_harness = ra.TrainerHarness(loaders, config, split="val")
+        # Every training call checkpoints, so a method interrupted mid-way resumes (its calls
+        # replay from their checkpoints) instead of starting over.
+        calls = CallCheckpoints()
+        harness = ra.TrainerHarness(
+            loaders, config.replace(lr=1e-3), split="val", checkpoints=calls
+        )
+        train_harness = ra.TrainerHarness(loaders, config, split="val", checkpoints=calls)
         report.setdefault("matched_effort", {})[model_name] = bool(args.matched_effort)
 
         make = ra.grouped_builder(model_name, "mnist", seed=args.seed)
@@ -823,16 +830,20 @@ def main(argv: list[str] | None = None) -> int:
             result = cache.load(key, make)
             if result is None:
                 LOG.info("%s / %s: pruning", model_name, method)
+                calls.begin(work / model_name / "calls" / key)
                 result = table[method]()
                 cache.save(key, result)
+                calls.finish()
             bases[method] = result
             if args.matched_effort and method not in NO_EXTRA_TRAINING:
                 # The same distilled recovery ours gets, kept only where validation improves.
                 matched = cache.load(f"{key}-matched", make)
                 if matched is None:
                     LOG.info("%s / %s: matched recovery", model_name, method)
+                    calls.begin(work / model_name / "calls" / f"{key}-matched")
                     matched = ca.polish(result, recovery, recovery_epochs(s))
                     cache.save(f"{key}-matched", matched)
+                    calls.finish()
                 result = matched
             try:
                 _, compiled, cost = compile_map(result.model, args.client_shifts)

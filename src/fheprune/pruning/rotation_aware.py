@@ -56,7 +56,7 @@ from fheprune.layouts.channels import (
     layer_units,
     plan_layout,
 )
-from fheprune.training import Loaders, TrainConfig, evaluate, train
+from fheprune.training import CallCheckpoints, Loaders, TrainConfig, evaluate, train
 from fheprune.training.trainer import Distillation, Regularizer, TrainingDivergedError
 
 from .base import Masks, apply_masks, check_fraction, full_masks, prune_count, select_lowest
@@ -443,7 +443,10 @@ class TrainerHarness:
 
     Every call trains with ``config`` (seeded by ``config.seed``; ``epochs`` overridden), fixed
     masks and tqdm progress bars, distilling from ``distill``'s teacher when given; accuracy
-    is measured on ``split`` ("val" for decisions, the default, or "test").
+    is measured on ``split`` ("val" for decisions, the default, or "test"). With
+    ``checkpoints``, every call checkpoints after each epoch, so a procedure run again after an
+    interruption skips the calls it finished (:mod:`fheprune.training.replay`); copies made
+    with ``dataclasses.replace`` share it.
     """
 
     loaders: Loaders
@@ -452,6 +455,7 @@ class TrainerHarness:
     device: str = "cpu"
     progress: bool = True
     distill: Distillation | None = None
+    checkpoints: CallCheckpoints | None = None
 
     def evaluate(self, model: nn.Module) -> float:
         loader = self.loaders.val if self.split == "val" else self.loaders.test
@@ -469,12 +473,19 @@ class TrainerHarness:
     ) -> None:
         if epochs < 1:
             return
+        config = self.config.replace(epochs=epochs)
+        folder = None
+        if self.checkpoints is not None:
+            folder = self.checkpoints.next_dir(
+                model, config, masks=masks, distill=self.distill, regularizer=regularizer
+            )
         try:
             train(
                 model,
                 self.loaders,
-                self.config.replace(epochs=epochs),
+                config,
                 masks=masks,
+                checkpoint_dir=folder,
                 regularizer=regularizer,
                 progress=self.progress,
                 device=self.device,

@@ -30,6 +30,7 @@ from .metrics import (
     metric_is_better,
     within_budget,
 )
+from .replay import CallCheckpoints
 from .trainer import (
     CHECKPOINT_NAME,
     Distillation,
@@ -45,6 +46,7 @@ from .trainer import (
 __all__ = [
     "CHECKPOINT_NAME",
     "DEFAULT_BUDGET",
+    "CallCheckpoints",
     "CheckpointError",
     "DataSpec",
     "Distillation",
