@@ -521,6 +521,39 @@ TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   }
 }
 
+// A pruned program: the first layer's second output has no terms (a known zero), so its one
+// working output is split into shares, and the square and window sum after it work on one
+// present ciphertext (on the calling thread, primes split). Same bits, counts and held
+// ciphertexts as one thread.
+TEST(MapLayout, TwoThreadsOnAPrunedOutputGiveTheSameBitsAndCounts) {
+  const std::size_t slots = 512;
+  Program p = Program::map(params(2 * slots, 4), 2);
+  Terms conv = random_terms(2, 2, 40, slots, slots, 61, false);
+  std::fill(conv.out.begin(), conv.out.end(), 0u);  // output 1 pruned whole
+  add(p, "conv", conv);
+  p.add_square("act");
+  p.add_rotate_sum("pool", {{2, 1}, {3, 16}}, 1);
+  add(p, "head", random_terms(2, 1, 30, slots, slots, 63, true));
+  ckks::testing::Fixture f(p.parameters());
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
+  std::vector<ckks::Ciphertext> in;
+  for (const auto& v : random_inputs(2, slots, 65)) in.push_back(f.encrypt(v));
+  EngineBackend one(f.ctx, keys);
+  EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
+  RunStats one_stats, two_stats;
+  const auto want = Executor<EngineBackend>(p, one).run(in, &one_stats);
+  const auto got = Executor<EngineBackend>(p, two).run(in, &two_stats);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_TRUE(got[0] && want[0]);
+  EXPECT_EQ(got[0]->data(), want[0]->data());
+  EXPECT_EQ(two_stats.total(), one_stats.total());
+  EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
+  EXPECT_EQ(one_stats.layers[1].ops.multiply, 1u);  // one square: the pruned output is zero
+  const SimRun sim = simulate(p, random_inputs(2, slots, 65));
+  EXPECT_EQ(sim.stats.total(), one_stats.total());
+}
+
 // A square right before a folding pool hands on unrelinearized products: the fold adds them
 // and relinearizes and rescales each sum once. Against the cleartext on the simulator, the
 // engine against the simulator, and the counts (and their levels) against the cost model.

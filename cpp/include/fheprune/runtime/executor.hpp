@@ -314,6 +314,18 @@ class Executor {
     return n;
   }
 
+  // body(i) for every present x[i], one ciphertext per thread. The present ones are listed
+  // first, so the threads share only real work, and a lone one runs on the calling thread,
+  // where its operations split their primes over the threads instead.
+  template <class Body>
+  void for_each_present(const std::vector<const Ct*>& x, Body&& body) const {
+    std::vector<std::size_t> present;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (x[i]) present.push_back(i);
+    }
+    backend_.parallel_for(present.size(), [&](std::size_t k) { body(present[k]); });
+  }
+
   // One fused pass over sum_i cts[i] * pts[i], lazily reduced; counted as the products and adds
   // it replaces.
   Ct sum_of_products(const std::vector<const Ct*>& cts, const std::vector<const Pt*>& pts,
@@ -401,11 +413,10 @@ class Executor {
       return y;
     }
     // Squares of different ciphertexts are independent: one per thread (a single one splits
-    // its primes over the threads instead, inside the backend). Deferred: the window sum
+    // its primes over the threads instead, inside the backend; for_each_present). Deferred: the window sum
     // after relinearizes and rescales its folded sums (Program::defers_relinearization).
     const bool defer = program_.defers_relinearization(index);
-    backend_.parallel_for(x.size(), [&](std::size_t i) {
-      if (!x[i]) return;
+    for_each_present(x, [&](std::size_t i) {
       y[i] = defer ? backend_.square_unrelinearized(*x[i])
                    : backend_.rescale(backend_.square(*x[i]));
     });
@@ -428,8 +439,7 @@ class Executor {
     if (t.rebuild_input) {
       rebuilt.resize(x.size());
       std::vector<OpCounts> rebuild_ops(x.size());
-      backend_.parallel_for(x.size(), [&](std::size_t i) {
-        if (!x[i]) return;
+      for_each_present(x, [&](std::size_t i) {
         OpCounts& o = rebuild_ops[i];
         rebuilt[i] = backend_.rescale(backend_.mul_plain(*x[i], *prep.mask));
         ++o.mul_plain;
@@ -583,12 +593,15 @@ class Executor {
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
       if (!has_live[o] && prep.bias[o]) ensure_constant(prep, o);  // the threads only copy them
     }
-    // With fewer outputs than threads, each output's giant-step blocks are split into
+    // With fewer working outputs than threads, each output's giant-step blocks are split into
     // `shares` runs of whole blocks, one per thread, added up at the end. Additions are exact,
     // so the bits are those of the serial order; so are the counts (a share that starts a
-    // total saves the addition that joining it costs).
+    // total saves the addition that joining it costs). Outputs without terms (pruned whole,
+    // or fed only by known-zero inputs) take no thread.
+    std::size_t working = 0;
+    for (std::size_t o = 0; o < m.out_ciphertexts; ++o) working += has_live[o] != 0;
     const std::size_t shares =
-        std::max<std::size_t>(1, backend_.threads() / std::max<std::size_t>(1, m.out_ciphertexts));
+        std::max<std::size_t>(1, backend_.threads() / std::max<std::size_t>(1, working));
     std::vector<std::size_t> cut((shares + 1) * m.out_ciphertexts);  // term ranges of shares
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
       std::size_t* c = &cut[o * (shares + 1)];
@@ -752,8 +765,8 @@ class Executor {
     }
     std::vector<std::optional<Ct>> finished(finish_squares ? n_out : 0);
     if (finish_squares) {
-      backend_.parallel_for(n_out, [&](std::size_t o) {
-        if (in[o]) finished[o] = backend_.rescale(backend_.relinearize(*in[o]));
+      for_each_present(in, [&](std::size_t o) {
+        finished[o] = backend_.rescale(backend_.relinearize(*in[o]));
       });
       for (std::size_t o = 0; o < n_out; ++o) {
         if (!finished[o]) continue;
@@ -766,8 +779,7 @@ class Executor {
     // thread. Counts are per chain, summed afterwards.
     std::vector<std::optional<Ct>> y(n_out);
     std::vector<OpCounts> chain_ops(n_out);
-    backend_.parallel_for(n_out, [&](std::size_t c) {
-      if (!in[c]) return;
+    for_each_present(in, [&](std::size_t c) {
       OpCounts& o = chain_ops[c];
       Ct acc = *in[c];
       for (const auto& [count, stride] : r.windows) {
