@@ -10,7 +10,10 @@ from types import ModuleType
 
 def load_benchmark(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as the module ``<name>_benchmark`` (a fresh load each call)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    path = folder / f"{name}.py"
+    if str(folder) not in sys.path:  # scripts import their siblings, as when run directly
+        sys.path.append(str(folder))
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

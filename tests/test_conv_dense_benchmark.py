@@ -3,6 +3,8 @@ one server switched between thread counts, interleaved rounds, paired ratios."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from benchmark_scripts import load_benchmark
@@ -32,3 +34,15 @@ def test_time_servers_pairs_rounds_on_one_server() -> None:
     ratios = [a / b for a, b in zip(one, two, strict=True)]
     assert result["speedup"]["per_round"] == ratios
     assert result["speedup"]["median"] == sorted(ratios)[1]
+
+
+def test_threads_pruned_needs_the_cached_models(tmp_path: Path) -> None:
+    bench = load_benchmark("threads_pruned")
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not data.exists():
+        pytest.skip("the MNIST files are not beside the repository")
+    with pytest.raises(SystemExit, match=r"run benchmarks/rotation_aware\.py with this --work-dir"):
+        bench.main(
+            ["--work-dir", str(tmp_path), "--data-dir", str(data), "--out", str(tmp_path / "o")]
+        )
+    assert not (tmp_path / "o").exists()
