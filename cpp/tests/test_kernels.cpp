@@ -16,8 +16,9 @@ TEST_P(KernelTest, InnerProductMatchesWideArithmetic) {
   std::mt19937_64 gen(static_cast<unsigned>(GetParam()));
   const std::size_t n = 264;  // 32-coefficient passes and one 8-coefficient tail
   // 17 > 16 exercises the lazy flush; 2047 and 2048 the two reductions of the IFMA path
-  // (in vector lanes below 2^11 digits, scalar above), with residues near q in every digit.
-  for (std::size_t digits : {1u, 3u, 8u, 17u, 2047u, 2048u}) {
+  // (in vector lanes below 2^11 digits, scalar above); 1023 and 1024 the wide primes' vector
+  // path and its scalar fallback; residues near q in every digit.
+  for (std::size_t digits : {1u, 3u, 8u, 17u, 1023u, 1024u, 2047u, 2048u}) {
     std::vector<std::vector<u64>> x(digits, std::vector<u64>(n)), b = x, a = x;
     std::vector<const u64*> px, pb, pa;
     for (std::size_t d = 0; d < digits; ++d) {
@@ -76,7 +77,7 @@ TEST_P(KernelTest, SubScaleMatchesWideArithmetic) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(PrimeSizes, KernelTest, ::testing::Values(30, 40, 49, 50, 59, 60));
+INSTANTIATE_TEST_SUITE_P(PrimeSizes, KernelTest, ::testing::Values(30, 40, 49, 50, 52, 53, 59, 60));
 
 }  // namespace
 }  // namespace fheprune::ckks

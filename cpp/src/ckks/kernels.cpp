@@ -184,15 +184,108 @@ FHEPRUNE_AVX512 void inner_product_ifma(
   }
 }
 
+// Residues of 2^52 < q < 2^61 (the wide primes at the ends of the chain). Each operand splits
+// into its low 52 bits and a high part below 2^9, so a product x * b is
+//   xl bl + (xl bh + xh bl) 2^52 + xh bh 2^104,
+// seven multiply-adds into three 64-bit accumulators by weight: L (2^0), H (2^52), G (2^104).
+// Per digit L gains one 52-bit part and H three, so below 2^10 digits neither reaches 2^64.
+// The sum then reduces in vector lanes: L = l0 + l1 2^52, H + l1 = h0 + h1 2^52, and the value
+// is l0 + h0 2^52 + (G + h1) 2^104, with l0 < q and two Shoup products by 2^52 and 2^104 mod q.
+struct WideSum {
+  __m512i l, h, g;
+};
+
+FHEPRUNE_AVX512 inline void wide_madd(WideSum& s, __m512i x, __m512i xh, __m512i y) {
+  const __m512i yh = _mm512_srli_epi64(y, 52);
+  s.l = _mm512_madd52lo_epu64(s.l, x, y);
+  s.h = _mm512_madd52hi_epu64(s.h, x, y);
+  s.h = _mm512_madd52lo_epu64(s.h, x, yh);
+  s.g = _mm512_madd52hi_epu64(s.g, x, yh);
+  s.h = _mm512_madd52lo_epu64(s.h, xh, y);
+  s.g = _mm512_madd52hi_epu64(s.g, xh, y);
+  s.g = _mm512_madd52lo_epu64(s.g, xh, yh);
+}
+
+struct WideReduce {
+  simd::Lanes64 m;
+  __m512i q, mask, c52, c52_s, c104, c104_s;
+  FHEPRUNE_AVX512 explicit WideReduce(u64 qv)
+      : m(qv), q(simd::set1(qv)), mask(simd::set1((u64{1} << 52) - 1)) {
+    const auto shoup = [qv](u64 w) { return static_cast<u64>((static_cast<u128>(w) << 64) / qv); };
+    const u64 w52 = static_cast<u64>((u128{1} << 52) % qv);
+    const u64 w104 = static_cast<u64>(static_cast<u128>(w52) * w52 % qv);
+    c52 = simd::set1(w52);
+    c52_s = simd::set1(shoup(w52));
+    c104 = simd::set1(w104);
+    c104_s = simd::set1(shoup(w104));
+  }
+  FHEPRUNE_AVX512 __m512i operator()(const WideSum& s) const {
+    const __m512i l0 = _mm512_and_si512(s.l, mask);
+    const __m512i h = _mm512_add_epi64(s.h, _mm512_srli_epi64(s.l, 52));
+    const __m512i h0 = _mm512_and_si512(h, mask);
+    const __m512i g = _mm512_add_epi64(s.g, _mm512_srli_epi64(h, 52));
+    __m512i r = simd::reduce_once(_mm512_add_epi64(
+                                      l0, simd::reduce_once(m.mul(h0, c52, c52_s), q)),
+                                  q);
+    return simd::reduce_once(
+        _mm512_add_epi64(r, simd::reduce_once(m.mul(g, c104, c104_s), q)), q);
+  }
+};
+
+FHEPRUNE_AVX512 void inner_product_wide(const u64* const* x, const u64* const* b,
+                                        const u64* const* a, std::size_t digits, std::size_t n,
+                                        const Modulus& q, u64* r0, u64* r1) {
+  const WideReduce reduce(q.value());
+  // Two vectors of coefficients per pass: four independent sums hide the multiply-add latency.
+  std::size_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    WideSum sb[2], sa[2];
+    for (int k = 0; k < 2; ++k) {
+      sb[k] = sa[k] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    }
+    for (std::size_t d = 0; d < digits; ++d) {
+      for (int k = 0; k < 2; ++k) {
+        const __m512i vx = _mm512_loadu_si512(x[d] + j + 8 * k);
+        const __m512i vxh = _mm512_srli_epi64(vx, 52);
+        wide_madd(sb[k], vx, vxh, _mm512_loadu_si512(b[d] + j + 8 * k));
+        wide_madd(sa[k], vx, vxh, _mm512_loadu_si512(a[d] + j + 8 * k));
+      }
+    }
+    for (int k = 0; k < 2; ++k) {
+      _mm512_storeu_si512(r0 + j + 8 * k, reduce(sb[k]));
+      _mm512_storeu_si512(r1 + j + 8 * k, reduce(sa[k]));
+    }
+  }
+  for (; j < n; j += 8) {
+    WideSum sb{_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    WideSum sa = sb;
+    for (std::size_t d = 0; d < digits; ++d) {
+      const __m512i vx = _mm512_loadu_si512(x[d] + j);
+      const __m512i vxh = _mm512_srli_epi64(vx, 52);
+      wide_madd(sb, vx, vxh, _mm512_loadu_si512(b[d] + j));
+      wide_madd(sa, vx, vxh, _mm512_loadu_si512(a[d] + j));
+    }
+    _mm512_storeu_si512(r0 + j, reduce(sb));
+    _mm512_storeu_si512(r1 + j, reduce(sa));
+  }
+}
+
 }  // namespace
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
-  if (vector_kernels_enabled() && q.value() < (u64{1} << 50) && n % 8 == 0 && digits < (1u << 12)) {
-    inner_product_ifma(x, b, a, digits, n, q, r0, r1);
-  } else {
-    scalar::inner_product(x, b, a, digits, n, q, r0, r1);
+  const u64 qv = q.value();
+  if (vector_kernels_enabled() && n % 8 == 0) {
+    if (qv < (u64{1} << 50) && digits < (1u << 12)) {
+      inner_product_ifma(x, b, a, digits, n, q, r0, r1);
+      return;
+    }
+    if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
+      inner_product_wide(x, b, a, digits, n, q, r0, r1);
+      return;
+    }
   }
+  scalar::inner_product(x, b, a, digits, n, q, r0, r1);
 }
 
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
