@@ -614,54 +614,31 @@ class Executor {
       }
       c[shares] = begin[o + 1];
     }
-    struct ShareWork {
-      OpCounts ops;
-      std::size_t encoded = 0;
-      double encode_seconds = 0.0;
-      std::optional<Ct> total;
-    };
-    std::vector<ShareWork> work(m.out_ciphertexts * shares);
-    const bool on_demand = encoding_ == Encoding::kOnDemand;
-    backend_.parallel_for(work.size(), [&](std::size_t task) {
+    std::vector<MapShare> work(m.out_ciphertexts * shares);
+    const auto range = [&](std::size_t task) {
       const std::size_t o = task / shares, k = task % shares;
-      const std::size_t lo = cut[o * (shares + 1) + k], hi = cut[o * (shares + 1) + k + 1];
-      ShareWork& w = work[task];
-      if (!on_demand) w.total = run_map_output(m, prep, x, baby, lo, hi, w.ops);
-      // On demand: one giant step's plaintexts at a time, encoded right before their products.
-      std::vector<Pt> block;
-      std::vector<double> full(on_demand ? program_.slots() : 0);
-      for (std::size_t u = lo; on_demand && u < hi;) {
-        const std::size_t giant = m.terms[u].giant;
-        std::vector<const Ct*> cts;
-        std::vector<const Pt*> pts;
-        std::vector<std::size_t> live_terms;
-        for (; u < hi && m.terms[u].giant == giant; ++u) {
-          const MapTerm& t = m.terms[u];
-          if (!x[t.in]) continue;
-          cts.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
-          live_terms.push_back(u);
-        }
-        if (cts.empty()) continue;
-        const auto start = std::chrono::steady_clock::now();
-        block.clear();
-        block.reserve(live_terms.size());
-        for (std::size_t t : live_terms) {
-          block.push_back(
-              backend_.encode(term_slots(m.terms[t], full), prep.level, prep.unit_scale));
-        }
-        for (const Pt& pt : block) pts.push_back(&pt);
-        w.encoded += block.size();
-        w.encode_seconds +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        add_giant_block(cts, pts, static_cast<long>(giant), w.total, w.ops);
-      }
-    });
+      return std::make_pair(cut[o * (shares + 1) + k], cut[o * (shares + 1) + k + 1]);
+    };
+    if (encoding_ == Encoding::kAtSetup) {
+      // One bundle of shares per thread (share k of every output, or every threads-th
+      // output): a bundle's giant-step blocks go through the fused products together, so
+      // blocks of different outputs that read the same inputs share each slice of them in the
+      // cache (conv1's outputs all read the same shifted inputs).
+      const std::size_t bundles = std::min(backend_.threads(), work.size());
+      backend_.parallel_for(bundles, [&](std::size_t b) {
+        std::vector<std::size_t> tasks;
+        for (std::size_t task = b; task < work.size(); task += bundles) tasks.push_back(task);
+        run_map_bundle(m, prep, x, baby, tasks, range, work);
+      });
+    } else {
+      run_map_on_demand(m, prep, x, baby, range, work);
+    }
     std::vector<std::optional<Ct>> y(m.out_ciphertexts);
     for (std::size_t o = 0; o < m.out_ciphertexts; ++o) {
       std::optional<Ct>& total = y[o];
       OpCounts& share_ops = work[o * shares].ops;
       for (std::size_t k = 0; k < shares; ++k) {
-        ShareWork& w = work[o * shares + k];
+        MapShare& w = work[o * shares + k];
         if (k > 0) share_ops += w.ops;
         st.encoded += w.encoded;
         st.encode_seconds += w.encode_seconds;
@@ -690,49 +667,103 @@ class Executor {
     return y;
   }
 
-  // One output of a map layer with resident plaintexts: the sums of products of up to
-  // kBlocksAtOnce giant-step blocks at once (multiply_plain_sums reads the baby steps once per
-  // slice of coefficients for all of them), then per block the rescale, giant rotation and
-  // addition of add_giant_block, in the same order: the same bits and counts.
-  std::optional<Ct> run_map_output(const MapLinear& m, const Prepared& prep,
-                                   const std::vector<const Ct*>& x,
-                                   const std::map<std::pair<std::uint32_t, std::size_t>, Ct>& baby,
-                                   std::size_t lo, std::size_t hi, OpCounts& ops) {
-    constexpr std::size_t kBlocksAtOnce = 32;
+  // One share of a map layer's output: a run of whole giant-step blocks, summed on one thread.
+  struct MapShare {
+    OpCounts ops;
+    std::size_t encoded = 0;
+    double encode_seconds = 0.0;
     std::optional<Ct> total;
+  };
+  using BabySteps = std::map<std::pair<std::uint32_t, std::size_t>, Ct>;
+
+  // Shares `tasks` of a map layer with resident plaintexts (`range(task)`: its terms): the
+  // sums of products of up to kBlocksAtOnce giant-step blocks at once, of any of the shares
+  // (multiply_plain_sums reads the inputs once per slice of coefficients for all of them), then
+  // per block the rescale, giant rotation and addition of add_giant_block into its own share,
+  // in each share's order: the same bits and counts as one share at a time.
+  template <class Range>
+  void run_map_bundle(const MapLinear& m, const Prepared& prep, const std::vector<const Ct*>& x,
+                      const BabySteps& baby, const std::vector<std::size_t>& tasks,
+                      const Range& range, std::vector<MapShare>& work) {
+    constexpr std::size_t kBlocksAtOnce = 32;
     std::vector<std::vector<const Ct*>> cts;
     std::vector<std::vector<const Pt*>> pts;
     std::vector<long> giants;
+    std::vector<std::size_t> owner;
     const auto flush = [&] {
       if (cts.empty()) return;
       const std::vector<Ct> sums = backend_.mul_plain_sums(cts, pts);
       for (std::size_t b = 0; b < sums.size(); ++b) {
-        ops.mul_plain += cts[b].size();  // as sum_of_products counts them
-        ops.add += cts[b].size() - 1;
-        add_block_sum(sums[b], giants[b], total, ops);
+        MapShare& w = work[owner[b]];
+        w.ops.mul_plain += cts[b].size();  // as sum_of_products counts them
+        w.ops.add += cts[b].size() - 1;
+        add_block_sum(sums[b], giants[b], w.total, w.ops);
       }
       cts.clear();
       pts.clear();
       giants.clear();
+      owner.clear();
     };
-    for (std::size_t u = lo; u < hi;) {
-      const std::size_t giant = m.terms[u].giant;
-      std::vector<const Ct*> c;
-      std::vector<const Pt*> p;
-      for (; u < hi && m.terms[u].giant == giant; ++u) {
-        const MapTerm& t = m.terms[u];
-        if (!x[t.in]) continue;
-        c.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
-        p.push_back(&prep.units[u]);
+    for (const std::size_t task : tasks) {
+      const auto [lo, hi] = range(task);
+      for (std::size_t u = lo; u < hi;) {
+        const std::size_t giant = m.terms[u].giant;
+        std::vector<const Ct*> c;
+        std::vector<const Pt*> p;
+        for (; u < hi && m.terms[u].giant == giant; ++u) {
+          const MapTerm& t = m.terms[u];
+          if (!x[t.in]) continue;
+          c.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
+          p.push_back(&prep.units[u]);
+        }
+        if (c.empty()) continue;
+        cts.push_back(std::move(c));
+        pts.push_back(std::move(p));
+        giants.push_back(static_cast<long>(giant));
+        owner.push_back(task);
+        if (cts.size() == kBlocksAtOnce) flush();
       }
-      if (c.empty()) continue;
-      cts.push_back(std::move(c));
-      pts.push_back(std::move(p));
-      giants.push_back(static_cast<long>(giant));
-      if (cts.size() == kBlocksAtOnce) flush();
     }
     flush();
-    return total;
+  }
+
+  // The same with plaintexts encoded on demand: each share on a thread of its own, one giant
+  // step's plaintexts at a time, encoded right before their products.
+  template <class Range>
+  void run_map_on_demand(const MapLinear& m, const Prepared& prep,
+                         const std::vector<const Ct*>& x, const BabySteps& baby,
+                         const Range& range, std::vector<MapShare>& work) {
+    backend_.parallel_for(work.size(), [&](std::size_t task) {
+      const auto [lo, hi] = range(task);
+      MapShare& w = work[task];
+      std::vector<Pt> block;
+      std::vector<double> full(program_.slots());
+      for (std::size_t u = lo; u < hi;) {
+        const std::size_t giant = m.terms[u].giant;
+        std::vector<const Ct*> cts;
+        std::vector<const Pt*> pts;
+        std::vector<std::size_t> live_terms;
+        for (; u < hi && m.terms[u].giant == giant; ++u) {
+          const MapTerm& t = m.terms[u];
+          if (!x[t.in]) continue;
+          cts.push_back(t.baby ? &baby.at({t.in, t.baby}) : x[t.in]);
+          live_terms.push_back(u);
+        }
+        if (cts.empty()) continue;
+        const auto start = std::chrono::steady_clock::now();
+        block.clear();
+        block.reserve(live_terms.size());
+        for (std::size_t t : live_terms) {
+          block.push_back(
+              backend_.encode(term_slots(m.terms[t], full), prep.level, prep.unit_scale));
+        }
+        for (const Pt& pt : block) pts.push_back(&pt);
+        w.encoded += block.size();
+        w.encode_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        add_giant_block(cts, pts, static_cast<long>(giant), w.total, w.ops);
+      }
+    });
   }
 
   // Window sums, each by the binary method: W_2m = W_m + rot(W_m, m * stride) and
