@@ -554,6 +554,32 @@ TEST(MapLayout, TwoThreadsOnAPrunedOutputGiveTheSameBitsAndCounts) {
   EXPECT_EQ(sim.stats.total(), one_stats.total());
 }
 
+// The squares of six ciphertexts are held beside them: twelve ciphertexts, and with deferred
+// relinearization six of them with three parts, which the byte peak counts.
+TEST(MapLayout, PeakBytesCountThreePartProducts) {
+  const std::size_t slots = 512;
+  const auto peak = [&](bool fold) {
+    Program p = Program::map(params(2 * slots, 2), 6);
+    p.add_square("act");
+    if (fold) {
+      p.add_rotate_sum("pool", {{2, 1}}, 3);  // folds sub-maps: the square is deferred
+    } else {
+      add(p, "fc", random_terms(6, 1, 6, slots, slots, 71, false));
+    }
+    EXPECT_EQ(p.defers_relinearization(0), fold);
+    return simulate(p, random_inputs(6, slots, 73)).stats;
+  };
+  const std::size_t poly = 3 * (2 * slots) * 8;  // three primes at the top level (2)
+  const RunStats deferred = peak(true);
+  EXPECT_EQ(deferred.peak_ciphertexts, 12u);
+  EXPECT_EQ(deferred.peak_ciphertext_bytes, (2 * 12 + 6) * poly);
+  // Without the fold, fc holds more ciphertexts than the squares, but a level lower: the byte
+  // peak stays the squares'.
+  const RunStats plain = peak(false);
+  EXPECT_GT(plain.peak_ciphertexts, 12u);
+  EXPECT_EQ(plain.peak_ciphertext_bytes, 2 * 12 * poly);
+}
+
 // A square right before a folding pool hands on unrelinearized products: the fold adds them
 // and relinearizes and rescales each sum once. Against the cleartext on the simulator, the
 // engine against the simulator, and the counts (and their levels) against the cost model.

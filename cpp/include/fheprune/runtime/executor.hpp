@@ -76,7 +76,9 @@ struct RunStats {
   // Ciphertexts held at once in the serial order (one accumulator at a time): the same for
   // every thread count; with T threads up to T - 1 more accumulators (or shares) are alive.
   std::size_t peak_ciphertexts = 0;
-  std::size_t peak_ciphertext_bytes = 0;  // their size at the levels they were held
+  // The most bytes of ciphertexts held at once, at the levels they were held (an
+  // unrelinearized product counts three polynomials); not always where the count peaks.
+  std::size_t peak_ciphertext_bytes = 0;
   OpCounts total() const {
     OpCounts t;
     for (const auto& l : layers) t += l.ops;
@@ -301,11 +303,14 @@ class Executor {
     return p;
   }
 
-  void note_held(RunStats& st, std::size_t count, std::size_t level) const {
-    if (count > st.peak_ciphertexts) {
-      st.peak_ciphertexts = count;
-      st.peak_ciphertext_bytes = count * 2 * (level + 1) * program_.parameters().poly_degree * 8;
-    }
+  // `count` ciphertexts held at once at `level`, `three_part` of them unrelinearized products.
+  // The two peaks are kept apart: the most ciphertexts and the most bytes need not coincide.
+  void note_held(RunStats& st, std::size_t count, std::size_t level,
+                 std::size_t three_part = 0) const {
+    st.peak_ciphertexts = std::max(st.peak_ciphertexts, count);
+    const std::size_t polys = 2 * count + three_part;
+    st.peak_ciphertext_bytes = std::max(
+        st.peak_ciphertext_bytes, polys * (level + 1) * program_.parameters().poly_degree * 8);
   }
 
   static std::size_t live(const std::vector<const Ct*>& v) {
@@ -413,14 +418,23 @@ class Executor {
       return y;
     }
     // Squares of different ciphertexts are independent: one per thread (a single one splits
-    // its primes over the threads instead, inside the backend; for_each_present). Deferred: the window sum
-    // after relinearizes and rescales its folded sums (Program::defers_relinearization).
+    // its primes over the threads instead: for_each_present). Deferred: the window sum after
+    // relinearizes and rescales its folded sums (Program::defers_relinearization).
     const bool defer = program_.defers_relinearization(index);
     for_each_present(x, [&](std::size_t i) {
       y[i] = defer ? backend_.square_unrelinearized(*x[i])
                    : backend_.rescale(backend_.square(*x[i]));
     });
     const std::size_t squared = live(x);
+    // Each input and its square are held together at the end (the square with three parts
+    // when its relinearization is deferred).
+    if (squared > 0) {
+      std::size_t level = 0;
+      for (const Ct* c : x) {
+        if (c) level = backend_.level(*c);
+      }
+      note_held(st, 2 * squared, level, defer ? squared : 0);
+    }
     ops.multiply += squared;
     ops.relinearize += defer ? 0 : squared;
     ops.rescale += defer ? 0 : squared;
