@@ -126,3 +126,15 @@ def test_a_call_that_starts_elsewhere_gets_its_own_folder(tmp_path: Path) -> Non
     ]
     assert len({first, *changed}) == len(changed) + 1
     assert CallCheckpoints().next_dir(model, CONFIG) is None  # outside begin(): no checkpoints
+
+
+def test_a_regularizer_nested_too_deeply_is_refused_by_name(tmp_path: Path) -> None:
+    from fheprune.errors import InputError
+
+    nested: dict[str, Any] = {"lam": 0.1}
+    for _ in range(10):
+        nested = {"inner": nested}
+    checkpoints = CallCheckpoints()
+    checkpoints.begin(tmp_path)
+    with pytest.raises(InputError, match="nests objects too deeply"):
+        checkpoints.next_dir(tiny(), CONFIG, regularizer=nested)

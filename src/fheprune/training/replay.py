@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fheprune.errors import InputError
+
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,10 @@ class CallCheckpoints:
 def _feed(h: Any, obj: Any, depth: int = 0) -> None:
     """Everything that determines ``obj``'s value into the hash (tensors by their bytes)."""
     if depth > 8:
-        raise ValueError("object too deeply nested to digest")
+        raise InputError(
+            "a training call's regularizer or distillation nests objects too deeply to digest "
+            "(more than 8 levels); give it plain fields (tensors, numbers, mappings)"
+        )
     if isinstance(obj, nn.Module):  # its class and its weights, not its hooks and flags
         h.update(type(obj).__qualname__.encode())
         _feed(h, obj.state_dict(), depth + 1)
