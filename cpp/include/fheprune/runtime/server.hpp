@@ -87,11 +87,12 @@ class Server {
   std::size_t plaintext_bytes() const;
   std::size_t plaintext_count() const;
 
-  // The engine threads of the following runs (waits for a run in flight). Only for a server
-  // that made its own context (the ServerOptions constructors): a context that is shared with a
-  // ProgramHost or the caller may be running other work, so ckks::ParameterError there; also
-  // for 0 or more threads than ckks::max_threads(). One server then times one program at
-  // several thread counts without a second copy of its plaintexts.
+  // The engine threads of the following runs. Only for a server that made its own context
+  // (the ServerOptions constructors): a context shared with a ProgramHost or the caller may be
+  // running other work, so ckks::ParameterError there; also for 0 or more threads than
+  // ckks::max_threads(). A run in flight finishes first; other calls on this server (reading
+  // its context's thread count included) must not overlap it. One server then times one
+  // program at several thread counts without a second copy of its plaintexts.
   void set_threads(std::size_t threads);
 
   // Checks every input as described above, then runs the program: output_ciphertexts() per
