@@ -108,8 +108,10 @@ def time_servers(
     times: dict[int, list[float]] = {t: [] for t in threads}
     layers: dict[int, list[dict[str, float]]] = {t: [] for t in threads}
     outputs: dict[int, np.ndarray] = {}
+    engine_threads: dict[int, int] = {}  # what the server reports after switching
     for t in threads:  # warm-up
         server.set_threads(t)
+        engine_threads[t] = server.threads
         outputs[t] = client.decrypt(server.run(ct), 1)
     for round_ in range(repeats):
         order = threads if round_ % 2 == 0 else threads[::-1]
@@ -131,6 +133,7 @@ def time_servers(
         median = statistics.median(times[t])
         at = min(range(len(times[t])), key=lambda k: abs(times[t][k] - median))
         result[f"threads_{t}"] = {
+            "engine_threads": engine_threads[t],
             "seconds": times[t],
             "median_s": median,
             "iqr_s": quartiles(times[t]),

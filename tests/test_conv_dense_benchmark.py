@@ -25,6 +25,7 @@ def test_time_servers_pairs_rounds_on_one_server() -> None:
     assert result["plaintext_bytes"] == sum(c["plaintext_bytes"] for c in compiled.program.cost())
     for t in (1, 2):
         row = result[f"threads_{t}"]
+        assert row["engine_threads"] == t  # the one server really switched
         assert len(row["seconds"]) == 3
         assert row["median_s"] == sorted(row["seconds"])[1]
         assert row["argmax_agrees"] and row["max_abs_error"] < 1e-3

@@ -4,10 +4,12 @@ ends with the weights of an uninterrupted run and trains only what it had not fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="the trainer needs torch")
@@ -110,7 +112,7 @@ def test_a_call_that_starts_elsewhere_gets_its_own_folder(tmp_path: Path) -> Non
         return folder.name
 
     first = name()
-    assert first.startswith("call-0001-") and name() == first
+    assert first.startswith("call-") and first.endswith("-1") and name() == first
     other_weights = tiny()
     with torch.no_grad():
         other_weights.conv1.weight[0, 0, 0, 0] += 1e-6
@@ -123,9 +125,28 @@ def test_a_call_that_starts_elsewhere_gets_its_own_folder(tmp_path: Path) -> Non
         name(distill=Distillation(tiny(), weight=0.5)),
         name(distill=None),
         name(regularizer=ra.GroupLasso({}, 0.1)),
+        name(regularizer=ra.GroupLasso({}, 0.2)),
+        name(regularizer=closure(0.1)),
+        name(regularizer=closure(0.2)),
+        name(regularizer=functools.partial(scaled, lam=0.3)),
+        name(regularizer={"ids": np.arange(2000)}),
+        name(regularizer={"ids": np.arange(2000) * 2}),
     ]
     assert len({first, *changed}) == len(changed) + 1
     assert CallCheckpoints().next_dir(model, CONFIG) is None  # outside begin(): no checkpoints
+    # The same start twice in one procedure: two folders, told apart by their count.
+    checkpoints = CallCheckpoints()
+    checkpoints.begin(tmp_path)
+    a, b = (checkpoints.next_dir(model, CONFIG) for _ in range(2))
+    assert a is not None and b is not None and a != b and a.name[:-1] == b.name[:-1]
+
+
+def scaled(model: torch.nn.Module, lam: float) -> torch.Tensor:
+    return lam * sum(p.abs().sum() for p in model.parameters())
+
+
+def closure(lam: float) -> Any:
+    return lambda model: scaled(model, lam)
 
 
 def test_a_regularizer_nested_too_deeply_is_refused_by_name(tmp_path: Path) -> None:

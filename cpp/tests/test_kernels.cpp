@@ -5,6 +5,7 @@
 
 #include "ckks/kernels.hpp"
 #include "ckks/primes.hpp"
+#include "fheprune/ckks/context.hpp"
 
 namespace fheprune::ckks {
 namespace {
@@ -32,6 +33,18 @@ TEST_P(KernelTest, InnerProductMatchesWideArithmetic) {
       px.push_back(x[d].data());
       pb.push_back(b[d].data());
       pa.push_back(a[d].data());
+    }
+    // The version these sizes run: a vector one wherever one applies on this machine.
+    const auto kernel = kernels::inner_product_kernel(q, digits, n);
+    if (vector_kernels_enabled()) {
+      const bool narrow = q.value() < (u64{1} << 50) && digits < 4096;
+      const bool wide = q.value() > (u64{1} << 52) && digits < 1024;
+      EXPECT_EQ(kernel, narrow ? kernels::InnerProductKernel::kIfma
+                        : wide ? kernels::InnerProductKernel::kWide
+                               : kernels::InnerProductKernel::kScalar)
+          << GetParam() << " bits, " << digits << " digits";
+    } else {
+      EXPECT_EQ(kernel, kernels::InnerProductKernel::kScalar);
     }
     std::vector<u64> r0(n), r1(n), s0(n), s1(n);
     kernels::inner_product(px.data(), pb.data(), pa.data(), digits, n, q, r0.data(), r1.data());

@@ -521,41 +521,44 @@ TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   }
 }
 
-// A pruned program: the first layer's second output has no terms (a known zero), so its one
-// working output is split into shares, and the square and window sum after it work on one
-// present ciphertext (on the calling thread, primes split). Same bits, counts and held
-// ciphertexts as one thread.
+// A pruned program. First, outputs 1 and 3 of four have no terms (known zeros): the two
+// working outputs go to different threads. Then one working output alone: split into
+// shares, and the square and window sum after it work on one present ciphertext (on the
+// calling thread, primes split). Same bits, counts and held ciphertexts as one thread.
 TEST(MapLayout, TwoThreadsOnAPrunedOutputGiveTheSameBitsAndCounts) {
   const std::size_t slots = 512;
-  Program p = Program::map(params(2 * slots, 4), 2);
-  Terms conv = random_terms(2, 2, 40, slots, slots, 61, false);
-  std::fill(conv.out.begin(), conv.out.end(), 0u);  // output 1 pruned whole
-  add(p, "conv", conv);
-  p.add_square("act");
-  p.add_rotate_sum("pool", {{2, 1}, {3, 16}}, 1);
-  add(p, "head", random_terms(2, 1, 30, slots, slots, 63, true));
-  ckks::testing::Fixture f(p.parameters());
-  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
-      f.keygen.create_evaluation_keys(p.rotation_steps()));
-  std::vector<ckks::Ciphertext> in;
-  for (const auto& v : random_inputs(2, slots, 65)) in.push_back(f.encrypt(v));
-  EngineBackend one(f.ctx, keys);
-  EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
-  RunStats one_stats, two_stats;
-  const auto want = Executor<EngineBackend>(p, one).run(in, &one_stats);
-  const auto got = Executor<EngineBackend>(p, two).run(in, &two_stats);
-  ASSERT_EQ(got.size(), 1u);
-  ASSERT_TRUE(got[0] && want[0]);
-  EXPECT_EQ(got[0]->data(), want[0]->data());
-  EXPECT_EQ(two_stats.total(), one_stats.total());
-  EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
-  EXPECT_EQ(one_stats.layers[1].ops.multiply, 1u);  // one square: the pruned output is zero
-  const SimRun sim = simulate(p, random_inputs(2, slots, 65));
-  EXPECT_EQ(sim.stats.total(), one_stats.total());
+  for (const std::size_t working : {2u, 1u}) {
+    Program p = Program::map(params(2 * slots, 4), 2);
+    Terms conv = random_terms(2, 4, 40, slots, slots, 61, false);
+    for (auto& o : conv.out) o = working == 2 ? (o % 2) * 2 : 0u;  // the others pruned whole
+    add(p, "conv", conv);
+    p.add_square("act");
+    p.add_rotate_sum("pool", {{2, 1}, {3, 16}}, 1);
+    add(p, "head", random_terms(4, 1, 30, slots, slots, 63, true));
+    ckks::testing::Fixture f(p.parameters());
+    const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+        f.keygen.create_evaluation_keys(p.rotation_steps()));
+    std::vector<ckks::Ciphertext> in;
+    for (const auto& v : random_inputs(2, slots, 65)) in.push_back(f.encrypt(v));
+    EngineBackend one(f.ctx, keys);
+    EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
+    RunStats one_stats, two_stats;
+    const auto want = Executor<EngineBackend>(p, one).run(in, &one_stats);
+    const auto got = Executor<EngineBackend>(p, two).run(in, &two_stats);
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_TRUE(got[0] && want[0]);
+    EXPECT_EQ(got[0]->data(), want[0]->data());
+    EXPECT_EQ(two_stats.total(), one_stats.total());
+    EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
+    EXPECT_EQ(one_stats.layers[1].ops.multiply, working);  // pruned outputs are known zeros
+    const SimRun sim = simulate(p, random_inputs(2, slots, 65));
+    EXPECT_EQ(sim.stats.total(), one_stats.total());
+  }
 }
 
-// The squares of six ciphertexts are held beside them: twelve ciphertexts, and with deferred
-// relinearization six of them with three parts, which the byte peak counts.
+// The squares of six ciphertexts are held beside them: twelve ciphertexts, counted in bytes at
+// the levels and sizes they have. Unit: one polynomial over one prime (N = 1024, 8 bytes a
+// coefficient); the inputs are at level 2 (three primes).
 TEST(MapLayout, PeakBytesCountThreePartProducts) {
   const std::size_t slots = 512;
   const auto peak = [&](bool fold) {
@@ -569,15 +572,18 @@ TEST(MapLayout, PeakBytesCountThreePartProducts) {
     EXPECT_EQ(p.defers_relinearization(0), fold);
     return simulate(p, random_inputs(6, slots, 73)).stats;
   };
-  const std::size_t poly = 3 * (2 * slots) * 8;  // three primes at the top level (2)
+  const std::size_t unit = (2 * slots) * 8;
+  // Deferred: 6 inputs (2 x 3 units each) and 6 three-part squares (3 x 3) make 90 units. The
+  // window sum then holds the 6 products, their 2 folded sums (3 x 3 each), the 2
+  // relinearized, rescaled sums and 3 working ciphertexts at level 1 (2 x 2 each): 92.
   const RunStats deferred = peak(true);
   EXPECT_EQ(deferred.peak_ciphertexts, 12u);
-  EXPECT_EQ(deferred.peak_ciphertext_bytes, (2 * 12 + 6) * poly);
-  // Without the fold, fc holds more ciphertexts than the squares, but a level lower: the byte
-  // peak stays the squares'.
+  EXPECT_EQ(deferred.peak_ciphertext_bytes, 92 * unit);
+  // Not deferred: the squares are rescaled to level 1, so 6 x 6 + 6 x 4 = 60 units. fc then
+  // holds more ciphertexts, but at level 1 and fewer bytes.
   const RunStats plain = peak(false);
   EXPECT_GT(plain.peak_ciphertexts, 12u);
-  EXPECT_EQ(plain.peak_ciphertext_bytes, 2 * 12 * poly);
+  EXPECT_EQ(plain.peak_ciphertext_bytes, 60 * unit);
 }
 
 // A square right before a folding pool hands on unrelinearized products: the fold adds them

@@ -167,7 +167,7 @@ std::vector<u64> Context::primes() const {
   return out;
 }
 
-std::size_t Context::threads() const { return tables_->pool().threads(); }
+std::size_t Context::threads() const { return tables_->threads(); }
 
 void Context::set_threads(std::size_t threads) const { tables_->set_threads(threads); }
 
@@ -260,10 +260,12 @@ ContextTables::ContextTables(const Context& ctx, std::size_t threads) : n_(ctx.p
     bit_reverse_[k] = static_cast<std::uint32_t>(reverse_bits(k, log_n));
   }
   pool_ = std::make_unique<ThreadPool>(threads == 0 ? 1 : threads);
+  threads_.store(pool_->threads(), std::memory_order_relaxed);
 }
 
 void ContextTables::set_threads(std::size_t threads) const {
   pool_ = std::make_unique<ThreadPool>(threads == 0 ? 1 : threads);
+  threads_.store(pool_->threads(), std::memory_order_relaxed);
 }
 
 std::shared_ptr<const std::vector<std::uint32_t>> ContextTables::galois_permutation(

@@ -3,6 +3,7 @@
 // thread pool. Internal to the engine (not installed); reached through Context::tables().
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -72,6 +73,8 @@ class ContextTables {
   const NttTables& ntt(std::size_t i) const { return ntt_[i]; }
   const LevelData& level_data(std::size_t level) const { return levels_.at(level); }
   ThreadPool& pool() const { return *pool_; }
+  // The pool's thread count, readable while set_threads replaces the pool.
+  std::size_t threads() const { return threads_.load(std::memory_order_relaxed); }
   void set_threads(std::size_t threads) const;
   // NTT-domain index permutation of the automorphism X -> X^g: out[k] = in[perm[k]].
   std::shared_ptr<const std::vector<std::uint32_t>> galois_permutation(std::uint64_t g) const;
@@ -83,6 +86,7 @@ class ContextTables {
   std::vector<LevelData> levels_;
   std::vector<std::uint32_t> bit_reverse_;
   mutable std::unique_ptr<ThreadPool> pool_;  // execution resource, not part of the math
+  mutable std::atomic<std::size_t> threads_{1};
   mutable std::mutex galois_mutex_;
   mutable std::map<std::uint64_t, std::shared_ptr<const std::vector<std::uint32_t>>> galois_cache_;
 };

@@ -272,18 +272,28 @@ FHEPRUNE_AVX512 void inner_product_wide(const u64* const* x, const u64* const* b
 
 }  // namespace
 
-void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
-                   std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
+InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n) {
   const u64 qv = q.value();
   if (vector_kernels_enabled() && n % 8 == 0) {
-    if (qv < (u64{1} << 50) && digits < (1u << 12)) {
+    if (qv < (u64{1} << 50) && digits < (1u << 12)) return InnerProductKernel::kIfma;
+    if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
+      return InnerProductKernel::kWide;
+    }
+  }
+  return InnerProductKernel::kScalar;
+}
+
+void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
+                   std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
+  switch (inner_product_kernel(q, digits, n)) {
+    case InnerProductKernel::kIfma:
       inner_product_ifma(x, b, a, digits, n, q, r0, r1);
       return;
-    }
-    if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
+    case InnerProductKernel::kWide:
       inner_product_wide(x, b, a, digits, n, q, r0, r1);
       return;
-    }
+    case InnerProductKernel::kScalar:
+      break;
   }
   scalar::inner_product(x, b, a, digits, n, q, r0, r1);
 }
@@ -298,6 +308,10 @@ void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64*
 }
 
 #else
+
+InnerProductKernel inner_product_kernel(const Modulus&, std::size_t, std::size_t) {
+  return InnerProductKernel::kScalar;
+}
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {

@@ -1,5 +1,5 @@
-// Hot loops of key switching, with an AVX-512 IFMA version for primes below 2^50 and a
-// portable scalar version. Internal to the engine.
+// Hot loops of key switching, with AVX-512 IFMA versions for primes below 2^50 and for the
+// wide primes from 2^52 to 2^61, and a portable scalar version. Internal to the engine.
 #pragma once
 
 #include <cstddef>
@@ -9,6 +9,10 @@
 namespace fheprune::ckks::kernels {
 
 // r0 = sum_d x[d] * b[d], r1 = sum_d x[d] * a[d] (element-wise, mod q), for n coefficients.
+// `inner_product_kernel` names the version it runs for these sizes: "ifma" (q < 2^50),
+// "wide" (2^52 < q < 2^61, fewer than 2^10 digits) or "scalar".
+enum class InnerProductKernel { kIfma, kWide, kScalar };
+InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n);
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
 

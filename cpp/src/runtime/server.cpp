@@ -224,6 +224,7 @@ void Server::set_threads(std::size_t threads) {
   }
   if (threads == 0) throw ck::ParameterError("the server needs at least one engine thread, got 0");
   std::lock_guard lock(state_->run_mutex);
+  if (threads == state_->context->threads()) return;  // keep the pool's threads
   state_->context->set_threads(threads);  // ParameterError above ckks::max_threads()
 }
 

@@ -476,8 +476,18 @@ class TrainerHarness:
         config = self.config.replace(epochs=epochs)
         folder = None
         if self.checkpoints is not None:
+            train_data = self.loaders.train.dataset
+            data = {
+                "spec": self.loaders.spec,
+                "train": len(train_data) if hasattr(train_data, "__len__") else None,
+            }
             folder = self.checkpoints.next_dir(
-                model, config, masks=masks, distill=self.distill, regularizer=regularizer
+                model,
+                config,
+                masks=masks,
+                distill=self.distill,
+                regularizer=regularizer,
+                data=data,
             )
         try:
             train(

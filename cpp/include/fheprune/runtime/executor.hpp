@@ -303,14 +303,19 @@ class Executor {
     return p;
   }
 
-  // `count` ciphertexts held at once at `level`, `three_part` of them unrelinearized products.
-  // The two peaks are kept apart: the most ciphertexts and the most bytes need not coincide.
+  // Bytes of one ciphertext of `parts` polynomials at `level`.
+  std::size_t ciphertext_bytes(std::size_t parts, std::size_t level) const {
+    return parts * (level + 1) * program_.parameters().poly_degree * 8;
+  }
+
+  // `count` ciphertexts held at once, `bytes` in all (default: two-part ciphertexts at
+  // `level`). The two peaks are kept apart: the most ciphertexts and the most bytes need not
+  // coincide.
   void note_held(RunStats& st, std::size_t count, std::size_t level,
-                 std::size_t three_part = 0) const {
+                 std::optional<std::size_t> bytes = std::nullopt) const {
     st.peak_ciphertexts = std::max(st.peak_ciphertexts, count);
-    const std::size_t polys = 2 * count + three_part;
-    st.peak_ciphertext_bytes = std::max(
-        st.peak_ciphertext_bytes, polys * (level + 1) * program_.parameters().poly_degree * 8);
+    st.peak_ciphertext_bytes =
+        std::max(st.peak_ciphertext_bytes, bytes ? *bytes : count * ciphertext_bytes(2, level));
   }
 
   static std::size_t live(const std::vector<const Ct*>& v) {
@@ -426,14 +431,17 @@ class Executor {
                    : backend_.rescale(backend_.square(*x[i]));
     });
     const std::size_t squared = live(x);
-    // Each input and its square are held together at the end (the square with three parts
-    // when its relinearization is deferred).
+    // Each input and its square are held together at the end: the square rescaled one level
+    // down, or with three parts at the input's level when its relinearization is deferred.
     if (squared > 0) {
       std::size_t level = 0;
       for (const Ct* c : x) {
         if (c) level = backend_.level(*c);
       }
-      note_held(st, 2 * squared, level, defer ? squared : 0);
+      const std::size_t square_bytes =
+          defer ? ciphertext_bytes(3, level) : ciphertext_bytes(2, level > 0 ? level - 1 : 0);
+      note_held(st, 2 * squared, level,
+                squared * (ciphertext_bytes(2, level) + square_bytes));
     }
     ops.multiply += squared;
     ops.relinearize += defer ? 0 : squared;
@@ -634,14 +642,26 @@ class Executor {
       return std::make_pair(cut[o * (shares + 1) + k], cut[o * (shares + 1) + k + 1]);
     };
     if (encoding_ == Encoding::kAtSetup) {
-      // One bundle of shares per thread (share k of every output, or every threads-th
-      // output): a bundle's giant-step blocks go through the fused products together, so
-      // blocks of different outputs that read the same inputs share each slice of them in the
-      // cache (conv1's outputs all read the same shifted inputs).
-      const std::size_t bundles = std::min(backend_.threads(), work.size());
+      // One bundle of shares per thread, dealt round-robin: a bundle's giant-step blocks go
+      // through the fused products together, so blocks of different outputs that read the
+      // same inputs share each slice of them in the cache (conv1's outputs all read the same
+      // shifted inputs). Only shares with a term on a present input are dealt, so that empty
+      // ones (outputs pruning emptied) cannot leave a thread idle while another does all the
+      // work.
+      std::vector<std::size_t> busy;
+      for (std::size_t task = 0; task < work.size(); ++task) {
+        const auto [lo, hi] = range(task);
+        for (std::size_t u = lo; u < hi; ++u) {
+          if (x[m.terms[u].in]) {
+            busy.push_back(task);
+            break;
+          }
+        }
+      }
+      const std::size_t bundles = std::min(backend_.threads(), busy.size());
       backend_.parallel_for(bundles, [&](std::size_t b) {
         std::vector<std::size_t> tasks;
-        for (std::size_t task = b; task < work.size(); task += bundles) tasks.push_back(task);
+        for (std::size_t k = b; k < busy.size(); k += bundles) tasks.push_back(busy[k]);
         run_map_bundle(m, prep, x, baby, tasks, range, work);
       });
     } else {
@@ -850,7 +870,21 @@ class Executor {
     });
     for (std::size_t c = 0; c < n_out; ++c) {
       ops += chain_ops[c];
-      if (y[c]) note_held(st, live(x) + live(in) * (r.fold > 1) + 3, backend_.level(*y[c]));
+      if (!y[c]) continue;
+      const std::size_t count = live(x) + live(in) * (r.fold > 1) + 3;
+      const std::size_t level = backend_.level(*y[c]);
+      if (!finish_squares) {
+        note_held(st, count, level);
+        continue;
+      }
+      // The inputs (and their folded sums) are three-part products one level up, held beside
+      // the relinearized sums and the chain's working ciphertexts.
+      std::size_t folded_count = 0, finished_count = 0;
+      for (const auto& f : folded) folded_count += f.has_value();
+      for (const auto& f : finished) finished_count += f.has_value();
+      note_held(st, count, level,
+                (live(x) + folded_count) * ciphertext_bytes(3, level + 1) +
+                    (finished_count + 3) * ciphertext_bytes(2, level));
     }
     return y;
   }
