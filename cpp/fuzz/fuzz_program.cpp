@@ -12,7 +12,8 @@
 //    (both fingerprints and checksums, and the tile shape of a diagonal program), and (for
 //    programs that are not huge in memory) the saved bytes load again and save to themselves;
 //  * what every caller computes next (levels, rotation steps, live inputs, the cost model)
-//    fails, if at all, only with an FheError;
+//    fails, if at all, only with an FheError; the cost model's counts by level add up to its
+//    totals, at levels no higher than the top;
 //  * when the program is small (ring <= 4096, few primes, few units), it runs on the slot
 //    simulator (runtime/backends.hpp) with its own rotation keys: the run may be refused only
 //    with an FheError, its operation counts must equal the cost model's, and its outputs must
@@ -321,6 +322,30 @@ void exercise(fuzz::ByteSpan bytes) {
     for (const auto& c : rt::estimate_cost(p, top)) sink += c.units;
     return sink;
   });
+  // The cost model's counts by level add up to its totals, at levels the program can reach.
+  if (const auto costs = fuzz::try_load("estimate_cost", [&] {
+        return rt::estimate_cost(p, std::max(p.levels(), p.parameters().chain_bits.size() - 1));
+      })) {
+    const std::size_t top = std::max(p.levels(), p.parameters().chain_bits.size() - 1);
+    for (const auto& c : *costs) {
+      if (!(rt::ops_total(c.ops_by_level) == c.ops)) {
+        fuzz::detail::finding("estimate_cost", "layer " + c.name +
+                                                   ": the counts by level do not add up to its "
+                                                   "operation counts");
+      }
+      for (const auto& [op, by_level] : c.ops_by_level) {
+        for (const auto& entry : by_level) {
+          const std::size_t level = entry.first;
+          if (level > top) {
+            fuzz::detail::finding("estimate_cost", "layer " + c.name + " runs " + op +
+                                                       " at level " + std::to_string(level) +
+                                                       ", above the top level " +
+                                                       std::to_string(top));
+          }
+        }
+      }
+    }
+  }
   simulate(p);
 
   const ckks::Bytes saved = p.save();
