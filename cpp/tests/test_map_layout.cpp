@@ -486,6 +486,40 @@ TEST(MapLayout, EngineMatchesSimulatorWithSameCounts) {
 // Output ciphertexts, squares and window sums run on the context's threads, and so do the
 // giant-step blocks of a layer with one output (split into shares): the same bits, counts and
 // held ciphertexts as on one thread, with plaintexts encoded at set-up and on demand.
+// Runs `p` on one engine thread and on two, on the same inputs, and expects the same output
+// bytes, counts, held ciphertexts and encodings; returns the one-thread run.
+struct EngineRun {
+  std::vector<std::optional<ckks::Ciphertext>> y;
+  RunStats stats;
+};
+
+EngineRun expect_same_on_two_threads(const Program& p, std::uint64_t seed,
+                                     Encoding encoding = Encoding::kAtSetup) {
+  ckks::testing::Fixture f(p.parameters());
+  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
+      f.keygen.create_evaluation_keys(p.rotation_steps()));
+  std::vector<ckks::Ciphertext> in;
+  for (const auto& v : random_inputs(p.input_ciphertexts(), p.slots(), seed)) {
+    in.push_back(f.encrypt(v));
+  }
+  EngineBackend one(f.ctx, keys);
+  EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
+  EngineRun want, got;
+  want.y = Executor<EngineBackend>(p, one, encoding).run(in, &want.stats);
+  got.y = Executor<EngineBackend>(p, two, encoding).run(in, &got.stats);
+  EXPECT_EQ(got.y.size(), want.y.size());
+  for (std::size_t o = 0; o < std::min(got.y.size(), want.y.size()); ++o) {
+    EXPECT_EQ(got.y[o].has_value(), want.y[o].has_value()) << "output " << o;
+    if (got.y[o] && want.y[o]) {
+      EXPECT_EQ(got.y[o]->data(), want.y[o]->data()) << "output " << o;
+    }
+  }
+  EXPECT_EQ(got.stats.total(), want.stats.total());
+  EXPECT_EQ(got.stats.peak_ciphertexts, want.stats.peak_ciphertexts);
+  EXPECT_EQ(got.stats.encoded, want.stats.encoded);
+  return want;
+}
+
 TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   const std::size_t slots = 512;
   Program p = Program::map(params(2 * slots, 4), 2);
@@ -497,27 +531,8 @@ TEST(MapLayout, TwoThreadsGiveTheSameBitsAndCounts) {
   std::set<std::size_t> giants;
   for (const MapTerm& t : std::get<MapLinear>(p.layers().back()).terms) giants.insert(t.giant);
   ASSERT_GE(giants.size(), 2u);  // a block for each of the two shares
-  ckks::testing::Fixture f(p.parameters());
-  const auto keys = std::make_shared<const ckks::EvaluationKeys>(
-      f.keygen.create_evaluation_keys(p.rotation_steps()));
-  std::vector<ckks::Ciphertext> in;
-  for (const auto& v : random_inputs(2, slots, 5)) in.push_back(f.encrypt(v));
   for (const Encoding encoding : {Encoding::kAtSetup, Encoding::kOnDemand}) {
-    EngineBackend one(f.ctx, keys);
-    EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
-    RunStats one_stats, two_stats;
-    const auto want = Executor<EngineBackend>(p, one, encoding).run(in, &one_stats);
-    const auto got = Executor<EngineBackend>(p, two, encoding).run(in, &two_stats);
-    ASSERT_EQ(got.size(), want.size());
-    for (std::size_t o = 0; o < got.size(); ++o) {
-      ASSERT_EQ(got[o].has_value(), want[o].has_value());
-      if (got[o]) {
-        EXPECT_EQ(got[o]->data(), want[o]->data()) << "output " << o;
-      }
-    }
-    EXPECT_EQ(two_stats.total(), one_stats.total());
-    EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
-    EXPECT_EQ(two_stats.encoded, one_stats.encoded);
+    expect_same_on_two_threads(p, 5, encoding);
   }
 }
 
@@ -535,24 +550,12 @@ TEST(MapLayout, TwoThreadsOnAPrunedOutputGiveTheSameBitsAndCounts) {
     p.add_square("act");
     p.add_rotate_sum("pool", {{2, 1}, {3, 16}}, 1);
     add(p, "head", random_terms(4, 1, 30, slots, slots, 63, true));
-    ckks::testing::Fixture f(p.parameters());
-    const auto keys = std::make_shared<const ckks::EvaluationKeys>(
-        f.keygen.create_evaluation_keys(p.rotation_steps()));
-    std::vector<ckks::Ciphertext> in;
-    for (const auto& v : random_inputs(2, slots, 65)) in.push_back(f.encrypt(v));
-    EngineBackend one(f.ctx, keys);
-    EngineBackend two(ckks::make_context(p.parameters(), 2), keys);
-    RunStats one_stats, two_stats;
-    const auto want = Executor<EngineBackend>(p, one).run(in, &one_stats);
-    const auto got = Executor<EngineBackend>(p, two).run(in, &two_stats);
-    ASSERT_EQ(got.size(), 1u);
-    ASSERT_TRUE(got[0] && want[0]);
-    EXPECT_EQ(got[0]->data(), want[0]->data());
-    EXPECT_EQ(two_stats.total(), one_stats.total());
-    EXPECT_EQ(two_stats.peak_ciphertexts, one_stats.peak_ciphertexts);
-    EXPECT_EQ(one_stats.layers[1].ops.multiply, working);  // pruned outputs are known zeros
+    const EngineRun one = expect_same_on_two_threads(p, 65);
+    ASSERT_EQ(one.y.size(), 1u);
+    ASSERT_TRUE(one.y[0]);
+    EXPECT_EQ(one.stats.layers[1].ops.multiply, working);  // pruned outputs are known zeros
     const SimRun sim = simulate(p, random_inputs(2, slots, 65));
-    EXPECT_EQ(sim.stats.total(), one_stats.total());
+    EXPECT_EQ(sim.stats.total(), one.stats.total());
   }
 }
 

@@ -259,8 +259,7 @@ ContextTables::ContextTables(const Context& ctx, std::size_t threads) : n_(ctx.p
   for (std::size_t k = 0; k < n_; ++k) {
     bit_reverse_[k] = static_cast<std::uint32_t>(reverse_bits(k, log_n));
   }
-  pool_ = std::make_unique<ThreadPool>(threads == 0 ? 1 : threads);
-  threads_.store(pool_->threads(), std::memory_order_relaxed);
+  set_threads(threads);
 }
 
 void ContextTables::set_threads(std::size_t threads) const {
