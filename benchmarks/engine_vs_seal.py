@@ -398,15 +398,18 @@ def describe_builds(backends: Sequence[Backend]) -> dict[str, Any]:
     for b in backends:
         if isinstance(b, OursBackend):
             ck = b._ck
-            vector = b.vector and bool(ck.vector_kernels_available())
+            kernel_set = str(ck.vector_kernel_set()) if b.vector else "none"
             out[b.name] = {
-                "avx512_ifma_kernels": vector,
+                "vector_kernels": kernel_set,
+                "avx512_ifma_kernels": kernel_set == "avx512-ifma",
                 "summary": "ours, "
-                + (
-                    "AVX-512 IFMA kernels (NTT, key-switch inner products, products)"
-                    if vector
-                    else "portable scalar kernels only (AVX-512 switched off)"
-                ),
+                + {
+                    "avx512-ifma": "AVX-512 IFMA kernels (NTT, key-switch inner products, "
+                    "products)",
+                    "avx2-fma": "AVX2 + FMA NTT for primes below 2^50, scalar elsewhere (this "
+                    "CPU has no AVX-512)",
+                    "none": "portable scalar kernels only (vector kernels switched off or absent)",
+                }[kernel_set],
             }
     lib = _seal_library()
     seal: dict[str, Any] = {"library": None if lib is None else lib.name}

@@ -39,7 +39,12 @@ def test_builds_and_table_name_both_paths() -> None:
     backends = [b.OursBackend(ckks), b.OursBackend(ckks, vector=False), b.SealBackend()]
     builds = b.describe_builds(backends)
     assert builds["ours_scalar"]["avx512_ifma_kernels"] is False
-    assert builds["ours"]["avx512_ifma_kernels"] == ckks.vector_kernels_available()
+    assert builds["ours_scalar"]["vector_kernels"] == "none"
+    kernel_set = ckks.vector_kernel_set()
+    assert kernel_set in ("avx512-ifma", "avx2-fma", "none")
+    assert (kernel_set != "none") == ckks.vector_kernels_available()
+    assert builds["ours"]["vector_kernels"] == kernel_set
+    assert builds["ours"]["avx512_ifma_kernels"] == (kernel_set == "avx512-ifma")
     assert "SEAL from the TenSEAL" in builds["seal"]["summary"]
     entry = {
         "ours_s": 1e-3,
@@ -53,3 +58,18 @@ def test_builds_and_table_name_both_paths() -> None:
     assert "ours scalar" in table and "scalar/SEAL" in table
     assert "0.5x" in table and "1.1x" in table
     assert "ours_scalar: ours, portable scalar kernels only" in table
+
+
+def test_machine_info_names_the_kernels_that_run() -> None:
+    """Every results file says which engine kernels produced its times, and the switch to the
+    scalar path shows there."""
+    from fheprune.reporting import machine_info
+
+    assert machine_info()["engine_vector_kernels"] == (
+        ckks.vector_kernel_set() if ckks.vector_kernels_available() else "none"
+    )
+    ckks.set_vector_kernels(False)
+    try:
+        assert machine_info()["engine_vector_kernels"] == "none"
+    finally:
+        ckks.set_vector_kernels(True)

@@ -125,11 +125,14 @@ NB_MODULE(_core, m) {
   m.def("max_threads", &max_threads,
         "The most engine threads a context may have on this machine (ParameterError above).");
   m.def("vector_kernels_available", &vector_kernels_available,
-        "Whether this CPU has the AVX-512 F/DQ/IFMA kernels the engine can use.");
+        "Whether this CPU has vector kernels the engine can use (AVX-512 F/DQ/IFMA, or AVX2 "
+        "and FMA).");
+  m.def("vector_kernel_set", &vector_kernel_set,
+        "Which vector kernels run where enabled: 'avx512-ifma', 'avx2-fma' or 'none'.");
   m.def("vector_kernels_enabled", &vector_kernels_enabled,
-        "Whether the AVX-512 kernels run (available, and not switched off).");
+        "Whether the vector kernels run (available, and not switched off).");
   m.def("set_vector_kernels", &set_vector_kernels, "enabled"_a,
-        "Switch the AVX-512 kernels on or off for the whole process (same results either way); "
+        "Switch the vector kernels on or off for the whole process (same results either way); "
         "contexts made afterwards build their NTT tables for the chosen path. "
         "FHEPRUNE_SIMD=0 in the environment starts with them off.");
 

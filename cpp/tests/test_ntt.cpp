@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
+
+#include "fheprune/ckks/context.hpp"
 
 #include "ckks/ntt.hpp"
 #include "ckks/primes.hpp"
@@ -97,6 +100,51 @@ TEST_P(NttTest, VectorAndScalarKernelsAgree) {
   scalar.inverse(a.data());
   fast.inverse(b.data());
   ASSERT_EQ(a, b);
+}
+
+// The rings the engine runs (up to 2^16) with primes up to the vector kernels' bound, on
+// random and extreme inputs (every coefficient q - 1, a lone q - 1, alternating 0 and q - 1):
+// the vector kernel of this CPU (checked by name) gives the scalar kernel's bits.
+TEST(NttKernels, VectorKernelMatchesScalarOnLargeRingsAndExtremeInputs) {
+  for (const std::size_t n : {std::size_t{1} << 14, std::size_t{1} << 16}) {
+    for (const int bits : {36, 40, 49, 50, 55}) {
+      const Modulus q(generate_ntt_primes(n, {bits}).front());
+      NttTables::enable_vector_kernels(false);
+      NttTables scalar(n, q);
+      NttTables::enable_vector_kernels(true);
+      NttTables fast(n, q);
+      const std::string set = vector_kernel_set();
+      const bool narrow = q.value() < kFmaPrimeBound;
+      if (set == "avx512-ifma") {
+        EXPECT_EQ(fast.kernel(), narrow ? NttTables::Kernel::kIfma52 : NttTables::Kernel::kAvx512);
+      } else if (set == "avx2-fma") {
+        EXPECT_EQ(fast.kernel(), narrow ? NttTables::Kernel::kFma52 : NttTables::Kernel::kScalar);
+      } else {
+        EXPECT_EQ(fast.kernel(), NttTables::Kernel::kScalar);
+      }
+      std::mt19937_64 gen(n + static_cast<std::size_t>(bits));
+      const u64 top = q.value() - 1;
+      std::vector<std::vector<u64>> inputs(4, std::vector<u64>(n, 0));
+      for (auto& v : inputs[0]) v = gen() % q.value();
+      std::fill(inputs[1].begin(), inputs[1].end(), top);
+      inputs[2][n / 3] = top;
+      for (std::size_t j = 0; j < n; j += 2) inputs[3][j] = top;
+      for (const auto& input : inputs) {
+        auto a = input, b = input;
+        scalar.forward(a.data());
+        fast.forward(b.data());
+        ASSERT_EQ(a, b) << "forward, n " << n << ", " << bits << " bits";
+        // The inverse of the extreme inputs themselves too, not only of their transforms.
+        const std::vector<const std::vector<u64>*> sources{&a, &input};
+        for (const std::vector<u64>* source : sources) {
+          auto c = *source, d = *source;
+          scalar.inverse(c.data());
+          fast.inverse(d.data());
+          ASSERT_EQ(c, d) << "inverse, n " << n << ", " << bits << " bits";
+        }
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, NttTest,

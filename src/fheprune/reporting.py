@@ -47,6 +47,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+def engine_vector_kernels() -> str | None:
+    """The engine's kernels that run in this process: "avx512-ifma", "avx2-fma" or "none"
+    (switched off or absent); None where the engine is not built. Times from machines with
+    different kernels differ by up to about 4x per operation (``docs/engine.md``)."""
+    try:
+        from fheprune import ckks
+    except ImportError:
+        return None
+    return str(ckks.vector_kernel_set()) if ckks.vector_kernels_enabled() else "none"
+
+
 def machine_info(**extra: Any) -> dict[str, Any]:
     """Platform, CPU, cores, interpreter and library versions, a UTC timestamp; plus ``extra``."""
     affinity = getattr(os, "sched_getaffinity", None)
@@ -62,6 +73,7 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "torch": _version("torch"),
         "tenseal": _version("tenseal"),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "engine_vector_kernels": engine_vector_kernels(),
     }
     info.update(extra)
     return info

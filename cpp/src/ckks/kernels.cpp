@@ -275,10 +275,15 @@ FHEPRUNE_AVX512 void inner_product_wide(const u64* const* x, const u64* const* b
 InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n) {
   const u64 qv = q.value();
   if (vector_kernels_enabled() && n % 8 == 0) {
-    if (qv < (u64{1} << 50) && digits < (1u << 12)) return InnerProductKernel::kIfma;
-    if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
-      return InnerProductKernel::kWide;
+    if (simd::avx512_available()) {
+      if (qv < (u64{1} << 50) && digits < (1u << 12)) return InnerProductKernel::kIfma;
+      if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
+        return InnerProductKernel::kWide;
+      }
     }
+    // On AVX2 the scalar kernel stays: per product it is one 64 x 64-bit multiply and a
+    // 128-bit add, and an FMA version (convert, multiply, reduce each product) measured
+    // slower in key switching.
   }
   return InnerProductKernel::kScalar;
 }
@@ -300,7 +305,7 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
 
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate) {
-  if (vector_kernels_enabled() && n % 8 == 0) {
+  if (vector_kernels_enabled() && simd::avx512_available() && n % 8 == 0) {
     sub_scale_avx512(c, t, w, q, out, n, accumulate);
   } else {
     scalar::sub_scale(c, t, w, q, out, n, accumulate);

@@ -9,8 +9,9 @@
 namespace fheprune::ckks::kernels {
 
 // r0 = sum_d x[d] * b[d], r1 = sum_d x[d] * a[d] (element-wise, mod q), for n coefficients.
-// `inner_product_kernel` names the version it runs for these sizes: "ifma" (q < 2^50),
-// "wide" (2^52 < q < 2^61, fewer than 2^10 digits) or "scalar".
+// `inner_product_kernel` names the version it runs for these sizes: on AVX-512 "ifma"
+// (q < 2^50, fewer than 2^12 digits) or "wide" (2^52 < q < 2^61, fewer than 2^10 digits);
+// else "scalar" (AVX2 machines included).
 enum class InnerProductKernel { kIfma, kWide, kScalar };
 InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n);
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,

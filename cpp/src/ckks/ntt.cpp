@@ -8,6 +8,7 @@
 #include "fheprune/ckks/context.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "ckks/primes.hpp"
+#include "simd_fma.hpp"
 
 namespace fheprune::ckks {
 
@@ -66,7 +67,24 @@ NttTables::NttTables(std::size_t n, const Modulus& q) : n_(n), q_(q) {
   // Vector kernels: IFMA (52-bit lanes) when 4q < 2^52, otherwise 64-bit lanes; both need
   // n >= 64 so that the narrow layers' 8-wide twiddle loads stay inside the tables.
   if (n >= 64 && vector_kernels_enabled()) {
-    kernel_ = qv < kIfmaPrimeBound ? Kernel::kIfma52 : Kernel::kAvx512;
+    if (avx512_ntt_available()) {
+      kernel_ = qv < kIfmaPrimeBound ? Kernel::kIfma52 : Kernel::kAvx512;
+    } else if (qv < kFmaPrimeBound) {
+      kernel_ = Kernel::kFma52;  // wider primes stay scalar: AVX2 has no 64-bit multiplier
+    }
+  }
+  if (kernel_ == Kernel::kFma52) {
+    const auto as_double = [qv](const std::vector<u64>& w, std::vector<double>& f,
+                                std::vector<double>& fq) {
+      f.resize(w.size());
+      fq.resize(w.size());
+      for (std::size_t k = 0; k < w.size(); ++k) {
+        f[k] = static_cast<double>(w[k]);
+        fq[k] = f[k] / static_cast<double>(qv);
+      }
+    };
+    as_double(roots_, roots_f_, roots_fq_);
+    as_double(inv_roots_, inv_roots_f_, inv_roots_fq_);
   }
   if (kernel_ == Kernel::kIfma52) {
     roots_shoup52_.resize(n);
@@ -110,9 +128,17 @@ void NttTables::forward_scalar(u64* a) const {
 
 void NttTables::enable_vector_kernels(bool enabled) { set_vector_kernels(enabled); }
 
-bool vector_kernels_available() { return avx512_ntt_available(); }
+bool vector_kernels_available() { return avx512_ntt_available() || fma_ntt_available(); }
 
-bool vector_kernels_enabled() { return g_vector_kernels.load(std::memory_order_relaxed) && avx512_ntt_available(); }
+const char* vector_kernel_set() {
+  if (avx512_ntt_available()) return "avx512-ifma";
+  if (fma_ntt_available()) return "avx2-fma";
+  return "none";
+}
+
+bool vector_kernels_enabled() {
+  return g_vector_kernels.load(std::memory_order_relaxed) && vector_kernels_available();
+}
 
 void set_vector_kernels(bool enabled) { g_vector_kernels.store(enabled); }
 
@@ -132,11 +158,27 @@ NttVectorView NttTables::vector_view() const {
                        ifma ? inv_n_root_shoup52_ : inv_n_root_.shoup};
 }
 
+NttFmaView NttTables::fma_view() const {
+  const double q = static_cast<double>(q_.value());
+  const double n_inv = static_cast<double>(inv_n_.value);
+  const double n_root = static_cast<double>(inv_n_root_.value);
+  return NttFmaView{q_.value(),          n_,     roots_f_.data(), roots_fq_.data(),
+                    inv_roots_f_.data(), inv_roots_fq_.data(), n_inv, n_inv / q, n_root,
+                    n_root / q};
+}
+
 void NttTables::forward(u64* a) const {
-  if (kernel_ != Kernel::kScalar) {
-    forward_avx512(vector_view(), a);
-  } else {
-    forward_scalar(a);
+  switch (kernel_) {
+    case Kernel::kScalar:
+      forward_scalar(a);
+      return;
+    case Kernel::kFma52:
+      forward_fma(fma_view(), a);
+      return;
+    case Kernel::kIfma52:
+    case Kernel::kAvx512:
+      forward_avx512(vector_view(), a);
+      return;
   }
 }
 
@@ -174,10 +216,17 @@ void NttTables::inverse_scalar(u64* a) const {
 }
 
 void NttTables::inverse(u64* a) const {
-  if (kernel_ != Kernel::kScalar) {
-    inverse_avx512(vector_view(), a);
-  } else {
-    inverse_scalar(a);
+  switch (kernel_) {
+    case Kernel::kScalar:
+      inverse_scalar(a);
+      return;
+    case Kernel::kFma52:
+      inverse_fma(fma_view(), a);
+      return;
+    case Kernel::kIfma52:
+    case Kernel::kAvx512:
+      inverse_avx512(vector_view(), a);
+      return;
   }
 }
 

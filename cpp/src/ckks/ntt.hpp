@@ -32,6 +32,26 @@ bool avx512_ntt_available();
 void forward_avx512(const NttVectorView& v, u64* a);
 void inverse_avx512(const NttVectorView& v, u64* a);
 
+// The AVX2 + FMA kernels hold residues as doubles: values up to 4q and the rounding errors of
+// their products stay exact integers (below 2^53) for primes below 2^50 (simd_fma.hpp).
+inline constexpr u64 kFmaPrimeBound = u64{1} << 50;
+
+// What the AVX2 + FMA kernels need of a table (see ntt_fma.cpp): each twiddle w as a double
+// and w / q rounded.
+struct NttFmaView {
+  u64 q;
+  std::size_t n;
+  const double* roots;
+  const double* roots_q;
+  const double* inv_roots;
+  const double* inv_roots_q;
+  double inv_n, inv_n_q, inv_n_root, inv_n_root_q;
+};
+
+bool fma_ntt_available();
+void forward_fma(const NttFmaView& v, u64* a);
+void inverse_fma(const NttFmaView& v, u64* a);
+
 class NttTables {
  public:
   NttTables(std::size_t n, const Modulus& q);
@@ -42,8 +62,9 @@ class NttTables {
 
   void forward(u64* values) const;
   void inverse(u64* values) const;
-  // Which kernel runs: AVX-512 (IFMA for primes below 2^50) where the CPU has it, else scalar.
-  enum class Kernel { kScalar, kIfma52, kAvx512 };
+  // Which kernel runs: AVX-512 (IFMA for primes below 2^50) where the CPU has it; else AVX2
+  // with FMA in double precision for primes below 2^50; else scalar.
+  enum class Kernel { kScalar, kIfma52, kAvx512, kFma52 };
   Kernel kernel() const { return kernel_; }
   // Tables built while this is false use the scalar kernel (for tests and comparisons).
   static void enable_vector_kernels(bool enabled);
@@ -62,6 +83,8 @@ class NttTables {
   std::vector<u64> inv_roots_shoup52_;
   u64 inv_n_shoup52_ = 0;
   u64 inv_n_root_shoup52_ = 0;
+  // Twiddles as doubles, and divided by q, for the AVX2 + FMA kernel.
+  std::vector<double> roots_f_, roots_fq_, inv_roots_f_, inv_roots_fq_;
   Kernel kernel_ = Kernel::kScalar;
   MultiplyOperand inv_n_;
   MultiplyOperand inv_n_root_;    // n^-1 * (last inverse twiddle)
@@ -69,6 +92,7 @@ class NttTables {
   void forward_scalar(u64* a) const;
   void inverse_scalar(u64* a) const;
   NttVectorView vector_view() const;
+  NttFmaView fma_view() const;
 };
 
 // Reverse the lowest `bits` bits of x.

@@ -56,6 +56,7 @@ from fheprune._core import (
     save,
     save_secret_key,
     set_vector_kernels,
+    vector_kernel_set,
     vector_kernels_available,
     vector_kernels_enabled,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "save",
     "save_secret_key",
     "set_vector_kernels",
+    "vector_kernel_set",
     "vector_kernels_available",
     "vector_kernels_enabled",
 ]

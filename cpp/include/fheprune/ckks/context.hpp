@@ -78,12 +78,16 @@ using ContextPtr = std::shared_ptr<const Context>;
 // least 8).
 std::size_t max_threads();
 
-// The engine's AVX-512 (IFMA) kernels: whether they run, and a process-wide switch to the
-// portable scalar path, for comparisons with engines built without them (both paths give the
-// same bits). Contexts made after a switch build their NTT tables for the new path; the other
-// kernels check at every call. Starts off when FHEPRUNE_SIMD=0 is in the environment.
-bool vector_kernels_available();  // the CPU has AVX-512 F, DQ and IFMA
+// The engine's vector kernels: AVX-512 (IFMA) where the CPU has it, else AVX2 with FMA (the
+// NTT for primes below 2^50, in double precision). Whether they run,
+// and a process-wide switch to the portable scalar path, for comparisons with engines built
+// without them (every path gives the same bits). Contexts made after a switch build their NTT
+// tables for the new path; the other kernels check at every call. Starts off when
+// FHEPRUNE_SIMD=0 is in the environment.
+bool vector_kernels_available();  // the CPU has AVX-512 F, DQ and IFMA, or AVX2 and FMA
 bool vector_kernels_enabled();    // available and not switched off
+// Which set runs where enabled: "avx512-ifma", "avx2-fma" or "none".
+const char* vector_kernel_set();
 void set_vector_kernels(bool enabled);
 
 // Convenience: validate and build a shared context.
