@@ -69,8 +69,8 @@ NttTables::NttTables(std::size_t n, const Modulus& q) : n_(n), q_(q) {
   if (n >= 64 && vector_kernels_enabled()) {
     if (avx512_ntt_available()) {
       kernel_ = qv < kIfmaPrimeBound ? Kernel::kIfma52 : Kernel::kAvx512;
-    } else if (qv < kFmaPrimeBound) {
-      kernel_ = Kernel::kFma52;  // wider primes stay scalar: AVX2 has no 64-bit multiplier
+    } else {
+      kernel_ = qv < kFmaPrimeBound ? Kernel::kFma52 : Kernel::kAvx2;
     }
   }
   if (kernel_ == Kernel::kFma52) {
@@ -175,6 +175,9 @@ void NttTables::forward(u64* a) const {
     case Kernel::kFma52:
       forward_fma(fma_view(), a);
       return;
+    case Kernel::kAvx2:
+      forward_avx2(vector_view(), a);
+      return;
     case Kernel::kIfma52:
     case Kernel::kAvx512:
       forward_avx512(vector_view(), a);
@@ -222,6 +225,9 @@ void NttTables::inverse(u64* a) const {
       return;
     case Kernel::kFma52:
       inverse_fma(fma_view(), a);
+      return;
+    case Kernel::kAvx2:
+      inverse_avx2(vector_view(), a);
       return;
     case Kernel::kIfma52:
     case Kernel::kAvx512:

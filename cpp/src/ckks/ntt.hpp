@@ -13,7 +13,8 @@
 
 namespace fheprune::ckks {
 
-// What the AVX-512 kernels need of a table (see ntt_avx512.cpp).
+// What the AVX-512 kernels (ntt_avx512.cpp) and the AVX2 integer-lane kernel (ntt_avx2.cpp)
+// need of a table.
 struct NttVectorView {
   u64 q;
   std::size_t n;
@@ -51,6 +52,9 @@ struct NttFmaView {
 bool fma_ntt_available();
 void forward_fma(const NttFmaView& v, u64* a);
 void inverse_fma(const NttFmaView& v, u64* a);
+// AVX2 64-bit integer lanes for the wider primes (64-bit Shoup constants of the view).
+void forward_avx2(const NttVectorView& v, u64* a);
+void inverse_avx2(const NttVectorView& v, u64* a);
 
 class NttTables {
  public:
@@ -63,8 +67,8 @@ class NttTables {
   void forward(u64* values) const;
   void inverse(u64* values) const;
   // Which kernel runs: AVX-512 (IFMA for primes below 2^50) where the CPU has it; else AVX2
-  // with FMA in double precision for primes below 2^50; else scalar.
-  enum class Kernel { kScalar, kIfma52, kAvx512, kFma52 };
+  // (FMA in double precision for primes below 2^50, 64-bit integer lanes above); else scalar.
+  enum class Kernel { kScalar, kIfma52, kAvx512, kFma52, kAvx2 };
   Kernel kernel() const { return kernel_; }
   // Tables built while this is false use the scalar kernel (for tests and comparisons).
   static void enable_vector_kernels(bool enabled);

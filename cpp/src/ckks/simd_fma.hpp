@@ -1,4 +1,6 @@
-// AVX2 + FMA building blocks for CPUs without AVX-512 (internal to the engine).
+// AVX2 + FMA building blocks for CPUs without AVX-512 (internal to the engine): double-
+// precision arithmetic for primes below 2^50 (Fma52), 64-bit integer lanes for wider ones
+// (Lanes64x4).
 //
 // AVX2 has no 64 x 64-bit multiplier, but its double-precision FMA units multiply 53-bit
 // integers and return the exact rounding error: with h = fl(x w), l = fma(x, w, -h) the
@@ -86,6 +88,44 @@ struct Fma52 {
     return _mm256_add_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, _mm256_setzero_pd(), _CMP_LT_OQ), q));
   }
 };
+
+// Shoup multiplication in 64-bit integer lanes for any prime below 2^61, AVX2 having no
+// 64 x 64-bit multiplier: each 64-bit product is built from 32 x 32-bit ones (vpmuludq).
+struct Lanes64x4 {
+  __m256i q, low32;
+  FHEPRUNE_AVX2 explicit Lanes64x4(u64 modulus)
+      : q(_mm256_set1_epi64x(static_cast<long long>(modulus))),
+        low32(_mm256_set1_epi64x(0xffffffffLL)) {}
+  // The high 64 bits of a b.
+  FHEPRUNE_AVX2 __m256i mulhi(__m256i a, __m256i b) const {
+    const __m256i a_hi = _mm256_srli_epi64(a, 32);
+    const __m256i b_hi = _mm256_srli_epi64(b, 32);
+    const __m256i ll = _mm256_mul_epu32(a, b);
+    const __m256i lh = _mm256_mul_epu32(a, b_hi);
+    const __m256i hl = _mm256_mul_epu32(a_hi, b);
+    const __m256i hh = _mm256_mul_epu32(a_hi, b_hi);
+    __m256i mid = _mm256_add_epi64(_mm256_srli_epi64(ll, 32), _mm256_and_si256(lh, low32));
+    mid = _mm256_add_epi64(mid, _mm256_and_si256(hl, low32));
+    __m256i hi = _mm256_add_epi64(hh, _mm256_srli_epi64(lh, 32));
+    hi = _mm256_add_epi64(hi, _mm256_srli_epi64(hl, 32));
+    return _mm256_add_epi64(hi, _mm256_srli_epi64(mid, 32));
+  }
+  // The low 64 bits of a b.
+  FHEPRUNE_AVX2 static __m256i mullo(__m256i a, __m256i b) {
+    const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)),
+                                           _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b));
+    return _mm256_add_epi64(_mm256_mul_epu32(a, b), _mm256_slli_epi64(cross, 32));
+  }
+  // w y mod q in [0, 2q) for any 64-bit y (ws = floor(w 2^64 / q)).
+  FHEPRUNE_AVX2 __m256i mul(__m256i y, __m256i w, __m256i ws) const {
+    return _mm256_sub_epi64(mullo(y, w), mullo(mulhi(y, ws), q));
+  }
+};
+
+// x >= bound ? x - bound : x, for x < 2 bound < 2^63 (a signed comparison is then exact).
+FHEPRUNE_AVX2 inline __m256i reduce_once(__m256i x, __m256i bound) {
+  return _mm256_sub_epi64(x, _mm256_andnot_si256(_mm256_cmpgt_epi64(bound, x), bound));
+}
 
 }  // namespace fheprune::ckks::simd
 
