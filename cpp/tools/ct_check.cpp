@@ -1,7 +1,8 @@
 // Constant-time check of the compiled library, run under valgrind's memcheck (the ctgrind
 // method): secret values are marked as undefined memory, so memcheck reports every
 // conditional jump and every memory address that depends on them, in the code the library
-// actually runs (the release build's scalar path: valgrind hides AVX-512 from the CPU checks).
+// actually runs (the release build's scalar path where the CPU has AVX-512, which valgrind
+// hides from the CPU checks; its AVX2 kernels where the CPU has only AVX2).
 //
 //   valgrind --error-exitcode=1 fheprune_ct_check      (ctest: constant_time)
 //
