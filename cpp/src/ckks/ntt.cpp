@@ -8,7 +8,6 @@
 #include "fheprune/ckks/context.hpp"
 #include "fheprune/ckks/errors.hpp"
 #include "ckks/primes.hpp"
-#include "simd_fma.hpp"
 
 namespace fheprune::ckks {
 
@@ -64,8 +63,9 @@ NttTables::NttTables(std::size_t n, const Modulus& q) : n_(n), q_(q) {
   inv_n_ = MultiplyOperand(n_inv, q);
   inv_n_root_ = MultiplyOperand(q.mul(n_inv, inv_roots_[n - 2]), q);
 
-  // Vector kernels: IFMA (52-bit lanes) when 4q < 2^52, otherwise 64-bit lanes; both need
-  // n >= 64 so that the narrow layers' 8-wide twiddle loads stay inside the tables.
+  // Vector kernels. AVX-512: IFMA (52-bit lanes) when 4q < 2^52, otherwise 64-bit lanes; both
+  // need n >= 64 so that the narrow layers' 8-wide twiddle loads stay inside the tables.
+  // AVX2 (n >= 8 would do): doubles with FMA below 2^50, otherwise 64-bit lanes.
   if (n >= 64 && vector_kernels_enabled()) {
     if (avx512_ntt_available()) {
       kernel_ = qv < kIfmaPrimeBound ? Kernel::kIfma52 : Kernel::kAvx512;

@@ -37,7 +37,7 @@ void inverse_avx512(const NttVectorView& v, u64* a);
 // their products stay exact integers (below 2^53) for primes below 2^50 (simd_fma.hpp).
 inline constexpr u64 kFmaPrimeBound = u64{1} << 50;
 
-// What the AVX2 + FMA kernels need of a table (see ntt_fma.cpp): each twiddle w as a double
+// What the AVX2 + FMA kernel needs of a table (see ntt_avx2.cpp): each twiddle w as a double
 // and w / q rounded.
 struct NttFmaView {
   u64 q;
