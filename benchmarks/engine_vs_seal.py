@@ -406,8 +406,8 @@ def describe_builds(backends: Sequence[Backend]) -> dict[str, Any]:
                 + {
                     "avx512-ifma": "AVX-512 IFMA kernels (NTT, key-switch inner products, "
                     "products)",
-                    "avx2-fma": "AVX2 + FMA NTT for primes below 2^50, scalar elsewhere (this "
-                    "CPU has no AVX-512)",
+                    "avx2-fma": "AVX2 NTT kernels (doubles with FMA below 2^50, 64-bit "
+                    "integer lanes above), scalar inner products (this CPU has no AVX-512)",
                     "none": "portable scalar kernels only (vector kernels switched off or absent)",
                 }[kernel_set],
             }
