@@ -79,7 +79,7 @@ using ContextPtr = std::shared_ptr<const Context>;
 std::size_t max_threads();
 
 // The engine's vector kernels: AVX-512 (IFMA) where the CPU has it, else AVX2 with FMA (the
-// NTT for primes below 2^50, in double precision). Whether they run,
+// NTT: doubles for primes below 2^50, 64-bit integer lanes above). Whether they run,
 // and a process-wide switch to the portable scalar path, for comparisons with engines built
 // without them (every path gives the same bits). Contexts made after a switch build their NTT
 // tables for the new path; the other kernels check at every call. Starts off when
