@@ -18,8 +18,9 @@ TEST_P(KernelTest, InnerProductMatchesWideArithmetic) {
   std::mt19937_64 gen(static_cast<unsigned>(GetParam()));
   const std::size_t n = 264;  // 32-coefficient passes and one 8-coefficient tail
   // 17 > 16 exercises the lazy flush; 2047 and 2048 the two reductions of the IFMA path
-  // (in vector lanes below 2^11 digits, scalar above); 1023 and 1024 the wide primes' vector
-  // path and its scalar fallback; residues near q in every digit.
+  // (in vector lanes below 2^11 digits, scalar above) and the AVX2 path's last size and its
+  // scalar fallback; 1023 and 1024 the wide primes' vector path and its scalar fallback;
+  // residues near q in every digit.
   for (std::size_t digits : {1u, 3u, 8u, 17u, 1023u, 1024u, 2047u, 2048u}) {
     std::vector<std::vector<u64>> x(digits, std::vector<u64>(n)), b = x, a = x;
     std::vector<const u64*> px, pb, pa;
@@ -45,7 +46,12 @@ TEST_P(KernelTest, InnerProductMatchesWideArithmetic) {
                         : wide ? kernels::InnerProductKernel::kWide
                                : kernels::InnerProductKernel::kScalar)
           << GetParam() << " bits, " << digits << " digits";
-    } else {  // AVX2 machines (their FMA kernels are the NTT's only) and the scalar switch
+    } else if (vector_kernels_enabled() && std::string(vector_kernel_set()) == "avx2-fma") {
+      const bool fma = q.value() < (u64{1} << 40) && digits < 2048;
+      EXPECT_EQ(kernel, fma ? kernels::InnerProductKernel::kFma
+                            : kernels::InnerProductKernel::kScalar)
+          << GetParam() << " bits, " << digits << " digits";
+    } else {  // no vector kernels, or switched off
       EXPECT_EQ(kernel, kernels::InnerProductKernel::kScalar);
     }
     std::vector<u64> r0(n), r1(n), s0(n), s1(n);

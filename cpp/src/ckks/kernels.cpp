@@ -4,6 +4,7 @@
 
 #include "fheprune/ckks/context.hpp"
 #include "simd.hpp"
+#include "simd_fma.hpp"
 
 namespace fheprune::ckks::kernels {
 
@@ -26,9 +27,24 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
       const u64* __restrict xd = x[d] + start;
       const u64* __restrict bd = b[d] + start;
       const u64* __restrict ad = a[d] + start;
-      for (std::size_t j = 0; j < len; ++j) {
-        acc0[j] += static_cast<u128>(xd[j]) * bd[j];
-        acc1[j] += static_cast<u128>(xd[j]) * ad[j];
+      // Each digit's operands are a short run of separate arrays (plaintexts, key parts),
+      // too short for the hardware prefetchers: fetch the next digit's (or the next block's
+      // first) while this one is summed.
+      const bool last = d + 1 == digits;
+      const std::size_t next_d = last ? 0 : d + 1;
+      const std::size_t next_start = last && start + kBlock < n ? start + kBlock : start;
+      const u64* px = x[next_d] + next_start;
+      const u64* pb = b[next_d] + next_start;
+      const u64* pa = a[next_d] + next_start;
+      for (std::size_t j0 = 0; j0 < len; j0 += 8) {  // one 64-byte line of each per 8
+        __builtin_prefetch(px + j0);
+        __builtin_prefetch(pb + j0);
+        __builtin_prefetch(pa + j0);
+        const std::size_t j1 = std::min(len, j0 + 8);
+        for (std::size_t j = j0; j < j1; ++j) {
+          acc0[j] += static_cast<u128>(xd[j]) * bd[j];
+          acc1[j] += static_cast<u128>(xd[j]) * ad[j];
+        }
       }
       if ((d + 1) % kLazyTerms == 0 && d + 1 < digits) {
         for (std::size_t j = 0; j < len; ++j) {
@@ -272,32 +288,44 @@ FHEPRUNE_AVX512 void inner_product_wide(const u64* const* x, const u64* const* b
 
 }  // namespace
 
+#endif  // FHEPRUNE_HAVE_AVX512_PATH
+
 InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n) {
+  if (!vector_kernels_enabled()) return InnerProductKernel::kScalar;
   const u64 qv = q.value();
-  if (vector_kernels_enabled() && n % 8 == 0) {
-    if (simd::avx512_available()) {
-      if (qv < (u64{1} << 50) && digits < (1u << 12)) return InnerProductKernel::kIfma;
-      if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
-        return InnerProductKernel::kWide;
-      }
+#if defined(FHEPRUNE_HAVE_AVX512_PATH)
+  if (simd::avx512_available() && n % 8 == 0) {
+    if (qv < (u64{1} << 50) && digits < (1u << 12)) return InnerProductKernel::kIfma;
+    if (qv > (u64{1} << 52) && qv < (u64{1} << 61) && digits < (1u << 10)) {
+      return InnerProductKernel::kWide;
     }
-    // On AVX2 the scalar kernel stays: per product it is one 64 x 64-bit multiply and a
-    // 128-bit add, and an FMA version (convert, multiply, reduce each product) measured
-    // slower in key switching.
   }
+#endif
+#if defined(FHEPRUNE_HAVE_FMA_PATH)
+  if (simd::fma_available() && n % 4 == 0 && qv < (u64{1} << 40) && digits < (1u << 11)) {
+    return InnerProductKernel::kFma;
+  }
+#endif
   return InnerProductKernel::kScalar;
 }
 
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
   switch (inner_product_kernel(q, digits, n)) {
+#if defined(FHEPRUNE_HAVE_AVX512_PATH)
     case InnerProductKernel::kIfma:
       inner_product_ifma(x, b, a, digits, n, q, r0, r1);
       return;
     case InnerProductKernel::kWide:
       inner_product_wide(x, b, a, digits, n, q, r0, r1);
       return;
-    case InnerProductKernel::kScalar:
+#endif
+#if defined(FHEPRUNE_HAVE_FMA_PATH)
+    case InnerProductKernel::kFma:
+      inner_product_fma(x, b, a, digits, n, q, r0, r1);
+      return;
+#endif
+    default:
       break;
   }
   scalar::inner_product(x, b, a, digits, n, q, r0, r1);
@@ -305,29 +333,13 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
 
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate) {
+#if defined(FHEPRUNE_HAVE_AVX512_PATH)
   if (vector_kernels_enabled() && simd::avx512_available() && n % 8 == 0) {
     sub_scale_avx512(c, t, w, q, out, n, accumulate);
-  } else {
-    scalar::sub_scale(c, t, w, q, out, n, accumulate);
+    return;
   }
-}
-
-#else
-
-InnerProductKernel inner_product_kernel(const Modulus&, std::size_t, std::size_t) {
-  return InnerProductKernel::kScalar;
-}
-
-void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
-                   std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1) {
-  scalar::inner_product(x, b, a, digits, n, q, r0, r1);
-}
-
-void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
-               std::size_t n, bool accumulate) {
+#endif
   scalar::sub_scale(c, t, w, q, out, n, accumulate);
 }
-
-#endif
 
 }  // namespace fheprune::ckks::kernels

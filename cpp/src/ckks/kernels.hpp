@@ -1,5 +1,6 @@
 // Hot loops of key switching, with AVX-512 IFMA versions for primes below 2^50 and for the
-// wide primes from 2^52 to 2^61, and a portable scalar version. Internal to the engine.
+// wide primes from 2^52 to 2^61, an AVX2 + FMA version for primes below 2^40, and a portable
+// scalar version. Internal to the engine.
 #pragma once
 
 #include <cstddef>
@@ -10,9 +11,9 @@ namespace fheprune::ckks::kernels {
 
 // r0 = sum_d x[d] * b[d], r1 = sum_d x[d] * a[d] (element-wise, mod q), for n coefficients.
 // `inner_product_kernel` names the version it runs for these sizes: on AVX-512 "ifma"
-// (q < 2^50, fewer than 2^12 digits) or "wide" (2^52 < q < 2^61, fewer than 2^10 digits);
-// else "scalar" (AVX2 machines included).
-enum class InnerProductKernel { kIfma, kWide, kScalar };
+// (q < 2^50, fewer than 2^12 digits) or "wide" (2^52 < q < 2^61, fewer than 2^10 digits); on
+// AVX2 + FMA "fma" (q < 2^40, fewer than 2^11 digits); else "scalar".
+enum class InnerProductKernel { kIfma, kWide, kFma, kScalar };
 InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n);
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
@@ -20,6 +21,11 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
 // out = (c - t) * w mod q, or out += that when accumulating; c, t in [0, q).
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate);
+
+// The AVX2 + FMA version (kernels_avx2.cpp); the caller checks simd::fma_available(), q < 2^40,
+// digits < 2^11 and n % 4 == 0.
+void inner_product_fma(const u64* const* x, const u64* const* b, const u64* const* a,
+                       std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
 
 // The portable versions, always available (the dispatchers above fall back to them).
 namespace scalar {

@@ -1,0 +1,121 @@
+// The inner product of key switching and of fused plaintext sums on CPUs with AVX2 and FMA
+// but no AVX-512 (internal to the engine; kernels.cpp dispatches to it).
+//
+// Residues below 2^40 split into 20-bit halves, x = x1 2^20 + x0, so a product is
+//   x0 y0 + (x1 y0 + x0 y1) 2^20 + x1 y1 2^40,
+// four products of integers below 2^20 that double-precision FMAs sum exactly into three
+// sums by weight (below 2^52 for fewer than 2^11 digits). The sums reduce in vector lanes at
+// the end (simd::Fma52), so the result is the scalar kernel's, bit for bit.
+//
+// The digits run in the outer loop over blocks of coefficients whose sums stay in L1, and
+// each digit prefetches the next one's operands: the plaintexts of a fused sum and the keys
+// of a rotation arrive from memory in short runs that the hardware prefetchers do not
+// follow, and without the prefetch the faster arithmetic only waits longer for them.
+#include "kernels.hpp"
+
+#include <algorithm>
+
+#include "simd_fma.hpp"
+
+#if defined(FHEPRUNE_HAVE_FMA_PATH)
+
+namespace fheprune::ckks::kernels {
+
+namespace {
+
+constexpr double kTwo20 = 1048576.0;
+
+// x = hi 2^20 + lo for an integer x in [0, 2^40) held as a double.
+struct Halves {
+  __m256d lo, hi;
+};
+
+FHEPRUNE_AVX2 inline Halves split(const u64* p) {
+  const __m256d x = simd::to_double(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m256d hi = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.0 / kTwo20)),
+                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  return {_mm256_fnmadd_pd(hi, _mm256_set1_pd(kTwo20), x), hi};
+}
+
+// sums[0..2] += the weight-2^0, 2^20 and 2^40 parts of x y.
+FHEPRUNE_AVX2 inline void madd(double* const* sums, std::size_t j, const Halves& x,
+                               const Halves& y) {
+  const __m256d s0 = _mm256_load_pd(sums[0] + j);
+  const __m256d s1 = _mm256_load_pd(sums[1] + j);
+  const __m256d s2 = _mm256_load_pd(sums[2] + j);
+  _mm256_store_pd(sums[0] + j, _mm256_fmadd_pd(x.lo, y.lo, s0));
+  _mm256_store_pd(sums[1] + j, _mm256_fmadd_pd(x.hi, y.lo, _mm256_fmadd_pd(x.lo, y.hi, s1)));
+  _mm256_store_pd(sums[2] + j, _mm256_fmadd_pd(x.hi, y.hi, s2));
+}
+
+// (s0 + s1 2^20 + s2 2^40) mod q in [0, q) for sums in [0, 2^52).
+struct Combine {
+  simd::Fma52 m;
+  __m256d c20, c20_q, c40, c40_q;
+  FHEPRUNE_AVX2 explicit Combine(const Modulus& q) : m(q.value()) {
+    const double qd = static_cast<double>(q.value());
+    const double w40 = static_cast<double>((u64{1} << 40) % q.value());
+    c20 = _mm256_set1_pd(kTwo20);
+    c20_q = _mm256_set1_pd(kTwo20 / qd);
+    c40 = _mm256_set1_pd(w40);
+    c40_q = _mm256_set1_pd(w40 / qd);
+  }
+  // Each sum first comes to within q/2 of zero, so the products by 2^20 and 2^40 mod q stay
+  // within Fma52::mul's bounds and the total within 3q/2 (1 + 2^-50) + 2 q/2.
+  FHEPRUNE_AVX2 __m256i operator()(__m256d s0, __m256d s1, __m256d s2) const {
+    const __m256d t1 = m.mul(m.reduce(s1), c20, c20_q);
+    const __m256d t2 = m.mul(m.reduce(s2), c40, c40_q);
+    const __m256d total = _mm256_add_pd(_mm256_add_pd(m.reduce(s0), t1), t2);
+    return simd::to_u64(m.canonical(total));
+  }
+};
+
+}  // namespace
+
+FHEPRUNE_AVX2 void inner_product_fma(const u64* const* x, const u64* const* b,
+                                     const u64* const* a, std::size_t digits, std::size_t n,
+                                     const Modulus& q, u64* r0, u64* r1) {
+  constexpr std::size_t kBlock = 256;  // six sums of 256 doubles: 12 KiB, in L1
+  alignas(32) double sum[6][kBlock];
+  double* const sb[3] = {sum[0], sum[1], sum[2]};
+  double* const sa[3] = {sum[3], sum[4], sum[5]};
+  const Combine combine(q);
+  for (std::size_t start = 0; start < n; start += kBlock) {
+    const std::size_t len = std::min(kBlock, n - start);
+    for (auto& s : sum) std::fill(s, s + len, 0.0);
+    for (std::size_t d = 0; d < digits; ++d) {
+      const u64* xd = x[d] + start;
+      const u64* bd = b[d] + start;
+      const u64* ad = a[d] + start;
+      // The operands needed next: the next digit's, or the next block's first.
+      const bool last = d + 1 == digits;
+      const std::size_t next_d = last ? 0 : d + 1;
+      const std::size_t next_start = last && start + kBlock < n ? start + kBlock : start;
+      const u64* px = x[next_d] + next_start;
+      const u64* pb = b[next_d] + next_start;
+      const u64* pa = a[next_d] + next_start;
+      for (std::size_t j = 0; j < len; j += 4) {
+        if (j % 8 == 0) {  // one 64-byte line of each operand per 8 coefficients
+          _mm_prefetch(reinterpret_cast<const char*>(px + j), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pb + j), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pa + j), _MM_HINT_T0);
+        }
+        const Halves xv = split(xd + j);
+        madd(sb, j, xv, split(bd + j));
+        madd(sa, j, xv, split(ad + j));
+      }
+    }
+    for (std::size_t j = 0; j < len; j += 4) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(r0 + start + j),
+                          combine(_mm256_load_pd(sb[0] + j), _mm256_load_pd(sb[1] + j),
+                                  _mm256_load_pd(sb[2] + j)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(r1 + start + j),
+                          combine(_mm256_load_pd(sa[0] + j), _mm256_load_pd(sa[1] + j),
+                                  _mm256_load_pd(sa[2] + j)));
+    }
+  }
+}
+
+}  // namespace fheprune::ckks::kernels
+
+#endif
