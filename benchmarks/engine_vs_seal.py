@@ -406,8 +406,9 @@ def describe_builds(backends: Sequence[Backend]) -> dict[str, Any]:
                 + {
                     "avx512-ifma": "AVX-512 IFMA kernels (NTT, key-switch inner products, "
                     "products)",
-                    "avx2-fma": "AVX2 NTT kernels (doubles with FMA below 2^50, 64-bit "
-                    "integer lanes above), scalar inner products (this CPU has no AVX-512)",
+                    "avx2-fma": "AVX2 kernels (this CPU has no AVX-512): NTT in doubles with "
+                    "FMA below 2^50 and in 64-bit integer lanes above, inner products in "
+                    "doubles with FMA below 2^40 and scalar above",
                     "none": "portable scalar kernels only (vector kernels switched off or absent)",
                 }[kernel_set],
             }
@@ -766,7 +767,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--no-scalar",
         action="store_true",
-        help="skip the row of our engine with its AVX-512 kernels switched off",
+        help="skip the row of our engine with its vector kernels switched off",
     )
     ap.add_argument("--out", type=Path, default=None, help="write results as JSON (atomically)")
     ap.add_argument("--seed", type=int, default=0, help="numpy RNG seed for the inputs")
