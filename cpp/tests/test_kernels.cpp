@@ -98,7 +98,8 @@ TEST_P(KernelTest, SubScaleMatchesWideArithmetic) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(PrimeSizes, KernelTest, ::testing::Values(30, 40, 49, 50, 52, 53, 59, 60));
+INSTANTIATE_TEST_SUITE_P(PrimeSizes, KernelTest,
+                         ::testing::Values(20, 30, 36, 40, 49, 50, 52, 53, 59, 60));
 
 }  // namespace
 }  // namespace fheprune::ckks

@@ -54,9 +54,10 @@ struct Combine {
   __m256d c20, c20_q, c40, c40_q;
   FHEPRUNE_AVX2 explicit Combine(const Modulus& q) : m(q.value()) {
     const double qd = static_cast<double>(q.value());
+    const double w20 = static_cast<double>((u64{1} << 20) % q.value());
     const double w40 = static_cast<double>((u64{1} << 40) % q.value());
-    c20 = _mm256_set1_pd(kTwo20);
-    c20_q = _mm256_set1_pd(kTwo20 / qd);
+    c20 = _mm256_set1_pd(w20);
+    c20_q = _mm256_set1_pd(w20 / qd);
     c40 = _mm256_set1_pd(w40);
     c40_q = _mm256_set1_pd(w40 / qd);
   }
