@@ -339,6 +339,12 @@ void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64*
     return;
   }
 #endif
+#if defined(FHEPRUNE_HAVE_FMA_PATH)
+  if (vector_kernels_enabled() && simd::fma_available() && n % 4 == 0) {
+    sub_scale_avx2(c, t, w, q, out, n, accumulate);
+    return;
+  }
+#endif
   scalar::sub_scale(c, t, w, q, out, n, accumulate);
 }
 

@@ -1,6 +1,6 @@
 // Hot loops of key switching, with AVX-512 IFMA versions for primes below 2^50 and for the
-// wide primes from 2^52 to 2^61, an AVX2 + FMA version for primes below 2^40, and a portable
-// scalar version. Internal to the engine.
+// wide primes from 2^52 to 2^61, AVX2 versions (the inner product for primes below 2^40,
+// sub_scale for all), and portable scalar versions. Internal to the engine.
 #pragma once
 
 #include <cstddef>
@@ -18,7 +18,7 @@ InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, st
 void inner_product(const u64* const* x, const u64* const* b, const u64* const* a,
                    std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
 
-// out = (c - t) * w mod q, or out += that when accumulating; c, t in [0, q).
+// out = (c - t) * w mod q, or out += that when accumulating; c, t in [0, q). out may be t.
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate);
 
@@ -26,6 +26,11 @@ void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64*
 // digits < 2^11 and n % 4 == 0.
 void inner_product_fma(const u64* const* x, const u64* const* b, const u64* const* a,
                        std::size_t digits, std::size_t n, const Modulus& q, u64* r0, u64* r1);
+
+// The AVX2 version of sub_scale (kernels_avx2.cpp); the caller checks simd::fma_available()
+// and n % 4 == 0.
+void sub_scale_avx2(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
+                    std::size_t n, bool accumulate);
 
 // The portable versions, always available (the dispatchers above fall back to them).
 namespace scalar {

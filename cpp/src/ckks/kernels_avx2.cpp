@@ -1,5 +1,6 @@
-// The inner product of key switching and of fused plaintext sums on CPUs with AVX2 and FMA
-// but no AVX-512 (internal to the engine; kernels.cpp dispatches to it).
+// The inner product of key switching and of fused plaintext sums, and the scaled difference
+// of ModDown and rescaling, on CPUs with AVX2 and FMA but no AVX-512 (internal to the engine;
+// kernels.cpp dispatches to them).
 //
 // Residues below 2^40 split into 20-bit halves, x = x1 2^20 + x0, so a product is
 //   x0 y0 + (x1 y0 + x0 y1) 2^20 + x1 y1 2^40,
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 
+#include "ckks/ntt.hpp"
 #include "simd_fma.hpp"
 
 #if defined(FHEPRUNE_HAVE_FMA_PATH)
@@ -31,7 +33,7 @@ struct Halves {
 };
 
 FHEPRUNE_AVX2 inline Halves split(const u64* p) {
-  const __m256d x = simd::to_double(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m256d x = simd::to_double(simd::load_int(p));
   const __m256d hi = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.0 / kTwo20)),
                                      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   return {_mm256_fnmadd_pd(hi, _mm256_set1_pd(kTwo20), x), hi};
@@ -107,13 +109,45 @@ FHEPRUNE_AVX2 void inner_product_fma(const u64* const* x, const u64* const* b,
       }
     }
     for (std::size_t j = 0; j < len; j += 4) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(r0 + start + j),
-                          combine(_mm256_load_pd(sb[0] + j), _mm256_load_pd(sb[1] + j),
-                                  _mm256_load_pd(sb[2] + j)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(r1 + start + j),
-                          combine(_mm256_load_pd(sa[0] + j), _mm256_load_pd(sa[1] + j),
-                                  _mm256_load_pd(sa[2] + j)));
+      simd::store_int(r0 + start + j, combine(_mm256_load_pd(sb[0] + j), _mm256_load_pd(sb[1] + j),
+                                              _mm256_load_pd(sb[2] + j)));
+      simd::store_int(r1 + start + j, combine(_mm256_load_pd(sa[0] + j), _mm256_load_pd(sa[1] + j),
+                                              _mm256_load_pd(sa[2] + j)));
     }
+  }
+}
+
+FHEPRUNE_AVX2 void sub_scale_avx2(const u64* c, const u64* t, const MultiplyOperand& w, u64 q,
+                                  u64* out, std::size_t n, bool accumulate) {
+  if (q < kFmaPrimeBound) {
+    // c - t lies in (-q, q), within Fma52::mul's bounds; its product is within q of zero.
+    const simd::Fma52 m(q);
+    const __m256d wd = _mm256_set1_pd(static_cast<double>(w.value));
+    const __m256d wq = _mm256_set1_pd(static_cast<double>(w.value) / static_cast<double>(q));
+    const __m256d zero = _mm256_setzero_pd();
+    for (std::size_t j = 0; j < n; j += 4) {
+      const __m256d diff = _mm256_sub_pd(simd::to_double(simd::load_int(c + j)),
+                                         simd::to_double(simd::load_int(t + j)));
+      __m256d v = m.mul(diff, wd, wq);
+      v = _mm256_add_pd(v, _mm256_and_pd(_mm256_cmp_pd(v, zero, _CMP_LT_OQ), m.q));
+      if (accumulate) {
+        v = _mm256_add_pd(v, simd::to_double(simd::load_int(out + j)));
+        v = _mm256_sub_pd(v, _mm256_and_pd(_mm256_cmp_pd(v, m.q, _CMP_GE_OQ), m.q));
+      }
+      simd::store_int(out + j, simd::to_u64(v));
+    }
+    return;
+  }
+  // Wider primes: Shoup products in 64-bit integer lanes, as the integer-lane NTT.
+  const simd::Lanes64x4 m(q);
+  const __m256i vw = _mm256_set1_epi64x(static_cast<long long>(w.value));
+  const __m256i vws = _mm256_set1_epi64x(static_cast<long long>(w.shoup));
+  for (std::size_t j = 0; j < n; j += 4) {
+    const __m256i diff = _mm256_sub_epi64(_mm256_add_epi64(simd::load_int(c + j), m.q),
+                                          simd::load_int(t + j));
+    __m256i v = simd::reduce_once(m.mul(diff, vw, vws), m.q);
+    if (accumulate) v = simd::reduce_once(_mm256_add_epi64(v, simd::load_int(out + j)), m.q);
+    simd::store_int(out + j, v);
   }
 }
 

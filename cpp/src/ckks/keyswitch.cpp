@@ -124,11 +124,11 @@ void Evaluator::mod_down_accumulate(ScratchBuffer& prod, std::size_t l,
     if (!perm) {
       kernels::sub_scale(r, t.data(), inv, qv, o, n, /*accumulate=*/true);
     } else {
+      // The scaled difference is element-wise, so it runs in order (vector kernels) and only
+      // the addition into the output reads through the permutation.
+      kernels::sub_scale(r, t.data(), inv, qv, t.data(), n, /*accumulate=*/false);
       const std::uint32_t* p = perm->data();
-      for (std::size_t j = 0; j < n; ++j) {
-        const std::uint32_t pj = p[j];
-        o[j] = q.add(o[j], mul_shoup(r[pj] + qv - t[pj], inv.value, inv.shoup, qv));
-      }
+      for (std::size_t j = 0; j < n; ++j) o[j] = q.add(o[j], t[p[j]]);
     }
   });
 }

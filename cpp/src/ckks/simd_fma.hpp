@@ -51,6 +51,13 @@ FHEPRUNE_AVX2 inline __m256i to_u64(__m256d x) {
                           magic);
 }
 
+FHEPRUNE_AVX2 inline __m256i load_int(const u64* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+FHEPRUNE_AVX2 inline void store_int(u64* p, __m256i x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x);
+}
+
 FHEPRUNE_AVX2 inline __m256d load(const u64* p) {
   return _mm256_castsi256_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
