@@ -63,8 +63,9 @@ struct Combine {
     c40 = _mm256_set1_pd(w40);
     c40_q = _mm256_set1_pd(w40 / qd);
   }
-  // Each sum first comes to within q/2 of zero, so the products by 2^20 and 2^40 mod q stay
-  // within Fma52::mul's bounds and the total within 3q/2 (1 + 2^-50) + 2 q/2.
+  // Each sum first comes to within q/2 (1 + 2^-50) of zero, inside Fma52::mul's bound, whose
+  // products by 2^20 and 2^40 mod q are then within q; the total, within 5q/2, is far inside
+  // canonical()'s 2^53.
   FHEPRUNE_AVX2 __m256i operator()(__m256d s0, __m256d s1, __m256d s2) const {
     const __m256d t1 = m.mul(m.reduce(s1), c20, c20_q);
     const __m256d t2 = m.mul(m.reduce(s2), c40, c40_q);
