@@ -290,9 +290,10 @@ FHEPRUNE_AVX512 void inner_product_wide(const u64* const* x, const u64* const* b
 
 #endif  // FHEPRUNE_HAVE_AVX512_PATH
 
-InnerProductKernel inner_product_kernel(const Modulus& q, std::size_t digits, std::size_t n) {
+InnerProductKernel inner_product_kernel(const Modulus& q, [[maybe_unused]] std::size_t digits,
+                                        [[maybe_unused]] std::size_t n) {
   if (!vector_kernels_enabled()) return InnerProductKernel::kScalar;
-  const u64 qv = q.value();
+  [[maybe_unused]] const u64 qv = q.value();
 #if defined(FHEPRUNE_HAVE_AVX512_PATH)
   if (simd::avx512_available() && n % 8 == 0) {
     if (qv < (u64{1} << 50) && digits < (1u << 12)) return InnerProductKernel::kIfma;
