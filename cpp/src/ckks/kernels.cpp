@@ -27,19 +27,9 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
       const u64* __restrict xd = x[d] + start;
       const u64* __restrict bd = b[d] + start;
       const u64* __restrict ad = a[d] + start;
-      // Each digit's operands are a short run of separate arrays (plaintexts, key parts),
-      // too short for the hardware prefetchers: fetch the next digit's (or the next block's
-      // first) while this one is summed.
-      const bool last = d + 1 == digits;
-      const std::size_t next_d = last ? 0 : d + 1;
-      const std::size_t next_start = last && start + kBlock < n ? start + kBlock : start;
-      const u64* px = x[next_d] + next_start;
-      const u64* pb = b[next_d] + next_start;
-      const u64* pa = a[next_d] + next_start;
-      for (std::size_t j0 = 0; j0 < len; j0 += 8) {  // one 64-byte line of each per 8
-        __builtin_prefetch(px + j0);
-        __builtin_prefetch(pb + j0);
-        __builtin_prefetch(pa + j0);
+      const NextRun next = next_run(x, b, a, d, digits, start, kBlock, n);
+      for (std::size_t j0 = 0; j0 < len; j0 += 8) {  // one line of each per 8 coefficients
+        next.line(j0);
         const std::size_t j1 = std::min(len, j0 + 8);
         for (std::size_t j = j0; j < j1; ++j) {
           acc0[j] += static_cast<u128>(xd[j]) * bd[j];

@@ -22,6 +22,31 @@ void inner_product(const u64* const* x, const u64* const* b, const u64* const* a
 void sub_scale(const u64* c, const u64* t, const MultiplyOperand& w, u64 q, u64* out,
                std::size_t n, bool accumulate);
 
+// The inner products sum digit after digit over blocks of coefficients, and each digit's
+// operands are a short run of separate arrays (plaintexts, key parts), too short for the
+// hardware prefetchers. NextRun names the run needed after digit d of the block at `start`:
+// the next digit's, or after the last digit the next block's first; `line(j)` prefetches one
+// 64-byte line of each of its three operands (past the end of an array it is a no-op: a
+// prefetch does not fault).
+struct NextRun {
+  const u64* x;
+  const u64* b;
+  const u64* a;
+  void line(std::size_t j) const {
+    __builtin_prefetch(x + j);
+    __builtin_prefetch(b + j);
+    __builtin_prefetch(a + j);
+  }
+};
+inline NextRun next_run(const u64* const* x, const u64* const* b, const u64* const* a,
+                        std::size_t d, std::size_t digits, std::size_t start, std::size_t block,
+                        std::size_t n) {
+  const bool last = d + 1 == digits;
+  const std::size_t next_d = last ? 0 : d + 1;
+  const std::size_t next_start = last && start + block < n ? start + block : start;
+  return {x[next_d] + next_start, b[next_d] + next_start, a[next_d] + next_start};
+}
+
 // The AVX2 + FMA version (kernels_avx2.cpp); the caller checks simd::fma_available(), q < 2^40,
 // digits < 2^11 and n % 4 == 0.
 void inner_product_fma(const u64* const* x, const u64* const* b, const u64* const* a,

@@ -91,19 +91,9 @@ FHEPRUNE_AVX2 void inner_product_fma(const u64* const* x, const u64* const* b,
       const u64* xd = x[d] + start;
       const u64* bd = b[d] + start;
       const u64* ad = a[d] + start;
-      // The operands needed next: the next digit's, or the next block's first.
-      const bool last = d + 1 == digits;
-      const std::size_t next_d = last ? 0 : d + 1;
-      const std::size_t next_start = last && start + kBlock < n ? start + kBlock : start;
-      const u64* px = x[next_d] + next_start;
-      const u64* pb = b[next_d] + next_start;
-      const u64* pa = a[next_d] + next_start;
+      const NextRun next = next_run(x, b, a, d, digits, start, kBlock, n);
       for (std::size_t j = 0; j < len; j += 4) {
-        if (j % 8 == 0) {  // one 64-byte line of each operand per 8 coefficients
-          _mm_prefetch(reinterpret_cast<const char*>(px + j), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(pb + j), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(pa + j), _MM_HINT_T0);
-        }
+        if (j % 8 == 0) next.line(j);  // one line of each operand per 8 coefficients
         const Halves xv = split(xd + j);
         madd(sb, j, xv, split(bd + j));
         madd(sa, j, xv, split(ad + j));
